@@ -1,0 +1,20 @@
+//! Types shared by every part of zos: the grid, the node agent, the CLI and the tests.
+//!
+//! This crate does no I/O. It holds identities and signatures ([`identity`]), the signed-request
+//! scheme of the grid API ([`auth`]), capacity units ([`capacity`]) and the objects of the
+//! registry API ([`registry`]).
+
+pub mod auth;
+pub mod capacity;
+pub mod identity;
+pub mod registry;
+
+pub use capacity::Capacity;
+pub use identity::{Identity, PublicKey, Signature};
+
+/// Ids the registry gives out.
+pub type TwinId = u32;
+/// Farm id given by the registry.
+pub type FarmId = u32;
+/// Node id given by the registry.
+pub type NodeId = u32;
