@@ -1,1 +1,3 @@
-//! placeholder
+//! zosd, the zos node agent: one process, one module per subsystem.
+
+pub mod storage;

@@ -1,0 +1,1 @@
+//! Storage: pools on every disk, the cache, volumes and virtual disks.

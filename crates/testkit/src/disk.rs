@@ -1,0 +1,1 @@
+//! Loop-device disks for test hosts.
