@@ -1,0 +1,1 @@
+//! Flists in the rfs "FL" format.
