@@ -1,1 +1,85 @@
-fn main() {}
+//! `zos`: the command line of zos users and farmers.
+
+mod commands;
+mod devnet;
+mod output;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Command line of zos: keys, twins, farms, nodes and local devnets.
+#[derive(Debug, Parser)]
+#[command(name = "zos", version, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Base URL of the grid (default: the running devnet, if any).
+    #[arg(long, env = "ZOS_GRID", global = true)]
+    pub grid: Option<String>,
+    /// Key file to sign with (default: ~/.config/zos/key).
+    #[arg(long, env = "ZOS_KEY", global = true)]
+    pub key: Option<PathBuf>,
+    /// Print JSON instead of tables, for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Your ed25519 key: make one, show it, restore it from its words.
+    #[command(subcommand)]
+    Key(commands::KeyCmd),
+    /// Twins: identities registered on the grid.
+    #[command(subcommand)]
+    Twin(commands::TwinCmd),
+    /// Farms and their public IP pools.
+    #[command(subcommand)]
+    Farm(commands::FarmCmd),
+    /// Nodes registered on the grid.
+    #[command(subcommand)]
+    Node(commands::NodeCmd),
+    /// A whole grid with nodes on this machine, for development and tests (needs root).
+    #[command(subcommand)]
+    Devnet(devnet::DevnetCmd),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Key(c) => commands::key(c, &cli.global).await,
+            Command::Twin(c) => commands::twin(c, &cli.global).await,
+            Command::Farm(c) => commands::farm(c, &cli.global).await,
+            Command::Node(c) => commands::node(c, &cli.global).await,
+            Command::Devnet(c) => devnet::run(c, &cli.global).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,3 +1,10 @@
 //! zosd, the zos node agent: one process, one module per subsystem.
+//!
+//! The node opens every connection itself and listens on no port.
 
+pub mod agent;
+pub mod config;
+pub mod identity;
+pub mod registrar;
 pub mod storage;
+pub mod system;

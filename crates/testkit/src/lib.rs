@@ -1,4 +1,35 @@
 //! Test infrastructure: test hosts in network namespaces, loop disks, processes with cleanup,
 //! wait helpers and the devnet harness.
+//!
+//! Tests that need root call [`require_root`] first: on a machine without it they skip loudly.
 
+pub mod cmd;
+pub mod devnet;
 pub mod disk;
+pub mod netns;
+pub mod process;
+
+/// True when running as root; otherwise prints why the calling test is skipped.
+pub fn require_root(test: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("SKIPPED {test}: needs root (namespaces, links, loop devices)");
+    }
+    root
+}
+
+/// Path of a binary of this workspace built beside the running executable (tests, the CLI).
+///
+/// Tests run from `target/<profile>/deps/`, binaries live in `target/<profile>/`.
+pub fn workspace_binary(name: &str) -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let mut dir = exe.parent()?;
+    for _ in 0..2 {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return Some(candidate);
+        }
+        dir = dir.parent()?;
+    }
+    None
+}

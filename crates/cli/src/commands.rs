@@ -1,0 +1,451 @@
+//! Commands that talk to the grid: keys, twins, farms, farm IPs and nodes.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use ipnet::Ipv4Net;
+use serde_json::json;
+use zos_client::GridClient;
+use zos_types::Identity;
+use zos_types::capacity::{human_bytes, parse_bytes};
+use zos_types::registry::{AddFarmIp, Farm, Node, NodeFilter};
+
+use crate::Global;
+use crate::output::{self, Table, fields};
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Make a new key and store it (mode 0600). Prints the 24 words that restore it: keep them safe.
+    New {
+        /// Replace an existing key file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Restore a key from its 24 words, read from standard input.
+    Restore {
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show the public key (and, with --mnemonic, the words that restore it).
+    Show {
+        #[arg(long)]
+        mnemonic: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TwinCmd {
+    /// Register your key as a twin on the grid.
+    Create {
+        /// Relay through which this twin is reachable.
+        #[arg(long)]
+        relay: Option<String>,
+    },
+    /// Show a twin (default: yours).
+    Show { id: Option<u32> },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FarmCmd {
+    /// Create a farm; your twin becomes its farmer.
+    Create { name: String },
+    /// Show a farm by id or name.
+    Show { farm: String },
+    /// List farms.
+    List,
+    /// The farm's pool of public IPv4 addresses.
+    #[command(subcommand)]
+    Ip(FarmIpCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FarmIpCmd {
+    /// Add an address to the pool, e.g. `zos farm ip add myfarm 185.69.166.20/24 --gateway 185.69.166.1`.
+    Add {
+        farm: String,
+        ip: Ipv4Net,
+        #[arg(long)]
+        gateway: Ipv4Addr,
+    },
+    /// Remove an address from the pool (refused while a contract holds it).
+    Remove { farm: String, ip: Ipv4Addr },
+    /// List the pool.
+    List { farm: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// List nodes.
+    List {
+        #[arg(long)]
+        farm: Option<String>,
+        /// Only online nodes.
+        #[arg(long, conflicts_with = "offline")]
+        online: bool,
+        /// Only offline nodes.
+        #[arg(long)]
+        offline: bool,
+        /// Minimum free cores.
+        #[arg(long)]
+        free_cru: Option<u64>,
+        /// Minimum free memory, e.g. 4G.
+        #[arg(long, value_parser = size)]
+        free_mru: Option<u64>,
+        /// Minimum free SSD, e.g. 100G.
+        #[arg(long, value_parser = size)]
+        free_sru: Option<u64>,
+        /// Minimum free HDD, e.g. 1T.
+        #[arg(long, value_parser = size)]
+        free_hru: Option<u64>,
+    },
+    /// Show one node.
+    Show { id: u32 },
+}
+
+fn size(s: &str) -> Result<u64, String> {
+    parse_bytes(s).ok_or_else(|| format!("{s:?} is not a size like 512M, 4G or 1T"))
+}
+
+/// The key file to use: --key, or ~/.config/zos/key.
+pub fn key_path(g: &Global) -> anyhow::Result<PathBuf> {
+    if let Some(k) = &g.key {
+        return Ok(k.clone());
+    }
+    let base = match std::env::var_os("XDG_CONFIG_HOME") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(std::env::var_os("HOME").context("HOME is not set: pass --key FILE")?)
+            .join(".config"),
+    };
+    Ok(base.join("zos").join("key"))
+}
+
+fn load_key(g: &Global) -> anyhow::Result<Identity> {
+    let path = key_path(g)?;
+    if !path.exists() {
+        bail!(
+            "no key at {}: make one with `zos key new` or pass --key FILE",
+            path.display()
+        );
+    }
+    Ok(zos_client::keyfile::load_identity(&path)?)
+}
+
+/// The grid URL: --grid, $ZOS_GRID, or the running devnet.
+pub fn grid_url(g: &Global) -> anyhow::Result<String> {
+    if let Some(u) = &g.grid {
+        return Ok(u.clone());
+    }
+    if let Some(state) = crate::devnet::running_default() {
+        return Ok(state.grid_url);
+    }
+    bail!("no grid: pass --grid URL, set ZOS_GRID, or start one with `sudo zos devnet up`")
+}
+
+fn client(g: &Global) -> anyhow::Result<GridClient> {
+    Ok(GridClient::new(&grid_url(g)?)?)
+}
+
+/// A client that signs as your twin.
+async fn signed_client(g: &Global) -> anyhow::Result<GridClient> {
+    let id = load_key(g)?;
+    let c = client(g)?.with_identity(id.clone());
+    let twin = c.twin_by_key(&id.public_key()).await?.with_context(|| {
+        format!(
+            "key {} has no twin on this grid: run `zos twin create`",
+            id.public_key()
+        )
+    })?;
+    Ok(c.with_twin(twin.id))
+}
+
+async fn find_farm(c: &GridClient, farm: &str) -> anyhow::Result<Farm> {
+    if let Ok(id) = farm.parse::<u32>() {
+        return Ok(c.get_farm(id).await?);
+    }
+    c.farm_by_name(farm)
+        .await?
+        .with_context(|| format!("no farm named {farm:?}"))
+}
+
+pub async fn key(cmd: KeyCmd, g: &Global) -> anyhow::Result<()> {
+    let path = key_path(g)?;
+    match cmd {
+        KeyCmd::New { force } | KeyCmd::Restore { force } if path.exists() && !force => {
+            bail!(
+                "{} already holds a key: pass --force to replace it (its twin is lost unless you kept its words)",
+                path.display()
+            )
+        }
+        KeyCmd::New { .. } => {
+            let id = Identity::generate()?;
+            zos_client::keyfile::save_identity(&path, &id, 0o600)?;
+            if g.json {
+                output::json(
+                    &json!({"public_key": id.public_key(), "path": path, "mnemonic": id.mnemonic().as_str()}),
+                )
+            } else {
+                fields(&[
+                    ("public key", id.public_key().to_string()),
+                    ("stored in", path.display().to_string()),
+                ]);
+                println!(
+                    "\nThese 24 words restore the key (`zos key restore`). Write them down and keep them secret:\n"
+                );
+                println!("  {}\n", id.mnemonic().as_str());
+                Ok(())
+            }
+        }
+        KeyCmd::Restore { .. } => {
+            let mut words = String::new();
+            std::io::stdin()
+                .read_line(&mut words)
+                .context("reading the words from standard input")?;
+            let id =
+                Identity::from_mnemonic(&words).context("these are not 24 valid BIP-39 words")?;
+            zos_client::keyfile::save_identity(&path, &id, 0o600)?;
+            if g.json {
+                output::json(&json!({"public_key": id.public_key(), "path": path}))
+            } else {
+                fields(&[
+                    ("public key", id.public_key().to_string()),
+                    ("stored in", path.display().to_string()),
+                ]);
+                Ok(())
+            }
+        }
+        KeyCmd::Show { mnemonic } => {
+            let id = load_key(g)?;
+            let words = mnemonic.then(|| id.mnemonic().to_string());
+            if g.json {
+                output::json(
+                    &json!({"public_key": id.public_key(), "path": path, "mnemonic": words}),
+                )
+            } else {
+                fields(&[
+                    ("public key", id.public_key().to_string()),
+                    ("stored in", path.display().to_string()),
+                ]);
+                if let Some(w) = words {
+                    println!("\n  {w}");
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+pub async fn twin(cmd: TwinCmd, g: &Global) -> anyhow::Result<()> {
+    let twin = match cmd {
+        TwinCmd::Create { relay } => {
+            let id = load_key(g)?;
+            let c = client(g)?.with_identity(id.clone());
+            if let Some(t) = c.twin_by_key(&id.public_key()).await? {
+                bail!("key {} already has twin {}", id.public_key(), t.id);
+            }
+            c.create_twin(relay).await?
+        }
+        TwinCmd::Show { id: Some(id) } => client(g)?.get_twin(id).await?,
+        TwinCmd::Show { id: None } => {
+            let id = load_key(g)?;
+            client(g)?
+                .twin_by_key(&id.public_key())
+                .await?
+                .with_context(|| {
+                    format!("key {} has no twin: run `zos twin create`", id.public_key())
+                })?
+        }
+    };
+    if g.json {
+        return output::json(&twin);
+    }
+    fields(&[
+        ("twin", twin.id.to_string()),
+        ("public key", twin.public_key.to_string()),
+        ("relay", twin.relay.clone().unwrap_or_else(|| "-".into())),
+    ]);
+    Ok(())
+}
+
+fn print_farms(farms: &[Farm]) {
+    let mut t = Table::new(&["ID", "NAME", "FARMER", "PUBLIC IPS", "FREE IPS"]);
+    for f in farms {
+        let free = f
+            .public_ips
+            .iter()
+            .filter(|ip| ip.contract_id.is_none())
+            .count();
+        t.row(vec![
+            f.id.to_string(),
+            f.name.clone(),
+            f.twin_id.to_string(),
+            f.public_ips.len().to_string(),
+            free.to_string(),
+        ]);
+    }
+    t.print();
+}
+
+pub async fn farm(cmd: FarmCmd, g: &Global) -> anyhow::Result<()> {
+    match cmd {
+        FarmCmd::Create { name } => {
+            let farm = signed_client(g).await?.create_farm(&name).await?;
+            if g.json {
+                output::json(&farm)
+            } else {
+                println!("farm {} created with id {}", farm.name, farm.id);
+                Ok(())
+            }
+        }
+        FarmCmd::Show { farm } => {
+            let f = find_farm(&client(g)?, &farm).await?;
+            if g.json {
+                return output::json(&f);
+            }
+            fields(&[
+                ("farm", f.id.to_string()),
+                ("name", f.name.clone()),
+                ("farmer twin", f.twin_id.to_string()),
+            ]);
+            println!();
+            print_ips(&f);
+            Ok(())
+        }
+        FarmCmd::List => {
+            let farms = client(g)?.list_farms().await?;
+            if g.json {
+                output::json(&farms)
+            } else {
+                print_farms(&farms);
+                Ok(())
+            }
+        }
+        FarmCmd::Ip(ip) => farm_ip(ip, g).await,
+    }
+}
+
+fn print_ips(f: &Farm) {
+    let mut t = Table::new(&["IP", "GATEWAY", "CONTRACT"]);
+    for ip in &f.public_ips {
+        t.row(vec![
+            ip.ip.to_string(),
+            ip.gateway.to_string(),
+            ip.contract_id.map_or("-".into(), |c| c.to_string()),
+        ]);
+    }
+    t.print();
+}
+
+async fn farm_ip(cmd: FarmIpCmd, g: &Global) -> anyhow::Result<()> {
+    let farm = match cmd {
+        FarmIpCmd::Add { farm, ip, gateway } => {
+            let c = signed_client(g).await?;
+            let f = find_farm(&c, &farm).await?;
+            c.add_farm_ip(f.id, &AddFarmIp { ip, gateway }).await?
+        }
+        FarmIpCmd::Remove { farm, ip } => {
+            let c = signed_client(g).await?;
+            let f = find_farm(&c, &farm).await?;
+            c.remove_farm_ip(f.id, ip).await?
+        }
+        FarmIpCmd::List { farm } => find_farm(&client(g)?, &farm).await?,
+    };
+    if g.json {
+        return output::json(&farm.public_ips);
+    }
+    print_ips(&farm);
+    Ok(())
+}
+
+fn print_nodes(nodes: &[Node]) {
+    let mut t = Table::new(&[
+        "ID", "FARM", "TWIN", "STATE", "CRU", "MRU", "SRU", "HRU", "FREE MRU", "VERSION",
+    ]);
+    for n in nodes {
+        let state = match (n.online, &n.limited) {
+            (false, _) => "offline",
+            (true, Some(_)) => "limited",
+            (true, None) => "online",
+        };
+        t.row(vec![
+            n.id.to_string(),
+            n.farm_id.to_string(),
+            n.twin_id.to_string(),
+            state.into(),
+            n.capacity.cru.to_string(),
+            human_bytes(n.capacity.mru),
+            human_bytes(n.capacity.sru),
+            human_bytes(n.capacity.hru),
+            human_bytes(n.free().mru),
+            n.zos_version.clone(),
+        ]);
+    }
+    t.print();
+}
+
+pub async fn node(cmd: NodeCmd, g: &Global) -> anyhow::Result<()> {
+    let c = client(g)?;
+    match cmd {
+        NodeCmd::List {
+            farm,
+            online,
+            offline,
+            free_cru,
+            free_mru,
+            free_sru,
+            free_hru,
+        } => {
+            let farm_id = match farm {
+                Some(f) => Some(find_farm(&c, &f).await?.id),
+                None => None,
+            };
+            let filter = NodeFilter {
+                farm_id,
+                online: (online || offline).then_some(online),
+                free_cru,
+                free_mru,
+                free_sru,
+                free_hru,
+                limit: Some(NodeFilter::MAX_LIMIT),
+                ..NodeFilter::default()
+            };
+            let nodes = c.list_nodes(&filter).await?;
+            if g.json {
+                output::json(&nodes)
+            } else {
+                print_nodes(&nodes);
+                Ok(())
+            }
+        }
+        NodeCmd::Show { id } => {
+            let n = c.get_node(id).await?;
+            if g.json {
+                return output::json(&n);
+            }
+            let free = n.free();
+            fields(&[
+                ("node", n.id.to_string()),
+                ("twin", n.twin_id.to_string()),
+                ("farm", n.farm_id.to_string()),
+                ("online", n.online.to_string()),
+                ("limited", n.limited.clone().unwrap_or_else(|| "no".into())),
+                ("version", n.zos_version.clone()),
+                ("capacity", n.capacity.to_string()),
+                ("reserved", n.reserved.to_string()),
+                ("used", n.used.to_string()),
+                ("free", free.to_string()),
+                ("cpu", n.hardware.cpu_model.clone()),
+                ("serial", n.hardware.serial.clone()),
+                ("virtualized", n.hardware.virtualized.to_string()),
+                ("uptime", format!("{} s", n.uptime_secs)),
+                ("report period", format!("{} s", n.report_interval_secs)),
+            ]);
+            for nic in &n.interfaces {
+                let ips: Vec<String> = nic.ips.iter().map(|i| i.to_string()).collect();
+                println!("interface {:<10} {}  {}", nic.name, nic.mac, ips.join(" "));
+            }
+            Ok(())
+        }
+    }
+}

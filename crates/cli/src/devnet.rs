@@ -1,0 +1,200 @@
+//! `zos devnet`: a whole grid with nodes on this machine.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use serde_json::json;
+use zos_client::GridClient;
+use zos_testkit::devnet::{self, DevnetOptions, DevnetState};
+use zos_types::registry::NodeFilter;
+
+use crate::Global;
+use crate::output::{self, Table, fields};
+
+#[derive(Debug, Subcommand)]
+pub enum DevnetCmd {
+    /// Start a grid on loopback, a farmer with a farm, and N nodes each in its own network namespace.
+    Up {
+        /// How many nodes.
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        /// Short name (1 to 5 of a-z, 0-9) that prefixes its namespaces and links.
+        #[arg(long, default_value = "zdn")]
+        name: String,
+        /// Period of the nodes' uptime reports, in seconds.
+        #[arg(long, default_value_t = 10)]
+        report_interval: u64,
+        /// The zosd binary (default: beside this one).
+        #[arg(long)]
+        zosd: Option<PathBuf>,
+        /// The zos-grid binary (default: beside this one).
+        #[arg(long)]
+        grid_bin: Option<PathBuf>,
+    },
+    /// Stop every process and remove every namespace and link of the devnet.
+    Down {
+        #[arg(long, default_value = "zdn")]
+        name: String,
+    },
+    /// Show the devnet: grid, farm, nodes and whether they are online.
+    Status {
+        #[arg(long, default_value = "zdn")]
+        name: String,
+    },
+}
+
+/// Where the devnet called `name` keeps its state.
+pub fn devnet_dir(name: &str) -> PathBuf {
+    let base = match std::env::var_os("XDG_STATE_HOME") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+            .join(".local/state"),
+    };
+    base.join("zos").join("devnet").join(name)
+}
+
+/// The default devnet's state, when one is up.
+pub fn running_default() -> Option<DevnetState> {
+    DevnetState::load(&devnet_dir("zdn"))
+        .ok()
+        .filter(|s| s.grid_pid > 0 && zos_testkit::process::alive(s.grid_pid))
+}
+
+fn beside_me(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let p = exe
+        .parent()
+        .context("no directory for this executable")?
+        .join(name);
+    if !p.is_file() {
+        bail!(
+            "{} not found beside {}: build the workspace (cargo build --release) or pass its path",
+            name,
+            exe.display()
+        );
+    }
+    Ok(p)
+}
+
+pub async fn run(cmd: DevnetCmd, g: &Global) -> anyhow::Result<()> {
+    if !nix_is_root() {
+        bail!("a devnet makes network namespaces and links: run it as root (sudo)");
+    }
+    match cmd {
+        DevnetCmd::Up {
+            nodes,
+            name,
+            report_interval,
+            zosd,
+            grid_bin,
+        } => {
+            let opts = DevnetOptions {
+                dir: devnet_dir(&name),
+                name,
+                nodes,
+                report_interval: Duration::from_secs(report_interval.max(1)),
+                grid_bin: match grid_bin {
+                    Some(p) => p,
+                    None => beside_me("zos-grid")?,
+                },
+                zosd_bin: match zosd {
+                    Some(p) => p,
+                    None => beside_me("zosd")?,
+                },
+                wait: Duration::from_secs(120),
+            };
+            if !g.json {
+                eprintln!(
+                    "starting devnet {:?}: grid, farm and {} node(s); waiting for every node to come online…",
+                    opts.name, opts.nodes
+                );
+            }
+            let state = devnet::up(&opts).await?;
+            if g.json {
+                return output::json(&state);
+            }
+            status_print(&state).await?;
+            println!("\nexport ZOS_GRID={}", state.grid_url);
+            println!(
+                "farmer key: {}    stop it with: zos devnet down --name {}",
+                state.farmer_key.display(),
+                state.name
+            );
+            Ok(())
+        }
+        DevnetCmd::Down { name } => {
+            let state = DevnetState::load(&devnet_dir(&name))?;
+            devnet::down(&state)?;
+            if g.json {
+                output::json(&json!({"name": name, "removed": true}))
+            } else {
+                println!(
+                    "devnet {name} removed: {} node(s), grid, namespaces and links",
+                    state.nodes.len()
+                );
+                Ok(())
+            }
+        }
+        DevnetCmd::Status { name } => {
+            let state = DevnetState::load(&devnet_dir(&name))?;
+            if g.json {
+                return output::json(&state);
+            }
+            status_print(&state).await
+        }
+    }
+}
+
+async fn status_print(state: &DevnetState) -> anyhow::Result<()> {
+    fields(&[
+        ("devnet", state.name.clone()),
+        (
+            "grid",
+            format!(
+                "{} (nodes reach it at {})",
+                state.grid_url, state.grid_node_url
+            ),
+        ),
+        (
+            "farm",
+            format!("{} (farmer twin {})", state.farm_id, state.farmer_twin),
+        ),
+        ("state", state.dir.display().to_string()),
+    ]);
+    let client = GridClient::new(&state.grid_url)?;
+    let listed = client
+        .list_nodes(&NodeFilter {
+            farm_id: Some(state.farm_id),
+            ..NodeFilter::default()
+        })
+        .await
+        .unwrap_or_default();
+    let mut t = Table::new(&["#", "NODE", "NAMESPACE", "ADDRESS", "PID", "STATE"]);
+    for n in &state.nodes {
+        let online = n
+            .node_id
+            .and_then(|id| listed.iter().find(|x| x.id == id))
+            .map(|x| x.online);
+        t.row(vec![
+            n.index.to_string(),
+            n.node_id.map_or("-".into(), |i| i.to_string()),
+            n.netns.clone(),
+            n.address.clone(),
+            n.pid.to_string(),
+            match online {
+                Some(true) => "online".into(),
+                Some(false) => "offline".into(),
+                None => "unknown".into(),
+            },
+        ]);
+    }
+    println!();
+    t.print();
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}

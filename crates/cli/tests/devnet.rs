@@ -1,0 +1,202 @@
+//! A devnet on this machine: real zos-grid and zosd processes, each node in its own namespace.
+
+use std::time::Duration;
+
+use zos_client::GridClient;
+use zos_testkit::devnet::{self, DevnetGuard};
+use zos_testkit::process::wait_until;
+use zos_testkit::{netns, require_root};
+use zos_types::registry::{Node, NodeFilter};
+
+fn cpuinfo_cores() -> u64 {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count() as u64
+}
+
+fn memtotal_bytes() -> u64 {
+    let m = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let line = m.lines().find(|l| l.starts_with("MemTotal:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+async fn nodes(url: &str, farm: u32) -> Vec<Node> {
+    GridClient::new(url)
+        .unwrap()
+        .list_nodes(&NodeFilter {
+            farm_id: Some(farm),
+            ..NodeFilter::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// Socket inodes of `pid` in LISTEN state (TCP) or bound (UDP), from its own namespace's tables.
+fn listening_sockets(pid: i32) -> Vec<String> {
+    let mut inodes = std::collections::HashSet::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(target) = std::fs::read_link(fd.path()) {
+            let t = target.to_string_lossy().into_owned();
+            if let Some(inode) = t.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
+                inodes.insert(inode.to_string());
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for table in ["tcp", "tcp6", "udp", "udp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for row in text.lines().skip(1) {
+            let cols: Vec<&str> = row.split_whitespace().collect();
+            let (state, inode) = (cols[3], cols[9]);
+            let listening = if table.starts_with("tcp") {
+                state == "0A"
+            } else {
+                true
+            };
+            if listening && inodes.contains(inode) {
+                found.push(format!("{table} {}", cols[1]));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn devnet_nodes_register_with_real_capacity_and_listen_nowhere() {
+    if !require_root("devnet_nodes_register_with_real_capacity_and_listen_nowhere") {
+        return;
+    }
+    let net = DevnetGuard::up(2, Duration::from_secs(2)).await.unwrap();
+    let s = &net.state;
+
+    // What a user sees: `zos node list --json` against the devnet's grid.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zos"))
+        .args(["node", "list", "--json", "--grid", &s.grid_url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Vec<Node> = serde_json::from_slice(&out.stdout).unwrap();
+    let ours: Vec<&Node> = listed.iter().filter(|n| n.farm_id == s.farm_id).collect();
+    assert_eq!(ours.len(), 2);
+    for n in ours {
+        assert!(n.online, "node {} is not online", n.id);
+        assert_eq!(n.capacity.cru, cpuinfo_cores());
+        assert_eq!(n.capacity.mru, memtotal_bytes());
+        assert_eq!(
+            n.interfaces.len(),
+            1,
+            "a devnet node has one interface, eth0: {:?}",
+            n.interfaces
+        );
+        assert_eq!(n.interfaces[0].name, "eth0");
+    }
+    // Each node has its own twin and its own address on the devnet bridge.
+    let twins: std::collections::HashSet<_> = s.nodes.iter().map(|n| n.twin_id.unwrap()).collect();
+    assert_eq!(twins.len(), 2);
+
+    // zosd opens no listening socket.
+    for n in &s.nodes {
+        assert!(
+            listening_sockets(n.pid).is_empty(),
+            "zosd of node {} listens: {:?}",
+            n.index,
+            listening_sockets(n.pid)
+        );
+    }
+
+    // Down removes every process, namespace and link.
+    let state = s.clone();
+    drop(net);
+    assert!(!zos_testkit::process::alive(state.grid_pid));
+    for n in &state.nodes {
+        assert!(!zos_testkit::process::alive(n.pid));
+        assert!(!netns::netns_exists(&n.netns), "{} left", n.netns);
+        assert!(!netns::link_exists(&n.host_if), "{} left", n.host_if);
+    }
+    assert!(!netns::link_exists(&state.bridge));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_node_keeps_its_identity_and_a_silent_node_goes_offline() {
+    if !require_root("a_restarted_node_keeps_its_identity_and_a_silent_node_goes_offline") {
+        return;
+    }
+    let mut net = DevnetGuard::up(1, Duration::from_secs(1)).await.unwrap();
+    let before = nodes(&net.state.grid_url, net.state.farm_id).await;
+    assert_eq!(before.len(), 1);
+    let id = before[0].id;
+
+    // Crash it: with no reports for three periods the grid shows it offline.
+    devnet::stop_node(&mut net.state, 1, true).unwrap();
+    let url = net.state.grid_url.clone();
+    let farm = net.state.farm_id;
+    let offline = wait_until(Duration::from_secs(15), Duration::from_millis(250), || {
+        let url = url.clone();
+        async move {
+            nodes(&url, farm)
+                .await
+                .iter()
+                .any(|n| n.id == id && !n.online)
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(offline.is_some(), "the node never went offline");
+
+    // Start it again: same key, same twin, same node id, no second node.
+    devnet::start_node(&mut net.state, 1).unwrap();
+    let back = wait_until(Duration::from_secs(30), Duration::from_millis(250), || {
+        let url = url.clone();
+        async move { Some(nodes(&url, farm).await).filter(|n| n.iter().any(|n| n.online)) }
+    })
+    .await
+    .expect("the node never came back online");
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].id, id);
+    assert_eq!(back[0].twin_id, before[0].twin_id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_reattaches_when_the_grid_comes_back() {
+    if !require_root("a_node_reattaches_when_the_grid_comes_back") {
+        return;
+    }
+    let mut net = DevnetGuard::up(1, Duration::from_secs(1)).await.unwrap();
+    let url = net.state.grid_url.clone();
+    let farm = net.state.farm_id;
+    let first = nodes(&url, farm).await[0].clone();
+
+    devnet::stop_grid(&mut net.state);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    devnet::start_grid(&mut net.state).await.unwrap();
+
+    // The node keeps retrying and reports again on its own, with no new registration.
+    let seen_later = wait_until(Duration::from_secs(30), Duration::from_millis(250), || {
+        let url = url.clone();
+        let last = first.last_seen;
+        async move {
+            nodes(&url, farm)
+                .await
+                .into_iter()
+                .find(|n| n.online && n.last_seen > last)
+        }
+    })
+    .await
+    .expect("the node did not report to the restarted grid");
+    assert_eq!(seen_later.id, first.id);
+    assert_eq!(nodes(&url, farm).await.len(), 1);
+}

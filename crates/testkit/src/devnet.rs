@@ -1,0 +1,500 @@
+//! A whole grid on one machine: the grid on loopback, a farmer with a farm, and N nodes, each a
+//! test host in its own network namespace, joined to the grid by veth pairs on a bridge.
+//!
+//! Processes are started detached so a devnet outlives the command that made it
+//! (`zos devnet up`); [`down`] removes every process, namespace and link it made, using the
+//! state file written by [`up`]. Tests wrap the state in a [`DevnetGuard`] that does the same
+//! when dropped.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use zos_client::GridClient;
+use zos_types::registry::NodeFilter;
+use zos_types::{FarmId, Identity, NodeId, TwinId};
+
+use crate::netns::{self, Bridge, Netns};
+use crate::process::{alive, kill_and_wait, wait_until};
+
+/// Version of the state file format.
+pub const STATE_VERSION: u32 = 1;
+
+/// What `zos devnet up` is asked for.
+#[derive(Debug, Clone)]
+pub struct DevnetOptions {
+    /// Short name (1 to 5 of a-z, 0-9) that prefixes every namespace, link and node prefix.
+    pub name: String,
+    /// Where the state file, logs, keys and node state go.
+    pub dir: PathBuf,
+    pub nodes: usize,
+    pub report_interval: Duration,
+    pub grid_bin: PathBuf,
+    pub zosd_bin: PathBuf,
+    /// How long to wait for every node to be online before giving up.
+    pub wait: Duration,
+}
+
+/// One node of a devnet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevnetNode {
+    pub index: usize,
+    pub netns: String,
+    /// The root-namespace end of its veth pair, on the devnet bridge.
+    pub host_if: String,
+    /// Its address on the devnet bridge.
+    pub address: String,
+    /// Prefix of the names the node makes in global spaces.
+    pub prefix: String,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+    pub pid: i32,
+    #[serde(default)]
+    pub twin_id: Option<TwinId>,
+    #[serde(default)]
+    pub node_id: Option<NodeId>,
+}
+
+/// Everything a devnet made, written to `<dir>/devnet.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevnetState {
+    pub version: u32,
+    pub name: String,
+    pub dir: PathBuf,
+    /// The grid as users reach it (loopback).
+    pub grid_url: String,
+    /// The grid as nodes reach it (the bridge address).
+    pub grid_node_url: String,
+    pub grid_port: u16,
+    pub grid_pid: i32,
+    pub grid_bin: PathBuf,
+    pub zosd_bin: PathBuf,
+    pub report_interval_secs: u64,
+    pub bridge: String,
+    pub subnet: String,
+    pub farmer_key: PathBuf,
+    pub farmer_twin: TwinId,
+    pub farm_id: FarmId,
+    pub nodes: Vec<DevnetNode>,
+}
+
+impl DevnetState {
+    pub fn state_file(dir: &Path) -> PathBuf {
+        dir.join("devnet.json")
+    }
+
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let path = Self::state_file(dir);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("no devnet state at {}: is a devnet up?", path.display()))?;
+        let state: Self =
+            serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+        if state.version != STATE_VERSION {
+            bail!(
+                "{} has version {}, this build reads {}",
+                path.display(),
+                state.version,
+                STATE_VERSION
+            );
+        }
+        Ok(state)
+    }
+
+    pub fn save(&self) -> anyhow::Result<()> {
+        let path = Self::state_file(&self.dir);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    pub fn farmer(&self) -> anyhow::Result<Identity> {
+        Ok(zos_client::keyfile::load_identity(&self.farmer_key)?)
+    }
+
+    /// A client of the grid as the farmer.
+    pub fn farmer_client(&self) -> anyhow::Result<GridClient> {
+        Ok(GridClient::new(&self.grid_url)?
+            .with_identity(self.farmer()?)
+            .with_twin(self.farmer_twin))
+    }
+}
+
+fn validate_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty()
+        || name.len() > 5
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    {
+        bail!("devnet name {name:?} must be 1 to 5 of a-z, 0-9");
+    }
+    Ok(())
+}
+
+/// Starts `cmd` in its own process group with output to `log`, not waiting for it.
+fn spawn_detached(mut cmd: Command, log: &Path) -> anyhow::Result<i32> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening log {}", log.display()))?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    Ok(child.id() as i32)
+}
+
+/// A port on 127.0.0.1 that is free right now.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Brings a devnet up. On failure, whatever was made is removed again.
+pub async fn up(opts: &DevnetOptions) -> anyhow::Result<DevnetState> {
+    validate_name(&opts.name)?;
+    if !(1..=50).contains(&opts.nodes) {
+        bail!("a devnet has 1 to 50 nodes, not {}", opts.nodes);
+    }
+    let bridge_name = format!("{}br", opts.name);
+    if netns::link_exists(&bridge_name) || DevnetState::state_file(&opts.dir).exists() {
+        bail!(
+            "devnet {:?} is already up (bridge {bridge_name} or {} exists): run `zos devnet down` first",
+            opts.name,
+            opts.dir.display()
+        );
+    }
+    for bin in [&opts.grid_bin, &opts.zosd_bin] {
+        if !bin.is_file() {
+            bail!(
+                "{} not found: build the workspace first (cargo build)",
+                bin.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(&opts.dir)
+        .with_context(|| format!("creating {}", opts.dir.display()))?;
+
+    // Subnet choice and bridge creation happen under one lock so parallel devnets do not collide.
+    let lock =
+        File::create("/run/lock/zos-devnet.lock").context("opening /run/lock/zos-devnet.lock")?;
+    lock.lock()?;
+    let third = netns::free_subnet()?;
+    let subnet = format!("10.213.{third}.0/24");
+    let gateway = format!("10.213.{third}.1");
+    let bridge = Bridge::create(&bridge_name, &format!("{gateway}/24"))?;
+    drop(lock);
+
+    let port = free_port()?;
+    let mut state = DevnetState {
+        version: STATE_VERSION,
+        name: opts.name.clone(),
+        dir: opts.dir.clone(),
+        grid_url: format!("http://127.0.0.1:{port}"),
+        grid_node_url: format!("http://{gateway}:{port}"),
+        grid_port: port,
+        grid_pid: 0,
+        grid_bin: opts.grid_bin.clone(),
+        zosd_bin: opts.zosd_bin.clone(),
+        report_interval_secs: opts.report_interval.as_secs().max(1),
+        bridge: bridge.keep(),
+        subnet,
+        farmer_key: opts.dir.join("farmer.key"),
+        farmer_twin: 0,
+        farm_id: 0,
+        nodes: Vec::new(),
+    };
+    state.save()?;
+    match build(&mut state, opts, &gateway).await {
+        Ok(()) => Ok(state),
+        Err(e) => {
+            if let Err(clean) = down(&state) {
+                tracing::warn!(error = %clean, "cleanup after a failed devnet up was incomplete");
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn build(state: &mut DevnetState, opts: &DevnetOptions, gateway: &str) -> anyhow::Result<()> {
+    start_grid(state).await?;
+    state.save()?;
+
+    let farmer = Identity::generate()?;
+    zos_client::keyfile::save_identity(&state.farmer_key, &farmer, 0o600)?;
+    let client = GridClient::new(&state.grid_url)?.with_identity(farmer);
+    let twin = client
+        .create_twin(None)
+        .await
+        .context("creating the farmer twin")?;
+    let client = client.with_twin(twin.id);
+    let farm = client
+        .create_farm(&format!("devnet-{}", state.name))
+        .await
+        .context("creating the farm")?;
+    state.farmer_twin = twin.id;
+    state.farm_id = farm.id;
+    state.save()?;
+
+    for i in 1..=opts.nodes {
+        let node = DevnetNode {
+            index: i,
+            netns: format!("{}-n{i}", state.name),
+            host_if: format!("{}n{i}", state.name),
+            address: format!(
+                "{}.{}",
+                gateway.rsplit_once('.').map(|(a, _)| a).unwrap_or(gateway),
+                10 + i
+            ),
+            prefix: format!("{}n{i}", state.name),
+            state_dir: state.dir.join(format!("node{i}")),
+            log: state.dir.join(format!("node{i}.log")),
+            pid: 0,
+            twin_id: None,
+            node_id: None,
+        };
+        let ns = Netns::create(&node.netns)?;
+        state.nodes.push(node);
+        let node = state.nodes.last().unwrap();
+        netns::attach(
+            &state.bridge,
+            &ns,
+            &node.host_if,
+            &format!("{}/24", node.address),
+            gateway,
+        )?;
+        ns.keep();
+        state.save()?;
+        start_node(state, i)?;
+        state.save()?;
+    }
+    wait_online(state, opts.wait).await
+}
+
+/// Starts (or restarts) the grid of `state` on its data dir and port.
+pub async fn start_grid(state: &mut DevnetState) -> anyhow::Result<()> {
+    if state.grid_pid > 0 && alive(state.grid_pid) {
+        bail!("the grid already runs as pid {}", state.grid_pid);
+    }
+    let ready = state.dir.join("grid.ready");
+    let _ = std::fs::remove_file(&ready);
+    let gateway = state
+        .grid_node_url
+        .trim_start_matches("http://")
+        .to_string();
+    let mut cmd = Command::new(&state.grid_bin);
+    cmd.arg("serve")
+        .args(["--listen", &format!("127.0.0.1:{}", state.grid_port)])
+        .args(["--listen", &gateway])
+        .arg("--data-dir")
+        .arg(state.dir.join("grid"))
+        .arg("--ready-file")
+        .arg(&ready);
+    state.grid_pid = spawn_detached(cmd, &state.dir.join("grid.log"))?;
+    let pid = state.grid_pid;
+    let ok = wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
+        let ready = ready.clone();
+        async move { (ready.exists() || !alive(pid)).then_some(()) }
+    })
+    .await;
+    if ok.is_none() || !ready.exists() {
+        bail!(
+            "the grid did not start; see {}",
+            state.dir.join("grid.log").display()
+        );
+    }
+    Ok(())
+}
+
+/// Stops the grid (SIGTERM), keeping its data.
+pub fn stop_grid(state: &mut DevnetState) {
+    if state.grid_pid > 0 {
+        kill_and_wait(state.grid_pid, Duration::from_secs(10));
+        state.grid_pid = 0;
+    }
+}
+
+/// Starts zosd for node `index` (1-based) in its namespace.
+pub fn start_node(state: &mut DevnetState, index: usize) -> anyhow::Result<()> {
+    let report = state.report_interval_secs;
+    let grid = state.grid_node_url.clone();
+    let farm = state.farm_id;
+    let zosd = state.zosd_bin.clone();
+    let node = state
+        .nodes
+        .iter_mut()
+        .find(|n| n.index == index)
+        .with_context(|| format!("no node {index} in this devnet"))?;
+    if node.pid > 0 && alive(node.pid) {
+        bail!("node {index} already runs as pid {}", node.pid);
+    }
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &node.netns])
+        .arg(&zosd)
+        .args(["--cmdline", "/dev/null"])
+        .args(["--grid", &grid])
+        .args(["--farm-id", &farm.to_string()])
+        .args(["--runmode", "dev"])
+        .arg("--state-dir")
+        .arg(&node.state_dir)
+        .args(["--report-interval", &format!("{report}s")])
+        .args(["--prefix", &node.prefix]);
+    node.pid = spawn_detached(cmd, &node.log)?;
+    Ok(())
+}
+
+/// Stops zosd of node `index`: SIGTERM, or SIGKILL at once when `crash` is set.
+pub fn stop_node(state: &mut DevnetState, index: usize, crash: bool) -> anyhow::Result<()> {
+    let node = state
+        .nodes
+        .iter_mut()
+        .find(|n| n.index == index)
+        .with_context(|| format!("no node {index} in this devnet"))?;
+    if node.pid > 0 {
+        if crash {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(node.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        kill_and_wait(node.pid, Duration::from_secs(10));
+        node.pid = 0;
+    }
+    Ok(())
+}
+
+/// Waits until the grid lists every node of the devnet online, and records their ids.
+pub async fn wait_online(state: &mut DevnetState, timeout: Duration) -> anyhow::Result<()> {
+    let client = GridClient::new(&state.grid_url)?;
+    let filter = NodeFilter {
+        farm_id: Some(state.farm_id),
+        online: Some(true),
+        ..NodeFilter::default()
+    };
+    let want = state.nodes.len();
+    let nodes = wait_until(timeout, Duration::from_millis(200), || {
+        let client = client.clone();
+        let filter = filter.clone();
+        async move {
+            client
+                .list_nodes(&filter)
+                .await
+                .ok()
+                .filter(|n| n.len() >= want)
+        }
+    })
+    .await;
+    let Some(nodes) = nodes else {
+        bail!(
+            "not every node came online within {timeout:?}; see the node logs in {}",
+            state.dir.display()
+        );
+    };
+    for n in &mut state.nodes {
+        let key = zos_client::keyfile::load_identity(&n.state_dir.join("identity/node.key"))?
+            .public_key();
+        if let Some(twin) = client.twin_by_key(&key).await? {
+            n.twin_id = Some(twin.id);
+            n.node_id = nodes.iter().find(|x| x.twin_id == twin.id).map(|x| x.id);
+        }
+    }
+    state.save()
+}
+
+/// Removes every process, namespace and link of the devnet, then its state file.
+pub fn down(state: &DevnetState) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    for n in &state.nodes {
+        if n.pid > 0 {
+            kill_and_wait(n.pid, Duration::from_secs(10));
+        }
+        if let Err(e) = netns::delete_netns(&n.netns) {
+            problems.push(format!("namespace {}: {e}", n.netns));
+        }
+        if let Err(e) = netns::delete_link(&n.host_if) {
+            problems.push(format!("link {}: {e}", n.host_if));
+        }
+    }
+    if state.grid_pid > 0 {
+        kill_and_wait(state.grid_pid, Duration::from_secs(10));
+    }
+    if let Err(e) = netns::delete_link(&state.bridge) {
+        problems.push(format!("bridge {}: {e}", state.bridge));
+    }
+    if !problems.is_empty() {
+        bail!(
+            "devnet {} was not fully removed: {}",
+            state.name,
+            problems.join("; ")
+        );
+    }
+    let _ = std::fs::remove_file(DevnetState::state_file(&state.dir));
+    Ok(())
+}
+
+/// A devnet for a test: removed, with its directory, when dropped.
+#[derive(Debug)]
+pub struct DevnetGuard {
+    pub state: DevnetState,
+    _dir: Option<tempfile_dir::TempDir>,
+}
+
+mod tempfile_dir {
+    /// A directory removed on drop.
+    #[derive(Debug)]
+    pub struct TempDir(pub std::path::PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl DevnetGuard {
+    /// Brings up a devnet named after the test process with `nodes` nodes, using the binaries
+    /// built beside the test executable.
+    pub async fn up(nodes: usize, report_interval: Duration) -> anyhow::Result<Self> {
+        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("t{:03}{}", std::process::id() % 1000, n % 10);
+        let dir = std::env::temp_dir().join(format!("zos-devnet-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let bin = |b: &str| {
+            crate::workspace_binary(b)
+                .with_context(|| format!("{b} is not built: run `cargo build --workspace` first"))
+        };
+        let opts = DevnetOptions {
+            name,
+            dir: dir.clone(),
+            nodes,
+            report_interval,
+            grid_bin: bin("zos-grid")?,
+            zosd_bin: bin("zosd")?,
+            wait: Duration::from_secs(60),
+        };
+        let guard_dir = tempfile_dir::TempDir(dir);
+        let state = up(&opts).await?;
+        Ok(Self {
+            state,
+            _dir: Some(guard_dir),
+        })
+    }
+}
+
+impl Drop for DevnetGuard {
+    fn drop(&mut self) {
+        if let Err(e) = down(&self.state) {
+            eprintln!("devnet cleanup: {e:#}");
+        }
+    }
+}

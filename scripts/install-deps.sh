@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the system packages zos builds and tests with, when they are missing (Debian 12).
+set -euo pipefail
+
+packages=(
+  iproute2        # ip netns / link / addr: test hosts and devnets
+  btrfs-progs     # storage pools
+  xfsprogs e2fsprogs util-linux  # foreign filesystems in storage tests, losetup
+  nftables        # node firewall and NAT
+  busybox-static  # root file systems built by flist and VM tests
+  pkg-config      # -sys crates
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "missing packages: ${missing[*]}; run as root or: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "installing: ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+  echo "installing cargo-nextest" >&2
+  cargo install --locked cargo-nextest
+fi
