@@ -1,1 +1,519 @@
-//! placeholder
+//! Typed client of the zos grid registry API (`/api/v1`).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), zos_client::ClientError> {
+//! use zos_client::GridClient;
+//! use zos_types::Identity;
+//!
+//! let me = Identity::generate().expect("randomness");
+//! let grid = GridClient::new("http://127.0.0.1:8080")?.with_identity(me);
+//! let twin = grid.create_twin(None).await?;
+//! let grid = grid.with_twin(twin.id);
+//! let farm = grid.create_farm("my-farm").await?;
+//! # let _ = farm; Ok(()) }
+//! ```
+//!
+//! Every call that changes state is signed with [`zos_types::auth::RequestAuth`] over the exact
+//! method, path, query and body that go on the wire, with the current Unix time. The registry
+//! accepts a signed request once: two calls with the same body to the same route within the same
+//! second carry the same signature, and the second is refused as a replay.
+
+pub mod keyfile;
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode, Url};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use zos_types::auth::{self, RequestAuth, Signer};
+use zos_types::registry::{
+    API_PREFIX, AddFarmIp, ApiError, CreateFarm, CreateTwin, Farm, FarmIp, Health, Node,
+    NodeFilter, NodeRegistration, PublicConfig, Twin, UptimeReport,
+};
+use zos_types::{FarmId, Identity, NodeId, PublicKey, TwinId};
+
+/// How long the client waits for a TCP connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the client waits for a whole request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What can go wrong with a call to the grid.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The grid answered with an error status and (usually) an [`ApiError`] body.
+    #[error("grid answered {status}: {message}")]
+    Api { status: u16, message: String },
+    /// The request did not get an answer: connection refused, timeout, reset.
+    #[error("request to {url} failed")]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The grid answered success with a body this client does not understand.
+    #[error("cannot decode the answer of {url}")]
+    Decode {
+        url: String,
+        #[source]
+        source: DecodeError,
+    },
+    /// The base URL or a route built from it is not a valid URL.
+    #[error("invalid grid URL {0:?}")]
+    Url(String),
+    /// A signed call was made on a client without an identity.
+    #[error("this call must be signed: give the client an identity with with_identity")]
+    NoIdentity,
+    /// A call signed by a twin was made on a client without a twin id.
+    #[error("this call must be signed by a twin: give the client its twin id with with_twin")]
+    NoTwin,
+}
+
+/// Why an answer could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("reading the body failed")]
+    Body(#[source] reqwest::Error),
+    #[error("the body is not the expected JSON")]
+    Json(#[source] serde_json::Error),
+}
+
+impl ClientError {
+    /// The HTTP status of an API error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// True when the grid answered 404.
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(404)
+    }
+
+    /// True for failures worth retrying later: no answer at all, or a 5xx (or 429) answer.
+    /// 4xx answers are final: the same request will be refused again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Transport { .. } => true,
+            ClientError::Api { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
+/// A client of one grid registry, optionally acting as one twin.
+///
+/// Cheap to clone: clones share one connection pool.
+#[derive(Debug, Clone)]
+pub struct GridClient {
+    base: Url,
+    http: reqwest::Client,
+    identity: Option<Arc<Identity>>,
+    twin: Option<TwinId>,
+}
+
+impl GridClient {
+    /// A client of the registry at `base_url` (for example `http://127.0.0.1:8080`), with the
+    /// default timeouts ([`CONNECT_TIMEOUT`], [`REQUEST_TIMEOUT`]).
+    pub fn new(base_url: &str) -> Result<Self, ClientError> {
+        let mut base = Url::parse(base_url).map_err(|_| ClientError::Url(base_url.into()))?;
+        if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
+            return Err(ClientError::Url(base_url.into()));
+        }
+        base.set_query(None);
+        base.set_fragment(None);
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("zos-client/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|source| ClientError::Transport {
+                url: base_url.into(),
+                source,
+            })?;
+        Ok(Self {
+            base,
+            http,
+            identity: None,
+            twin: None,
+        })
+    }
+
+    /// The same client, signing with `identity`.
+    pub fn with_identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(Arc::new(identity));
+        self
+    }
+
+    /// The same client, acting as twin `twin` (whose key must be the identity's).
+    pub fn with_twin(mut self, twin: TwinId) -> Self {
+        self.twin = Some(twin);
+        self
+    }
+
+    /// The base URL of the registry.
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    /// The twin this client acts as, if set.
+    pub fn twin_id(&self) -> Option<TwinId> {
+        self.twin
+    }
+
+    /// The identity this client signs with, if set.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_deref()
+    }
+
+    // ---- twins ----
+
+    /// Registers the client's identity as a new twin (signed by the key itself).
+    pub async fn create_twin(&self, relay: Option<String>) -> Result<Twin, ClientError> {
+        let identity = self.identity.as_ref().ok_or(ClientError::NoIdentity)?;
+        let body = CreateTwin {
+            public_key: identity.public_key(),
+            relay,
+        };
+        let signer = Signer::Key(identity.public_key());
+        let (_, twin) = self
+            .send(Method::POST, "/twins", &[], Some(&body), Some(signer))
+            .await?;
+        Ok(twin)
+    }
+
+    pub async fn get_twin(&self, id: TwinId) -> Result<Twin, ClientError> {
+        self.get(&format!("/twins/{id}"), &[]).await
+    }
+
+    /// The twin of public key `key`, or `None` when no twin has it.
+    pub async fn twin_by_key(&self, key: &PublicKey) -> Result<Option<Twin>, ClientError> {
+        let key = key.to_string();
+        not_found_to_none(self.get("/twins", &[("public_key", key.as_str())]).await)
+    }
+
+    // ---- farms ----
+
+    /// Creates a farm whose farmer is the client's twin.
+    pub async fn create_farm(&self, name: &str) -> Result<Farm, ClientError> {
+        let body = CreateFarm { name: name.into() };
+        self.signed(Method::POST, "/farms", &body).await
+    }
+
+    pub async fn get_farm(&self, id: FarmId) -> Result<Farm, ClientError> {
+        self.get(&format!("/farms/{id}"), &[]).await
+    }
+
+    /// The farm named `name` (names compare without regard to case), or `None`.
+    pub async fn farm_by_name(&self, name: &str) -> Result<Option<Farm>, ClientError> {
+        let farms: Vec<Farm> = self.get("/farms", &[("name", name)]).await?;
+        Ok(farms.into_iter().next())
+    }
+
+    pub async fn list_farms(&self) -> Result<Vec<Farm>, ClientError> {
+        self.get("/farms", &[]).await
+    }
+
+    /// Adds a public IPv4 address to the pool of `farm` (the client must be its farmer).
+    pub async fn add_farm_ip(&self, farm: FarmId, ip: &AddFarmIp) -> Result<Farm, ClientError> {
+        self.signed(Method::POST, &format!("/farms/{farm}/ips"), ip)
+            .await
+    }
+
+    /// Removes an address from the pool of `farm` (the client must be its farmer).
+    pub async fn remove_farm_ip(&self, farm: FarmId, ip: Ipv4Addr) -> Result<Farm, ClientError> {
+        let signer = Signer::Twin(self.twin.ok_or(ClientError::NoTwin)?);
+        let (_, farm) = self
+            .send::<(), _>(
+                Method::DELETE,
+                &format!("/farms/{farm}/ips/{ip}"),
+                &[],
+                None,
+                Some(signer),
+            )
+            .await?;
+        Ok(farm)
+    }
+
+    pub async fn list_farm_ips(&self, farm: FarmId) -> Result<Vec<FarmIp>, ClientError> {
+        self.get(&format!("/farms/{farm}/ips"), &[]).await
+    }
+
+    // ---- nodes ----
+
+    /// Registers the client's twin as a node, or updates its registration. Returns the node and
+    /// whether it was created (`true`, 201) or updated (`false`, 200).
+    pub async fn register_node(
+        &self,
+        registration: &NodeRegistration,
+    ) -> Result<(Node, bool), ClientError> {
+        let signer = Signer::Twin(self.twin.ok_or(ClientError::NoTwin)?);
+        let (status, node) = self
+            .send(
+                Method::POST,
+                "/nodes",
+                &[],
+                Some(registration),
+                Some(signer),
+            )
+            .await?;
+        Ok((node, status == StatusCode::CREATED))
+    }
+
+    /// Sets the public network configuration of `node` (the client must be its farmer).
+    pub async fn set_public_config(
+        &self,
+        node: NodeId,
+        config: &PublicConfig,
+    ) -> Result<Node, ClientError> {
+        self.signed(Method::PUT, &format!("/nodes/{node}/public-config"), config)
+            .await
+    }
+
+    /// Reports the uptime of `node` (the client must be the node's twin).
+    pub async fn report_uptime(
+        &self,
+        node: NodeId,
+        report: &UptimeReport,
+    ) -> Result<Node, ClientError> {
+        self.signed(Method::POST, &format!("/nodes/{node}/uptime"), report)
+            .await
+    }
+
+    /// Nodes that pass `filter`, ordered by id.
+    pub async fn list_nodes(&self, filter: &NodeFilter) -> Result<Vec<Node>, ClientError> {
+        let query = serde_json::to_value(filter).expect("a node filter serializes");
+        let pairs: Vec<(String, String)> = query
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| {
+                let v = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        let pairs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.get("/nodes", &pairs).await
+    }
+
+    pub async fn get_node(&self, id: NodeId) -> Result<Node, ClientError> {
+        self.get(&format!("/nodes/{id}"), &[]).await
+    }
+
+    /// The registry's version and clock; a cheap reachability check.
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.get("/health", &[]).await
+    }
+
+    // ---- plumbing ----
+
+    fn url(&self, route: &str, query: &[(&str, &str)]) -> Url {
+        let mut url = self.base.clone();
+        let path = format!(
+            "{}{API_PREFIX}{route}",
+            self.base.path().trim_end_matches('/')
+        );
+        url.set_path(&path);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        url
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        route: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, ClientError> {
+        let (_, value) = self
+            .send::<(), _>(Method::GET, route, query, None, None)
+            .await?;
+        Ok(value)
+    }
+
+    async fn signed<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        route: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let signer = Signer::Twin(self.twin.ok_or(ClientError::NoTwin)?);
+        let (_, value) = self
+            .send(method, route, &[], Some(body), Some(signer))
+            .await?;
+        Ok(value)
+    }
+
+    async fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        route: &str,
+        query: &[(&str, &str)],
+        body: Option<&B>,
+        signer: Option<Signer>,
+    ) -> Result<(StatusCode, T), ClientError> {
+        let url = self.url(route, query);
+        let bytes = match body {
+            Some(b) => serde_json::to_vec(b).expect("request bodies serialize"),
+            None => Vec::new(),
+        };
+        let mut request = self.http.request(method.clone(), url.clone());
+        if body.is_some() {
+            request = request.header(reqwest::header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(signer) = signer {
+            let identity = self.identity.as_ref().ok_or(ClientError::NoIdentity)?;
+            let path_and_query = match url.query() {
+                Some(q) => format!("{}?{q}", url.path()),
+                None => url.path().to_string(),
+            };
+            let auth = RequestAuth::sign(
+                identity,
+                signer,
+                method.as_str(),
+                &path_and_query,
+                auth::unix_now(),
+                &bytes,
+            );
+            request = request.header(auth::HEADER, auth.to_string());
+        }
+        if body.is_some() {
+            request = request.body(bytes);
+        }
+        tracing::trace!(%method, %url, "grid request");
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.to_string(),
+                source,
+            })?;
+        let status = response.status();
+        let text = response.bytes().await;
+        let text = match text {
+            Ok(t) => t,
+            Err(source) if status.is_success() => {
+                return Err(ClientError::Decode {
+                    url: url.to_string(),
+                    source: DecodeError::Body(source),
+                });
+            }
+            Err(source) => {
+                return Err(ClientError::Transport {
+                    url: url.to_string(),
+                    source,
+                });
+            }
+        };
+        if !status.is_success() {
+            let message = match serde_json::from_slice::<ApiError>(&text) {
+                Ok(e) => e.error,
+                Err(_) => {
+                    let raw = String::from_utf8_lossy(&text);
+                    let raw = raw.trim();
+                    if raw.is_empty() {
+                        status
+                            .canonical_reason()
+                            .unwrap_or("no message")
+                            .to_string()
+                    } else {
+                        raw.chars().take(512).collect()
+                    }
+                }
+            };
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        let value = serde_json::from_slice(&text).map_err(|source| ClientError::Decode {
+            url: url.to_string(),
+            source: DecodeError::Json(source),
+        })?;
+        Ok((status, value))
+    }
+}
+
+fn not_found_to_none<T>(r: Result<T, ClientError>) -> Result<Option<T>, ClientError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_built_under_the_api_prefix() {
+        let c = GridClient::new("http://127.0.0.1:8080/").unwrap();
+        assert_eq!(
+            c.url("/farms", &[("name", "a b")]).as_str(),
+            "http://127.0.0.1:8080/api/v1/farms?name=a+b"
+        );
+        let c = GridClient::new("http://grid.example/registry/").unwrap();
+        assert_eq!(
+            c.url("/nodes/3", &[]).as_str(),
+            "http://grid.example/registry/api/v1/nodes/3"
+        );
+        assert!(GridClient::new("not a url").is_err());
+        assert!(GridClient::new("ftp://x").is_err());
+    }
+
+    #[test]
+    fn transient_errors_are_5xx_and_transport() {
+        let api = |status| ClientError::Api {
+            status,
+            message: String::new(),
+        };
+        assert!(api(503).is_transient());
+        assert!(api(500).is_transient());
+        assert!(!api(404).is_transient());
+        assert!(api(404).is_not_found());
+        assert!(!api(401).is_transient());
+        assert!(!ClientError::NoIdentity.is_transient());
+    }
+
+    #[tokio::test]
+    async fn unreachable_grid_is_a_transient_transport_error() {
+        // Bind and drop a listener to get a port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = GridClient::new(&format!("http://127.0.0.1:{port}")).unwrap();
+        let err = c.health().await.unwrap_err();
+        assert!(matches!(err, ClientError::Transport { .. }), "{err:?}");
+        assert!(err.is_transient());
+    }
+
+    #[tokio::test]
+    async fn signed_calls_need_an_identity_and_a_twin() {
+        let c = GridClient::new("http://127.0.0.1:9").unwrap();
+        assert!(matches!(
+            c.create_twin(None).await,
+            Err(ClientError::NoIdentity)
+        ));
+        assert!(matches!(
+            c.create_farm("farm").await,
+            Err(ClientError::NoTwin)
+        ));
+        let c = c.with_twin(3);
+        assert!(matches!(
+            c.create_farm("farm").await,
+            Err(ClientError::NoIdentity)
+        ));
+    }
+}

@@ -13,6 +13,7 @@
 //! | `PUT /nodes/{id}/public-config` | the node's farmer | [`PublicConfig`] → 200 [`Node`] |
 //! | `POST /nodes/{id}/uptime` | the node's own twin | [`UptimeReport`] → 200 [`Node`] |
 //! | `GET /nodes?…` ([`NodeFilter`]), `GET /nodes/{id}` | – | [`Node`]s |
+//! | `GET /health` | – | [`Health`] |
 //!
 //! Errors answer with a 4xx or 5xx status and an [`ApiError`] body. Bodies larger than
 //! [`MAX_BODY_BYTES`] and bodies with unknown fields are refused.
@@ -428,6 +429,41 @@ pub struct UptimeReport {
     pub timestamp: i64,
 }
 
+impl UptimeReport {
+    /// Checks the report against the receiver's clock `now`: the node's clock must be within
+    /// [`crate::auth::MAX_SKEW_SECS`] of it, and the node cannot have booted before 1970.
+    pub fn validate(&self, now: i64) -> Result<(), ValidationError> {
+        if (self.timestamp - now).abs() > crate::auth::MAX_SKEW_SECS {
+            return Err(invalid(
+                "timestamp",
+                format!(
+                    "{} is more than {} s away from the server clock {now}",
+                    self.timestamp,
+                    crate::auth::MAX_SKEW_SECS
+                ),
+            ));
+        }
+        if !i64::try_from(self.uptime_secs).is_ok_and(|u| u <= self.timestamp) {
+            return Err(invalid(
+                "uptime_secs",
+                format!("{} s would mean a boot before 1970", self.uptime_secs),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The answer of `GET /health`: a cheap check that the registry is up, and its clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// Version of the `zos-grid` that answers.
+    pub version: String,
+    /// The registry's clock (unix seconds), which signed requests must be within
+    /// [`crate::auth::MAX_SKEW_SECS`] of.
+    pub time: i64,
+}
+
 /// Query filters of `GET /nodes`. Absent fields do not filter.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -553,6 +589,26 @@ mod tests {
         assert!(ip("185.69.166.0/24", "185.69.166.1").validate().is_err());
         assert!(ip("185.69.166.1/24", "185.69.166.1").validate().is_err());
         assert!(ip("127.0.0.2/8", "127.0.0.1").validate().is_err());
+    }
+
+    #[test]
+    fn uptime_reports_are_checked_against_the_clock() {
+        let r = |uptime_secs, timestamp| UptimeReport {
+            uptime_secs,
+            timestamp,
+        };
+        r(100, 1000).validate(1000).unwrap();
+        r(100, 1060).validate(1000).unwrap();
+        assert_eq!(r(100, 1061).validate(1000).unwrap_err().field, "timestamp");
+        assert_eq!(r(100, 939).validate(1000).unwrap_err().field, "timestamp");
+        assert_eq!(
+            r(1001, 1000).validate(1000).unwrap_err().field,
+            "uptime_secs"
+        );
+        assert_eq!(
+            r(u64::MAX, 1000).validate(1000).unwrap_err().field,
+            "uptime_secs"
+        );
     }
 
     #[test]
