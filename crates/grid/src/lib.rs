@@ -1,1 +1,253 @@
-//! placeholder
+//! The zos grid: the registry of twins, farms and nodes, served over HTTP.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), zos_grid::GridError> {
+//! let grid = zos_grid::start(zos_grid::GridConfig::new(
+//!     "127.0.0.1:0".parse().unwrap(),
+//!     "/var/lib/zos-grid".into(),
+//! ))
+//! .await?;
+//! println!("registry at {}", grid.url());
+//! grid.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The API is described in `docs/registry.md` and in [`zos_types::registry`]. Storage sits
+//! behind the [`store::Store`] trait ([`store::SqliteStore`] is the embedded one), time behind
+//! the [`clock::Clock`] trait.
+
+pub mod api;
+pub mod auth;
+pub mod bench;
+pub mod clock;
+pub mod error;
+pub mod replay;
+pub mod store;
+
+use std::fs::DirBuilder;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::clock::{Clock, SystemClock};
+use crate::store::{SqliteStore, Store, StoreError};
+
+/// Name of the database file inside the data directory.
+pub const DATABASE_FILE: &str = "registry.sqlite";
+/// How long a shutdown waits for requests in flight before it drops them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How to run a grid.
+#[derive(Debug, Clone)]
+pub struct GridConfig {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Directory of the database; created (mode 0700) when missing.
+    pub data_dir: PathBuf,
+    /// Where time comes from.
+    pub clock: Arc<dyn Clock>,
+    /// How many request signatures the replay cache holds at most.
+    pub replay_capacity: usize,
+}
+
+impl GridConfig {
+    /// A config with the system clock and the default replay cache size.
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Self {
+            listen,
+            data_dir,
+            clock: Arc::new(SystemClock),
+            replay_capacity: replay::DEFAULT_CAPACITY,
+        }
+    }
+
+    /// The same config with another clock (tests use [`clock::ManualClock`]).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+}
+
+/// Failures to start or run a grid.
+#[derive(Debug, thiserror::Error)]
+pub enum GridError {
+    #[error("cannot create data directory {path}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open the registry store")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the HTTP server failed")]
+    Serve(#[source] io::Error),
+    #[error("the HTTP server task ended abnormally")]
+    Task(#[source] tokio::task::JoinError),
+    #[error("cannot write ready file {path}")]
+    ReadyFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A grid serving in this process. Dropping it stops the server without waiting;
+/// [`RunningGrid::shutdown`] stops it and waits.
+#[derive(Debug)]
+pub struct RunningGrid {
+    addr: SocketAddr,
+    store: Arc<dyn Store>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<io::Result<()>>>,
+}
+
+/// Opens the store in `config.data_dir`, binds `config.listen` and serves the registry API.
+pub async fn start(config: GridConfig) -> Result<RunningGrid, GridError> {
+    let dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || open_store(&dir))
+        .await
+        .map_err(GridError::Task)??;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| GridError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| GridError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let state = api::AppState::new(store.clone(), config.clock, config.replay_capacity);
+    let app = api::router(state);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "registry listening");
+    Ok(RunningGrid {
+        addr,
+        store,
+        stop: Some(stop),
+        task: Some(task),
+    })
+}
+
+fn open_store(dir: &Path) -> Result<Arc<dyn Store>, GridError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| GridError::DataDir {
+            path: dir.into(),
+            source,
+        })?;
+    Ok(Arc::new(SqliteStore::open(&dir.join(DATABASE_FILE))?))
+}
+
+impl RunningGrid {
+    /// The address the grid listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL of the API: `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The grid's store (tests use it to dump the database).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Stops accepting connections, lets requests in flight finish (at most
+    /// [`SHUTDOWN_GRACE`]) and waits for the server to end.
+    pub async fn shutdown(mut self) -> Result<(), GridError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let Some(mut task) = self.task.take() else {
+            return Ok(());
+        };
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+            Ok(joined) => joined.map_err(GridError::Task)?.map_err(GridError::Serve)?,
+            Err(_) => {
+                tracing::warn!(addr = %self.addr, "requests still running after the grace period: dropping them");
+                task.abort();
+            }
+        }
+        tracing::info!(addr = %self.addr, "registry stopped");
+        Ok(())
+    }
+}
+
+impl Drop for RunningGrid {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Writes `contents` to `path` atomically: a temporary file in the same directory, flushed,
+/// then renamed over `path`. Readers see the old contents or the new, never a part.
+pub fn write_file_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ready");
+        write_file_atomically(&path, b"one").unwrap();
+        write_file_atomically(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert!(write_file_atomically(&dir.path().join("no/such/dir/ready"), b"x").is_err());
+    }
+}

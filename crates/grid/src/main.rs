@@ -1,1 +1,128 @@
-fn main() {}
+//! `zos-grid`: serve the registry, or benchmark it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use zos_grid::bench::{self, BenchOptions};
+use zos_grid::{GridConfig, GridError, start, write_file_atomically};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "zos-grid",
+    version,
+    about = "The zos grid: registry of twins, farms and nodes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the registry API until SIGTERM or SIGINT.
+    Serve {
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:8080", env = "ZOS_GRID_LISTEN")]
+        listen: SocketAddr,
+        /// Directory of the registry database.
+        #[arg(long, env = "ZOS_GRID_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Once listening, write the URL (`http://ADDR`) to this file, atomically.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+    /// Measure signed uptime reports per second against an in-process registry.
+    Bench {
+        /// Number of registered nodes the reports are spread over.
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        /// Number of uptime reports to send.
+        #[arg(long, default_value_t = 10_000)]
+        reports: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve {
+            listen,
+            data_dir,
+            ready_file,
+        } => serve(listen, data_dir, ready_file).await,
+        Command::Bench {
+            nodes,
+            reports,
+            concurrency,
+            json,
+        } => {
+            let report = bench::run(BenchOptions {
+                nodes,
+                reports,
+                concurrency,
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{} signed uptime reports over {} nodes, {} in flight: {:.0} reports/s, \
+                     latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (setup {:.2} s)",
+                    report.reports,
+                    report.nodes,
+                    report.concurrency,
+                    report.reports_per_sec,
+                    report.latency_p50_ms,
+                    report.latency_p99_ms,
+                    report.latency_max_ms,
+                    report.setup_secs
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn serve(
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    ready_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let grid = start(GridConfig::new(listen, data_dir)).await?;
+    let url = grid.url();
+    if let Some(path) = &ready_file {
+        write_file_atomically(path, format!("{url}\n").as_bytes()).map_err(|source| {
+            GridError::ReadyFile {
+                path: path.clone(),
+                source,
+            }
+        })?;
+    }
+    tracing::info!(%url, "registry ready");
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+        r = tokio::signal::ctrl_c() => {
+            r.context("waiting for SIGINT")?;
+            tracing::info!("SIGINT: shutting down");
+        }
+    }
+    grid.shutdown().await?;
+    Ok(())
+}

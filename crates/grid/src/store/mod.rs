@@ -1,0 +1,113 @@
+//! Storage of the registry, behind the [`Store`] trait.
+//!
+//! The trait is synchronous: the HTTP layer calls it from blocking threads
+//! (`tokio::task::spawn_blocking`). Each method is one transaction, and a method that fails
+//! changes nothing. [`SqliteStore`] is the embedded implementation; a PostgreSQL one can follow
+//! behind the same trait.
+
+mod sqlite;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use zos_types::registry::{
+    AddFarmIp, Farm, FarmIp, Node, NodeFilter, NodeRegistration, PublicConfig, Twin,
+};
+use zos_types::{FarmId, NodeId, PublicKey, TwinId};
+
+pub use sqlite::{SCHEMA_VERSION, SqliteStore};
+
+/// Failures of the store. [`StoreError::NotFound`], [`StoreError::Conflict`] and
+/// [`StoreError::Invalid`] are the caller's fault; the rest are internal.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The object the operation is about does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The operation would break a uniqueness or ownership rule.
+    #[error("{0}")]
+    Conflict(String),
+    /// A value the store cannot hold, or a reference to a missing object inside a request body.
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    /// The database was written by a newer binary.
+    #[error(
+        "database {path} has schema version {found}, newer than version {supported} that this zos-grid knows: run a newer zos-grid"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    /// The database or its directory cannot be opened.
+    #[error("cannot open database {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A query failed.
+    #[error("database {context} failed")]
+    Database {
+        context: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A stored value does not decode.
+    #[error("stored {0} is corrupt")]
+    Corrupt(String),
+}
+
+/// Storage of twins, farms with their IP pools, and nodes.
+///
+/// Methods that answer nodes take the current time `now` to compute
+/// [`Node::online`](zos_types::registry::Node::online).
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// The public key of twin `id`, if it exists (used to check signatures).
+    fn twin_key(&self, id: TwinId) -> Result<Option<PublicKey>, StoreError>;
+    /// Creates a twin; [`StoreError::Conflict`] if the key already has one.
+    fn create_twin(
+        &self,
+        key: PublicKey,
+        relay: Option<String>,
+        now: i64,
+    ) -> Result<Twin, StoreError>;
+    fn twin(&self, id: TwinId) -> Result<Option<Twin>, StoreError>;
+    fn twin_by_key(&self, key: &PublicKey) -> Result<Option<Twin>, StoreError>;
+
+    /// Creates a farm owned by `twin`; [`StoreError::Conflict`] if the name is taken in any case.
+    fn create_farm(&self, name: &str, twin: TwinId, now: i64) -> Result<Farm, StoreError>;
+    fn farm(&self, id: FarmId) -> Result<Option<Farm>, StoreError>;
+    /// The farm whose name equals `name` regardless of case.
+    fn farm_by_name(&self, name: &str) -> Result<Option<Farm>, StoreError>;
+    /// Every farm, by id.
+    fn farms(&self) -> Result<Vec<Farm>, StoreError>;
+    /// Adds an address to a farm's pool; [`StoreError::Conflict`] if it is in any pool already.
+    fn add_farm_ip(&self, farm: FarmId, ip: &AddFarmIp, now: i64) -> Result<Farm, StoreError>;
+    /// Removes an address from a farm's pool; [`StoreError::Conflict`] while a contract holds it.
+    fn remove_farm_ip(&self, farm: FarmId, ip: Ipv4Addr) -> Result<Farm, StoreError>;
+    fn farm_ips(&self, farm: FarmId) -> Result<Vec<FarmIp>, StoreError>;
+
+    /// Creates the node of `twin` or updates it. Returns the node and whether it was created.
+    fn upsert_node(
+        &self,
+        twin: TwinId,
+        registration: &NodeRegistration,
+        now: i64,
+    ) -> Result<(Node, bool), StoreError>;
+    fn set_public_config(
+        &self,
+        node: NodeId,
+        config: &PublicConfig,
+        now: i64,
+    ) -> Result<Node, StoreError>;
+    /// Records an uptime report received at server time `now`.
+    fn report_uptime(&self, node: NodeId, uptime_secs: u64, now: i64) -> Result<Node, StoreError>;
+    fn node(&self, id: NodeId, now: i64) -> Result<Option<Node>, StoreError>;
+    /// Nodes passing `filter` (paging included), by id.
+    fn nodes(&self, filter: &NodeFilter, now: i64) -> Result<Vec<Node>, StoreError>;
+
+    /// Every row of every table as text, in a stable order: for tests that check a refused
+    /// request changed nothing, and for debugging.
+    fn dump(&self) -> Result<String, StoreError>;
+}

@@ -1,0 +1,868 @@
+//! The SQLite implementation of [`Store`]: one file, WAL journal, foreign keys on, versioned
+//! migrations in `PRAGMA user_version`.
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use ipnet::Ipv4Net;
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use zos_types::registry::{
+    AddFarmIp, Farm, FarmIp, Hardware, Interface, Node, NodeFilter, NodeRegistration, PublicConfig,
+    Twin, is_online,
+};
+use zos_types::{Capacity, FarmId, NodeId, PublicKey, TwinId};
+
+use super::{Store, StoreError};
+
+/// The schema migrations, in order. Migration `i` (0-based) brings the database from version `i`
+/// to `i + 1`. Never edit a released migration: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: twins, farms, farm IP pools, nodes.
+    r#"
+    CREATE TABLE twins (
+        id          INTEGER PRIMARY KEY,
+        public_key  TEXT NOT NULL UNIQUE,
+        relay       TEXT,
+        created_at  INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE farms (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        twin_id     INTEGER NOT NULL REFERENCES twins(id),
+        created_at  INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX farms_twin ON farms(twin_id);
+
+    -- An address is in at most one pool: it is the key.
+    CREATE TABLE farm_ips (
+        address     INTEGER PRIMARY KEY,
+        farm_id     INTEGER NOT NULL REFERENCES farms(id),
+        prefix_len  INTEGER NOT NULL CHECK (prefix_len BETWEEN 8 AND 32),
+        gateway     INTEGER NOT NULL,
+        contract_id INTEGER,
+        added_at    INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX farm_ips_farm ON farm_ips(farm_id);
+
+    CREATE TABLE nodes (
+        id                   INTEGER PRIMARY KEY,
+        twin_id              INTEGER NOT NULL UNIQUE REFERENCES twins(id),
+        farm_id              INTEGER NOT NULL REFERENCES farms(id),
+        cru                  INTEGER NOT NULL CHECK (cru >= 0),
+        mru                  INTEGER NOT NULL CHECK (mru >= 0),
+        sru                  INTEGER NOT NULL CHECK (sru >= 0),
+        hru                  INTEGER NOT NULL CHECK (hru >= 0),
+        reserved_cru         INTEGER NOT NULL CHECK (reserved_cru >= 0),
+        reserved_mru         INTEGER NOT NULL CHECK (reserved_mru >= 0),
+        reserved_sru         INTEGER NOT NULL CHECK (reserved_sru >= 0),
+        reserved_hru         INTEGER NOT NULL CHECK (reserved_hru >= 0),
+        used_cru             INTEGER NOT NULL DEFAULT 0 CHECK (used_cru >= 0),
+        used_mru             INTEGER NOT NULL DEFAULT 0 CHECK (used_mru >= 0),
+        used_sru             INTEGER NOT NULL DEFAULT 0 CHECK (used_sru >= 0),
+        used_hru             INTEGER NOT NULL DEFAULT 0 CHECK (used_hru >= 0),
+        serial               TEXT NOT NULL,
+        virtualized          INTEGER NOT NULL,
+        cpu_model            TEXT NOT NULL,
+        interfaces           TEXT NOT NULL,
+        zos_version          TEXT NOT NULL,
+        report_interval_secs INTEGER NOT NULL CHECK (report_interval_secs > 0),
+        limited              TEXT,
+        public_config        TEXT,
+        uptime_secs          INTEGER NOT NULL DEFAULT 0 CHECK (uptime_secs >= 0),
+        last_seen            INTEGER,
+        created_at           INTEGER NOT NULL,
+        updated_at           INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX nodes_farm ON nodes(farm_id);
+    "#,
+];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+const NODE_COLUMNS: &str = "id, twin_id, farm_id, cru, mru, sru, hru, \
+    reserved_cru, reserved_mru, reserved_sru, reserved_hru, \
+    used_cru, used_mru, used_sru, used_hru, serial, virtualized, cpu_model, interfaces, \
+    zos_version, report_interval_secs, limited, public_config, uptime_secs, last_seen, \
+    created_at, updated_at";
+
+/// The registry in one SQLite file.
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+fn db(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Database { context, source }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to
+    /// [`SCHEMA_VERSION`]. A database written by a newer binary is refused.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, MIGRATIONS)
+    }
+
+    fn open_with(path: &Path, migrations: &[&str]) -> Result<Self, StoreError> {
+        let open_err = |source: rusqlite::Error| StoreError::Open {
+            path: path.into(),
+            source: Box::new(source),
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Open {
+                path: path.into(),
+                source: format!("journal mode is {mode}, not wal").into(),
+            });
+        }
+        // FULL: a request the registry acknowledged survives a power cut.
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(open_err)?;
+        migrate(&mut conn, path, migrations)?;
+        Ok(Self {
+            path: path.into(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves no half-done transaction (it rolls back on
+        // drop), so the connection is still usable.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write<T>(
+        &self,
+        context: &'static str,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db(context))?;
+        let out = f(&tx)?;
+        tx.commit().map_err(db(context))?;
+        Ok(out)
+    }
+}
+
+fn schema_version(conn: &Connection) -> Result<i64, rusqlite::Error> {
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
+}
+
+fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<(), StoreError> {
+    let found = schema_version(conn).map_err(db("reading the schema version"))?;
+    let supported = migrations.len() as i64;
+    if found > supported {
+        return Err(StoreError::TooNew {
+            path: path.into(),
+            found,
+            supported,
+        });
+    }
+    for (i, sql) in migrations.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction().map_err(db("starting a migration"))?;
+        tx.execute_batch(sql).map_err(db("migrating the schema"))?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)
+            .map_err(db("recording the schema version"))?;
+        tx.commit().map_err(db("committing a migration"))?;
+        tracing::info!(path = %path.display(), version = i + 1, "database schema migrated");
+    }
+    Ok(())
+}
+
+fn to_sql(field: &str, v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Invalid {
+        field: field.into(),
+        reason: format!("{v} is too large"),
+    })
+}
+
+fn from_sql(what: &str, v: i64) -> rusqlite::Result<u64> {
+    u64::try_from(v).map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Integer,
+            format!("{what} is negative: {v}").into(),
+        )
+    })
+}
+
+fn id_from_sql(v: i64) -> rusqlite::Result<u32> {
+    u32::try_from(v).map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Integer,
+            format!("id {v} is out of range").into(),
+        )
+    })
+}
+
+fn json_col<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("{what}: {e}").into(),
+        )
+    })
+}
+
+fn twin_from_row(r: &Row<'_>) -> rusqlite::Result<Twin> {
+    let key: String = r.get(1)?;
+    Ok(Twin {
+        id: id_from_sql(r.get(0)?)?,
+        public_key: key.parse().map_err(|_| {
+            rusqlite::Error::FromSqlConversionFailure(
+                1,
+                rusqlite::types::Type::Text,
+                "public key".into(),
+            )
+        })?,
+        relay: r.get(2)?,
+        created_at: r.get(3)?,
+    })
+}
+
+fn capacity_at(r: &Row<'_>, first: usize) -> rusqlite::Result<Capacity> {
+    Ok(Capacity {
+        cru: from_sql("cru", r.get(first)?)?,
+        mru: from_sql("mru", r.get(first + 1)?)?,
+        sru: from_sql("sru", r.get(first + 2)?)?,
+        hru: from_sql("hru", r.get(first + 3)?)?,
+    })
+}
+
+fn node_from_row(r: &Row<'_>, now: i64) -> rusqlite::Result<Node> {
+    let interfaces: String = r.get(18)?;
+    let public_config: Option<String> = r.get(22)?;
+    let report_interval_secs = from_sql("report_interval_secs", r.get(20)?)?;
+    let last_seen: Option<i64> = r.get(24)?;
+    Ok(Node {
+        id: id_from_sql(r.get(0)?)?,
+        twin_id: id_from_sql(r.get(1)?)?,
+        farm_id: id_from_sql(r.get(2)?)?,
+        capacity: capacity_at(r, 3)?,
+        reserved: capacity_at(r, 7)?,
+        used: capacity_at(r, 11)?,
+        hardware: Hardware {
+            serial: r.get(15)?,
+            virtualized: r.get(16)?,
+            cpu_model: r.get(17)?,
+        },
+        interfaces: json_col::<Vec<Interface>>("interfaces", &interfaces)?,
+        zos_version: r.get(19)?,
+        report_interval_secs,
+        limited: r.get(21)?,
+        public_config: public_config
+            .map(|t| json_col::<PublicConfig>("public_config", &t))
+            .transpose()?,
+        uptime_secs: from_sql("uptime_secs", r.get(23)?)?,
+        last_seen,
+        online: is_online(last_seen, report_interval_secs, now),
+        created_at: r.get(25)?,
+        updated_at: r.get(26)?,
+    })
+}
+
+fn farm_ip_from_row(r: &Row<'_>) -> rusqlite::Result<FarmIp> {
+    let addr = Ipv4Addr::from(u32::try_from(r.get::<_, i64>(0)?).unwrap_or(0));
+    let prefix: u8 = r.get(1)?;
+    let gateway = Ipv4Addr::from(u32::try_from(r.get::<_, i64>(2)?).unwrap_or(0));
+    let ip = Ipv4Net::new(addr, prefix).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Integer, e.into())
+    })?;
+    let contract_id: Option<i64> = r.get(3)?;
+    Ok(FarmIp {
+        ip,
+        gateway,
+        contract_id: contract_id
+            .map(|c| from_sql("contract_id", c))
+            .transpose()?,
+    })
+}
+
+fn load_twin(
+    conn: &Connection,
+    clause: &str,
+    value: &dyn rusqlite::ToSql,
+) -> Result<Option<Twin>, StoreError> {
+    conn.prepare_cached(&format!(
+        "SELECT id, public_key, relay, created_at FROM twins WHERE {clause}"
+    ))
+    .and_then(|mut s| s.query_row([value], twin_from_row).optional())
+    .map_err(db("reading a twin"))
+}
+
+fn load_farm_ips(conn: &Connection, farm: FarmId) -> Result<Vec<FarmIp>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT address, prefix_len, gateway, contract_id FROM farm_ips \
+             WHERE farm_id = ?1 ORDER BY address",
+        )
+        .map_err(db("reading farm IPs"))?;
+    stmt.query_map([farm], farm_ip_from_row)
+        .and_then(|rows| rows.collect())
+        .map_err(db("reading farm IPs"))
+}
+
+fn load_farm(
+    conn: &Connection,
+    clause: &str,
+    value: &dyn rusqlite::ToSql,
+) -> Result<Option<Farm>, StoreError> {
+    let row = conn
+        .prepare_cached(&format!(
+            "SELECT id, name, twin_id, created_at FROM farms WHERE {clause}"
+        ))
+        .and_then(|mut s| {
+            s.query_row([value], |r| {
+                Ok((
+                    id_from_sql(r.get(0)?)?,
+                    r.get::<_, String>(1)?,
+                    id_from_sql(r.get(2)?)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .optional()
+        })
+        .map_err(db("reading a farm"))?;
+    let Some((id, name, twin_id, created_at)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(Farm {
+        id,
+        name,
+        twin_id,
+        public_ips: load_farm_ips(conn, id)?,
+        created_at,
+    }))
+}
+
+fn load_node(conn: &Connection, id: NodeId, now: i64) -> Result<Option<Node>, StoreError> {
+    conn.prepare_cached(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = ?1"))
+        .and_then(|mut s| s.query_row([id], |r| node_from_row(r, now)).optional())
+        .map_err(db("reading a node"))
+}
+
+fn inserted_id(conn: &Connection, what: &str) -> Result<u32, StoreError> {
+    u32::try_from(conn.last_insert_rowid())
+        .map_err(|_| StoreError::Conflict(format!("no {what} ids left")))
+}
+
+impl Store for SqliteStore {
+    fn twin_key(&self, id: TwinId) -> Result<Option<PublicKey>, StoreError> {
+        let conn = self.conn();
+        let key: Option<String> = conn
+            .prepare_cached("SELECT public_key FROM twins WHERE id = ?1")
+            .and_then(|mut s| s.query_row([id], |r| r.get(0)).optional())
+            .map_err(db("reading a twin key"))?;
+        key.map(|k| {
+            k.parse()
+                .map_err(|_| StoreError::Corrupt(format!("public key of twin {id}")))
+        })
+        .transpose()
+    }
+
+    fn create_twin(
+        &self,
+        key: PublicKey,
+        relay: Option<String>,
+        now: i64,
+    ) -> Result<Twin, StoreError> {
+        self.write("creating a twin", |tx| {
+            if let Some(t) = load_twin(tx, "public_key = ?1", &key.to_string())? {
+                return Err(StoreError::Conflict(format!(
+                    "public key {key} already belongs to twin {}",
+                    t.id
+                )));
+            }
+            tx.prepare_cached(
+                "INSERT INTO twins (public_key, relay, created_at) VALUES (?1, ?2, ?3)",
+            )
+            .and_then(|mut s| s.execute(params![key.to_string(), relay, now]))
+            .map_err(db("creating a twin"))?;
+            let id = inserted_id(tx, "twin")?;
+            Ok(Twin {
+                id,
+                public_key: key,
+                relay,
+                created_at: now,
+            })
+        })
+    }
+
+    fn twin(&self, id: TwinId) -> Result<Option<Twin>, StoreError> {
+        load_twin(&self.conn(), "id = ?1", &id)
+    }
+
+    fn twin_by_key(&self, key: &PublicKey) -> Result<Option<Twin>, StoreError> {
+        load_twin(&self.conn(), "public_key = ?1", &key.to_string())
+    }
+
+    fn create_farm(&self, name: &str, twin: TwinId, now: i64) -> Result<Farm, StoreError> {
+        self.write("creating a farm", |tx| {
+            if let Some(f) = load_farm(tx, "name = ?1", &name)? {
+                return Err(StoreError::Conflict(format!(
+                    "farm name {name:?} is taken by farm {} ({:?})",
+                    f.id, f.name
+                )));
+            }
+            tx.prepare_cached("INSERT INTO farms (name, twin_id, created_at) VALUES (?1, ?2, ?3)")
+                .and_then(|mut s| s.execute(params![name, twin, now]))
+                .map_err(db("creating a farm"))?;
+            let id = inserted_id(tx, "farm")?;
+            Ok(Farm {
+                id,
+                name: name.into(),
+                twin_id: twin,
+                public_ips: Vec::new(),
+                created_at: now,
+            })
+        })
+    }
+
+    fn farm(&self, id: FarmId) -> Result<Option<Farm>, StoreError> {
+        load_farm(&self.conn(), "id = ?1", &id)
+    }
+
+    fn farm_by_name(&self, name: &str) -> Result<Option<Farm>, StoreError> {
+        load_farm(&self.conn(), "name = ?1", &name)
+    }
+
+    fn farms(&self) -> Result<Vec<Farm>, StoreError> {
+        let conn = self.conn();
+        let ids: Vec<i64> = conn
+            .prepare_cached("SELECT id FROM farms ORDER BY id")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(db("listing farms"))?;
+        let mut farms = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(f) = load_farm(&conn, "id = ?1", &id)? {
+                farms.push(f);
+            }
+        }
+        Ok(farms)
+    }
+
+    fn add_farm_ip(&self, farm: FarmId, ip: &AddFarmIp, now: i64) -> Result<Farm, StoreError> {
+        self.write("adding a farm IP", |tx| {
+            if load_farm(tx, "id = ?1", &farm)?.is_none() {
+                return Err(StoreError::NotFound(format!("farm {farm} does not exist")));
+            }
+            let address = u32::from(ip.ip.addr());
+            let holder: Option<i64> = tx
+                .prepare_cached("SELECT farm_id FROM farm_ips WHERE address = ?1")
+                .and_then(|mut s| s.query_row([address], |r| r.get(0)).optional())
+                .map_err(db("adding a farm IP"))?;
+            if let Some(holder) = holder {
+                return Err(StoreError::Conflict(format!(
+                    "{} is already in the pool of farm {holder}",
+                    ip.ip.addr()
+                )));
+            }
+            tx.prepare_cached(
+                "INSERT INTO farm_ips (address, farm_id, prefix_len, gateway, added_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    address,
+                    farm,
+                    ip.ip.prefix_len(),
+                    u32::from(ip.gateway),
+                    now
+                ])
+            })
+            .map_err(db("adding a farm IP"))?;
+            load_farm(tx, "id = ?1", &farm)?
+                .ok_or_else(|| StoreError::NotFound(format!("farm {farm} does not exist")))
+        })
+    }
+
+    fn remove_farm_ip(&self, farm: FarmId, ip: Ipv4Addr) -> Result<Farm, StoreError> {
+        self.write("removing a farm IP", |tx| {
+            if load_farm(tx, "id = ?1", &farm)?.is_none() {
+                return Err(StoreError::NotFound(format!("farm {farm} does not exist")));
+            }
+            let row: Option<(i64, Option<i64>)> = tx
+                .prepare_cached("SELECT farm_id, contract_id FROM farm_ips WHERE address = ?1")
+                .and_then(|mut s| {
+                    s.query_row([u32::from(ip)], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .map_err(db("removing a farm IP"))?;
+            match row {
+                Some((owner, _)) if owner != i64::from(farm) => {
+                    return Err(StoreError::NotFound(format!(
+                        "{ip} is not in the pool of farm {farm}"
+                    )));
+                }
+                None => {
+                    return Err(StoreError::NotFound(format!(
+                        "{ip} is not in the pool of farm {farm}"
+                    )));
+                }
+                Some((_, Some(contract))) => {
+                    return Err(StoreError::Conflict(format!(
+                        "{ip} is held by contract {contract}: cancel the contract first"
+                    )));
+                }
+                Some((_, None)) => {}
+            }
+            tx.prepare_cached("DELETE FROM farm_ips WHERE address = ?1")
+                .and_then(|mut s| s.execute([u32::from(ip)]))
+                .map_err(db("removing a farm IP"))?;
+            load_farm(tx, "id = ?1", &farm)?
+                .ok_or_else(|| StoreError::NotFound(format!("farm {farm} does not exist")))
+        })
+    }
+
+    fn farm_ips(&self, farm: FarmId) -> Result<Vec<FarmIp>, StoreError> {
+        let conn = self.conn();
+        let exists: Option<i64> = conn
+            .prepare_cached("SELECT id FROM farms WHERE id = ?1")
+            .and_then(|mut s| s.query_row([farm], |r| r.get(0)).optional())
+            .map_err(db("reading a farm"))?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound(format!("farm {farm} does not exist")));
+        }
+        load_farm_ips(&conn, farm)
+    }
+
+    fn upsert_node(
+        &self,
+        twin: TwinId,
+        reg: &NodeRegistration,
+        now: i64,
+    ) -> Result<(Node, bool), StoreError> {
+        self.write("registering a node", |tx| {
+            let farm_exists: Option<i64> = tx
+                .prepare_cached("SELECT id FROM farms WHERE id = ?1")
+                .and_then(|mut s| s.query_row([reg.farm_id], |r| r.get(0)).optional())
+                .map_err(db("registering a node"))?;
+            if farm_exists.is_none() {
+                return Err(StoreError::Invalid {
+                    field: "farm_id".into(),
+                    reason: format!("farm {} does not exist", reg.farm_id),
+                });
+            }
+            let existing: Option<(i64, i64)> = tx
+                .prepare_cached("SELECT id, farm_id FROM nodes WHERE twin_id = ?1")
+                .and_then(|mut s| {
+                    s.query_row([twin], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .map_err(db("registering a node"))?;
+            let c = &reg.capacity;
+            let r = &reg.reserved;
+            let interfaces = serde_json::to_string(&reg.interfaces).expect("interfaces serialize");
+            let numbers = [
+                to_sql("capacity.cru", c.cru)?,
+                to_sql("capacity.mru", c.mru)?,
+                to_sql("capacity.sru", c.sru)?,
+                to_sql("capacity.hru", c.hru)?,
+                to_sql("reserved.cru", r.cru)?,
+                to_sql("reserved.mru", r.mru)?,
+                to_sql("reserved.sru", r.sru)?,
+                to_sql("reserved.hru", r.hru)?,
+                to_sql("report_interval_secs", reg.report_interval_secs)?,
+            ];
+            let values = params![
+                twin,
+                reg.farm_id,
+                numbers[0],
+                numbers[1],
+                numbers[2],
+                numbers[3],
+                numbers[4],
+                numbers[5],
+                numbers[6],
+                numbers[7],
+                reg.hardware.serial,
+                reg.hardware.virtualized,
+                reg.hardware.cpu_model,
+                interfaces,
+                reg.zos_version,
+                numbers[8],
+                reg.limited,
+                now,
+            ];
+            let (id, created) = match existing {
+                None => {
+                    tx.prepare_cached(
+                        "INSERT INTO nodes (twin_id, farm_id, cru, mru, sru, hru, \
+                         reserved_cru, reserved_mru, reserved_sru, reserved_hru, \
+                         serial, virtualized, cpu_model, interfaces, zos_version, \
+                         report_interval_secs, limited, created_at, updated_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
+                         ?15, ?16, ?17, ?18, ?18)",
+                    )
+                    .and_then(|mut s| s.execute(values))
+                    .map_err(db("registering a node"))?;
+                    (inserted_id(tx, "node")?, true)
+                }
+                Some((id, old_farm)) => {
+                    tx.prepare_cached(
+                        "UPDATE nodes SET farm_id = ?2, cru = ?3, mru = ?4, sru = ?5, hru = ?6, \
+                         reserved_cru = ?7, reserved_mru = ?8, reserved_sru = ?9, \
+                         reserved_hru = ?10, serial = ?11, virtualized = ?12, cpu_model = ?13, \
+                         interfaces = ?14, zos_version = ?15, report_interval_secs = ?16, \
+                         limited = ?17, updated_at = ?18 WHERE twin_id = ?1",
+                    )
+                    .and_then(|mut s| s.execute(values))
+                    .map_err(db("updating a node"))?;
+                    if old_farm != i64::from(reg.farm_id) {
+                        // The public configuration was the old farmer's: it does not follow
+                        // the node into another farm's network.
+                        tx.prepare_cached("UPDATE nodes SET public_config = NULL WHERE id = ?1")
+                            .and_then(|mut s| s.execute([id]))
+                            .map_err(db("updating a node"))?;
+                        tracing::info!(
+                            node = id,
+                            from = old_farm,
+                            to = reg.farm_id,
+                            "node moved to another farm"
+                        );
+                    }
+                    let id = u32::try_from(id)
+                        .map_err(|_| StoreError::Corrupt(format!("node id {id}")))?;
+                    (id, false)
+                }
+            };
+            let node = load_node(tx, id, now)?
+                .ok_or_else(|| StoreError::Corrupt(format!("node {id} vanished")))?;
+            Ok((node, created))
+        })
+    }
+
+    fn set_public_config(
+        &self,
+        node: NodeId,
+        config: &PublicConfig,
+        now: i64,
+    ) -> Result<Node, StoreError> {
+        self.write("setting a public config", |tx| {
+            let text = serde_json::to_string(config).expect("public config serializes");
+            let n = tx
+                .prepare_cached(
+                    "UPDATE nodes SET public_config = ?2, updated_at = ?3 WHERE id = ?1",
+                )
+                .and_then(|mut s| s.execute(params![node, text, now]))
+                .map_err(db("setting a public config"))?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("node {node} does not exist")));
+            }
+            load_node(tx, node, now)?
+                .ok_or_else(|| StoreError::NotFound(format!("node {node} does not exist")))
+        })
+    }
+
+    fn report_uptime(&self, node: NodeId, uptime_secs: u64, now: i64) -> Result<Node, StoreError> {
+        let uptime = to_sql("uptime_secs", uptime_secs)?;
+        self.write("recording uptime", |tx| {
+            let n = tx
+                .prepare_cached("UPDATE nodes SET uptime_secs = ?2, last_seen = ?3 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![node, uptime, now]))
+                .map_err(db("recording uptime"))?;
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("node {node} does not exist")));
+            }
+            load_node(tx, node, now)?
+                .ok_or_else(|| StoreError::NotFound(format!("node {node} does not exist")))
+        })
+    }
+
+    fn node(&self, id: NodeId, now: i64) -> Result<Option<Node>, StoreError> {
+        load_node(&self.conn(), id, now)
+    }
+
+    fn nodes(&self, f: &NodeFilter, now: i64) -> Result<Vec<Node>, StoreError> {
+        let clamp = |v: Option<u64>| v.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+        let limit = f
+            .limit
+            .unwrap_or(NodeFilter::DEFAULT_LIMIT)
+            .min(NodeFilter::MAX_LIMIT);
+        let sql = format!(
+            "SELECT {NODE_COLUMNS} FROM nodes WHERE \
+             (?1 IS NULL OR farm_id = ?1) AND (?2 IS NULL OR twin_id = ?2) \
+             AND (?3 IS NULL OR ?3 = (last_seen IS NOT NULL \
+                  AND ?4 - last_seen < {periods} * report_interval_secs)) \
+             AND (?5 IS NULL OR MAX(cru - reserved_cru - used_cru, 0) >= ?5) \
+             AND (?6 IS NULL OR MAX(mru - reserved_mru - used_mru, 0) >= ?6) \
+             AND (?7 IS NULL OR MAX(sru - reserved_sru - used_sru, 0) >= ?7) \
+             AND (?8 IS NULL OR MAX(hru - reserved_hru - used_hru, 0) >= ?8) \
+             ORDER BY id LIMIT ?9 OFFSET ?10",
+            periods = zos_types::registry::ONLINE_PERIODS
+        );
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&sql).map_err(db("listing nodes"))?;
+        stmt.query_map(
+            params![
+                f.farm_id,
+                f.twin_id,
+                f.online,
+                now,
+                clamp(f.free_cru),
+                clamp(f.free_mru),
+                clamp(f.free_sru),
+                clamp(f.free_hru),
+                limit,
+                f.offset.unwrap_or(0),
+            ],
+            |r| node_from_row(r, now),
+        )
+        .and_then(|rows| rows.collect())
+        .map_err(db("listing nodes"))
+    }
+
+    fn dump(&self) -> Result<String, StoreError> {
+        let conn = self.conn();
+        let mut out = String::new();
+        let version = schema_version(&conn).map_err(db("dumping"))?;
+        let _ = writeln!(out, "user_version = {version}");
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(db("dumping"))?;
+        for table in tables {
+            let _ = writeln!(out, "[{table}]");
+            let mut stmt = conn
+                .prepare(&format!("SELECT * FROM \"{table}\" ORDER BY rowid"))
+                .map_err(db("dumping"))?;
+            let columns = stmt.column_count();
+            let mut rows = stmt.query([]).map_err(db("dumping"))?;
+            while let Some(row) = rows.next().map_err(db("dumping"))? {
+                let values: Vec<String> = (0..columns)
+                    .map(|i| match row.get::<_, Value>(i) {
+                        Ok(Value::Null) => "NULL".into(),
+                        Ok(Value::Integer(n)) => n.to_string(),
+                        Ok(Value::Real(x)) => x.to_string(),
+                        Ok(Value::Text(t)) => format!("{t:?}"),
+                        Ok(Value::Blob(b)) => format!("x'{}'", hex::encode(b)),
+                        Err(e) => format!("<{e}>"),
+                    })
+                    .collect();
+                let _ = writeln!(out, "{}", values.join(", "));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_database_gets_the_latest_schema_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.sqlite");
+        let store = SqliteStore::open(&path).unwrap();
+        let twin = store
+            .create_twin(
+                zos_types::Identity::from_seed([1; 32]).public_key(),
+                None,
+                10,
+            )
+            .unwrap();
+        let dump = store.dump().unwrap();
+        assert!(
+            dump.starts_with(&format!("user_version = {SCHEMA_VERSION}\n")),
+            "{dump}"
+        );
+        drop(store);
+
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.twin(twin.id).unwrap(), Some(twin));
+        assert_eq!(store.dump().unwrap(), dump);
+        let conn = store.conn();
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let fk: bool = conn
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+            .unwrap();
+        assert!(fk);
+    }
+
+    #[test]
+    fn later_migrations_apply_to_an_older_database_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.sqlite");
+        drop(SqliteStore::open_with(&path, &MIGRATIONS[..1]).unwrap());
+        let mut more: Vec<&str> = MIGRATIONS.to_vec();
+        more.push("CREATE TABLE extra (x INTEGER) STRICT;");
+        more.push("INSERT INTO extra (x) VALUES (42);");
+        let store = SqliteStore::open_with(&path, &more).unwrap();
+        let dump = store.dump().unwrap();
+        assert!(
+            dump.starts_with(&format!("user_version = {}\n", MIGRATIONS.len() + 2)),
+            "{dump}"
+        );
+        assert!(dump.contains("[extra]\n42\n"), "{dump}");
+    }
+
+    #[test]
+    fn a_failing_migration_leaves_the_previous_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.sqlite");
+        let broken: Vec<&str> = MIGRATIONS
+            .iter()
+            .copied()
+            .chain(["CREATE TABLE half (x INTEGER); THIS IS NOT SQL;"])
+            .collect();
+        let err = SqliteStore::open_with(&path, &broken).unwrap_err();
+        assert!(matches!(err, StoreError::Database { .. }), "{err:?}");
+        let store = SqliteStore::open(&path).unwrap();
+        let dump = store.dump().unwrap();
+        assert!(dump.starts_with(&format!("user_version = {SCHEMA_VERSION}\n")));
+        assert!(!dump.contains("[half]"), "{dump}");
+    }
+
+    #[test]
+    fn a_database_newer_than_the_binary_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.sqlite");
+        drop(SqliteStore::open(&path).unwrap());
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION + 5)
+                .unwrap();
+        }
+        let err = SqliteStore::open(&path).unwrap_err();
+        match &err {
+            StoreError::TooNew {
+                found, supported, ..
+            } => {
+                assert_eq!(*found, SCHEMA_VERSION + 5);
+                assert_eq!(*supported, SCHEMA_VERSION);
+            }
+            other => panic!("expected TooNew, got {other:?}"),
+        }
+        let msg = err.to_string();
+        assert!(
+            msg.contains("registry.sqlite") && msg.contains("newer"),
+            "{msg}"
+        );
+        // The refused database is left as it was.
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(schema_version(&conn).unwrap(), SCHEMA_VERSION + 5);
+    }
+}
