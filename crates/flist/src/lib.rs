@@ -3,11 +3,20 @@
 //!
 //! - [`meta`]: the SQLite metadata file, its writer and its validating reader.
 //! - [`block`]: 512 KiB blocks, convergently encrypted, verified on every read.
+//! - [`store`]: block stores (local directory, hub over HTTP) and the router by first id byte.
+//! - [`pack`]: a directory tree or tarball into a flist, uploading only missing blocks.
+//! - [`cache`]: the node's verified, bounded, crash-safe block cache.
 //!
 //! See `docs/flist.md` for the format and the design.
 
 pub mod block;
+pub mod cache;
 pub mod meta;
+pub mod pack;
+pub mod store;
 
 pub use block::{BLOCK_SIZE, BlockError, BlockId, BlockKey, BlockRef};
+pub use cache::{BlockCache, CacheError};
 pub use meta::{Attrs, Flist, FormatError, Ino, Kind, Node, Route, Writer};
+pub use pack::{PackError, PackOptions, Progress, Source, pack};
+pub use store::{BlockStore, DirStore, HttpStore, Router, StoreError};
