@@ -48,6 +48,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct GridConfig {
     /// Address to listen on; port 0 picks a free port.
     pub listen: SocketAddr,
+    /// More addresses serving the same API (a devnet serves people on loopback and its nodes on
+    /// the devnet bridge).
+    pub also_listen: Vec<SocketAddr>,
     /// Directory of the database; created (mode 0700) when missing.
     pub data_dir: PathBuf,
     /// Where time comes from.
@@ -61,6 +64,7 @@ impl GridConfig {
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
         Self {
             listen,
+            also_listen: Vec::new(),
             data_dir,
             clock: Arc::new(SystemClock),
             replay_capacity: replay::DEFAULT_CAPACITY,
@@ -119,25 +123,45 @@ pub async fn start(config: GridConfig) -> Result<RunningGrid, GridError> {
     let store = tokio::task::spawn_blocking(move || open_store(&dir))
         .await
         .map_err(GridError::Task)??;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| GridError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| GridError::Bind {
-        addr: config.listen,
-        source,
-    })?;
+    let mut listeners = Vec::new();
+    for want in std::iter::once(config.listen).chain(config.also_listen.iter().copied()) {
+        let listener = tokio::net::TcpListener::bind(want)
+            .await
+            .map_err(|source| GridError::Bind { addr: want, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| GridError::Bind { addr: want, source })?;
+        listeners.push((bound, listener));
+    }
+    let addr = listeners[0].0;
     let state = api::AppState::new(store.clone(), config.clock, config.replay_capacity);
     let app = api::router(state);
     let (stop, stopped) = oneshot::channel::<()>();
+    let (stop_all, _) = tokio::sync::watch::channel(false);
+    let mut servers = Vec::new();
+    for (bound, listener) in listeners {
+        let mut stop_rx = stop_all.subscribe();
+        servers.push(tokio::spawn(
+            axum::serve(listener, app.clone())
+                .with_graceful_shutdown(async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                })
+                .into_future(),
+        ));
+        if bound != addr {
+            tracing::info!(addr = %bound, "registry also listening");
+        }
+    }
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
+        let _ = stopped.await;
+        let _ = stop_all.send(true);
+        for server in servers {
+            match server.await {
+                Ok(r) => r?,
+                Err(e) => return Err(io::Error::other(e)),
+            }
+        }
+        Ok(())
     });
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "registry listening");
     Ok(RunningGrid {

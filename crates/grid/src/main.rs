@@ -24,9 +24,14 @@ struct Cli {
 enum Command {
     /// Serve the registry API until SIGTERM or SIGINT.
     Serve {
-        /// Address to listen on (port 0 picks a free port).
-        #[arg(long, default_value = "127.0.0.1:8080", env = "ZOS_GRID_LISTEN")]
-        listen: SocketAddr,
+        /// Address to listen on (port 0 picks a free port); repeat to serve on several.
+        #[arg(
+            long,
+            default_value = "127.0.0.1:8080",
+            env = "ZOS_GRID_LISTEN",
+            value_delimiter = ','
+        )]
+        listen: Vec<SocketAddr>,
         /// Directory of the registry database.
         #[arg(long, env = "ZOS_GRID_DATA_DIR")]
         data_dir: PathBuf,
@@ -99,13 +104,18 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(
-    listen: SocketAddr,
+    listen: Vec<SocketAddr>,
     data_dir: PathBuf,
     ready_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    let grid = start(GridConfig::new(listen, data_dir)).await?;
+    let (first, rest) = listen
+        .split_first()
+        .context("give at least one --listen address")?;
+    let mut config = GridConfig::new(*first, data_dir);
+    config.also_listen = rest.to_vec();
+    let grid = start(config).await?;
     let url = grid.url();
     if let Some(path) = &ready_file {
         write_file_atomically(path, format!("{url}\n").as_bytes()).map_err(|source| {
