@@ -15,13 +15,17 @@
 //!
 //! Every call that changes state is signed with [`zos_types::auth::RequestAuth`] over the exact
 //! method, path, query and body that go on the wire, with the current Unix time. The registry
-//! accepts a signed request once: two calls with the same body to the same route within the same
-//! second carry the same signature, and the second is refused as a replay.
+//! accepts a signed request once, and ed25519 signatures are deterministic, so two identical
+//! calls made within the same second would carry the same signature. The client therefore stamps
+//! a repeat of an identical request with the second after the one it last used (still well inside
+//! the registry's window), so that both are accepted.
 
 pub mod keyfile;
 
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::Ipv4Addr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode, Url};
@@ -113,6 +117,27 @@ pub struct GridClient {
     http: reqwest::Client,
     identity: Option<Arc<Identity>>,
     twin: Option<TwinId>,
+    stamps: Arc<Stamps>,
+}
+
+/// The timestamps this client (and its clones) last used for each distinct signed request.
+#[derive(Debug, Default)]
+struct Stamps(Mutex<HashMap<u64, i64>>);
+
+impl Stamps {
+    /// The timestamp for the request whose identity is `key`: now, or one second after the
+    /// timestamp an identical request last used if that is not in the past.
+    fn next(&self, key: u64, now: i64) -> i64 {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Stamps in the past can no longer collide with a new one.
+        last.retain(|_, ts| *ts >= now);
+        let ts = match last.get(&key) {
+            Some(&prev) => prev + 1,
+            None => now,
+        };
+        last.insert(key, ts);
+        ts
+    }
 }
 
 impl GridClient {
@@ -139,6 +164,7 @@ impl GridClient {
             http,
             identity: None,
             twin: None,
+            stamps: Arc::default(),
         })
     }
 
@@ -376,12 +402,22 @@ impl GridClient {
                 Some(q) => format!("{}?{q}", url.path()),
                 None => url.path().to_string(),
             };
+            let mut h = DefaultHasher::new();
+            (
+                identity.public_key(),
+                signer,
+                method.as_str(),
+                &path_and_query,
+                &bytes,
+            )
+                .hash(&mut h);
+            let timestamp = self.stamps.next(h.finish(), auth::unix_now());
             let auth = RequestAuth::sign(
                 identity,
                 signer,
                 method.as_str(),
                 &path_and_query,
-                auth::unix_now(),
+                timestamp,
                 &bytes,
             );
             request = request.header(auth::HEADER, auth.to_string());
@@ -469,6 +505,21 @@ mod tests {
         );
         assert!(GridClient::new("not a url").is_err());
         assert!(GridClient::new("ftp://x").is_err());
+    }
+
+    #[test]
+    fn identical_requests_get_distinct_timestamps() {
+        let stamps = Stamps::default();
+        assert_eq!(stamps.next(1, 100), 100);
+        assert_eq!(stamps.next(2, 100), 100);
+        assert_eq!(stamps.next(1, 100), 101);
+        assert_eq!(stamps.next(1, 100), 102);
+        // Once the clock passes the last stamp, requests use the clock again.
+        assert_eq!(stamps.next(1, 103), 103);
+        assert_eq!(stamps.next(2, 103), 103);
+        assert_eq!(stamps.0.lock().unwrap().len(), 2);
+        assert_eq!(stamps.next(3, 200), 200);
+        assert_eq!(stamps.0.lock().unwrap().len(), 1);
     }
 
     #[test]

@@ -143,7 +143,7 @@ impl RequestAuth {
         body: &[u8],
         now: i64,
     ) -> Result<(), AuthError> {
-        if (self.timestamp - now).abs() > MAX_SKEW_SECS {
+        if self.timestamp.abs_diff(now) > MAX_SKEW_SECS.unsigned_abs() {
             return Err(AuthError::Stale {
                 ts: self.timestamp,
                 now,
@@ -227,6 +227,14 @@ mod tests {
             auth.verify(&pk, "POST", "/api/v1/farms?x=1", b"", 939),
             Err(AuthError::Stale { .. })
         ));
+        for extreme in [i64::MIN, i64::MAX] {
+            let mut odd = auth.clone();
+            odd.timestamp = extreme;
+            assert!(matches!(
+                odd.verify(&pk, "POST", "/api/v1/farms?x=1", b"", 1000),
+                Err(AuthError::Stale { .. })
+            ));
+        }
     }
 
     #[test]

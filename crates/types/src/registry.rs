@@ -433,7 +433,7 @@ impl UptimeReport {
     /// Checks the report against the receiver's clock `now`: the node's clock must be within
     /// [`crate::auth::MAX_SKEW_SECS`] of it, and the node cannot have booted before 1970.
     pub fn validate(&self, now: i64) -> Result<(), ValidationError> {
-        if (self.timestamp - now).abs() > crate::auth::MAX_SKEW_SECS {
+        if self.timestamp.abs_diff(now) > crate::auth::MAX_SKEW_SECS.unsigned_abs() {
             return Err(invalid(
                 "timestamp",
                 format!(

@@ -1,0 +1,161 @@
+//! The `zos-grid` binary: serve with a ready file and a clean SIGTERM shutdown, a refused
+//! database, and the bench command.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Kills the child on drop if it is still running.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn grid_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_zos-grid"))
+}
+
+fn wait_for_file(path: &Path, child: &mut Child) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            return text;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("zos-grid exited early with {status}");
+        }
+        assert!(Instant::now() < deadline, "no ready file after 20 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "zos-grid did not exit after 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn serve_writes_the_ready_file_answers_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ready = dir.path().join("ready");
+    let child = grid_bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut guard = Guard(child);
+    let url = wait_for_file(&ready, &mut guard.0);
+    let url = url.trim();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+
+    let client = zos_client::GridClient::new(url)
+        .unwrap()
+        .with_identity(zos_types::Identity::generate().unwrap());
+    let twin = client.create_twin(None).await.unwrap();
+    assert!(client.health().await.unwrap().time > 0);
+    assert!(data.join(zos_grid::DATABASE_FILE).exists());
+
+    let pid = guard.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = wait_exit(&mut guard.0);
+    assert!(status.success(), "exit status {status}");
+    let err = client.health().await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+
+    // Started again on the same directory, it still knows the twin.
+    std::fs::remove_file(&ready).unwrap();
+    let child = grid_bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut guard = Guard(child);
+    let url = wait_for_file(&ready, &mut guard.0);
+    let again = zos_client::GridClient::new(url.trim()).unwrap();
+    assert_eq!(again.get_twin(twin.id).await.unwrap(), twin);
+    let pid = guard.0.id().to_string();
+    Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(wait_exit(&mut guard.0).success());
+}
+
+#[test]
+fn serve_refuses_a_database_from_a_newer_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    {
+        let conn = rusqlite::Connection::open(data.join(zos_grid::DATABASE_FILE)).unwrap();
+        conn.pragma_update(None, "user_version", 999).unwrap();
+    }
+    let out = grid_bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("schema version 999") && stderr.contains("newer"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bench_reports_figures_as_json() {
+    let out = grid_bin()
+        .args([
+            "bench",
+            "--nodes",
+            "3",
+            "--reports",
+            "30",
+            "--concurrency",
+            "4",
+            "--json",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["reports"], 30);
+    assert_eq!(report["nodes"], 3);
+    assert!(report["reports_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(
+        report["latency_p99_ms"].as_f64().unwrap() >= report["latency_p50_ms"].as_f64().unwrap()
+    );
+}
