@@ -6,8 +6,10 @@
 
 pub mod auth;
 pub mod capacity;
+pub mod deployment;
 pub mod identity;
 pub mod registry;
+pub mod workload;
 
 pub use capacity::Capacity;
 pub use identity::{Identity, PublicKey, Signature};
