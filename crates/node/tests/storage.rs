@@ -687,3 +687,52 @@ fn disk_specs_from_test_disks_are_loop_devices() {
             .any(|(dev, f)| dev == &s.path && f == &file)
     );
 }
+
+#[tokio::test]
+async fn a_pool_written_by_a_newer_zosd_is_left_as_it_was() {
+    if !disk::can_use_loop_devices("a_pool_written_by_a_newer_zosd") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut disks = TestDisks::new("newer").unwrap();
+    disks.add("ssd", GIB).unwrap();
+    let specs = [spec(disks.disk("ssd"), Some(DiskKind::Ssd))];
+    let (storage, s) = start(config(&disks, &specs, PREFIX)).await;
+    let (label, _, _) = pool_of(&s, disks.disk("ssd").device());
+    let meta = disks.mount_root().join(&label).join(POOL_META_FILE);
+    let newer = r#"{"version": 2, "kind": "ssd", "tier": "fast"}"#;
+    write_file(&meta, newer.as_bytes());
+    drop(storage);
+    disks.unmount_all().unwrap();
+
+    let (storage, s) = start(config(&disks, &specs, PREFIX)).await;
+    let report = &s.disks[0];
+    assert!(
+        matches!(&report.state, DiskState::Failed { error } if error.contains("version 2")),
+        "{report:?}"
+    );
+    assert!(storage.pools().await.unwrap().is_empty());
+    assert!(s.limited.is_some());
+    let dev = disks.disk("ssd").device();
+    assert!(
+        !disk::mounts().unwrap().iter().any(|m| m.source == dev),
+        "the pool was left mounted"
+    );
+    drop(storage);
+    disks.unmount_all().unwrap();
+    // Mount it by hand: the newer metadata is untouched.
+    let at = disks.dir().join("look");
+    std::fs::create_dir_all(&at).unwrap();
+    nix::mount::mount(
+        Some(dev),
+        &at,
+        Some("btrfs"),
+        nix::mount::MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(at.join(POOL_META_FILE)).unwrap(),
+        newer
+    );
+}

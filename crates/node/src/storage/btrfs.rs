@@ -351,8 +351,9 @@ fn find_disk<'a>(scans: &'a [Scan], name: &str) -> Option<(usize, &'a VDisk)> {
         .find_map(|(i, s)| s.disks.iter().find(|d| d.name == name).map(|d| (i, d)))
 }
 
-/// Mounts a btrfs device at `target`, or accepts it already mounted there.
-fn mount_btrfs(device: &Path, target: &Path) -> Result<()> {
+/// Mounts a btrfs device at `target`, or accepts it already mounted there; true when it
+/// mounted it now.
+fn mount_btrfs(device: &Path, target: &Path) -> Result<bool> {
     std::fs::create_dir_all(target).map_err(StorageError::io("creating", target))?;
     if let Some(m) = discovery::read_mountinfo()?
         .into_iter()
@@ -361,7 +362,7 @@ fn mount_btrfs(device: &Path, target: &Path) -> Result<()> {
     {
         if m.fstype == "btrfs" && discovery::same_device(&m.source, device) {
             debug!(device = %device.display(), path = %target.display(), "pool already mounted");
-            return Ok(());
+            return Ok(false);
         }
         return Err(StorageError::Device {
             device: device.to_path_buf(),
@@ -380,7 +381,8 @@ fn mount_btrfs(device: &Path, target: &Path) -> Result<()> {
         MsFlags::MS_NOATIME,
         None::<&str>,
     )
-    .map_err(|e| StorageError::io("mounting on", target)(e.into()))
+    .map_err(|e| StorageError::io("mounting on", target)(e.into()))?;
+    Ok(true)
 }
 
 /// Mounts a tmpfs of `size` bytes at `target`, or accepts one already there.
@@ -693,9 +695,20 @@ async fn adopt(
         }
     };
     let path = cfg.mount_root.join(&label);
-    mount_btrfs(&dev.path, &path)?;
+    let mounted_now = mount_btrfs(&dev.path, &path)?;
+    // Read what the pool is before changing anything in it: a pool this build cannot read
+    // (written by a newer zosd) is left as it was.
+    let meta = match PoolMeta::load(&path) {
+        Ok(meta) => meta,
+        Err(e) => {
+            if mounted_now {
+                let _ = nix::mount::umount(&path);
+            }
+            return Err(e.into());
+        }
+    };
     btrfs(&[os("quota"), os("enable"), path.as_os_str()]).await?;
-    let kind = match PoolMeta::load(&path)? {
+    let kind = match meta {
         Some(meta) => {
             if kind_override.is_some_and(|k| k != meta.kind) {
                 warn!(pool = %label, kept = %meta.kind, asked = %detected,

@@ -20,6 +20,8 @@ pub struct BlockDevice {
     pub rotational: bool,
     pub removable: bool,
     pub read_only: bool,
+    /// Hidden by the kernel (NVMe multipath paths).
+    pub hidden: bool,
     /// Sits on a USB bus.
     pub usb: bool,
     /// Kernel names of its partitions.
@@ -87,6 +89,7 @@ fn read_device(dir: &Path) -> Result<BlockDevice, StorageError> {
         rotational: read_flag(&canonical.join("queue/rotational")),
         removable: read_flag(&canonical.join("removable")),
         read_only: read_flag(&canonical.join("ro")),
+        hidden: read_flag(&canonical.join("hidden")),
         usb: canonical.to_string_lossy().contains("/usb"),
         partitions,
         holders: entries(&canonical.join("holders")),
@@ -115,6 +118,9 @@ pub fn skip_reason(dev: &BlockDevice) -> Option<String> {
     ];
     if let Some(p) = SPECIAL.iter().find(|p| dev.name.starts_with(*p)) {
         return Some(format!("{p}* devices are not disks"));
+    }
+    if dev.hidden {
+        return Some("hidden (a path to a multipath disk)".into());
     }
     if dev.removable {
         return Some("removable".into());
@@ -340,6 +346,8 @@ mod tests {
         disk(root, "devices/virtual", "zram0", 4096, false, false);
         disk(root, "devices/pci0/ata2", "sdc", 4096, true, true);
         disk(root, "devices/pci0/ata3", "sdd", 0, true, false);
+        disk(root, "devices/pci0/nvme", "nvme0c0n1", 4096, false, false);
+        fs::write(root.join("devices/pci0/nvme/nvme0c0n1/hidden"), "1\n").unwrap();
         // sda has a partition and a holder.
         let sda = root.join("devices/pci0/ata1/sda");
         fs::create_dir_all(sda.join("sda1")).unwrap();
@@ -350,28 +358,42 @@ mod tests {
         let names: Vec<_> = devs.iter().map(|d| d.name.as_str()).collect();
         assert_eq!(
             names,
-            ["loop0", "nvme0n1", "sda", "sdb", "sdc", "sdd", "zram0"]
+            [
+                "loop0",
+                "nvme0c0n1",
+                "nvme0n1",
+                "sda",
+                "sdb",
+                "sdc",
+                "sdd",
+                "zram0"
+            ]
         );
-        let sda = &devs[2];
+        let by = |n: &str| devs.iter().find(|d| d.name == n).unwrap();
+        let sda = by("sda");
         assert_eq!(sda.path, PathBuf::from("/dev/sda"));
         assert_eq!(sda.size, 2048 * 512);
         assert!(sda.rotational);
         assert_eq!(sda.partitions, ["sda1"]);
         assert_eq!(sda.holders, ["dm-0"]);
-        let nvme = &devs[1];
+        let nvme = by("nvme0n1");
         assert!(!nvme.rotational && nvme.partitions.is_empty());
 
-        let skipped: Vec<_> = devs
-            .iter()
-            .map(|d| (d.name.as_str(), skip_reason(d)))
-            .collect();
-        assert_eq!(skipped[0].1.as_deref(), Some("loop* devices are not disks"));
-        assert_eq!(skipped[1].1, None);
-        assert_eq!(skipped[2].1, None);
-        assert_eq!(skipped[3].1.as_deref(), Some("on a USB bus"));
-        assert_eq!(skipped[4].1.as_deref(), Some("removable"));
-        assert_eq!(skipped[5].1.as_deref(), Some("no media (size 0)"));
-        assert_eq!(skipped[6].1.as_deref(), Some("zram* devices are not disks"));
+        let skip = |n: &str| skip_reason(by(n));
+        assert_eq!(
+            skip("loop0").as_deref(),
+            Some("loop* devices are not disks")
+        );
+        assert_eq!(skip("nvme0n1"), None);
+        assert_eq!(skip("sda"), None);
+        assert_eq!(skip("sdb").as_deref(), Some("on a USB bus"));
+        assert_eq!(skip("sdc").as_deref(), Some("removable"));
+        assert_eq!(skip("sdd").as_deref(), Some("no media (size 0)"));
+        assert_eq!(
+            skip("zram0").as_deref(),
+            Some("zram* devices are not disks")
+        );
+        assert!(skip("nvme0c0n1").unwrap().starts_with("hidden"));
     }
 
     #[test]
