@@ -6,7 +6,9 @@
 
 pub mod auth;
 pub mod capacity;
+pub mod contract;
 pub mod deployment;
+pub mod envelope;
 pub mod identity;
 pub mod registry;
 pub mod workload;
