@@ -6,17 +6,25 @@
 //! - [`store`]: block stores (local directory, hub over HTTP) and the router by first id byte.
 //! - [`pack`]: a directory tree or tarball into a flist, uploading only missing blocks.
 //! - [`cache`]: the node's verified, bounded, crash-safe block cache.
+//! - [`mount`]: the read-only FUSE mount and the writable overlay; [`serve`] runs one as a
+//!   process (binary `zos-flist-mount`).
+//! - [`inspect`]: what a flist holds, for printing or JSON.
 //!
 //! See `docs/flist.md` for the format and the design.
 
 pub mod block;
 pub mod cache;
+pub mod inspect;
 pub mod meta;
+pub mod mount;
 pub mod pack;
+pub mod serve;
 pub mod store;
 
 pub use block::{BLOCK_SIZE, BlockError, BlockId, BlockKey, BlockRef};
 pub use cache::{BlockCache, CacheError};
+pub use inspect::{Inspection, inspect};
 pub use meta::{Attrs, Flist, FormatError, Ino, Kind, Node, Route, Writer};
+pub use mount::{MountError, MountHandle, MountOptions, WritableMount, mount, mount_writable};
 pub use pack::{PackError, PackOptions, Progress, Source, pack};
 pub use store::{BlockStore, DirStore, HttpStore, Router, StoreError};

@@ -253,9 +253,10 @@ fn scan_dir(root: &Path, state: &Mutex<Progress>) -> Result<Tree, PackError> {
     }
     let mut tree = Tree::new(attrs_of(&meta));
     let mut links: HashMap<(u64, u64), usize> = HashMap::new();
-    let mut stack = vec![(root.to_owned(), 0usize)];
+    // Breadth first, names sorted: the first name of a hard-linked file is the shallowest.
+    let mut queue = std::collections::VecDeque::from([(root.to_owned(), 0usize)]);
     let (mut files, mut bytes, mut entries) = (0u64, 0u64, 1u64);
-    while let Some((dir, parent)) = stack.pop() {
+    while let Some((dir, parent)) = queue.pop_front() {
         let mut kids: Vec<_> = std::fs::read_dir(&dir)
             .map_err(src_err(&dir))?
             .collect::<Result<_, _>>()
@@ -284,7 +285,7 @@ fn scan_dir(root: &Path, state: &Mutex<Progress>) -> Result<Tree, PackError> {
             }
             let i = tree.add(parent, name, attrs);
             if ft.is_dir() {
-                stack.push((path, i));
+                queue.push_back((path, i));
             } else if ft.is_file() {
                 if meta.nlink() > 1 {
                     links.insert((meta.dev(), meta.ino()), i);
