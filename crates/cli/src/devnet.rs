@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use serde_json::json;
 use zos_client::GridClient;
-use zos_testkit::devnet::{self, DevnetOptions, DevnetState};
+use zos_testkit::devnet::{self, DevnetOptions, DevnetState, DiskPlan};
 use zos_types::registry::NodeFilter;
 
 use crate::Global;
@@ -32,6 +32,9 @@ pub enum DevnetCmd {
         /// The zos-grid binary (default: beside this one).
         #[arg(long)]
         grid_bin: Option<PathBuf>,
+        /// Disks of each node (sparse files on loop devices), e.g. ssd:16G,ssd:16G,hdd:64G.
+        #[arg(long, value_delimiter = ',', default_value = "ssd:16G,ssd:16G,hdd:64G")]
+        disks: Vec<DiskPlan>,
     },
     /// Stop every process and remove every namespace and link of the devnet.
     Down {
@@ -89,6 +92,7 @@ pub async fn run(cmd: DevnetCmd, g: &Global) -> anyhow::Result<()> {
             report_interval,
             zosd,
             grid_bin,
+            disks,
         } => {
             let opts = DevnetOptions {
                 dir: devnet_dir(&name),
@@ -104,6 +108,7 @@ pub async fn run(cmd: DevnetCmd, g: &Global) -> anyhow::Result<()> {
                     None => beside_me("zosd")?,
                 },
                 wait: Duration::from_secs(120),
+                disks,
             };
             if !g.json {
                 eprintln!(

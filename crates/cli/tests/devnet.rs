@@ -96,6 +96,11 @@ async fn devnet_nodes_register_with_real_capacity_and_listen_nowhere() {
         assert!(n.online, "node {} is not online", n.id);
         assert_eq!(n.capacity.cru, cpuinfo_cores());
         assert_eq!(n.capacity.mru, memtotal_bytes());
+        // Two 16 GiB SSDs and one 64 GiB HDD per devnet node.
+        assert_eq!(n.capacity.sru, 32 * zos_types::capacity::GIB);
+        assert_eq!(n.capacity.hru, 64 * zos_types::capacity::GIB);
+        assert!(n.limited.is_none(), "{:?}", n.limited);
+        assert!(n.reserved.sru > 0, "the cache is reserved");
         assert_eq!(
             n.interfaces.len(),
             1,
@@ -126,6 +131,23 @@ async fn devnet_nodes_register_with_real_capacity_and_listen_nowhere() {
         assert!(!zos_testkit::process::alive(n.pid));
         assert!(!netns::netns_exists(&n.netns), "{} left", n.netns);
         assert!(!netns::link_exists(&n.host_if), "{} left", n.host_if);
+        assert!(
+            zos_testkit::disk::mounts_under(&n.mount_root)
+                .unwrap_or_default()
+                .is_empty()
+        );
+        for d in &n.disks {
+            assert!(!d.file.exists(), "{} left", d.file.display());
+            let dev = d.device.clone().unwrap();
+            assert!(
+                !zos_testkit::disk::loop_devices()
+                    .unwrap()
+                    .iter()
+                    .any(|(l, _)| *l == dev),
+                "{} still attached",
+                dev.display()
+            );
+        }
     }
     assert!(!netns::link_exists(&state.bridge));
 }

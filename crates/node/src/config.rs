@@ -130,8 +130,12 @@ pub struct NodeConfig {
     pub runmode: RunMode,
     /// Base URL of the grid's registry, for example `http://10.0.0.1:8080`.
     pub grid: String,
-    /// Where the node keeps its state (identity, databases) when storage gives it no cache.
-    pub state_dir: PathBuf,
+    /// Where the node keeps its state; by default the cache that storage prepares.
+    pub state_dir: Option<PathBuf>,
+    /// The disks this node may own; empty means every disk of the machine (real hardware).
+    pub disks: Vec<crate::storage::DiskSpec>,
+    /// Where pools are mounted (`/mnt` on real hardware).
+    pub mount_root: PathBuf,
     /// How often uptime is reported.
     pub report_interval: Duration,
     /// Prefix of every name this node makes in a global space (empty on real hardware).
@@ -143,7 +147,7 @@ impl NodeConfig {
     pub fn resolve(
         kernel: &KernelParams,
         overrides: &Overrides,
-        state_dir: PathBuf,
+        state_dir: Option<PathBuf>,
         report_interval: Duration,
         prefix: String,
     ) -> Result<Self, ConfigError> {
@@ -185,6 +189,8 @@ impl NodeConfig {
             runmode,
             grid: grid.trim_end_matches('/').to_string(),
             state_dir,
+            disks: Vec::new(),
+            mount_root: "/mnt".into(),
             report_interval,
             prefix,
         })
@@ -199,7 +205,7 @@ mod tests {
         NodeConfig::resolve(
             &KernelParams::parse(cmdline),
             &o,
-            "/tmp/s".into(),
+            Some("/tmp/s".into()),
             Duration::from_secs(60),
             String::new(),
         )
@@ -263,7 +269,7 @@ mod tests {
         let bad_prefix = NodeConfig::resolve(
             &KernelParams::parse("farmer_id=1 grid=http://g"),
             &Overrides::default(),
-            "/s".into(),
+            Some("/s".into()),
             Duration::from_secs(1),
             "Bad/Prefix".into(),
         );

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use zos_node::config::{KernelParams, NodeConfig, Overrides, RunMode};
+use zos_node::storage::DiskSpec;
 use zos_node::system::HostSystem;
 
 /// The zos node agent. Settings come from the kernel command line (farmer_id=, runmode=, grid=);
@@ -27,9 +28,16 @@ struct Args {
     /// Base URL of the grid (overrides grid=).
     #[arg(long, env = "ZOS_GRID")]
     grid: Option<String>,
-    /// Where the node keeps its state when it has no cache disk.
-    #[arg(long, env = "ZOS_STATE_DIR", default_value = "/var/cache/zos")]
-    state_dir: PathBuf,
+    /// Keep the node's state here instead of on the cache that storage prepares.
+    #[arg(long, env = "ZOS_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// A disk this node may own, PATH or PATH:ssd / PATH:hdd; repeat for more. Without any, the
+    /// node owns every empty disk of the machine.
+    #[arg(long = "disk", env = "ZOS_DISKS", value_delimiter = ',')]
+    disks: Vec<DiskSpec>,
+    /// Where storage pools are mounted.
+    #[arg(long, env = "ZOS_MOUNT_ROOT", default_value = "/mnt")]
+    mount_root: PathBuf,
     /// Period of uptime reports, for example 40m, 30s.
     #[arg(long, env = "ZOS_REPORT_INTERVAL", default_value = "40m", value_parser = parse_duration)]
     report_interval: Duration,
@@ -72,7 +80,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     let cmdline = std::fs::read_to_string(&args.cmdline).unwrap_or_default();
-    let cfg = NodeConfig::resolve(
+    let mut cfg = NodeConfig::resolve(
         &KernelParams::parse(&cmdline),
         &Overrides {
             farm_id: args.farm_id,
@@ -84,6 +92,8 @@ fn main() -> anyhow::Result<()> {
         args.prefix,
     )
     .context("node configuration")?;
+    cfg.disks = args.disks;
+    cfg.mount_root = args.mount_root;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

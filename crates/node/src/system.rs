@@ -147,35 +147,32 @@ impl System for HostSystem {
     }
 
     fn interfaces(&self) -> io::Result<Vec<Interface>> {
+        // getifaddrs answers for the network namespace this process is in, whatever /sys shows.
         let mut by_name: BTreeMap<String, Interface> = BTreeMap::new();
-        let dir = self.sys_root.join("class/net");
-        for entry in std::fs::read_dir(&dir)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?
-        {
-            let name = entry?.file_name().to_string_lossy().into_owned();
-            if name == "lo" {
+        for ifa in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
+            if ifa
+                .flags
+                .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
+            {
                 continue;
             }
-            let mac = std::fs::read_to_string(dir.join(&name).join("address"))
-                .unwrap_or_default()
-                .trim()
-                .to_string();
-            by_name.insert(
-                name.clone(),
-                Interface {
-                    name,
-                    mac,
+            let nic = by_name
+                .entry(ifa.interface_name.clone())
+                .or_insert_with(|| Interface {
+                    name: ifa.interface_name.clone(),
+                    mac: String::new(),
                     ips: Vec::new(),
-                },
-            );
-        }
-        for ifa in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
-            let Some(nic) = by_name.get_mut(&ifa.interface_name) else {
+                });
+            let Some(addr) = ifa.address else { continue };
+            if let Some(mac) = addr.as_link_addr().and_then(|l| l.addr()) {
+                nic.mac = mac
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":");
                 continue;
-            };
-            let (Some(addr), Some(mask)) = (ifa.address, ifa.netmask) else {
-                continue;
-            };
+            }
+            let Some(mask) = ifa.netmask else { continue };
             let net = match (
                 addr.as_sockaddr_in(),
                 mask.as_sockaddr_in(),
@@ -201,7 +198,7 @@ impl System for HostSystem {
         // Interfaces without a MAC (tun devices) are not network cards the grid cares about.
         Ok(by_name
             .into_values()
-            .filter(|i| i.mac.split(':').count() == 6)
+            .filter(|i| !i.mac.is_empty() && i.mac != "00:00:00:00:00:00")
             .collect())
     }
 

@@ -37,6 +37,65 @@ pub struct DevnetOptions {
     pub zosd_bin: PathBuf,
     /// How long to wait for every node to be online before giving up.
     pub wait: Duration,
+    /// The disks each node gets: sparse files on loop devices.
+    pub disks: Vec<DiskPlan>,
+}
+
+/// One disk every node of a devnet gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskPlan {
+    /// `ssd` or `hdd`.
+    pub ssd: bool,
+    pub size: u64,
+}
+
+impl DiskPlan {
+    /// Two SSDs of 16 GiB and one HDD of 64 GiB (sparse: they cost what is written).
+    pub fn defaults() -> Vec<DiskPlan> {
+        use zos_types::capacity::GIB;
+        vec![
+            DiskPlan {
+                ssd: true,
+                size: 16 * GIB,
+            },
+            DiskPlan {
+                ssd: true,
+                size: 16 * GIB,
+            },
+            DiskPlan {
+                ssd: false,
+                size: 64 * GIB,
+            },
+        ]
+    }
+}
+
+impl std::str::FromStr for DiskPlan {
+    type Err = String;
+    /// `ssd:16G` or `hdd:1T`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, size) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?}: expected ssd:SIZE or hdd:SIZE"))?;
+        let ssd = match kind {
+            "ssd" => true,
+            "hdd" => false,
+            _ => return Err(format!("{kind:?} is not ssd or hdd")),
+        };
+        let size = zos_types::capacity::parse_bytes(size)
+            .filter(|b| *b >= 256 * zos_types::capacity::MIB)
+            .ok_or_else(|| format!("{size:?} is not a size of at least 256M"))?;
+        Ok(DiskPlan { ssd, size })
+    }
+}
+
+/// A disk of a devnet node: a sparse file attached to a loop device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevnetDisk {
+    pub file: PathBuf,
+    #[serde(default)]
+    pub device: Option<PathBuf>,
+    pub ssd: bool,
 }
 
 /// One node of a devnet.
@@ -51,6 +110,10 @@ pub struct DevnetNode {
     /// Prefix of the names the node makes in global spaces.
     pub prefix: String,
     pub state_dir: PathBuf,
+    /// Where its storage pools are mounted.
+    pub mount_root: PathBuf,
+    #[serde(default)]
+    pub disks: Vec<DevnetDisk>,
     pub log: PathBuf,
     pub pid: i32,
     #[serde(default)]
@@ -258,6 +321,8 @@ async fn build(state: &mut DevnetState, opts: &DevnetOptions, gateway: &str) -> 
             ),
             prefix: format!("{}n{i}", state.name),
             state_dir: state.dir.join(format!("node{i}")),
+            mount_root: state.dir.join(format!("node{i}/mnt")),
+            disks: Vec::new(),
             log: state.dir.join(format!("node{i}.log")),
             pid: 0,
             twin_id: None,
@@ -265,6 +330,23 @@ async fn build(state: &mut DevnetState, opts: &DevnetOptions, gateway: &str) -> 
         };
         let ns = Netns::create(&node.netns)?;
         state.nodes.push(node);
+        let node = state.nodes.last_mut().unwrap();
+        std::fs::create_dir_all(&node.mount_root)?;
+        for (d, plan) in opts.disks.iter().enumerate() {
+            let kind = if plan.ssd { "ssd" } else { "hdd" };
+            let file = node.state_dir.join(format!("disk{d}-{kind}.img"));
+            let f = std::fs::File::create(&file)
+                .with_context(|| format!("creating {}", file.display()))?;
+            f.set_len(plan.size)?;
+            node.disks.push(DevnetDisk {
+                file: file.clone(),
+                device: None,
+                ssd: plan.ssd,
+            });
+            let device = crate::disk::attach(&file)
+                .with_context(|| format!("attaching {}", file.display()))?;
+            node.disks.last_mut().unwrap().device = Some(device);
+        }
         let node = state.nodes.last().unwrap();
         netns::attach(
             &state.bridge,
@@ -338,17 +420,29 @@ pub fn start_node(state: &mut DevnetState, index: usize) -> anyhow::Result<()> {
     if node.pid > 0 && alive(node.pid) {
         bail!("node {index} already runs as pid {}", node.pid);
     }
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &node.netns])
+    // Only the network namespace: zosd's mounts (pools, flists) belong to the host's mount
+    // namespace, as on a real node, and outlive any one zosd process.
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", node.netns))
+        .arg("--")
         .arg(&zosd)
         .args(["--cmdline", "/dev/null"])
         .args(["--grid", &grid])
         .args(["--farm-id", &farm.to_string()])
         .args(["--runmode", "dev"])
-        .arg("--state-dir")
-        .arg(&node.state_dir)
+        .arg("--mount-root")
+        .arg(&node.mount_root)
         .args(["--report-interval", &format!("{report}s")])
         .args(["--prefix", &node.prefix]);
+    for d in &node.disks {
+        if let Some(dev) = &d.device {
+            cmd.arg("--disk").arg(format!(
+                "{}:{}",
+                dev.display(),
+                if d.ssd { "ssd" } else { "hdd" }
+            ));
+        }
+    }
     node.pid = spawn_detached(cmd, &node.log)?;
     Ok(())
 }
@@ -401,8 +495,13 @@ pub async fn wait_online(state: &mut DevnetState, timeout: Duration) -> anyhow::
         );
     };
     for n in &mut state.nodes {
-        let key = zos_client::keyfile::load_identity(&n.state_dir.join("identity/node.key"))?
-            .public_key();
+        // The node's key lives on its cache, inside one of its pools.
+        let key_file = crate::disk::mounts_under(&n.mount_root)?
+            .into_iter()
+            .map(|m| m.join("zos-cache/identity/node.key"))
+            .find(|p| p.exists());
+        let Some(key_file) = key_file else { continue };
+        let key = zos_client::keyfile::load_identity(&key_file)?.public_key();
         if let Some(twin) = client.twin_by_key(&key).await? {
             n.twin_id = Some(twin.id);
             n.node_id = nodes.iter().find(|x| x.twin_id == twin.id).map(|x| x.id);
@@ -420,6 +519,17 @@ pub fn down(state: &DevnetState) -> anyhow::Result<()> {
         }
         if let Err(e) = netns::delete_netns(&n.netns) {
             problems.push(format!("namespace {}: {e}", n.netns));
+        }
+        if let Err(e) = crate::disk::unmount_under(&n.mount_root) {
+            problems.push(format!("mounts under {}: {e}", n.mount_root.display()));
+        }
+        for d in &n.disks {
+            if let Some(dev) = &d.device
+                && let Err(e) = crate::disk::detach(dev)
+            {
+                problems.push(format!("loop device {}: {e}", dev.display()));
+            }
+            let _ = std::fs::remove_file(&d.file);
         }
         if let Err(e) = netns::delete_link(&n.host_if) {
             problems.push(format!("link {}: {e}", n.host_if));
@@ -481,6 +591,7 @@ impl DevnetGuard {
             grid_bin: bin("zos-grid")?,
             zosd_bin: bin("zosd")?,
             wait: Duration::from_secs(60),
+            disks: DiskPlan::defaults(),
         };
         let guard_dir = tempfile_dir::TempDir(dir);
         let state = up(&opts).await?;

@@ -57,7 +57,8 @@ pub struct LoopDisk {
     size: u64,
 }
 
-fn attach(file: &Path) -> io::Result<PathBuf> {
+/// Attaches `file` to a free loop device and returns the device.
+pub fn attach(file: &Path) -> io::Result<PathBuf> {
     let mut last = None;
     // Another process may take the free device between the lookup and the attach: retry.
     for _ in 0..5 {
@@ -139,7 +140,8 @@ impl LoopDisk {
     }
 }
 
-fn detach(device: &Path) -> io::Result<()> {
+/// Detaches a loop device (after making btrfs forget it).
+pub fn detach(device: &Path) -> io::Result<()> {
     // btrfs remembers devices it has seen; forget this one before the number is reused.
     let _ = Command::new("btrfs")
         .args(["device", "scan", "--forget"])
