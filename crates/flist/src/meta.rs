@@ -750,6 +750,26 @@ impl Loader<'_> {
     }
 
     fn run(&self) -> Result<Flist, FormatError> {
+        // A file cut short can still answer queries about its first pages: check its length
+        // against the page count its header records.
+        let pragma = |name: &str| -> Result<i64, FormatError> {
+            self.conn
+                .query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+                .map_err(|e| self.corrupt(e))
+        };
+        let need = pragma("page_size")? * pragma("page_count")?;
+        let have = std::fs::metadata(self.path)
+            .map(|m| m.len() as i64)
+            .map_err(|source| FormatError::Open {
+                path: self.path.to_owned(),
+                source,
+            })?;
+        if have < need {
+            return Err(FormatError::Damaged {
+                path: self.path.to_owned(),
+                detail: format!("the file has {have} bytes, its database {need}"),
+            });
+        }
         let check: String = self
             .conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
