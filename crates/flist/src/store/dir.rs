@@ -5,12 +5,15 @@ use super::{BlockStore, StoreError};
 use crate::block::{BlockId, MAX_ENCODED_SIZE, hash};
 use crate::meta::Route;
 
-/// A store in a local directory, in the rfs `dir://` layout: `<root>/<hex[0..2]>/<hex>` (reads
-/// also accept the flat `<root>/<hex>`). Writes are atomic: a block appears under its name only
-/// complete, and only if its content hashes to its id.
+/// A store in a local directory, in the layout of current rfs: `<root>/<hex[0..2]>/<hex>`.
+/// Reads also accept the flat `<root>/<hex>` that rfs 2.0.x (the version Zero-OS ships) writes
+/// and reads; [`DirStore::flat`] writes that layout for stores such an rfs must read. Writes are
+/// atomic: a block appears under its name only complete, and only if its content hashes to its
+/// id.
 #[derive(Debug, Clone)]
 pub struct DirStore {
     root: PathBuf,
+    flat: bool,
 }
 
 impl DirStore {
@@ -18,7 +21,15 @@ impl DirStore {
     pub fn new(root: impl AsRef<Path>) -> Self {
         let root = root.as_ref();
         let root = std::path::absolute(root).unwrap_or_else(|_| root.to_owned());
-        Self { root }
+        Self { root, flat: false }
+    }
+
+    /// A store that writes the flat `<root>/<hex>` layout of rfs 2.0.x.
+    pub fn flat(root: impl AsRef<Path>) -> Self {
+        Self {
+            flat: true,
+            ..Self::new(root)
+        }
     }
 
     /// The directory.
@@ -29,6 +40,9 @@ impl DirStore {
     /// Where a block is written.
     pub fn path_of(&self, id: &BlockId) -> PathBuf {
         let h = id.to_hex();
+        if self.flat {
+            return self.root.join(h);
+        }
         self.root.join(&h[..2]).join(h)
     }
 
@@ -45,8 +59,9 @@ impl DirStore {
     }
 
     fn get_sync(&self, id: &BlockId) -> Result<Vec<u8>, StoreError> {
-        let nested = self.path_of(id);
-        let flat = self.root.join(id.to_hex());
+        let h = id.to_hex();
+        let nested = self.root.join(&h[..2]).join(&h);
+        let flat = self.root.join(&h);
         for p in [&nested, &flat] {
             match std::fs::File::open(p) {
                 Ok(f) => {
@@ -84,7 +99,7 @@ impl DirStore {
         if path.exists() {
             return Ok(());
         }
-        let dir = path.parent().expect("nested path");
+        let dir = path.parent().expect("a path under the root");
         std::fs::create_dir_all(dir)
             .map_err(|e| self.io(format!("create {}", dir.display()), e))?;
         let mut tmp = tempfile::Builder::new()
@@ -103,7 +118,8 @@ impl DirStore {
     }
 
     fn exists_sync(&self, id: &BlockId) -> bool {
-        self.path_of(id).exists() || self.root.join(id.to_hex()).exists()
+        let h = id.to_hex();
+        self.root.join(&h[..2]).join(&h).exists() || self.root.join(&h).exists()
     }
 }
 
@@ -171,5 +187,9 @@ mod tests {
             vec![BlockId([9; 32])]
         );
         assert!(s.get(&BlockId([9; 32])).await.unwrap_err().is_not_found());
+        let flat = DirStore::flat(d.path().join("flat"));
+        flat.put(&b.block.id, &b.data).await.unwrap();
+        assert!(d.path().join("flat").join(&h).is_file());
+        assert_eq!(flat.get(&b.block.id).await.unwrap(), b.data);
     }
 }
