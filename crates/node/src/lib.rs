@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod config;
 pub mod identity;
+pub mod provision;
 pub mod registrar;
 pub mod storage;
 pub mod system;

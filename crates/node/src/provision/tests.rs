@@ -1,0 +1,506 @@
+//! Engine tests on the in-memory storage fake and a fake grid.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use zos_types::capacity::{GIB, MIB};
+use zos_types::contract::{Contract, ContractKind, ContractState, NodeEvent};
+use zos_types::deployment::{
+    ContractId, Deployment, ResultState, SignatureRequest, SignatureRequirement, Workload,
+};
+use zos_types::workload::WorkloadType;
+use zos_types::{Capacity, Identity, PublicKey, TwinId};
+
+use super::*;
+use crate::storage::{DiskKind, MemoryStorage, Storage};
+
+const NODE: u32 = 1;
+
+#[derive(Default)]
+struct FakeGrid {
+    twins: Mutex<HashMap<TwinId, PublicKey>>,
+    contracts: Mutex<HashMap<ContractId, Contract>>,
+}
+
+impl GridView for FakeGrid {
+    fn twin_key(&self, twin: TwinId) -> BoxFuture<'_, Result<Option<PublicKey>, String>> {
+        let k = self.twins.lock().unwrap().get(&twin).copied();
+        Box::pin(async move { Ok(k) })
+    }
+    fn contract(&self, id: ContractId) -> BoxFuture<'_, Result<Option<Contract>, String>> {
+        let c = self.contracts.lock().unwrap().get(&id).cloned();
+        Box::pin(async move { Ok(c) })
+    }
+}
+
+struct Bed {
+    engine: Arc<Engine>,
+    grid: Arc<FakeGrid>,
+    storage: Arc<MemoryStorage>,
+    user: Identity,
+    stop: CancellationToken,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn bed_with(
+    store: Arc<Store>,
+    storage: Arc<MemoryStorage>,
+    grid: Arc<FakeGrid>,
+    limited: Option<String>,
+) -> Bed {
+    let user = Identity::from_seed([9; 32]);
+    grid.twins.lock().unwrap().insert(7, user.public_key());
+    let mut managers: HashMap<WorkloadType, Arc<dyn Manager>> = HashMap::new();
+    managers.insert(
+        WorkloadType::Zmount,
+        Arc::new(ZmountManager(storage.clone())),
+    );
+    managers.insert(
+        WorkloadType::Volume,
+        Arc::new(VolumeManager(storage.clone())),
+    );
+    let (_tx, rx) = watch::channel(Some(NODE));
+    std::mem::forget(_tx);
+    let cfg = EngineConfig {
+        total: Capacity {
+            cru: 4,
+            mru: 8 * GIB,
+            sru: 10 * GIB,
+            hru: 0,
+        },
+        reserved: Capacity {
+            cru: 0,
+            mru: 2 * GIB,
+            sru: 0,
+            hru: 0,
+        },
+        limited,
+    };
+    let engine = Arc::new(Engine::new(store, managers, grid.clone(), rx, cfg));
+    let stop = CancellationToken::new();
+    tokio::spawn(engine.clone().run(stop.clone()));
+    Bed {
+        engine,
+        grid,
+        storage,
+        user,
+        stop,
+    }
+}
+
+fn bed() -> Bed {
+    bed_with(
+        Arc::new(Store::memory().unwrap()),
+        Arc::new(MemoryStorage::new(&[("ssd1", DiskKind::Ssd, 10 * GIB)], 0)),
+        Arc::new(FakeGrid::default()),
+        None,
+    )
+}
+
+fn workload(name: &str, kind: WorkloadType, data: serde_json::Value) -> Workload {
+    Workload {
+        version: 0,
+        name: name.into(),
+        kind,
+        data,
+        metadata: String::new(),
+        description: String::new(),
+        result: None,
+    }
+}
+
+fn deployment(contract: ContractId) -> Deployment {
+    Deployment {
+        version: 0,
+        twin_id: 7,
+        contract_id: contract,
+        metadata: String::new(),
+        description: String::new(),
+        signature_requirement: SignatureRequirement {
+            requests: vec![SignatureRequest {
+                twin_id: 7,
+                required: true,
+                weight: 1,
+            }],
+            weight_required: 1,
+            signatures: vec![],
+        },
+        workloads: vec![
+            workload("disk", WorkloadType::Zmount, json!({"size": GIB})),
+            workload("vol", WorkloadType::Volume, json!({"size": 512 * MIB})),
+        ],
+    }
+}
+
+impl Bed {
+    /// Registers a node contract for `d` (as it is now) and signs it.
+    fn contract_and_sign(&self, d: &mut Deployment, node: u32) {
+        self.grid.contracts.lock().unwrap().insert(
+            d.contract_id,
+            Contract {
+                id: d.contract_id,
+                twin_id: d.twin_id,
+                state: ContractState::Created,
+                kind: ContractKind::Node {
+                    node_id: node,
+                    deployment_hash: d.hash().unwrap(),
+                    public_ips: 0,
+                    public_ips_list: vec![],
+                },
+                created_at: 0,
+                updated_at: 0,
+            },
+        );
+        d.sign(7, &self.user).unwrap();
+    }
+
+    async fn settled(&self, contract: ContractId) -> Deployment {
+        for _ in 0..200 {
+            if let Ok(d) = self.engine.get(7, contract)
+                && d.workloads.iter().all(|w| {
+                    w.result
+                        .as_ref()
+                        .is_some_and(|r| r.state != ResultState::Init)
+                })
+            {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("deployment {contract} never settled");
+    }
+
+    fn state(d: &Deployment, name: &str) -> ResultState {
+        d.workloads
+            .iter()
+            .find(|w| w.name == name)
+            .unwrap()
+            .result
+            .as_ref()
+            .unwrap()
+            .state
+    }
+}
+
+#[tokio::test]
+async fn deploy_update_and_cancel() {
+    let b = bed();
+    let mut d = deployment(1);
+    b.contract_and_sign(&mut d, NODE);
+    b.engine.deploy(7, d.clone()).await.unwrap();
+    let got = b.settled(1).await;
+    assert_eq!(Bed::state(&got, "disk"), ResultState::Ok);
+    assert_eq!(Bed::state(&got, "vol"), ResultState::Ok);
+    assert_eq!(
+        b.storage.disk_get("7-1-disk").await.unwrap().unwrap().size,
+        GIB
+    );
+    assert_eq!(
+        b.storage.volume_get("7-1-vol").await.unwrap().unwrap().size,
+        512 * MIB
+    );
+    assert_eq!(b.engine.usage().unwrap().workloads.sru, GIB + 512 * MIB);
+    // Nobody else sees it.
+    assert!(matches!(b.engine.get(8, 1), Err(EngineError::NotFound(_))));
+    assert!(b.engine.list(8).unwrap().is_empty());
+
+    // Update: the volume grows.
+    let mut u = d.clone();
+    u.version = 1;
+    u.signature_requirement.signatures.clear();
+    u.workloads[1].version = 1;
+    u.workloads[1].data = json!({"size": GIB});
+    b.contract_and_sign(&mut u, NODE);
+    b.engine.update(7, u.clone()).await.unwrap();
+    for _ in 0..200 {
+        if b.storage.volume_get("7-1-vol").await.unwrap().unwrap().size == GIB {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        b.storage.volume_get("7-1-vol").await.unwrap().unwrap().size,
+        GIB
+    );
+
+    // Update that shrinks: refused by storage, the volume stays, the state stays ok.
+    let mut s = u.clone();
+    s.version = 2;
+    s.signature_requirement.signatures.clear();
+    s.workloads[1].version = 2;
+    s.workloads[1].data = json!({"size": 256 * MIB});
+    b.contract_and_sign(&mut s, NODE);
+    b.engine.update(7, s).await.unwrap();
+    for _ in 0..200 {
+        if b.engine
+            .changes(7, 1)
+            .unwrap()
+            .iter()
+            .any(|e| e.result.state == ResultState::Unchanged)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        b.storage.volume_get("7-1-vol").await.unwrap().unwrap().size,
+        GIB
+    );
+    assert_eq!(
+        Bed::state(&b.engine.get(7, 1).unwrap(), "vol"),
+        ResultState::Ok
+    );
+
+    // Cancel: everything goes, capacity is freed, the deployment disappears.
+    b.engine
+        .handle_event(&NodeEvent::ContractCancelled { contract_id: 1 })
+        .unwrap();
+    for _ in 0..200 {
+        if b.engine.get(7, 1).is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(b.engine.get(7, 1).is_err());
+    assert!(b.storage.disk_list().await.unwrap().is_empty());
+    assert!(b.storage.volume_list().await.unwrap().is_empty());
+    assert_eq!(b.engine.usage().unwrap(), Usage::default());
+}
+
+/// Each refused deployment leaves nothing stored and nothing made.
+async fn refused(b: &Bed, source: TwinId, d: Deployment, expect: &str) {
+    let err = b.engine.deploy(source, d.clone()).await.unwrap_err();
+    assert!(
+        err.to_string().contains(expect),
+        "expected {expect:?} in {err}"
+    );
+    assert!(
+        b.engine.store().get(d.contract_id).unwrap().is_none(),
+        "{expect}: something was stored"
+    );
+    assert!(b.storage.disk_list().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn bad_deployments_are_refused_and_store_nothing() {
+    let b = bed();
+
+    let mut tampered = deployment(2);
+    b.contract_and_sign(&mut tampered, NODE);
+    tampered.workloads[0].data = json!({"size": 2 * GIB});
+    tampered.sign(7, &b.user).unwrap();
+    refused(&b, 7, tampered, "differs from the contract").await;
+
+    let mut elsewhere = deployment(3);
+    b.contract_and_sign(&mut elsewhere, NODE + 1);
+    refused(&b, 7, elsewhere, "is for node 2").await;
+
+    let mut unsigned = deployment(4);
+    b.contract_and_sign(&mut unsigned, NODE);
+    unsigned.signature_requirement.signatures.clear();
+    refused(&b, 7, unsigned, "required signature of twin 7 is missing").await;
+
+    let mut light = deployment(5);
+    light.signature_requirement.requests.push(SignatureRequest {
+        twin_id: 8,
+        required: false,
+        weight: 5,
+    });
+    light.signature_requirement.weight_required = 3;
+    b.contract_and_sign(&mut light, NODE);
+    refused(&b, 7, light, "signed weight 1 is below the required 3").await;
+
+    let mut stranger = deployment(6);
+    b.contract_and_sign(&mut stranger, NODE);
+    refused(&b, 8, stranger, "only a deployment's own twin").await;
+
+    let mut greedy = deployment(7);
+    greedy.workloads[0].data = json!({"size": 100 * GIB});
+    b.contract_and_sign(&mut greedy, NODE);
+    refused(&b, 7, greedy, "of SSD asked").await;
+
+    let mut no_contract = deployment(8);
+    no_contract.sign(7, &b.user).unwrap();
+    refused(&b, 7, no_contract, "contract 8 does not exist").await;
+
+    let mut dup = deployment(9);
+    dup.workloads[1].name = "disk".into();
+    b.contract_and_sign(&mut dup, NODE);
+    refused(&b, 7, dup, "used twice").await;
+}
+
+#[tokio::test]
+async fn a_workload_cannot_change_type_and_replays_are_refused() {
+    let b = bed();
+    let mut d = deployment(1);
+    b.contract_and_sign(&mut d, NODE);
+    b.engine.deploy(7, d.clone()).await.unwrap();
+    assert!(matches!(
+        b.engine.deploy(7, d.clone()).await,
+        Err(EngineError::Conflict(_))
+    ));
+    b.settled(1).await;
+    let mut u = d.clone();
+    u.version = 1;
+    u.signature_requirement.signatures.clear();
+    u.workloads[0] = workload("disk", WorkloadType::Volume, json!({"size": GIB}));
+    u.workloads[0].version = 1;
+    b.contract_and_sign(&mut u, NODE);
+    let err = b.engine.update(7, u).await.unwrap_err();
+    assert!(err.to_string().contains("cannot become"), "{err}");
+    assert_eq!(b.engine.get(7, 1).unwrap().version, 0);
+}
+
+#[tokio::test]
+async fn unsupported_types_fail_alone() {
+    let b = bed();
+    let mut d = deployment(1);
+    d.workloads.push(workload(
+        "db",
+        WorkloadType::Zdb,
+        json!({"size": GIB, "mode": "user"}),
+    ));
+    b.engine.config();
+    let mut big = b.engine.config().clone();
+    big.total.hru = 10 * GIB;
+    let engine = Arc::new(Engine::new(
+        Arc::new(Store::memory().unwrap()),
+        HashMap::from([(
+            WorkloadType::Zmount,
+            Arc::new(ZmountManager(b.storage.clone())) as Arc<dyn Manager>,
+        )]),
+        b.grid.clone(),
+        watch::channel(Some(NODE)).1,
+        big,
+    ));
+    tokio::spawn(engine.clone().run(b.stop.clone()));
+    b.contract_and_sign(&mut d, NODE);
+    engine.deploy(7, d).await.unwrap();
+    let mut got = None;
+    for _ in 0..200 {
+        let d = engine.get(7, 1).unwrap();
+        if d.workloads
+            .iter()
+            .all(|w| w.result.as_ref().unwrap().state != ResultState::Init)
+        {
+            got = Some(d);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let got = got.expect("settles");
+    assert_eq!(Bed::state(&got, "disk"), ResultState::Ok);
+    let db = got
+        .workloads
+        .iter()
+        .find(|w| w.name == "db")
+        .unwrap()
+        .result
+        .clone()
+        .unwrap();
+    assert_eq!(db.state, ResultState::Error);
+    assert!(
+        db.message.contains("not supported on this node yet"),
+        "{}",
+        db.message
+    );
+}
+
+#[tokio::test]
+async fn pause_and_resume() {
+    let b = bed();
+    let mut d = deployment(1);
+    b.contract_and_sign(&mut d, NODE);
+    b.engine.deploy(7, d).await.unwrap();
+    b.settled(1).await;
+    b.engine
+        .handle_event(&NodeEvent::GracePeriodStarted { contract_id: 1 })
+        .unwrap();
+    let mut paused = false;
+    for _ in 0..200 {
+        let d = b.engine.get(7, 1).unwrap();
+        if d.workloads
+            .iter()
+            .all(|w| w.result.as_ref().unwrap().state == ResultState::Paused)
+        {
+            paused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(paused);
+    b.engine
+        .handle_event(&NodeEvent::GracePeriodEnded { contract_id: 1 })
+        .unwrap();
+    for _ in 0..200 {
+        let d = b.engine.get(7, 1).unwrap();
+        if d.workloads
+            .iter()
+            .all(|w| w.result.as_ref().unwrap().state == ResultState::Ok)
+        {
+            let r = d.workloads[0].result.as_ref().unwrap();
+            assert_eq!(
+                r.data,
+                json!({"volume_id": "7-1-disk"}),
+                "result data survives a pause"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never resumed");
+}
+
+#[tokio::test]
+async fn a_restart_finishes_work_and_reconciles_without_duplicates() {
+    let store = Arc::new(Store::memory().unwrap());
+    let storage = Arc::new(MemoryStorage::new(&[("ssd1", DiskKind::Ssd, 10 * GIB)], 0));
+    let grid = Arc::new(FakeGrid::default());
+    // A deployment stored, with its job queued, but never run (the node died right after).
+    let b = bed_with(store.clone(), storage.clone(), grid.clone(), None);
+    b.stop.cancel();
+    let mut d = deployment(1);
+    b.contract_and_sign(&mut d, NODE);
+    store.create(&d, 1).unwrap();
+    // Half done: the disk exists, its result was never written.
+    storage.disk_create("7-1-disk", GIB).await.unwrap();
+    drop(b);
+
+    let b = bed_with(store.clone(), storage.clone(), grid, None);
+    b.engine.reconcile().unwrap();
+    b.settled(1).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let log = b.engine.changes(7, 1).unwrap();
+    for name in ["disk", "vol"] {
+        let oks = log
+            .iter()
+            .filter(|e| e.name == name && e.result.state == ResultState::Ok)
+            .count();
+        assert_eq!(oks, 1, "{name} is ok exactly once: {log:?}");
+    }
+    assert_eq!(storage.disk_list().await.unwrap().len(), 1);
+    assert_eq!(storage.volume_list().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_limited_node_takes_nothing() {
+    let b = bed_with(
+        Arc::new(Store::memory().unwrap()),
+        Arc::new(MemoryStorage::new(&[("ssd1", DiskKind::Ssd, 10 * GIB)], 0)),
+        Arc::new(FakeGrid::default()),
+        Some("no ssd disk".into()),
+    );
+    let mut d = deployment(1);
+    b.contract_and_sign(&mut d, NODE);
+    refused(&b, 7, d, "takes no deployments: no ssd disk").await;
+}
