@@ -27,4 +27,4 @@ pub use inspect::{Inspection, inspect};
 pub use meta::{Attrs, Flist, FormatError, Ino, Kind, Node, Route, Writer};
 pub use mount::{MountError, MountHandle, MountOptions, WritableMount, mount, mount_writable};
 pub use pack::{PackError, PackOptions, Progress, Source, pack};
-pub use store::{BlockStore, DirStore, HttpStore, Router, StoreError};
+pub use store::{BlockStore, DirStore, HttpStore, Router, S3Store, StoreError};

@@ -2,17 +2,20 @@
 //!
 //! A [`BlockStore`] keeps opaque cipher texts under their [`BlockId`]. Implementations:
 //! [`DirStore`] (a local directory, rfs `dir://` layout), [`HttpStore`] (the hub's block API,
-//! which also reads rfs `http://` stores), and the [`Router`], which sends each block to the
+//! which also reads rfs `http://` stores), [`S3Store`] (S3-compatible object storage, rfs `s3://`
+//! URLs), and the [`Router`], which sends each block to the
 //! stores whose range holds the first byte of its id, as the FL `route` table says.
 
 mod dir;
 mod http;
+mod s3;
 
 use std::fmt;
 use std::sync::Arc;
 
 pub use dir::DirStore;
 pub use http::HttpStore;
+pub use s3::S3Store;
 
 use crate::block::BlockId;
 use crate::meta::Route;
@@ -102,7 +105,7 @@ pub trait BlockStore: Send + Sync + fmt::Debug {
 }
 
 /// Opens the store named by a route URL: `dir:///path`, `http://…` or `https://…` (a hub's
-/// `…/blocks` endpoint or an rfs HTTP store).
+/// `…/blocks` endpoint or an rfs HTTP store), `s3://…` or `s3s://…` (a bucket).
 pub fn open_url(url: &str) -> Result<Arc<dyn BlockStore>, StoreError> {
     let parsed = reqwest::Url::parse(url).map_err(|e| StoreError::BadUrl {
         url: url.to_string(),
@@ -111,6 +114,7 @@ pub fn open_url(url: &str) -> Result<Arc<dyn BlockStore>, StoreError> {
     match parsed.scheme() {
         "dir" => Ok(Arc::new(DirStore::new(parsed.path()))),
         "http" | "https" => Ok(Arc::new(HttpStore::from_blocks_url(parsed)?)),
+        "s3" | "s3s" => Ok(Arc::new(S3Store::from_url(url)?)),
         other => Err(StoreError::Unsupported {
             url: url.to_string(),
             scheme: other.to_string(),
