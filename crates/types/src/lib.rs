@@ -11,6 +11,7 @@ pub mod deployment;
 pub mod envelope;
 pub mod identity;
 pub mod registry;
+pub mod relay;
 pub mod workload;
 
 pub use capacity::Capacity;
