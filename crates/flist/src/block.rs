@@ -258,34 +258,3 @@ mod tests {
         assert!("zz".parse::<BlockId>().is_err());
     }
 }
-
-#[cfg(test)]
-mod speed {
-    #[test]
-    #[ignore]
-    fn encode_speed() {
-        let plain: Vec<u8> = (0..super::BLOCK_SIZE)
-            .map(|i| (i * 31 % 251) as u8 ^ (i >> 9) as u8)
-            .collect();
-        for (name, f) in [
-            (
-                "blake2b",
-                &(|p: &[u8]| {
-                    super::hash(p);
-                }) as &dyn Fn(&[u8]),
-            ),
-            ("snappy", &|p: &[u8]| {
-                snap::raw::Encoder::new().compress_vec(p).unwrap();
-            }),
-            ("encode", &|p: &[u8]| {
-                super::encode(p);
-            }),
-        ] {
-            let t = std::time::Instant::now();
-            for _ in 0..20 {
-                f(&plain);
-            }
-            eprintln!("{name}: {:.0} MiB/s", 10.0 / t.elapsed().as_secs_f64());
-        }
-    }
-}

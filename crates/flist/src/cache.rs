@@ -315,7 +315,15 @@ impl BlockCache {
             this.insert(&block.key, &block.id, &plain)
         })
         .await
-        .expect("cache writer panicked")
+        .unwrap_or_else(|e| {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+            Err(CacheError::Io {
+                path: self.dir.clone(),
+                source: std::io::Error::new(ErrorKind::Interrupted, "the mount is shutting down"),
+            })
+        })
     }
 
     /// Writes a verified block: temp file, fsync, rename.

@@ -123,32 +123,44 @@ impl DirStore {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("blocking store task panicked")
+async fn blocking<T: Send + 'static>(
+    root: &Path,
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(StoreError::Io {
+            store: root.display().to_string(),
+            what: "the runtime is shutting down".into(),
+            source: std::io::Error::from(ErrorKind::Interrupted),
+        }),
+    }
 }
 
 #[async_trait::async_trait]
 impl BlockStore for DirStore {
     async fn get(&self, id: &BlockId) -> Result<Vec<u8>, StoreError> {
         let (s, id) = (self.clone(), *id);
-        blocking(move || s.get_sync(&id)).await
+        blocking(&self.root, move || s.get_sync(&id)).await
     }
 
     async fn put(&self, id: &BlockId, data: &[u8]) -> Result<(), StoreError> {
         let (s, id, data) = (self.clone(), *id, data.to_vec());
-        blocking(move || s.put_sync(&id, &data)).await
+        blocking(&self.root, move || s.put_sync(&id, &data)).await
     }
 
     async fn exists(&self, id: &BlockId) -> Result<bool, StoreError> {
         let (s, id) = (self.clone(), *id);
-        Ok(blocking(move || s.exists_sync(&id)).await)
+        blocking(&self.root, move || Ok(s.exists_sync(&id))).await
     }
 
     async fn missing(&self, ids: &[BlockId]) -> Result<Vec<BlockId>, StoreError> {
         let (s, ids) = (self.clone(), ids.to_vec());
-        Ok(blocking(move || ids.into_iter().filter(|i| !s.exists_sync(i)).collect()).await)
+        blocking(&self.root, move || {
+            Ok(ids.into_iter().filter(|i| !s.exists_sync(i)).collect())
+        })
+        .await
     }
 
     fn routes(&self) -> Vec<Route> {
