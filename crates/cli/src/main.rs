@@ -1,6 +1,7 @@
 //! `zos`: the command line of zos users and farmers.
 
 mod commands;
+mod deployfile;
 mod devnet;
 mod output;
 

@@ -3,6 +3,7 @@
 //! The node opens every connection itself and listens on no port.
 
 pub mod agent;
+pub mod api;
 pub mod config;
 pub mod identity;
 pub mod provision;

@@ -1,0 +1,255 @@
+//! The node's commands, as they arrive over the relay: parsed into a typed [`Command`] at the
+//! edge, then run by one dispatcher.
+//!
+//! | command | body | answer |
+//! |---|---|---|
+//! | `zos.deployment.deploy` / `zos.deployment.update` | `Deployment` | `null` once stored and queued |
+//! | `zos.deployment.get` / `zos.deployment.changes` | `{"contract_id": N}` | the deployment with results / its result log |
+//! | `zos.deployment.list` | – | the sender's deployments |
+//! | `zos.statistics.get` | – | total, used and system capacity; deployment and workload counts |
+//! | `zos.storage.pools` | – | every pool: name, type, size, used |
+//! | `zos.system.version` | – | `{"zos": "<version>"}` |
+//! | `zos.system.diagnostics` | – | health of each module |
+//!
+//! Only a deployment's own twin sees or changes it.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use zos_types::deployment::{ContractId, Deployment, MAX_DEPLOYMENT_BYTES};
+use zos_types::{Capacity, TwinId};
+
+use crate::provision::{Engine, EngineError};
+use crate::registrar::{RegistrarStatus, error_chain};
+use crate::storage::Storage;
+
+/// A command the node understands, with its parsed body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Deploy(Box<Deployment>),
+    Update(Box<Deployment>),
+    Get(ContractId),
+    List,
+    Changes(ContractId),
+    Statistics,
+    Pools,
+    Version,
+    Diagnostics,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContractArg {
+    contract_id: ContractId,
+}
+
+/// A command the node refuses, with what the sender should do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("unknown command {0:?}")]
+    UnknownCommand(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn body<T: serde::de::DeserializeOwned>(command: &str, raw: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(raw).map_err(|e| ApiError::BadRequest(format!("{command}: {e}")))
+}
+
+impl Command {
+    /// Parses a command and its JSON body; oversize and malformed bodies are refused here.
+    pub fn parse(command: &str, raw: &[u8]) -> Result<Self, ApiError> {
+        if raw.len() > MAX_DEPLOYMENT_BYTES {
+            return Err(ApiError::BadRequest(format!(
+                "body of {} bytes is larger than the limit of {MAX_DEPLOYMENT_BYTES}",
+                raw.len()
+            )));
+        }
+        let none = |c: Command| -> Result<Command, ApiError> {
+            let empty = raw.iter().all(u8::is_ascii_whitespace) || raw == b"null" || raw == b"{}";
+            if empty {
+                Ok(c)
+            } else {
+                Err(ApiError::BadRequest(format!("{command} takes no body")))
+            }
+        };
+        Ok(match command {
+            "zos.deployment.deploy" => Command::Deploy(Box::new(body(command, raw)?)),
+            "zos.deployment.update" => Command::Update(Box::new(body(command, raw)?)),
+            "zos.deployment.get" => Command::Get(body::<ContractArg>(command, raw)?.contract_id),
+            "zos.deployment.changes" => {
+                Command::Changes(body::<ContractArg>(command, raw)?.contract_id)
+            }
+            "zos.deployment.list" => none(Command::List)?,
+            "zos.statistics.get" => none(Command::Statistics)?,
+            "zos.storage.pools" => none(Command::Pools)?,
+            "zos.system.version" => none(Command::Version)?,
+            "zos.system.diagnostics" => none(Command::Diagnostics)?,
+            other => return Err(ApiError::UnknownCommand(other.to_string())),
+        })
+    }
+}
+
+/// `zos.statistics.get`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Statistics {
+    pub total: Capacity,
+    /// Workloads plus the system.
+    pub used: Capacity,
+    pub system: Capacity,
+    pub users: UserCounts,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserCounts {
+    pub deployments: u64,
+    pub workloads: u64,
+}
+
+/// Runs commands against the node's modules.
+pub struct NodeApi<S> {
+    engine: Arc<Engine>,
+    storage: Arc<S>,
+    registrar: watch::Receiver<RegistrarStatus>,
+}
+
+impl<S> std::fmt::Debug for NodeApi<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeApi").finish_non_exhaustive()
+    }
+}
+
+impl<S: Storage + 'static> NodeApi<S> {
+    pub fn new(
+        engine: Arc<Engine>,
+        storage: Arc<S>,
+        registrar: watch::Receiver<RegistrarStatus>,
+    ) -> Self {
+        Self {
+            engine,
+            storage,
+            registrar,
+        }
+    }
+
+    /// Parses and runs `command` sent by `source`.
+    pub async fn handle(
+        &self,
+        source: TwinId,
+        command: &str,
+        raw: &[u8],
+    ) -> Result<Value, ApiError> {
+        let cmd = Command::parse(command, raw)?;
+        self.run(source, cmd).await
+    }
+
+    pub async fn run(&self, source: TwinId, cmd: Command) -> Result<Value, ApiError> {
+        match cmd {
+            Command::Deploy(d) => {
+                self.engine.deploy(source, *d).await?;
+                Ok(Value::Null)
+            }
+            Command::Update(d) => {
+                self.engine.update(source, *d).await?;
+                Ok(Value::Null)
+            }
+            Command::Get(c) => to_json(&self.engine.get(source, c)?),
+            Command::List => to_json(&self.engine.list(source)?),
+            Command::Changes(c) => to_json(&self.engine.changes(source, c)?),
+            Command::Statistics => {
+                let cfg = self.engine.config();
+                let usage = self.engine.usage()?;
+                to_json(&Statistics {
+                    total: cfg.total,
+                    used: usage.workloads.saturating_add(cfg.reserved),
+                    system: cfg.reserved,
+                    users: UserCounts {
+                        deployments: usage.deployments,
+                        workloads: usage.workload_count,
+                    },
+                })
+            }
+            Command::Pools => {
+                let pools = self
+                    .storage
+                    .pools()
+                    .await
+                    .map_err(|e| ApiError::Internal(error_chain(&e)))?;
+                let out: Vec<Value> = pools
+                    .iter()
+                    .map(
+                        |p| json!({"name": p.name, "type": p.kind, "size": p.size, "used": p.used}),
+                    )
+                    .collect();
+                Ok(Value::Array(out))
+            }
+            Command::Version => Ok(json!({ "zos": crate::agent::VERSION })),
+            Command::Diagnostics => {
+                let reg = self.registrar.borrow().clone();
+                let storage_ok = self.storage.pools().await.is_ok();
+                let grid_ok = reg.last_error.is_none() && reg.node_id.is_some();
+                let limited = self.engine.config().limited.clone();
+                Ok(json!({
+                    "healthy": storage_ok && grid_ok && limited.is_none(),
+                    "modules": {
+                        "storage": {"ok": storage_ok, "limited": limited},
+                        "registrar": {"ok": grid_ok, "node_id": reg.node_id, "twin_id": reg.twin_id,
+                                      "last_report": reg.last_report, "error": reg.last_error},
+                        "provision": {"ok": true},
+                    }
+                }))
+            }
+        }
+    }
+}
+
+/// Any answer as JSON.
+fn to_json<T: Serialize>(v: &T) -> Result<Value, ApiError> {
+    serde_json::to_value(v).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_at_the_edge() {
+        assert_eq!(
+            Command::parse("zos.deployment.get", br#"{"contract_id": 5}"#).unwrap(),
+            Command::Get(5)
+        );
+        assert_eq!(
+            Command::parse("zos.deployment.list", b"").unwrap(),
+            Command::List
+        );
+        assert!(matches!(
+            Command::parse("zos.deployment.list", b"[1]"),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            Command::parse("zos.nope", b""),
+            Err(ApiError::UnknownCommand(_))
+        ));
+        assert!(matches!(
+            Command::parse("zos.deployment.get", br#"{"contract_id": -1}"#),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            Command::parse("zos.deployment.get", br#"{"contract_id": 1, "x": 2}"#),
+            Err(ApiError::BadRequest(_))
+        ));
+        let huge = vec![b' '; MAX_DEPLOYMENT_BYTES + 1];
+        let e = Command::parse("zos.deployment.deploy", &huge).unwrap_err();
+        assert!(e.to_string().contains("larger than the limit"), "{e}");
+        assert!(matches!(
+            Command::parse("zos.deployment.deploy", b"{not json"),
+            Err(ApiError::BadRequest(_))
+        ));
+    }
+}
