@@ -446,11 +446,12 @@ fn produce_tar(
             tree.nodes[parent].children.remove(&name);
         }
         if et == E::Link {
+            let raw_target = link_name()?;
             let target = tar_path(
                 archive,
-                Path::new(std::ffi::OsStr::new(
-                    &String::from_utf8_lossy(&link_name()?).into_owned(),
-                )),
+                Path::new(
+                    <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&raw_target),
+                ),
             )?;
             let mut t = 0usize;
             for comp in &target {

@@ -180,6 +180,19 @@ async fn pack_to_the_hub_and_read_back_verified() {
     }
     assert_eq!(content, std::fs::read(src.join("a")).unwrap());
 
+    // the FUSE mount reads through the hub too
+    if common::can_mount("pack_to_the_hub_and_read_back_verified (mount part)") {
+        let mnt = t.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let fresh = BlockCache::open(&t.path().join("cache-mnt"), 1 << 30).unwrap();
+        let m = zos_flist::mount(&fl, &mnt, routed.clone(), fresh, &Default::default()).unwrap();
+        let (s2, m2) = (src.clone(), mnt.clone());
+        tokio::task::spawn_blocking(move || common::assert_same_tree(&s2, &m2))
+            .await
+            .unwrap();
+        drop(m);
+    }
+
     // exists, missing, not found, and the rfs nested layout fallback
     let known = a.blocks[0].id;
     let unknown = BlockId([0xab; 32]);
