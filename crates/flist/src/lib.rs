@@ -3,7 +3,7 @@
 //!
 //! - [`meta`]: the SQLite metadata file, its writer and its validating reader.
 //! - [`block`]: 512 KiB blocks, convergently encrypted, verified on every read.
-//! - [`store`]: block stores (local directory, hub over HTTP) and the router by first id byte.
+//! - [`store`]: block stores (local directory, hub over HTTP, S3) and the router by first id byte.
 //! - [`pack`]: a directory tree or tarball into a flist, uploading only missing blocks.
 //! - [`cache`]: the node's verified, bounded, crash-safe block cache.
 //! - [`mount`]: the read-only FUSE mount and the writable overlay; [`serve`] runs one as a
