@@ -102,6 +102,8 @@ pub enum NodeCmd {
     },
     /// Show one node.
     Show { id: u32 },
+    /// Ask a node for its capacity and usage (over the relay).
+    Stats { id: u32 },
 }
 
 fn size(s: &str) -> Result<u64, String> {
@@ -148,7 +150,7 @@ fn client(g: &Global) -> anyhow::Result<GridClient> {
 }
 
 /// A client that signs as your twin.
-async fn signed_client(g: &Global) -> anyhow::Result<GridClient> {
+pub async fn signed_client(g: &Global) -> anyhow::Result<GridClient> {
     let id = load_key(g)?;
     let c = client(g)?.with_identity(id.clone());
     let twin = c.twin_by_key(&id.public_key()).await?.with_context(|| {
@@ -417,6 +419,30 @@ pub async fn node(cmd: NodeCmd, g: &Global) -> anyhow::Result<()> {
                 print_nodes(&nodes);
                 Ok(())
             }
+        }
+        NodeCmd::Stats { id } => {
+            let n = c.get_node(id).await?;
+            let s = signed_client(g)
+                .await?
+                .call(n.twin_id, "zos.statistics.get", &serde_json::Value::Null)
+                .await?;
+            if g.json {
+                return output::json(&s);
+            }
+            let cap = |v: &serde_json::Value| -> String {
+                serde_json::from_value::<zos_types::Capacity>(v.clone())
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|_| v.to_string())
+            };
+            fields(&[
+                ("node", id.to_string()),
+                ("total", cap(&s["total"])),
+                ("used", cap(&s["used"])),
+                ("system", cap(&s["system"])),
+                ("deployments", s["users"]["deployments"].to_string()),
+                ("workloads", s["users"]["workloads"].to_string()),
+            ]);
+            Ok(())
         }
         NodeCmd::Show { id } => {
             let n = c.get_node(id).await?;

@@ -1,6 +1,7 @@
 //! `zos`: the command line of zos users and farmers.
 
 mod commands;
+mod deploy;
 mod deployfile;
 mod devnet;
 mod output;
@@ -47,6 +48,19 @@ enum Command {
     /// Nodes registered on the grid.
     #[command(subcommand)]
     Node(commands::NodeCmd),
+    /// Deploy a deployment file on a node: contract, signature, progress until every workload settles.
+    Deploy {
+        file: PathBuf,
+        /// The node to deploy on.
+        #[arg(long)]
+        node: u32,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        wait: u64,
+    },
+    /// Your deployments: get, list, changes, update, cancel.
+    #[command(subcommand)]
+    Deployment(deploy::DeploymentCmd),
     /// A whole grid with nodes on this machine, for development and tests (needs root).
     #[command(subcommand)]
     Devnet(devnet::DevnetCmd),
@@ -77,6 +91,16 @@ fn main() {
             Command::Farm(c) => commands::farm(c, &cli.global).await,
             Command::Node(c) => commands::node(c, &cli.global).await,
             Command::Devnet(c) => devnet::run(c, &cli.global).await,
+            Command::Deploy { file, node, wait } => {
+                deploy::deploy(
+                    &file,
+                    node,
+                    std::time::Duration::from_secs(wait),
+                    &cli.global,
+                )
+                .await
+            }
+            Command::Deployment(c) => deploy::deployment(c, &cli.global).await,
         }
     });
     if let Err(e) = result {

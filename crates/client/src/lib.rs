@@ -21,6 +21,7 @@
 //! the registry's window), so that both are accepted.
 
 pub mod keyfile;
+pub mod uplink;
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -32,6 +33,12 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use zos_types::auth::{self, RequestAuth, Signer};
+use zos_types::contract::{
+    Contract, ContractFilter, ContractState, CreateNameContract, CreateNodeContract,
+    CreateRentContract, NodeEventRecord, SetGrace, UpdateNodeContract,
+};
+use zos_types::deployment::ContractId;
+use zos_types::envelope::{Envelope, Reply, Seal};
 use zos_types::registry::{
     API_PREFIX, AddFarmIp, ApiError, CreateFarm, CreateTwin, Farm, FarmIp, Health, Node,
     NodeFilter, NodeRegistration, PublicConfig, Twin, UptimeReport,
@@ -41,7 +48,9 @@ use zos_types::{FarmId, Identity, NodeId, PublicKey, TwinId};
 /// How long the client waits for a TCP connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the client waits for a whole request.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a relay call's envelope lives.
+pub const CALL_TTL_SECS: i64 = 60;
 
 /// What can go wrong with a call to the grid.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +78,19 @@ pub enum ClientError {
     /// A signed call was made on a client without an identity.
     #[error("this call must be signed: give the client an identity with with_identity")]
     NoIdentity,
+    /// The destination of a relay call refused the request, with its reason.
+    #[error("{0}")]
+    Remote(String),
+    /// A relay envelope could not be made, checked or opened.
+    #[error("envelope")]
+    Envelope(#[source] zos_types::envelope::EnvelopeError),
+    /// The uplink WebSocket failed.
+    #[error("uplink to {url}")]
+    Uplink {
+        url: String,
+        #[source]
+        source: Box<tokio_tungstenite::tungstenite::Error>,
+    },
     /// A call signed by a twin was made on a client without a twin id.
     #[error("this call must be signed by a twin: give the client its twin id with with_twin")]
     NoTwin,
@@ -333,6 +355,167 @@ impl GridClient {
 
     pub async fn get_node(&self, id: NodeId) -> Result<Node, ClientError> {
         self.get(&format!("/nodes/{id}"), &[]).await
+    }
+
+    // ---- contracts ----
+
+    pub async fn create_node_contract(
+        &self,
+        c: &CreateNodeContract,
+    ) -> Result<Contract, ClientError> {
+        self.signed(Method::POST, "/contracts/node", c).await
+    }
+
+    pub async fn create_name_contract(&self, name: &str) -> Result<Contract, ClientError> {
+        self.signed(
+            Method::POST,
+            "/contracts/name",
+            &CreateNameContract { name: name.into() },
+        )
+        .await
+    }
+
+    pub async fn create_rent_contract(&self, node: NodeId) -> Result<Contract, ClientError> {
+        self.signed(
+            Method::POST,
+            "/contracts/rent",
+            &CreateRentContract { node_id: node },
+        )
+        .await
+    }
+
+    pub async fn get_contract(&self, id: ContractId) -> Result<Contract, ClientError> {
+        self.get(&format!("/contracts/{id}"), &[]).await
+    }
+
+    pub async fn list_contracts(&self, f: &ContractFilter) -> Result<Vec<Contract>, ClientError> {
+        let twin = f.twin_id.map(|v| v.to_string());
+        let node = f.node_id.map(|v| v.to_string());
+        let state = f.state.map(|s| match s {
+            ContractState::Created => "created",
+            ContractState::GracePeriod => "grace_period",
+            ContractState::Deleted => "deleted",
+        });
+        let mut q: Vec<(&str, &str)> = Vec::new();
+        if let Some(t) = &twin {
+            q.push(("twin_id", t));
+        }
+        if let Some(n) = &node {
+            q.push(("node_id", n));
+        }
+        if let Some(s) = state {
+            q.push(("state", s));
+        }
+        self.get("/contracts", &q).await
+    }
+
+    pub async fn update_node_contract(
+        &self,
+        id: ContractId,
+        u: &UpdateNodeContract,
+    ) -> Result<Contract, ClientError> {
+        self.signed(Method::PUT, &format!("/contracts/{id}"), u)
+            .await
+    }
+
+    pub async fn cancel_contract(&self, id: ContractId) -> Result<Contract, ClientError> {
+        let signer = Signer::Twin(self.twin.ok_or(ClientError::NoTwin)?);
+        let (_, c) = self
+            .send::<(), _>(
+                Method::DELETE,
+                &format!("/contracts/{id}"),
+                &[],
+                None,
+                Some(signer),
+            )
+            .await?;
+        Ok(c)
+    }
+
+    /// Starts (`true`) or ends a contract's grace period; only the grid's admin twin may.
+    pub async fn set_grace(&self, id: ContractId, grace: bool) -> Result<Contract, ClientError> {
+        self.signed(
+            Method::POST,
+            &format!("/contracts/{id}/grace"),
+            &SetGrace { grace },
+        )
+        .await
+    }
+
+    /// Events of `node` after sequence number `after` (signed by the node's own twin).
+    pub async fn node_events(
+        &self,
+        node: NodeId,
+        after: u64,
+    ) -> Result<Vec<NodeEventRecord>, ClientError> {
+        let signer = Signer::Twin(self.twin.ok_or(ClientError::NoTwin)?);
+        let after = after.to_string();
+        let (_, events) = self
+            .send::<(), _>(
+                Method::GET,
+                &format!("/nodes/{node}/events"),
+                &[("after", &after)],
+                None,
+                Some(signer),
+            )
+            .await?;
+        Ok(events)
+    }
+
+    // ---- relay ----
+
+    /// Sends a sealed envelope through the relay and answers the reply envelope.
+    pub async fn relay_send(&self, envelope: &Envelope) -> Result<Envelope, ClientError> {
+        let (_, reply) = self
+            .send::<Envelope, Envelope>(Method::POST, "/relay/send", &[], Some(envelope), None)
+            .await?;
+        Ok(reply)
+    }
+
+    /// Calls `command` on twin `dest` (a node) with `body`: seals it to the destination, sends it
+    /// through the relay, checks and opens the reply. A refusal by the destination is
+    /// [`ClientError::Remote`].
+    pub async fn call<B: Serialize + ?Sized>(
+        &self,
+        dest: TwinId,
+        command: &str,
+        body: &B,
+    ) -> Result<serde_json::Value, ClientError> {
+        let identity = self.identity.as_ref().ok_or(ClientError::NoIdentity)?;
+        let me = self.twin.ok_or(ClientError::NoTwin)?;
+        let key = self.get_twin(dest).await?.public_key;
+        let plain = serde_json::to_vec(body).expect("request bodies serialize");
+        let seal = Seal {
+            source: me,
+            destination: dest,
+            destination_key: &key,
+            command,
+            reply_to: None,
+            expiration: auth::unix_now() + CALL_TTL_SECS,
+        };
+        let request = Envelope::seal(identity, &seal, &plain).map_err(ClientError::Envelope)?;
+        let reply = self.relay_send(&request).await?;
+        if reply.source != dest
+            || reply.destination != me
+            || reply.reply_to.as_deref() != Some(request.id.as_str())
+        {
+            return Err(ClientError::Envelope(
+                zos_types::envelope::EnvelopeError::Malformed(
+                    "the reply does not answer this request".into(),
+                ),
+            ));
+        }
+        reply
+            .verify(&key, auth::unix_now())
+            .map_err(ClientError::Envelope)?;
+        let opened = reply.open(identity, &key).map_err(ClientError::Envelope)?;
+        match serde_json::from_slice::<Reply>(&opened) {
+            Ok(Reply::Ok(v)) => Ok(v),
+            Ok(Reply::Error(m)) => Err(ClientError::Remote(m)),
+            Err(e) => Err(ClientError::Envelope(
+                zos_types::envelope::EnvelopeError::Malformed(e.to_string()),
+            )),
+        }
     }
 
     /// The registry's version and clock; a cheap reachability check.

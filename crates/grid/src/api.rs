@@ -31,6 +31,8 @@ pub struct AppState {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     replay: Arc<Mutex<ReplayCache>>,
+    admin: Option<TwinId>,
+    relay: Arc<crate::relay::Relay>,
 }
 
 impl AppState {
@@ -39,6 +41,33 @@ impl AppState {
             store,
             clock,
             replay: Arc::new(Mutex::new(ReplayCache::new(replay_capacity))),
+            admin: None,
+            relay: Arc::new(crate::relay::Relay::default()),
+        }
+    }
+
+    /// The same state with an admin twin (it may set grace periods).
+    pub fn with_admin(mut self, admin: Option<TwinId>) -> Self {
+        self.admin = admin;
+        self
+    }
+
+    pub fn admin(&self) -> Option<TwinId> {
+        self.admin
+    }
+
+    pub fn relay(&self) -> &Arc<crate::relay::Relay> {
+        &self.relay
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Tells the relay that `node` has new events, if any node got one.
+    pub fn node_event(&self, node: Option<NodeId>) {
+        if let Some(n) = node {
+            self.relay.events_for(n);
         }
     }
 
@@ -80,6 +109,8 @@ pub fn router(state: AppState) -> Router {
         .route(&p("/nodes/{id}"), get(get_node))
         .route(&p("/nodes/{id}/public-config"), put(set_public_config))
         .route(&p("/nodes/{id}/uptime"), post(report_uptime))
+        .merge(crate::contracts::routes())
+        .merge(crate::relay::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -35,6 +35,9 @@ pub enum ApiFailure {
     /// 503: the registry cannot take the request now; try again later.
     #[error("{0}")]
     Unavailable(String),
+    /// 504: the relay's destination did not answer in time.
+    #[error("{0}")]
+    GatewayTimeout(String),
     /// 500: a failure of the registry itself. Logged; the client sees a generic message.
     #[error("internal error: {context}")]
     Internal {
@@ -65,6 +68,7 @@ impl ApiFailure {
             ApiFailure::Conflict(_) => StatusCode::CONFLICT,
             ApiFailure::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiFailure::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiFailure::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiFailure::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -20,7 +20,9 @@ pub mod api;
 pub mod auth;
 pub mod bench;
 pub mod clock;
+pub mod contracts;
 pub mod error;
+pub mod relay;
 pub mod replay;
 pub mod store;
 
@@ -57,6 +59,8 @@ pub struct GridConfig {
     pub clock: Arc<dyn Clock>,
     /// How many request signatures the replay cache holds at most.
     pub replay_capacity: usize,
+    /// The twin that may start and end grace periods.
+    pub admin: Option<zos_types::TwinId>,
 }
 
 impl GridConfig {
@@ -68,6 +72,7 @@ impl GridConfig {
             data_dir,
             clock: Arc::new(SystemClock),
             replay_capacity: replay::DEFAULT_CAPACITY,
+            admin: None,
         }
     }
 
@@ -134,7 +139,8 @@ pub async fn start(config: GridConfig) -> Result<RunningGrid, GridError> {
         listeners.push((bound, listener));
     }
     let addr = listeners[0].0;
-    let state = api::AppState::new(store.clone(), config.clock, config.replay_capacity);
+    let state = api::AppState::new(store.clone(), config.clock, config.replay_capacity)
+        .with_admin(config.admin);
     let app = api::router(state);
     let (stop, stopped) = oneshot::channel::<()>();
     let (stop_all, _) = tokio::sync::watch::channel(false);

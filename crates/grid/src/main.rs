@@ -38,6 +38,9 @@ enum Command {
         /// Once listening, write the URL (`http://ADDR`) to this file, atomically.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        /// The twin that may start and end contracts' grace periods.
+        #[arg(long, env = "ZOS_GRID_ADMIN_TWIN")]
+        admin_twin: Option<u32>,
     },
     /// Measure signed uptime reports per second against an in-process registry.
     Bench {
@@ -69,7 +72,8 @@ async fn main() -> anyhow::Result<()> {
             listen,
             data_dir,
             ready_file,
-        } => serve(listen, data_dir, ready_file).await,
+            admin_twin,
+        } => serve(listen, data_dir, ready_file, admin_twin).await,
         Command::Bench {
             nodes,
             reports,
@@ -107,6 +111,7 @@ async fn serve(
     listen: Vec<SocketAddr>,
     data_dir: PathBuf,
     ready_file: Option<PathBuf>,
+    admin_twin: Option<u32>,
 ) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -115,6 +120,7 @@ async fn serve(
         .context("give at least one --listen address")?;
     let mut config = GridConfig::new(*first, data_dir);
     config.also_listen = rest.to_vec();
+    config.admin = admin_twin;
     let grid = start(config).await?;
     let url = grid.url();
     if let Some(path) = &ready_file {

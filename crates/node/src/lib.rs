@@ -10,3 +10,4 @@ pub mod provision;
 pub mod registrar;
 pub mod storage;
 pub mod system;
+pub mod uplink;

@@ -5,11 +5,14 @@
 //! changes nothing. [`SqliteStore`] is the embedded implementation; a PostgreSQL one can follow
 //! behind the same trait.
 
+mod contracts;
 mod sqlite;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use zos_types::contract::{Contract, ContractFilter, NodeEventRecord};
+use zos_types::deployment::{ContractId, DeploymentHash};
 use zos_types::registry::{
     AddFarmIp, Farm, FarmIp, Node, NodeFilter, NodeRegistration, PublicConfig, Twin,
 };
@@ -106,6 +109,61 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn node(&self, id: NodeId, now: i64) -> Result<Option<Node>, StoreError>;
     /// Nodes passing `filter` (paging included), by id.
     fn nodes(&self, filter: &NodeFilter, now: i64) -> Result<Vec<Node>, StoreError>;
+
+    /// A node contract of `twin`, reserving `public_ips` free addresses of the node's farm
+    /// ([`StoreError::Conflict`] when the pool lacks them; nothing is stored then).
+    fn create_node_contract(
+        &self,
+        twin: TwinId,
+        node: NodeId,
+        hash: DeploymentHash,
+        public_ips: u32,
+        now: i64,
+    ) -> Result<Contract, StoreError>;
+    /// A name contract; [`StoreError::Conflict`] while a live contract holds the name.
+    fn create_name_contract(
+        &self,
+        twin: TwinId,
+        name: &str,
+        now: i64,
+    ) -> Result<Contract, StoreError>;
+    /// A rent contract; [`StoreError::Conflict`] while the node is rented.
+    fn create_rent_contract(
+        &self,
+        twin: TwinId,
+        node: NodeId,
+        now: i64,
+    ) -> Result<Contract, StoreError>;
+    fn contract(&self, id: ContractId) -> Result<Option<Contract>, StoreError>;
+    fn contracts(&self, filter: &ContractFilter) -> Result<Vec<Contract>, StoreError>;
+    /// Sets a live node contract's hash and tells its node. Returns the contract and the node
+    /// that got an event.
+    fn update_node_contract(
+        &self,
+        id: ContractId,
+        hash: DeploymentHash,
+        now: i64,
+    ) -> Result<(Contract, Option<NodeId>), StoreError>;
+    /// Deletes a live contract, frees its addresses and tells its node.
+    fn cancel_contract(
+        &self,
+        id: ContractId,
+        now: i64,
+    ) -> Result<(Contract, Option<NodeId>), StoreError>;
+    /// Starts or ends a live contract's grace period and tells its node.
+    fn set_grace(
+        &self,
+        id: ContractId,
+        grace: bool,
+        now: i64,
+    ) -> Result<(Contract, Option<NodeId>), StoreError>;
+    /// At most `limit` events of `node` after sequence number `after`, oldest first.
+    fn node_events(
+        &self,
+        node: NodeId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<NodeEventRecord>, StoreError>;
 
     /// Every row of every table as text, in a stable order: for tests that check a refused
     /// request changed nothing, and for debugging.

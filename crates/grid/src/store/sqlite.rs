@@ -15,7 +15,12 @@ use zos_types::registry::{
 };
 use zos_types::{Capacity, FarmId, NodeId, PublicKey, TwinId};
 
+use super::contracts;
 use super::{Store, StoreError};
+use zos_types::contract::{
+    Contract, ContractFilter, ContractKind, ContractState, NodeEvent, NodeEventRecord,
+};
+use zos_types::deployment::{ContractId, DeploymentHash};
 
 /// The schema migrations, in order. Migration `i` (0-based) brings the database from version `i`
 /// to `i + 1`. Never edit a released migration: append a new one.
@@ -79,6 +84,8 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX nodes_farm ON nodes(farm_id);
     "#,
+    // 2: contracts and node event logs.
+    super::contracts::MIGRATION,
 ];
 
 /// The schema version this binary writes.
@@ -97,7 +104,7 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
-fn db(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+pub(super) fn db(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Database { context, source }
 }
 
@@ -280,7 +287,7 @@ fn node_from_row(r: &Row<'_>, now: i64) -> rusqlite::Result<Node> {
     })
 }
 
-fn farm_ip_from_row(r: &Row<'_>) -> rusqlite::Result<FarmIp> {
+pub(super) fn farm_ip_from_row(r: &Row<'_>) -> rusqlite::Result<FarmIp> {
     let addr = Ipv4Addr::from(u32::try_from(r.get::<_, i64>(0)?).unwrap_or(0));
     let prefix: u8 = r.get(1)?;
     let gateway = Ipv4Addr::from(u32::try_from(r.get::<_, i64>(2)?).unwrap_or(0));
@@ -358,6 +365,20 @@ fn load_node(conn: &Connection, id: NodeId, now: i64) -> Result<Option<Node>, St
     conn.prepare_cached(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = ?1"))
         .and_then(|mut s| s.query_row([id], |r| node_from_row(r, now)).optional())
         .map_err(db("reading a node"))
+}
+
+fn loaded(tx: &Transaction<'_>, id: ContractId) -> Result<Contract, StoreError> {
+    contracts::load(tx, id)?
+        .ok_or_else(|| StoreError::NotFound(format!("contract {id} does not exist")))
+}
+
+/// A contract that is not deleted.
+fn live(tx: &Transaction<'_>, id: ContractId) -> Result<Contract, StoreError> {
+    let c = loaded(tx, id)?;
+    if c.state == ContractState::Deleted {
+        return Err(StoreError::Conflict(format!("contract {id} is cancelled")));
+    }
+    Ok(c)
 }
 
 fn inserted_id(conn: &Connection, what: &str) -> Result<u32, StoreError> {
@@ -729,6 +750,146 @@ impl Store for SqliteStore {
         )
         .and_then(|rows| rows.collect())
         .map_err(db("listing nodes"))
+    }
+
+    fn create_node_contract(
+        &self,
+        twin: TwinId,
+        node: NodeId,
+        hash: DeploymentHash,
+        public_ips: u32,
+        now: i64,
+    ) -> Result<Contract, StoreError> {
+        self.write("creating a node contract", |tx| {
+            let id = contracts::create_node(tx, twin, node, hash, public_ips, now)?;
+            loaded(tx, id)
+        })
+    }
+
+    fn create_name_contract(
+        &self,
+        twin: TwinId,
+        name: &str,
+        now: i64,
+    ) -> Result<Contract, StoreError> {
+        self.write("creating a name contract", |tx| {
+            let id = contracts::create_name(tx, twin, name, now)?;
+            loaded(tx, id)
+        })
+    }
+
+    fn create_rent_contract(
+        &self,
+        twin: TwinId,
+        node: NodeId,
+        now: i64,
+    ) -> Result<Contract, StoreError> {
+        self.write("creating a rent contract", |tx| {
+            let id = contracts::create_rent(tx, twin, node, now)?;
+            loaded(tx, id)
+        })
+    }
+
+    fn contract(&self, id: ContractId) -> Result<Option<Contract>, StoreError> {
+        self.write("reading a contract", |tx| contracts::load(tx, id))
+    }
+
+    fn contracts(&self, filter: &ContractFilter) -> Result<Vec<Contract>, StoreError> {
+        self.write("listing contracts", |tx| contracts::list(tx, filter))
+    }
+
+    fn update_node_contract(
+        &self,
+        id: ContractId,
+        hash: DeploymentHash,
+        now: i64,
+    ) -> Result<(Contract, Option<NodeId>), StoreError> {
+        self.write("updating a contract", |tx| {
+            let c = live(tx, id)?;
+            let ContractKind::Node { node_id, .. } = c.kind else {
+                return Err(StoreError::Conflict(format!(
+                    "contract {id} is not a node contract"
+                )));
+            };
+            contracts::set_hash(tx, id, hash, now)?;
+            let event = NodeEvent::ContractUpdated {
+                contract_id: id,
+                deployment_hash: hash,
+            };
+            contracts::push_event(tx, node_id, &event, now)?;
+            Ok((loaded(tx, id)?, Some(node_id)))
+        })
+    }
+
+    fn cancel_contract(
+        &self,
+        id: ContractId,
+        now: i64,
+    ) -> Result<(Contract, Option<NodeId>), StoreError> {
+        self.write("cancelling a contract", |tx| {
+            let c = live(tx, id)?;
+            contracts::set_state(tx, id, ContractState::Deleted, now)?;
+            let node = match c.kind {
+                ContractKind::Node { node_id, .. } => {
+                    contracts::push_event(
+                        tx,
+                        node_id,
+                        &NodeEvent::ContractCancelled { contract_id: id },
+                        now,
+                    )?;
+                    Some(node_id)
+                }
+                _ => None,
+            };
+            Ok((loaded(tx, id)?, node))
+        })
+    }
+
+    fn set_grace(
+        &self,
+        id: ContractId,
+        grace: bool,
+        now: i64,
+    ) -> Result<(Contract, Option<NodeId>), StoreError> {
+        self.write("changing a grace period", |tx| {
+            let c = live(tx, id)?;
+            let (from, to) = if grace {
+                (ContractState::Created, ContractState::GracePeriod)
+            } else {
+                (ContractState::GracePeriod, ContractState::Created)
+            };
+            if c.state != from {
+                return Err(StoreError::Conflict(format!(
+                    "contract {id} is {:?}, not {from:?}",
+                    c.state
+                )));
+            }
+            contracts::set_state(tx, id, to, now)?;
+            let node = match c.kind {
+                ContractKind::Node { node_id, .. } => {
+                    let event = if grace {
+                        NodeEvent::GracePeriodStarted { contract_id: id }
+                    } else {
+                        NodeEvent::GracePeriodEnded { contract_id: id }
+                    };
+                    contracts::push_event(tx, node_id, &event, now)?;
+                    Some(node_id)
+                }
+                _ => None,
+            };
+            Ok((loaded(tx, id)?, node))
+        })
+    }
+
+    fn node_events(
+        &self,
+        node: NodeId,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<NodeEventRecord>, StoreError> {
+        self.write("reading events", |tx| {
+            contracts::events(tx, node, after, limit)
+        })
     }
 
     fn dump(&self) -> Result<String, StoreError> {

@@ -1,0 +1,451 @@
+//! `zos deploy` and `zos deployment …`: contracts on the grid, deployments on nodes.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{Value, json};
+use zos_client::GridClient;
+use zos_types::contract::{
+    ContractFilter, ContractKind, ContractState, CreateNodeContract, UpdateNodeContract,
+};
+use zos_types::deployment::{ContractId, Deployment, ResultState};
+use zos_types::workload::WorkloadData;
+use zos_types::{NodeId, TwinId};
+
+use crate::commands::signed_client;
+use crate::output::{self, Table, fields};
+use crate::{Global, deployfile};
+
+#[derive(Debug, Subcommand)]
+pub enum DeploymentCmd {
+    /// Show a deployment with the state of each workload.
+    Get { contract: ContractId },
+    /// List your deployments (node contracts that are not cancelled).
+    List,
+    /// The full result log of a deployment.
+    Changes { contract: ContractId },
+    /// Apply a changed deployment file to an existing deployment.
+    Update {
+        contract: ContractId,
+        file: PathBuf,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        wait: u64,
+    },
+    /// Cancel the contract: the node removes every workload.
+    Cancel {
+        contract: ContractId,
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
+    },
+}
+
+/// The node (id, twin) a node contract is on.
+async fn node_of(c: &GridClient, contract: ContractId) -> anyhow::Result<(NodeId, TwinId)> {
+    let k = c
+        .get_contract(contract)
+        .await
+        .with_context(|| format!("contract {contract}"))?;
+    let ContractKind::Node { node_id, .. } = k.kind else {
+        bail!("contract {contract} is not a node contract");
+    };
+    let node = c.get_node(node_id).await?;
+    Ok((node_id, node.twin_id))
+}
+
+async fn fetch(
+    c: &GridClient,
+    node_twin: TwinId,
+    contract: ContractId,
+) -> anyhow::Result<Deployment> {
+    let v = c
+        .call(
+            node_twin,
+            "zos.deployment.get",
+            &json!({ "contract_id": contract }),
+        )
+        .await?;
+    serde_json::from_value(v).context("the node answered a deployment this zos does not understand")
+}
+
+fn read_file(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn public_v4(d: &Deployment) -> anyhow::Result<u32> {
+    let mut n = 0;
+    for w in &d.workloads {
+        if let WorkloadData::Ip(ip) = w.parse()?
+            && ip.v4
+        {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Waits until every workload of `version` has left `init` (and, after an update, carries a
+/// result newer than `since`), drawing the progress. Returns the final deployment.
+async fn follow(
+    c: &GridClient,
+    node_twin: TwinId,
+    contract: ContractId,
+    since: i64,
+    wait: Duration,
+    quiet: bool,
+) -> anyhow::Result<Deployment> {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed}] {pos}/{len} workloads settled {msg}")
+            .expect("valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let start = Instant::now();
+    loop {
+        let d = fetch(c, node_twin, contract).await?;
+        let settled = d
+            .workloads
+            .iter()
+            .filter(|w| {
+                w.result
+                    .as_ref()
+                    .is_some_and(|r| r.state != ResultState::Init && r.created >= since)
+            })
+            .count();
+        bar.set_length(d.workloads.len() as u64);
+        bar.set_position(settled as u64);
+        let errors = d
+            .workloads
+            .iter()
+            .filter(|w| {
+                w.result
+                    .as_ref()
+                    .is_some_and(|r| r.state == ResultState::Error)
+            })
+            .count();
+        bar.set_message(if errors > 0 {
+            format!("({errors} in error)")
+        } else {
+            String::new()
+        });
+        if settled == d.workloads.len() {
+            bar.finish_and_clear();
+            return Ok(d);
+        }
+        if start.elapsed() > wait {
+            bar.abandon();
+            bail!(
+                "the node did not finish within {wait:?}; follow it with `zos deployment get {contract}`"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn print_deployment(d: &Deployment) {
+    fields(&[
+        ("contract", d.contract_id.to_string()),
+        ("version", d.version.to_string()),
+        ("description", d.description.clone()),
+    ]);
+    println!();
+    let mut t = Table::new(&["NAME", "TYPE", "STATE", "MESSAGE"]);
+    for w in &d.workloads {
+        let (state, msg) = w
+            .result
+            .as_ref()
+            .map_or(("-".to_string(), String::new()), |r| {
+                (r.state.to_string(), r.message.clone())
+            });
+        t.row(vec![w.name.clone(), w.kind.to_string(), state, msg]);
+    }
+    t.print();
+}
+
+fn summary(node: NodeId, d: &Deployment) -> Value {
+    let workloads: Vec<Value> = d
+        .workloads
+        .iter()
+        .map(|w| {
+            let r = w.result.clone();
+            json!({
+                "name": w.name, "type": w.kind, "version": w.version,
+                "state": r.as_ref().map(|r| r.state), "message": r.as_ref().map(|r| r.message.clone()),
+                "data": r.map(|r| r.data),
+            })
+        })
+        .collect();
+    json!({ "contract_id": d.contract_id, "node_id": node, "version": d.version, "workloads": workloads })
+}
+
+fn finish(node: NodeId, d: &Deployment, g: &Global) -> anyhow::Result<()> {
+    if g.json {
+        output::json(&summary(node, d))?;
+    } else {
+        print_deployment(d);
+    }
+    let failed: Vec<&str> = d
+        .workloads
+        .iter()
+        .filter(|w| {
+            w.result
+                .as_ref()
+                .is_some_and(|r| r.state == ResultState::Error)
+        })
+        .map(|w| w.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("workloads in error: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// `zos deploy FILE --node ID`.
+pub async fn deploy(file: &Path, node: NodeId, wait: Duration, g: &Global) -> anyhow::Result<()> {
+    let c = signed_client(g).await?;
+    let me = c.twin_id().context("no twin")?;
+    let mut d = deployfile::parse(&read_file(file)?, me)?;
+    let target = c
+        .get_node(node)
+        .await
+        .with_context(|| format!("node {node}"))?;
+    if !target.online {
+        bail!("node {node} is offline: pick an online node (`zos node list --online`)");
+    }
+    let contract = c
+        .create_node_contract(&CreateNodeContract {
+            node_id: node,
+            deployment_hash: d.hash()?,
+            public_ips: public_v4(&d)?,
+        })
+        .await
+        .context("creating the node contract")?;
+    d.contract_id = contract.id;
+    d.sign(me, c.identity().context("no key")?)?;
+    let since = zos_types::auth::unix_now() - 1;
+    if let Err(e) = c.call(target.twin_id, "zos.deployment.deploy", &d).await {
+        // The node refused: do not leave a contract (and its reserved addresses) behind.
+        let _ = c.cancel_contract(contract.id).await;
+        return Err(anyhow::Error::new(e).context(format!(
+            "node {node} refused the deployment; contract {} cancelled",
+            contract.id
+        )));
+    }
+    if !g.json {
+        eprintln!("contract {} on node {node}: deployment sent", contract.id);
+    }
+    let done = follow(&c, target.twin_id, contract.id, since, wait, g.json).await?;
+    finish(node, &done, g)
+}
+
+pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
+    let c = signed_client(g).await?;
+    let me = c.twin_id().context("no twin")?;
+    match cmd {
+        DeploymentCmd::Get { contract } => {
+            let (node, twin) = node_of(&c, contract).await?;
+            let d = fetch(&c, twin, contract).await?;
+            if g.json {
+                output::json(&summary(node, &d))
+            } else {
+                print_deployment(&d);
+                Ok(())
+            }
+        }
+        DeploymentCmd::List => {
+            let contracts = c
+                .list_contracts(&ContractFilter {
+                    twin_id: Some(me),
+                    ..ContractFilter::default()
+                })
+                .await?;
+            let live: Vec<_> = contracts
+                .into_iter()
+                .filter(|k| {
+                    k.state != ContractState::Deleted && matches!(k.kind, ContractKind::Node { .. })
+                })
+                .collect();
+            if g.json {
+                return output::json(&live);
+            }
+            let mut t = Table::new(&["CONTRACT", "NODE", "STATE", "PUBLIC IPS"]);
+            for k in &live {
+                if let ContractKind::Node {
+                    node_id,
+                    public_ips,
+                    ..
+                } = &k.kind
+                {
+                    t.row(vec![
+                        k.id.to_string(),
+                        node_id.to_string(),
+                        format!("{:?}", k.state).to_lowercase(),
+                        public_ips.to_string(),
+                    ]);
+                }
+            }
+            t.print();
+            Ok(())
+        }
+        DeploymentCmd::Changes { contract } => {
+            let (_, twin) = node_of(&c, contract).await?;
+            let log = c
+                .call(
+                    twin,
+                    "zos.deployment.changes",
+                    &json!({ "contract_id": contract }),
+                )
+                .await?;
+            if g.json {
+                return output::json(&log);
+            }
+            let mut t = Table::new(&["SEQ", "NAME", "TYPE", "VERSION", "STATE", "MESSAGE"]);
+            for e in log.as_array().into_iter().flatten() {
+                let cell = |v: &Value| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                };
+                t.row(vec![
+                    cell(&e["seq"]),
+                    cell(&e["name"]),
+                    cell(&e["type"]),
+                    cell(&e["version"]),
+                    cell(&e["result"]["state"]),
+                    cell(&e["result"]["message"]),
+                ]);
+            }
+            t.print();
+            Ok(())
+        }
+        DeploymentCmd::Update {
+            contract,
+            file,
+            wait,
+        } => {
+            let (node, twin) = node_of(&c, contract).await?;
+            let current = fetch(&c, twin, contract).await?;
+            let desired = deployfile::parse(&read_file(&file)?, me)?;
+            let mut next = deployfile::next_version(&current, &desired)?;
+            c.update_node_contract(
+                contract,
+                &UpdateNodeContract {
+                    deployment_hash: next.hash()?,
+                },
+            )
+            .await
+            .context("updating the contract's hash")?;
+            next.sign(me, c.identity().context("no key")?)?;
+            let since = zos_types::auth::unix_now() - 1;
+            c.call(twin, "zos.deployment.update", &next)
+                .await
+                .context("the node refused the update")?;
+            let changed: Vec<String> = next
+                .workloads
+                .iter()
+                .filter(|w| w.version == next.version)
+                .map(|w| w.name.clone())
+                .collect();
+            // Only the workloads this update touches get new results.
+            let done = follow_changed(
+                &c,
+                twin,
+                contract,
+                since,
+                &changed,
+                Duration::from_secs(wait),
+                g.json,
+            )
+            .await?;
+            finish(node, &done, g)
+        }
+        DeploymentCmd::Cancel { contract, wait } => {
+            let (node, twin) = node_of(&c, contract).await?;
+            c.cancel_contract(contract).await?;
+            let start = Instant::now();
+            let bar = if g.json {
+                ProgressBar::hidden()
+            } else {
+                ProgressBar::new_spinner()
+            };
+            bar.set_message(format!(
+                "contract {contract} cancelled; node {node} removes the workloads"
+            ));
+            bar.enable_steady_tick(Duration::from_millis(120));
+            loop {
+                match fetch(&c, twin, contract).await {
+                    Err(e) if format!("{e:#}").contains("not found") => break,
+                    Err(e) => return Err(e),
+                    Ok(_) if start.elapsed() > Duration::from_secs(wait) => {
+                        bar.abandon();
+                        bail!("node {node} still has deployment {contract} after {wait} s");
+                    }
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            }
+            bar.finish_and_clear();
+            if g.json {
+                output::json(&json!({"contract_id": contract, "cancelled": true}))
+            } else {
+                println!(
+                    "contract {contract} cancelled and its workloads removed from node {node}"
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn follow_changed(
+    c: &GridClient,
+    twin: TwinId,
+    contract: ContractId,
+    since: i64,
+    names: &[String],
+    wait: Duration,
+    quiet: bool,
+) -> anyhow::Result<Deployment> {
+    let start = Instant::now();
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(names.len() as u64)
+    };
+    bar.enable_steady_tick(Duration::from_millis(120));
+    loop {
+        let log = c
+            .call(
+                twin,
+                "zos.deployment.changes",
+                &json!({ "contract_id": contract }),
+            )
+            .await?;
+        let done = names
+            .iter()
+            .filter(|n| {
+                log.as_array().into_iter().flatten().any(|e| {
+                    e["name"] == n.as_str()
+                        && e["result"]["created"].as_i64().is_some_and(|t| t >= since)
+                        && e["result"]["state"] != "init"
+                })
+            })
+            .count();
+        bar.set_position(done as u64);
+        if done == names.len() {
+            bar.finish_and_clear();
+            return fetch(c, twin, contract).await;
+        }
+        if start.elapsed() > wait {
+            bar.abandon();
+            bail!("the node did not finish the update within {wait:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
