@@ -305,6 +305,12 @@ async fn build(state: &mut DevnetState, opts: &DevnetOptions, gateway: &str) -> 
         .create_farm(&format!("devnet-{}", state.name))
         .await
         .context("creating the farm")?;
+    if twin.id != 1 {
+        bail!(
+            "the farmer got twin {} on a fresh grid, expected 1 (the grid's admin twin)",
+            twin.id
+        );
+    }
     state.farmer_twin = twin.id;
     state.farm_id = farm.id;
     state.save()?;
@@ -381,7 +387,9 @@ pub async fn start_grid(state: &mut DevnetState) -> anyhow::Result<()> {
         .arg("--data-dir")
         .arg(state.dir.join("grid"))
         .arg("--ready-file")
-        .arg(&ready);
+        .arg(&ready)
+        // The farmer is the first twin of a devnet's fresh grid; it administers grace periods.
+        .args(["--admin-twin", "1"]);
     state.grid_pid = spawn_detached(cmd, &state.dir.join("grid.log"))?;
     let pid = state.grid_pid;
     let ok = wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
