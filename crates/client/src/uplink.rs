@@ -27,13 +27,17 @@ fn ws_url(base: &str) -> Result<String, ClientError> {
     } else {
         return Err(ClientError::Url(base.into()));
     };
-    Ok(format!("{rest}{UPLINK_PATH}"))
+    Ok(rest)
 }
 
 /// Opens the uplink of twin `twin` to the grid at `base` (`http://…` or `https://…`), signed
 /// with `identity`.
 pub async fn connect(base: &str, identity: &Identity, twin: TwinId) -> Result<Uplink, ClientError> {
-    let url = ws_url(base)?;
+    // A fresh nonce in the query makes every connection's signature unique, so reconnecting
+    // within the same second is not mistaken for a replay.
+    let nonce = zos_types::envelope::new_id().map_err(ClientError::Envelope)?;
+    let target = format!("{UPLINK_PATH}?nonce={nonce}");
+    let url = format!("{}{target}", ws_url(base)?);
     let wrap = |source| ClientError::Uplink {
         url: url.clone(),
         source: Box::new(source),
@@ -43,7 +47,7 @@ pub async fn connect(base: &str, identity: &Identity, twin: TwinId) -> Result<Up
         identity,
         Signer::Twin(twin),
         "GET",
-        UPLINK_PATH,
+        &target,
         auth::unix_now(),
         b"",
     );

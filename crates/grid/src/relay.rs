@@ -143,7 +143,9 @@ async fn serve_uplink(app: AppState, twin: TwinId, node: Option<NodeId>, mut soc
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(twin, Link { conn, tx, node });
-    if replaced.is_some() {
+    if let Some(old) = replaced {
+        // Dropping the old sender ends the old session, which closes its socket.
+        drop(old);
         tracing::info!(twin, "a new uplink replaces the old one");
     }
     tracing::info!(twin, ?node, "uplink connected");
