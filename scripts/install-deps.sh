@@ -7,6 +7,7 @@ packages=(
   btrfs-progs     # storage pools
   xfsprogs e2fsprogs util-linux  # foreign filesystems in storage tests, losetup
   nftables        # node firewall and NAT
+  wireguard-tools # wg: configures WireGuard interfaces (kernel and userspace)
   busybox-static  # root file systems built by flist and VM tests
   pkg-config      # -sys crates
 )
@@ -29,4 +30,9 @@ fi
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   echo "installing cargo-nextest" >&2
   cargo install --locked cargo-nextest
+fi
+
+if ! command -v boringtun-cli >/dev/null 2>&1; then
+  echo "installing boringtun-cli (userspace WireGuard)" >&2
+  cargo install --locked boringtun-cli
 fi
