@@ -9,11 +9,13 @@
 //! - [`mount`]: the read-only FUSE mount and the writable overlay; [`serve`] runs one as a
 //!   process (binary `zos-flist-mount`).
 //! - [`inspect`]: what a flist holds, for printing or JSON.
+//! - [`hub`]: the hub's flist API (wire types, names, client, verified downloads).
 //!
 //! See `docs/flist.md` for the format and the design.
 
 pub mod block;
 pub mod cache;
+pub mod hub;
 pub mod inspect;
 pub mod meta;
 pub mod mount;

@@ -22,6 +22,7 @@ pub mod bench;
 pub mod clock;
 pub mod contracts;
 pub mod error;
+pub mod hub;
 pub mod relay;
 pub mod replay;
 pub mod store;
@@ -61,6 +62,8 @@ pub struct GridConfig {
     pub replay_capacity: usize,
     /// The twin that may start and end grace periods.
     pub admin: Option<zos_types::TwinId>,
+    /// Where and how the hub keeps blocks and flists.
+    pub hub: hub::HubConfig,
 }
 
 impl GridConfig {
@@ -73,6 +76,7 @@ impl GridConfig {
             clock: Arc::new(SystemClock),
             replay_capacity: replay::DEFAULT_CAPACITY,
             admin: None,
+            hub: hub::HubConfig::default(),
         }
     }
 
@@ -94,6 +98,8 @@ pub enum GridError {
     },
     #[error("cannot open the registry store")]
     Store(#[from] StoreError),
+    #[error("cannot open the hub")]
+    Hub(#[from] hub::HubError),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -141,7 +147,13 @@ pub async fn start(config: GridConfig) -> Result<RunningGrid, GridError> {
     let addr = listeners[0].0;
     let state = api::AppState::new(store.clone(), config.clock, config.replay_capacity)
         .with_admin(config.admin);
-    let app = api::router(state);
+    let hub = {
+        let (dir, hub_config) = (config.data_dir.clone(), config.hub.clone());
+        tokio::task::spawn_blocking(move || hub::Hub::open(&dir, hub_config))
+            .await
+            .map_err(GridError::Task)??
+    };
+    let app = api::router(state.clone()).merge(hub::router(state, Arc::new(hub)));
     let (stop, stopped) = oneshot::channel::<()>();
     let (stop_all, _) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
