@@ -140,6 +140,8 @@ pub struct GridClient {
     identity: Option<Arc<Identity>>,
     twin: Option<TwinId>,
     stamps: Arc<Stamps>,
+    /// Twins' public keys, which never change once registered.
+    keys: Arc<Mutex<HashMap<TwinId, PublicKey>>>,
 }
 
 /// The timestamps this client (and its clones) last used for each distinct signed request.
@@ -187,6 +189,7 @@ impl GridClient {
             identity: None,
             twin: None,
             stamps: Arc::default(),
+            keys: Arc::default(),
         })
     }
 
@@ -472,6 +475,16 @@ impl GridClient {
         Ok(reply)
     }
 
+    /// The public key of twin `id`, remembered after the first lookup.
+    pub async fn twin_key(&self, id: TwinId) -> Result<PublicKey, ClientError> {
+        if let Some(k) = self.keys.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
+            return Ok(*k);
+        }
+        let key = self.get_twin(id).await?.public_key;
+        self.keys.lock().unwrap_or_else(|e| e.into_inner()).insert(id, key);
+        Ok(key)
+    }
+
     /// Calls `command` on twin `dest` (a node) with `body`: seals it to the destination, sends it
     /// through the relay, checks and opens the reply. A refusal by the destination is
     /// [`ClientError::Remote`].
@@ -483,7 +496,7 @@ impl GridClient {
     ) -> Result<serde_json::Value, ClientError> {
         let identity = self.identity.as_ref().ok_or(ClientError::NoIdentity)?;
         let me = self.twin.ok_or(ClientError::NoTwin)?;
-        let key = self.get_twin(dest).await?.public_key;
+        let key = self.twin_key(dest).await?;
         let plain = serde_json::to_vec(body).expect("request bodies serialize");
         let seal = Seal {
             source: me,
