@@ -3,14 +3,16 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use zos_client::GridClient;
 use zos_testkit::devnet::DevnetGuard;
+use zos_types::Identity;
 use zos_types::capacity::MIB;
 use zos_types::contract::CreateNodeContract;
-use zos_types::deployment::{Deployment, ResultState, SignatureRequest, SignatureRequirement, Workload};
+use zos_types::deployment::{
+    Deployment, ResultState, SignatureRequest, SignatureRequirement, Workload,
+};
 use zos_types::workload::WorkloadType;
-use zos_types::Identity;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -25,7 +27,11 @@ async fn deploy_once(c: &GridClient, node: u32, node_twin: u32, i: usize) -> Dur
         metadata: String::new(),
         description: format!("bench {i}"),
         signature_requirement: SignatureRequirement {
-            requests: vec![SignatureRequest { twin_id: me, required: true, weight: 1 }],
+            requests: vec![SignatureRequest {
+                twin_id: me,
+                required: true,
+                weight: 1,
+            }],
             weight_required: 1,
             signatures: vec![],
         },
@@ -52,16 +58,33 @@ async fn deploy_once(c: &GridClient, node: u32, node_twin: u32, i: usize) -> Dur
     };
     let start = Instant::now();
     let k = c
-        .create_node_contract(&CreateNodeContract { node_id: node, deployment_hash: d.hash().unwrap(), public_ips: 0 })
+        .create_node_contract(&CreateNodeContract {
+            node_id: node,
+            deployment_hash: d.hash().unwrap(),
+            public_ips: 0,
+        })
         .await
         .unwrap();
     d.contract_id = k.id;
     d.sign(me, c.identity().unwrap()).unwrap();
-    c.call(node_twin, "zos.deployment.deploy", &d).await.unwrap();
+    c.call(node_twin, "zos.deployment.deploy", &d)
+        .await
+        .unwrap();
     loop {
-        let v = c.call(node_twin, "zos.deployment.get", &json!({"contract_id": k.id})).await.unwrap();
+        let v = c
+            .call(
+                node_twin,
+                "zos.deployment.get",
+                &json!({"contract_id": k.id}),
+            )
+            .await
+            .unwrap();
         let got: Deployment = serde_json::from_value(v).unwrap();
-        if got.workloads.iter().all(|w| w.result.as_ref().is_some_and(|r| r.state == ResultState::Ok)) {
+        if got.workloads.iter().all(|w| {
+            w.result
+                .as_ref()
+                .is_some_and(|r| r.state == ResultState::Ok)
+        }) {
             let took = start.elapsed();
             c.cancel_contract(k.id).await.unwrap();
             return took;
@@ -76,7 +99,9 @@ async fn main() {
         eprintln!("SKIPPED deploy bench: needs root (devnet)");
         return;
     }
-    let net = DevnetGuard::up(1, Duration::from_secs(5)).await.expect("devnet");
+    let net = DevnetGuard::up(1, Duration::from_secs(5))
+        .await
+        .expect("devnet");
     let node = net.state.nodes[0].node_id.unwrap();
     let anon = GridClient::new(&net.state.grid_url).unwrap();
     let node_twin = anon.get_node(node).await.unwrap().twin_id;
@@ -111,7 +136,10 @@ async fn main() {
                 let mut l = Vec::with_capacity(per);
                 for _ in 0..per {
                     let t = Instant::now();
-                    let v: Value = c.call(node_twin, "zos.system.version", &Value::Null).await.unwrap();
+                    let v: Value = c
+                        .call(node_twin, "zos.system.version", &Value::Null)
+                        .await
+                        .unwrap();
                     assert!(v["zos"].is_string());
                     l.push(t.elapsed().as_secs_f64() * 1000.0);
                 }
