@@ -481,7 +481,10 @@ impl GridClient {
             return Ok(*k);
         }
         let key = self.get_twin(id).await?.public_key;
-        self.keys.lock().unwrap_or_else(|e| e.into_inner()).insert(id, key);
+        self.keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, key);
         Ok(key)
     }
 
