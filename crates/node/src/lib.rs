@@ -6,6 +6,7 @@ pub mod agent;
 pub mod api;
 pub mod config;
 pub mod identity;
+pub mod network;
 pub mod provision;
 pub mod registrar;
 pub mod storage;

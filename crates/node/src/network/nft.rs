@@ -1,0 +1,289 @@
+//! nftables rulesets, rendered as text and applied atomically with `nft -f -`.
+//!
+//! Each table is replaced whole in one transaction (`add table` + `delete table` + the new
+//! definition), so what is loaded always equals what the state says; connections tracked by
+//! conntrack survive a replacement.
+
+use std::fmt::Write;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use super::NetworkError;
+use super::names::{self, inner, mac_string};
+use super::netns::{self, Ns};
+
+/// What a VM's port on a bridge may send and receive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortFilter {
+    pub ifname: String,
+    pub mac: [u8; 6],
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+fn chain_id(ifname: &str) -> String {
+    ifname.replace('-', "_")
+}
+
+/// Replaces `family name` with `body` (the table's contents).
+fn replace_table(out: &mut String, family: &str, name: &str, body: &str) {
+    let _ = writeln!(out, "add table {family} {name}");
+    let _ = writeln!(out, "delete table {family} {name}");
+    let _ = writeln!(out, "table {family} {name} {{\n{body}}}");
+}
+
+/// The host's tables: input protection, NAT egress of workloads, forwarding to `ndmz`, and
+/// the anti-spoofing filters of VM ports on the bridges.
+pub fn host_ruleset(
+    table: &str,
+    host_dmz: &str,
+    wg_ports: &[u16],
+    ports: &[PortFilter],
+) -> String {
+    let mut inet = String::new();
+    let ports_list = wg_ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = writeln!(inet, "  set wg_ports {{\n    type inet_service");
+    if !wg_ports.is_empty() {
+        let _ = writeln!(inet, "    elements = {{ {ports_list} }}");
+    }
+    let _ = writeln!(inet, "  }}");
+    let _ = write!(
+        inet,
+        "  chain input {{
+    type filter hook input priority 0; policy accept;
+    iifname \"{host_dmz}\" drop
+    ct state established,related accept
+    iif lo accept
+    meta l4proto {{ icmp, ipv6-icmp }} accept
+    udp dport @wg_ports accept
+    udp dport 68 accept
+    ct state new drop
+  }}
+  chain forward {{
+    type filter hook forward priority 0; policy accept;
+    oifname \"{host_dmz}\" ct state established,related accept
+    oifname \"{host_dmz}\" drop
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority 100; policy accept;
+    ip saddr {space} oifname != \"{host_dmz}\" masquerade
+  }}
+",
+        space = names::ndmz_space()
+    );
+
+    let mut bridge = String::new();
+    for (map, dir) in [("ports_in", "in"), ("ports_out", "out")] {
+        let _ = writeln!(bridge, "  map {map} {{\n    type ifname : verdict");
+        if !ports.is_empty() {
+            let elems = ports
+                .iter()
+                .map(|p| format!("\"{}\" : jump {dir}_{}", p.ifname, chain_id(&p.ifname)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(bridge, "    elements = {{ {elems} }}");
+        }
+        let _ = writeln!(bridge, "  }}");
+    }
+    for p in ports {
+        let id = chain_id(&p.ifname);
+        let mac = mac_string(&p.mac);
+        let _ = writeln!(bridge, "  chain in_{id} {{");
+        let _ = writeln!(bridge, "    ether saddr != {mac} drop");
+        let _ = writeln!(bridge, "    ether type arp arp saddr ether != {mac} drop");
+        match p.ipv4 {
+            Some(ip) => {
+                let _ = writeln!(bridge, "    ether type arp arp saddr ip != {ip} drop");
+                let _ = writeln!(bridge, "    ether type ip ip saddr != {ip} drop");
+            }
+            None => {
+                let _ = writeln!(bridge, "    ether type {{ arp, ip }} drop");
+            }
+        }
+        let v6 = p.ipv6.map(|a| format!(", {a}")).unwrap_or_default();
+        let _ = writeln!(
+            bridge,
+            "    ether type ip6 ip6 saddr != {{ ::, fe80::/10{v6} }} drop"
+        );
+        let _ = writeln!(bridge, "    ether type != {{ arp, ip, ip6 }} drop");
+        let _ = writeln!(bridge, "  }}");
+        let _ = writeln!(bridge, "  chain out_{id} {{");
+        match p.ipv4 {
+            Some(ip) => {
+                let _ = writeln!(bridge, "    ether type arp arp daddr ip != {ip} drop");
+                let _ = writeln!(bridge, "    ether type ip ip daddr != {ip} drop");
+            }
+            None => {
+                let _ = writeln!(bridge, "    ether type {{ arp, ip }} drop");
+            }
+        }
+        let _ = writeln!(
+            bridge,
+            "    ether type ip6 ip6 daddr != {{ fe80::/10, ff00::/8{v6} }} drop"
+        );
+        let _ = writeln!(bridge, "  }}");
+    }
+    let _ = write!(
+        bridge,
+        "  chain prerouting {{
+    type filter hook prerouting priority 0; policy accept;
+    iifname vmap @ports_in
+  }}
+  chain postrouting {{
+    type filter hook postrouting priority 0; policy accept;
+    oifname vmap @ports_out
+  }}
+"
+    );
+
+    let mut out = String::new();
+    replace_table(&mut out, "inet", table, &inet);
+    replace_table(&mut out, "bridge", table, &bridge);
+    out
+}
+
+/// `ndmz`: network resources reach the host (and through it the outside), never each other,
+/// never `ndmz` itself, and never an SMTP server.
+pub fn ndmz_ruleset() -> String {
+    let mut out = String::new();
+    replace_table(
+        &mut out,
+        "inet",
+        "ndmz",
+        &format!(
+            "  chain input {{
+    type filter hook input priority 0; policy drop;
+    ct state established,related accept
+    iif lo accept
+  }}
+  chain forward {{
+    type filter hook forward priority 0; policy drop;
+    tcp dport 25 reject with tcp reset
+    ct state established,related accept
+    iifname \"nr*\" oifname \"{up}\" accept
+  }}
+",
+            up = inner::NDMZ_UP
+        ),
+    );
+    out
+}
+
+/// A network resource: masquerade towards `ndmz`, nothing new comes in from there.
+pub fn nr_ruleset() -> String {
+    let mut out = String::new();
+    replace_table(
+        &mut out,
+        "inet",
+        "nr",
+        &format!(
+            "  chain input {{
+    type filter hook input priority 0; policy accept;
+    iifname \"{dmz}\" ct state established,related accept
+    iifname \"{dmz}\" drop
+  }}
+  chain forward {{
+    type filter hook forward priority 0; policy accept;
+    iifname \"{dmz}\" ct state established,related accept
+    iifname \"{dmz}\" drop
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority 100; policy accept;
+    oifname \"{dmz}\" masquerade
+  }}
+",
+            dmz = inner::NR_DMZ
+        ),
+    );
+    out
+}
+
+/// `public`: the node's public address answers pings and opens no port.
+pub fn public_ruleset() -> String {
+    let mut out = String::new();
+    replace_table(
+        &mut out,
+        "inet",
+        "public",
+        "  chain input {
+    type filter hook input priority 0; policy accept;
+    ct state established,related accept
+    iif lo accept
+    meta l4proto { icmp, ipv6-icmp } accept
+    ct state new drop
+  }
+",
+    );
+    out
+}
+
+/// Loads `ruleset` into `ns` in one transaction.
+pub async fn apply(ns: &Ns, nft: &Path, ruleset: &str) -> Result<(), NetworkError> {
+    netns::run(ns, nft, &["-f", "-"], Some(ruleset))
+        .await
+        .map(|_| ())
+}
+
+/// Deletes the tables `(family, name)` of `ns`; missing ones are fine.
+pub async fn delete_tables(ns: &Ns, nft: &Path, tables: &[(&str, &str)]) -> Result<(), NetworkError> {
+    let mut text = String::new();
+    for (family, name) in tables {
+        let _ = writeln!(text, "add table {family} {name}");
+        let _ = writeln!(text, "delete table {family} {name}");
+    }
+    apply(ns, nft, &text).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ruleset_lists_ports_and_filters() {
+        let text = host_ruleset(
+            "zos_a",
+            "admz",
+            &[51820, 51821],
+            &[PortFilter {
+                ifname: "a-p123".into(),
+                mac: [2, 0, 0, 0, 0, 1],
+                ipv4: Some(Ipv4Addr::new(10, 99, 0, 50)),
+                ipv6: None,
+            }],
+        );
+        assert!(text.contains("elements = { 51820, 51821 }"));
+        assert!(text.contains("\"a-p123\" : jump in_a_p123"));
+        assert!(text.contains("ether saddr != 02:00:00:00:00:01 drop"));
+        assert!(text.contains("ip saddr != 10.99.0.50 drop"));
+        assert!(text.contains("ip saddr 100.127.0.0/16 oifname != \"admz\" masquerade"));
+        // Empty sets and maps carry no elements line (nft refuses empty braces).
+        let empty = host_ruleset("zos", "dmz", &[], &[]);
+        assert!(!empty.contains("elements"));
+    }
+
+    #[test]
+    fn ports_without_ipv4_send_no_ipv4() {
+        let text = host_ruleset(
+            "zos",
+            "dmz",
+            &[],
+            &[PortFilter {
+                ifname: "p1".into(),
+                mac: [2, 0, 0, 0, 0, 1],
+                ipv4: None,
+                ipv6: Some("2001:db8::5".parse().unwrap()),
+            }],
+        );
+        assert!(text.contains("ether type { arp, ip } drop"));
+        assert!(text.contains("2001:db8::5"));
+    }
+
+    #[test]
+    fn smtp_is_refused_in_ndmz() {
+        assert!(ndmz_ruleset().contains("tcp dport 25 reject"));
+    }
+}
