@@ -343,7 +343,21 @@ pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
             .await
             .context("updating the contract's hash")?;
             next.sign(me, c.identity().context("no key")?)?;
-            let since = zos_types::auth::unix_now() - 1;
+            // This update's results are the log entries after the last one now.
+            let log = c
+                .call(
+                    twin,
+                    "zos.deployment.changes",
+                    &json!({ "contract_id": contract }),
+                )
+                .await?;
+            let since = log
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["seq"].as_i64())
+                .max()
+                .unwrap_or(0);
             c.call(twin, "zos.deployment.update", &next)
                 .await
                 .context("the node refused the update")?;
@@ -407,6 +421,7 @@ async fn follow_changed(
     c: &GridClient,
     twin: TwinId,
     contract: ContractId,
+    // The log's last sequence number before the update was sent.
     since: i64,
     names: &[String],
     wait: Duration,
@@ -432,7 +447,7 @@ async fn follow_changed(
             .filter(|n| {
                 log.as_array().into_iter().flatten().any(|e| {
                     e["name"] == n.as_str()
-                        && e["result"]["created"].as_i64().is_some_and(|t| t >= since)
+                        && e["seq"].as_i64().is_some_and(|q| q > since)
                         && e["result"]["state"] != "init"
                 })
             })
@@ -440,6 +455,29 @@ async fn follow_changed(
         bar.set_position(done as u64);
         if done == names.len() {
             bar.finish_and_clear();
+            // A change the node refused leaves the workload as it was, with the reason.
+            let refused: Vec<String> = log
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| {
+                    e["result"]["state"] == "unchanged"
+                        && e["seq"].as_i64().is_some_and(|q| q > since)
+                })
+                .map(|e| {
+                    format!(
+                        "{}: {}",
+                        e["name"].as_str().unwrap_or("?"),
+                        e["result"]["message"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            if !refused.is_empty() {
+                bail!(
+                    "the node kept these workloads as they were: {}",
+                    refused.join("; ")
+                );
+            }
             return fetch(c, twin, contract).await;
         }
         if start.elapsed() > wait {

@@ -251,6 +251,26 @@ async fn deploy_update_cancel_from_the_command_line() {
         "2 GiB disk + 2 GiB volume + the cache: {pools}"
     );
 
+    // Shrinking is refused: the command says so and fails, the volume keeps its size.
+    let shrunk = write(
+        dir.path(),
+        "s.yaml",
+        "workloads:\n  - name: disk\n    type: zmount\n    data: {size: 2G}\n  - name: vol\n    type: volume\n    data: {size: 512M}\n",
+    );
+    let (ok, _, err) = u.zos(
+        &grid,
+        &["deployment", "update", &contract.to_string(), &shrunk],
+    );
+    assert!(!ok, "a refused shrink fails the command");
+    assert!(err.contains("vol:"), "{err}");
+    let d = get(&u, node_twin(&u.client, node).await, contract)
+        .await
+        .unwrap();
+    assert_eq!(
+        d.workloads[1].result.as_ref().unwrap().state,
+        ResultState::Ok
+    );
+
     // Cancel: both go, capacity is freed.
     let (ok, _, err) = u.zos(&grid, &["deployment", "cancel", &contract.to_string()]);
     assert!(ok, "{err}");
@@ -344,6 +364,14 @@ async fn bad_deployments_are_refused_and_nothing_is_stored() {
     )]);
     u.contract(&mut d, n1).await;
     refused(d, "of SSD asked".into()).await;
+    let vm = json!({
+        "flist": "https://hub.example/alpine.fl",
+        "network": {"interfaces": [{"network": "net", "ip": "10.1.1.2"}]},
+        "compute_capacity": {"cpu": 1, "memory": 1024 * GIB},
+    });
+    let mut d = u.deployment(vec![workload("vm", WorkloadType::Zmachine, vm)]);
+    u.contract(&mut d, n1).await;
+    refused(d, "of memory asked".into()).await;
     let mut d = u.deployment(vec![workload(
         "db",
         WorkloadType::Zdb,
