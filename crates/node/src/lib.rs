@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod api;
 pub mod config;
+pub mod flist;
 pub mod identity;
 pub mod network;
 pub mod provision;

@@ -1,0 +1,142 @@
+//! An in-memory [`FlistManager`] with the real one's rules (names, conflicts, idempotence),
+//! for tests of the managers that use flists, without root, FUSE or a hub.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::{FlistError, FlistManager, MountInfo, Reconciled, check_name};
+
+/// The fake: mounts are records; a URL's "hash" is the SHA-256 of the URL itself.
+#[derive(Debug)]
+pub struct MemoryFlists {
+    root: PathBuf,
+    prefix: String,
+    mounts: Mutex<BTreeMap<String, MountInfo>>,
+    fail: Mutex<Option<String>>,
+}
+
+impl MemoryFlists {
+    /// A fake whose mount points would be `<root>/<prefix><name>` (nothing is made there).
+    pub fn new(root: impl Into<PathBuf>, prefix: &str) -> Self {
+        Self {
+            root: root.into(),
+            prefix: prefix.into(),
+            mounts: Mutex::new(BTreeMap::new()),
+            fail: Mutex::new(None),
+        }
+    }
+
+    /// Makes the next mount fail with `message` (as a fetch failure of its URL would).
+    pub fn fail_next_mount(&self, message: &str) {
+        *self.fail.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.into());
+    }
+
+    fn mounts(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, MountInfo>> {
+        self.mounts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn mount_inner(
+        &self,
+        name: &str,
+        url: &str,
+        rw_dir: Option<&Path>,
+    ) -> Result<MountInfo, FlistError> {
+        check_name(name)?;
+        if let Some(message) = self.fail.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(FlistError::Process {
+                name: name.into(),
+                detail: message,
+            });
+        }
+        let mut mounts = self.mounts();
+        if let Some(m) = mounts.get(name) {
+            if m.url == url && m.rw_dir.as_deref() == rw_dir {
+                return Ok(m.clone());
+            }
+            return Err(FlistError::Conflict {
+                name: name.into(),
+                existing: format!("flist {}", m.url),
+            });
+        }
+        let info = MountInfo {
+            name: name.into(),
+            url: url.into(),
+            sha256: zos_flist::hub::sha256_hex(url.as_bytes()),
+            mountpoint: self.root.join(format!("{}{name}", self.prefix)),
+            rw_dir: rw_dir.map(Path::to_path_buf),
+            pid: None,
+        };
+        mounts.insert(name.into(), info.clone());
+        Ok(info)
+    }
+}
+
+impl FlistManager for MemoryFlists {
+    async fn mount(&self, name: &str, url: &str) -> Result<MountInfo, FlistError> {
+        self.mount_inner(name, url, None)
+    }
+
+    async fn mount_writable(
+        &self,
+        name: &str,
+        url: &str,
+        rw_dir: &Path,
+    ) -> Result<MountInfo, FlistError> {
+        self.mount_inner(name, url, Some(rw_dir))
+    }
+
+    async fn unmount(&self, name: &str) -> Result<(), FlistError> {
+        check_name(name)?;
+        self.mounts().remove(name);
+        Ok(())
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<MountInfo>, FlistError> {
+        Ok(self.mounts().get(name).cloned())
+    }
+
+    async fn list(&self) -> Result<Vec<MountInfo>, FlistError> {
+        Ok(self.mounts().values().cloned().collect())
+    }
+
+    async fn reconcile(&self) -> Result<Reconciled, FlistError> {
+        Ok(Reconciled {
+            adopted: self.mounts().keys().cloned().collect(),
+            ..Reconciled::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_fake_keeps_the_rules() {
+        let f = MemoryFlists::new("/run/zos-flist", "n1-");
+        let a = f.mount("vm1", "http://hub/a.fl").await.unwrap();
+        assert_eq!(a.mountpoint, PathBuf::from("/run/zos-flist/n1-vm1"));
+        assert_eq!(f.mount("vm1", "http://hub/a.fl").await.unwrap(), a);
+        assert!(matches!(
+            f.mount("vm1", "http://hub/b.fl").await,
+            Err(FlistError::Conflict { .. })
+        ));
+        assert!(matches!(
+            f.mount_writable("vm1", "http://hub/a.fl", Path::new("/v/rw"))
+                .await,
+            Err(FlistError::Conflict { .. })
+        ));
+        assert!(f.mount("../x", "http://hub/a.fl").await.is_err());
+        f.fail_next_mount("hub unreachable");
+        assert!(f.mount("vm2", "http://hub/a.fl").await.is_err());
+        assert_eq!(f.list().await.unwrap().len(), 1);
+        assert_eq!(
+            f.reconcile().await.unwrap().adopted,
+            vec!["vm1".to_string()]
+        );
+        f.unmount("vm1").await.unwrap();
+        f.unmount("vm1").await.unwrap();
+        assert!(f.get("vm1").await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,595 @@
+//! The real flist manager: one `zos-flist-mount` process per mount, recorded in a state file.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use zos_flist::hub::{DEFAULT_MAX_FLIST_BYTES, fetch_flist};
+use zos_flist::mount::is_mount_point;
+use zos_types::capacity::GIB;
+
+use super::state::{Entry, STATE_FILE, State};
+use super::{FlistError, FlistManager, MountInfo, Reconciled, check_name};
+
+/// Name of the mount process binary.
+pub const MOUNT_BINARY: &str = "zos-flist-mount";
+
+/// Settings of [`ProcessFlists`].
+#[derive(Debug, Clone)]
+pub struct FlistConfig {
+    /// The flist state directory: `mounts.json`, `flists/<sha256>.fl`, `cache/`, `logs/`.
+    pub state_dir: PathBuf,
+    /// Where mount points are made: `<mount_root>/<prefix><name>`.
+    pub mount_root: PathBuf,
+    /// The node's prefix (empty on real hardware).
+    pub prefix: String,
+    /// Block stores every mount reads first (the node's hub), before the flist's own routes.
+    /// Empty: the flist's routes only.
+    pub stores: Vec<String>,
+    /// Size limit of the shared block cache, in bytes.
+    pub cache_bytes: u64,
+    /// The `zos-flist-mount` binary.
+    pub mount_binary: PathBuf,
+    /// Largest .fl file downloaded.
+    pub max_flist_bytes: u64,
+    /// How long a mount process may take to say it is ready.
+    pub ready_timeout: Duration,
+    /// How long a mount process may take to stop after SIGTERM before it is killed.
+    pub stop_timeout: Duration,
+}
+
+impl FlistConfig {
+    /// Defaults for a node keeping its state in `node_state_dir` (the flist part goes to its
+    /// `flist/` directory) and reading blocks from the hub of the grid at `grid`.
+    pub fn new(node_state_dir: &Path, grid: &str, prefix: &str) -> Self {
+        Self {
+            state_dir: node_state_dir.join("flist"),
+            mount_root: PathBuf::from("/run/zos-flist"),
+            prefix: prefix.into(),
+            stores: vec![format!(
+                "{}{}/blocks",
+                grid.trim_end_matches('/'),
+                zos_flist::hub::HUB_PATH
+            )],
+            cache_bytes: 10 * GIB,
+            mount_binary: default_mount_binary(),
+            max_flist_bytes: DEFAULT_MAX_FLIST_BYTES,
+            ready_timeout: Duration::from_secs(30),
+            stop_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `$ZOS_FLIST_MOUNT`, else `zos-flist-mount` beside the running executable, else the one on
+/// `PATH`.
+pub fn default_mount_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("ZOS_FLIST_MOUNT").filter(|p| !p.is_empty()) {
+        return p.into();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(MOUNT_BINARY)))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(MOUNT_BINARY))
+}
+
+/// The real [`FlistManager`].
+#[derive(Debug)]
+pub struct ProcessFlists {
+    config: FlistConfig,
+    lock: tokio::sync::Mutex<()>,
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FlistError {
+    let path = path.to_owned();
+    move |source| FlistError::Io { what, path, source }
+}
+
+impl ProcessFlists {
+    /// Prepares the state directory and reads the record (refusing one from a newer zosd).
+    /// Nothing is started: call [`FlistManager::reconcile`] for that.
+    pub fn new(config: FlistConfig) -> Result<Self, FlistError> {
+        for d in [
+            config.state_dir.clone(),
+            config.state_dir.join("flists"),
+            config.state_dir.join("cache"),
+            config.state_dir.join("logs"),
+            config.mount_root.clone(),
+        ] {
+            std::fs::create_dir_all(&d).map_err(io("cannot create", &d))?;
+        }
+        let me = Self {
+            config,
+            lock: tokio::sync::Mutex::new(()),
+        };
+        State::load(&me.state_path())?;
+        Ok(me)
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &FlistConfig {
+        &self.config
+    }
+
+    /// Where the mount `name` is (or would be) mounted.
+    pub fn mountpoint(&self, name: &str) -> PathBuf {
+        self.config
+            .mount_root
+            .join(format!("{}{name}", self.config.prefix))
+    }
+
+    /// The shared block cache directory.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.config.state_dir.join("cache")
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.config.state_dir.join(STATE_FILE)
+    }
+
+    fn flists_dir(&self) -> PathBuf {
+        self.config.state_dir.join("flists")
+    }
+
+    fn flist_file(&self, sha256: &str) -> PathBuf {
+        self.flists_dir().join(format!("{sha256}.fl"))
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.config
+            .state_dir
+            .join("logs")
+            .join(format!("{name}.log"))
+    }
+
+    fn load(&self) -> Result<State, FlistError> {
+        State::load(&self.state_path())
+    }
+
+    fn save(&self, st: &State) -> Result<(), FlistError> {
+        st.save(&self.state_path())
+    }
+
+    async fn mount_inner(
+        &self,
+        name: &str,
+        url: &str,
+        rw_dir: Option<&Path>,
+    ) -> Result<MountInfo, FlistError> {
+        check_name(name)?;
+        if let Some(rw) = rw_dir {
+            check_rw_dir(name, rw)?;
+        }
+        let _g = self.lock.lock().await;
+        let mut st = self.load()?;
+        if let Some(e) = st.mounts.get(name).cloned() {
+            if e.url != url || e.rw_dir.as_deref() != rw_dir {
+                let existing = match &e.rw_dir {
+                    Some(rw) => format!("flist {} writable in {}", e.url, rw.display()),
+                    None => format!("flist {} read-only", e.url),
+                };
+                return Err(FlistError::Conflict {
+                    name: name.into(),
+                    existing,
+                });
+            }
+            if let Some(pid) = self.serving(&e) {
+                return Ok(Entry {
+                    pid: Some(pid),
+                    ..e
+                }
+                .info(name));
+            }
+            let (pid, _) = self.start(name, &e).await?;
+            let e = Entry {
+                pid: Some(pid),
+                ..e
+            };
+            st.mounts.insert(name.into(), e.clone());
+            self.save(&st)?;
+            return Ok(e.info(name));
+        }
+
+        let fetched = fetch_flist(url, &self.flists_dir(), self.config.max_flist_bytes)
+            .await
+            .map_err(|source| FlistError::Fetch {
+                url: url.into(),
+                source: Box::new(source),
+            })?;
+        let mut entry = Entry {
+            url: url.into(),
+            sha256: fetched.sha256,
+            mountpoint: self.mountpoint(name),
+            rw_dir: rw_dir.map(Path::to_path_buf),
+            pid: None,
+        };
+        // Record the intent first: a crash from here on leaves a record that reconcile finishes.
+        st.mounts.insert(name.into(), entry.clone());
+        self.save(&st)?;
+        match self.start(name, &entry).await {
+            Ok((pid, _)) => {
+                entry.pid = Some(pid);
+                st.mounts.insert(name.into(), entry.clone());
+                self.save(&st)?;
+                tracing::info!(
+                    flist_mount = name,
+                    url,
+                    sha256 = %entry.sha256,
+                    pid,
+                    mountpoint = %entry.mountpoint.display(),
+                    writable = rw_dir.is_some(),
+                    "flist mounted"
+                );
+                Ok(entry.info(name))
+            }
+            Err(e) => {
+                st.mounts.remove(name);
+                self.save(&st)?;
+                self.forget(name, &entry, &st);
+                Err(e)
+            }
+        }
+    }
+
+    /// The pid serving `e`, if its recorded process still serves its mount point.
+    fn serving(&self, e: &Entry) -> Option<i32> {
+        let pid = e.pid?;
+        (self.is_mount_process(pid, &e.mountpoint) && is_mount_point(&e.mountpoint)).then_some(pid)
+    }
+
+    /// Whether `pid` is a live (not zombie) mount process serving `mountpoint`.
+    fn is_mount_process(&self, pid: i32, mountpoint: &Path) -> bool {
+        if pid <= 0 || !alive(pid) {
+            return false;
+        }
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        let args: Vec<&[u8]> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .collect();
+        let binary = self
+            .config
+            .mount_binary
+            .file_name()
+            .unwrap_or(OsStr::new(MOUNT_BINARY));
+        let argv0_ok = args
+            .first()
+            .and_then(|a| Path::new(OsStr::from_bytes(a)).file_name())
+            .is_some_and(|n| n == binary);
+        argv0_ok
+            && args.contains(&b"--flist".as_slice())
+            && args.last() == Some(&mountpoint.as_os_str().as_bytes())
+    }
+
+    /// A mount process serving `mountpoint` that the record may have lost (found in /proc).
+    fn find_mount_process(&self, mountpoint: &Path) -> Option<i32> {
+        let me = std::process::id() as i32;
+        std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .filter_map(|d| d.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| *pid != me)
+            .find(|pid| self.is_mount_process(*pid, mountpoint))
+    }
+
+    /// Starts the mount process of `e`, or adopts one that already serves its mount point.
+    /// Returns its pid and whether it was adopted.
+    async fn start(&self, name: &str, e: &Entry) -> Result<(i32, bool), FlistError> {
+        let mp = &e.mountpoint;
+        if let Some(pid) = self.find_mount_process(mp) {
+            if is_mount_point(mp) {
+                tracing::info!(flist_mount = name, pid, "adopting a running mount process");
+                return Ok((pid, true));
+            }
+            stop_process(pid, self.config.stop_timeout).await;
+        }
+        detach_leftovers(e);
+        std::fs::create_dir_all(mp).map_err(io("cannot create mount point", mp))?;
+        let flist = self.flist_file(&e.sha256);
+        if !flist.is_file() {
+            let f = fetch_flist(&e.url, &self.flists_dir(), self.config.max_flist_bytes)
+                .await
+                .map_err(|source| FlistError::Fetch {
+                    url: e.url.clone(),
+                    source: Box::new(source),
+                })?;
+            if f.sha256 != e.sha256 {
+                return Err(FlistError::Changed {
+                    name: name.into(),
+                    url: e.url.clone(),
+                    recorded: e.sha256.clone(),
+                    got: f.sha256,
+                });
+            }
+        }
+        let mut cmd = tokio::process::Command::new(&self.config.mount_binary);
+        cmd.arg("--flist")
+            .arg(&flist)
+            .arg("--cache")
+            .arg(self.cache_dir())
+            .arg("--cache-size")
+            .arg(self.config.cache_bytes.to_string());
+        if !self.config.stores.is_empty() {
+            for s in self.stores_for(&flist).await {
+                cmd.arg("--store").arg(s);
+            }
+        }
+        if let Some(rw) = &e.rw_dir {
+            cmd.arg("--rw-dir").arg(rw);
+        }
+        cmd.arg(mp);
+        let log_path = self.log_path(name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io("cannot open log", &log_path))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = cmd.spawn().map_err(|e| FlistError::Process {
+            name: name.into(),
+            detail: format!("cannot start {}: {e}", self.config.mount_binary.display()),
+        })?;
+        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let want = format!("ready {}", mp.display());
+        let ready = tokio::time::timeout(self.config.ready_timeout, async {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.trim_end() == want {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        match ready {
+            Ok(true) => {
+                // The child runs on alone; tokio reaps it if it ends while we run.
+                drop(child);
+                Ok((pid, false))
+            }
+            outcome => {
+                let _ = child.start_kill();
+                let status = child.wait().await.ok();
+                detach_leftovers(e);
+                let why = match outcome {
+                    Err(_) => format!("not ready after {} s", self.config.ready_timeout.as_secs()),
+                    _ => match status {
+                        Some(s) => format!("exited ({s}) before mounting"),
+                        None => "exited before mounting".into(),
+                    },
+                };
+                Err(FlistError::Process {
+                    name: name.into(),
+                    detail: format!("{why}; log {}: {}", log_path.display(), log_tail(&log_path)),
+                })
+            }
+        }
+    }
+
+    /// The node's stores, then the flist's own route URLs that a mount process can open.
+    async fn stores_for(&self, flist: &Path) -> Vec<String> {
+        let mut out = self.config.stores.clone();
+        let path = flist.to_owned();
+        let routes = tokio::task::spawn_blocking(move || {
+            zos_flist::Flist::open(&path).map(|f| f.routes().to_vec())
+        })
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+        for r in routes {
+            let supported = ["dir://", "http://", "https://", "s3://", "s3s://"]
+                .iter()
+                .any(|s| r.url.starts_with(s));
+            if supported && !out.contains(&r.url) {
+                out.push(r.url);
+            }
+        }
+        out
+    }
+
+    /// Removes what a mount leaves besides its record: its mount point directory, its log, and
+    /// its .fl file when no other mount uses it.
+    fn forget(&self, name: &str, e: &Entry, st: &State) {
+        if let Err(err) = std::fs::remove_dir(&e.mountpoint)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(flist_mount = name, mountpoint = %e.mountpoint.display(), error = %err, "cannot remove mount point");
+        }
+        let _ = std::fs::remove_file(self.log_path(name));
+        if !st.mounts.values().any(|o| o.sha256 == e.sha256) {
+            let _ = std::fs::remove_file(self.flist_file(&e.sha256));
+        }
+    }
+}
+
+fn check_rw_dir(name: &str, rw: &Path) -> Result<(), FlistError> {
+    let bad = |reason: &str| FlistError::RwDir {
+        name: name.into(),
+        path: rw.to_owned(),
+        reason: reason.into(),
+    };
+    if !rw.is_absolute() {
+        return Err(bad("must be an absolute path"));
+    }
+    if rw
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .any(|b| b",:\\\n".contains(b))
+    {
+        return Err(bad(
+            "cannot hold ',', ':', '\\' or newlines (overlay options)",
+        ));
+    }
+    Ok(())
+}
+
+/// True while `pid` exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    if kill(Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// SIGTERM, then SIGKILL after `grace`; returns when the process is gone (or after 5 s more).
+async fn stop_process(pid: i32, grace: Duration) {
+    if kill(Pid::from_raw(pid), Signal::SIGTERM).is_err() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    while alive(pid) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if alive(pid) {
+        tracing::warn!(pid, "mount process ignored SIGTERM: killing it");
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let hard = tokio::time::Instant::now() + Duration::from_secs(5);
+        while alive(pid) && tokio::time::Instant::now() < hard {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Detaches whatever is still mounted at the mount point (an overlay, a dead FUSE mount) and at
+/// a writable mount's lower directory.
+fn detach_leftovers(e: &Entry) {
+    let mut paths = vec![e.mountpoint.clone()];
+    if let Some(rw) = &e.rw_dir {
+        paths.push(rw.join("lower"));
+    }
+    for p in paths {
+        for _ in 0..8 {
+            if !is_mount_point(&p) {
+                break;
+            }
+            tracing::debug!(path = %p.display(), "detaching a leftover mount");
+            if let Err(err) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH) {
+                tracing::warn!(path = %p.display(), error = %err, "cannot detach a leftover mount");
+                break;
+            }
+        }
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let start = text.len().saturating_sub(2000);
+    let text = String::from_utf8_lossy(&text[start..]);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
+}
+
+impl FlistManager for ProcessFlists {
+    async fn mount(&self, name: &str, url: &str) -> Result<MountInfo, FlistError> {
+        self.mount_inner(name, url, None).await
+    }
+
+    async fn mount_writable(
+        &self,
+        name: &str,
+        url: &str,
+        rw_dir: &Path,
+    ) -> Result<MountInfo, FlistError> {
+        self.mount_inner(name, url, Some(rw_dir)).await
+    }
+
+    async fn unmount(&self, name: &str) -> Result<(), FlistError> {
+        check_name(name)?;
+        let _g = self.lock.lock().await;
+        let mut st = self.load()?;
+        let entry = st.mounts.get(name).cloned().unwrap_or_else(|| Entry {
+            url: String::new(),
+            sha256: String::new(),
+            mountpoint: self.mountpoint(name),
+            rw_dir: None,
+            pid: None,
+        });
+        let pid = entry
+            .pid
+            .filter(|p| self.is_mount_process(*p, &entry.mountpoint))
+            .or_else(|| self.find_mount_process(&entry.mountpoint));
+        if let Some(pid) = pid {
+            stop_process(pid, self.config.stop_timeout).await;
+        }
+        detach_leftovers(&entry);
+        if is_mount_point(&entry.mountpoint) {
+            return Err(FlistError::Process {
+                name: name.into(),
+                detail: format!("{} is still mounted", entry.mountpoint.display()),
+            });
+        }
+        if st.mounts.remove(name).is_some() {
+            self.save(&st)?;
+            tracing::info!(flist_mount = name, sha256 = %entry.sha256, "flist unmounted");
+        }
+        self.forget(name, &entry, &st);
+        Ok(())
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<MountInfo>, FlistError> {
+        Ok(self.load()?.mounts.get(name).map(|e| e.info(name)))
+    }
+
+    async fn list(&self) -> Result<Vec<MountInfo>, FlistError> {
+        Ok(self.load()?.mounts.iter().map(|(n, e)| e.info(n)).collect())
+    }
+
+    async fn reconcile(&self) -> Result<Reconciled, FlistError> {
+        let _g = self.lock.lock().await;
+        let mut st = self.load()?;
+        let mut out = Reconciled::default();
+        let names: Vec<String> = st.mounts.keys().cloned().collect();
+        for name in names {
+            let e = st.mounts[&name].clone();
+            if let Some(pid) = self.serving(&e) {
+                tracing::debug!(flist_mount = %name, pid, "flist mount still served");
+                out.adopted.push(name);
+                continue;
+            }
+            match self.start(&name, &e).await {
+                Ok((pid, adopted)) => {
+                    if adopted {
+                        out.adopted.push(name.clone());
+                    } else {
+                        tracing::info!(flist_mount = %name, pid, "flist mount remade");
+                        out.remade.push(name.clone());
+                    }
+                    st.mounts.insert(
+                        name,
+                        Entry {
+                            pid: Some(pid),
+                            ..e
+                        },
+                    );
+                }
+                Err(err) => {
+                    let why = crate::registrar::error_chain(&err);
+                    tracing::warn!(flist_mount = %name, error = %why, "cannot remake flist mount");
+                    st.mounts.insert(name.clone(), Entry { pid: None, ..e });
+                    out.failed.push((name, why));
+                }
+            }
+        }
+        self.save(&st)?;
+        Ok(out)
+    }
+}
