@@ -14,7 +14,7 @@ use zos_types::workload::WorkloadType;
 use crate::api::NodeApi;
 use crate::config::NodeConfig;
 use crate::identity;
-use crate::provision::{Engine, EngineConfig, Manager, Store, VolumeManager, ZmountManager};
+use crate::provision::{Engine, EngineConfig, Manager, Store, volume_manager, zmount_manager};
 use crate::registrar::{Registrar, RegistrarConfig, StorageFacts, error_chain, registration};
 use crate::storage::{BtrfsStorage, StorageConfig};
 use crate::system::System;
@@ -102,8 +102,14 @@ pub async fn run(
     let client = GridClient::new(&cfg.grid)?.with_identity(identity.clone());
     let view = Arc::new(ClientView::new(client));
     let mut managers: HashMap<WorkloadType, Arc<dyn Manager>> = HashMap::new();
-    managers.insert(WorkloadType::Zmount, Arc::new(ZmountManager(pools.clone())));
-    managers.insert(WorkloadType::Volume, Arc::new(VolumeManager(pools.clone())));
+    managers.insert(
+        WorkloadType::Zmount,
+        Arc::new(zmount_manager(pools.clone())),
+    );
+    managers.insert(
+        WorkloadType::Volume,
+        Arc::new(volume_manager(pools.clone())),
+    );
     let (node_tx, node_rx) = watch::channel(None);
     let engine = Arc::new(Engine::new(
         store,

@@ -95,80 +95,91 @@ fn size_of(data: &WorkloadData) -> u64 {
     }
 }
 
-/// `zmount`: a sparse virtual disk named after the workload id.
+/// Which storage item a manager keeps: the two differ only in the storage calls they make and
+/// the key of their result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Item {
+    /// `zmount`: a sparse virtual disk.
+    Disk,
+    /// `volume`: a subvolume with a quota.
+    Volume,
+}
+
+/// `zmount` and `volume`: a storage item named after the workload id, made once, grown on
+/// update (never shrunk), removed on cancel.
 #[derive(Debug)]
-pub struct ZmountManager<S>(pub Arc<S>);
+pub struct SizedManager<S> {
+    storage: Arc<S>,
+    item: Item,
+}
 
-impl<S: Storage + 'static> Manager for ZmountManager<S> {
-    fn provision<'a>(
-        &'a self,
-        t: Target<'a>,
-    ) -> BoxFuture<'a, Result<serde_json::Value, ManagerError>> {
-        Box::pin(async move {
-            let name = t.id.to_string();
-            if self.0.disk_get(&name).await.map_err(storage_err)?.is_none() {
-                self.0
-                    .disk_create(&name, size_of(t.data))
-                    .await
-                    .map_err(storage_err)?;
-            }
-            Ok(json!({ "volume_id": name }))
-        })
-    }
-
-    fn update<'a>(
-        &'a self,
-        t: Target<'a>,
-    ) -> BoxFuture<'a, Result<serde_json::Value, ManagerError>> {
-        Box::pin(async move {
-            let name = t.id.to_string();
-            let want = size_of(t.data);
-            let Some(disk) = self.0.disk_get(&name).await.map_err(storage_err)? else {
-                return Err(ManagerError::Failed(format!(
-                    "virtual disk {name} is missing"
-                )));
-            };
-            if disk.size != want {
-                self.0.disk_grow(&name, want).await.map_err(storage_err)?;
-            }
-            Ok(json!({ "volume_id": name }))
-        })
-    }
-
-    fn deprovision<'a>(&'a self, id: &'a WorkloadId) -> BoxFuture<'a, Result<(), ManagerError>> {
-        Box::pin(async move {
-            match self.0.disk_delete(&id.to_string()).await {
-                Ok(()) | Err(StorageError::NotFound { .. }) => Ok(()),
-                Err(e) => Err(storage_err(e)),
-            }
-        })
+/// The `zmount` manager.
+pub fn zmount_manager<S>(storage: Arc<S>) -> SizedManager<S> {
+    SizedManager {
+        storage,
+        item: Item::Disk,
     }
 }
 
-/// `volume`: a subvolume with a quota, named after the workload id.
-#[derive(Debug)]
-pub struct VolumeManager<S>(pub Arc<S>);
+/// The `volume` manager.
+pub fn volume_manager<S>(storage: Arc<S>) -> SizedManager<S> {
+    SizedManager {
+        storage,
+        item: Item::Volume,
+    }
+}
 
-impl<S: Storage + 'static> Manager for VolumeManager<S> {
+impl<S: Storage + 'static> SizedManager<S> {
+    /// The current size, `None` when the item does not exist.
+    async fn size(&self, name: &str) -> Result<Option<u64>, StorageError> {
+        Ok(match self.item {
+            Item::Disk => self.storage.disk_get(name).await?.map(|d| d.size),
+            Item::Volume => self.storage.volume_get(name).await?.map(|v| v.size),
+        })
+    }
+
+    async fn create(&self, name: &str, size: u64) -> Result<(), StorageError> {
+        match self.item {
+            Item::Disk => self.storage.disk_create(name, size).await.map(drop),
+            Item::Volume => self.storage.volume_create(name, size).await.map(drop),
+        }
+    }
+
+    async fn grow(&self, name: &str, size: u64) -> Result<(), StorageError> {
+        match self.item {
+            Item::Disk => self.storage.disk_grow(name, size).await.map(drop),
+            Item::Volume => self.storage.volume_grow(name, size).await.map(drop),
+        }
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), StorageError> {
+        match self.item {
+            Item::Disk => self.storage.disk_delete(name).await,
+            Item::Volume => self.storage.volume_delete(name).await,
+        }
+    }
+
+    fn result(&self, name: String) -> serde_json::Value {
+        match self.item {
+            Item::Disk => json!({ "volume_id": name }),
+            Item::Volume => json!({ "id": name }),
+        }
+    }
+}
+
+impl<S: Storage + 'static> Manager for SizedManager<S> {
     fn provision<'a>(
         &'a self,
         t: Target<'a>,
     ) -> BoxFuture<'a, Result<serde_json::Value, ManagerError>> {
         Box::pin(async move {
             let name = t.id.to_string();
-            if self
-                .0
-                .volume_get(&name)
-                .await
-                .map_err(storage_err)?
-                .is_none()
-            {
-                self.0
-                    .volume_create(&name, size_of(t.data))
+            if self.size(&name).await.map_err(storage_err)?.is_none() {
+                self.create(&name, size_of(t.data))
                     .await
                     .map_err(storage_err)?;
             }
-            Ok(json!({ "id": name }))
+            Ok(self.result(name))
         })
     }
 
@@ -179,19 +190,22 @@ impl<S: Storage + 'static> Manager for VolumeManager<S> {
         Box::pin(async move {
             let name = t.id.to_string();
             let want = size_of(t.data);
-            let Some(vol) = self.0.volume_get(&name).await.map_err(storage_err)? else {
-                return Err(ManagerError::Failed(format!("volume {name} is missing")));
+            let Some(size) = self.size(&name).await.map_err(storage_err)? else {
+                return Err(ManagerError::Failed(format!(
+                    "{} {name} is missing",
+                    t.data.kind()
+                )));
             };
-            if vol.size != want {
-                self.0.volume_grow(&name, want).await.map_err(storage_err)?;
+            if size != want {
+                self.grow(&name, want).await.map_err(storage_err)?;
             }
-            Ok(json!({ "id": name }))
+            Ok(self.result(name))
         })
     }
 
     fn deprovision<'a>(&'a self, id: &'a WorkloadId) -> BoxFuture<'a, Result<(), ManagerError>> {
         Box::pin(async move {
-            match self.0.volume_delete(&id.to_string()).await {
+            match self.delete(&id.to_string()).await {
                 Ok(()) | Err(StorageError::NotFound { .. }) => Ok(()),
                 Err(e) => Err(storage_err(e)),
             }

@@ -5,7 +5,9 @@ pub mod managers;
 pub mod store;
 
 pub use engine::{Engine, EngineConfig, EngineError, GridView, Usage};
-pub use managers::{Manager, ManagerError, Target, Unsupported, VolumeManager, ZmountManager};
+pub use managers::{
+    Manager, ManagerError, SizedManager, Target, Unsupported, volume_manager, zmount_manager,
+};
 pub use store::{Job, LogEntry, Store, StoreError};
 
 #[cfg(test)]

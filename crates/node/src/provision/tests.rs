@@ -63,11 +63,11 @@ fn bed_with(
     let mut managers: HashMap<WorkloadType, Arc<dyn Manager>> = HashMap::new();
     managers.insert(
         WorkloadType::Zmount,
-        Arc::new(ZmountManager(storage.clone())),
+        Arc::new(zmount_manager(storage.clone())),
     );
     managers.insert(
         WorkloadType::Volume,
-        Arc::new(VolumeManager(storage.clone())),
+        Arc::new(volume_manager(storage.clone())),
     );
     let (_tx, rx) = watch::channel(Some(NODE));
     std::mem::forget(_tx);
@@ -377,7 +377,7 @@ async fn unsupported_types_fail_alone() {
         Arc::new(Store::memory().unwrap()),
         HashMap::from([(
             WorkloadType::Zmount,
-            Arc::new(ZmountManager(b.storage.clone())) as Arc<dyn Manager>,
+            Arc::new(zmount_manager(b.storage.clone())) as Arc<dyn Manager>,
         )]),
         b.grid.clone(),
         watch::channel(Some(NODE)).1,
