@@ -87,68 +87,6 @@ fn public_v4(d: &Deployment) -> anyhow::Result<u32> {
     Ok(n)
 }
 
-/// Waits until every workload of `version` has left `init` (and, after an update, carries a
-/// result newer than `since`), drawing the progress. Returns the final deployment.
-async fn follow(
-    c: &GridClient,
-    node_twin: TwinId,
-    contract: ContractId,
-    since: i64,
-    wait: Duration,
-    quiet: bool,
-) -> anyhow::Result<Deployment> {
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed}] {pos}/{len} workloads settled {msg}")
-            .expect("valid template"),
-    );
-    bar.enable_steady_tick(Duration::from_millis(120));
-    let start = Instant::now();
-    loop {
-        let d = fetch(c, node_twin, contract).await?;
-        let settled = d
-            .workloads
-            .iter()
-            .filter(|w| {
-                w.result
-                    .as_ref()
-                    .is_some_and(|r| r.state != ResultState::Init && r.created >= since)
-            })
-            .count();
-        bar.set_length(d.workloads.len() as u64);
-        bar.set_position(settled as u64);
-        let errors = d
-            .workloads
-            .iter()
-            .filter(|w| {
-                w.result
-                    .as_ref()
-                    .is_some_and(|r| r.state == ResultState::Error)
-            })
-            .count();
-        bar.set_message(if errors > 0 {
-            format!("({errors} in error)")
-        } else {
-            String::new()
-        });
-        if settled == d.workloads.len() {
-            bar.finish_and_clear();
-            return Ok(d);
-        }
-        if start.elapsed() > wait {
-            bar.abandon();
-            bail!(
-                "the node did not finish within {wait:?}; follow it with `zos deployment get {contract}`"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 fn print_deployment(d: &Deployment) {
     fields(&[
         ("contract", d.contract_id.to_string()),
@@ -229,7 +167,6 @@ pub async fn deploy(file: &Path, node: NodeId, wait: Duration, g: &Global) -> an
         .context("creating the node contract")?;
     d.contract_id = contract.id;
     d.sign(me, c.identity().context("no key")?)?;
-    let since = zos_types::auth::unix_now() - 1;
     if let Err(e) = c.call(target.twin_id, "zos.deployment.deploy", &d).await {
         // The node refused: do not leave a contract (and its reserved addresses) behind.
         let _ = c.cancel_contract(contract.id).await;
@@ -241,7 +178,8 @@ pub async fn deploy(file: &Path, node: NodeId, wait: Duration, g: &Global) -> an
     if !g.json {
         eprintln!("contract {} on node {node}: deployment sent", contract.id);
     }
-    let done = follow(&c, target.twin_id, contract.id, since, wait, g.json).await?;
+    let names: Vec<String> = d.workloads.iter().map(|w| w.name.clone()).collect();
+    let done = follow(&c, target.twin_id, contract.id, 0, &names, wait, g.json).await?;
     finish(node, &done, g)
 }
 
@@ -368,7 +306,7 @@ pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
                 .map(|w| w.name.clone())
                 .collect();
             // Only the workloads this update touches get new results.
-            let done = follow_changed(
+            let done = follow(
                 &c,
                 twin,
                 contract,
@@ -417,11 +355,13 @@ pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
     }
 }
 
-async fn follow_changed(
+/// Waits until each of `names` has a settled result (not `init`) in the log after sequence
+/// number `since` (0 for a new deployment, the log's last entry before an update), drawing the
+/// progress. A change the node refused (`unchanged`) fails with its reasons.
+async fn follow(
     c: &GridClient,
     twin: TwinId,
     contract: ContractId,
-    // The log's last sequence number before the update was sent.
     since: i64,
     names: &[String],
     wait: Duration,
@@ -433,6 +373,10 @@ async fn follow_changed(
     } else {
         ProgressBar::new(names.len() as u64)
     };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed}] {pos}/{len} workloads settled {msg}")
+            .expect("valid template"),
+    );
     bar.enable_steady_tick(Duration::from_millis(120));
     loop {
         let log = c
@@ -453,6 +397,19 @@ async fn follow_changed(
             })
             .count();
         bar.set_position(done as u64);
+        let errors = log
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| {
+                e["result"]["state"] == "error" && e["seq"].as_i64().is_some_and(|q| q > since)
+            })
+            .count();
+        bar.set_message(if errors > 0 {
+            format!("({errors} in error)")
+        } else {
+            String::new()
+        });
         if done == names.len() {
             bar.finish_and_clear();
             // A change the node refused leaves the workload as it was, with the reason.
@@ -482,7 +439,9 @@ async fn follow_changed(
         }
         if start.elapsed() > wait {
             bar.abandon();
-            bail!("the node did not finish the update within {wait:?}");
+            bail!(
+                "the node did not finish within {wait:?}; follow it with `zos deployment get {contract}`"
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
