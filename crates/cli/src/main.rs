@@ -4,6 +4,7 @@ mod commands;
 mod deploy;
 mod deployfile;
 mod devnet;
+mod flist;
 mod output;
 
 use std::path::PathBuf;
@@ -64,6 +65,9 @@ enum Command {
     /// A whole grid with nodes on this machine, for development and tests (needs root).
     #[command(subcommand)]
     Devnet(devnet::DevnetCmd),
+    /// Flists: pack, inspect, mount, push to the hub, list.
+    #[command(subcommand)]
+    Flist(flist::FlistCmd),
 }
 
 fn main() {
@@ -91,6 +95,7 @@ fn main() {
             Command::Farm(c) => commands::farm(c, &cli.global).await,
             Command::Node(c) => commands::node(c, &cli.global).await,
             Command::Devnet(c) => devnet::run(c, &cli.global).await,
+            Command::Flist(c) => flist::run(c, &cli.global).await,
             Command::Deploy { file, node, wait } => {
                 deploy::deploy(
                     &file,
