@@ -9,7 +9,7 @@ use zos_types::TwinId;
 use zos_types::deployment::WorkloadId;
 use zos_types::workload::Network;
 
-use super::names::{NetId, Names};
+use super::names::{Names, NetId};
 use super::rules;
 use super::state::{NodeRecord, NrRecord, PortTarget, State, WlRef};
 use super::wireguard::{self, PeerStatus, WgBackend, WgStatus};
@@ -21,17 +21,40 @@ use super::{
 /// One call made to a [`RecordingNetworker`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
-    SetupNode { public: bool },
+    SetupNode {
+        public: bool,
+    },
     Reconcile,
     TeardownNode,
-    ApplyNetwork { wl: WorkloadId, port: u16, peers: usize },
-    DeleteNetwork { wl: WorkloadId },
-    AttachPrivate { vm: WorkloadId, network: String, ip: Ipv4Addr },
-    DetachPrivate { vm: WorkloadId, network: String },
-    SetupPublicIp { wl: WorkloadId },
-    AttachPublic { wl: WorkloadId },
-    DetachPublic { wl: WorkloadId },
-    TeardownPublicIp { wl: WorkloadId },
+    ApplyNetwork {
+        wl: WorkloadId,
+        port: u16,
+        peers: usize,
+    },
+    DeleteNetwork {
+        wl: WorkloadId,
+    },
+    AttachPrivate {
+        vm: WorkloadId,
+        network: String,
+        ip: Ipv4Addr,
+    },
+    DetachPrivate {
+        vm: WorkloadId,
+        network: String,
+    },
+    SetupPublicIp {
+        wl: WorkloadId,
+    },
+    AttachPublic {
+        wl: WorkloadId,
+    },
+    DetachPublic {
+        wl: WorkloadId,
+    },
+    TeardownPublicIp {
+        wl: WorkloadId,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -66,7 +89,11 @@ impl RecordingNetworker {
         self.inner.lock().unwrap().fail.push(op);
     }
 
-    fn begin(&self, op: &'static str, call: Option<Call>) -> Result<std::sync::MutexGuard<'_, Inner>> {
+    fn begin(
+        &self,
+        op: &'static str,
+        call: Option<Call>,
+    ) -> Result<std::sync::MutexGuard<'_, Inner>> {
         let mut g = self.inner.lock().unwrap();
         if let Some(c) = call {
             g.calls.push(c);
@@ -138,18 +165,20 @@ impl Networker for RecordingNetworker {
     }
 
     async fn delete_network(&self, wl: &WorkloadId) -> Result<()> {
-        let mut g = self.begin("delete_network", Some(Call::DeleteNetwork { wl: wl.clone() }))?;
+        let mut g = self.begin(
+            "delete_network",
+            Some(Call::DeleteNetwork { wl: wl.clone() }),
+        )?;
         let id = NetId::new(wl.twin, &wl.name);
-        if g
-            .state
+        if g.state
             .networks
             .get(&id)
             .is_some_and(|r| r.owner.contract == wl.contract)
         {
             g.state.networks.remove(&id);
-            g.state
-                .ports
-                .retain(|_, p| !matches!(&p.target, PortTarget::Private { netid, .. } if *netid == id));
+            g.state.ports.retain(
+                |_, p| !matches!(&p.target, PortTarget::Private { netid, .. } if *netid == id),
+            );
         }
         Ok(())
     }
@@ -197,8 +226,15 @@ impl Networker for RecordingNetworker {
         Ok(())
     }
 
-    async fn setup_public_ip(&self, ip_wl: &WorkloadId, req: &PublicIpRequest) -> Result<Attachment> {
-        let mut g = self.begin("setup_public_ip", Some(Call::SetupPublicIp { wl: ip_wl.clone() }))?;
+    async fn setup_public_ip(
+        &self,
+        ip_wl: &WorkloadId,
+        req: &PublicIpRequest,
+    ) -> Result<Attachment> {
+        let mut g = self.begin(
+            "setup_public_ip",
+            Some(Call::SetupPublicIp { wl: ip_wl.clone() }),
+        )?;
         let mut port = rules::plan_public(&g.state, &self.names, ip_wl, req)?;
         if let Some(old) = g.state.ports.get(&port.ifname) {
             port.link = old.link.clone();
@@ -208,7 +244,10 @@ impl Networker for RecordingNetworker {
     }
 
     async fn attach_public(&self, ip_wl: &WorkloadId, link: VmLink) -> Result<Attachment> {
-        let mut g = self.begin("attach_public", Some(Call::AttachPublic { wl: ip_wl.clone() }))?;
+        let mut g = self.begin(
+            "attach_public",
+            Some(Call::AttachPublic { wl: ip_wl.clone() }),
+        )?;
         rules::check_link(&link)?;
         let mut port = rules::public_port(&g.state, &self.names, ip_wl)
             .cloned()
@@ -219,7 +258,10 @@ impl Networker for RecordingNetworker {
     }
 
     async fn detach_public(&self, ip_wl: &WorkloadId) -> Result<()> {
-        let mut g = self.begin("detach_public", Some(Call::DetachPublic { wl: ip_wl.clone() }))?;
+        let mut g = self.begin(
+            "detach_public",
+            Some(Call::DetachPublic { wl: ip_wl.clone() }),
+        )?;
         if let Some(mut p) = rules::public_port(&g.state, &self.names, ip_wl).cloned() {
             p.link = None;
             g.state.ports.insert(p.ifname.clone(), p);
@@ -370,23 +412,31 @@ mod tests {
             Err(NetworkError::NotReady)
         ));
         n.setup_node(None).await.unwrap();
-        let info = n.apply_network(&a, &net(51820, "10.20.1.0/24")).await.unwrap();
+        let info = n
+            .apply_network(&a, &net(51820, "10.20.1.0/24"))
+            .await
+            .unwrap();
         assert_eq!(info.gateway, Ipv4Addr::new(10, 20, 1, 1));
         assert!(info.namespace.starts_with("t1n-"));
         assert!(info.wg_ifname.starts_with("t1w") && info.wg_ifname.len() <= 15);
         // Same workload again: an update, fine.
-        n.apply_network(&a, &net(51820, "10.20.1.0/24")).await.unwrap();
+        n.apply_network(&a, &net(51820, "10.20.1.0/24"))
+            .await
+            .unwrap();
         // Another twin's network on the same port: refused.
         let b = wl(8, 2, "net1");
         assert!(matches!(
             n.apply_network(&b, &net(51820, "10.20.1.0/24")).await,
             Err(NetworkError::PortTaken(51820))
         ));
-        n.apply_network(&b, &net(51821, "10.20.1.0/24")).await.unwrap();
+        n.apply_network(&b, &net(51821, "10.20.1.0/24"))
+            .await
+            .unwrap();
         assert_eq!(n.wireguard_ports().await.unwrap(), vec![51820, 51821]);
         // The same network name from another contract of the same twin: refused.
         assert!(matches!(
-            n.apply_network(&wl(7, 3, "net1"), &net(51822, "10.20.1.0/24")).await,
+            n.apply_network(&wl(7, 3, "net1"), &net(51822, "10.20.1.0/24"))
+                .await,
             Err(NetworkError::Owned { contract: 1, .. })
         ));
         // Bad data: refused with the field named.

@@ -28,7 +28,10 @@ fn code(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
-fn nl(op: &'static str, target: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetworkError {
+fn nl(
+    op: &'static str,
+    target: impl Into<String>,
+) -> impl FnOnce(rtnetlink::Error) -> NetworkError {
     let target = target.into();
     move |e| NetworkError::Netlink {
         op,
@@ -191,7 +194,11 @@ pub async fn set_master(h: &Handle, name: &str, bridge: &str) -> Result<(), Netw
         return Ok(());
     }
     h.link()
-        .set(LinkUnspec::new_with_index(l.index).controller(b.index).build())
+        .set(
+            LinkUnspec::new_with_index(l.index)
+                .controller(b.index)
+                .build(),
+        )
         .execute()
         .await
         .map_err(nl("attaching to bridge", name))
@@ -401,7 +408,9 @@ pub async fn delete_route(h: &Handle, dev: &str, dest: Ipv4Net) -> Result<(), Ne
     match h.route().del(msg).execute().await {
         Ok(()) => Ok(()),
         Err(e) if matches!(code(&e), Some(ESRCH) | Some(ENODEV)) => Ok(()),
-        Err(e) => Err(nl("deleting a route through", format!("{dev} to {dest}"))(e)),
+        Err(e) => Err(nl("deleting a route through", format!("{dev} to {dest}"))(
+            e,
+        )),
     }
 }
 
@@ -417,7 +426,9 @@ pub async fn routes(h: &Handle, dev: &str) -> Result<Vec<Ipv4Net>, NetworkError>
         .map_err(nl("listing routes of", dev))?;
     let mut out = Vec::new();
     for m in msgs {
-        if m.header.table != RouteHeader::RT_TABLE_MAIN || m.header.protocol == RouteProtocol::Kernel {
+        if m.header.table != RouteHeader::RT_TABLE_MAIN
+            || m.header.protocol == RouteProtocol::Kernel
+        {
             continue;
         }
         let oif = m.attributes.iter().find_map(|a| match a {
@@ -466,7 +477,9 @@ fn tun_open(name: &str, flags: libc::c_int) -> Result<OwnedFd, NetworkError> {
     // SAFETY: plain open(2) of a device path with a NUL-terminated literal.
     let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
     if fd < 0 {
-        return Err(err("opening /dev/net/tun for")(std::io::Error::last_os_error()));
+        return Err(err("opening /dev/net/tun for")(
+            std::io::Error::last_os_error(),
+        ));
     }
     // SAFETY: `fd` was just opened and is owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };

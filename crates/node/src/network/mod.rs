@@ -46,7 +46,7 @@ use zos_types::registry::{FarmIp, PublicConfig};
 use zos_types::workload::Network;
 
 pub use fake::{Call, RecordingNetworker};
-pub use names::{NetId, Names};
+pub use names::{Names, NetId};
 pub use real::LinuxNetworker;
 pub use state::{STATE_FILE, STATE_VERSION};
 pub use wireguard::{PeerStatus, WgBackend, WgStatus, WireguardMode};

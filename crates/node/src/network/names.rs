@@ -294,7 +294,9 @@ mod tests {
                 inner::ndmz_nr_peer(&id),
             ] {
                 assert!(name.len() <= IFNAME_MAX, "{name}");
-                assert!(name.starts_with(prefix) || name.starts_with("nr") || name.starts_with("tr"));
+                assert!(
+                    name.starts_with(prefix) || name.starts_with("nr") || name.starts_with("tr")
+                );
             }
             assert!(n.nr_ns(&id).starts_with(prefix));
         }
@@ -343,6 +345,11 @@ mod tests {
     fn eui64_follows_the_rfc() {
         let p: Ipv6Net = "2001:db8:1:2::/64".parse().unwrap();
         let a = eui64(p, &[0x00, 0x11, 0x22, 0x33, 0x44, 0x55]);
-        assert_eq!(a, "2001:db8:1:2:211:22ff:fe33:4455".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            a,
+            "2001:db8:1:2:211:22ff:fe33:4455"
+                .parse::<Ipv6Addr>()
+                .unwrap()
+        );
     }
 }

@@ -42,7 +42,9 @@ impl Ns {
 
     /// Opens the namespace file (for moving links into it).
     pub fn open(&self) -> Result<File, NetworkError> {
-        let p = self.path().unwrap_or_else(|| PathBuf::from("/proc/self/ns/net"));
+        let p = self
+            .path()
+            .unwrap_or_else(|| PathBuf::from("/proc/self/ns/net"));
         File::open(&p).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 NetworkError::NoNamespace(self.label())
@@ -200,7 +202,8 @@ where
             let _ = tx.send(f());
         })
         .map_err(io("starting a thread for", "netns"))?;
-    rx.await.map_err(|_| NetworkError::Internal("a namespace thread panicked".into()))?
+    rx.await
+        .map_err(|_| NetworkError::Internal("a namespace thread panicked".into()))?
 }
 
 /// Runs `f` with a netlink handle inside `ns`, on a dedicated thread that joined it.
@@ -255,7 +258,10 @@ pub async fn sysctl(ns: &Ns, key: &str, value: &str) -> Result<(), NetworkError>
 }
 
 /// A command that starts `program` inside `ns` (its other namespaces are zosd's).
-pub fn command(ns: &Ns, program: impl AsRef<std::ffi::OsStr>) -> Result<std::process::Command, NetworkError> {
+pub fn command(
+    ns: &Ns,
+    program: impl AsRef<std::ffi::OsStr>,
+) -> Result<std::process::Command, NetworkError> {
     let mut cmd = std::process::Command::new(program);
     if let Some(p) = ns.path() {
         let fd = File::open(&p).map_err(|e| {

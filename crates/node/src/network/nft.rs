@@ -34,12 +34,7 @@ fn replace_table(out: &mut String, family: &str, name: &str, body: &str) {
 
 /// The host's tables: input protection, NAT egress of workloads, forwarding to `ndmz`, and
 /// the anti-spoofing filters of VM ports on the bridges.
-pub fn host_ruleset(
-    table: &str,
-    host_dmz: &str,
-    wg_ports: &[u16],
-    ports: &[PortFilter],
-) -> String {
+pub fn host_ruleset(table: &str, host_dmz: &str, wg_ports: &[u16], ports: &[PortFilter]) -> String {
     let mut inet = String::new();
     let ports_list = wg_ports
         .iter()
@@ -229,7 +224,11 @@ pub async fn apply(ns: &Ns, nft: &Path, ruleset: &str) -> Result<(), NetworkErro
 }
 
 /// Deletes the tables `(family, name)` of `ns`; missing ones are fine.
-pub async fn delete_tables(ns: &Ns, nft: &Path, tables: &[(&str, &str)]) -> Result<(), NetworkError> {
+pub async fn delete_tables(
+    ns: &Ns,
+    nft: &Path,
+    tables: &[(&str, &str)],
+) -> Result<(), NetworkError> {
     let mut text = String::new();
     for (family, name) in tables {
         let _ = writeln!(text, "add table {family} {name}");

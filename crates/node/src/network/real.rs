@@ -12,15 +12,15 @@ use zos_types::deployment::WorkloadId;
 use zos_types::workload::Network;
 
 use super::link::{self, Route};
-use super::names::{self, NetId, Names, inner};
+use super::names::{self, Names, NetId, inner};
 use super::netns::{self, Ns};
 use super::nft::{self, PortFilter};
 use super::rules;
 use super::state::{NodeRecord, NrRecord, PortRecord, PortTarget, STATE_FILE, State, WlRef};
 use super::wireguard::{self, WgBackend, WgStatus};
 use super::{
-    Attachment, InterfaceInfo, NetworkConfig, NetworkError, NetworkInfo, Networker, PublicIpRequest,
-    PublicSetup, ReconcileReport, Result, VmLink,
+    Attachment, InterfaceInfo, NetworkConfig, NetworkError, NetworkInfo, Networker,
+    PublicIpRequest, PublicSetup, ReconcileReport, Result, VmLink,
 };
 
 /// How long a WireGuard process gets to stop on SIGTERM.
@@ -142,13 +142,32 @@ impl LinuxNetworker {
                 let fd = ndmz_ns.open()?;
                 link::move_to(&h, &dmzp, fd.as_raw_fd(), inner::NDMZ_UP).await?;
             }
-            link::set_addrs(&h, &dmz, &[IpNet::V4(Ipv4Net::new(names::HOST_DMZ_ADDR, 30).expect("valid"))]).await?;
+            link::set_addrs(
+                &h,
+                &dmz,
+                &[IpNet::V4(
+                    Ipv4Net::new(names::HOST_DMZ_ADDR, 30).expect("valid"),
+                )],
+            )
+            .await?;
             link::set_up(&h, &dmz).await?;
-            link::ensure_route(&h, &dmz, Route::via(names::ndmz_space(), names::NDMZ_UP_ADDR)).await
+            link::ensure_route(
+                &h,
+                &dmz,
+                Route::via(names::ndmz_space(), names::NDMZ_UP_ADDR),
+            )
+            .await
         })
         .await?;
         netns::in_netns(&ndmz, |h| async move {
-            link::set_addrs(&h, inner::NDMZ_UP, &[IpNet::V4(Ipv4Net::new(names::NDMZ_UP_ADDR, 30).expect("valid"))]).await?;
+            link::set_addrs(
+                &h,
+                inner::NDMZ_UP,
+                &[IpNet::V4(
+                    Ipv4Net::new(names::NDMZ_UP_ADDR, 30).expect("valid"),
+                )],
+            )
+            .await?;
             link::set_up(&h, inner::NDMZ_UP).await?;
             link::ensure_route(
                 &h,
@@ -210,7 +229,12 @@ impl LinuxNetworker {
             }
             link::set_addrs(&h, inner::PUBLIC_IF, &addrs).await?;
             link::set_up(&h, inner::PUBLIC_IF).await?;
-            link::ensure_route(&h, inner::PUBLIC_IF, Route::via(Ipv4Net::default(), cfg.gw4)).await?;
+            link::ensure_route(
+                &h,
+                inner::PUBLIC_IF,
+                Route::via(Ipv4Net::default(), cfg.gw4),
+            )
+            .await?;
             if let Some(gw6) = cfg.gw6 {
                 link::ensure_default_v6(&h, inner::PUBLIC_IF, gw6).await?;
             }
@@ -237,8 +261,9 @@ impl LinuxNetworker {
 
     // ---- network resources ----
 
-    /// Makes (or repairs) the network resource of `rec` and configures its WireGuard.
-    async fn build_nr(&self, rec: &mut NrRecord) -> Result<WgOutcome> {
+    /// Makes (or repairs) the network resource of `rec` and configures its WireGuard; `force`
+    /// sends the key and port again even when they look applied.
+    async fn build_nr(&self, rec: &mut NrRecord, force: bool) -> Result<WgOutcome> {
         let host = self.host();
         let id = rec.netid.clone();
         let nr_name = self.names.nr_ns(&id);
@@ -285,7 +310,14 @@ impl LinuxNetworker {
                 let fd = target.open()?;
                 link::move_to(&h, &up_peer, fd.as_raw_fd(), inner::NR_DMZ).await?;
             }
-            link::set_addrs(&h, &up, &[IpNet::V4(Ipv4Net::new(names::NDMZ_GATEWAY, 32).expect("valid"))]).await?;
+            link::set_addrs(
+                &h,
+                &up,
+                &[IpNet::V4(
+                    Ipv4Net::new(names::NDMZ_GATEWAY, 32).expect("valid"),
+                )],
+            )
+            .await?;
             link::set_up(&h, &up).await?;
             link::ensure_route(
                 &h,
@@ -300,12 +332,34 @@ impl LinuxNetworker {
         let subnet = net.subnet;
         let wg_if = rec.wg_ifname.clone();
         let has_wg = netns::in_netns(&nr, move |h| async move {
-            link::set_addrs(&h, inner::NR_LAN, &[IpNet::V4(Ipv4Net::new(gw, subnet.prefix_len()).expect("valid"))]).await?;
+            link::set_addrs(
+                &h,
+                inner::NR_LAN,
+                &[IpNet::V4(
+                    Ipv4Net::new(gw, subnet.prefix_len()).expect("valid"),
+                )],
+            )
+            .await?;
             link::set_up(&h, inner::NR_LAN).await?;
-            link::set_addrs(&h, inner::NR_DMZ, &[IpNet::V4(Ipv4Net::new(transit, 32).expect("valid"))]).await?;
+            link::set_addrs(
+                &h,
+                inner::NR_DMZ,
+                &[IpNet::V4(Ipv4Net::new(transit, 32).expect("valid"))],
+            )
+            .await?;
             link::set_up(&h, inner::NR_DMZ).await?;
-            link::ensure_route(&h, inner::NR_DMZ, Route::dev(Ipv4Net::new(names::NDMZ_GATEWAY, 32).expect("valid"))).await?;
-            link::ensure_route(&h, inner::NR_DMZ, Route::via(Ipv4Net::default(), names::NDMZ_GATEWAY)).await?;
+            link::ensure_route(
+                &h,
+                inner::NR_DMZ,
+                Route::dev(Ipv4Net::new(names::NDMZ_GATEWAY, 32).expect("valid")),
+            )
+            .await?;
+            link::ensure_route(
+                &h,
+                inner::NR_DMZ,
+                Route::via(Ipv4Net::default(), names::NDMZ_GATEWAY),
+            )
+            .await?;
             Ok(link::get(&h, &wg_if).await?.is_some())
         })
         .await?;
@@ -320,7 +374,7 @@ impl LinuxNetworker {
             rec.backend,
             &rec.wg_ifname,
             &net,
-            outcome == WgOutcome::Started,
+            force || outcome == WgOutcome::Started,
             key_changed,
         )
         .await?;
@@ -379,11 +433,13 @@ impl LinuxNetworker {
                 }
                 wireguard::stop_userspace(rec.pid, &ifname, STOP_GRACE).await;
                 let stale = ifname.clone();
-                netns::in_netns(nr, move |h| async move { link::delete(&h, &stale).await })
-                    .await?;
+                netns::in_netns(nr, move |h| async move { link::delete(&h, &stale).await }).await?;
                 let stale = ifname.clone();
-                netns::in_netns(&host, move |h| async move { link::delete(&h, &stale).await })
-                    .await?;
+                netns::in_netns(
+                    &host,
+                    move |h| async move { link::delete(&h, &stale).await },
+                )
+                .await?;
                 let log = self.cfg.run_dir.join(format!("{ifname}.log"));
                 let pid =
                     wireguard::start_userspace(&host, &self.cfg.boringtun, &ifname, &log).await?;
@@ -505,7 +561,7 @@ impl LinuxNetworker {
         rec.network = net.clone();
         st.networks.insert(plan.netid.clone(), rec.clone());
         self.save(st)?;
-        let built = self.build_nr(&mut rec).await;
+        let built = self.build_nr(&mut rec, false).await;
         match built {
             Ok(outcome) => {
                 st.networks.insert(plan.netid.clone(), rec.clone());
@@ -522,7 +578,7 @@ impl LinuxNetworker {
                     Some(mut old) => {
                         old.pid = rec.pid;
                         old.applied_key = rec.applied_key.clone();
-                        if let Err(again) = self.build_nr(&mut old).await {
+                        if let Err(again) = self.build_nr(&mut old, true).await {
                             tracing::warn!(netid = %plan.netid, error = %again, "cannot restore the network after a failed change");
                         }
                         st.networks.insert(plan.netid.clone(), old);
@@ -563,7 +619,9 @@ impl LinuxNetworker {
                 default_route,
             } => {
                 let target = Ns::Path(path.clone());
-                let temp = self.names.temp_peer(&p.ifname[self.names.prefix().len() + 1..]);
+                let temp = self
+                    .names
+                    .temp_peer(&p.ifname[self.names.prefix().len() + 1..]);
                 let inside_name = inside.clone();
                 let t = target.clone();
                 netns::in_netns(&self.host(), move |h| async move {
@@ -617,10 +675,18 @@ impl LinuxNetworker {
 
     async fn delete_port_link(&self, ifname: &str) -> Result<()> {
         let name = ifname.to_string();
-        netns::in_netns(&self.host(), move |h| async move { link::delete(&h, &name).await }).await
+        netns::in_netns(&self.host(), move |h| async move {
+            link::delete(&h, &name).await
+        })
+        .await
     }
 
-    async fn attach_locked(&self, st: &mut State, mut port: PortRecord, link_kind: VmLink) -> Result<Attachment> {
+    async fn attach_locked(
+        &self,
+        st: &mut State,
+        mut port: PortRecord,
+        link_kind: VmLink,
+    ) -> Result<Attachment> {
         rules::check_link(&link_kind)?;
         if let Some(old) = st.ports.get(&port.ifname)
             && old.link.as_ref().is_some_and(|l| *l != link_kind)
@@ -726,7 +792,9 @@ impl Networker for LinuxNetworker {
                 }
                 Err(e) => {
                     tracing::error!(twin = wl.twin, network = %wl.name, error = %e, "cannot bring a network back");
-                    report.failed.push(format!("network {} of twin {}: {e}", wl.name, wl.twin));
+                    report
+                        .failed
+                        .push(format!("network {} of twin {}: {e}", wl.name, wl.twin));
                 }
             }
         }
@@ -744,7 +812,13 @@ impl Networker for LinuxNetworker {
             }
         }
         self.host_rules(&st).await?;
-        tracing::info!(networks = report.networks, adopted = report.adopted, restarted = report.restarted, ports = report.ports, "network reconciled");
+        tracing::info!(
+            networks = report.networks,
+            adopted = report.adopted,
+            restarted = report.restarted,
+            ports = report.ports,
+            "network reconciled"
+        );
         Ok(report)
     }
 
@@ -801,7 +875,11 @@ impl Networker for LinuxNetworker {
     async fn detach_private(&self, vm: &WorkloadId, network: &str) -> Result<()> {
         let mut st = self.state.lock().await;
         let ifname = self.names.private_tap(&vm.short(&format!("net:{network}")));
-        if st.ports.get(&ifname).is_some_and(|p| p.owner != WlRef::from(vm)) {
+        if st
+            .ports
+            .get(&ifname)
+            .is_some_and(|p| p.owner != WlRef::from(vm))
+        {
             return Ok(());
         }
         self.delete_port_link(&ifname).await?;
@@ -812,7 +890,11 @@ impl Networker for LinuxNetworker {
         Ok(())
     }
 
-    async fn setup_public_ip(&self, ip_wl: &WorkloadId, req: &PublicIpRequest) -> Result<Attachment> {
+    async fn setup_public_ip(
+        &self,
+        ip_wl: &WorkloadId,
+        req: &PublicIpRequest,
+    ) -> Result<Attachment> {
         let mut st = self.state.lock().await;
         let mut port = rules::plan_public(&st, &self.names, ip_wl, req)?;
         if let Some(old) = st.ports.get(&port.ifname) {
@@ -895,7 +977,11 @@ impl Networker for LinuxNetworker {
     }
 
     async fn interfaces(&self) -> Result<Vec<InterfaceInfo>> {
-        async fn collect(ns: Ns, label: String, only: Option<&'static str>) -> Result<Vec<InterfaceInfo>> {
+        async fn collect(
+            ns: Ns,
+            label: String,
+            only: Option<&'static str>,
+        ) -> Result<Vec<InterfaceInfo>> {
             netns::in_netns(&ns, move |h| async move {
                 let mut out = Vec::new();
                 for l in link::list(&h).await? {

@@ -7,7 +7,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use zos_types::deployment::WorkloadId;
 use zos_types::workload::{Network, validate_name};
 
-use super::names::{self, NetId, Names, mac_from};
+use super::names::{self, Names, NetId, mac_from};
 use super::state::{NrRecord, PortRecord, PortTarget, State, WlRef};
 use super::{Attachment, NetworkError, NetworkInfo, PublicIpRequest, Result, VmLink};
 
@@ -21,7 +21,12 @@ pub struct NetworkPlan {
 }
 
 /// Checks a `network` workload against the node's state.
-pub fn plan_network(st: &State, names: &Names, wl: &WorkloadId, net: &Network) -> Result<NetworkPlan> {
+pub fn plan_network(
+    st: &State,
+    names: &Names,
+    wl: &WorkloadId,
+    net: &Network,
+) -> Result<NetworkPlan> {
     validate_name("name", &wl.name).map_err(|e| NetworkError::Invalid(e.to_string()))?;
     net.validate()
         .map_err(|e| NetworkError::Invalid(e.to_string()))?;

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
-use zos_types::deployment::WorkloadId;
-use zos_types::workload::Network;
 use zos_types::TwinId;
 use zos_types::deployment::ContractId;
+use zos_types::deployment::WorkloadId;
+use zos_types::workload::Network;
 
 use super::names::NetId;
 use super::wireguard::WgBackend;
@@ -184,7 +184,8 @@ impl State {
             std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
         }
         let tmp = tmp_path(path);
-        let text = serde_json::to_vec_pretty(self).map_err(|e| NetworkError::Internal(e.to_string()))?;
+        let text =
+            serde_json::to_vec_pretty(self).map_err(|e| NetworkError::Internal(e.to_string()))?;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)

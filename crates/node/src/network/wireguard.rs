@@ -154,7 +154,12 @@ pub fn parse_dump(ifname: &str, text: &str) -> Result<WgStatus, NetworkError> {
     Ok(st)
 }
 
-async fn wg_run(ns: &Ns, wg: &Path, args: &[&str], input: Option<&str>) -> Result<String, NetworkError> {
+async fn wg_run(
+    ns: &Ns,
+    wg: &Path,
+    args: &[&str],
+    input: Option<&str>,
+) -> Result<String, NetworkError> {
     let run = netns::run(ns, wg, args, input);
     match tokio::time::timeout(Duration::from_secs(20), run).await {
         Ok(r) => r,
@@ -284,7 +289,10 @@ pub async fn sync(
                 wg_run(ns, wg, &["set", ifname, "listen-port", &port], None)
                     .await
                     .map_err(|e| match e {
-                        NetworkError::Command { stderr, .. } if stderr.contains("in use") => {
+                        // The kernel says "Address already in use"; boringtun answers -98.
+                        NetworkError::Command { stderr, .. }
+                            if stderr.contains("in use") || stderr.contains("-98") =>
+                        {
                             NetworkError::PortTaken(net.wireguard_listen_port)
                         }
                         other => other,
@@ -303,7 +311,12 @@ pub async fn sync(
                     .map(IpNet::to_string)
                     .collect::<Vec<_>>()
                     .join(",");
-                let mut args: Vec<String> = vec!["set".into(), ifname.into(), "peer".into(), public_key.clone()];
+                let mut args: Vec<String> = vec![
+                    "set".into(),
+                    ifname.into(),
+                    "peer".into(),
+                    public_key.clone(),
+                ];
                 if let Some(e) = endpoint {
                     args.extend([
                         "endpoint".into(),
@@ -354,7 +367,7 @@ pub fn is_our_process(pid: i32, ifname: &str) -> bool {
     let is_bt = args
         .first()
         .is_some_and(|a| String::from_utf8_lossy(a).contains("boringtun"));
-    is_bt && args.iter().any(|a| *a == ifname.as_bytes())
+    is_bt && args.contains(&ifname.as_bytes())
 }
 
 /// Collects `pid` if it is an exited child of ours.
@@ -579,7 +592,13 @@ mod tests {
         assert_eq!(ops[0], WgOp::PrivateKey);
         assert_eq!(ops[1], WgOp::ListenPort(51820));
         assert_eq!(ops.len(), 4);
-        assert!(matches!(&ops[2], WgOp::SetPeer { endpoint: Some(_), .. }));
+        assert!(matches!(
+            &ops[2],
+            WgOp::SetPeer {
+                endpoint: Some(_),
+                ..
+            }
+        ));
         assert!(matches!(&ops[3], WgOp::SetPeer { endpoint: None, .. }));
     }
 
@@ -605,7 +624,9 @@ mod tests {
         n.wireguard_listen_port = 51900;
         let ops = plan(WgBackend::Userspace, &applied(&old), &n, false, false);
         assert_eq!(
-            ops.iter().filter(|o| matches!(o, WgOp::RemovePeer(_))).count(),
+            ops.iter()
+                .filter(|o| matches!(o, WgOp::RemovePeer(_)))
+                .count(),
             2,
             "{ops:?}"
         );
@@ -614,7 +635,9 @@ mod tests {
         assert!(ops.contains(&WgOp::RemovePeer(key(3))));
         let ops = plan(WgBackend::Kernel, &applied(&old), &n, false, false);
         assert_eq!(
-            ops.iter().filter(|o| matches!(o, WgOp::RemovePeer(_))).count(),
+            ops.iter()
+                .filter(|o| matches!(o, WgOp::RemovePeer(_)))
+                .count(),
             1
         );
     }
