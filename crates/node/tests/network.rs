@@ -725,44 +725,105 @@ async fn public_ip_with_anti_spoofing() {
     w.nodes[0].net = None;
 }
 
+/// Not a test by itself: `a_killed_zosd_leaves_tunnels_running` runs it in a child process that
+/// stands for zosd (makes node A's setup and network, then waits to be killed).
 #[tokio::test]
-async fn a_restarted_module_adopts_running_tunnels() {
-    let test = "a_restarted_module_adopts_running_tunnels";
+async fn helper_zosd() {
+    let Ok(ready) = std::env::var("ZOS_NET_HELPER_READY") else {
+        return;
+    };
+    let env = |k: &str| std::env::var(k).unwrap();
+    let mut cfg = NetworkConfig::new(
+        &env("ZOS_NET_HELPER_PREFIX"),
+        PathBuf::from(env("ZOS_NET_HELPER_STATE")),
+        PathBuf::from(env("ZOS_NET_HELPER_RUN")),
+        &env("ZOS_NET_HELPER_PREFIX"),
+    );
+    cfg.host_netns = Some(PathBuf::from(env("ZOS_NET_HELPER_HOST")));
+    cfg.wireguard = WireguardMode::Userspace;
+    let net: Network = serde_json::from_str(&env("ZOS_NET_HELPER_NETWORK")).unwrap();
+    let module = LinuxNetworker::open(cfg).unwrap();
+    module.setup_node(None).await.unwrap();
+    let info = module
+        .apply_network(&wl(7, 107, "net"), &net)
+        .await
+        .unwrap();
+    std::fs::write(&ready, info.pid.unwrap().to_string()).unwrap();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+}
+
+#[tokio::test]
+async fn a_killed_zosd_leaves_tunnels_running() {
+    let test = "a_killed_zosd_leaves_tunnels_running";
     if !root(test) || !tools(test) || !userspace(test) {
         return;
     }
     let mut w = World::new("znd", 2, WireguardMode::Userspace);
-    for n in &w.nodes {
-        n.net().setup_node(None).await.unwrap();
-    }
-    let [a, _b] = setup_two(&w, 7, [51820, 51821]).await;
-    let pid = a.pid.expect("userspace pid");
-    assert!(ping(&a.namespace, "10.20.2.1", 1));
+    let nets = mesh(&w, 7, [51820, 51821]);
+    w.node(1).net().setup_node(None).await.unwrap();
+    w.node(1)
+        .net()
+        .apply_network(&wl(7, 107, "net"), &nets[1])
+        .await
+        .unwrap();
 
-    // Traffic flows while the module of node A "crashes" (is dropped without any cleanup)
-    // and a new one starts on the same state.
+    // Node A's module runs in a process of its own, as zosd would.
+    let cfg = w.node(0).cfg.clone();
+    w.nodes[0].net = None;
+    let ready = w._dir.path().join("helper.ready");
+    let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "helper_zosd",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("ZOS_NET_HELPER_READY", &ready)
+        .env("ZOS_NET_HELPER_PREFIX", &cfg.prefix)
+        .env("ZOS_NET_HELPER_STATE", &cfg.state_dir)
+        .env("ZOS_NET_HELPER_RUN", &cfg.run_dir)
+        .env("ZOS_NET_HELPER_HOST", cfg.host_netns.as_ref().unwrap())
+        .env(
+            "ZOS_NET_HELPER_NETWORK",
+            serde_json::to_string(&nets[0]).unwrap(),
+        )
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut waited = 0;
+    while !ready.exists() && waited < 300 {
+        assert!(helper.try_wait().unwrap().is_none(), "the helper died");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    let pid: i32 = std::fs::read_to_string(&ready).unwrap().parse().unwrap();
+    let a_ns = format!(
+        "{}n-{}",
+        cfg.prefix,
+        zos_node::network::NetId::new(7, "net")
+    );
+    assert!(ping(&a_ns, "10.20.2.1", 1));
+
+    // Traffic flows while that zosd is killed with SIGKILL and a new one starts on its state.
     let pinger = std::process::Command::new("ip")
         .args([
-            "netns",
-            "exec",
-            &a.namespace,
-            "ping",
-            "-n",
-            "-q",
-            "-i",
-            "0.05",
-            "-c",
-            "60",
-            "-W",
-            "1",
-            "10.20.2.1",
+            "netns", "exec", &a_ns, "ping", "-n", "-q", "-i", "0.05", "-c", "60", "-W", "1",
         ])
+        .arg("10.20.2.1")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let cfg = w.node(0).cfg.clone();
-    w.nodes[0].net = None;
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+    let wg_if =
+        zos_node::network::Names::new(&cfg.prefix).nr_wg(&zos_node::network::NetId::new(7, "net"));
+    assert!(
+        wireguard::is_our_process(pid, &wg_if),
+        "boringtun outlives zosd"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let again = LinuxNetworker::open(cfg.clone()).unwrap();
     let report = again.reconcile().await.unwrap();
     assert_eq!(report.networks, 1, "{report:?}");
@@ -781,6 +842,13 @@ async fn a_restarted_module_adopts_running_tunnels() {
         text.contains(" 0% packet loss"),
         "traffic kept flowing: {text}"
     );
+    let a = w
+        .node(0)
+        .net()
+        .network_info(7, "net")
+        .await
+        .unwrap()
+        .unwrap();
 
     // The WireGuard process itself dies (kill -9): the next reconcile starts it again.
     nix::sys::signal::kill(

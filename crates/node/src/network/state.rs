@@ -240,8 +240,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("n/network.json");
         assert_eq!(State::load(&path).unwrap(), State::default());
-        let mut s = State::default();
-        s.node = Some(NodeRecord { public: None });
+        let s = State {
+            node: Some(NodeRecord { public: None }),
+            ..State::default()
+        };
         s.save(&path).unwrap();
         assert_eq!(State::load(&path).unwrap(), s);
         use std::os::unix::fs::PermissionsExt;
