@@ -81,6 +81,14 @@ pub enum ClientError {
     /// The destination of a relay call refused the request, with its reason.
     #[error("{0}")]
     Remote(String),
+    /// The relay did not carry a call to twin `twin`: offline (404), no answer in time (504),
+    /// busy (503), or the envelope was refused (400, 401, 409, 413).
+    #[error("{}", relay_text(*twin, *status, message))]
+    Relay {
+        twin: TwinId,
+        status: u16,
+        message: String,
+    },
     /// A relay envelope could not be made, checked or opened.
     #[error("envelope")]
     Envelope(#[source] zos_types::envelope::EnvelopeError),
@@ -96,6 +104,15 @@ pub enum ClientError {
     NoTwin,
 }
 
+fn relay_text(twin: TwinId, status: u16, message: &str) -> String {
+    match status {
+        404 => format!("twin {twin} is not connected to the relay (node offline?)"),
+        504 => format!("twin {twin} did not answer in time"),
+        503 => format!("the relay cannot carry the call to twin {twin} now: {message}"),
+        _ => format!("the relay refused the call to twin {twin} ({status}): {message}"),
+    }
+}
+
 /// Why an answer could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -106,25 +123,32 @@ pub enum DecodeError {
 }
 
 impl ClientError {
-    /// The HTTP status of an API error.
+    /// The HTTP status of an API or relay error.
     pub fn status(&self) -> Option<u16> {
         match self {
-            ClientError::Api { status, .. } => Some(*status),
+            ClientError::Api { status, .. } | ClientError::Relay { status, .. } => Some(*status),
             _ => None,
         }
     }
 
-    /// True when the grid answered 404.
+    /// True when the registry answered 404 (the object does not exist).
     pub fn is_not_found(&self) -> bool {
-        self.status() == Some(404)
+        matches!(self, ClientError::Api { status: 404, .. })
     }
 
-    /// True for failures worth retrying later: no answer at all, or a 5xx (or 429) answer.
-    /// 4xx answers are final: the same request will be refused again.
+    /// True when a relay call failed because its destination has no uplink.
+    pub fn is_offline(&self) -> bool {
+        matches!(self, ClientError::Relay { status: 404, .. })
+    }
+
+    /// True for failures worth retrying later: no answer at all, a 5xx (or 429) answer, or a
+    /// relay call to a node that is offline or did not answer. Other 4xx answers are final:
+    /// the same request will be refused again.
     pub fn is_transient(&self) -> bool {
         match self {
             ClientError::Transport { .. } => true,
             ClientError::Api { status, .. } => *status >= 500 || *status == 429,
+            ClientError::Relay { status, .. } => *status >= 500 || *status == 404,
             _ => false,
         }
     }
@@ -467,12 +491,22 @@ impl GridClient {
 
     // ---- relay ----
 
-    /// Sends a sealed envelope through the relay and answers the reply envelope.
+    /// Sends a sealed envelope through the relay and answers the reply envelope, as it came
+    /// (unchecked: [`GridClient::call`] checks and opens it). A refusal by the relay is
+    /// [`ClientError::Relay`] with its status (see [`zos_types::relay`]).
     pub async fn relay_send(&self, envelope: &Envelope) -> Result<Envelope, ClientError> {
-        let (_, reply) = self
+        let sent = self
             .send::<Envelope, Envelope>(Method::POST, "/relay/send", &[], Some(envelope), None)
-            .await?;
-        Ok(reply)
+            .await;
+        match sent {
+            Ok((_, reply)) => Ok(reply),
+            Err(ClientError::Api { status, message }) => Err(ClientError::Relay {
+                twin: envelope.destination,
+                status,
+                message,
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// The public key of twin `id`, remembered after the first lookup.
@@ -488,9 +522,11 @@ impl GridClient {
         Ok(key)
     }
 
-    /// Calls `command` on twin `dest` (a node) with `body`: seals it to the destination, sends it
-    /// through the relay, checks and opens the reply. A refusal by the destination is
-    /// [`ClientError::Remote`].
+    /// Calls `command` on twin `dest` (a node) with `body`: seals it to the destination (its key
+    /// is looked up once and remembered), sends it through the relay, checks that the reply
+    /// answers this request and is signed by `dest`, and opens it. A refusal by the destination
+    /// is [`ClientError::Remote`]; one by the relay (offline, no answer in time…) is
+    /// [`ClientError::Relay`].
     pub async fn call<B: Serialize + ?Sized>(
         &self,
         dest: TwinId,
@@ -733,6 +769,29 @@ mod tests {
         assert!(api(404).is_not_found());
         assert!(!api(401).is_transient());
         assert!(!ClientError::NoIdentity.is_transient());
+    }
+
+    #[test]
+    fn relay_errors_say_what_happened() {
+        let r = |status| ClientError::Relay {
+            twin: 7,
+            status,
+            message: "why".into(),
+        };
+        assert!(r(404).is_offline() && r(404).is_transient() && !r(404).is_not_found());
+        assert_eq!(
+            r(404).to_string(),
+            "twin 7 is not connected to the relay (node offline?)"
+        );
+        assert!(r(504).is_transient() && !r(504).is_offline());
+        assert_eq!(r(504).to_string(), "twin 7 did not answer in time");
+        assert!(r(503).is_transient());
+        assert!(!r(409).is_transient());
+        assert_eq!(
+            r(409).to_string(),
+            "the relay refused the call to twin 7 (409): why"
+        );
+        assert_eq!(r(413).status(), Some(413));
     }
 
     #[tokio::test]

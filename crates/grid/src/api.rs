@@ -22,6 +22,7 @@ use zos_types::{FarmId, NodeId, PublicKey, TwinId};
 use crate::auth::{ApiPath, ApiQuery, Signed};
 use crate::clock::Clock;
 use crate::error::ApiFailure;
+use crate::relay::{Relay, RelayConfig};
 use crate::replay::ReplayCache;
 use crate::store::{Store, StoreError};
 
@@ -32,18 +33,31 @@ pub struct AppState {
     clock: Arc<dyn Clock>,
     replay: Arc<Mutex<ReplayCache>>,
     admin: Option<TwinId>,
-    relay: Arc<crate::relay::Relay>,
+    relay: Arc<Relay>,
 }
 
 impl AppState {
+    /// State over `store`, with a relay of default limits that hears of the store's new node
+    /// events.
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, replay_capacity: usize) -> Self {
         Self {
             store,
             clock,
             replay: Arc::new(Mutex::new(ReplayCache::new(replay_capacity))),
             admin: None,
-            relay: Arc::new(crate::relay::Relay::default()),
+            relay: Arc::new(Relay::default()),
         }
+        .with_relay(RelayConfig::default())
+    }
+
+    /// The same state with a relay of these limits (replacing the one it had).
+    pub fn with_relay(mut self, config: RelayConfig) -> Self {
+        let relay = Arc::new(Relay::new(config));
+        let hook = relay.clone();
+        self.store
+            .on_node_events(Arc::new(move |node| hook.events_for(node)));
+        self.relay = relay;
+        self
     }
 
     /// The same state with an admin twin (it may set grace periods).
@@ -56,19 +70,12 @@ impl AppState {
         self.admin
     }
 
-    pub fn relay(&self) -> &Arc<crate::relay::Relay> {
+    pub fn relay(&self) -> &Arc<Relay> {
         &self.relay
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
-    }
-
-    /// Tells the relay that `node` has new events, if any node got one.
-    pub fn node_event(&self, node: Option<NodeId>) {
-        if let Some(n) = node {
-            self.relay.events_for(n);
-        }
     }
 
     /// The registry's time.

@@ -71,7 +71,7 @@ impl FromRequest<AppState> for Signed {
         let request_auth = RequestAuth::parse(header)?;
         let body = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiFailure::TooLarge
+                ApiFailure::TooLarge(zos_types::registry::MAX_BODY_BYTES)
             } else {
                 ApiFailure::BadRequest(format!("cannot read the body: {}", rejection.body_text()))
             }

@@ -146,10 +146,9 @@ async fn update(
     owner(&load(&app, id).await?, twin)?;
     let body: UpdateNodeContract = signed.json()?;
     let now = app.now();
-    let (c, node) = app
+    let c = app
         .run(move |s| s.update_node_contract(id, body.deployment_hash, now))
         .await?;
-    app.node_event(node);
     tracing::info!(contract = id, twin, "node contract updated");
     Ok(Json(c))
 }
@@ -162,8 +161,7 @@ async fn cancel(
     let twin = signed.twin()?;
     owner(&load(&app, id).await?, twin)?;
     let now = app.now();
-    let (c, node) = app.run(move |s| s.cancel_contract(id, now)).await?;
-    app.node_event(node);
+    let c = app.run(move |s| s.cancel_contract(id, now)).await?;
     tracing::info!(contract = id, twin, "contract cancelled");
     Ok(Json(c))
 }
@@ -190,8 +188,7 @@ async fn grace(
     load(&app, id).await?;
     let body: SetGrace = signed.json()?;
     let now = app.now();
-    let (c, node) = app.run(move |s| s.set_grace(id, body.grace, now)).await?;
-    app.node_event(node);
+    let c = app.run(move |s| s.set_grace(id, body.grace, now)).await?;
     tracing::info!(contract = id, grace = body.grace, "grace period changed");
     Ok(Json(c))
 }

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use zos_types::auth::AuthError;
-use zos_types::registry::{ApiError, MAX_BODY_BYTES, ValidationError};
+use zos_types::registry::{ApiError, ValidationError};
 
 use crate::store::StoreError;
 
@@ -29,9 +29,11 @@ pub enum ApiFailure {
     /// 409: a duplicate, or an object in use.
     #[error("{0}")]
     Conflict(String),
-    /// 413: the body is larger than [`MAX_BODY_BYTES`].
-    #[error("request body is larger than {MAX_BODY_BYTES} bytes")]
-    TooLarge,
+    /// 413: the body is larger than the route takes (the registry's
+    /// [`zos_types::registry::MAX_BODY_BYTES`], the
+    /// relay's [`zos_types::envelope::MAX_ENVELOPE_BYTES`]).
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
     /// 503: the registry cannot take the request now; try again later.
     #[error("{0}")]
     Unavailable(String),
@@ -66,7 +68,7 @@ impl ApiFailure {
             ApiFailure::NotFound(_) => StatusCode::NOT_FOUND,
             ApiFailure::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiFailure::Conflict(_) => StatusCode::CONFLICT,
-            ApiFailure::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiFailure::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiFailure::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiFailure::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiFailure::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,

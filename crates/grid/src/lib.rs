@@ -1,4 +1,5 @@
-//! The zos grid: the registry of twins, farms and nodes, served over HTTP.
+//! The zos grid: the registry of twins, farms, nodes and contracts, the relay that carries
+//! envelopes to nodes' uplinks, and the hub of flists, served over HTTP on one port.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), zos_grid::GridError> {
@@ -12,7 +13,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The API is described in `docs/registry.md` and in [`zos_types::registry`]. Storage sits
+//! The API is described in `docs/registry.md` and in [`zos_types::registry`], contracts in
+//! `docs/contracts.md` and [`contracts`], the relay in `docs/relay.md` and [`relay`]. Storage sits
 //! behind the [`store::Store`] trait ([`store::SqliteStore`] is the embedded one), time behind
 //! the [`clock::Clock`] trait.
 
@@ -62,6 +64,8 @@ pub struct GridConfig {
     pub replay_capacity: usize,
     /// The twin that may start and end grace periods.
     pub admin: Option<zos_types::TwinId>,
+    /// The relay's limits and timers.
+    pub relay: relay::RelayConfig,
     /// Where and how the hub keeps blocks and flists.
     pub hub: hub::HubConfig,
 }
@@ -76,6 +80,7 @@ impl GridConfig {
             clock: Arc::new(SystemClock),
             replay_capacity: replay::DEFAULT_CAPACITY,
             admin: None,
+            relay: relay::RelayConfig::default(),
             hub: hub::HubConfig::default(),
         }
     }
@@ -146,7 +151,8 @@ pub async fn start(config: GridConfig) -> Result<RunningGrid, GridError> {
     }
     let addr = listeners[0].0;
     let state = api::AppState::new(store.clone(), config.clock, config.replay_capacity)
-        .with_admin(config.admin);
+        .with_admin(config.admin)
+        .with_relay(config.relay.clone());
     let hub = {
         let (dir, hub_config) = (config.data_dir.clone(), config.hub.clone());
         tokio::task::spawn_blocking(move || hub::Hub::open(&dir, hub_config))

@@ -3,105 +3,337 @@
 //! | method and path | who | what |
 //! |---|---|---|
 //! | `GET /api/v1/relay/uplink` (WebSocket) | any twin, signed `Authorization` on the upgrade | the twin's uplink: envelopes in both directions, its node's events |
-//! | `POST /api/v1/relay/send` | anyone with a signed envelope | forwards it to the destination's uplink and answers its reply |
+//! | `POST /api/v1/relay/send` | anyone with an envelope signed by its source twin | forwards it to the destination's uplink and answers its reply |
+//!
+//! `send` answers 200 with the reply envelope; 400 malformed, expired or a reply; 401 a
+//! signature that is not the source twin's; 404 destination not connected; 409 an envelope id
+//! already sent; 413 larger than [`MAX_ENVELOPE_BYTES`]; 503 too many requests waiting for the
+//! destination, or its uplink went away; 504 no reply before the envelope expired (at most
+//! [`MAX_WAIT_SECS`]).
 //!
 //! The relay checks what it can without reading bodies: the envelope's signature against its
-//! source twin's key, its expiry, its size, and that its id was not seen before. It keeps only
-//! bounded state: one queue of [`UPLINK_QUEUE`] frames per uplink (a node that does not read them
-//! loses its uplink), at most [`MAX_WAITING_PER_TWIN`] requests waiting per destination, and
-//! envelope ids until they expire.
+//! source twin's key, its expiry, its size, and that its id was not seen before (ids are kept
+//! until they expire). Replies coming up an uplink must be signed by that uplink's twin and
+//! answer a request sent to it. State is bounded ([`RelayConfig`]): a queue of envelopes per
+//! uplink (a node that does not read them loses its uplink), a number of requests waiting per
+//! destination and in all, and the envelope ids. One uplink per twin: a new one replaces the old,
+//! which is closed. Events of a node's log are pushed as the store records them (the store's
+//! [`EventHook`](crate::store::EventHook) wakes the uplink).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use zos_types::envelope::{Envelope, EnvelopeError, MAX_ENVELOPE_BYTES};
 use zos_types::registry::NodeFilter;
 use zos_types::relay::{MAX_WAIT_SECS, SEND_PATH, UPLINK_PATH, UplinkFrame};
-use zos_types::{NodeId, TwinId};
+use zos_types::{NodeId, PublicKey, TwinId};
 
 use crate::api::AppState;
 use crate::auth::Signed;
 use crate::contracts::MAX_EVENTS;
 use crate::error::ApiFailure;
 
-/// Frames queued for one uplink before the relay gives up on it.
-pub const UPLINK_QUEUE: usize = 256;
-/// Requests waiting for replies from one destination at once.
-pub const MAX_WAITING_PER_TWIN: usize = 128;
-/// Envelope ids remembered at most (each until it expires).
-pub const MAX_SEEN: usize = 1_000_000;
-/// How often the relay pings an uplink; one silent for three times this is dropped.
-const PING_EVERY: Duration = Duration::from_secs(15);
+/// WebSocket close code the relay uses when a newer uplink of the same twin replaces one.
+pub const CLOSE_REPLACED: u16 = 4000;
+/// WebSocket close code the relay uses when an uplink does not keep up with its envelopes.
+pub const CLOSE_TOO_SLOW: u16 = 4001;
 
-#[derive(Debug)]
-enum ToUplink {
-    Frame(UplinkFrame),
-    /// New events may exist for this uplink's node.
-    Events,
+/// The relay's limits and timers.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Envelopes queued for one uplink; one more closes the uplink (the node is too slow).
+    pub uplink_queue: usize,
+    /// Requests waiting for replies from one destination at once; more are refused with 503.
+    pub max_waiting_per_twin: usize,
+    /// Requests waiting for replies in all.
+    pub max_waiting: usize,
+    /// Envelope ids remembered at most (each until it expires); more are refused with 503.
+    pub max_seen: usize,
+    /// How often the relay pings an uplink.
+    pub ping_every: Duration,
+    /// An uplink the relay heard nothing from (not even a pong) for this long is dropped.
+    pub silence_limit: Duration,
+    /// Longest one write to an uplink may take before the uplink is dropped.
+    pub write_timeout: Duration,
 }
 
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            uplink_queue: 256,
+            max_waiting_per_twin: 128,
+            max_waiting: 16 * 1024,
+            max_seen: 1_000_000,
+            ping_every: Duration::from_secs(15),
+            silence_limit: Duration::from_secs(45),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One connected uplink.
 #[derive(Debug)]
 struct Link {
+    /// Tells this connection from an older or newer one of the same twin.
     conn: u64,
-    tx: mpsc::Sender<ToUplink>,
+    /// Requests for the node, written by its session in order.
+    tx: mpsc::Sender<Envelope>,
+    /// Woken when the node's event log grew.
+    events: Arc<Notify>,
+    /// Cancelled to close the uplink (replaced, too slow).
+    close: CancellationToken,
+    /// The node whose twin holds the uplink, if the twin is a node.
     node: Option<NodeId>,
+}
+
+/// A sender waiting for a reply.
+#[derive(Debug)]
+struct Waiter {
+    source: TwinId,
+    dest: TwinId,
+    tx: oneshot::Sender<Envelope>,
+}
+
+/// Requests waiting for replies, by envelope id, with a count per destination.
+#[derive(Debug, Default)]
+struct Waiting {
+    by_id: HashMap<String, Waiter>,
+    per_twin: HashMap<TwinId, usize>,
+}
+
+impl Waiting {
+    fn insert(&mut self, id: &str, w: Waiter, cfg: &RelayConfig) -> Result<(), ApiFailure> {
+        let dest = w.dest;
+        let count = self.per_twin.get(&dest).copied().unwrap_or(0);
+        if count >= cfg.max_waiting_per_twin {
+            return Err(ApiFailure::Unavailable(format!(
+                "twin {dest} already has {count} requests waiting: try again later"
+            )));
+        }
+        if self.by_id.len() >= cfg.max_waiting {
+            return Err(ApiFailure::Unavailable(
+                "the relay has too many requests waiting: try again later".into(),
+            ));
+        }
+        self.by_id.insert(id.to_string(), w);
+        *self.per_twin.entry(dest).or_default() += 1;
+        Ok(())
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Waiter> {
+        let w = self.by_id.remove(id)?;
+        if let Some(n) = self.per_twin.get_mut(&w.dest) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_twin.remove(&w.dest);
+            }
+        }
+        Some(w)
+    }
+
+    /// Fails every request waiting for `dest` (their senders answer 503 at once).
+    fn drop_for(&mut self, dest: TwinId) -> usize {
+        let ids: Vec<String> = self
+            .by_id
+            .iter()
+            .filter(|(_, w)| w.dest == dest)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ids {
+            self.remove(id);
+        }
+        ids.len()
+    }
+}
+
+/// Envelope ids seen, each kept until its envelope expires.
+#[derive(Debug, Default)]
+struct SeenIds {
+    ids: HashSet<u128>,
+    by_expiry: BinaryHeap<Reverse<(i64, u128)>>,
+}
+
+impl SeenIds {
+    /// `Ok(true)` the first time `id` is offered, `Ok(false)` after; `Err` when full.
+    fn first(&mut self, id: u128, expiration: i64, now: i64, cap: usize) -> Result<bool, ()> {
+        while let Some(Reverse((exp, old))) = self.by_expiry.peek().copied()
+            && exp < now
+        {
+            self.by_expiry.pop();
+            self.ids.remove(&old);
+        }
+        if self.ids.contains(&id) {
+            return Ok(false);
+        }
+        if self.ids.len() >= cap {
+            return Err(());
+        }
+        self.ids.insert(id);
+        self.by_expiry.push(Reverse((expiration, id)));
+        Ok(true)
+    }
 }
 
 /// The relay's shared state.
 #[derive(Debug, Default)]
 pub struct Relay {
+    config: RelayConfig,
     links: Mutex<HashMap<TwinId, Link>>,
-    waiting: Mutex<HashMap<String, (TwinId, oneshot::Sender<Envelope>)>>,
-    seen: Mutex<HashMap<String, i64>>,
+    waiting: Mutex<Waiting>,
+    seen: Mutex<SeenIds>,
     next_conn: AtomicU64,
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded maps stay consistent across a panic (every change is one insert or remove).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Relay {
+    /// A relay with these limits.
+    pub fn new(config: RelayConfig) -> Self {
+        Self {
+            config,
+            ..Self::default()
+        }
+    }
+
+    /// Its limits.
+    pub fn config(&self) -> &RelayConfig {
+        &self.config
+    }
+
     /// Wakes the uplink of `node`, if connected, to send its new events.
     pub fn events_for(&self, node: NodeId) {
-        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        for link in links.values().filter(|l| l.node == Some(node)) {
-            let _ = link.tx.try_send(ToUplink::Events);
+        for link in lock(&self.links).values().filter(|l| l.node == Some(node)) {
+            link.events.notify_one();
         }
     }
 
     /// True when `twin` has an uplink.
     pub fn connected(&self, twin: TwinId) -> bool {
-        self.links
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&twin)
+        lock(&self.links).contains_key(&twin)
+    }
+
+    /// How many requests wait for replies now.
+    pub fn waiting(&self) -> usize {
+        lock(&self.waiting).by_id.len()
+    }
+
+    /// How many envelope ids the relay remembers now.
+    pub fn seen_ids(&self) -> usize {
+        lock(&self.seen).ids.len()
     }
 
     fn first_sight(&self, id: &str, expiration: i64, now: i64) -> Result<(), ApiFailure> {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.len() >= MAX_SEEN {
-            seen.retain(|_, exp| *exp >= now);
-            if seen.len() >= MAX_SEEN {
-                return Err(ApiFailure::Unavailable(
-                    "the relay is carrying too many envelopes: try again later".into(),
-                ));
+        // `Envelope::verify` checked the id is 32 hex digits.
+        let raw = u128::from_str_radix(id, 16)
+            .map_err(|_| ApiFailure::BadRequest("envelope id must be 32 hex digits".into()))?;
+        match lock(&self.seen).first(raw, expiration, now, self.config.max_seen) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ApiFailure::Conflict(format!(
+                "envelope {id} was already sent: a new request needs a new id"
+            ))),
+            Err(()) => Err(ApiFailure::Unavailable(
+                "the relay is carrying too many envelopes: try again later".into(),
+            )),
+        }
+    }
+
+    /// Queues `env` on its destination's uplink and registers its sender as waiting.
+    fn forward(&self, env: Envelope) -> Result<oneshot::Receiver<Envelope>, ApiFailure> {
+        let dest = env.destination;
+        let links = lock(&self.links);
+        let link = links.get(&dest).ok_or_else(|| {
+            ApiFailure::NotFound(format!(
+                "twin {dest} is not connected to the relay (node offline?)"
+            ))
+        })?;
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let id = env.id.clone();
+        let waiter = Waiter {
+            source: env.source,
+            dest,
+            tx: reply_tx,
+        };
+        lock(&self.waiting).insert(&id, waiter, &self.config)?;
+        match link.tx.try_send(env) {
+            Ok(()) => Ok(reply_rx),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                lock(&self.waiting).remove(&id);
+                tracing::warn!(
+                    twin = dest,
+                    queued = self.config.uplink_queue,
+                    "uplink does not keep up with its envelopes: closing it"
+                );
+                link.close.cancel();
+                Err(ApiFailure::Unavailable(format!(
+                    "twin {dest} is not keeping up with its requests: try again later"
+                )))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                lock(&self.waiting).remove(&id);
+                Err(ApiFailure::NotFound(format!(
+                    "twin {dest} is not connected to the relay (node offline?)"
+                )))
             }
         }
-        if seen.contains_key(id) {
-            return Err(ApiFailure::Conflict(format!(
-                "envelope {id} was already sent: a new request needs a new id"
-            )));
+    }
+
+    /// Hands a reply that came up the uplink of `from` (key `key`) to its waiting sender.
+    fn deliver_reply(&self, from: TwinId, key: &PublicKey, env: Envelope, now: i64) {
+        let Some(request) = env.reply_to.clone() else {
+            tracing::debug!(twin = from, id = %env.id, "dropping an envelope from an uplink that answers nothing");
+            return;
+        };
+        if env.source != from {
+            tracing::warn!(
+                twin = from,
+                source = env.source,
+                "dropping a reply whose source is not its uplink's twin"
+            );
+            return;
         }
-        seen.insert(id.to_string(), expiration);
-        Ok(())
+        if let Err(e) = env.verify(key, now) {
+            tracing::warn!(twin = from, error = %e, "dropping a reply");
+            return;
+        }
+        let mut waiting = lock(&self.waiting);
+        match waiting.by_id.get(&request) {
+            None => {
+                tracing::debug!(twin = from, request, "reply to a request nobody waits for");
+            }
+            Some(w) if w.dest != from || w.source != env.destination => {
+                tracing::warn!(
+                    twin = from,
+                    request,
+                    expected = w.dest,
+                    "dropping a reply to a request sent to another twin"
+                );
+            }
+            Some(_) => {
+                let w = waiting.remove(&request).expect("the waiter is there");
+                let _ = w.tx.send(env);
+            }
+        }
     }
 }
 
+/// The relay's routes.
 pub fn routes() -> Router<AppState> {
     Router::new().route(UPLINK_PATH, get(uplink)).route(
         SEND_PATH,
@@ -111,198 +343,345 @@ pub fn routes() -> Router<AppState> {
 
 async fn uplink(
     State(app): State<AppState>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     signed: Signed,
 ) -> Result<Response, ApiFailure> {
     let twin = signed.twin()?;
+    let ws = ws.map_err(|r| {
+        ApiFailure::BadRequest(format!(
+            "{UPLINK_PATH} is a WebSocket: {}",
+            r.body_text().to_lowercase()
+        ))
+    })?;
     let now = app.now();
-    let node = app
+    let (key, node) = app
         .run(move |s| {
-            s.nodes(
-                &NodeFilter {
-                    twin_id: Some(twin),
-                    ..NodeFilter::default()
-                },
-                now,
-            )
+            let key = s.twin_key(twin)?;
+            let node = node_of(s, twin, now)?;
+            Ok((key, node))
         })
-        .await?
-        .first()
-        .map(|n| n.id);
+        .await?;
+    let key = key.ok_or_else(|| ApiFailure::Unauthorized(format!("twin {twin} does not exist")))?;
     Ok(ws
         .max_message_size(MAX_ENVELOPE_BYTES + 4096)
-        .on_upgrade(move |socket| serve_uplink(app, twin, node, socket)))
+        .max_frame_size(MAX_ENVELOPE_BYTES + 4096)
+        .on_upgrade(move |socket| Session::new(app, twin, key, node).run(socket)))
 }
 
-async fn serve_uplink(app: AppState, twin: TwinId, node: Option<NodeId>, mut socket: WebSocket) {
-    let relay = app.relay().clone();
-    let conn = relay.next_conn.fetch_add(1, Ordering::Relaxed);
-    let (tx, mut rx) = mpsc::channel(UPLINK_QUEUE);
-    let replaced = relay
-        .links
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(twin, Link { conn, tx, node });
-    if let Some(old) = replaced {
-        // Dropping the old sender ends the old session, which closes its socket.
-        drop(old);
-        tracing::info!(twin, "a new uplink replaces the old one");
+fn node_of(
+    s: &dyn crate::store::Store,
+    twin: TwinId,
+    now: i64,
+) -> Result<Option<NodeId>, crate::store::StoreError> {
+    let filter = NodeFilter {
+        twin_id: Some(twin),
+        ..NodeFilter::default()
+    };
+    Ok(s.nodes(&filter, now)?.first().map(|n| n.id))
+}
+
+/// One uplink connection, from upgrade to close.
+struct Session {
+    app: AppState,
+    relay: Arc<Relay>,
+    twin: TwinId,
+    key: PublicKey,
+    node: Option<NodeId>,
+    conn: u64,
+    events: Arc<Notify>,
+    close: CancellationToken,
+    /// The last event sent; `None` until the node said where to start.
+    cursor: Option<u64>,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Replaced,
+    TooSlow,
+    ClosedByPeer,
+    Silent,
+    WriteFailed,
+    WriteTimeout,
+    Protocol(&'static str),
+    Store,
+}
+
+impl Session {
+    fn new(app: AppState, twin: TwinId, key: PublicKey, node: Option<NodeId>) -> Self {
+        let relay = app.relay().clone();
+        let conn = relay.next_conn.fetch_add(1, Ordering::Relaxed);
+        Self {
+            app,
+            relay,
+            twin,
+            key,
+            node,
+            conn,
+            events: Arc::new(Notify::new()),
+            close: CancellationToken::new(),
+            cursor: None,
+        }
     }
-    tracing::info!(twin, ?node, "uplink connected");
-    // The last event sent; events are sent only after the node asked where to start.
-    let mut cursor: Option<u64> = None;
-    let mut ping = tokio::time::interval(PING_EVERY);
-    let mut last_heard = tokio::time::Instant::now();
-    let reason = loop {
-        tokio::select! {
-            out = rx.recv() => match out {
-                // The link was replaced or the relay is shutting down.
-                None => break "replaced",
-                Some(ToUplink::Frame(f)) => {
-                    if send_frame(&mut socket, &f).await.is_err() { break "write failed" }
+
+    async fn run(mut self, mut socket: WebSocket) {
+        let cfg = self.relay.config.clone();
+        let (tx, mut rx) = mpsc::channel(cfg.uplink_queue);
+        let link = Link {
+            conn: self.conn,
+            tx,
+            events: self.events.clone(),
+            close: self.close.clone(),
+            node: self.node,
+        };
+        if let Some(old) = lock(&self.relay.links).insert(self.twin, link) {
+            old.close.cancel();
+            tracing::info!(twin = self.twin, "a new uplink replaces the old one");
+        }
+        tracing::info!(twin = self.twin, node = ?self.node, "uplink connected");
+        let start = tokio::time::Instant::now() + cfg.ping_every;
+        let mut ping = tokio::time::interval_at(start, cfg.ping_every);
+        let mut last_heard = tokio::time::Instant::now();
+        let end = loop {
+            tokio::select! {
+                _ = self.close.cancelled() => {
+                    let replaced = lock(&self.relay.links).get(&self.twin).is_some_and(|l| l.conn != self.conn);
+                    break if replaced { End::Replaced } else { End::TooSlow };
                 }
-                Some(ToUplink::Events) => {
-                    if let (Some(n), Some(after)) = (node, cursor)
-                        && let Err(e) = send_events(&app, &mut socket, n, after, &mut cursor).await
-                    {
-                        tracing::warn!(twin, error = %e, "cannot send events");
-                        break "events failed";
+                out = rx.recv() => {
+                    let Some(env) = out else { break End::Replaced };
+                    if let Err(end) = self.write(&mut socket, &UplinkFrame::Envelope { envelope: env }).await {
+                        break end;
                     }
                 }
-            },
-            msg = socket.recv() => {
-                last_heard = tokio::time::Instant::now();
-                let text = match msg {
-                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break "closed",
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Binary(_))) => break "binary frame",
-                    Some(Ok(_)) => continue,
-                };
-                match serde_json::from_str::<UplinkFrame>(text.as_str()) {
-                    Ok(UplinkFrame::Envelope { envelope }) => deliver_reply(&relay, twin, envelope),
-                    Ok(UplinkFrame::EventsAfter { seq }) => {
-                        cursor = Some(seq);
-                        if let Some(n) = node
-                            && let Err(e) = send_events(&app, &mut socket, n, seq, &mut cursor).await
+                _ = self.events.notified(), if self.cursor.is_some() => {
+                    if let Err(end) = self.send_events(&mut socket).await {
+                        break end;
+                    }
+                }
+                msg = socket.recv() => {
+                    last_heard = tokio::time::Instant::now();
+                    let text = match msg {
+                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break End::ClosedByPeer,
+                        Some(Ok(Message::Text(t))) => t,
+                        Some(Ok(Message::Binary(_))) => break End::Protocol("binary frame"),
+                        Some(Ok(_)) => continue,
+                    };
+                    if let Err(end) = self.on_frame(&mut socket, text.as_str()).await {
+                        break end;
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() >= cfg.silence_limit {
+                        break End::Silent;
+                    }
+                    if let Err(end) = self.write_message(&mut socket, Message::Ping(Bytes::new())).await {
+                        break end;
+                    }
+                }
+            }
+        };
+        self.finish(socket, rx, end).await;
+    }
+
+    async fn on_frame(&mut self, socket: &mut WebSocket, text: &str) -> Result<(), End> {
+        match serde_json::from_str::<UplinkFrame>(text) {
+            Ok(UplinkFrame::Envelope { envelope }) => {
+                self.relay
+                    .deliver_reply(self.twin, &self.key, envelope, self.app.now());
+                Ok(())
+            }
+            Ok(UplinkFrame::EventsAfter { seq }) => {
+                if self.node.is_none() {
+                    // The twin may have registered as a node since it connected.
+                    let (twin, now) = (self.twin, self.app.now());
+                    let node = self
+                        .app
+                        .run(move |s| node_of(s, twin, now))
+                        .await
+                        .map_err(|e| self.store_failed(e))?;
+                    if let Some(n) = node {
+                        self.node = Some(n);
+                        if let Some(l) = lock(&self.relay.links)
+                            .get_mut(&self.twin)
+                            .filter(|l| l.conn == self.conn)
                         {
-                            tracing::warn!(twin, error = %e, "cannot send events");
-                            break "events failed";
+                            l.node = Some(n);
                         }
                     }
-                    Ok(UplinkFrame::Events { .. }) => tracing::debug!(twin, "ignoring events sent by a node"),
-                    Err(e) => {
-                        tracing::warn!(twin, error = %e, "malformed uplink frame");
-                        break "malformed frame";
-                    }
                 }
+                if self.node.is_none() {
+                    tracing::debug!(
+                        twin = self.twin,
+                        "events asked by a twin that is not a node"
+                    );
+                    return Ok(());
+                }
+                self.cursor = Some(seq);
+                self.send_events(socket).await
             }
-            _ = ping.tick() => {
-                if last_heard.elapsed() > PING_EVERY * 3 { break "silent" }
-                if socket.send(Message::Ping(Bytes::new())).await.is_err() { break "write failed" }
+            Ok(UplinkFrame::Events { .. }) => {
+                tracing::debug!(twin = self.twin, "ignoring events sent by a node");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(twin = self.twin, error = %e, "malformed uplink frame");
+                Err(End::Protocol("malformed frame"))
             }
         }
-    };
-    let mut links = relay.links.lock().unwrap_or_else(|e| e.into_inner());
-    if links.get(&twin).is_some_and(|l| l.conn == conn) {
-        links.remove(&twin);
     }
-    drop(links);
-    tracing::info!(twin, reason, "uplink closed");
-}
 
-async fn send_frame(socket: &mut WebSocket, f: &UplinkFrame) -> Result<(), axum::Error> {
-    let text = serde_json::to_string(f).expect("frames serialize");
-    socket.send(Message::Text(text.into())).await
-}
+    fn store_failed(&self, e: ApiFailure) -> End {
+        tracing::error!(twin = self.twin, error = %e, "uplink cannot read the registry");
+        End::Store
+    }
 
-async fn send_events(
-    app: &AppState,
-    socket: &mut WebSocket,
-    node: NodeId,
-    after: u64,
-    cursor: &mut Option<u64>,
-) -> Result<(), String> {
-    let mut after = after;
-    loop {
-        let events = app
-            .run(move |s| s.node_events(node, after, MAX_EVENTS))
-            .await
-            .map_err(|e| e.to_string())?;
-        let Some(last) = events.last().map(|e| e.seq) else {
+    /// Sends every event after the cursor, in frames of at most [`MAX_EVENTS`].
+    async fn send_events(&mut self, socket: &mut WebSocket) -> Result<(), End> {
+        let (Some(node), Some(mut after)) = (self.node, self.cursor) else {
             return Ok(());
         };
-        let full = events.len() as u32 == MAX_EVENTS;
-        send_frame(socket, &UplinkFrame::Events { events })
-            .await
-            .map_err(|e| e.to_string())?;
-        after = last;
-        *cursor = Some(last);
-        if !full {
-            return Ok(());
+        loop {
+            let events = self
+                .app
+                .run(move |s| s.node_events(node, after, MAX_EVENTS))
+                .await
+                .map_err(|e| self.store_failed(e))?;
+            let Some(last) = events.last().map(|e| e.seq) else {
+                return Ok(());
+            };
+            let full = events.len() == MAX_EVENTS as usize;
+            tracing::debug!(twin = self.twin, node, after, last, "sending events");
+            self.write(socket, &UplinkFrame::Events { events }).await?;
+            after = last;
+            self.cursor = Some(last);
+            if !full {
+                return Ok(());
+            }
         }
     }
-}
 
-fn deliver_reply(relay: &Relay, from: TwinId, env: Envelope) {
-    let Some(request) = env.reply_to.clone() else {
-        tracing::debug!(
-            twin = from,
-            "dropping an envelope from an uplink that answers nothing"
-        );
-        return;
-    };
-    let waiter = relay
-        .waiting
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&request);
-    match waiter {
-        // Only the twin the request went to may answer it.
-        Some((dest, tx)) if dest == from => {
-            let _ = tx.send(env);
+    async fn write(&self, socket: &mut WebSocket, frame: &UplinkFrame) -> Result<(), End> {
+        let text = serde_json::to_string(frame).expect("frames serialize");
+        self.write_message(socket, Message::Text(text.into())).await
+    }
+
+    /// One write, given up when the uplink is closed or the write takes too long.
+    async fn write_message(&self, socket: &mut WebSocket, msg: Message) -> Result<(), End> {
+        tokio::select! {
+            _ = self.close.cancelled() => Err(End::TooSlow),
+            r = tokio::time::timeout(self.relay.config.write_timeout, socket.send(msg)) => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(End::WriteFailed),
+                Err(_) => Err(End::WriteTimeout),
+            },
         }
-        Some((dest, tx)) => {
-            tracing::warn!(
-                twin = from,
-                expected = dest,
-                "a twin answered a request sent to another"
-            );
-            relay
-                .waiting
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(request, (dest, tx));
+    }
+
+    async fn finish(self, mut socket: WebSocket, mut rx: mpsc::Receiver<Envelope>, end: End) {
+        let replaced = {
+            let mut links = lock(&self.relay.links);
+            if links.get(&self.twin).is_some_and(|l| l.conn == self.conn) {
+                links.remove(&self.twin);
+                false
+            } else {
+                true
+            }
+        };
+        rx.close();
+        if replaced {
+            // Requests queued here but not written go to the uplink that replaced this one.
+            let mut moved = 0;
+            while let Ok(env) = rx.try_recv() {
+                let id = env.id.clone();
+                let sent = lock(&self.relay.links)
+                    .get(&self.twin)
+                    .is_some_and(|l| l.tx.try_send(env).is_ok());
+                if sent {
+                    moved += 1;
+                } else {
+                    // Its sender answers 503 at once.
+                    lock(&self.relay.waiting).remove(&id);
+                }
+            }
+            if moved > 0 {
+                tracing::debug!(
+                    twin = self.twin,
+                    moved,
+                    "queued requests moved to the new uplink"
+                );
+            }
+        } else {
+            // Nobody will answer: the senders learn it now rather than at expiry.
+            let failed = lock(&self.relay.waiting).drop_for(self.twin);
+            if failed > 0 {
+                tracing::debug!(
+                    twin = self.twin,
+                    failed,
+                    "requests waiting on a closed uplink failed"
+                );
+            }
         }
-        None => tracing::debug!(twin = from, request, "reply to a request nobody waits for"),
+        let close = match end {
+            End::Replaced => Some((CLOSE_REPLACED, "replaced by a newer uplink")),
+            End::TooSlow | End::WriteTimeout => Some((CLOSE_TOO_SLOW, "not reading its envelopes")),
+            End::Protocol(why) => Some((1002, why)),
+            End::Silent | End::Store => Some((1011, "uplink dropped")),
+            End::ClosedByPeer | End::WriteFailed => None,
+        };
+        if let Some((code, reason)) = close {
+            let frame = Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            }));
+            let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(frame)).await;
+        }
+        match end {
+            End::Replaced | End::ClosedByPeer => {
+                tracing::info!(twin = self.twin, reason = ?end, "uplink closed")
+            }
+            _ => tracing::warn!(twin = self.twin, reason = ?end, "uplink dropped"),
+        }
     }
 }
 
 fn envelope_failure(e: EnvelopeError) -> ApiFailure {
     match e {
         EnvelopeError::BadSignature => ApiFailure::Unauthorized(e.to_string()),
-        EnvelopeError::TooLarge(_) => ApiFailure::TooLarge,
+        EnvelopeError::TooLarge(_) => ApiFailure::TooLarge(MAX_ENVELOPE_BYTES),
         e => ApiFailure::BadRequest(e.to_string()),
     }
 }
 
 /// Removes a waiting entry when the sender gives up (timeout or disconnect).
-struct Waiting<'a> {
+struct WaitGuard<'a> {
     relay: &'a Relay,
     id: String,
 }
 
-impl Drop for Waiting<'_> {
+impl Drop for WaitGuard<'_> {
     fn drop(&mut self) {
-        self.relay
-            .waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.id);
+        lock(&self.relay.waiting).remove(&self.id);
     }
 }
 
-async fn send(State(app): State<AppState>, body: Bytes) -> Result<Json<Envelope>, ApiFailure> {
+async fn send(
+    State(app): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Envelope>, ApiFailure> {
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiFailure::TooLarge(MAX_ENVELOPE_BYTES)
+        } else {
+            ApiFailure::BadRequest(format!("cannot read the body: {}", r.body_text()))
+        }
+    })?;
     let env = Envelope::from_json(&body).map_err(envelope_failure)?;
+    if env.reply_to.is_some() {
+        return Err(ApiFailure::BadRequest(
+            "reply_to: a reply goes up the uplink of the twin that answers, not to send".into(),
+        ));
+    }
     let source = env.source;
     let key = app
         .run(move |s| s.twin_key(source))
@@ -312,47 +691,73 @@ async fn send(State(app): State<AppState>, body: Bytes) -> Result<Json<Envelope>
     env.verify(&key, now).map_err(envelope_failure)?;
     let relay = app.relay().clone();
     relay.first_sight(&env.id, env.expiration, now)?;
-    let dest = env.destination;
-    let tx = {
-        let links = relay.links.lock().unwrap_or_else(|e| e.into_inner());
-        links.get(&dest).map(|l| l.tx.clone()).ok_or_else(|| {
-            ApiFailure::NotFound(format!(
-                "twin {dest} is not connected to the relay (node offline?)"
-            ))
-        })?
-    };
-    let (reply_tx, reply_rx) = oneshot::channel();
-    {
-        let mut waiting = relay.waiting.lock().unwrap_or_else(|e| e.into_inner());
-        if waiting.values().filter(|(d, _)| *d == dest).count() >= MAX_WAITING_PER_TWIN {
-            return Err(ApiFailure::Unavailable(format!(
-                "twin {dest} has too many requests waiting: try again later"
-            )));
-        }
-        waiting.insert(env.id.clone(), (dest, reply_tx));
-    }
-    let _guard = Waiting {
-        relay: &relay,
-        id: env.id.clone(),
-    };
+    let (id, dest, command) = (env.id.clone(), env.destination, env.command.clone());
     let wait = Duration::from_secs(((env.expiration - now).max(0) as u64).min(MAX_WAIT_SECS));
-    let id = env.id.clone();
-    if tx
-        .try_send(ToUplink::Frame(UplinkFrame::Envelope { envelope: env }))
-        .is_err()
-    {
-        return Err(ApiFailure::Unavailable(format!(
-            "twin {dest} is not keeping up with its requests: try again later"
-        )));
-    }
-    match tokio::time::timeout(wait, reply_rx).await {
+    let reply = relay.forward(env)?;
+    let _guard = WaitGuard {
+        relay: &relay,
+        id: id.clone(),
+    };
+    tracing::debug!(source, twin = dest, %command, %id, "envelope forwarded");
+    match tokio::time::timeout(wait, reply).await {
         Ok(Ok(reply)) => Ok(Json(reply)),
         Ok(Err(_)) => Err(ApiFailure::Unavailable(format!(
-            "twin {dest}'s uplink closed before it answered"
+            "twin {dest}'s uplink closed before it answered envelope {id}"
         ))),
         Err(_) => Err(ApiFailure::GatewayTimeout(format!(
             "twin {dest} did not answer envelope {id} in {} s",
             wait.as_secs()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_seen_once_until_they_expire_and_the_set_is_bounded() {
+        let mut s = SeenIds::default();
+        assert_eq!(s.first(1, 100, 10, 2), Ok(true));
+        assert_eq!(s.first(1, 100, 50, 2), Ok(false));
+        assert_eq!(s.first(2, 200, 50, 2), Ok(true));
+        assert_eq!(s.first(3, 200, 50, 2), Err(()), "full");
+        // Id 1 expired at 100: forgotten, which makes room.
+        assert_eq!(s.first(3, 300, 101, 2), Ok(true));
+        assert_eq!(s.ids.len(), 2);
+        assert_eq!(s.by_expiry.len(), 2);
+        assert_eq!(s.first(1, 300, 101, 3), Ok(true));
+    }
+
+    #[test]
+    fn waiting_is_bounded_per_twin_and_in_all() {
+        let cfg = RelayConfig {
+            max_waiting_per_twin: 2,
+            max_waiting: 3,
+            ..RelayConfig::default()
+        };
+        let mut w = Waiting::default();
+        let waiter = |dest| Waiter {
+            source: 1,
+            dest,
+            tx: oneshot::channel().0,
+        };
+        w.insert("a", waiter(7), &cfg).unwrap();
+        w.insert("b", waiter(7), &cfg).unwrap();
+        assert!(matches!(
+            w.insert("c", waiter(7), &cfg),
+            Err(ApiFailure::Unavailable(_))
+        ));
+        w.insert("c", waiter(8), &cfg).unwrap();
+        assert!(matches!(
+            w.insert("d", waiter(9), &cfg),
+            Err(ApiFailure::Unavailable(_))
+        ));
+        assert!(w.remove("a").is_some());
+        assert!(w.remove("a").is_none());
+        assert_eq!(w.per_twin[&7], 1);
+        assert_eq!(w.drop_for(7), 1);
+        assert!(!w.per_twin.contains_key(&7));
+        assert_eq!(w.by_id.len(), 1);
     }
 }

@@ -45,7 +45,7 @@ pub const MIGRATION: &str = r#"
 const COLUMNS: &str =
     "id, twin_id, kind, state, node_id, deployment_hash, public_ips, name, created_at, updated_at";
 
-fn state_str(s: ContractState) -> &'static str {
+pub(super) fn state_str(s: ContractState) -> &'static str {
     match s {
         ContractState::Created => "created",
         ContractState::GracePeriod => "grace_period",
@@ -188,6 +188,17 @@ fn node_farm(tx: &Transaction<'_>, node: NodeId) -> Result<u32, StoreError> {
     })
 }
 
+/// The twin holding a live rent contract on `node`.
+fn renter(tx: &Transaction<'_>, node: NodeId) -> Result<Option<TwinId>, StoreError> {
+    tx.query_row(
+        "SELECT twin_id FROM contracts WHERE kind = 'rent' AND node_id = ?1 AND state != 'deleted'",
+        [node],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(db("reading a node's renter"))
+}
+
 /// A node contract, reserving `public_ips` free addresses of the node's farm.
 pub fn create_node(
     tx: &Transaction<'_>,
@@ -198,6 +209,13 @@ pub fn create_node(
     now: i64,
 ) -> Result<ContractId, StoreError> {
     let farm = node_farm(tx, node)?;
+    if let Some(renter) = renter(tx, node)?
+        && renter != twin
+    {
+        return Err(StoreError::Conflict(format!(
+            "node {node} is rented by twin {renter}: only its renter deploys on it"
+        )));
+    }
     let f = Fields {
         node: Some(node),
         hash: Some(hash),
@@ -247,6 +265,20 @@ pub fn create_rent(
     now: i64,
 ) -> Result<ContractId, StoreError> {
     node_farm(tx, node)?;
+    let others: Option<i64> = tx
+        .query_row(
+            "SELECT id FROM contracts WHERE kind = 'node' AND node_id = ?1 AND twin_id != ?2 \
+             AND state != 'deleted' ORDER BY id LIMIT 1",
+            params![node, twin],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db("reading a node's contracts"))?;
+    if let Some(other) = others {
+        return Err(StoreError::Conflict(format!(
+            "node {node} runs contract {other} of another twin: a node is rented empty"
+        )));
+    }
     insert(
         tx,
         twin,

@@ -10,6 +10,7 @@ mod sqlite;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use zos_types::contract::{Contract, ContractFilter, NodeEventRecord};
 use zos_types::deployment::{ContractId, DeploymentHash};
@@ -61,7 +62,11 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// Storage of twins, farms with their IP pools, and nodes.
+/// Told the nodes whose event log grew, once per node, after the transaction that wrote the
+/// events committed (the relay uses it to push them over the nodes' uplinks).
+pub type EventHook = Arc<dyn Fn(NodeId) + Send + Sync>;
+
+/// Storage of twins, farms with their IP pools, nodes, contracts and node event logs.
 ///
 /// Methods that answer nodes take the current time `now` to compute
 /// [`Node::online`](zos_types::registry::Node::online).
@@ -92,12 +97,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn farm_ips(&self, farm: FarmId) -> Result<Vec<FarmIp>, StoreError>;
 
     /// Creates the node of `twin` or updates it. Returns the node and whether it was created.
+    /// A node that moves to another farm loses its public configuration (and gets a
+    /// `public_config_changed` event).
     fn upsert_node(
         &self,
         twin: TwinId,
         registration: &NodeRegistration,
         now: i64,
     ) -> Result<(Node, bool), StoreError>;
+    /// Sets the node's public configuration and appends `public_config_changed` to its log.
     fn set_public_config(
         &self,
         node: NodeId,
@@ -136,27 +144,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Contract, StoreError>;
     fn contract(&self, id: ContractId) -> Result<Option<Contract>, StoreError>;
     fn contracts(&self, filter: &ContractFilter) -> Result<Vec<Contract>, StoreError>;
-    /// Sets a live node contract's hash and tells its node. Returns the contract and the node
-    /// that got an event.
+    /// Sets a live node contract's hash and appends `contract_updated` to its node's log.
     fn update_node_contract(
         &self,
         id: ContractId,
         hash: DeploymentHash,
         now: i64,
-    ) -> Result<(Contract, Option<NodeId>), StoreError>;
-    /// Deletes a live contract, frees its addresses and tells its node.
-    fn cancel_contract(
-        &self,
-        id: ContractId,
-        now: i64,
-    ) -> Result<(Contract, Option<NodeId>), StoreError>;
-    /// Starts or ends a live contract's grace period and tells its node.
-    fn set_grace(
-        &self,
-        id: ContractId,
-        grace: bool,
-        now: i64,
-    ) -> Result<(Contract, Option<NodeId>), StoreError>;
+    ) -> Result<Contract, StoreError>;
+    /// Deletes a live contract, frees its addresses and, for a node contract, appends
+    /// `contract_cancelled` to its node's log.
+    fn cancel_contract(&self, id: ContractId, now: i64) -> Result<Contract, StoreError>;
+    /// Starts or ends a live contract's grace period and, for a node contract, appends
+    /// `grace_period_started` or `grace_period_ended` to its node's log.
+    fn set_grace(&self, id: ContractId, grace: bool, now: i64) -> Result<Contract, StoreError>;
     /// At most `limit` events of `node` after sequence number `after`, oldest first.
     fn node_events(
         &self,
@@ -164,6 +164,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         after: u64,
         limit: u32,
     ) -> Result<Vec<NodeEventRecord>, StoreError>;
+    /// Sets the function told about new node events (replacing any earlier one).
+    fn on_node_events(&self, hook: EventHook);
 
     /// Every row of every table as text, in a stable order: for tests that check a refused
     /// request changed nothing, and for debugging.

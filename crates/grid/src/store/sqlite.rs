@@ -16,7 +16,7 @@ use zos_types::registry::{
 use zos_types::{Capacity, FarmId, NodeId, PublicKey, TwinId};
 
 use super::contracts;
-use super::{Store, StoreError};
+use super::{EventHook, Store, StoreError};
 use zos_types::contract::{
     Contract, ContractFilter, ContractKind, ContractState, NodeEvent, NodeEventRecord,
 };
@@ -98,10 +98,20 @@ const NODE_COLUMNS: &str = "id, twin_id, farm_id, cru, mru, sru, hru, \
     created_at, updated_at";
 
 /// The registry in one SQLite file.
-#[derive(Debug)]
 pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Nodes that got events in the transaction running now (guarded in effect by `conn`).
+    touched: Mutex<Vec<NodeId>>,
+    hook: Mutex<Option<EventHook>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 pub(super) fn db(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -141,6 +151,8 @@ impl SqliteStore {
         Ok(Self {
             path: path.into(),
             conn: Mutex::new(conn),
+            touched: Mutex::new(Vec::new()),
+            hook: Mutex::new(None),
         })
     }
 
@@ -155,16 +167,48 @@ impl SqliteStore {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Runs `f` in one transaction: everything it wrote is committed, or nothing when it fails.
+    /// Nodes that got events ([`Self::push_event`]) are told to the hook after the commit.
     fn write<T>(
         &self,
         context: &'static str,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn();
+        self.touched().clear();
         let tx = conn.transaction().map_err(db(context))?;
-        let out = f(&tx)?;
-        tx.commit().map_err(db(context))?;
+        let out = f(&tx).and_then(|out| tx.commit().map_err(db(context)).map(|()| out));
+        let mut touched = std::mem::take(&mut *self.touched());
+        drop(conn);
+        let out = out?;
+        touched.sort_unstable();
+        touched.dedup();
+        if !touched.is_empty() {
+            let hook = self.hook.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(hook) = hook {
+                for node in touched {
+                    hook(node);
+                }
+            }
+        }
         Ok(out)
+    }
+
+    fn touched(&self) -> MutexGuard<'_, Vec<NodeId>> {
+        self.touched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends `event` to `node`'s log inside `tx`; the hook hears of it once `tx` commits.
+    fn push_event(
+        &self,
+        tx: &Transaction<'_>,
+        node: NodeId,
+        event: &NodeEvent,
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        let seq = contracts::push_event(tx, node, event, now)?;
+        self.touched().push(node);
+        Ok(seq)
     }
 }
 
@@ -651,9 +695,18 @@ impl Store for SqliteStore {
                     if old_farm != i64::from(reg.farm_id) {
                         // The public configuration was the old farmer's: it does not follow
                         // the node into another farm's network.
-                        tx.prepare_cached("UPDATE nodes SET public_config = NULL WHERE id = ?1")
+                        let cleared = tx
+                            .prepare_cached(
+                                "UPDATE nodes SET public_config = NULL \
+                                 WHERE id = ?1 AND public_config IS NOT NULL",
+                            )
                             .and_then(|mut s| s.execute([id]))
                             .map_err(db("updating a node"))?;
+                        if cleared > 0 {
+                            let node = u32::try_from(id)
+                                .map_err(|_| StoreError::Corrupt(format!("node id {id}")))?;
+                            self.push_event(tx, node, &NodeEvent::PublicConfigChanged, now)?;
+                        }
                         tracing::info!(
                             node = id,
                             from = old_farm,
@@ -689,6 +742,7 @@ impl Store for SqliteStore {
             if n == 0 {
                 return Err(StoreError::NotFound(format!("node {node} does not exist")));
             }
+            self.push_event(tx, node, &NodeEvent::PublicConfigChanged, now)?;
             load_node(tx, node, now)?
                 .ok_or_else(|| StoreError::NotFound(format!("node {node} does not exist")))
         })
@@ -803,12 +857,12 @@ impl Store for SqliteStore {
         id: ContractId,
         hash: DeploymentHash,
         now: i64,
-    ) -> Result<(Contract, Option<NodeId>), StoreError> {
+    ) -> Result<Contract, StoreError> {
         self.write("updating a contract", |tx| {
             let c = live(tx, id)?;
             let ContractKind::Node { node_id, .. } = c.kind else {
                 return Err(StoreError::Conflict(format!(
-                    "contract {id} is not a node contract"
+                    "contract {id} is not a node contract: only node contracts carry a deployment hash"
                 )));
             };
             contracts::set_hash(tx, id, hash, now)?;
@@ -816,41 +870,24 @@ impl Store for SqliteStore {
                 contract_id: id,
                 deployment_hash: hash,
             };
-            contracts::push_event(tx, node_id, &event, now)?;
-            Ok((loaded(tx, id)?, Some(node_id)))
+            self.push_event(tx, node_id, &event, now)?;
+            loaded(tx, id)
         })
     }
 
-    fn cancel_contract(
-        &self,
-        id: ContractId,
-        now: i64,
-    ) -> Result<(Contract, Option<NodeId>), StoreError> {
+    fn cancel_contract(&self, id: ContractId, now: i64) -> Result<Contract, StoreError> {
         self.write("cancelling a contract", |tx| {
             let c = live(tx, id)?;
             contracts::set_state(tx, id, ContractState::Deleted, now)?;
-            let node = match c.kind {
-                ContractKind::Node { node_id, .. } => {
-                    contracts::push_event(
-                        tx,
-                        node_id,
-                        &NodeEvent::ContractCancelled { contract_id: id },
-                        now,
-                    )?;
-                    Some(node_id)
-                }
-                _ => None,
-            };
-            Ok((loaded(tx, id)?, node))
+            if let ContractKind::Node { node_id, .. } = c.kind {
+                let event = NodeEvent::ContractCancelled { contract_id: id };
+                self.push_event(tx, node_id, &event, now)?;
+            }
+            loaded(tx, id)
         })
     }
 
-    fn set_grace(
-        &self,
-        id: ContractId,
-        grace: bool,
-        now: i64,
-    ) -> Result<(Contract, Option<NodeId>), StoreError> {
+    fn set_grace(&self, id: ContractId, grace: bool, now: i64) -> Result<Contract, StoreError> {
         self.write("changing a grace period", |tx| {
             let c = live(tx, id)?;
             let (from, to) = if grace {
@@ -859,25 +896,22 @@ impl Store for SqliteStore {
                 (ContractState::GracePeriod, ContractState::Created)
             };
             if c.state != from {
+                let verb = if grace { "start" } else { "end" };
                 return Err(StoreError::Conflict(format!(
-                    "contract {id} is {:?}, not {from:?}",
-                    c.state
+                    "contract {id} is {}, so its grace period cannot {verb}",
+                    contracts::state_str(c.state)
                 )));
             }
             contracts::set_state(tx, id, to, now)?;
-            let node = match c.kind {
-                ContractKind::Node { node_id, .. } => {
-                    let event = if grace {
-                        NodeEvent::GracePeriodStarted { contract_id: id }
-                    } else {
-                        NodeEvent::GracePeriodEnded { contract_id: id }
-                    };
-                    contracts::push_event(tx, node_id, &event, now)?;
-                    Some(node_id)
-                }
-                _ => None,
-            };
-            Ok((loaded(tx, id)?, node))
+            if let ContractKind::Node { node_id, .. } = c.kind {
+                let event = if grace {
+                    NodeEvent::GracePeriodStarted { contract_id: id }
+                } else {
+                    NodeEvent::GracePeriodEnded { contract_id: id }
+                };
+                self.push_event(tx, node_id, &event, now)?;
+            }
+            loaded(tx, id)
         })
     }
 
@@ -890,6 +924,10 @@ impl Store for SqliteStore {
         self.write("reading events", |tx| {
             contracts::events(tx, node, after, limit)
         })
+    }
+
+    fn on_node_events(&self, hook: EventHook) {
+        *self.hook.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
     }
 
     fn dump(&self) -> Result<String, StoreError> {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod nodes;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -16,38 +18,51 @@ use zos_types::capacity::GIB;
 use zos_types::registry::{Farm, Hardware, Interface, Node, NodeRegistration, Twin};
 use zos_types::{Capacity, FarmId, Identity};
 
+/// Changes made to the default config of a test grid.
+type Configure = Arc<dyn Fn(&mut GridConfig) + Send + Sync>;
+
 /// A grid under test. Dropping it stops the server and removes its data directory.
 pub struct TestGrid {
     grid: Option<RunningGrid>,
     pub clock: ManualClock,
+    configure: Configure,
     dir: TempDir,
 }
 
 impl TestGrid {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// A grid whose config `configure` changed (kept across restarts).
+    pub async fn start_with(configure: impl Fn(&mut GridConfig) + Send + Sync + 'static) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let clock = ManualClock::starting_now();
-        let grid = Self::launch(&dir.path().join("data"), &clock).await;
+        let configure: Configure = Arc::new(configure);
+        let grid = Self::launch(&dir.path().join("data"), &clock, &configure).await;
         Self {
             grid: Some(grid),
             clock,
+            configure,
             dir,
         }
     }
 
-    async fn launch(data_dir: &std::path::Path, clock: &ManualClock) -> RunningGrid {
-        zos_grid::start(
-            GridConfig::new("127.0.0.1:0".parse().unwrap(), data_dir.into())
-                .with_clock(Arc::new(clock.clone())),
-        )
-        .await
-        .expect("grid starts")
+    async fn launch(
+        data_dir: &std::path::Path,
+        clock: &ManualClock,
+        configure: &Configure,
+    ) -> RunningGrid {
+        let mut config = GridConfig::new("127.0.0.1:0".parse().unwrap(), data_dir.into())
+            .with_clock(Arc::new(clock.clone()));
+        configure(&mut config);
+        zos_grid::start(config).await.expect("grid starts")
     }
 
     /// Stops the grid (waiting for it) and starts a new one on the same data directory.
     pub async fn restart(&mut self) {
         self.grid.take().unwrap().shutdown().await.unwrap();
-        self.grid = Some(Self::launch(&self.data_dir(), &self.clock).await);
+        self.grid = Some(Self::launch(&self.data_dir(), &self.clock, &self.configure).await);
     }
 
     pub fn data_dir(&self) -> PathBuf {
