@@ -701,6 +701,10 @@ async fn public_ip_with_anti_spoofing() {
     let seen: Vec<String> = web.peers().iter().map(|p| p.ip().to_string()).collect();
     assert!(seen.iter().all(|s| s == "10.99.0.50"), "{seen:?}");
 
+    // The public config cannot be taken away while an ip workload uses it.
+    assert!(node.net().setup_node(None).await.is_err());
+    assert!(zos_node::network::netns::exists(&format!("{}public", node.prefix())));
+
     // Tearing the ip workload down removes its interface and filter.
     node.net().teardown_public_ip(&ip_wl).await.unwrap();
     assert!(node.host.ip(&["link", "show", &at.ifname]).is_err());

@@ -119,6 +119,7 @@ impl Networker for RecordingNetworker {
                 .validate()
                 .map_err(|e| NetworkError::Invalid(format!("public config: {e}")))?;
         }
+        rules::check_public_change(&g.state, public.as_ref())?;
         g.state.node = Some(NodeRecord { public });
         Ok(())
     }
@@ -523,6 +524,12 @@ mod tests {
             Err(NetworkError::PublicIpTaken(_))
         ));
         assert_eq!(n.public_ips().await.unwrap().len(), 1);
+        // The public config cannot go (or lose IPv6) while an ip workload uses it.
+        assert!(n.setup_node(None).await.is_err());
+        let mut v4_only = public();
+        v4_only.config.ipv6 = None;
+        v4_only.config.gw6 = None;
+        assert!(n.setup_node(Some(v4_only)).await.is_err());
         n.teardown_public_ip(&ip).await.unwrap();
         assert!(n.public_ips().await.unwrap().is_empty());
         assert!(matches!(

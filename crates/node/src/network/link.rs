@@ -204,6 +204,21 @@ pub async fn set_master(h: &Handle, name: &str, bridge: &str) -> Result<(), Netw
         .map_err(nl("attaching to bridge", name))
 }
 
+/// Takes `name` out of its bridge, if it is in one; a missing link is fine.
+pub async fn set_nomaster(h: &Handle, name: &str) -> Result<(), NetworkError> {
+    let Some(l) = get(h, name).await? else {
+        return Ok(());
+    };
+    if l.master.is_none() {
+        return Ok(());
+    }
+    h.link()
+        .set(LinkUnspec::new_with_index(l.index).nocontroller().build())
+        .execute()
+        .await
+        .map_err(nl("detaching from its bridge", name))
+}
+
 /// Sets the MAC of `name` (unless it has it).
 pub async fn set_mac(h: &Handle, name: &str, mac: [u8; 6]) -> Result<(), NetworkError> {
     let l = need(h, name).await?;

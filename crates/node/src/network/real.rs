@@ -109,6 +109,12 @@ impl LinuxNetworker {
     // ---- node ----
 
     async fn setup_node_locked(&self, st: &mut State, public: Option<PublicSetup>) -> Result<()> {
+        rules::check_public_change(st, public.as_ref())?;
+        let old_exit = st
+            .node
+            .as_ref()
+            .and_then(|n| n.public.as_ref())
+            .map(|p| p.exit_iface.clone());
         if let Some(p) = &public {
             p.config
                 .validate()
@@ -180,7 +186,16 @@ impl LinuxNetworker {
         nft::apply(&ndmz, &self.cfg.nft, &nft::ndmz_ruleset()).await?;
 
         match &public {
-            Some(p) => self.public_up(p).await?,
+            Some(p) => {
+                if let Some(old) = old_exit.filter(|o| *o != p.exit_iface) {
+                    netns::in_netns(
+                        &host,
+                        move |h| async move { link::set_nomaster(&h, &old).await },
+                    )
+                    .await?;
+                }
+                self.public_up(p).await?
+            }
             None => self.public_down().await?,
         }
         st.node = Some(NodeRecord { public });

@@ -292,6 +292,30 @@ pub fn private_port<'a>(
         .filter(|p| p.owner == WlRef::from(vm))
 }
 
+/// Checks a change of the node's public setup: addresses `ip` workloads use stay available.
+pub fn check_public_change(st: &State, public: Option<&super::PublicSetup>) -> Result<()> {
+    let ports: Vec<&PortRecord> = st
+        .ports
+        .values()
+        .filter(|p| p.target == PortTarget::Public)
+        .collect();
+    if ports.is_empty() {
+        return Ok(());
+    }
+    match public {
+        None => Err(NetworkError::Invalid(format!(
+            "public config: {} public ip workloads still use it",
+            ports.len()
+        ))),
+        Some(p) if p.config.ipv6.is_none() && ports.iter().any(|x| x.ipv6.is_some()) => {
+            Err(NetworkError::Invalid(
+                "public config: public ip workloads still use its IPv6 prefix".into(),
+            ))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
 /// Checks a link request.
 pub fn check_link(link: &VmLink) -> Result<()> {
     if let VmLink::Veth { netns, ifname, .. } = link {
