@@ -8,6 +8,7 @@ packages=(
   xfsprogs e2fsprogs util-linux  # foreign filesystems in storage tests, losetup
   nftables        # node firewall and NAT
   wireguard-tools # wg: configures WireGuard interfaces (kernel and userspace)
+  iputils-ping    # ping in network tests
   busybox-static  # root file systems built by flist and VM tests
   pkg-config      # -sys crates
 )
