@@ -26,6 +26,7 @@ pub mod contracts;
 pub mod error;
 pub mod hub;
 pub mod relay;
+pub mod relay_bench;
 pub mod replay;
 pub mod store;
 

@@ -1,4 +1,4 @@
-//! `zos-grid`: serve the registry, or benchmark it.
+//! `zos-grid`: serve the registry, or benchmark it or its relay.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use zos_grid::bench::{self, BenchOptions};
+use zos_grid::relay_bench::{self, RelayBenchOptions};
 use zos_grid::{GridConfig, GridError, start, write_file_atomically};
 
 #[derive(Debug, Parser)]
@@ -57,6 +58,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure relay round trips per second (sealed calls to fake nodes on uplinks).
+    BenchRelay {
+        /// Number of nodes answering, each on its own uplink.
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// Number of calls to make.
+        #[arg(long, default_value_t = 5_000)]
+        calls: usize,
+        /// Calls in flight at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Size of each request's payload in bytes.
+        #[arg(long, default_value_t = 256)]
+        body_bytes: usize,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main]
@@ -100,6 +119,39 @@ async fn main() -> anyhow::Result<()> {
                     report.latency_p99_ms,
                     report.latency_max_ms,
                     report.setup_secs
+                );
+            }
+            Ok(())
+        }
+        Command::BenchRelay {
+            nodes,
+            calls,
+            concurrency,
+            body_bytes,
+            json,
+        } => {
+            let r = relay_bench::run(RelayBenchOptions {
+                nodes,
+                calls,
+                concurrency,
+                body_bytes,
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{} relay calls of {} bytes to {} nodes, {} in flight: {:.0} calls/s, \
+                     latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (setup {:.2} s)",
+                    r.calls,
+                    r.body_bytes,
+                    r.nodes,
+                    r.concurrency,
+                    r.calls_per_sec,
+                    r.latency_p50_ms,
+                    r.latency_p99_ms,
+                    r.latency_max_ms,
+                    r.setup_secs
                 );
             }
             Ok(())

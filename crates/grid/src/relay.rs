@@ -195,8 +195,13 @@ pub struct Relay {
     links: Mutex<HashMap<TwinId, Link>>,
     waiting: Mutex<Waiting>,
     seen: Mutex<SeenIds>,
+    /// Twins' public keys, which never change once registered.
+    keys: Mutex<HashMap<TwinId, PublicKey>>,
     next_conn: AtomicU64,
 }
+
+/// Twin keys the relay remembers at most (it forgets them all when full).
+const MAX_CACHED_KEYS: usize = 100_000;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded maps stay consistent across a panic (every change is one insert or remove).
@@ -252,6 +257,26 @@ impl Relay {
                 "the relay is carrying too many envelopes: try again later".into(),
             )),
         }
+    }
+
+    /// The public key of `twin`, from memory or from the store.
+    async fn twin_key(
+        &self,
+        app: &AppState,
+        twin: TwinId,
+    ) -> Result<Option<PublicKey>, ApiFailure> {
+        if let Some(k) = lock(&self.keys).get(&twin) {
+            return Ok(Some(*k));
+        }
+        let key = app.run(move |s| s.twin_key(twin)).await?;
+        if let Some(k) = key {
+            let mut keys = lock(&self.keys);
+            if keys.len() >= MAX_CACHED_KEYS {
+                keys.clear();
+            }
+            keys.insert(twin, k);
+        }
+        Ok(key)
     }
 
     /// Queues `env` on its destination's uplink and registers its sender as waiting.
@@ -683,13 +708,13 @@ async fn send(
         ));
     }
     let source = env.source;
-    let key = app
-        .run(move |s| s.twin_key(source))
+    let relay = app.relay().clone();
+    let key = relay
+        .twin_key(&app, source)
         .await?
         .ok_or_else(|| ApiFailure::Unauthorized(format!("source twin {source} does not exist")))?;
     let now = app.now();
     env.verify(&key, now).map_err(envelope_failure)?;
-    let relay = app.relay().clone();
     relay.first_sight(&env.id, env.expiration, now)?;
     let (id, dest, command) = (env.id.clone(), env.destination, env.command.clone());
     let wait = Duration::from_secs(((env.expiration - now).max(0) as u64).min(MAX_WAIT_SECS));
