@@ -703,7 +703,10 @@ async fn public_ip_with_anti_spoofing() {
 
     // The public config cannot be taken away while an ip workload uses it.
     assert!(node.net().setup_node(None).await.is_err());
-    assert!(zos_node::network::netns::exists(&format!("{}public", node.prefix())));
+    assert!(zos_node::network::netns::exists(&format!(
+        "{}public",
+        node.prefix()
+    )));
 
     // Tearing the ip workload down removes its interface and filter.
     node.net().teardown_public_ip(&ip_wl).await.unwrap();
