@@ -130,6 +130,7 @@ pub enum GridError {
 pub struct RunningGrid {
     addr: SocketAddr,
     store: Arc<dyn Store>,
+    relay: Arc<relay::Relay>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<io::Result<()>>>,
 }
@@ -160,6 +161,7 @@ pub async fn start(config: GridConfig) -> Result<RunningGrid, GridError> {
             .await
             .map_err(GridError::Task)??
     };
+    let relay = state.relay().clone();
     let app = api::router(state.clone()).merge(hub::router(state, Arc::new(hub)));
     let (stop, stopped) = oneshot::channel::<()>();
     let (stop_all, _) = tokio::sync::watch::channel(false);
@@ -192,6 +194,7 @@ pub async fn start(config: GridConfig) -> Result<RunningGrid, GridError> {
     Ok(RunningGrid {
         addr,
         store,
+        relay,
         stop: Some(stop),
         task: Some(task),
     })
@@ -225,9 +228,10 @@ impl RunningGrid {
         &self.store
     }
 
-    /// Stops accepting connections, lets requests in flight finish (at most
+    /// Closes the uplinks, stops accepting connections, lets requests in flight finish (at most
     /// [`SHUTDOWN_GRACE`]) and waits for the server to end.
     pub async fn shutdown(mut self) -> Result<(), GridError> {
+        self.relay.shut_down();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -248,6 +252,7 @@ impl RunningGrid {
 
 impl Drop for RunningGrid {
     fn drop(&mut self) {
+        self.relay.shut_down();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

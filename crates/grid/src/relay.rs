@@ -61,6 +61,8 @@ pub struct RelayConfig {
     pub max_waiting_per_twin: usize,
     /// Requests waiting for replies in all.
     pub max_waiting: usize,
+    /// Bytes of the envelopes of all waiting requests (each is held until its reply comes).
+    pub max_waiting_bytes: usize,
     /// Envelope ids remembered at most (each until it expires); more are refused with 503.
     pub max_seen: usize,
     /// How often the relay pings an uplink.
@@ -74,9 +76,10 @@ pub struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
-            uplink_queue: 256,
+            uplink_queue: 64,
             max_waiting_per_twin: 128,
             max_waiting: 16 * 1024,
+            max_waiting_bytes: 256 * 1024 * 1024,
             max_seen: 1_000_000,
             ping_every: Duration::from_secs(15),
             silence_limit: Duration::from_secs(45),
@@ -105,6 +108,8 @@ struct Link {
 struct Waiter {
     source: TwinId,
     dest: TwinId,
+    /// Size of the request envelope (JSON bytes).
+    bytes: usize,
     tx: oneshot::Sender<Envelope>,
 }
 
@@ -113,6 +118,7 @@ struct Waiter {
 struct Waiting {
     by_id: HashMap<String, Waiter>,
     per_twin: HashMap<TwinId, usize>,
+    bytes: usize,
 }
 
 impl Waiting {
@@ -124,11 +130,12 @@ impl Waiting {
                 "twin {dest} already has {count} requests waiting: try again later"
             )));
         }
-        if self.by_id.len() >= cfg.max_waiting {
+        if self.by_id.len() >= cfg.max_waiting || self.bytes + w.bytes > cfg.max_waiting_bytes {
             return Err(ApiFailure::Unavailable(
                 "the relay has too many requests waiting: try again later".into(),
             ));
         }
+        self.bytes += w.bytes;
         self.by_id.insert(id.to_string(), w);
         *self.per_twin.entry(dest).or_default() += 1;
         Ok(())
@@ -136,6 +143,7 @@ impl Waiting {
 
     fn remove(&mut self, id: &str) -> Option<Waiter> {
         let w = self.by_id.remove(id)?;
+        self.bytes -= w.bytes;
         if let Some(n) = self.per_twin.get_mut(&w.dest) {
             *n -= 1;
             if *n == 0 {
@@ -198,6 +206,8 @@ pub struct Relay {
     /// Twins' public keys, which never change once registered.
     keys: Mutex<HashMap<TwinId, PublicKey>>,
     next_conn: AtomicU64,
+    /// Cancelled when the grid shuts down: every uplink is closed.
+    shutdown: CancellationToken,
 }
 
 /// Twin keys the relay remembers at most (it forgets them all when full).
@@ -220,6 +230,12 @@ impl Relay {
     /// Its limits.
     pub fn config(&self) -> &RelayConfig {
         &self.config
+    }
+
+    /// Closes every uplink (the grid is stopping; nodes reconnect to its next run) and refuses
+    /// new ones.
+    pub fn shut_down(&self) {
+        self.shutdown.cancel();
     }
 
     /// Wakes the uplink of `node`, if connected, to send its new events.
@@ -279,8 +295,13 @@ impl Relay {
         Ok(key)
     }
 
-    /// Queues `env` on its destination's uplink and registers its sender as waiting.
-    fn forward(&self, env: Envelope) -> Result<oneshot::Receiver<Envelope>, ApiFailure> {
+    /// Queues `env` (of `bytes` JSON bytes) on its destination's uplink and registers its
+    /// sender as waiting.
+    fn forward(
+        &self,
+        env: Envelope,
+        bytes: usize,
+    ) -> Result<oneshot::Receiver<Envelope>, ApiFailure> {
         let dest = env.destination;
         let links = lock(&self.links);
         let link = links.get(&dest).ok_or_else(|| {
@@ -293,6 +314,7 @@ impl Relay {
         let waiter = Waiter {
             source: env.source,
             dest,
+            bytes,
             tx: reply_tx,
         };
         lock(&self.waiting).insert(&id, waiter, &self.config)?;
@@ -372,6 +394,9 @@ async fn uplink(
     signed: Signed,
 ) -> Result<Response, ApiFailure> {
     let twin = signed.twin()?;
+    if app.relay().shutdown.is_cancelled() {
+        return Err(ApiFailure::Unavailable("the grid is stopping".into()));
+    }
     let ws = ws.map_err(|r| {
         ApiFailure::BadRequest(format!(
             "{UPLINK_PATH} is a WebSocket: {}",
@@ -422,6 +447,7 @@ struct Session {
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
+    Shutdown,
     Replaced,
     TooSlow,
     ClosedByPeer,
@@ -469,6 +495,7 @@ impl Session {
         let mut last_heard = tokio::time::Instant::now();
         let end = loop {
             tokio::select! {
+                _ = self.relay.shutdown.cancelled() => break End::Shutdown,
                 _ = self.close.cancelled() => {
                     let replaced = lock(&self.relay.links).get(&self.twin).is_some_and(|l| l.conn != self.conn);
                     break if replaced { End::Replaced } else { End::TooSlow };
@@ -648,6 +675,7 @@ impl Session {
             }
         }
         let close = match end {
+            End::Shutdown => Some((1001, "the grid is stopping")),
             End::Replaced => Some((CLOSE_REPLACED, "replaced by a newer uplink")),
             End::TooSlow | End::WriteTimeout => Some((CLOSE_TOO_SLOW, "not reading its envelopes")),
             End::Protocol(why) => Some((1002, why)),
@@ -662,7 +690,7 @@ impl Session {
             let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(frame)).await;
         }
         match end {
-            End::Replaced | End::ClosedByPeer => {
+            End::Shutdown | End::Replaced | End::ClosedByPeer => {
                 tracing::info!(twin = self.twin, reason = ?end, "uplink closed")
             }
             _ => tracing::warn!(twin = self.twin, reason = ?end, "uplink dropped"),
@@ -718,7 +746,7 @@ async fn send(
     relay.first_sight(&env.id, env.expiration, now)?;
     let (id, dest, command) = (env.id.clone(), env.destination, env.command.clone());
     let wait = Duration::from_secs(((env.expiration - now).max(0) as u64).min(MAX_WAIT_SECS));
-    let reply = relay.forward(env)?;
+    let reply = relay.forward(env, body.len())?;
     let _guard = WaitGuard {
         relay: &relay,
         id: id.clone(),
@@ -765,6 +793,7 @@ mod tests {
         let waiter = |dest| Waiter {
             source: 1,
             dest,
+            bytes: 10,
             tx: oneshot::channel().0,
         };
         w.insert("a", waiter(7), &cfg).unwrap();
@@ -784,5 +813,17 @@ mod tests {
         assert_eq!(w.drop_for(7), 1);
         assert!(!w.per_twin.contains_key(&7));
         assert_eq!(w.by_id.len(), 1);
+        assert_eq!(w.bytes, 10);
+
+        let cfg = RelayConfig {
+            max_waiting_bytes: 25,
+            ..RelayConfig::default()
+        };
+        let mut w = Waiting::default();
+        w.insert("a", waiter(7), &cfg).unwrap();
+        w.insert("b", waiter(8), &cfg).unwrap();
+        assert!(w.insert("c", waiter(9), &cfg).is_err(), "30 bytes > 25");
+        w.remove("a");
+        w.insert("c", waiter(9), &cfg).unwrap();
     }
 }

@@ -632,3 +632,41 @@ async fn a_silent_uplink_is_dropped_and_a_reading_one_is_kept() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     user.call(alive.twin, "zos.x", &json!(null)).await.unwrap();
 }
+
+#[tokio::test]
+async fn stopping_the_grid_closes_uplinks_and_nodes_reconnect_to_its_next_run() {
+    let mut g = grid(RelayConfig::default()).await;
+    let n = node_twin(&g).await;
+    let mut link = n.connect(&g.url()).await;
+    let (user, _) = g.twin().await;
+    let waiting = {
+        let env = sealed(&user, n.twin, &n.identity().public_key(), 30, b"{}");
+        let user = user.clone();
+        tokio::spawn(async move { user.relay_send(&env).await })
+    };
+    assert!(matches!(
+        link.next().await,
+        Some(Ok(UplinkFrame::Envelope { .. }))
+    ));
+    let started = Instant::now();
+    g.restart().await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), link.next())
+        .await
+        .expect("the uplink is closed when the grid stops");
+    assert!(ended.is_none(), "{ended:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The request in flight failed rather than hanging until its expiry.
+    let e = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the sender got an answer")
+        .unwrap()
+        .unwrap_err();
+    assert!(e.is_transient(), "{e:?}");
+
+    let _node = echo_node(&g.url(), &n).await;
+    let user = GridClient::new(&g.url())
+        .unwrap()
+        .with_identity(user.identity().unwrap().clone())
+        .with_twin(user.twin_id().unwrap());
+    user.call(n.twin, "zos.x", &json!(null)).await.unwrap();
+}
