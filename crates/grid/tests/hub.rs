@@ -255,6 +255,33 @@ async fn blocks_are_stored_once_verified_and_served() {
 }
 
 #[tokio::test]
+async fn concurrent_uploads_of_one_block_with_one_key_both_succeed() {
+    // Two packs by the same twin (two processes) may upload the same block in the same
+    // second: same key, same request, same signature. The hub refuses the second as a replay;
+    // the client sees the block there and succeeds.
+    let hub = TestHub::start().await;
+    let who = hub.twin().await;
+    let b = block::encode(b"a block two packs share");
+    let one = hub.hub(&who).block_store().unwrap();
+    let two = hub.hub(&who).block_store().unwrap();
+    let (r1, r2) = tokio::join!(one.put(&b.block.id, &b.data), two.put(&b.block.id, &b.data));
+    r1.unwrap();
+    r2.unwrap();
+    assert_eq!(hub.block_files(), 1);
+    // A refused upload of a block the hub does not have still fails.
+    let stranger = (Identity::generate().unwrap(), 4242);
+    let other = block::encode(b"not there");
+    let err = hub
+        .hub(&stranger)
+        .block_store()
+        .unwrap()
+        .put(&other.block.id, &other.data)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+}
+
+#[tokio::test]
 async fn hostile_block_requests_change_nothing() {
     let hub = TestHub::start().await;
     let who = hub.twin().await;

@@ -101,6 +101,17 @@ impl HttpStore {
     }
 
     fn request(&self, method: Method, url: Url, body: Vec<u8>) -> reqwest::RequestBuilder {
+        self.request_at(method, url, body, zos_types::auth::unix_now())
+    }
+
+    /// A request signed (when the store has a key) with timestamp `ts`.
+    fn request_at(
+        &self,
+        method: Method,
+        url: Url,
+        body: Vec<u8>,
+        ts: i64,
+    ) -> reqwest::RequestBuilder {
         let mut req = self.client.request(method.clone(), url.clone());
         if let Some(auth) = &self.auth
             && method != Method::GET
@@ -115,7 +126,7 @@ impl HttpStore {
                 auth.1,
                 method.as_str(),
                 &pq,
-                zos_types::auth::unix_now(),
+                ts,
                 &body,
             );
             req = req.header(zos_types::auth::HEADER, signed.to_string());
@@ -192,9 +203,24 @@ impl BlockStore for HttpStore {
 
     async fn put(&self, id: &BlockId, data: &[u8]) -> Result<(), StoreError> {
         let url = self.url(&[&id.to_hex()]);
-        let resp = self
-            .send(self.request(Method::PUT, url.clone(), data.to_vec()), &url)
+        let now = zos_types::auth::unix_now();
+        let mut resp = self
+            .send(
+                self.request_at(Method::PUT, url.clone(), data.to_vec(), now),
+                &url,
+            )
             .await?;
+        if resp.status() == StatusCode::UNAUTHORIZED && self.auth.is_some() {
+            // Another upload of the same block with the same key in the same second (another
+            // pack of the same twin) carries the same signature, which the hub refuses as a
+            // replay. Sign once more with another timestamp: a real refusal stays a refusal.
+            resp = self
+                .send(
+                    self.request_at(Method::PUT, url.clone(), data.to_vec(), now + 1),
+                    &url,
+                )
+                .await?;
+        }
         if !resp.status().is_success() {
             return Err(self.status(&url, resp.status()));
         }
