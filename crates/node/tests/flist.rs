@@ -230,6 +230,12 @@ async fn mounts_outlive_the_manager_are_adopted_and_remade_when_killed() {
     let m1 = ProcessFlists::new(config.clone()).unwrap();
     let info = m1.mount("vm1", &url).await.unwrap();
     assert_eq!(info.mountpoint, env.path("mnt").join("t1-vm1"));
+    let listed = zos_testkit::disk::mounts().unwrap();
+    let m = listed
+        .iter()
+        .find(|m| m.mount_point == info.mountpoint)
+        .unwrap();
+    assert_eq!(m.source, PathBuf::from("flist:t1-vm1"), "{m:?}");
     let pid = info.pid.unwrap();
     let file = info.mountpoint.join("usr/lib/shared.so");
     assert!(read(file.clone()).await.unwrap() == env.source("app.fl", "usr/lib/shared.so"));

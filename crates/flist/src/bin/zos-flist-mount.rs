@@ -28,6 +28,9 @@ struct Args {
     /// Blocks (512 KiB) fetched ahead of sequential readers.
     #[arg(long, default_value_t = 8)]
     readahead: usize,
+    /// Name shown as the mount's source in /proc/mounts (default: the flist's file name).
+    #[arg(long)]
+    fsname: Option<String>,
     /// Where to mount.
     mountpoint: PathBuf,
 }
@@ -47,6 +50,7 @@ fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let options = MountOptions {
         readahead_blocks: a.readahead,
+        fsname: a.fsname,
         ..MountOptions::default()
     };
     serve(ServeConfig {

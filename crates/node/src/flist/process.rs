@@ -324,6 +324,9 @@ impl ProcessFlists {
         if let Some(rw) = &e.rw_dir {
             cmd.arg("--rw-dir").arg(rw);
         }
+        // The source column of /proc/mounts names the node and the mount.
+        cmd.arg("--fsname")
+            .arg(format!("flist:{}{name}", self.config.prefix));
         cmd.arg(mp);
         let log_path = self.log_path(name);
         let log = std::fs::OpenOptions::new()
