@@ -83,7 +83,8 @@ pub async fn connect(base: &str, identity: &Identity, twin: TwinId) -> Result<Up
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_ENVELOPE_BYTES + 4096))
         .max_frame_size(Some(MAX_ENVELOPE_BYTES + 4096));
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), false)
+    // `true`: no Nagle delay, replies go out at once.
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
         .await
         .map_err(|e| match e {
             tungstenite::Error::Http(response) => {

@@ -38,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -169,11 +170,17 @@ pub async fn start(config: GridConfig) -> Result<RunningGrid, GridError> {
     for (bound, listener) in listeners {
         let mut stop_rx = stop_all.subscribe();
         servers.push(tokio::spawn(
-            axum::serve(listener, app.clone())
-                .with_graceful_shutdown(async move {
-                    let _ = stop_rx.wait_for(|s| *s).await;
-                })
-                .into_future(),
+            // No Nagle delay: relay frames and replies are small and latency-bound.
+            axum::serve(
+                listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                }),
+                app.clone(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            })
+            .into_future(),
         ));
         if bound != addr {
             tracing::info!(addr = %bound, "registry also listening");
