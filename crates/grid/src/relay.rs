@@ -15,9 +15,9 @@
 //! source twin's key, its expiry, its size, and that its id was not seen before (ids are kept
 //! until they expire). Replies coming up an uplink must be signed by that uplink's twin and
 //! answer a request sent to it. State is bounded ([`RelayConfig`]): a queue of envelopes per
-//! uplink (a node that does not read them loses its uplink), a number of requests waiting per
-//! destination and in all, and the envelope ids. One uplink per twin: a new one replaces the old,
-//! which is closed. Events of a node's log are pushed as the store records them (the store's
+//! uplink (a node that does not read them loses its uplink), the requests waiting per
+//! destination and in all (count and bytes), and the envelope ids. One uplink per twin: a new
+//! one replaces the old, which is closed; all are closed when the grid stops. Events of a node's log are pushed as the store records them (the store's
 //! [`EventHook`](crate::store::EventHook) wakes the uplink).
 
 use std::cmp::Reverse;
