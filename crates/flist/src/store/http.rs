@@ -121,14 +121,7 @@ impl HttpStore {
                 Some(q) => format!("{}?{q}", url.path()),
                 None => url.path().to_string(),
             };
-            let signed = RequestAuth::sign(
-                &auth.0,
-                auth.1,
-                method.as_str(),
-                &pq,
-                ts,
-                &body,
-            );
+            let signed = RequestAuth::sign(&auth.0, auth.1, method.as_str(), &pq, ts, &body);
             req = req.header(zos_types::auth::HEADER, signed.to_string());
         }
         req.body(body)
