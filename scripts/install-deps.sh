@@ -11,6 +11,10 @@ packages=(
   iputils-ping    # ping in network tests
   busybox-static  # root file systems built by flist and VM tests
   pkg-config      # -sys crates
+  qemu-system-x86 # VMs (vmm tests, benchmarks)
+  cpio            # guest initramfs (scripts/build-guest.sh)
+  libseccomp-dev libcap-ng-dev  # cargo install virtiofsd
+  extlinux syslinux-common       # bootable raw image of the VM-mode test
 )
 
 missing=()
@@ -36,4 +40,9 @@ fi
 if ! command -v boringtun-cli >/dev/null 2>&1; then
   echo "installing boringtun-cli (userspace WireGuard)" >&2
   cargo install --locked boringtun-cli
+fi
+
+if ! command -v virtiofsd >/dev/null 2>&1 && [[ ! -x /usr/libexec/virtiofsd ]]; then
+  echo "installing virtiofsd (vhost-user file system daemon for VMs)" >&2
+  cargo install --locked virtiofsd
 fi
