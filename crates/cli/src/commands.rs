@@ -104,6 +104,22 @@ pub enum NodeCmd {
     Show { id: u32 },
     /// Ask a node for its capacity and usage (over the relay).
     Stats { id: u32 },
+    /// Set a node's public network config (farmers): the address its public traffic uses and
+    /// the gateway, e.g. `zos node public-config 3 --ipv4 185.69.166.7/24 --gw4 185.69.166.1`.
+    PublicConfig {
+        id: u32,
+        #[arg(long)]
+        ipv4: ipnet::Ipv4Net,
+        #[arg(long)]
+        gw4: std::net::Ipv4Addr,
+        #[arg(long, requires = "gw6")]
+        ipv6: Option<ipnet::Ipv6Net>,
+        #[arg(long, requires = "ipv6")]
+        gw6: Option<std::net::Ipv6Addr>,
+        /// A domain whose subdomains point at this node, for web gateways.
+        #[arg(long)]
+        domain: Option<String>,
+    },
 }
 
 fn size(s: &str) -> Result<u64, String> {
@@ -419,6 +435,35 @@ pub async fn node(cmd: NodeCmd, g: &Global) -> anyhow::Result<()> {
                 print_nodes(&nodes);
                 Ok(())
             }
+        }
+        NodeCmd::PublicConfig {
+            id,
+            ipv4,
+            gw4,
+            ipv6,
+            gw6,
+            domain,
+        } => {
+            let config = zos_types::registry::PublicConfig {
+                ipv4,
+                gw4,
+                ipv6,
+                gw6,
+                domain,
+            };
+            let n = signed_client(g)
+                .await?
+                .set_public_config(id, &config)
+                .await
+                .with_context(|| format!("setting the public config of node {id}"))?;
+            if g.json {
+                return output::json(&n);
+            }
+            println!(
+                "node {id}: public config {} via {} set; the node applies it within seconds",
+                config.ipv4, config.gw4
+            );
+            Ok(())
         }
         NodeCmd::Stats { id } => {
             let n = c.get_node(id).await?;

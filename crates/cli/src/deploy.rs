@@ -149,7 +149,21 @@ fn finish(node: NodeId, d: &Deployment, g: &Global) -> anyhow::Result<()> {
 pub async fn deploy(file: &Path, node: NodeId, wait: Duration, g: &Global) -> anyhow::Result<()> {
     let c = signed_client(g).await?;
     let me = c.twin_id().context("no twin")?;
-    let mut d = deployfile::parse(&read_file(file)?, me)?;
+    let d = deployfile::parse(&read_file(file)?, me)?;
+    let done = submit(&c, node, d, wait, g.json).await?;
+    finish(node, &done, g)
+}
+
+/// Makes the contract of `d` on `node`, signs and sends `d`, and follows it until every
+/// workload settles. A deployment the node refuses leaves no contract behind.
+pub async fn submit(
+    c: &GridClient,
+    node: NodeId,
+    mut d: Deployment,
+    wait: Duration,
+    quiet: bool,
+) -> anyhow::Result<Deployment> {
+    let me = c.twin_id().context("no twin")?;
     let target = c
         .get_node(node)
         .await
@@ -175,12 +189,99 @@ pub async fn deploy(file: &Path, node: NodeId, wait: Duration, g: &Global) -> an
             contract.id
         )));
     }
-    if !g.json {
+    if !quiet {
         eprintln!("contract {} on node {node}: deployment sent", contract.id);
     }
     let names: Vec<String> = d.workloads.iter().map(|w| w.name.clone()).collect();
-    let done = follow(&c, target.twin_id, contract.id, 0, &names, wait, g.json).await?;
-    finish(node, &done, g)
+    follow(c, target.twin_id, contract.id, 0, &names, wait, quiet).await
+}
+
+/// Changes deployment `contract` to `desired` (workloads whose data changed get a new
+/// version), and follows the changed workloads until they settle.
+pub async fn update_to(
+    c: &GridClient,
+    contract: ContractId,
+    desired: &Deployment,
+    wait: Duration,
+    quiet: bool,
+) -> anyhow::Result<(NodeId, Deployment)> {
+    let me = c.twin_id().context("no twin")?;
+    let (node, twin) = node_of(c, contract).await?;
+    let current = fetch(c, twin, contract).await?;
+    let mut next = deployfile::next_version(&current, desired)?;
+    c.update_node_contract(
+        contract,
+        &UpdateNodeContract {
+            deployment_hash: next.hash()?,
+        },
+    )
+    .await
+    .context("updating the contract's hash")?;
+    next.sign(me, c.identity().context("no key")?)?;
+    // This update's results are the log entries after the last one now.
+    let log = c
+        .call(
+            twin,
+            "zos.deployment.changes",
+            &json!({ "contract_id": contract }),
+        )
+        .await?;
+    let since = log
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["seq"].as_i64())
+        .max()
+        .unwrap_or(0);
+    c.call(twin, "zos.deployment.update", &next)
+        .await
+        .context("the node refused the update")?;
+    let changed: Vec<String> = next
+        .workloads
+        .iter()
+        .filter(|w| w.version == next.version)
+        .map(|w| w.name.clone())
+        .collect();
+    // Only the workloads this update touches get new results.
+    let done = follow(c, twin, contract, since, &changed, wait, quiet).await?;
+    Ok((node, done))
+}
+
+/// Cancels `contract` and waits until its node removed the deployment.
+pub async fn cancel(
+    c: &GridClient,
+    contract: ContractId,
+    wait: Duration,
+    quiet: bool,
+) -> anyhow::Result<NodeId> {
+    let (node, twin) = node_of(c, contract).await?;
+    c.cancel_contract(contract).await?;
+    let start = Instant::now();
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
+    bar.set_message(format!(
+        "contract {contract} cancelled; node {node} removes the workloads"
+    ));
+    bar.enable_steady_tick(Duration::from_millis(120));
+    loop {
+        match fetch(c, twin, contract).await {
+            Err(e) if format!("{e:#}").contains("not found") => break,
+            Err(e) => return Err(e),
+            Ok(_) if start.elapsed() > wait => {
+                bar.abandon();
+                bail!(
+                    "node {node} still has deployment {contract} after {} s",
+                    wait.as_secs()
+                );
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+    bar.finish_and_clear();
+    Ok(node)
 }
 
 pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
@@ -268,81 +369,13 @@ pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
             file,
             wait,
         } => {
-            let (node, twin) = node_of(&c, contract).await?;
-            let current = fetch(&c, twin, contract).await?;
             let desired = deployfile::parse(&read_file(&file)?, me)?;
-            let mut next = deployfile::next_version(&current, &desired)?;
-            c.update_node_contract(
-                contract,
-                &UpdateNodeContract {
-                    deployment_hash: next.hash()?,
-                },
-            )
-            .await
-            .context("updating the contract's hash")?;
-            next.sign(me, c.identity().context("no key")?)?;
-            // This update's results are the log entries after the last one now.
-            let log = c
-                .call(
-                    twin,
-                    "zos.deployment.changes",
-                    &json!({ "contract_id": contract }),
-                )
-                .await?;
-            let since = log
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e["seq"].as_i64())
-                .max()
-                .unwrap_or(0);
-            c.call(twin, "zos.deployment.update", &next)
-                .await
-                .context("the node refused the update")?;
-            let changed: Vec<String> = next
-                .workloads
-                .iter()
-                .filter(|w| w.version == next.version)
-                .map(|w| w.name.clone())
-                .collect();
-            // Only the workloads this update touches get new results.
-            let done = follow(
-                &c,
-                twin,
-                contract,
-                since,
-                &changed,
-                Duration::from_secs(wait),
-                g.json,
-            )
-            .await?;
+            let (node, done) =
+                update_to(&c, contract, &desired, Duration::from_secs(wait), g.json).await?;
             finish(node, &done, g)
         }
         DeploymentCmd::Cancel { contract, wait } => {
-            let (node, twin) = node_of(&c, contract).await?;
-            c.cancel_contract(contract).await?;
-            let start = Instant::now();
-            let bar = if g.json {
-                ProgressBar::hidden()
-            } else {
-                ProgressBar::new_spinner()
-            };
-            bar.set_message(format!(
-                "contract {contract} cancelled; node {node} removes the workloads"
-            ));
-            bar.enable_steady_tick(Duration::from_millis(120));
-            loop {
-                match fetch(&c, twin, contract).await {
-                    Err(e) if format!("{e:#}").contains("not found") => break,
-                    Err(e) => return Err(e),
-                    Ok(_) if start.elapsed() > Duration::from_secs(wait) => {
-                        bar.abandon();
-                        bail!("node {node} still has deployment {contract} after {wait} s");
-                    }
-                    Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-                }
-            }
-            bar.finish_and_clear();
+            let node = cancel(&c, contract, Duration::from_secs(wait), g.json).await?;
             if g.json {
                 output::json(&json!({"contract_id": contract, "cancelled": true}))
             } else {

@@ -5,6 +5,7 @@ mod deploy;
 mod deployfile;
 mod devnet;
 mod flist;
+mod network;
 mod output;
 
 use std::path::PathBuf;
@@ -68,6 +69,9 @@ enum Command {
     /// Flists: pack, inspect, mount, push to the hub, list.
     #[command(subcommand)]
     Flist(flist::FlistCmd),
+    /// Private networks across nodes: create, join from this machine, show, delete.
+    #[command(subcommand)]
+    Network(network::NetworkCmd),
 }
 
 fn main() {
@@ -96,6 +100,7 @@ fn main() {
             Command::Node(c) => commands::node(c, &cli.global).await,
             Command::Devnet(c) => devnet::run(c, &cli.global).await,
             Command::Flist(c) => flist::run(c, &cli.global).await,
+            Command::Network(c) => network::run(c, &cli.global).await,
             Command::Deploy { file, node, wait } => {
                 deploy::deploy(
                     &file,

@@ -14,7 +14,11 @@ use zos_types::workload::WorkloadType;
 use crate::api::NodeApi;
 use crate::config::NodeConfig;
 use crate::identity;
-use crate::provision::{Engine, EngineConfig, Manager, Store, volume_manager, zmount_manager};
+use crate::network::{LinuxNetworker, NetworkConfig, Networker, PublicSetup};
+use crate::provision::{
+    Engine, EngineConfig, GridView, IpManager, Manager, NetworkManager, Store, volume_manager,
+    zmount_manager,
+};
 use crate::registrar::{Registrar, RegistrarConfig, StorageFacts, error_chain, registration};
 use crate::storage::{BtrfsStorage, StorageConfig};
 use crate::system::System;
@@ -22,6 +26,51 @@ use crate::uplink::{ClientView, Uplink};
 
 /// How often the cache quota follows the cache's usage.
 const CACHE_ADJUST_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// How often the public config is read again even without an event.
+const PUBLIC_CONFIG_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Applies the public config the grid holds for `node`, when it differs from the node's.
+async fn follow_public_config<N: Networker>(
+    client: &GridClient,
+    node: zos_types::NodeId,
+    iface: Option<&str>,
+    net: &N,
+) {
+    let config = match client.get_node(node).await {
+        Ok(n) => n.public_config,
+        Err(e) => {
+            warn!(error = %error_chain(&e), "cannot read this node's public config");
+            return;
+        }
+    };
+    let want = match (config, iface) {
+        (Some(config), Some(iface)) => Some(PublicSetup {
+            config,
+            exit_iface: iface.to_string(),
+        }),
+        (Some(_), None) => {
+            warn!(
+                "the farmer set a public config, but this node was booted without public_iface=: \
+                 public IPs stay unavailable until it is given the interface to use"
+            );
+            None
+        }
+        (None, _) => None,
+    };
+    match net.public_setup().await {
+        Ok(have) if have == want => return,
+        Ok(_) => {}
+        Err(e) => {
+            warn!(error = %error_chain(&e), "cannot read the node's public setup");
+            return;
+        }
+    }
+    match net.setup_node(want.clone()).await {
+        Ok(()) => info!(public = ?want.map(|p| p.config), "public config applied"),
+        Err(e) => warn!(error = %error_chain(&e), "cannot apply the public config"),
+    }
+}
 
 /// The version of this build, reported to the grid.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -95,6 +144,35 @@ pub async fn run(
         });
     }
 
+    // Network: what the state file records comes back first (tunnels are adopted, not remade),
+    // then the node's own setup with the public config it had.
+    let net_cfg = NetworkConfig::new(
+        &cfg.prefix,
+        state_dir.clone(),
+        state_dir.join("wireguard"),
+        &identity.public_key().to_string(),
+    );
+    let net = Arc::new(LinuxNetworker::open(net_cfg).context("opening the network state")?);
+    let report = net
+        .reconcile()
+        .await
+        .context("bringing the node's networks back")?;
+    net.setup_node(net.public_setup().await?)
+        .await
+        .context("setting up the node's network")?;
+    info!(
+        backend = ?net.backend(),
+        networks = report.networks,
+        adopted = report.adopted,
+        restarted = report.restarted,
+        ports = report.ports,
+        failed = report.failed.len(),
+        "network ready"
+    );
+    for f in &report.failed {
+        warn!(what = %f, "not brought back");
+    }
+
     // Provisioning: the store, the managers, the engine and its worker.
     let store = Arc::new(
         Store::open(&state_dir.join("provision.sqlite")).context("opening the deployment store")?,
@@ -109,6 +187,17 @@ pub async fn run(
     managers.insert(
         WorkloadType::Volume,
         Arc::new(volume_manager(pools.clone())),
+    );
+    managers.insert(
+        WorkloadType::Network,
+        Arc::new(NetworkManager::new(net.clone())),
+    );
+    managers.insert(
+        WorkloadType::Ip,
+        Arc::new(IpManager::new(
+            net.clone(),
+            view.clone() as Arc<dyn GridView>,
+        )),
     );
     let (node_tx, node_rx) = watch::channel(None);
     let engine = Arc::new(Engine::new(
@@ -127,7 +216,40 @@ pub async fn run(
         .context("queueing the reconciliation of stored deployments")?;
     info!(deployments = pending, "reconciling stored deployments");
     tasks.spawn(engine.clone().run(stop.clone()));
-    let api = Arc::new(NodeApi::new(engine.clone(), pools.clone(), status.clone()));
+    let api = Arc::new(NodeApi::new(
+        engine.clone(),
+        pools.clone(),
+        net.clone(),
+        status.clone(),
+    ));
+    let public_changed = Arc::new(tokio::sync::Notify::new());
+
+    // The public config follows what the farmer set on the grid.
+    {
+        let (stop, mut status) = (stop.clone(), status.clone());
+        let (net, changed) = (net.clone(), public_changed.clone());
+        let client = GridClient::new(&cfg.grid)?;
+        let iface = cfg.public_iface.clone();
+        tasks.spawn(async move {
+            let node = loop {
+                if let Some(id) = status.borrow_and_update().node_id {
+                    break id;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = status.changed() => if r.is_err() { return },
+                }
+            };
+            loop {
+                follow_public_config(&client, node, iface.as_deref(), net.as_ref()).await;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = changed.notified() => {}
+                    _ = tokio::time::sleep(PUBLIC_CONFIG_EVERY) => {}
+                }
+            }
+        });
+    }
 
     // The uplink starts once the node knows its twin; the engine learns its node id.
     {
@@ -154,6 +276,7 @@ pub async fn run(
                 api,
                 engine,
                 view,
+                public_config_changed: public_changed,
             };
             uplink.run(stop).await;
         });

@@ -10,6 +10,12 @@
 //! | `zos.storage.pools` | – | every pool: name, type, size, used |
 //! | `zos.system.version` | – | `{"zos": "<version>"}` |
 //! | `zos.system.diagnostics` | – | health of each module |
+//! | `zos.network.list_wg_ports` | – | WireGuard listen ports taken on the node |
+//! | `zos.network.public_config_get` | – | the node's public config, as the node applied it |
+//! | `zos.network.interfaces` | – | the node's interfaces (host and public) with MAC and addresses |
+//! | `zos.network.list_private_ips` | `{"network_name": S}` | addresses machines use in the sender's network |
+//! | `zos.network.list_public_ips` | – | public IPv4 addresses `ip` workloads use on the node |
+//! | `zos.network.wireguard` | `{"network_name": S}` | the sender's network resource: key, port, peers and transfer counters |
 //!
 //! Only a deployment's own twin sees or changes it.
 
@@ -21,6 +27,7 @@ use tokio::sync::watch;
 use zos_types::deployment::{ContractId, Deployment, MAX_DEPLOYMENT_BYTES};
 use zos_types::{Capacity, TwinId};
 
+use crate::network::Networker;
 use crate::provision::{Engine, EngineError};
 use crate::registrar::{RegistrarStatus, error_chain};
 use crate::storage::Storage;
@@ -37,6 +44,18 @@ pub enum Command {
     Pools,
     Version,
     Diagnostics,
+    WgPorts,
+    PublicConfig,
+    Interfaces,
+    PrivateIps(String),
+    PublicIps,
+    Wireguard(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkArg {
+    network_name: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,7 +74,13 @@ pub enum ApiError {
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
     Internal(String),
+}
+
+fn net_err(e: crate::network::NetworkError) -> ApiError {
+    ApiError::Internal(error_chain(&e))
 }
 
 fn body<T: serde::de::DeserializeOwned>(command: &str, raw: &[u8]) -> Result<T, ApiError> {
@@ -91,6 +116,16 @@ impl Command {
             "zos.storage.pools" => none(Command::Pools)?,
             "zos.system.version" => none(Command::Version)?,
             "zos.system.diagnostics" => none(Command::Diagnostics)?,
+            "zos.network.list_wg_ports" => none(Command::WgPorts)?,
+            "zos.network.public_config_get" => none(Command::PublicConfig)?,
+            "zos.network.interfaces" => none(Command::Interfaces)?,
+            "zos.network.list_public_ips" => none(Command::PublicIps)?,
+            "zos.network.list_private_ips" => {
+                Command::PrivateIps(body::<NetworkArg>(command, raw)?.network_name)
+            }
+            "zos.network.wireguard" => {
+                Command::Wireguard(body::<NetworkArg>(command, raw)?.network_name)
+            }
             other => return Err(ApiError::UnknownCommand(other.to_string())),
         })
     }
@@ -113,27 +148,30 @@ pub struct UserCounts {
 }
 
 /// Runs commands against the node's modules.
-pub struct NodeApi<S> {
+pub struct NodeApi<S, N> {
     engine: Arc<Engine>,
     storage: Arc<S>,
+    net: Arc<N>,
     registrar: watch::Receiver<RegistrarStatus>,
 }
 
-impl<S> std::fmt::Debug for NodeApi<S> {
+impl<S, N> std::fmt::Debug for NodeApi<S, N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeApi").finish_non_exhaustive()
     }
 }
 
-impl<S: Storage + 'static> NodeApi<S> {
+impl<S: Storage + 'static, N: Networker + 'static> NodeApi<S, N> {
     pub fn new(
         engine: Arc<Engine>,
         storage: Arc<S>,
+        net: Arc<N>,
         registrar: watch::Receiver<RegistrarStatus>,
     ) -> Self {
         Self {
             engine,
             storage,
+            net,
             registrar,
         }
     }
@@ -193,17 +231,49 @@ impl<S: Storage + 'static> NodeApi<S> {
             Command::Diagnostics => {
                 let reg = self.registrar.borrow().clone();
                 let storage_ok = self.storage.pools().await.is_ok();
+                let network = self.net.wireguard_ports().await;
+                let network_ok = network.is_ok();
                 let grid_ok = reg.last_error.is_none() && reg.node_id.is_some();
                 let limited = self.engine.config().limited.clone();
                 Ok(json!({
-                    "healthy": storage_ok && grid_ok && limited.is_none(),
+                    "healthy": storage_ok && grid_ok && network_ok && limited.is_none(),
                     "modules": {
                         "storage": {"ok": storage_ok, "limited": limited},
                         "registrar": {"ok": grid_ok, "node_id": reg.node_id, "twin_id": reg.twin_id,
                                       "last_report": reg.last_report, "error": reg.last_error},
                         "provision": {"ok": true},
+                        "network": {"ok": network_ok, "error": network.err().map(|e| error_chain(&e))},
                     }
                 }))
+            }
+            Command::WgPorts => to_json(&self.net.wireguard_ports().await.map_err(net_err)?),
+            Command::PublicConfig => match self.net.public_setup().await.map_err(net_err)? {
+                Some(p) => to_json(&p.config),
+                None => Err(ApiError::NotFound(
+                    "this node has no public config: its farmer sets one with `zos node public-config set`"
+                        .into(),
+                )),
+            },
+            Command::Interfaces => to_json(&self.net.interfaces().await.map_err(net_err)?),
+            Command::PublicIps => to_json(&self.net.public_ips().await.map_err(net_err)?),
+            Command::PrivateIps(name) => {
+                to_json(&self.net.private_ips(source, &name).await.map_err(net_err)?)
+            }
+            Command::Wireguard(name) => {
+                let info = self
+                    .net
+                    .network_info(source, &name)
+                    .await
+                    .map_err(net_err)?
+                    .ok_or_else(|| {
+                        ApiError::NotFound(format!("you have no network {name:?} on this node"))
+                    })?;
+                let status = self
+                    .net
+                    .wireguard_status(source, &name)
+                    .await
+                    .map_err(net_err)?;
+                Ok(json!({"network": info, "status": status}))
             }
         }
     }

@@ -140,6 +140,9 @@ pub struct NodeConfig {
     pub report_interval: Duration,
     /// Prefix of every name this node makes in a global space (empty on real hardware).
     pub prefix: String,
+    /// The interface public traffic leaves through (a second NIC), when the farmer gives the
+    /// node a public config: `public_iface=` on the kernel command line.
+    pub public_iface: Option<String>,
 }
 
 impl NodeConfig {
@@ -193,6 +196,10 @@ impl NodeConfig {
             mount_root: "/mnt".into(),
             report_interval,
             prefix,
+            public_iface: kernel
+                .get("public_iface")
+                .filter(|v| !v.is_empty())
+                .map(str::to_string),
         })
     }
 }

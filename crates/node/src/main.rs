@@ -44,6 +44,10 @@ struct Args {
     /// Prefix of the names this node makes in global spaces (devnets: several nodes share a kernel).
     #[arg(long, env = "ZOS_PREFIX", default_value = "")]
     prefix: String,
+    /// The interface public traffic leaves through, when the farmer sets a public config
+    /// (overrides public_iface=).
+    #[arg(long, env = "ZOS_PUBLIC_IFACE")]
+    public_iface: Option<String>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -94,6 +98,9 @@ fn main() -> anyhow::Result<()> {
     .context("node configuration")?;
     cfg.disks = args.disks;
     cfg.mount_root = args.mount_root;
+    if args.public_iface.is_some() {
+        cfg.public_iface = args.public_iface;
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -15,13 +15,14 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use zos_client::GridClient;
-use zos_types::contract::Contract;
+use zos_types::contract::{Contract, NodeEvent};
 use zos_types::deployment::ContractId;
 use zos_types::envelope::{Envelope, Reply, Seal};
 use zos_types::relay::UplinkFrame;
 use zos_types::{Identity, PublicKey, TwinId};
 
 use crate::api::NodeApi;
+use crate::network::Networker;
 use crate::provision::{Engine, GridView};
 use crate::registrar::{Backoff, error_chain};
 use crate::storage::Storage;
@@ -110,16 +111,18 @@ impl SeenIds {
 }
 
 /// Everything the uplink needs.
-pub struct Uplink<S> {
+pub struct Uplink<S, N> {
     pub grid_url: String,
     pub identity: Identity,
     pub twin: TwinId,
-    pub api: Arc<NodeApi<S>>,
+    pub api: Arc<NodeApi<S, N>>,
     pub engine: Arc<Engine>,
     pub view: Arc<ClientView>,
+    /// Woken when the farmer changed this node's public config.
+    pub public_config_changed: Arc<tokio::sync::Notify>,
 }
 
-impl<S> std::fmt::Debug for Uplink<S> {
+impl<S, N> std::fmt::Debug for Uplink<S, N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Uplink")
             .field("grid", &self.grid_url)
@@ -128,7 +131,7 @@ impl<S> std::fmt::Debug for Uplink<S> {
     }
 }
 
-impl<S: Storage + 'static> Uplink<S> {
+impl<S: Storage + 'static, N: Networker + 'static> Uplink<S, N> {
     /// Keeps the uplink up until `stop` is cancelled.
     pub async fn run(self, stop: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_secs(30));
@@ -180,6 +183,9 @@ impl<S: Storage + 'static> Uplink<S> {
                             .unwrap_or(0);
                         if rec.seq <= last {
                             continue;
+                        }
+                        if rec.event == NodeEvent::PublicConfigChanged {
+                            self.public_config_changed.notify_one();
                         }
                         if let Err(e) = self.engine.handle_event(&rec.event) {
                             // Not recorded as handled: it comes again on the next connection.

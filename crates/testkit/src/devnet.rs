@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use zos_client::GridClient;
-use zos_types::registry::NodeFilter;
+use zos_types::registry::{AddFarmIp, NodeFilter, PublicConfig};
 use zos_types::{FarmId, Identity, NodeId, TwinId};
 
 use crate::netns::{self, Bridge, Netns};
@@ -107,6 +107,12 @@ pub struct DevnetNode {
     pub host_if: String,
     /// Its address on the devnet bridge.
     pub address: String,
+    /// The root-namespace end of its second NIC (`eth1`), on the public bridge.
+    #[serde(default)]
+    pub public_if: String,
+    /// Its public address (the public config the farmer gives it).
+    #[serde(default)]
+    pub public_address: String,
     /// Prefix of the names the node makes in global spaces.
     pub prefix: String,
     pub state_dir: PathBuf,
@@ -139,6 +145,11 @@ pub struct DevnetState {
     pub report_interval_secs: u64,
     pub bridge: String,
     pub subnet: String,
+    /// The devnet's stand-in for the public internet: nodes' second NICs, the farm's public IPs.
+    #[serde(default)]
+    pub public_bridge: String,
+    #[serde(default)]
+    pub public_subnet: String,
     pub farmer_key: PathBuf,
     pub farmer_twin: TwinId,
     pub farm_id: FarmId,
@@ -256,6 +267,11 @@ pub async fn up(opts: &DevnetOptions) -> anyhow::Result<DevnetState> {
     let subnet = format!("10.213.{third}.0/24");
     let gateway = format!("10.213.{third}.1");
     let bridge = Bridge::create(&bridge_name, &format!("{gateway}/24"))?;
+    let pub_third = netns::free_subnet()?;
+    let public_bridge = Bridge::create(
+        &format!("{}pb", opts.name),
+        &format!("10.213.{pub_third}.1/24"),
+    )?;
     drop(lock);
 
     let port = free_port()?;
@@ -272,6 +288,8 @@ pub async fn up(opts: &DevnetOptions) -> anyhow::Result<DevnetState> {
         report_interval_secs: opts.report_interval.as_secs().max(1),
         bridge: bridge.keep(),
         subnet,
+        public_bridge: public_bridge.keep(),
+        public_subnet: format!("10.213.{pub_third}.0/24"),
         farmer_key: opts.dir.join("farmer.key"),
         farmer_twin: 0,
         farm_id: 0,
@@ -325,6 +343,8 @@ async fn build(state: &mut DevnetState, opts: &DevnetOptions, gateway: &str) -> 
                 gateway.rsplit_once('.').map(|(a, _)| a).unwrap_or(gateway),
                 10 + i
             ),
+            public_if: format!("{}p{i}", state.name),
+            public_address: format!("{}.{}", public_base(&state.public_subnet), 10 + i),
             prefix: format!("{}n{i}", state.name),
             state_dir: state.dir.join(format!("node{i}")),
             mount_root: state.dir.join(format!("node{i}/mnt")),
@@ -361,12 +381,61 @@ async fn build(state: &mut DevnetState, opts: &DevnetOptions, gateway: &str) -> 
             &format!("{}/24", node.address),
             gateway,
         )?;
+        netns::attach_bare(&state.public_bridge, ns.name(), &node.public_if, PUBLIC_NIC)?;
         ns.keep();
         state.save()?;
         start_node(state, i)?;
         state.save()?;
     }
-    wait_online(state, opts.wait).await
+    // The farm's public IPs and each node's public config, on the public bridge.
+    let farmer = state.farmer_client()?;
+    let base = public_base(&state.public_subnet);
+    let gw4 = format!("{base}.1");
+    for k in 0..PUBLIC_IPS {
+        farmer
+            .add_farm_ip(
+                state.farm_id,
+                &AddFarmIp {
+                    ip: format!("{base}.{}/24", 100 + k).parse()?,
+                    gateway: gw4.parse()?,
+                },
+            )
+            .await
+            .context("adding the farm's public IPs")?;
+    }
+    wait_online(state, opts.wait).await?;
+    for n in &state.nodes {
+        let Some(id) = n.node_id else { continue };
+        farmer
+            .set_public_config(
+                id,
+                &PublicConfig {
+                    ipv4: format!("{}/24", n.public_address).parse()?,
+                    gw4: gw4.parse()?,
+                    ipv6: None,
+                    gw6: None,
+                    domain: None,
+                },
+            )
+            .await
+            .with_context(|| format!("setting the public config of node {id}"))?;
+    }
+    Ok(())
+}
+
+/// The interface name of a node's second NIC, for public traffic.
+pub const PUBLIC_NIC: &str = "eth1";
+/// How many public IPv4 addresses a devnet's farm gets (`.100` onwards of the public subnet).
+pub const PUBLIC_IPS: u8 = 16;
+
+/// `10.213.7` of `10.213.7.0/24`.
+fn public_base(subnet: &str) -> String {
+    subnet
+        .split_once('/')
+        .map_or(subnet, |(a, _)| a)
+        .rsplit_once('.')
+        .map_or(subnet, |(a, _)| a)
+        .to_string()
 }
 
 /// Starts (or restarts) the grid of `state` on its data dir and port.
@@ -442,6 +511,9 @@ pub fn start_node(state: &mut DevnetState, index: usize) -> anyhow::Result<()> {
         .arg(&node.mount_root)
         .args(["--report-interval", &format!("{report}s")])
         .args(["--prefix", &node.prefix]);
+    if !node.public_if.is_empty() {
+        cmd.args(["--public-iface", PUBLIC_NIC]);
+    }
     for d in &node.disks {
         if let Some(dev) = &d.device {
             cmd.arg("--disk").arg(format!(
@@ -525,6 +597,16 @@ pub fn down(state: &DevnetState) -> anyhow::Result<()> {
         if n.pid > 0 {
             kill_and_wait(n.pid, Duration::from_secs(10));
         }
+        // The node's own namespaces (docs/network.md: `<p>ndmz`, `<p>public`, `<p>n-<netid>`),
+        // with the processes in them, then its host namespace with its tunnels and machines.
+        for ns in netns::list_netns() {
+            let own = ns == format!("{}ndmz", n.prefix)
+                || ns == format!("{}public", n.prefix)
+                || ns.starts_with(&format!("{}n-", n.prefix));
+            if own && let Err(e) = netns::delete_netns(&ns) {
+                problems.push(format!("namespace {ns}: {e}"));
+            }
+        }
         if let Err(e) = netns::delete_netns(&n.netns) {
             problems.push(format!("namespace {}: {e}", n.netns));
         }
@@ -539,15 +621,23 @@ pub fn down(state: &DevnetState) -> anyhow::Result<()> {
             }
             let _ = std::fs::remove_file(&d.file);
         }
-        if let Err(e) = netns::delete_link(&n.host_if) {
-            problems.push(format!("link {}: {e}", n.host_if));
+        for link in [&n.host_if, &n.public_if] {
+            if !link.is_empty()
+                && let Err(e) = netns::delete_link(link)
+            {
+                problems.push(format!("link {link}: {e}"));
+            }
         }
     }
     if state.grid_pid > 0 {
         kill_and_wait(state.grid_pid, Duration::from_secs(10));
     }
-    if let Err(e) = netns::delete_link(&state.bridge) {
-        problems.push(format!("bridge {}: {e}", state.bridge));
+    for bridge in [&state.bridge, &state.public_bridge] {
+        if !bridge.is_empty()
+            && let Err(e) = netns::delete_link(bridge)
+        {
+            problems.push(format!("bridge {bridge}: {e}"));
+        }
     }
     if !problems.is_empty() {
         bail!(

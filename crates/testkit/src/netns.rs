@@ -188,3 +188,35 @@ pub fn attach(
         let _ = delete_link(host_if);
     })
 }
+
+/// Joins `ns` to `bridge` with no address: a veth whose root end `host_if` is on the bridge and
+/// whose other end is `ifname` in `ns`, up (a node's second NIC, for its public traffic).
+pub fn attach_bare(bridge: &str, ns: &str, host_if: &str, ifname: &str) -> Result<(), CmdError> {
+    delete_link(host_if)?;
+    let peer = format!("{host_if}p");
+    ip(&[
+        "link", "add", host_if, "type", "veth", "peer", "name", &peer,
+    ])?;
+    let setup = || -> Result<(), CmdError> {
+        ip(&["link", "set", host_if, "master", bridge])?;
+        ip(&["link", "set", host_if, "up"])?;
+        ip(&["link", "set", &peer, "netns", ns])?;
+        ip(&["-n", ns, "link", "set", &peer, "name", ifname])?;
+        ip(&["-n", ns, "link", "set", ifname, "up"])?;
+        Ok(())
+    };
+    setup().inspect_err(|_| {
+        let _ = delete_link(host_if);
+    })
+}
+
+/// Names in `/run/netns`.
+pub fn list_netns() -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -299,6 +299,17 @@ impl Networker for RecordingNetworker {
         Ok(v)
     }
 
+    async fn public_setup(&self) -> Result<Option<PublicSetup>> {
+        let g = self.begin("public_setup", None)?;
+        Ok(g.state.node.as_ref().and_then(|n| n.public.clone()))
+    }
+
+    async fn public_ip(&self, ip_wl: &WorkloadId) -> Result<Option<Attachment>> {
+        let g = self.begin("public_ip", None)?;
+        Ok(rules::public_port(&g.state, &self.names, ip_wl)
+            .map(|p| rules::attachment(&self.names, &g.state, p)))
+    }
+
     async fn public_ips(&self) -> Result<Vec<Ipv4Addr>> {
         let g = self.begin("public_ips", None)?;
         let mut v: Vec<Ipv4Addr> = g

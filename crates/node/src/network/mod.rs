@@ -304,6 +304,15 @@ pub trait Networker: Send + Sync {
     /// Removes the `ip` workload `ip_wl`: interface, filter, addresses.
     fn teardown_public_ip(&self, ip_wl: &WorkloadId) -> impl Future<Output = Result<()>> + Send;
 
+    /// The public setup the node has now (`None` when it has none or is not set up).
+    fn public_setup(&self) -> impl Future<Output = Result<Option<PublicSetup>>> + Send;
+
+    /// What the `ip` workload `ip_wl` was given, if it is set up.
+    fn public_ip(
+        &self,
+        ip_wl: &WorkloadId,
+    ) -> impl Future<Output = Result<Option<Attachment>>> + Send;
+
     /// WireGuard listen ports taken on this node (`zos.network.list_wg_ports`).
     fn wireguard_ports(&self) -> impl Future<Output = Result<Vec<u16>>> + Send;
 

@@ -979,6 +979,17 @@ impl Networker for LinuxNetworker {
         Ok(v)
     }
 
+    async fn public_setup(&self) -> Result<Option<PublicSetup>> {
+        let st = self.state.lock().await;
+        Ok(st.node.as_ref().and_then(|n| n.public.clone()))
+    }
+
+    async fn public_ip(&self, ip_wl: &WorkloadId) -> Result<Option<Attachment>> {
+        let st = self.state.lock().await;
+        Ok(rules::public_port(&st, &self.names, ip_wl)
+            .map(|p| rules::attachment(&self.names, &st, p)))
+    }
+
     async fn public_ips(&self) -> Result<Vec<Ipv4Addr>> {
         let st = self.state.lock().await;
         let mut v: Vec<Ipv4Addr> = st

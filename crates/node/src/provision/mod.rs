@@ -2,12 +2,14 @@
 
 pub mod engine;
 pub mod managers;
+pub mod network;
 pub mod store;
 
 pub use engine::{Engine, EngineConfig, EngineError, GridView, Usage};
 pub use managers::{
     Manager, ManagerError, SizedManager, Target, Unsupported, volume_manager, zmount_manager,
 };
+pub use network::{IpManager, NetworkManager};
 pub use store::{Job, LogEntry, Store, StoreError};
 
 #[cfg(test)]

@@ -504,3 +504,254 @@ async fn a_limited_node_takes_nothing() {
     b.contract_and_sign(&mut d, NODE);
     refused(&b, 7, d, "takes no deployments: no ssd disk").await;
 }
+
+mod network {
+    use super::*;
+    use crate::network::{Call, Networker, PublicSetup, RecordingNetworker};
+    use zos_types::registry::{FarmIp, PublicConfig};
+
+    fn key(b: u8) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode([b; 32])
+    }
+
+    fn net_data(port: u16) -> serde_json::Value {
+        json!({
+            "ip_range": "10.20.0.0/16",
+            "subnet": "10.20.2.0/24",
+            "wireguard_private_key": key(1),
+            "wireguard_listen_port": port,
+            "peers": [{
+                "subnet": "10.20.3.0/24",
+                "wireguard_public_key": key(2),
+                "allowed_ips": ["10.20.3.0/24"],
+                "endpoint": "192.0.2.3:4000",
+            }],
+        })
+    }
+
+    struct NetBed {
+        bed: Bed,
+        net: Arc<RecordingNetworker>,
+    }
+
+    async fn net_bed() -> NetBed {
+        let net = Arc::new(RecordingNetworker::new("t"));
+        net.setup_node(Some(PublicSetup {
+            config: PublicConfig {
+                ipv4: "198.51.100.2/24".parse().unwrap(),
+                gw4: "198.51.100.1".parse().unwrap(),
+                ipv6: None,
+                gw6: None,
+                domain: None,
+            },
+            exit_iface: "eth1".into(),
+        }))
+        .await
+        .unwrap();
+        let grid = Arc::new(FakeGrid::default());
+        let user = Identity::from_seed([9; 32]);
+        grid.twins.lock().unwrap().insert(7, user.public_key());
+        let mut managers: HashMap<WorkloadType, Arc<dyn Manager>> = HashMap::new();
+        managers.insert(
+            WorkloadType::Network,
+            Arc::new(NetworkManager::new(net.clone())),
+        );
+        managers.insert(
+            WorkloadType::Ip,
+            Arc::new(IpManager::new(net.clone(), grid.clone())),
+        );
+        let cfg = EngineConfig {
+            total: Capacity {
+                cru: 4,
+                mru: 8 * GIB,
+                sru: 10 * GIB,
+                hru: 0,
+            },
+            reserved: Capacity::default(),
+            limited: None,
+        };
+        let engine = Arc::new(Engine::new(
+            Arc::new(Store::memory().unwrap()),
+            managers,
+            grid.clone(),
+            watch::channel(Some(NODE)).1,
+            cfg,
+        ));
+        let stop = CancellationToken::new();
+        tokio::spawn(engine.clone().run(stop.clone()));
+        NetBed {
+            bed: Bed {
+                engine,
+                grid,
+                storage: Arc::new(MemoryStorage::new(&[("ssd1", DiskKind::Ssd, GIB)], 0)),
+                user,
+                stop,
+            },
+            net,
+        }
+    }
+
+    fn net_deployment(contract: ContractId, port: u16, ips: bool) -> Deployment {
+        let mut d = deployment(contract);
+        d.workloads = vec![workload("mynet", WorkloadType::Network, net_data(port))];
+        if ips {
+            d.workloads
+                .push(workload("pub", WorkloadType::Ip, json!({"v4": true})));
+        }
+        d
+    }
+
+    /// A contract reserving `ips` addresses of the farm's pool.
+    fn contract_with_ips(b: &Bed, d: &mut Deployment, ips: &[&str]) {
+        b.contract_and_sign(d, NODE);
+        let mut contracts = b.grid.contracts.lock().unwrap();
+        let k = contracts.get_mut(&d.contract_id).unwrap();
+        if let ContractKind::Node {
+            public_ips,
+            public_ips_list,
+            ..
+        } = &mut k.kind
+        {
+            *public_ips = ips.len() as u32;
+            *public_ips_list = ips
+                .iter()
+                .map(|ip| FarmIp {
+                    ip: ip.parse().unwrap(),
+                    gateway: "198.51.100.1".parse().unwrap(),
+                    contract_id: Some(d.contract_id),
+                })
+                .collect();
+        }
+    }
+
+    fn data(d: &Deployment, name: &str) -> serde_json::Value {
+        d.workloads
+            .iter()
+            .find(|w| w.name == name)
+            .unwrap()
+            .result
+            .as_ref()
+            .unwrap()
+            .data
+            .clone()
+    }
+
+    #[tokio::test]
+    async fn network_and_public_ip_live_and_die_with_the_deployment() {
+        let nb = net_bed().await;
+        let b = &nb.bed;
+        let mut d = net_deployment(1, 4000, true);
+        contract_with_ips(b, &mut d, &["198.51.100.10/24", "198.51.100.11/24"]);
+        b.engine.deploy(7, d.clone()).await.unwrap();
+        let got = b.settled(1).await;
+        assert_eq!(Bed::state(&got, "mynet"), ResultState::Ok);
+        assert_eq!(Bed::state(&got, "pub"), ResultState::Ok);
+        let n = data(&got, "mynet");
+        assert_eq!(n["wireguard_listen_port"], 4000);
+        assert_eq!(n["gateway"], "10.20.2.1");
+        let ip = data(&got, "pub");
+        assert_eq!(ip["ip"], "198.51.100.10/24");
+        assert_eq!(ip["gateway"], "198.51.100.1");
+        assert_eq!(nb.net.wireguard_ports().await.unwrap(), vec![4000]);
+        assert_eq!(
+            nb.net.public_ips().await.unwrap(),
+            vec!["198.51.100.10".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
+
+        // A restart provisions again: the same address, no second setup.
+        b.engine.reconcile().unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let setups = nb
+            .net
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::SetupPublicIp { .. }))
+            .count();
+        assert_eq!(setups, 1);
+        assert_eq!(data(&b.engine.get(7, 1).unwrap(), "pub")["ip"], ip["ip"]);
+
+        // Cancel: the network and the address go.
+        b.engine
+            .handle_event(&NodeEvent::ContractCancelled { contract_id: 1 })
+            .unwrap();
+        for _ in 0..200 {
+            if b.engine.get(7, 1).is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(b.engine.get(7, 1).is_err());
+        assert!(nb.net.wireguard_ports().await.unwrap().is_empty());
+        assert!(nb.net.public_ips().await.unwrap().is_empty());
+        assert!(nb.net.network_info(7, "mynet").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn refused_network_changes_leave_the_network_as_it_was() {
+        let nb = net_bed().await;
+        let b = &nb.bed;
+        let mut d = net_deployment(1, 4000, false);
+        b.contract_and_sign(&mut d, NODE);
+        b.engine.deploy(7, d.clone()).await.unwrap();
+        b.settled(1).await;
+        // Another network of the same twin holds 4001.
+        let mut other = net_deployment(2, 4001, false);
+        other.workloads[0].name = "other".into();
+        b.contract_and_sign(&mut other, NODE);
+        b.engine.deploy(7, other).await.unwrap();
+        b.settled(2).await;
+
+        let mut u = d.clone();
+        u.version = 1;
+        u.signature_requirement.signatures.clear();
+        u.workloads[0].version = 1;
+        u.workloads[0].data = net_data(4001);
+        b.contract_and_sign(&mut u, NODE);
+        b.engine.update(7, u).await.unwrap();
+        let mut refused = None;
+        for _ in 0..200 {
+            refused = b
+                .engine
+                .changes(7, 1)
+                .unwrap()
+                .into_iter()
+                .find(|e| e.result.state == ResultState::Unchanged);
+            if refused.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let refused = refused.expect("the port clash is refused");
+        assert!(
+            refused.result.message.contains("4001 is taken"),
+            "{}",
+            refused.result.message
+        );
+        let info = nb.net.network_info(7, "mynet").await.unwrap().unwrap();
+        assert_eq!(info.listen_port, 4000);
+        assert_eq!(
+            Bed::state(&b.engine.get(7, 1).unwrap(), "mynet"),
+            ResultState::Ok
+        );
+    }
+
+    #[tokio::test]
+    async fn an_ip_without_a_reserved_address_fails_alone() {
+        let nb = net_bed().await;
+        let b = &nb.bed;
+        let mut d = net_deployment(1, 4000, true);
+        contract_with_ips(b, &mut d, &[]);
+        b.engine.deploy(7, d).await.unwrap();
+        let got = b.settled(1).await;
+        assert_eq!(Bed::state(&got, "mynet"), ResultState::Ok);
+        let r = got.workloads[1].result.clone().unwrap();
+        assert_eq!(r.state, ResultState::Error);
+        assert!(
+            r.message.contains("reserved 0 public IPv4"),
+            "{}",
+            r.message
+        );
+        assert!(nb.net.public_ips().await.unwrap().is_empty());
+    }
+}
