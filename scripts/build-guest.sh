@@ -4,6 +4,7 @@
 #   <out>/vmlinux          uncompressed kernel (ELF, booted through its PVH entry: no decompression)
 #   <out>/initramfs.cpio   busybox-static, the modules in /lib/modules (load order in
 #                          /lib/modules/modules.load) and guest-init as /init (uncompressed newc)
+#   <out>/vmlinuz          the compressed kernel as packaged (for bootloaders: VM-mode test images)
 #   <out>/modules/         the same modules (for images made by tests)
 #   <out>/kernel.version   the kernel release, like 6.1.0-57-amd64
 #
@@ -43,7 +44,7 @@ out=$(cd "$out" && pwd)
 wanted=(
   virtio_mmio virtio_pci virtio_net virtio_blk virtio_console
   virtiofs 9p 9pnet_virtio fuse
-  ext4 crc32c_generic
+  ext4 crc32c_generic isofs
 )
 
 log() { echo "build-guest: $*" >&2; }
@@ -160,6 +161,7 @@ done
 rm -rf "$out/modules"
 cp -r "$root/lib/modules" "$out/modules"
 mv "$work/vmlinux" "$out/vmlinux"
+cp "$vmlinuz" "$out/vmlinuz"
 mv "$work/initramfs.cpio" "$out/initramfs.cpio"
 echo "$release" >"$out/kernel.version"
 echo "$key" >"$out/stamp"

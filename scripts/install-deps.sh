@@ -14,7 +14,8 @@ packages=(
   qemu-system-x86 # VMs (vmm tests, benchmarks)
   cpio            # guest initramfs (scripts/build-guest.sh)
   libseccomp-dev libcap-ng-dev  # cargo install virtiofsd
-  extlinux syslinux-common       # bootable raw image of the VM-mode test
+  extlinux syslinux-common fdisk # bootable raw image of the VM-mode test (sfdisk)
+  genisoimage     # NoCloud (cidata) seed images of VM-mode machines
 )
 
 missing=()

@@ -38,6 +38,8 @@ pub const MODULES_DIR: &str = "/lib/modules";
 /// The busybox binary of the initramfs (for `ip`).
 pub const BUSYBOX: &str = "/bin/busybox";
 const NEWROOT: &str = "/newroot";
+/// The virtio console port the node sends `poweroff` on.
+pub const CONTROL_PORT: &str = "/dev/hvc0";
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Something that stops the boot.
@@ -182,6 +184,7 @@ fn boot() -> Result<(), Fatal> {
     log!("entrypoint {:?} started as pid {main}", argv.join(" "));
     // The child is reaped by the loop below, not through `child`.
     drop(child);
+    control_channel(main);
     supervise(main);
     Ok(())
 }
@@ -514,6 +517,38 @@ pub fn environment(seed: &Seed) -> BTreeMap<String, String> {
     .collect();
     env.extend(seed.env.clone());
     env
+}
+
+/// The node's control channel: a virtio console port (`/dev/hvc0`). The line `poweroff` asks for
+/// a clean stop: SIGTERM to the entrypoint's session, SIGKILL 10 s later if it is still there;
+/// when the entrypoint has ended, the machine powers off as usual.
+fn control_channel(main: Pid) {
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let port = loop {
+            match fs::File::open(CONTROL_PORT) {
+                Ok(f) => break f,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => {
+                    log!("no control channel {CONTROL_PORT}: {e}");
+                    return;
+                }
+            }
+        };
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(port));
+        while let Some(Ok(line)) = lines.next() {
+            if line.trim() == "poweroff" {
+                log!("poweroff asked by the node: SIGTERM to the entrypoint");
+                TERMINATE.store(true, Ordering::SeqCst);
+                let _ = kill(Pid::from_raw(-main.as_raw()), Signal::SIGTERM);
+                std::thread::sleep(Duration::from_secs(10));
+                let _ = kill(Pid::from_raw(-main.as_raw()), Signal::SIGKILL);
+                return;
+            }
+        }
+    });
 }
 
 /// Reaps every child until the entrypoint `main` ends; SIGTERM to PID 1 is passed on to the

@@ -13,3 +13,4 @@ pub mod registrar;
 pub mod storage;
 pub mod system;
 pub mod uplink;
+pub mod vmm;

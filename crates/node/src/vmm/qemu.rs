@@ -1,0 +1,930 @@
+//! [`QemuVmm`]: each VM a detached QEMU process (and one `virtiofsd` per share), supervised.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::Pid;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+
+use super::cgroup::Cgroups;
+use super::qmp::Qmp;
+use super::state::{self, Desired, STATE_DIR, STATE_VERSION, VmRecord};
+use super::{Boot, Result, VmInfo, VmSpec, VmStatus, VmmError, VmmReconcile};
+use crate::network::find_program;
+
+/// Which accelerator QEMU uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// KVM when the CPU has hardware virtualization (`vmx` or `svm`) and `/dev/kvm` exists,
+    /// TCG otherwise (a paravirtual `/dev/kvm` hangs stock guests).
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// Where [`QemuVmm`] keeps things and which programs it runs.
+#[derive(Debug, Clone)]
+pub struct VmmConfig {
+    /// Prefix of every global name (cgroups); empty on real hardware.
+    pub prefix: String,
+    /// State files go to `<state_dir>/vmm/`.
+    pub state_dir: PathBuf,
+    /// Per-VM sockets, boot files and daemon logs: `<run_dir>/<id>/` (a short hash of the name).
+    pub run_dir: PathBuf,
+    /// Console logs: `<log_dir>/<name>.log`.
+    pub log_dir: PathBuf,
+    pub qemu: PathBuf,
+    pub virtiofsd: PathBuf,
+    pub accel: Accel,
+    /// Added to the VM's memory for its cgroup limit (QEMU's own memory; about 250 MiB under TCG).
+    pub memory_overhead: u64,
+    /// First wait before a dead VM is started again; doubled each time up to `backoff_max`.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// How long a clean shutdown may take before the VM is killed (delete).
+    pub stop_timeout: Duration,
+}
+
+impl VmmConfig {
+    /// Defaults: programs from `PATH` (virtiofsd also from `~/.cargo/bin` and
+    /// `/usr/libexec`), console logs in `<state_dir>/vmm/logs`.
+    pub fn new(prefix: &str, state_dir: PathBuf, run_dir: PathBuf) -> Self {
+        let mut virtiofsd = find_program("virtiofsd");
+        if !virtiofsd.is_file() && Path::new("/usr/libexec/virtiofsd").is_file() {
+            virtiofsd = "/usr/libexec/virtiofsd".into();
+        }
+        Self {
+            prefix: prefix.to_string(),
+            log_dir: state_dir.join(STATE_DIR).join("logs"),
+            state_dir,
+            run_dir,
+            qemu: find_program("qemu-system-x86_64"),
+            virtiofsd,
+            accel: Accel::Auto,
+            memory_overhead: 512 << 20,
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            stop_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// True when the CPU has hardware virtualization and `/dev/kvm` exists.
+pub fn hardware_kvm() -> bool {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .unwrap_or("");
+    let hw = flags.split_whitespace().any(|f| f == "vmx" || f == "svm");
+    hw && Path::new("/dev/kvm").exists()
+}
+
+/// The host's TSC frequency in kHz (`cpu MHz` of `/proc/cpuinfo`).
+fn host_tsc_khz() -> Option<u64> {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    (mhz > 0.0).then_some((mhz * 1000.0) as u64)
+}
+
+/// One VM in memory.
+#[derive(Debug)]
+struct Machine {
+    rec: VmRecord,
+    /// Watched by the supervisor (made here, or found by reconcile).
+    supervised: bool,
+    /// When a dead VM is due to start again.
+    next_start: Option<Instant>,
+    backoff: Duration,
+    started: Instant,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: VmmConfig,
+    cgroups: Cgroups,
+    kvm: bool,
+    vms: Mutex<BTreeMap<String, Machine>>,
+}
+
+/// The QEMU VMM. Dropping it stops supervising but leaves the VMs running (zosd restarts,
+/// upgrades); a new instance adopts them with [`super::Vmm::reconcile`].
+#[derive(Debug)]
+pub struct QemuVmm {
+    inner: Arc<Inner>,
+    supervisor: JoinHandle<()>,
+}
+
+impl Drop for QemuVmm {
+    fn drop(&mut self) {
+        self.supervisor.abort();
+    }
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VmmError + use<> {
+    let path = path.to_path_buf();
+    move |source| VmmError::Io { op, path, source }
+}
+
+/// Is `pid` a live process whose command line holds `marker`? Reaps it first if it is a
+/// dead child of ours.
+fn alive(pid: i32, marker: &Path) -> bool {
+    let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, r)| r.split_whitespace().next());
+    if matches!(state, None | Some("Z") | Some("X")) {
+        return false;
+    }
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let m = marker.as_os_str().as_bytes();
+    cmdline
+        .split(|b| *b == 0)
+        .any(|arg| arg.windows(m.len().max(1)).any(|w| w == m) && !m.is_empty())
+}
+
+/// Kills `pid` (only if it is still the process holding `marker`) and waits up to 5 s for it.
+fn kill_wait(pid: i32, marker: &Path) {
+    if !alive(pid, marker) {
+        return;
+    }
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid, marker) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn tail(path: &Path, max: usize) -> String {
+    let b = fs::read(path).unwrap_or_default();
+    let start = b.len().saturating_sub(max);
+    String::from_utf8_lossy(&b[start..]).trim().to_string()
+}
+
+impl Inner {
+    fn state_dir(&self) -> PathBuf {
+        self.cfg.state_dir.join(STATE_DIR)
+    }
+
+    /// `<run_dir>/<12 hex of sha256(name)>`: short enough for unix socket paths.
+    fn run_dir(&self, name: &str) -> PathBuf {
+        let d = Sha256::digest(name.as_bytes());
+        self.cfg.run_dir.join(hex::encode(&d[..6]))
+    }
+
+    fn qmp_path(&self, name: &str) -> PathBuf {
+        self.run_dir(name).join("qmp.sock")
+    }
+
+    fn control_path(&self, name: &str) -> PathBuf {
+        self.run_dir(name).join("ctl.sock")
+    }
+
+    fn share_sock(&self, name: &str, i: usize) -> PathBuf {
+        self.run_dir(name).join(format!("fs{i}.sock"))
+    }
+
+    fn console_log(&self, name: &str) -> PathBuf {
+        self.cfg.log_dir.join(format!("{name}.log"))
+    }
+
+    fn cgroup(&self, name: &str) -> String {
+        format!("{}zos-vm-{name}", self.cfg.prefix)
+    }
+
+    fn info(&self, m: &Machine) -> VmInfo {
+        let name = &m.rec.spec.name;
+        let running = m.rec.pid.is_some_and(|p| alive(p, &self.qmp_path(name)));
+        let status = match (m.rec.desired, running) {
+            (Desired::Stopped, _) => VmStatus::Stopped,
+            (_, false) => VmStatus::Restarting,
+            (Desired::Paused, true) => VmStatus::Paused,
+            (Desired::Running, true) => VmStatus::Running,
+        };
+        VmInfo {
+            spec: m.rec.spec.clone(),
+            status,
+            pid: m.rec.pid.filter(|_| running),
+            virtiofsd: if running {
+                m.rec.virtiofsd.clone()
+            } else {
+                vec![]
+            },
+            restarts: m.rec.restarts,
+            console_log: self.console_log(name),
+            cgroup: self.cgroup(name),
+        }
+    }
+
+    fn save(&self, m: &Machine) -> Result<()> {
+        state::save(&self.state_dir(), &m.rec)
+    }
+
+    /// Kills what is left of the VM's processes (QEMU, virtiofsd) and removes its sockets.
+    fn kill_all(&self, rec: &mut VmRecord) {
+        let name = rec.spec.name.clone();
+        if let Some(pid) = rec.pid.take() {
+            kill_wait(pid, &self.qmp_path(&name));
+        }
+        for (i, pid) in std::mem::take(&mut rec.virtiofsd).into_iter().enumerate() {
+            kill_wait(pid, &self.share_sock(&name, i));
+        }
+        // Anything else left in the cgroup (a virtiofsd of an older boot, say).
+        for pid in self.cgroups.procs(&self.cgroup(&name)) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+        }
+    }
+
+    /// The cgroup.procs files of the VM's cgroup, for the child to join before it executes.
+    fn cgroup_procs(&self, name: &str) -> Vec<CString> {
+        self.cgroups
+            .dirs(&self.cgroup(name))
+            .into_iter()
+            .filter_map(|d| CString::new(d.join("cgroup.procs").as_os_str().as_bytes()).ok())
+            .collect()
+    }
+
+    /// Starts a process detached (own session, stdin from /dev/null, output to `log`) inside
+    /// the VM's cgroup.
+    fn spawn(&self, program: &Path, args: &[String], log: &Path, name: &str) -> Result<i32> {
+        let out = fs::File::create(log).map_err(io_err("create", log))?;
+        let err = out.try_clone().map_err(io_err("open", log))?;
+        let procs = self.cgroup_procs(name);
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        // SAFETY: only async-signal-safe calls (setsid, open, write, close) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                for p in &procs {
+                    let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let r = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                    if r < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| VmmError::Spawn {
+            program: program.to_path_buf(),
+            source,
+        })?;
+        // Reaped by `alive` (or by init once zosd is gone), never waited here.
+        Ok(child.id() as i32)
+    }
+
+    /// Waits up to `limit` for `path` to appear while `pid` lives.
+    async fn wait_for(&self, path: &Path, pid: i32, marker: &Path, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if path.exists() {
+                return true;
+            }
+            if !alive(pid, marker) {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        path.exists()
+    }
+
+    /// Starts the VM: virtiofsd per share, then QEMU. `m.rec` gets the new processes.
+    async fn boot(&self, m: &mut Machine) -> Result<()> {
+        let spec = m.rec.spec.clone();
+        let name = spec.name.as_str();
+        self.kill_all(&mut m.rec);
+        let run = self.run_dir(name);
+        let _ = fs::remove_dir_all(&run);
+        fs::create_dir_all(&run).map_err(io_err("create", &run))?;
+        fs::create_dir_all(&self.cfg.log_dir).map_err(io_err("create", &self.cfg.log_dir))?;
+        let cg = self.cgroup(name);
+        self.cgroups
+            .create(&cg, spec.cpus, spec.memory + self.cfg.memory_overhead)?;
+
+        for (i, share) in spec.shares.iter().enumerate() {
+            let sock = self.share_sock(name, i);
+            let args = vec![
+                format!("--socket-path={}", sock.display()),
+                format!("--shared-dir={}", share.path.display()),
+                "--cache=auto".to_string(),
+                "--sandbox=namespace".to_string(),
+                "--announce-submounts".to_string(),
+                "--log-level=warn".to_string(),
+            ];
+            let log = run.join(format!("fs{i}.log"));
+            let pid = self.spawn(&self.cfg.virtiofsd, &args, &log, name)?;
+            m.rec.virtiofsd.push(pid);
+            if !self
+                .wait_for(&sock, pid, &sock, Duration::from_secs(10))
+                .await
+            {
+                let log = tail(&log, 2000);
+                self.kill_all(&mut m.rec);
+                return Err(VmmError::Start {
+                    name: name.to_string(),
+                    what: "virtiofsd",
+                    log,
+                });
+            }
+        }
+
+        let args = self.qemu_args(&spec, m.rec.desired == Desired::Paused)?;
+        let log = run.join("qemu.log");
+        let qmp = self.qmp_path(name);
+        let pid = self.spawn(&self.cfg.qemu, &args, &log, name)?;
+        m.rec.pid = Some(pid);
+        if !self
+            .wait_for(&qmp, pid, &qmp, Duration::from_secs(15))
+            .await
+        {
+            let log = tail(&log, 2000);
+            self.kill_all(&mut m.rec);
+            return Err(VmmError::Start {
+                name: name.to_string(),
+                what: "qemu",
+                log,
+            });
+        }
+        m.started = Instant::now();
+        m.next_start = None;
+        self.save(m)?;
+        tracing::debug!(vm = name, pid, "vm started");
+        Ok(())
+    }
+
+    fn qemu_args(&self, spec: &VmSpec, paused: bool) -> Result<Vec<String>> {
+        let name = spec.name.as_str();
+        let run = self.run_dir(name);
+        let mib = spec.memory_mib();
+        let kernel_mode = matches!(spec.boot, Boot::Kernel { .. });
+        // microvm has no firmware that boots disks; VM mode uses q35 and PCI devices.
+        let (machine, bus) = if kernel_mode {
+            ("microvm", "device")
+        } else {
+            ("q35", "pci")
+        };
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |xs: &[&str]| a.extend(xs.iter().map(|x| x.to_string()));
+        push(&["-name", &format!("{}zos-vm-{name}", self.cfg.prefix)]);
+        push(&["-M", &format!("{machine},memory-backend=mem")]);
+        push(&[
+            "-object",
+            &format!("memory-backend-memfd,id=mem,size={mib}M,share=on"),
+        ]);
+        if self.kvm {
+            push(&["-accel", "kvm", "-cpu", "host"]);
+        } else {
+            push(&["-accel", "tcg"]);
+        }
+        push(&["-smp", &spec.cpus.to_string(), "-m", &format!("{mib}M")]);
+        push(&[
+            "-nodefaults",
+            "-no-user-config",
+            "-no-reboot",
+            "-display",
+            "none",
+        ]);
+        push(&[
+            "-chardev",
+            &format!(
+                "file,id=con,path={},append=on",
+                self.console_log(name).display()
+            ),
+            "-serial",
+            "chardev:con",
+        ]);
+        push(&[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", self.qmp_path(name).display()),
+        ]);
+        if paused {
+            push(&["-S"]);
+        }
+        match &spec.boot {
+            Boot::Kernel {
+                kernel,
+                initramfs,
+                cmdline,
+                seed,
+            } => {
+                let initrd = match seed {
+                    Some(seed) => {
+                        let p = run.join("initrd");
+                        super::cpio::append_seed(initramfs, &p, seed)
+                            .map_err(io_err("write the initramfs with the seed", &p))?;
+                        p
+                    }
+                    None => initramfs.clone(),
+                };
+                let mut append = "console=ttyS0 panic=-1 quiet".to_string();
+                // Under TCG, calibrating the TSC against microvm's PIT fails when the host is
+                // busy, and the guest hangs without a clock; the guest's TSC is the host's.
+                if !self.kvm
+                    && let Some(khz) = host_tsc_khz()
+                {
+                    append.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
+                }
+                append.push(' ');
+                append.push_str(cmdline);
+                push(&[
+                    "-kernel",
+                    &kernel.display().to_string(),
+                    "-initrd",
+                    &initrd.display().to_string(),
+                    "-append",
+                    append.trim(),
+                ]);
+                push(&[
+                    "-device",
+                    "virtio-serial-device,id=vs",
+                    "-chardev",
+                    &format!(
+                        "socket,id=ctl,path={},server=on,wait=off",
+                        self.control_path(name).display()
+                    ),
+                    "-device",
+                    "virtconsole,bus=vs.0,chardev=ctl",
+                ]);
+            }
+            Boot::Disk => {}
+        }
+        for (i, s) in spec.shares.iter().enumerate() {
+            push(&[
+                "-chardev",
+                &format!(
+                    "socket,id=fs{i},path={}",
+                    self.share_sock(name, i).display()
+                ),
+                "-device",
+                &format!("vhost-user-fs-{bus},chardev=fs{i},tag={}", s.tag),
+            ]);
+        }
+        for (i, d) in spec.disks.iter().enumerate() {
+            let ro = if d.read_only { ",readonly=on" } else { "" };
+            let boot = if !kernel_mode && i == 0 {
+                ",bootindex=0"
+            } else {
+                ""
+            };
+            push(&[
+                "-drive",
+                &format!("file={},if=none,id=d{i},format=raw{ro}", d.path.display()),
+                "-device",
+                &format!("virtio-blk-{bus},drive=d{i},serial={}{boot}", d.serial),
+            ]);
+        }
+        for (i, n) in spec.nics.iter().enumerate() {
+            let rom = if kernel_mode { "" } else { ",romfile=" };
+            push(&[
+                "-netdev",
+                &format!("tap,id=n{i},ifname={},script=no,downscript=no", n.tap),
+                "-device",
+                &format!("virtio-net-{bus},netdev=n{i},mac={}{rom}", n.mac),
+            ]);
+        }
+        Ok(a)
+    }
+
+    /// Asks the guest to power off and waits up to `timeout` for QEMU to end; kills it after.
+    async fn stop(&self, m: &mut Machine, timeout: Duration) {
+        let name = m.rec.spec.name.clone();
+        let qmp = self.qmp_path(&name);
+        if let Some(pid) = m.rec.pid.filter(|p| alive(*p, &qmp)) {
+            let asked = match m.rec.spec.boot {
+                Boot::Kernel { .. } => self.control_poweroff(&name).await,
+                Boot::Disk => match Qmp::connect(&qmp).await {
+                    Ok(mut q) => q.execute("system_powerdown", None).await.map(drop),
+                    Err(e) => Err(e),
+                },
+            };
+            if let Err(e) = asked {
+                tracing::debug!(vm = %name, "clean shutdown not asked: {e}");
+            } else {
+                // A paused guest cannot act on it.
+                if m.rec.desired == Desired::Paused
+                    && let Ok(mut q) = Qmp::connect(&qmp).await
+                {
+                    let _ = q.execute("cont", None).await;
+                }
+                let deadline = Instant::now() + timeout;
+                while alive(pid, &qmp) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            if alive(pid, &qmp) {
+                tracing::debug!(vm = %name, pid, "vm did not power off: killing it");
+            }
+        }
+        self.kill_all(&mut m.rec);
+    }
+
+    async fn control_poweroff(&self, name: &str) -> std::result::Result<(), String> {
+        let p = self.control_path(name);
+        let mut s = tokio::net::UnixStream::connect(&p)
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", p.display()))?;
+        s.write_all(b"poweroff\n")
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        s.flush().await.map_err(|e| format!("write: {e}"))
+    }
+
+    async fn qmp(&self, name: &str, command: &str) -> Result<()> {
+        let mut q = Qmp::connect(&self.qmp_path(name))
+            .await
+            .map_err(|reason| VmmError::Qmp {
+                name: name.to_string(),
+                reason,
+            })?;
+        q.execute(command, None)
+            .await
+            .map(drop)
+            .map_err(|reason| VmmError::Qmp {
+                name: name.to_string(),
+                reason,
+            })
+    }
+
+    /// One pass of the supervisor: starts dead VMs whose backoff has passed.
+    async fn supervise(&self) {
+        let mut vms = self.vms.lock().await;
+        let now = Instant::now();
+        for m in vms.values_mut() {
+            if !m.supervised || m.rec.desired == Desired::Stopped {
+                continue;
+            }
+            let name = m.rec.spec.name.clone();
+            let qmp = self.qmp_path(&name);
+            if m.rec.pid.is_some_and(|p| alive(p, &qmp)) {
+                if now.duration_since(m.started) > self.cfg.backoff_max {
+                    m.backoff = self.cfg.backoff_min;
+                }
+                continue;
+            }
+            match m.next_start {
+                None => {
+                    let log = tail(&self.run_dir(&name).join("qemu.log"), 500);
+                    tracing::warn!(vm = %name, backoff = ?m.backoff, qemu_log = %log, "vm died: restarting it");
+                    self.kill_all(&mut m.rec);
+                    m.next_start = Some(now + m.backoff);
+                    m.backoff = (m.backoff * 2).min(self.cfg.backoff_max);
+                }
+                Some(t) if now >= t => match self.boot(m).await {
+                    Ok(()) => {
+                        m.rec.restarts += 1;
+                        let _ = self.save(m);
+                        tracing::info!(vm = %name, restarts = m.rec.restarts, "vm restarted");
+                    }
+                    Err(e) => {
+                        tracing::warn!(vm = %name, "vm restart failed: {}", crate::registrar::error_chain(&e));
+                        m.next_start = Some(Instant::now() + m.backoff);
+                        m.backoff = (m.backoff * 2).min(self.cfg.backoff_max);
+                    }
+                },
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+impl QemuVmm {
+    /// Opens the VMM: loads the recorded VMs (not yet supervised: see
+    /// [`super::Vmm::reconcile`]) and starts the supervisor. Needs a tokio runtime.
+    pub fn open(cfg: VmmConfig) -> Result<QemuVmm> {
+        if !crate::network::names::valid_prefix(&cfg.prefix) {
+            return Err(super::invalid(
+                "prefix",
+                format!("{:?} is not a node prefix", cfg.prefix),
+            ));
+        }
+        let cgroups = Cgroups::detect()?;
+        let kvm = match cfg.accel {
+            Accel::Auto => hardware_kvm(),
+            Accel::Kvm => true,
+            Accel::Tcg => false,
+        };
+        let dir = cfg.state_dir.join(STATE_DIR);
+        let (recs, bad) = state::load_all(&dir);
+        for b in bad {
+            tracing::warn!("vm state not loaded: {b}");
+        }
+        let now = Instant::now();
+        let vms = recs
+            .into_iter()
+            .map(|rec| {
+                let m = Machine {
+                    rec,
+                    supervised: false,
+                    next_start: None,
+                    backoff: cfg.backoff_min,
+                    started: now,
+                };
+                (m.rec.spec.name.clone(), m)
+            })
+            .collect();
+        let inner = Arc::new(Inner {
+            cfg,
+            cgroups,
+            kvm,
+            vms: Mutex::new(vms),
+        });
+        let weak = Arc::downgrade(&inner);
+        let supervisor = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let Some(inner) = weak.upgrade() else { return };
+                inner.supervise().await;
+            }
+        });
+        tracing::debug!(kvm, "vmm open");
+        Ok(QemuVmm { inner, supervisor })
+    }
+
+    /// Whether VMs run with KVM (otherwise TCG).
+    pub fn uses_kvm(&self) -> bool {
+        self.inner.kvm
+    }
+
+    /// The QEMU arguments a spec gives (for tests and docs).
+    pub fn command_line(&self, spec: &VmSpec) -> Result<Vec<String>> {
+        self.inner.qemu_args(spec, false)
+    }
+
+    /// The memory limit of the VM's cgroup, bytes.
+    pub fn cgroup_memory_limit(&self, name: &str) -> Option<u64> {
+        self.inner.cgroups.memory_limit(&self.inner.cgroup(name))
+    }
+
+    /// The directories of the VM's cgroup.
+    pub fn cgroup_dirs(&self, name: &str) -> Vec<PathBuf> {
+        self.inner.cgroups.dirs(&self.inner.cgroup(name))
+    }
+
+    /// What QEMU itself says of the VM (`query-status`: `running`, `paused`, …).
+    pub async fn qmp_status(&self, name: &str) -> Result<String> {
+        let mut q = Qmp::connect(&self.inner.qmp_path(name))
+            .await
+            .map_err(|reason| VmmError::Qmp {
+                name: name.to_string(),
+                reason,
+            })?;
+        q.status().await.map_err(|reason| VmmError::Qmp {
+            name: name.to_string(),
+            reason,
+        })
+    }
+
+    /// The VM's directory of sockets and boot files.
+    pub fn run_dir_of(&self, name: &str) -> PathBuf {
+        self.inner.run_dir(name)
+    }
+
+    /// The VM's state file.
+    pub fn state_file_of(&self, name: &str) -> PathBuf {
+        state::path(&self.inner.state_dir(), name)
+    }
+}
+
+impl super::Vmm for QemuVmm {
+    async fn create(&self, spec: VmSpec) -> Result<VmInfo> {
+        spec.validate()?;
+        let inner = &self.inner;
+        let mut vms = inner.vms.lock().await;
+        if let Some(m) = vms.get(&spec.name) {
+            if m.rec.spec != spec {
+                return Err(VmmError::Exists(spec.name));
+            }
+            return Ok(inner.info(m));
+        }
+        for p in [&inner.cfg.qemu] {
+            if !p.is_file() {
+                return Err(VmmError::Spawn {
+                    program: p.clone(),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                });
+            }
+        }
+        if !spec.shares.is_empty() && !inner.cfg.virtiofsd.is_file() {
+            return Err(VmmError::Spawn {
+                program: inner.cfg.virtiofsd.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        let mut m = Machine {
+            rec: VmRecord {
+                version: STATE_VERSION,
+                spec: spec.clone(),
+                desired: Desired::Running,
+                pid: None,
+                virtiofsd: vec![],
+                restarts: 0,
+            },
+            supervised: true,
+            next_start: None,
+            backoff: inner.cfg.backoff_min,
+            started: Instant::now(),
+        };
+        // A console log of an earlier VM of the same name is not this one's.
+        let _ = fs::remove_file(inner.console_log(&spec.name));
+        inner.save(&m)?;
+        if let Err(e) = inner.boot(&mut m).await {
+            inner.kill_all(&mut m.rec);
+            let _ = inner.cgroups.remove(&inner.cgroup(&spec.name));
+            let _ = fs::remove_dir_all(inner.run_dir(&spec.name));
+            let _ = state::remove(&inner.state_dir(), &spec.name);
+            return Err(e);
+        }
+        tracing::info!(vm = %spec.name, pid = ?m.rec.pid, kvm = inner.kvm, "vm created");
+        let info = inner.info(&m);
+        vms.insert(spec.name.clone(), m);
+        Ok(info)
+    }
+
+    async fn delete(&self, name: &str) -> Result<()> {
+        let inner = &self.inner;
+        let mut vms = inner.vms.lock().await;
+        let Some(mut m) = vms.remove(name) else {
+            return Ok(());
+        };
+        inner.stop(&mut m, inner.cfg.stop_timeout).await;
+        inner.cgroups.remove(&inner.cgroup(name))?;
+        let run = inner.run_dir(name);
+        if let Err(e) = fs::remove_dir_all(&run)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(io_err("remove", &run)(e));
+        }
+        let log = inner.console_log(name);
+        if let Err(e) = fs::remove_file(&log)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(io_err("remove", &log)(e));
+        }
+        state::remove(&inner.state_dir(), name)?;
+        tracing::info!(vm = name, "vm deleted");
+        Ok(())
+    }
+
+    async fn info(&self, name: &str) -> Result<Option<VmInfo>> {
+        let vms = self.inner.vms.lock().await;
+        Ok(vms.get(name).map(|m| self.inner.info(m)))
+    }
+
+    async fn list(&self) -> Result<Vec<VmInfo>> {
+        let vms = self.inner.vms.lock().await;
+        Ok(vms.values().map(|m| self.inner.info(m)).collect())
+    }
+
+    async fn pause(&self, name: &str) -> Result<()> {
+        let inner = &self.inner;
+        let mut vms = inner.vms.lock().await;
+        let m = vms
+            .get_mut(name)
+            .ok_or_else(|| VmmError::NotFound(name.to_string()))?;
+        if m.rec.desired == Desired::Stopped {
+            return Err(VmmError::State {
+                name: name.to_string(),
+                status: VmStatus::Stopped,
+                want: "running",
+            });
+        }
+        if m.rec.pid.is_some_and(|p| alive(p, &inner.qmp_path(name))) {
+            inner.qmp(name, "stop").await?;
+        }
+        m.rec.desired = Desired::Paused;
+        inner.save(m)
+    }
+
+    async fn resume(&self, name: &str) -> Result<()> {
+        let inner = &self.inner;
+        let mut vms = inner.vms.lock().await;
+        let m = vms
+            .get_mut(name)
+            .ok_or_else(|| VmmError::NotFound(name.to_string()))?;
+        if m.rec.desired == Desired::Stopped {
+            return Err(VmmError::State {
+                name: name.to_string(),
+                status: VmStatus::Stopped,
+                want: "paused",
+            });
+        }
+        if m.rec.pid.is_some_and(|p| alive(p, &inner.qmp_path(name))) {
+            inner.qmp(name, "cont").await?;
+        }
+        m.rec.desired = Desired::Running;
+        inner.save(m)
+    }
+
+    async fn shutdown(&self, name: &str, timeout: Duration) -> Result<()> {
+        let inner = &self.inner;
+        let mut vms = inner.vms.lock().await;
+        let m = vms
+            .get_mut(name)
+            .ok_or_else(|| VmmError::NotFound(name.to_string()))?;
+        inner.stop(m, timeout).await;
+        m.rec.desired = Desired::Stopped;
+        inner.save(m)
+    }
+
+    async fn start(&self, name: &str) -> Result<VmInfo> {
+        let inner = &self.inner;
+        let mut vms = inner.vms.lock().await;
+        let m = vms
+            .get_mut(name)
+            .ok_or_else(|| VmmError::NotFound(name.to_string()))?;
+        let running = m.rec.pid.is_some_and(|p| alive(p, &inner.qmp_path(name)));
+        if !running {
+            m.rec.desired = Desired::Running;
+            inner.boot(m).await?;
+        }
+        m.supervised = true;
+        Ok(inner.info(m))
+    }
+
+    async fn console(&self, name: &str, max: usize) -> Result<String> {
+        let inner = &self.inner;
+        if !inner.vms.lock().await.contains_key(name) {
+            return Err(VmmError::NotFound(name.to_string()));
+        }
+        let p = inner.console_log(name);
+        let b = match fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+            Err(e) => return Err(io_err("read", &p)(e)),
+        };
+        let start = b.len().saturating_sub(max);
+        Ok(String::from_utf8_lossy(&b[start..]).into_owned())
+    }
+
+    async fn reconcile(&self) -> Result<VmmReconcile> {
+        let inner = &self.inner;
+        let mut vms = inner.vms.lock().await;
+        let mut report = VmmReconcile::default();
+        for m in vms.values_mut() {
+            let name = m.rec.spec.name.clone();
+            if m.supervised {
+                continue;
+            }
+            m.supervised = true;
+            if m.rec.desired == Desired::Stopped {
+                continue;
+            }
+            let qmp = inner.qmp_path(&name);
+            if m.rec.pid.is_some_and(|p| alive(p, &qmp)) {
+                m.started = Instant::now();
+                tracing::debug!(vm = %name, pid = ?m.rec.pid, "vm adopted");
+                report.adopted.push(name);
+                continue;
+            }
+            match inner.boot(m).await {
+                Ok(()) => {
+                    m.rec.restarts += 1;
+                    let _ = inner.save(m);
+                    report.restarted.push(name);
+                }
+                Err(e) => {
+                    let e = crate::registrar::error_chain(&e);
+                    tracing::warn!(vm = %name, "vm not brought back: {e}");
+                    m.next_start = Some(Instant::now() + m.backoff);
+                    report.failed.push(format!("{name}: {e}"));
+                }
+            }
+        }
+        if !report.adopted.is_empty() || !report.restarted.is_empty() {
+            tracing::info!(
+                adopted = report.adopted.len(),
+                restarted = report.restarted.len(),
+                "vms reconciled"
+            );
+        }
+        Ok(report)
+    }
+}
