@@ -118,6 +118,7 @@ pub async fn run(
         report_interval: cfg.report_interval,
         zos_version: VERSION.into(),
         storage,
+        prefix: cfg.prefix.clone(),
     };
     // What the engine may hand out: the machine as registered, less what the system keeps.
     let facts =

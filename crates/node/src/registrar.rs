@@ -47,6 +47,8 @@ pub struct RegistrarConfig {
     pub report_interval: Duration,
     pub zos_version: String,
     pub storage: StorageFacts,
+    /// The node's name prefix: links the network module makes are not the machine's.
+    pub prefix: String,
 }
 
 /// Builds the registration from the machine's facts.
@@ -70,7 +72,12 @@ pub fn registration(
             hru: 0,
         },
         hardware: system.hardware(),
-        interfaces: system.interfaces()?,
+        interfaces: {
+            let names = crate::network::Names::new(&cfg.prefix);
+            let mut all = system.interfaces()?;
+            all.retain(|i| !names.owns_link(&i.name));
+            all
+        },
         zos_version: cfg.zos_version.clone(),
         report_interval_secs: cfg.report_interval.as_secs().max(1),
         limited: cfg.storage.limited.clone(),
@@ -312,11 +319,24 @@ mod tests {
                 virtualized: false,
                 cpu_model: "c".into(),
             },
-            interfaces: vec![Interface {
-                name: "eth0".into(),
-                mac: "02:00:00:00:00:01".into(),
-                ips: vec![],
-            }],
+            interfaces: vec![
+                Interface {
+                    name: "eth0".into(),
+                    mac: "02:00:00:00:00:01".into(),
+                    ips: vec![],
+                },
+                // The network module's own links are not the machine's.
+                Interface {
+                    name: "zdmz".into(),
+                    mac: "02:00:00:00:00:02".into(),
+                    ips: vec![],
+                },
+                Interface {
+                    name: "zt0a1b2c3d4e5".into(),
+                    mac: "02:00:00:00:00:03".into(),
+                    ips: vec![],
+                },
+            ],
             uptime: 5,
         };
         let cfg = RegistrarConfig {
@@ -329,9 +349,12 @@ mod tests {
                 reserved_sru: GIB,
                 limited: None,
             },
+            prefix: "z".into(),
         };
         let reg = registration(&sys, &cfg).unwrap();
         reg.validate().unwrap();
+        let names: Vec<&str> = reg.interfaces.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["eth0"]);
         assert_eq!(
             reg.capacity,
             Capacity {

@@ -587,7 +587,30 @@ pub async fn wait_online(state: &mut DevnetState, timeout: Duration) -> anyhow::
             n.node_id = nodes.iter().find(|x| x.twin_id == twin.id).map(|x| x.id);
         }
     }
-    state.save()
+    state.save()?;
+    // Online means registered; ready means its uplink answers requests over the relay.
+    let farmer = state.farmer_client()?;
+    for n in &state.nodes {
+        let Some(twin) = n.twin_id else { continue };
+        let answered = wait_until(timeout, Duration::from_millis(200), || {
+            let farmer = farmer.clone();
+            async move {
+                farmer
+                    .call(twin, "zos.system.version", &serde_json::Value::Null)
+                    .await
+                    .ok()
+            }
+        })
+        .await;
+        if answered.is_none() {
+            bail!(
+                "node {} did not answer over the relay within {timeout:?}; see {}",
+                n.index,
+                n.log.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Removes every process, namespace and link of the devnet, then its state file.
@@ -673,31 +696,60 @@ impl DevnetGuard {
     /// built beside the test executable.
     pub async fn up(nodes: usize, report_interval: Duration) -> anyhow::Result<Self> {
         static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let name = format!("t{:03}{}", std::process::id() % 1000, n % 10);
-        let dir = std::env::temp_dir().join(format!("zos-devnet-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
         let bin = |b: &str| {
             crate::workspace_binary(b)
                 .with_context(|| format!("{b} is not built: run `cargo build --workspace` first"))
         };
-        let opts = DevnetOptions {
-            name,
-            dir: dir.clone(),
-            nodes,
-            report_interval,
-            grid_bin: bin("zos-grid")?,
-            zosd_bin: bin("zosd")?,
-            wait: Duration::from_secs(60),
-            disks: DiskPlan::defaults(),
-        };
-        let guard_dir = tempfile_dir::TempDir(dir);
-        let state = up(&opts).await?;
-        Ok(Self {
-            state,
-            _dir: Some(guard_dir),
-        })
+        let (grid_bin, zosd_bin) = (bin("zos-grid")?, bin("zosd")?);
+        // Names are `t` and 4 base-36 digits from the process and a counter; parallel test
+        // processes can still meet on one, so a name in use is skipped for the next.
+        let mut last = None;
+        for _ in 0..8 {
+            let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let name = format!(
+                "t{}",
+                base36(std::process::id().wrapping_mul(31).wrapping_add(n * 7919))
+            );
+            let dir =
+                std::env::temp_dir().join(format!("zos-devnet-{name}-{}", std::process::id()));
+            if netns::link_exists(&format!("{name}br")) || dir.exists() {
+                continue;
+            }
+            let opts = DevnetOptions {
+                name,
+                dir: dir.clone(),
+                nodes,
+                report_interval,
+                grid_bin: grid_bin.clone(),
+                zosd_bin: zosd_bin.clone(),
+                wait: Duration::from_secs(60),
+                disks: DiskPlan::defaults(),
+            };
+            let guard_dir = tempfile_dir::TempDir(dir);
+            match up(&opts).await {
+                Ok(state) => {
+                    return Ok(Self {
+                        state,
+                        _dir: Some(guard_dir),
+                    });
+                }
+                Err(e) if format!("{e:#}").contains("is already up") => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no free devnet name")))
     }
+}
+
+/// The last 4 base-36 digits of `n`.
+fn base36(mut n: u32) -> String {
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = [b'0'; 4];
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(n % 36) as usize];
+        n /= 36;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Drop for DevnetGuard {

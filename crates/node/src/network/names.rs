@@ -155,6 +155,25 @@ impl Names {
         self.ifname('x', short)
     }
 
+    /// True when `ifname` is a link this module makes in the host (so it is not one of the
+    /// machine's own interfaces, and is left out of what the node registers).
+    pub fn owns_link(&self, ifname: &str) -> bool {
+        let Some(rest) = ifname.strip_prefix(self.prefix.as_str()) else {
+            return false;
+        };
+        if matches!(rest, "dmz" | "dmzp" | "pub" | "pubv" | "pubw") {
+            return true;
+        }
+        let mut chars = rest.chars();
+        let kind = chars.next();
+        let id: String = chars.collect();
+        matches!(kind, Some('b' | 'l' | 'k' | 'w' | 't' | 'p' | 'x'))
+            && id.len() >= 4
+            && id
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    }
+
     /// The nftables tables of this node in the host (`inet` and `bridge` families).
     pub fn host_table(&self) -> String {
         if self.prefix.is_empty() {
@@ -263,6 +282,32 @@ pub fn eui64(prefix: Ipv6Net, mac: &[u8; 6]) -> Ipv6Addr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_links_are_told_from_the_machines() {
+        let n = Names::new("zdnn1");
+        let id = NetId::new(7, "lan");
+        for own in [
+            n.host_dmz(),
+            n.public_bridge(),
+            n.public_veth(),
+            n.nr_bridge(&id),
+            n.nr_lan_host(&id),
+            n.nr_wg(&id),
+            n.private_tap("0a1b2c3d4e5f"),
+            n.public_tap("0a1b2c3d4e5f"),
+        ] {
+            assert!(n.owns_link(&own), "{own}");
+        }
+        for machine in ["eth0", "eth1", "zdnn10dmz", "zdnn1", "lo"] {
+            assert!(!n.owns_link(machine), "{machine}");
+        }
+        let bare = Names::new("");
+        assert!(bare.owns_link("dmz") && bare.owns_link(&bare.nr_bridge(&id)));
+        for machine in ["eth0", "enp3s0", "br0", "wlan0", "bond0", "tap0", "lo"] {
+            assert!(!bare.owns_link(machine), "{machine}");
+        }
+    }
 
     #[test]
     fn netid_is_stable_and_distinct() {
