@@ -1,10 +1,11 @@
 //! [`MemoryVmm`]: the in-memory fake, with the same rules as the real VMM.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Result, VmInfo, VmSpec, VmStatus, Vmm, VmmError, VmmReconcile};
+use super::{DiskPrep, Result, VmInfo, VmSpec, VmStatus, Vmm, VmmError, VmmReconcile};
 
 /// Keeps VMs in memory; every created VM "runs" with a made-up PID.
 #[derive(Debug, Default)]
@@ -12,6 +13,7 @@ pub struct MemoryVmm {
     vms: Mutex<BTreeMap<String, VmInfo>>,
     next_pid: Mutex<i32>,
     fail: Mutex<Option<&'static str>>,
+    prepared: Mutex<Vec<(PathBuf, DiskPrep)>>,
 }
 
 impl MemoryVmm {
@@ -31,6 +33,11 @@ impl MemoryVmm {
             return Err(VmmError::Internal(format!("{op} failed (injected)")));
         }
         Ok(())
+    }
+
+    /// Every disk preparation asked, in order.
+    pub fn prepared(&self) -> Vec<(PathBuf, DiskPrep)> {
+        self.prepared.lock().unwrap().clone()
     }
 
     /// Simulates the VM's process dying and the supervisor starting it again.
@@ -147,6 +154,15 @@ impl Vmm for MemoryVmm {
         } else {
             Err(VmmError::NotFound(name.to_string()))
         }
+    }
+
+    async fn prepare_disk(&self, path: &Path, prep: DiskPrep) -> Result<bool> {
+        self.failing("prepare_disk")?;
+        self.prepared
+            .lock()
+            .unwrap()
+            .push((path.to_path_buf(), prep));
+        Ok(true)
     }
 
     async fn reconcile(&self) -> Result<VmmReconcile> {

@@ -17,7 +17,7 @@ mod qmp;
 mod state;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -287,6 +287,19 @@ pub struct VmInfo {
     pub cgroup: String,
 }
 
+/// How a block device is prepared before a VM gets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskPrep {
+    /// An ext4 file system labelled `label`, when the disk holds none (a new zmount). The node
+    /// formats, not the guest: the guest may be anything, and busybox cannot make ext4.
+    Format { label: String },
+    /// The raw image `image` written from the disk's first byte, when the disk is blank (its
+    /// first MiB is zeros); an image larger than the disk is refused.
+    Image { image: PathBuf },
+    /// A NoCloud `cidata` volume written to the path (replacing what was there).
+    NoCloud(nocloud::NoCloud),
+}
+
 /// What [`Vmm::reconcile`] found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmmReconcile {
@@ -331,6 +344,13 @@ pub trait Vmm: Send + Sync {
 
     /// The last `max` bytes of the VM's console log.
     fn console(&self, name: &str, max: usize) -> impl Future<Output = Result<String>> + Send;
+
+    /// Prepares the block device at `path` as `prep` says; answers whether it wrote anything.
+    fn prepare_disk(
+        &self,
+        path: &Path,
+        prep: DiskPrep,
+    ) -> impl Future<Output = Result<bool>> + Send;
 
     /// Brings back every recorded VM (zosd's start): adopts running QEMU processes, starts the
     /// others, and supervises them all from then on.

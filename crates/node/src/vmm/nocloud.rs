@@ -125,6 +125,49 @@ fn run(cmd: &mut Command) -> Result<()> {
     }
 }
 
+/// Writes `image` at the start of the disk `path` when the disk is blank (its first MiB is
+/// zeros); answers whether it did.
+pub fn write_image_if_blank(image: &Path, path: &Path) -> Result<bool> {
+    use std::io::{Read, Seek, Write};
+    let io = |op: &'static str, p: &Path| {
+        let p = p.to_path_buf();
+        move |source| VmmError::Io {
+            op,
+            path: p,
+            source,
+        }
+    };
+    let mut disk = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io("open", path))?;
+    let disk_size = disk.metadata().map_err(io("stat", path))?.len();
+    let mut head = vec![0u8; 1 << 20];
+    let n = disk.read(&mut head).map_err(io("read", path))?;
+    if head[..n].iter().any(|b| *b != 0) {
+        return Ok(false);
+    }
+    let mut src = std::fs::File::open(image).map_err(io("open", image))?;
+    let size = src.metadata().map_err(io("stat", image))?.len();
+    if size > disk_size {
+        return Err(VmmError::Invalid {
+            field: "image".into(),
+            reason: format!(
+                "{} is {size} bytes, larger than its disk ({disk_size} bytes)",
+                image.display()
+            ),
+        });
+    }
+    disk.seek(std::io::SeekFrom::Start(0))
+        .map_err(io("seek", path))?;
+    std::io::copy(&mut src, &mut disk).map_err(io("write", path))?;
+    disk.flush()
+        .and_then(|_| disk.sync_all())
+        .map_err(io("sync", path))?;
+    Ok(true)
+}
+
 /// Puts an ext4 file system labelled `label` on the disk file `path` when it holds none (a new
 /// zmount); answers whether it did. A disk with any file system is left alone.
 pub fn format_if_empty(path: &Path, label: &str) -> Result<bool> {

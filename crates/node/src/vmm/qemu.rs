@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use super::cgroup::Cgroups;
 use super::qmp::Qmp;
 use super::state::{self, Desired, STATE_DIR, STATE_VERSION, VmRecord};
-use super::{Boot, Result, VmInfo, VmSpec, VmStatus, VmmError, VmmReconcile};
+use super::{Boot, DiskPrep, Result, VmInfo, VmSpec, VmStatus, VmmError, VmmReconcile};
 use crate::network::find_program;
 
 /// Which accelerator QEMU uses.
@@ -882,6 +882,17 @@ impl super::Vmm for QemuVmm {
         };
         let start = b.len().saturating_sub(max);
         Ok(String::from_utf8_lossy(&b[start..]).into_owned())
+    }
+
+    async fn prepare_disk(&self, path: &Path, prep: DiskPrep) -> Result<bool> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || match prep {
+            DiskPrep::Format { label } => super::nocloud::format_if_empty(&path, &label),
+            DiskPrep::Image { image } => super::nocloud::write_image_if_blank(&image, &path),
+            DiskPrep::NoCloud(seed) => seed.write_image(&path).map(|()| true),
+        })
+        .await
+        .map_err(|e| VmmError::Internal(format!("disk preparation panicked: {e}")))?
     }
 
     async fn reconcile(&self) -> Result<VmmReconcile> {
