@@ -35,6 +35,15 @@ pub enum DeploymentCmd {
         #[arg(long, default_value_t = 600)]
         wait: u64,
     },
+    /// The console log of a machine (zmachine) of the deployment.
+    Console {
+        contract: ContractId,
+        /// The zmachine's name in the deployment.
+        name: String,
+        /// How much of the end of the log, in bytes (at most 1 MiB).
+        #[arg(long, default_value_t = 64 * 1024)]
+        bytes: usize,
+    },
     /// Cancel the contract: the node removes every workload.
     Cancel {
         contract: ContractId,
@@ -373,6 +382,25 @@ pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
             let (node, done) =
                 update_to(&c, contract, &desired, Duration::from_secs(wait), g.json).await?;
             finish(node, &done, g)
+        }
+        DeploymentCmd::Console {
+            contract,
+            name,
+            bytes,
+        } => {
+            let (_, twin) = node_of(&c, contract).await?;
+            let v = c
+                .call(
+                    twin,
+                    "zos.zmachine.console",
+                    &json!({ "contract_id": contract, "name": name, "bytes": bytes }),
+                )
+                .await?;
+            if g.json {
+                return output::json(&v);
+            }
+            print!("{}", v["console"].as_str().unwrap_or_default());
+            Ok(())
         }
         DeploymentCmd::Cancel { contract, wait } => {
             let node = cancel(&c, contract, Duration::from_secs(wait), g.json).await?;

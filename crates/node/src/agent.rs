@@ -1,5 +1,6 @@
 //! The node agent: brings the subsystems up in order and runs until told to stop.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use std::collections::HashMap;
@@ -13,19 +14,55 @@ use zos_types::workload::WorkloadType;
 
 use crate::api::NodeApi;
 use crate::config::NodeConfig;
+use crate::flist::{FlistConfig, FlistError, FlistManager, ProcessFlists};
 use crate::identity;
 use crate::network::{LinuxNetworker, NetworkConfig, Networker, PublicSetup};
 use crate::provision::{
-    Engine, EngineConfig, GridView, IpManager, Manager, NetworkManager, Store, volume_manager,
-    zmount_manager,
+    Engine, EngineConfig, GridView, IpManager, Manager, NetworkManager, Store, ZmachineConfig,
+    ZmachineManager, volume_manager, zmount_manager,
 };
 use crate::registrar::{Registrar, RegistrarConfig, StorageFacts, error_chain, registration};
 use crate::storage::{BtrfsStorage, StorageConfig};
 use crate::system::System;
 use crate::uplink::{ClientView, Uplink};
+use crate::vmm::{QemuVmm, Vmm, VmmConfig};
 
 /// How often the cache quota follows the cache's usage.
 const CACHE_ADJUST_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The mount name of the guest image flist.
+const GUEST_MOUNT: &str = "zos-guest";
+/// Resolvers machines are given.
+const DEFAULT_NAMESERVERS: [&str; 2] = ["1.1.1.1", "8.8.8.8"];
+
+/// Mounts the guest image flist, retrying until it works (the hub may not have it yet); a
+/// mount of content the URL no longer holds is replaced.
+async fn mount_guest(flists: Arc<ProcessFlists>, url: String, stop: CancellationToken) {
+    let mut delay = std::time::Duration::from_secs(2);
+    loop {
+        match flists.mount(GUEST_MOUNT, &url).await {
+            Ok(m) => {
+                info!(url = %url, sha256 = %m.sha256, mountpoint = %m.mountpoint.display(), "guest image mounted");
+                return;
+            }
+            Err(e @ (FlistError::Changed { .. } | FlistError::Conflict { .. })) => {
+                info!(reason = %error_chain(&e), "guest image changed: mounting the new one");
+                if let Err(e) = flists.unmount(GUEST_MOUNT).await {
+                    warn!(error = %error_chain(&e), "cannot unmount the old guest image");
+                }
+                continue;
+            }
+            Err(e) => {
+                warn!(url = %url, error = %error_chain(&e), retry_in = ?delay, "cannot mount the guest image");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(60));
+    }
+}
 
 /// How often the public config is read again even without an event.
 const PUBLIC_CONFIG_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
@@ -174,6 +211,55 @@ pub async fn run(
         warn!(what = %f, "not brought back");
     }
 
+    // Flists and virtual machines: mounts and VMs that outlived the last zosd are adopted.
+    let flists = Arc::new(
+        ProcessFlists::new(FlistConfig::new(&state_dir, &cfg.grid, &cfg.prefix))
+            .context("opening the flist state")?,
+    );
+    match flists.reconcile().await {
+        Ok(r) => info!(
+            adopted = r.adopted.len(),
+            remade = r.remade.len(),
+            failed = r.failed.len(),
+            "flist mounts back"
+        ),
+        Err(e) => warn!(error = %error_chain(&e), "cannot bring flist mounts back"),
+    }
+    let vm_run = if cfg.prefix.is_empty() {
+        PathBuf::from("/run/zos-vmm")
+    } else {
+        PathBuf::from(format!("/run/zos-vmm-{}", cfg.prefix))
+    };
+    let vmm = Arc::new(
+        QemuVmm::open(VmmConfig::new(&cfg.prefix, state_dir.clone(), vm_run))
+            .context("opening the virtual machine state")?,
+    );
+    let vms = vmm
+        .reconcile()
+        .await
+        .context("bringing the virtual machines back")?;
+    info!(
+        kvm = vmm.uses_kvm(),
+        adopted = vms.adopted.len(),
+        restarted = vms.restarted.len(),
+        failed = vms.failed.len(),
+        "virtual machines back"
+    );
+    for f in &vms.failed {
+        warn!(what = %f, "not brought back");
+    }
+    let guest = match (&cfg.guest_dir, &cfg.guest_flist) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(url)) => {
+            tasks.spawn(mount_guest(flists.clone(), url.clone(), stop.clone()));
+            flists.mountpoint(GUEST_MOUNT)
+        }
+        (None, None) => {
+            warn!("no guest_flist= given: container-mode machines cannot boot on this node");
+            flists.mountpoint(GUEST_MOUNT)
+        }
+    };
+
     // Provisioning: the store, the managers, the engine and its worker.
     let store = Arc::new(
         Store::open(&state_dir.join("provision.sqlite")).context("opening the deployment store")?,
@@ -200,6 +286,24 @@ pub async fn run(
             view.clone() as Arc<dyn GridView>,
         )),
     );
+    managers.insert(
+        WorkloadType::Zmachine,
+        Arc::new(ZmachineManager::new(
+            net.clone(),
+            pools.clone(),
+            flists.clone(),
+            vmm.clone(),
+            ZmachineConfig {
+                kernel: guest.join("vmlinux"),
+                initramfs: guest.join("initramfs.cpio"),
+                state_dir: state_dir.join("zmachine"),
+                nameservers: DEFAULT_NAMESERVERS
+                    .iter()
+                    .map(|a| a.parse().expect("valid address"))
+                    .collect(),
+            },
+        )),
+    );
     let (node_tx, node_rx) = watch::channel(None);
     let engine = Arc::new(Engine::new(
         store,
@@ -217,12 +321,10 @@ pub async fn run(
         .context("queueing the reconciliation of stored deployments")?;
     info!(deployments = pending, "reconciling stored deployments");
     tasks.spawn(engine.clone().run(stop.clone()));
-    let api = Arc::new(NodeApi::new(
-        engine.clone(),
-        pools.clone(),
-        net.clone(),
-        status.clone(),
-    ));
+    let api = Arc::new(
+        NodeApi::new(engine.clone(), pools.clone(), net.clone(), status.clone())
+            .with_consoles(vmm.clone()),
+    );
     let public_changed = Arc::new(tokio::sync::Notify::new());
 
     // The public config follows what the farmer set on the grid.

@@ -16,6 +16,7 @@
 //! | `zos.network.list_private_ips` | `{"network_name": S}` | addresses machines use in the sender's network |
 //! | `zos.network.list_public_ips` | – | public IPv4 addresses `ip` workloads use on the node |
 //! | `zos.network.wireguard` | `{"network_name": S}` | the sender's network resource: key, port, peers and transfer counters |
+//! | `zos.zmachine.console` | `{"contract_id": N, "name": S, "bytes": N?}` | the last bytes (64 KiB by default, 1 MiB at most) of the sender's machine's console log |
 //!
 //! Only a deployment's own twin sees or changes it.
 
@@ -27,10 +28,14 @@ use tokio::sync::watch;
 use zos_types::deployment::{ContractId, Deployment, MAX_DEPLOYMENT_BYTES};
 use zos_types::{Capacity, TwinId};
 
+use futures::future::BoxFuture;
+use zos_types::workload::WorkloadType;
+
 use crate::network::Networker;
 use crate::provision::{Engine, EngineError};
 use crate::registrar::{RegistrarStatus, error_chain};
 use crate::storage::Storage;
+use crate::vmm::Vmm;
 
 /// A command the node understands, with its parsed body.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +55,32 @@ pub enum Command {
     PrivateIps(String),
     PublicIps,
     Wireguard(String),
+    Console(ConsoleArg),
+}
+
+/// Body of `zos.zmachine.console`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleArg {
+    pub contract_id: ContractId,
+    pub name: String,
+    #[serde(default)]
+    pub bytes: Option<usize>,
+}
+
+/// Most console bytes one request answers.
+const MAX_CONSOLE_BYTES: usize = 1 << 20;
+
+/// Console logs of machines, for `zos.zmachine.console` (any [`Vmm`]).
+pub trait Consoles: Send + Sync {
+    /// The last `max` bytes of the console of VM `vm`.
+    fn tail<'a>(&'a self, vm: &'a str, max: usize) -> BoxFuture<'a, Result<String, String>>;
+}
+
+impl<V: Vmm + 'static> Consoles for V {
+    fn tail<'a>(&'a self, vm: &'a str, max: usize) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move { self.console(vm, max).await.map_err(|e| error_chain(&e)) })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +157,7 @@ impl Command {
             "zos.network.wireguard" => {
                 Command::Wireguard(body::<NetworkArg>(command, raw)?.network_name)
             }
+            "zos.zmachine.console" => Command::Console(body(command, raw)?),
             other => return Err(ApiError::UnknownCommand(other.to_string())),
         })
     }
@@ -153,6 +185,7 @@ pub struct NodeApi<S, N> {
     storage: Arc<S>,
     net: Arc<N>,
     registrar: watch::Receiver<RegistrarStatus>,
+    consoles: Option<Arc<dyn Consoles>>,
 }
 
 impl<S, N> std::fmt::Debug for NodeApi<S, N> {
@@ -173,7 +206,14 @@ impl<S: Storage + 'static, N: Networker + 'static> NodeApi<S, N> {
             storage,
             net,
             registrar,
+            consoles: None,
         }
+    }
+
+    /// Serves machines' console logs from `consoles`.
+    pub fn with_consoles(mut self, consoles: Arc<dyn Consoles>) -> Self {
+        self.consoles = Some(consoles);
+        self
     }
 
     /// Parses and runs `command` sent by `source`.
@@ -274,6 +314,26 @@ impl<S: Storage + 'static, N: Networker + 'static> NodeApi<S, N> {
                     .await
                     .map_err(net_err)?;
                 Ok(json!({"network": info, "status": status}))
+            }
+            Command::Console(arg) => {
+                let d = self.engine.get(source, arg.contract_id)?;
+                let w = d
+                    .workloads
+                    .iter()
+                    .find(|w| w.name == arg.name && w.kind == WorkloadType::Zmachine)
+                    .ok_or_else(|| {
+                        ApiError::NotFound(format!(
+                            "deployment {} has no zmachine {:?}",
+                            arg.contract_id, arg.name
+                        ))
+                    })?;
+                let consoles = self.consoles.as_ref().ok_or_else(|| {
+                    ApiError::NotFound("this node runs no virtual machines".into())
+                })?;
+                let vm = d.workload_id(&w.name).to_string();
+                let max = arg.bytes.unwrap_or(64 << 10).min(MAX_CONSOLE_BYTES);
+                let text = consoles.tail(&vm, max).await.map_err(ApiError::NotFound)?;
+                Ok(json!({ "name": w.name, "console": text }))
             }
         }
     }

@@ -143,6 +143,11 @@ pub struct NodeConfig {
     /// The interface public traffic leaves through (a second NIC), when the farmer gives the
     /// node a public config: `public_iface=` on the kernel command line.
     pub public_iface: Option<String>,
+    /// Where the container-mode guest kernel and initramfs come from: a flist URL
+    /// (`guest_flist=` on the kernel command line), mounted on first use.
+    pub guest_flist: Option<String>,
+    /// A local directory holding `vmlinux` and `initramfs.cpio` instead (development).
+    pub guest_dir: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -200,6 +205,11 @@ impl NodeConfig {
                 .get("public_iface")
                 .filter(|v| !v.is_empty())
                 .map(str::to_string),
+            guest_flist: kernel
+                .get("guest_flist")
+                .filter(|v| !v.is_empty())
+                .map(str::to_string),
+            guest_dir: None,
         })
     }
 }

@@ -48,6 +48,13 @@ struct Args {
     /// (overrides public_iface=).
     #[arg(long, env = "ZOS_PUBLIC_IFACE")]
     public_iface: Option<String>,
+    /// URL of the flist holding the guest kernel and initramfs of container-mode VMs
+    /// (overrides guest_flist=).
+    #[arg(long, env = "ZOS_GUEST_FLIST")]
+    guest_flist: Option<String>,
+    /// A directory holding the guest kernel and initramfs instead (`scripts/build-guest.sh`).
+    #[arg(long, env = "ZOS_GUEST_DIR", conflicts_with = "guest_flist")]
+    guest_dir: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -101,6 +108,10 @@ fn main() -> anyhow::Result<()> {
     if args.public_iface.is_some() {
         cfg.public_iface = args.public_iface;
     }
+    if args.guest_flist.is_some() {
+        cfg.guest_flist = args.guest_flist;
+    }
+    cfg.guest_dir = args.guest_dir;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

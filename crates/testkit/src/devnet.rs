@@ -423,6 +423,17 @@ async fn build(state: &mut DevnetState, opts: &DevnetOptions, gateway: &str) -> 
     Ok(())
 }
 
+/// The name the farmer publishes the guest image under on a devnet's hub.
+pub const GUEST_FLIST: &str = "zos-guest.fl";
+
+/// Where a devnet's nodes find the guest image: the farmer's [`GUEST_FLIST`] on the hub.
+pub fn guest_flist_url(grid: &str, farmer_twin: TwinId) -> String {
+    format!(
+        "{}/api/v1/hub/flists/{farmer_twin}/{GUEST_FLIST}",
+        grid.trim_end_matches('/')
+    )
+}
+
 /// The interface name of a node's second NIC, for public traffic.
 pub const PUBLIC_NIC: &str = "eth1";
 /// How many public IPv4 addresses a devnet's farm gets (`.100` onwards of the public subnet).
@@ -487,6 +498,7 @@ pub fn stop_grid(state: &mut DevnetState) {
 pub fn start_node(state: &mut DevnetState, index: usize) -> anyhow::Result<()> {
     let report = state.report_interval_secs;
     let grid = state.grid_node_url.clone();
+    let farmer_twin = state.farmer_twin;
     let farm = state.farm_id;
     let zosd = state.zosd_bin.clone();
     let node = state
@@ -514,6 +526,9 @@ pub fn start_node(state: &mut DevnetState, index: usize) -> anyhow::Result<()> {
     if !node.public_if.is_empty() {
         cmd.args(["--public-iface", PUBLIC_NIC]);
     }
+    // The guest image of container-mode VMs: the farmer's flist on the devnet's hub (publish it
+    // with `scripts/build-guest.sh --flist F --hub --push zos-guest.fl` as the farmer).
+    cmd.args(["--guest-flist", &guest_flist_url(&grid, farmer_twin)]);
     for d in &node.disks {
         if let Some(dev) = &d.device {
             cmd.arg("--disk").arg(format!(
@@ -613,6 +628,38 @@ pub async fn wait_online(state: &mut DevnetState, timeout: Duration) -> anyhow::
     Ok(())
 }
 
+/// Removes the entries of `dir` whose names start with `prefix` (directories with rmdir only:
+/// cgroups and empty mount points).
+fn remove_prefixed(dir: &Path, prefix: &str) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(prefix) {
+            let p = e.path();
+            if p.is_dir() {
+                let _ = std::fs::remove_dir(&p);
+            } else {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+}
+
+/// The cgroup directories VMs' cgroups are made in (v1 controllers, or the v2 root).
+fn cgroup_roots() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(dash) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let fstype = fields.get(dash + 1).copied().unwrap_or("");
+        if fstype == "cgroup" || fstype == "cgroup2" {
+            out.push(PathBuf::from(fields[4]));
+        }
+    }
+    out
+}
+
 /// Removes every process, namespace and link of the devnet, then its state file.
 pub fn down(state: &DevnetState) -> anyhow::Result<()> {
     let mut problems = Vec::new();
@@ -632,6 +679,16 @@ pub fn down(state: &DevnetState) -> anyhow::Result<()> {
         }
         if let Err(e) = netns::delete_netns(&n.netns) {
             problems.push(format!("namespace {}: {e}", n.netns));
+        }
+        // What its machines and flists left in global places: mounts, cgroups, run files.
+        let flists = format!("/run/zos-flist/{}", n.prefix);
+        if let Err(e) = crate::disk::unmount_prefixed(&flists) {
+            problems.push(format!("flist mounts {flists}*: {e}"));
+        }
+        remove_prefixed(Path::new("/run/zos-flist"), &n.prefix);
+        let _ = std::fs::remove_dir_all(format!("/run/zos-vmm-{}", n.prefix));
+        for dir in cgroup_roots() {
+            remove_prefixed(&dir, &format!("{}zos-vm-", n.prefix));
         }
         if let Err(e) = crate::disk::unmount_under(&n.mount_root) {
             problems.push(format!("mounts under {}: {e}", n.mount_root.display()));

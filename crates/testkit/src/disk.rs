@@ -262,6 +262,29 @@ pub fn unmount_under(dir: &Path) -> io::Result<()> {
     )))
 }
 
+/// Unmounts every mount whose path starts with the text `prefix` (for example
+/// `/run/zos-flist/zdnn1`: every mount point a node named with its prefix), deepest first.
+pub fn unmount_prefixed(prefix: &str) -> io::Result<()> {
+    for _ in 0..16 {
+        let mut points: Vec<PathBuf> = mounts()?
+            .into_iter()
+            .map(|m| m.mount_point)
+            .filter(|p| p.to_string_lossy().starts_with(prefix))
+            .collect();
+        if points.is_empty() {
+            return Ok(());
+        }
+        points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        points.dedup();
+        for p in points {
+            unmount(&p)?;
+        }
+    }
+    Err(io::Error::other(format!(
+        "mounts at {prefix}* keep coming back"
+    )))
+}
+
 /// Attached loop devices and their backing files.
 pub fn loop_devices() -> io::Result<Vec<(PathBuf, PathBuf)>> {
     let out = command(

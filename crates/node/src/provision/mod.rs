@@ -4,6 +4,7 @@ pub mod engine;
 pub mod managers;
 pub mod network;
 pub mod store;
+pub mod zmachine;
 
 pub use engine::{Engine, EngineConfig, EngineError, GridView, Usage};
 pub use managers::{
@@ -11,6 +12,7 @@ pub use managers::{
 };
 pub use network::{IpManager, NetworkManager};
 pub use store::{Job, LogEntry, Store, StoreError};
+pub use zmachine::{ZmachineConfig, ZmachineManager};
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,554 @@
+//! Virtual machines end to end on a devnet: the guest image built from Debian's kernel and
+//! published to the hub as a flist, a busybox root packed and pushed as the user's flist, a
+//! private network across two nodes, and zmachines deployed with `zos deploy` running under
+//! real QEMU (TCG here) with virtiofs roots, a zmount disk and a volume. Checked from inside the
+//! network: the service answers, the disk has its size, the volume survives restarts, two
+//! machines on two nodes reach each other over WireGuard; QEMU killed comes back, zosd killed
+//! leaves the machine running and adopts it; bad machines fail alone; cancel leaves nothing.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use zos_client::GridClient;
+use zos_testkit::devnet::{self, DevnetGuard, DevnetNode};
+use zos_testkit::net::connect;
+use zos_testkit::netns;
+use zos_testkit::process::wait_until;
+use zos_testkit::require_root;
+use zos_types::Identity;
+
+/// Where cargo builds (the guest image is cached in `<target>/guest`).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors().nth(3).unwrap().to_path_buf()
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs `scripts/build-guest.sh ARGS` (cached); answers the output directory.
+fn build_guest(args: &[&str], env: &[(&str, &str)]) -> PathBuf {
+    let out = Command::new(repo().join("scripts/build-guest.sh"))
+        .args(args)
+        .env("CARGO_TARGET_DIR", target_dir())
+        .envs(env.iter().copied())
+        .output()
+        .expect("running scripts/build-guest.sh");
+    assert!(
+        out.status.success(),
+        "build-guest.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .trim(),
+    )
+}
+
+/// A user with a key, a twin and their own local state.
+struct User {
+    client: GridClient,
+    key_file: tempfile::NamedTempFile,
+    state: tempfile::TempDir,
+    grid: String,
+}
+
+async fn user(grid: &str) -> User {
+    let id = Identity::generate().unwrap();
+    let key_file = tempfile::NamedTempFile::new().unwrap();
+    zos_client::keyfile::save_identity(key_file.path(), &id, 0o600).unwrap();
+    let c = GridClient::new(grid).unwrap().with_identity(id);
+    let twin = c.create_twin(None).await.unwrap();
+    User {
+        client: c.with_twin(twin.id),
+        key_file,
+        state: tempfile::tempdir().unwrap(),
+        grid: grid.to_string(),
+    }
+}
+
+impl User {
+    fn zos_raw(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_zos"))
+            .args(args)
+            .args(["--grid", &self.grid, "--key"])
+            .arg(self.key_file.path())
+            .env("XDG_STATE_HOME", self.state.path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
+    fn zos(&self, args: &[&str]) -> Value {
+        let (ok, out, err) = self.zos_raw(args);
+        assert!(ok, "zos {args:?} failed: {err}");
+        serde_json::from_str(&out).unwrap_or(Value::String(out))
+    }
+
+    fn twin(&self) -> u32 {
+        self.client.twin_id().unwrap()
+    }
+
+    fn deploy(&self, dir: &Path, name: &str, yaml: &str, node: u32) -> Value {
+        let file = dir.join(name);
+        std::fs::write(&file, yaml).unwrap();
+        self.zos(&[
+            "deploy",
+            file.to_str().unwrap(),
+            "--node",
+            &node.to_string(),
+            "--json",
+        ])
+    }
+}
+
+/// The namespace of `twin`'s network `name` on `node` (docs/network.md, Names).
+fn nr_netns(node: &DevnetNode, twin: u32, name: &str) -> String {
+    let d = Sha256::digest(format!("{twin}:{name}").as_bytes());
+    let hex: String = d[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}n-{hex}", node.prefix)
+}
+
+/// `GET path` from namespace `ns`; the body, or `None` when nothing answers.
+fn http_get(ns: &str, to: &str, path: &str) -> Option<String> {
+    let to: SocketAddr = to.parse().unwrap();
+    let mut s = connect(ns, None, to, Duration::from_secs(3)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then(|| body.to_string())
+}
+
+async fn wait_http(ns: &str, to: &str, path: &str, want: &str, secs: u64) -> String {
+    let got = wait_until(
+        Duration::from_secs(secs),
+        Duration::from_millis(500),
+        || {
+            let (ns, to, path, want) = (
+                ns.to_string(),
+                to.to_string(),
+                path.to_string(),
+                want.to_string(),
+            );
+            async move {
+                tokio::task::spawn_blocking(move || http_get(&ns, &to, &path))
+                    .await
+                    .unwrap()
+                    .filter(|b| b.contains(&want))
+            }
+        },
+    )
+    .await;
+    got.unwrap_or_else(|| panic!("http://{to}{path} never answered with {want:?} from {ns}"))
+}
+
+/// PIDs of processes whose command line holds `needle` and `program`.
+fn pids_with(program: &str, needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(program) && cmd.contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Everything of VM `vm` of `node` in global places: processes, mounts, cgroups, taps.
+fn vm_leftovers(node: &DevnetNode, vm: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in pids_with("qemu", vm)
+        .into_iter()
+        .chain(pids_with("virtiofsd", vm))
+        .chain(pids_with("zos-flist-mount", vm))
+    {
+        out.push(format!("process {p}"));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    for l in mounts.lines().filter(|l| l.contains(vm)) {
+        out.push(format!("mount {l}"));
+    }
+    for root in [
+        "/sys/fs/cgroup/cpu",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup",
+    ] {
+        let d = Path::new(root).join(format!("{}zos-vm-{vm}", node.prefix));
+        if d.exists() {
+            out.push(format!("cgroup {}", d.display()));
+        }
+    }
+    let links = Command::new("ip")
+        .args(["-n", &node.netns, "-o", "link"])
+        .output()
+        .unwrap();
+    for l in String::from_utf8_lossy(&links.stdout).lines() {
+        let name = l.split(':').nth(1).unwrap_or("").trim();
+        if name.starts_with(&format!("{}t", node.prefix))
+            || name.starts_with(&format!("{}p", node.prefix))
+                && !name.starts_with(&format!("{}pub", node.prefix))
+        {
+            out.push(format!("link {name}"));
+        }
+    }
+    out
+}
+
+/// A busybox root whose entrypoint serves what it sees over HTTP on port 8080, counts its boots
+/// on the volume at /vol, and with `PEER` set copies the peer's page every second.
+fn app_root(dir: &Path) {
+    for d in [
+        "bin", "sbin", "etc", "root", "tmp", "www", "proc", "sys", "dev", "run", "data", "vol",
+    ] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let bb = zos_node_find("busybox");
+    std::fs::copy(&bb, dir.join("bin/busybox")).unwrap();
+    let list = Command::new(&bb).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let _ = std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet));
+    }
+    let entry = r#"#!/bin/sh
+if [ -d /vol ]; then echo boot >> /vol/boots; cat /vol/boots | wc -l > /www/boots; fi
+echo "hello from $(hostname) role=$ROLE" > /www/index.html
+df -k /data 2>/dev/null | tail -n 1 > /www/df
+if [ -n "$PEER" ]; then
+  (while true; do wget -q -O /www/peer.tmp "http://$PEER:8080/" && mv /www/peer.tmp /www/peer; sleep 1; done) &
+fi
+echo "entrypoint ready"
+exec httpd -f -p 8080 -h /www
+"#;
+    std::fs::write(dir.join("start.sh"), entry).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("start.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn zos_node_find(name: &str) -> String {
+    for dir in ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return p.display().to_string();
+        }
+    }
+    panic!("{name} is not installed: run scripts/install-deps.sh");
+}
+
+fn machine_yaml(flist: &str, ip: &str, role: &str, peer: Option<&str>, disks: bool) -> String {
+    let mut y = String::from("workloads:\n");
+    if disks {
+        y.push_str(
+            "  - name: data\n    type: zmount\n    data: {size: 1G}\n  - name: vol\n    type: volume\n    data: {size: 256M}\n",
+        );
+    }
+    y.push_str(&format!(
+        "  - name: {role}\n    type: zmachine\n    data:\n      flist: {flist}\n      network: {{interfaces: [{{network: lan, ip: {ip}}}]}}\n      compute_capacity: {{cpu: 1, memory: 384M}}\n      entrypoint: /start.sh\n"
+    ));
+    if disks {
+        y.push_str(
+            "      mounts: [{name: data, mountpoint: /data}, {name: vol, mountpoint: /vol}]\n",
+        );
+    }
+    y.push_str(&format!("      env: {{ROLE: {role}"));
+    if let Some(p) = peer {
+        y.push_str(&format!(", PEER: \"{p}\""));
+    }
+    y.push_str("}\n");
+    y
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zmachines_on_two_nodes_talk_over_their_network() {
+    if !require_root("zmachines_on_two_nodes_talk_over_their_network") {
+        return;
+    }
+    let guest = build_guest(&[], &[]);
+    assert!(guest.join("vmlinux").is_file() && guest.join("initramfs.cpio").is_file());
+    let mut net = DevnetGuard::up(2, Duration::from_secs(2)).await.unwrap();
+    let grid = net.state.grid_url.clone();
+    let (n1, n2) = (net.state.nodes[0].clone(), net.state.nodes[1].clone());
+    let work = tempfile::tempdir().unwrap();
+
+    // The farmer publishes the guest image where the devnet's nodes look for it.
+    let fl = work.path().join("guest.fl");
+    build_guest(
+        &[
+            "--flist",
+            fl.to_str().unwrap(),
+            "--hub",
+            "--push",
+            devnet::GUEST_FLIST,
+        ],
+        &[
+            ("ZOS_GRID", &grid),
+            ("ZOS_KEY", net.state.farmer_key.to_str().unwrap()),
+            ("ZOS_BIN", env!("CARGO_BIN_EXE_zos")),
+        ],
+    );
+
+    // The user's application flist.
+    let alice = user(&grid).await;
+    let root = work.path().join("root");
+    app_root(&root);
+    let app = work.path().join("app.fl");
+    alice.zos(&[
+        "flist",
+        "pack",
+        root.to_str().unwrap(),
+        "-o",
+        app.to_str().unwrap(),
+        "--hub",
+        "--json",
+    ]);
+    alice.zos(&["flist", "push", app.to_str().unwrap(), "--json"]);
+    let flist = format!(
+        "{}/api/v1/hub/flists/{}/app.fl",
+        net.state.grid_node_url,
+        alice.twin()
+    );
+    let ids = format!("{},{}", n1.node_id.unwrap(), n2.node_id.unwrap());
+    alice.zos(&["network", "create", "lan", "--nodes", &ids, "--json"]);
+    let (a1, a2) = (
+        nr_netns(&n1, alice.twin(), "lan"),
+        nr_netns(&n2, alice.twin(), "lan"),
+    );
+
+    // A machine with a disk and a volume on node 1.
+    let res = alice.deploy(
+        work.path(),
+        "web.yaml",
+        &machine_yaml(&flist, "10.20.2.5", "web", None, true),
+        n1.node_id.unwrap(),
+    );
+    let contract = res["contract_id"].as_u64().unwrap();
+    let web = res["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "web")
+        .unwrap()
+        .clone();
+    assert_eq!(web["state"], "ok", "{web}");
+    assert_eq!(web["data"]["ip"], "10.20.2.5");
+    assert!(web["data"]["console_url"].as_str().is_some(), "{web}");
+    let vm = format!("{}-{contract}-web", alice.twin());
+
+    // The service answers inside the network; the disk has its size; the volume counts boots.
+    let page = wait_http(&a1, "10.20.2.5:8080", "/", "hello from web", 120).await;
+    assert!(page.contains("role=web"), "{page}");
+    eprintln!("web answers: {page:?}");
+    let df = http_get(&a1, "10.20.2.5:8080", "/df").unwrap();
+    eprintln!("df in the guest: {df:?}");
+    let blocks: u64 = df.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(
+        (900 * 1024..=1024 * 1024).contains(&blocks),
+        "a 1 GiB zmount, {blocks} KiB in the guest: {df}"
+    );
+    assert_eq!(
+        http_get(&a1, "10.20.2.5:8080", "/boots").unwrap().trim(),
+        "1"
+    );
+    let console = alice
+        .client
+        .call(
+            n1.twin_id.unwrap(),
+            "zos.zmachine.console",
+            &json!({"contract_id": contract, "name": "web"}),
+        )
+        .await
+        .unwrap();
+    assert!(
+        console["console"]
+            .as_str()
+            .unwrap()
+            .contains("entrypoint ready"),
+        "{console}"
+    );
+
+    // The batch target: a machine on node 2 reaches the one on node 1, guest to guest.
+    let res2 = alice.deploy(
+        work.path(),
+        "peer.yaml",
+        &machine_yaml(&flist, "10.20.3.5", "peer", Some("10.20.2.5"), false),
+        n2.node_id.unwrap(),
+    );
+    let contract2 = res2["contract_id"].as_u64().unwrap();
+    assert_eq!(res2["workloads"][0]["state"], "ok", "{res2}");
+    let copied = wait_http(&a2, "10.20.3.5:8080", "/peer", "hello from web", 120).await;
+    assert!(copied.contains("role=web"), "{copied}");
+    eprintln!("peer on node 2 copied from web on node 1: {copied:?}");
+
+    // kill -9 QEMU: the machine comes back, with its volume.
+    let qemu = pids_with("qemu-system", &vm);
+    assert_eq!(qemu.len(), 1, "{qemu:?}");
+    eprintln!("killing qemu {qemu:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qemu[0]),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    wait_http(&a1, "10.20.2.5:8080", "/boots", "2", 120).await;
+    let qemu = pids_with("qemu-system", &vm);
+    assert_eq!(qemu.len(), 1, "restarted once: {qemu:?}");
+
+    // kill -9 zosd: the machine keeps serving, and the new zosd adopts it.
+    devnet::stop_node(&mut net.state, 1, true).unwrap();
+    assert!(
+        http_get(&a1, "10.20.2.5:8080", "/").is_some(),
+        "serving while zosd is down"
+    );
+    devnet::start_node(&mut net.state, 1).unwrap();
+    let back = wait_until(Duration::from_secs(60), Duration::from_millis(500), || {
+        let c = alice.client.clone();
+        let twin = n1.twin_id.unwrap();
+        async move {
+            c.call(
+                twin,
+                "zos.deployment.get",
+                &json!({"contract_id": contract}),
+            )
+            .await
+            .ok()
+        }
+    })
+    .await;
+    assert!(back.is_some(), "node 1 answers again");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        pids_with("qemu-system", &vm),
+        qemu,
+        "adopted, not restarted"
+    );
+    assert_eq!(
+        http_get(&a1, "10.20.2.5:8080", "/boots").unwrap().trim(),
+        "2"
+    );
+
+    // Bad machines fail alone and say why; the volume next to them is made.
+    let bad = format!(
+        "workloads:\n  - name: v\n    type: volume\n    data: {{size: 256M}}\n  - name: noflist\n    type: zmachine\n    data:\n      flist: {}/api/v1/hub/flists/{}/missing.fl\n      network: {{interfaces: [{{network: lan, ip: 10.20.2.6}}]}}\n      compute_capacity: {{cpu: 1, memory: 384M}}\n  - name: nonet\n    type: zmachine\n    data:\n      flist: {flist}\n      network: {{interfaces: [{{network: nope, ip: 10.20.2.7}}]}}\n      compute_capacity: {{cpu: 1, memory: 384M}}\n",
+        net.state.grid_node_url,
+        alice.twin()
+    );
+    let file = work.path().join("bad.yaml");
+    std::fs::write(&file, bad).unwrap();
+    let (ok, out, _) = alice.zos_raw(&[
+        "deploy",
+        file.to_str().unwrap(),
+        "--node",
+        &n1.node_id.unwrap().to_string(),
+        "--json",
+    ]);
+    assert!(!ok, "workloads in error fail the command");
+    let _ = out;
+    let list = alice.zos(&["deployment", "list", "--json"]);
+    let bad_contract = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    let got = alice.zos(&["deployment", "get", &bad_contract.to_string(), "--json"]);
+    let state = |n: &str| {
+        got["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(state("v")["state"], "ok", "{got}");
+    assert_eq!(state("noflist")["state"], "error");
+    assert!(
+        state("noflist")["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing.fl"),
+        "{got}"
+    );
+    assert_eq!(state("nonet")["state"], "error");
+    assert!(
+        state("nonet")["message"].as_str().unwrap().contains("nope"),
+        "{got}"
+    );
+    for (cpu, mem, why) in [(0, "384M", "cpu"), (1, "64M", "memory")] {
+        let y = format!(
+            "workloads:\n  - name: m\n    type: zmachine\n    data:\n      flist: {flist}\n      network: {{interfaces: [{{network: lan, ip: 10.20.2.8}}]}}\n      compute_capacity: {{cpu: {cpu}, memory: {mem}}}\n"
+        );
+        let f = work.path().join("m.yaml");
+        std::fs::write(&f, y).unwrap();
+        let (ok, _, err) = alice.zos_raw(&[
+            "deploy",
+            f.to_str().unwrap(),
+            "--node",
+            &n1.node_id.unwrap().to_string(),
+        ]);
+        assert!(!ok && err.contains(why), "{why}: {err}");
+    }
+    alice.zos(&["deployment", "cancel", &bad_contract.to_string(), "--json"]);
+
+    // Cancel: nothing of the machines stays.
+    alice.zos(&["deployment", "cancel", &contract.to_string(), "--json"]);
+    alice.zos(&["deployment", "cancel", &contract2.to_string(), "--json"]);
+    let vm2 = format!("{}-{contract2}-peer", alice.twin());
+    for (n, v) in [(&n1, &vm), (&n2, &vm2)] {
+        let left = vm_leftovers(n, v);
+        assert!(left.is_empty(), "{v}: {left:?}");
+        let logs = n.state_dir.clone();
+        let console_left = walk(&logs)
+            .into_iter()
+            .any(|p| p.to_string_lossy().contains(v.as_str()));
+        assert!(
+            !console_left,
+            "files of {v} remain under {}",
+            logs.display()
+        );
+    }
+    alice.zos(&["network", "delete", "lan", "--json"]);
+    let prefixes: Vec<String> = net.state.nodes.iter().map(|n| n.prefix.clone()).collect();
+    drop(net);
+    let left: Vec<String> = netns::list_netns()
+        .into_iter()
+        .filter(|n| prefixes.iter().any(|p| n.starts_with(p.as_str())))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// Every path below `dir` (not following links).
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
