@@ -152,6 +152,21 @@ mod tests {
     const FILE: &str = "description: two disks\nworkloads:\n  - name: data\n    type: zmount\n    data:\n      size: 2G\n  - name: shared\n    type: volume\n    data: {size: 1073741824}\n";
 
     #[test]
+    fn the_examples_are_valid_deployments() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut seen = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                parse(&text, 1).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "examples found: {seen}");
+    }
+
+    #[test]
     fn files_parse_with_human_sizes() {
         let d = parse(FILE, 4).unwrap();
         assert_eq!(d.workloads.len(), 2);
