@@ -39,6 +39,9 @@ target_dir=${CARGO_TARGET_DIR:-$repo/target}
 out=${1:-$target_dir/guest}
 mkdir -p "$out/cache"
 out=$(cd "$out" && pwd)
+# One build at a time per output directory (tests of several binaries run in parallel).
+exec 9>"$out/.lock"
+flock 9
 
 # Modules the guest needs; their dependencies are added from modules.dep.
 wanted=(
