@@ -438,6 +438,25 @@ fn container_vm_serves_mounts_pauses_and_leaves_nothing() {
     other.cpus = 2;
     assert!(rt.block_on(vmm.create(other)).is_err());
 
+    // Shutdown: guest-init stops the entrypoint and powers off; the VM stays down (no restart)
+    // until started, and its console log is kept.
+    rt.block_on(vmm.shutdown(name, Duration::from_secs(20)))
+        .unwrap();
+    assert!(!proc_alive(pid));
+    std::thread::sleep(Duration::from_secs(1));
+    let stopped = rt.block_on(vmm.info(name)).unwrap().unwrap();
+    assert_eq!(stopped.status, VmStatus::Stopped);
+    assert_eq!(stopped.restarts, 0);
+    let console = rt.block_on(vmm.console(name, 1 << 20)).unwrap();
+    assert!(
+        console.contains("poweroff asked by the node") && console.contains("powering off"),
+        "{console}"
+    );
+    let started = rt.block_on(vmm.start(name)).unwrap();
+    assert_eq!(started.status, VmStatus::Running);
+    wait_http(&net, "/", "boot=2");
+    let info = started;
+
     // Delete: a clean poweroff through guest-init, then nothing is left.
     let t = Instant::now();
     rt.block_on(vmm.delete(name)).unwrap();
