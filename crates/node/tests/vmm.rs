@@ -115,6 +115,10 @@ cat /proc/mounts > /www/mounts
 df -k /data/disk | tail -n 1 > /www/df
 cat /root/.ssh/authorized_keys > /www/keys
 ip -4 addr show > /www/ip
+# Orphans: reparented to guest-init, which must reap them.
+for i in 1 2 3; do (sleep 0.2 &); done
+sleep 1
+cat /proc/[0-9]*/stat 2>/dev/null | grep -c ') Z ' > /www/zombies
 echo "entrypoint ready boot=$n"
 exec httpd -f -p 8080 -h /www
 "#;
@@ -397,6 +401,8 @@ fn container_vm_serves_mounts_pauses_and_leaves_nothing() {
         .parse()
         .unwrap();
     assert!((50_000..=65_536).contains(&kib), "disk of {kib} KiB: {df}");
+    let zombies = wait_http(&net, "/zombies", "\n");
+    assert!(zombies.ends_with("\n0\n"), "orphans not reaped: {zombies}");
     let keys = wait_http(&net, "/keys", "ssh-ed25519");
     assert!(keys.contains("ssh-ed25519 AAAAC3Nz test@vmm"));
     // Written by the guest, seen on the host through virtiofs.

@@ -939,3 +939,76 @@ impl super::Vmm for QemuVmm {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmm::{Disk, Nic, Share};
+
+    #[test]
+    fn a_reused_pid_is_not_the_vm() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as i32;
+        assert!(alive(pid, Path::new("30")));
+        assert!(!alive(pid, Path::new("/run/zos/vm/qmp.sock")));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!alive(pid, Path::new("30")));
+    }
+
+    #[tokio::test]
+    async fn command_lines() {
+        if Cgroups::detect().is_err() {
+            eprintln!("SKIPPED command_lines: no cgroup controllers mounted");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let mut cfg = VmmConfig::new("p1", d.path().join("s"), d.path().join("r"));
+        cfg.accel = Accel::Tcg;
+        let vmm = QemuVmm::open(cfg).unwrap();
+        let mut spec = crate::vmm::tests::spec();
+        let a = vmm.command_line(&spec).unwrap().join(" ");
+        for want in [
+            "-M microvm,memory-backend=mem",
+            "-accel tcg",
+            "-nodefaults",
+            "-no-reboot",
+            "-name p1zos-vm-7-1-vm",
+            "tap,id=n0,ifname=t0,script=no,downscript=no",
+            "virtio-net-device,netdev=n0,mac=02:00:00:00:00:01",
+            "virtio-blk-device,drive=d0,serial=zd0",
+            "vhost-user-fs-device,chardev=fs0,tag=vroot",
+            "memory-backend-memfd,id=mem,size=256M,share=on",
+            "virtconsole",
+        ] {
+            assert!(a.contains(want), "{want} not in {a}");
+        }
+        assert!(!a.contains("vhost=on"), "{a}");
+        spec.boot = Boot::Disk;
+        spec.disks.push(Disk {
+            path: "/d/cidata.iso".into(),
+            serial: "cidata".into(),
+            read_only: true,
+        });
+        spec.shares = vec![Share {
+            tag: "v0".into(),
+            path: "/v".into(),
+        }];
+        spec.nics = vec![Nic {
+            tap: "t0".into(),
+            mac: "02:00:00:00:00:01".into(),
+        }];
+        let a = vmm.command_line(&spec).unwrap().join(" ");
+        for want in [
+            "-M q35,memory-backend=mem",
+            "virtio-blk-pci,drive=d0,serial=zd0,bootindex=0",
+            "format=raw,readonly=on",
+            "virtio-blk-pci,drive=d1,serial=cidata",
+            "vhost-user-fs-pci,chardev=fs0,tag=v0",
+            "virtio-net-pci,netdev=n0,mac=02:00:00:00:00:01,romfile=",
+        ] {
+            assert!(a.contains(want), "{want} not in {a}");
+        }
+        assert!(!a.contains("-kernel"), "{a}");
+    }
+}
