@@ -94,7 +94,7 @@ impl User {
 
     fn zos(&self, args: &[&str]) -> Value {
         let (ok, out, err) = self.zos_raw(args);
-        assert!(ok, "zos {args:?} failed: {err}");
+        assert!(ok, "zos {args:?} failed: {err}\n{out}");
         serde_json::from_str(&out).unwrap_or(Value::String(out))
     }
 
@@ -156,6 +156,23 @@ async fn wait_http(ns: &str, to: &str, path: &str, want: &str, secs: u64) -> Str
     )
     .await;
     got.unwrap_or_else(|| panic!("http://{to}{path} never answered with {want:?} from {ns}"))
+}
+
+/// Waits until every node of the devnet mounted the guest image it was just given.
+async fn wait_guest(nodes: &[DevnetNode]) {
+    for n in nodes {
+        let kernel = PathBuf::from(format!("/run/zos-flist/{}zos-guest/vmlinux", n.prefix));
+        let ok = wait_until(Duration::from_secs(60), Duration::from_millis(250), || {
+            let k = kernel.clone();
+            async move { k.is_file().then_some(()) }
+        })
+        .await;
+        assert!(
+            ok.is_some(),
+            "node {} never mounted the guest image",
+            n.index
+        );
+    }
 }
 
 /// PIDs of processes whose command line holds `needle` and `program`.
@@ -234,6 +251,18 @@ fn app_root(dir: &Path) {
 if [ -d /vol ]; then echo boot >> /vol/boots; cat /vol/boots | wc -l > /www/boots; fi
 echo "hello from $(hostname) role=$ROLE" > /www/index.html
 df -k /data 2>/dev/null | tail -n 1 > /www/df
+if [ -n "$PROBE" ]; then
+  ifc=$(ip -o -4 addr show | awk -v p="$PUBNET" 'index($4, p) == 1 {print $2; exit}')
+  if ping -c 2 -W 2 "$PROBE" >/dev/null 2>&1; then echo own=ok; else echo own=fail; fi > /www/spoof
+  ip addr add "${PUBNET}200/24" dev "$ifc"
+  if ping -I "${PUBNET}200" -c 2 -W 2 "$PROBE" >/dev/null 2>&1; then echo ip=ok; else echo ip=fail; fi >> /www/spoof
+  ip addr del "${PUBNET}200/24" dev "$ifc"
+  mac=$(cat /sys/class/net/$ifc/address)
+  ip link set dev "$ifc" address 02:00:00:00:00:99
+  if ping -c 2 -W 2 "$PROBE" >/dev/null 2>&1; then echo mac=ok; else echo mac=fail; fi >> /www/spoof
+  ip link set dev "$ifc" address "$mac"
+  echo "public interface $ifc" >> /www/spoof
+fi
 if [ -n "$PEER" ]; then
   (while true; do wget -q -O /www/peer.tmp "http://$PEER:8080/" && mv /www/peer.tmp /www/peer; sleep 1; done) &
 fi
@@ -306,6 +335,8 @@ async fn zmachines_on_two_nodes_talk_over_their_network() {
             ("ZOS_BIN", env!("CARGO_BIN_EXE_zos")),
         ],
     );
+
+    wait_guest(&net.state.nodes).await;
 
     // The user's application flist.
     let alice = user(&grid).await;
@@ -535,6 +566,130 @@ async fn zmachines_on_two_nodes_talk_over_their_network() {
         .filter(|n| prefixes.iter().any(|p| n.starts_with(p.as_str())))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_machine_gets_its_public_ip_and_cannot_spoof_another() {
+    if !require_root("a_machine_gets_its_public_ip_and_cannot_spoof_another") {
+        return;
+    }
+    build_guest(&[], &[]);
+    let net = DevnetGuard::up(1, Duration::from_secs(2)).await.unwrap();
+    let grid = net.state.grid_url.clone();
+    let n1 = net.state.nodes[0].clone();
+    let work = tempfile::tempdir().unwrap();
+    let fl = work.path().join("guest.fl");
+    build_guest(
+        &[
+            "--flist",
+            fl.to_str().unwrap(),
+            "--hub",
+            "--push",
+            devnet::GUEST_FLIST,
+        ],
+        &[
+            ("ZOS_GRID", &grid),
+            ("ZOS_KEY", net.state.farmer_key.to_str().unwrap()),
+            ("ZOS_BIN", env!("CARGO_BIN_EXE_zos")),
+        ],
+    );
+    wait_guest(&net.state.nodes).await;
+    let u = user(&grid).await;
+    let root = work.path().join("root");
+    app_root(&root);
+    let app = work.path().join("app.fl");
+    u.zos(&[
+        "flist",
+        "pack",
+        root.to_str().unwrap(),
+        "-o",
+        app.to_str().unwrap(),
+        "--hub",
+        "--json",
+    ]);
+    u.zos(&["flist", "push", app.to_str().unwrap(), "--json"]);
+    let flist = format!(
+        "{}/api/v1/hub/flists/{}/app.fl",
+        net.state.grid_node_url,
+        u.twin()
+    );
+    u.zos(&[
+        "network",
+        "create",
+        "lan",
+        "--nodes",
+        &n1.node_id.unwrap().to_string(),
+        "--json",
+    ]);
+
+    // A stand-in for the internet on the public bridge.
+    let pubnet = net
+        .state
+        .public_subnet
+        .split('/')
+        .next()
+        .unwrap()
+        .rsplit_once('.')
+        .unwrap()
+        .0
+        .to_string();
+    let probe_addr = format!("{pubnet}.250");
+    let probe = netns::Netns::create(&format!("{}-pr", net.state.name)).unwrap();
+    netns::attach(
+        &net.state.public_bridge,
+        &probe,
+        &format!("{}prb", net.state.name),
+        &format!("{probe_addr}/24"),
+        &format!("{pubnet}.1"),
+    )
+    .unwrap();
+
+    let yaml = format!(
+        "workloads:\n  - name: pub\n    type: ip\n    data: {{v4: true}}\n  - name: web\n    type: zmachine\n    data:\n      flist: {flist}\n      network: {{public_ip: pub, interfaces: [{{network: lan, ip: 10.20.2.5}}]}}\n      compute_capacity: {{cpu: 1, memory: 384M}}\n      entrypoint: /start.sh\n      env: {{ROLE: web, PROBE: \"{probe_addr}\", PUBNET: \"{pubnet}.\"}}\n"
+    );
+    let res = u.deploy(work.path(), "pub.yaml", &yaml, n1.node_id.unwrap());
+    let contract = res["contract_id"].as_u64().unwrap();
+    let web = res["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "web")
+        .unwrap()
+        .clone();
+    assert_eq!(web["state"], "ok", "{res}");
+    let public = web["data"]["public_ip"].as_str().unwrap().to_string();
+    assert!(public.starts_with(&format!("{pubnet}.10")), "{web}");
+    let public_addr = public.split('/').next().unwrap().to_string();
+
+    // Reachable from the internet on its public address; only its own address and MAC get out.
+    let page = wait_http(
+        probe.name(),
+        &format!("{public_addr}:8080"),
+        "/",
+        "hello from web",
+        120,
+    )
+    .await;
+    eprintln!("public page: {page:?}");
+    let spoof = http_get(probe.name(), &format!("{public_addr}:8080"), "/spoof").unwrap();
+    eprintln!("spoof checks: {spoof:?}");
+    assert!(spoof.contains("own=ok"), "{spoof}");
+    assert!(
+        spoof.contains("ip=fail"),
+        "another source address got out: {spoof}"
+    );
+    assert!(spoof.contains("mac=fail"), "another MAC got out: {spoof}");
+
+    // Cancel: the farm's pool has the address free again.
+    u.zos(&["deployment", "cancel", &contract.to_string(), "--json"]);
+    let farm = u.client.list_farm_ips(net.state.farm_id).await.unwrap();
+    let freed = farm.iter().find(|f| f.ip.to_string() == public).unwrap();
+    assert_eq!(freed.contract_id, None);
+    let vm = format!("{}-{contract}-web", u.twin());
+    let left = vm_leftovers(&n1, &vm);
+    assert!(left.is_empty(), "{left:?}");
+    u.zos(&["network", "delete", "lan", "--json"]);
+    drop(probe);
 }
 
 /// Every path below `dir` (not following links).

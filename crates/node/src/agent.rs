@@ -60,7 +60,7 @@ async fn mount_guest(flists: Arc<ProcessFlists>, url: String, stop: Cancellation
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(std::time::Duration::from_secs(60));
+        delay = (delay * 2).min(std::time::Duration::from_secs(15));
     }
 }
 
