@@ -538,6 +538,27 @@ fn killed_vm_comes_back_and_a_new_vmm_adopts_it() {
     });
     wait_http(&net, "/", "boot=3");
 
+    // A virtiofsd that dies takes the share away from the guest: the VM is started again.
+    let before = rt.block_on(vmm.info(name)).unwrap().unwrap();
+    let root_fs = before.virtiofsd[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(root_fs),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let after = wait_until(
+        Duration::from_secs(30),
+        "a vm restarted for its virtiofsd",
+        || {
+            rt.block_on(vmm.info(name))
+                .unwrap()
+                .filter(|i| i.restarts == 3 && i.status == VmStatus::Running)
+        },
+    );
+    assert_ne!(after.pid, before.pid);
+    assert!(!proc_alive(before.pid.unwrap()));
+    wait_http(&net, "/", "boot=4");
+
     let last = rt.block_on(vmm.info(name)).unwrap().unwrap();
     rt.block_on(vmm.delete(name)).unwrap();
     assert_gone(&vmm, &lab, &last);

@@ -106,6 +106,20 @@ fn host_tsc_khz() -> Option<u64> {
     (mhz > 0.0).then_some((mhz * 1000.0) as u64)
 }
 
+/// A console log beyond this is cut to its last [`LOG_KEEP`] bytes when the VM (re)starts.
+const LOG_MAX: u64 = 16 << 20;
+const LOG_KEEP: usize = 1 << 20;
+
+fn trim_log(path: &Path) {
+    if fs::metadata(path).map(|m| m.len()).unwrap_or(0) <= LOG_MAX {
+        return;
+    }
+    if let Ok(b) = fs::read(path) {
+        let tail = &b[b.len().saturating_sub(LOG_KEEP)..];
+        let _ = fs::write(path, tail);
+    }
+}
+
 /// One VM in memory.
 #[derive(Debug)]
 struct Machine {
@@ -325,6 +339,7 @@ impl Inner {
         let _ = fs::remove_dir_all(&run);
         fs::create_dir_all(&run).map_err(io_err("create", &run))?;
         fs::create_dir_all(&self.cfg.log_dir).map_err(io_err("create", &self.cfg.log_dir))?;
+        trim_log(&self.console_log(name));
         let cg = self.cgroup(name);
         self.cgroups
             .create(&cg, spec.cpus, spec.memory + self.cfg.memory_overhead)?;
@@ -583,11 +598,23 @@ impl Inner {
             }
             let name = m.rec.spec.name.clone();
             let qmp = self.qmp_path(&name);
-            if m.rec.pid.is_some_and(|p| alive(p, &qmp)) {
-                if now.duration_since(m.started) > self.cfg.backoff_max {
-                    m.backoff = self.cfg.backoff_min;
+            if let Some(pid) = m.rec.pid.filter(|p| alive(*p, &qmp)) {
+                // A share whose virtiofsd died is gone for the guest: start the VM again.
+                let dead_share = m
+                    .rec
+                    .virtiofsd
+                    .iter()
+                    .enumerate()
+                    .find(|(i, p)| !alive(**p, &self.share_sock(&name, *i)));
+                if let Some((i, p)) = dead_share {
+                    tracing::warn!(vm = %name, share = i, virtiofsd = p, "virtiofsd died: restarting the vm");
+                    kill_wait(pid, &qmp);
+                } else {
+                    if now.duration_since(m.started) > self.cfg.backoff_max {
+                        m.backoff = self.cfg.backoff_min;
+                    }
+                    continue;
                 }
-                continue;
             }
             match m.next_start {
                 None => {
