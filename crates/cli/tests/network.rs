@@ -8,98 +8,35 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use zos_client::GridClient;
 use zos_testkit::devnet::{DevnetGuard, DevnetNode};
 use zos_testkit::net::{TcpServer, connect, ping, tcp_banner};
 use zos_testkit::netns::{self, Netns};
 use zos_testkit::process::{ProcessGuard, alive, wait_until};
 use zos_testkit::require_root;
-use zos_types::Identity;
-
-/// A user with a key, a twin and their own local state (network files).
-struct User {
-    client: GridClient,
-    key_file: tempfile::NamedTempFile,
-    state: tempfile::TempDir,
-    grid: String,
-}
+use zos_testkit::user::{User, nr_netns};
 
 async fn user(grid: &str) -> User {
-    let id = Identity::generate().unwrap();
-    let key_file = tempfile::NamedTempFile::new().unwrap();
-    zos_client::keyfile::save_identity(key_file.path(), &id, 0o600).unwrap();
-    let c = GridClient::new(grid).unwrap().with_identity(id);
-    let twin = c.create_twin(None).await.unwrap();
-    User {
-        client: c.with_twin(twin.id),
-        key_file,
-        state: tempfile::tempdir().unwrap(),
-        grid: grid.to_string(),
-    }
+    User::new(grid, Path::new(env!("CARGO_BIN_EXE_zos")))
+        .await
+        .unwrap()
 }
 
-impl User {
-    /// Runs `zos ARGS --json`; answers the parsed output, or panics with stderr.
-    fn zos(&self, args: &[&str]) -> Value {
-        let (ok, out, err) = self.zos_raw(args);
-        assert!(ok, "zos {args:?} failed: {err}");
-        serde_json::from_str(&out).unwrap_or(Value::String(out))
-    }
-
-    fn zos_raw(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_zos"))
-            .args(args)
-            .args(["--grid", &self.grid, "--key"])
-            .arg(self.key_file.path())
-            .env("XDG_STATE_HOME", self.state.path())
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into(),
-            String::from_utf8_lossy(&out.stderr).into(),
-        )
-    }
-
-    fn twin(&self) -> u32 {
-        self.client.twin_id().unwrap()
-    }
-
-    /// Asks a node over the relay.
-    async fn call(&self, node: &DevnetNode, command: &str, body: Value) -> Value {
-        let twin = node.twin_id.unwrap();
-        self.client.call(twin, command, &body).await.unwrap()
-    }
-
-    /// Bytes received and sent by the WireGuard interface of network `name` on `node`.
-    async fn wg_totals(&self, node: &DevnetNode, name: &str) -> (u64, u64) {
-        let v = self
-            .call(node, "zos.network.wireguard", json!({"network_name": name}))
-            .await;
-        v["status"]["peers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .fold((0, 0), |(r, t), p| {
-                (
-                    r + p["rx_bytes"].as_u64().unwrap(),
-                    t + p["tx_bytes"].as_u64().unwrap(),
-                )
-            })
-    }
+/// Bytes received and sent by the WireGuard interface of `u`'s network `name` on `node`.
+async fn wg_totals(u: &User, node: &DevnetNode, name: &str) -> (u64, u64) {
+    let v = u
+        .call(node, "zos.network.wireguard", json!({"network_name": name}))
+        .await;
+    v["status"]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .fold((0, 0), |(r, t), p| {
+            (
+                r + p["rx_bytes"].as_u64().unwrap(),
+                t + p["tx_bytes"].as_u64().unwrap(),
+            )
+        })
 }
-
-/// The namespace of `twin`'s network `name` on `node` (docs/network.md, Names).
-fn nr_netns(node: &DevnetNode, twin: u32, name: &str) -> String {
-    let d = Sha256::digest(format!("{twin}:{name}").as_bytes());
-    format!("{}n-{}", node.prefix, &hex(&d[..6]))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// Everything of the node's networks that lives in a global space: namespaces of network
 /// resources, WireGuard sockets and processes.
 fn network_leftovers(node: &DevnetNode) -> Vec<String> {
@@ -253,7 +190,7 @@ async fn a_network_across_two_nodes_from_create_to_delete() {
     assert_eq!(ports, json!([nodes[0]["listen_port"]]));
 
     // Through the tunnel: node 1's resource reaches node 2's gateway, by ping and TCP.
-    let before = alice.wg_totals(&n1, "lan").await;
+    let before = wg_totals(&alice, &n1, "lan").await;
     assert!(ping(&a1, "10.20.3.1", 3), "ping across the tunnel");
     let server = TcpServer::start(&a2, "10.20.3.1:7000", "node2").unwrap();
     let banner = tcp_banner(&a1, None, server.addr(), Duration::from_secs(5)).unwrap();
@@ -263,7 +200,7 @@ async fn a_network_across_two_nodes_from_create_to_delete() {
         "10.20.2.1",
         "no NAT inside the network"
     );
-    let after = alice.wg_totals(&n1, "lan").await;
+    let after = wg_totals(&alice, &n1, "lan").await;
     assert!(
         after.0 > before.0 && after.1 > before.1,
         "the traffic crossed WireGuard: {before:?} -> {after:?}"

@@ -12,15 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use zos_client::GridClient;
+use serde_json::json;
 use zos_testkit::devnet::{self, DevnetGuard, DevnetNode};
 use zos_testkit::net::connect;
 use zos_testkit::netns;
 use zos_testkit::process::wait_until;
 use zos_testkit::require_root;
-use zos_types::Identity;
+use zos_testkit::user::{User, nr_netns};
 
 /// Where cargo builds (the guest image is cached in `<target>/guest`).
 fn target_dir() -> PathBuf {
@@ -54,72 +52,84 @@ fn build_guest(args: &[&str], env: &[(&str, &str)]) -> PathBuf {
     )
 }
 
-/// A user with a key, a twin and their own local state.
-struct User {
-    client: GridClient,
-    key_file: tempfile::NamedTempFile,
-    state: tempfile::TempDir,
-    grid: String,
+/// A devnet whose nodes have the guest image, and a user with an application flist on the
+/// hub and a network `lan` across every node.
+struct VmBed {
+    net: DevnetGuard,
+    user: User,
+    /// URL of the user's application flist, as nodes reach it.
+    flist: String,
+    work: tempfile::TempDir,
 }
 
-async fn user(grid: &str) -> User {
-    let id = Identity::generate().unwrap();
-    let key_file = tempfile::NamedTempFile::new().unwrap();
-    zos_client::keyfile::save_identity(key_file.path(), &id, 0o600).unwrap();
-    let c = GridClient::new(grid).unwrap().with_identity(id);
-    let twin = c.create_twin(None).await.unwrap();
-    User {
-        client: c.with_twin(twin.id),
-        key_file,
-        state: tempfile::tempdir().unwrap(),
-        grid: grid.to_string(),
-    }
-}
+async fn vm_bed(nodes: usize) -> VmBed {
+    build_guest(&[], &[]);
+    let net = DevnetGuard::up(nodes, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let grid = net.state.grid_url.clone();
+    let work = tempfile::tempdir().unwrap();
 
-impl User {
-    fn zos_raw(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_zos"))
-            .args(args)
-            .args(["--grid", &self.grid, "--key"])
-            .arg(self.key_file.path())
-            .env("XDG_STATE_HOME", self.state.path())
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into(),
-            String::from_utf8_lossy(&out.stderr).into(),
-        )
-    }
+    // The farmer publishes the guest image where the devnet's nodes look for it.
+    let fl = work.path().join("guest.fl");
+    build_guest(
+        &[
+            "--flist",
+            fl.to_str().unwrap(),
+            "--hub",
+            "--push",
+            devnet::GUEST_FLIST,
+        ],
+        &[
+            ("ZOS_GRID", &grid),
+            ("ZOS_KEY", net.state.farmer_key.to_str().unwrap()),
+            ("ZOS_BIN", env!("CARGO_BIN_EXE_zos")),
+        ],
+    );
+    wait_guest(&net.state.nodes).await;
 
-    fn zos(&self, args: &[&str]) -> Value {
-        let (ok, out, err) = self.zos_raw(args);
-        assert!(ok, "zos {args:?} failed: {err}\n{out}");
-        serde_json::from_str(&out).unwrap_or(Value::String(out))
+    // The user's application flist and network.
+    let user = User::new(&grid, Path::new(env!("CARGO_BIN_EXE_zos")))
+        .await
+        .unwrap();
+    let root = work.path().join("root");
+    app_root(&root);
+    let app = work.path().join("app.fl");
+    user.zos(&[
+        "flist",
+        "pack",
+        root.to_str().unwrap(),
+        "-o",
+        app.to_str().unwrap(),
+        "--hub",
+        "--json",
+    ]);
+    user.zos(&["flist", "push", app.to_str().unwrap(), "--json"]);
+    let flist = format!(
+        "{}/api/v1/hub/flists/{}/app.fl",
+        net.state.grid_node_url,
+        user.twin()
+    );
+    let ids: Vec<String> = net
+        .state
+        .nodes
+        .iter()
+        .map(|n| n.node_id.unwrap().to_string())
+        .collect();
+    user.zos(&[
+        "network",
+        "create",
+        "lan",
+        "--nodes",
+        &ids.join(","),
+        "--json",
+    ]);
+    VmBed {
+        net,
+        user,
+        flist,
+        work,
     }
-
-    fn twin(&self) -> u32 {
-        self.client.twin_id().unwrap()
-    }
-
-    fn deploy(&self, dir: &Path, name: &str, yaml: &str, node: u32) -> Value {
-        let file = dir.join(name);
-        std::fs::write(&file, yaml).unwrap();
-        self.zos(&[
-            "deploy",
-            file.to_str().unwrap(),
-            "--node",
-            &node.to_string(),
-            "--json",
-        ])
-    }
-}
-
-/// The namespace of `twin`'s network `name` on `node` (docs/network.md, Names).
-fn nr_netns(node: &DevnetNode, twin: u32, name: &str) -> String {
-    let d = Sha256::digest(format!("{twin}:{name}").as_bytes());
-    let hex: String = d[..6].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}n-{hex}", node.prefix)
 }
 
 /// `GET path` from namespace `ns`; the body, or `None` when nothing answers.
@@ -312,54 +322,13 @@ async fn zmachines_on_two_nodes_talk_over_their_network() {
     if !require_root("zmachines_on_two_nodes_talk_over_their_network") {
         return;
     }
-    let guest = build_guest(&[], &[]);
-    assert!(guest.join("vmlinux").is_file() && guest.join("initramfs.cpio").is_file());
-    let mut net = DevnetGuard::up(2, Duration::from_secs(2)).await.unwrap();
-    let grid = net.state.grid_url.clone();
+    let VmBed {
+        mut net,
+        user: alice,
+        flist,
+        work,
+    } = vm_bed(2).await;
     let (n1, n2) = (net.state.nodes[0].clone(), net.state.nodes[1].clone());
-    let work = tempfile::tempdir().unwrap();
-
-    // The farmer publishes the guest image where the devnet's nodes look for it.
-    let fl = work.path().join("guest.fl");
-    build_guest(
-        &[
-            "--flist",
-            fl.to_str().unwrap(),
-            "--hub",
-            "--push",
-            devnet::GUEST_FLIST,
-        ],
-        &[
-            ("ZOS_GRID", &grid),
-            ("ZOS_KEY", net.state.farmer_key.to_str().unwrap()),
-            ("ZOS_BIN", env!("CARGO_BIN_EXE_zos")),
-        ],
-    );
-
-    wait_guest(&net.state.nodes).await;
-
-    // The user's application flist.
-    let alice = user(&grid).await;
-    let root = work.path().join("root");
-    app_root(&root);
-    let app = work.path().join("app.fl");
-    alice.zos(&[
-        "flist",
-        "pack",
-        root.to_str().unwrap(),
-        "-o",
-        app.to_str().unwrap(),
-        "--hub",
-        "--json",
-    ]);
-    alice.zos(&["flist", "push", app.to_str().unwrap(), "--json"]);
-    let flist = format!(
-        "{}/api/v1/hub/flists/{}/app.fl",
-        net.state.grid_node_url,
-        alice.twin()
-    );
-    let ids = format!("{},{}", n1.node_id.unwrap(), n2.node_id.unwrap());
-    alice.zos(&["network", "create", "lan", "--nodes", &ids, "--json"]);
     let (a1, a2) = (
         nr_netns(&n1, alice.twin(), "lan"),
         nr_netns(&n2, alice.twin(), "lan"),
@@ -573,54 +542,13 @@ async fn a_machine_gets_its_public_ip_and_cannot_spoof_another() {
     if !require_root("a_machine_gets_its_public_ip_and_cannot_spoof_another") {
         return;
     }
-    build_guest(&[], &[]);
-    let net = DevnetGuard::up(1, Duration::from_secs(2)).await.unwrap();
-    let grid = net.state.grid_url.clone();
+    let VmBed {
+        net,
+        user: u,
+        flist,
+        work,
+    } = vm_bed(1).await;
     let n1 = net.state.nodes[0].clone();
-    let work = tempfile::tempdir().unwrap();
-    let fl = work.path().join("guest.fl");
-    build_guest(
-        &[
-            "--flist",
-            fl.to_str().unwrap(),
-            "--hub",
-            "--push",
-            devnet::GUEST_FLIST,
-        ],
-        &[
-            ("ZOS_GRID", &grid),
-            ("ZOS_KEY", net.state.farmer_key.to_str().unwrap()),
-            ("ZOS_BIN", env!("CARGO_BIN_EXE_zos")),
-        ],
-    );
-    wait_guest(&net.state.nodes).await;
-    let u = user(&grid).await;
-    let root = work.path().join("root");
-    app_root(&root);
-    let app = work.path().join("app.fl");
-    u.zos(&[
-        "flist",
-        "pack",
-        root.to_str().unwrap(),
-        "-o",
-        app.to_str().unwrap(),
-        "--hub",
-        "--json",
-    ]);
-    u.zos(&["flist", "push", app.to_str().unwrap(), "--json"]);
-    let flist = format!(
-        "{}/api/v1/hub/flists/{}/app.fl",
-        net.state.grid_node_url,
-        u.twin()
-    );
-    u.zos(&[
-        "network",
-        "create",
-        "lan",
-        "--nodes",
-        &n1.node_id.unwrap().to_string(),
-        "--json",
-    ]);
 
     // A stand-in for the internet on the public bridge.
     let pubnet = net

@@ -9,6 +9,7 @@ pub mod disk;
 pub mod net;
 pub mod netns;
 pub mod process;
+pub mod user;
 
 /// True when running as root; otherwise prints why the calling test is skipped.
 pub fn require_root(test: &str) -> bool {
