@@ -383,12 +383,7 @@ async fn a_network_across_two_nodes_from_create_to_delete() {
     assert!(!ok && err.contains("no network"), "{err}");
 
     // The devnet going down takes the nodes' own namespaces too.
-    let prefixes: Vec<String> = net.state.nodes.iter().map(|n| n.prefix.clone()).collect();
-    drop(net);
-    let left: Vec<String> = netns::list_netns()
-        .into_iter()
-        .filter(|n| prefixes.iter().any(|p| n.starts_with(p.as_str())))
-        .collect();
+    let left = net.down_leftovers();
     assert!(left.is_empty(), "{left:?}");
 }
 

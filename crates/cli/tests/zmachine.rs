@@ -528,12 +528,7 @@ async fn zmachines_on_two_nodes_talk_over_their_network() {
         );
     }
     alice.zos(&["network", "delete", "lan", "--json"]);
-    let prefixes: Vec<String> = net.state.nodes.iter().map(|n| n.prefix.clone()).collect();
-    drop(net);
-    let left: Vec<String> = netns::list_netns()
-        .into_iter()
-        .filter(|n| prefixes.iter().any(|p| n.starts_with(p.as_str())))
-        .collect();
+    let left = net.down_leftovers();
     assert!(left.is_empty(), "{left:?}");
 }
 

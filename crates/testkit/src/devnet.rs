@@ -809,6 +809,19 @@ fn base36(mut n: u32) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+impl DevnetGuard {
+    /// Takes the devnet down and answers the namespaces of its nodes that are left (none when
+    /// `down` removed everything the nodes made).
+    pub fn down_leftovers(self) -> Vec<String> {
+        let prefixes: Vec<String> = self.state.nodes.iter().map(|n| n.prefix.clone()).collect();
+        drop(self);
+        netns::list_netns()
+            .into_iter()
+            .filter(|n| prefixes.iter().any(|p| n.starts_with(p.as_str())))
+            .collect()
+    }
+}
+
 impl Drop for DevnetGuard {
     fn drop(&mut self) {
         if let Err(e) = down(&self.state) {
