@@ -445,6 +445,29 @@ async fn zmachines_on_two_nodes_talk_over_their_network() {
         "2"
     );
 
+    // A grace period pauses the machine (it stops answering, its process stays) and its end
+    // resumes it.
+    let admin = net.state.farmer_client().unwrap();
+    admin.set_grace(contract, true).await.unwrap();
+    let paused = wait_until(Duration::from_secs(30), Duration::from_millis(500), || {
+        let a1 = a1.clone();
+        async move {
+            tokio::task::spawn_blocking(move || http_get(&a1, "10.20.2.5:8080", "/boots"))
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(
+        paused.is_some(),
+        "the machine still answers during its grace period"
+    );
+    assert_eq!(pids_with("qemu-system", &vm), qemu, "paused, not stopped");
+    admin.set_grace(contract, false).await.unwrap();
+    wait_http(&a1, "10.20.2.5:8080", "/boots", "2", 60).await;
+
     // Bad machines fail alone and say why; the volume next to them is made.
     let bad = format!(
         "workloads:\n  - name: v\n    type: volume\n    data: {{size: 256M}}\n  - name: noflist\n    type: zmachine\n    data:\n      flist: {}/api/v1/hub/flists/{}/missing.fl\n      network: {{interfaces: [{{network: lan, ip: 10.20.2.6}}]}}\n      compute_capacity: {{cpu: 1, memory: 384M}}\n  - name: nonet\n    type: zmachine\n    data:\n      flist: {flist}\n      network: {{interfaces: [{{network: nope, ip: 10.20.2.7}}]}}\n      compute_capacity: {{cpu: 1, memory: 384M}}\n",
