@@ -638,6 +638,84 @@ async fn a_machine_gets_its_public_ip_and_cannot_spoof_another() {
     drop(probe);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_vm_boots_its_image_from_a_zmount_and_reads_its_nocloud_seed() {
+    if !require_root("a_full_vm_boots_its_image_from_a_zmount_and_reads_its_nocloud_seed") {
+        return;
+    }
+    let guest = build_guest(&[], &[]);
+    let VmBed {
+        net, user: u, work, ..
+    } = vm_bed(1).await;
+    let n1 = net.state.nodes[0].clone();
+
+    // A flist holding a bootable image.raw.
+    let dir = work.path().join("vmimage");
+    std::fs::create_dir_all(&dir).unwrap();
+    let built = work.path().join("build");
+    std::fs::create_dir_all(&built).unwrap();
+    let img = zos_testkit::vmimage::bootable_image(&built, &guest).unwrap();
+    std::fs::rename(&img, dir.join("image.raw")).unwrap();
+    let fl = work.path().join("vm.fl");
+    u.zos(&[
+        "flist",
+        "pack",
+        dir.to_str().unwrap(),
+        "-o",
+        fl.to_str().unwrap(),
+        "--hub",
+        "--json",
+    ]);
+    u.zos(&["flist", "push", fl.to_str().unwrap(), "--json"]);
+    let flist = format!(
+        "{}/api/v1/hub/flists/{}/vm.fl",
+        net.state.grid_node_url,
+        u.twin()
+    );
+    let yaml = format!(
+        "workloads:\n  - name: boot\n    type: zmount\n    data: {{size: 256M}}\n  - name: Full_VM\n    type: zmachine\n    data:\n      flist: {flist}\n      network: {{interfaces: [{{network: lan, ip: 10.20.2.9}}]}}\n      compute_capacity: {{cpu: 1, memory: 384M}}\n      mounts: [{{name: boot, mountpoint: /boot}}]\n"
+    );
+    let res = u.deploy(work.path(), "vm.yaml", &yaml, n1.node_id.unwrap());
+    let contract = res["contract_id"].as_u64().unwrap();
+    let vm = res["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "Full_VM")
+        .unwrap()
+        .clone();
+    assert_eq!(vm["state"], "ok", "{res}");
+    assert_eq!(vm["data"]["mode"], "vm", "{vm}");
+
+    // Its own init found the NoCloud seed and took the hostname the node gave it.
+    let console = wait_until(Duration::from_secs(120), Duration::from_secs(1), || {
+        let c = u.client.clone();
+        let twin = n1.twin_id.unwrap();
+        async move {
+            let v = c
+                .call(
+                    twin,
+                    "zos.zmachine.console",
+                    &json!({"contract_id": contract, "name": "Full_VM", "bytes": 1 << 20}),
+                )
+                .await
+                .ok()?;
+            let text = v["console"].as_str()?.to_string();
+            text.contains("NOCLOUD hostname=").then_some(text)
+        }
+    })
+    .await
+    .expect("the image boots and prints its NoCloud hostname");
+    assert!(console.contains("NOCLOUD hostname=full-vm"), "{console}");
+    let (ok, out, err) = u.zos_raw(&["deployment", "console", &contract.to_string(), "Full_VM"]);
+    assert!(ok && out.contains("NOCLOUD hostname=full-vm"), "{err}");
+
+    u.zos(&["deployment", "cancel", &contract.to_string(), "--json"]);
+    let name = format!("{}-{contract}-Full_VM", u.twin());
+    let left = vm_leftovers(&n1, &name);
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// Every path below `dir` (not following links).
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

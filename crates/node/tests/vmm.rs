@@ -568,84 +568,9 @@ fn killed_vm_comes_back_and_a_new_vmm_adopts_it() {
 /// A bootable raw image: MBR, one ext2 partition with extlinux, the packaged kernel and an
 /// initramfs whose init reads the NoCloud seed and prints its hostname.
 fn bootable_image(lab: &Lab, g: &Path) -> PathBuf {
-    let img = lab.path("image.raw");
-    let build = lab.path("image");
-    let initrd = build.join("initrd");
-    for d in ["bin", "proc", "sys", "dev", "mnt", "lib/modules"] {
-        std::fs::create_dir_all(initrd.join(d)).unwrap();
-    }
-    std::fs::copy(
-        zos_node::network::find_program("busybox"),
-        initrd.join("bin/busybox"),
-    )
-    .unwrap();
-    std::os::unix::fs::symlink("busybox", initrd.join("bin/sh")).unwrap();
-    sh(&format!(
-        "cp {m}/*.ko {m}/modules.load {d}/lib/modules/",
-        m = g.join("modules").display(),
-        d = initrd.display()
-    ));
-    let init = r#"#!/bin/sh
-export PATH=/bin
-busybox mount -t proc proc /proc
-busybox mount -t sysfs sys /sys
-busybox mount -t devtmpfs dev /dev
-for m in $(busybox cat /lib/modules/modules.load); do busybox insmod /lib/modules/$m 2>/dev/null; done
-n=0
-while [ $n -lt 50 ]; do
-  for d in /sys/block/vd*; do
-    [ "$(busybox cat $d/serial 2>/dev/null)" = cidata ] && busybox mount -t iso9660 -o ro /dev/${d##*/} /mnt 2>/dev/null
-  done
-  [ -f /mnt/meta-data ] && break
-  busybox sleep 0.2; n=$((n + 1))
-done
-h=$(busybox sed -n 's/^local-hostname: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /mnt/meta-data)
-busybox hostname "$h"
-echo "NOCLOUD hostname=$(busybox hostname)"
-while :; do busybox sleep 3600; done
-"#;
-    std::fs::write(initrd.join("init"), init).unwrap();
-    sh(&format!(
-        "chmod 755 {i}/init && cd {i} && find . | cpio --quiet -o -H newc -R 0:0 | gzip -1 > {b}/initrd.gz",
-        i = initrd.display(),
-        b = build.display()
-    ));
-    // 64 MiB disk, one bootable partition from 1 MiB.
-    sh(&format!(
-        "truncate -s 64M {img} && echo 'start=2048, type=83, bootable' | sfdisk -q {img} && \
-         dd if=/usr/lib/syslinux/mbr/mbr.bin of={img} conv=notrunc bs=440 count=1 status=none",
-        img = img.display()
-    ));
-    let out = Command::new("losetup")
-        .args(["-f", "--show", "-o", "1048576"])
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let mnt = build.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let res = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "mkfs.ext2 -q -L root {dev} && mount {dev} {m} && mkdir -p {m}/boot && \
-             cp {g}/vmlinuz {m}/boot/vmlinuz && cp {b}/initrd.gz {m}/boot/initrd.gz && \
-             printf 'DEFAULT linux\\nTIMEOUT 1\\nLABEL linux\\n  KERNEL /boot/vmlinuz\\n  INITRD /boot/initrd.gz\\n  APPEND console=ttyS0 panic=-1 quiet\\n' > {m}/boot/extlinux.conf && \
-             extlinux --install {m}/boot >/dev/null",
-            m = mnt.display(),
-            g = g.display(),
-            b = build.display()
-        ))
-        .output()
-        .unwrap();
-    let _ = Command::new("umount").arg(&mnt).status();
-    let _ = Command::new("losetup").args(["-d", &dev]).status();
-    assert!(
-        res.status.success(),
-        "image: {}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    img
+    let dir = lab.path("image");
+    std::fs::create_dir_all(&dir).unwrap();
+    zos_testkit::vmimage::bootable_image(&dir, g).unwrap()
 }
 
 #[test]

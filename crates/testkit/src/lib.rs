@@ -10,6 +10,7 @@ pub mod net;
 pub mod netns;
 pub mod process;
 pub mod user;
+pub mod vmimage;
 
 /// True when running as root; otherwise prints why the calling test is skipped.
 pub fn require_root(test: &str) -> bool {

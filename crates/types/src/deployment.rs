@@ -29,8 +29,10 @@ pub type ContractId = u64;
 /// A deployment that breaks a rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeploymentError {
-    #[error("workload {name:?}: {source}")]
-    Workload { name: String, source: WorkloadError },
+    /// The workload's own error is in the message (nodes send messages, not error chains),
+    /// so it is not also a `source`.
+    #[error("workload {name:?}: {error}")]
+    Workload { name: String, error: WorkloadError },
     #[error("{0}")]
     Invalid(String),
     #[error("signature: {0}")]
@@ -144,9 +146,9 @@ pub struct Workload {
 impl Workload {
     /// The typed data (unknown fields refused).
     pub fn parse(&self) -> Result<WorkloadData, DeploymentError> {
-        WorkloadData::parse(self.kind, &self.data).map_err(|source| DeploymentError::Workload {
+        WorkloadData::parse(self.kind, &self.data).map_err(|error| DeploymentError::Workload {
             name: self.name.clone(),
-            source,
+            error,
         })
     }
 }
@@ -282,9 +284,9 @@ impl Deployment {
         let mut names = HashSet::new();
         let mut parsed = BTreeMap::new();
         for w in &self.workloads {
-            validate_name("name", &w.name).map_err(|source| DeploymentError::Workload {
+            validate_name("name", &w.name).map_err(|error| DeploymentError::Workload {
                 name: w.name.clone(),
-                source,
+                error,
             })?;
             if !names.insert(w.name.as_str()) {
                 return Err(invalid(format!("workload name {:?} is used twice", w.name)));
@@ -303,9 +305,9 @@ impl Deployment {
             }
             let data = w.parse()?;
             data.validate()
-                .map_err(|source| DeploymentError::Workload {
+                .map_err(|error| DeploymentError::Workload {
                     name: w.name.clone(),
-                    source,
+                    error,
                 })?;
             parsed.insert(w.name.as_str(), data);
         }
@@ -314,7 +316,7 @@ impl Deployment {
         for (name, data) in &parsed {
             let wrong = |field: &str, reason: String| DeploymentError::Workload {
                 name: name.to_string(),
-                source: werr(field, reason),
+                error: werr(field, reason),
             };
             match data {
                 WorkloadData::Zmachine(m) => {
