@@ -304,11 +304,10 @@ impl Deployment {
                 )));
             }
             let data = w.parse()?;
-            data.validate()
-                .map_err(|error| DeploymentError::Workload {
-                    name: w.name.clone(),
-                    error,
-                })?;
+            data.validate().map_err(|error| DeploymentError::Workload {
+                name: w.name.clone(),
+                error,
+            })?;
             parsed.insert(w.name.as_str(), data);
         }
         let kind_of = |n: &str| parsed.get(n).map(WorkloadData::kind);
