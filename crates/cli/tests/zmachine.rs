@@ -6,184 +6,17 @@
 //! machines on two nodes reach each other over WireGuard; QEMU killed comes back, zosd killed
 //! leaves the machine running and adopts it; bad machines fail alone; cancel leaves nothing.
 
-use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use zos_testkit::devnet::{self, DevnetGuard, DevnetNode};
-use zos_testkit::net::connect;
+use zos_testkit::devnet::{self, DevnetNode};
+use zos_testkit::guest::{VmBed, build_guest, http_get, vm_bed, wait_http};
 use zos_testkit::netns;
 use zos_testkit::process::wait_until;
 use zos_testkit::require_root;
-use zos_testkit::user::{User, nr_netns};
-
-/// Where cargo builds (the guest image is cached in `<target>/guest`).
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.ancestors().nth(3).unwrap().to_path_buf()
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Runs `scripts/build-guest.sh ARGS` (cached); answers the output directory.
-fn build_guest(args: &[&str], env: &[(&str, &str)]) -> PathBuf {
-    let out = Command::new(repo().join("scripts/build-guest.sh"))
-        .args(args)
-        .env("CARGO_TARGET_DIR", target_dir())
-        .envs(env.iter().copied())
-        .output()
-        .expect("running scripts/build-guest.sh");
-    assert!(
-        out.status.success(),
-        "build-guest.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap()
-            .trim(),
-    )
-}
-
-/// A devnet whose nodes have the guest image, and a user with an application flist on the
-/// hub and a network `lan` across every node.
-struct VmBed {
-    net: DevnetGuard,
-    user: User,
-    /// URL of the user's application flist, as nodes reach it.
-    flist: String,
-    work: tempfile::TempDir,
-}
-
-async fn vm_bed(nodes: usize) -> VmBed {
-    build_guest(&[], &[]);
-    let net = DevnetGuard::up(nodes, Duration::from_secs(2))
-        .await
-        .unwrap();
-    let grid = net.state.grid_url.clone();
-    let work = tempfile::tempdir().unwrap();
-
-    // The farmer publishes the guest image where the devnet's nodes look for it.
-    let fl = work.path().join("guest.fl");
-    build_guest(
-        &[
-            "--flist",
-            fl.to_str().unwrap(),
-            "--hub",
-            "--push",
-            devnet::GUEST_FLIST,
-        ],
-        &[
-            ("ZOS_GRID", &grid),
-            ("ZOS_KEY", net.state.farmer_key.to_str().unwrap()),
-            ("ZOS_BIN", env!("CARGO_BIN_EXE_zos")),
-        ],
-    );
-    wait_guest(&net.state.nodes).await;
-
-    // The user's application flist and network.
-    let user = User::new(&grid, Path::new(env!("CARGO_BIN_EXE_zos")))
-        .await
-        .unwrap();
-    let root = work.path().join("root");
-    app_root(&root);
-    let app = work.path().join("app.fl");
-    user.zos(&[
-        "flist",
-        "pack",
-        root.to_str().unwrap(),
-        "-o",
-        app.to_str().unwrap(),
-        "--hub",
-        "--json",
-    ]);
-    user.zos(&["flist", "push", app.to_str().unwrap(), "--json"]);
-    let flist = format!(
-        "{}/api/v1/hub/flists/{}/app.fl",
-        net.state.grid_node_url,
-        user.twin()
-    );
-    let ids: Vec<String> = net
-        .state
-        .nodes
-        .iter()
-        .map(|n| n.node_id.unwrap().to_string())
-        .collect();
-    user.zos(&[
-        "network",
-        "create",
-        "lan",
-        "--nodes",
-        &ids.join(","),
-        "--json",
-    ]);
-    VmBed {
-        net,
-        user,
-        flist,
-        work,
-    }
-}
-
-/// `GET path` from namespace `ns`; the body, or `None` when nothing answers.
-fn http_get(ns: &str, to: &str, path: &str) -> Option<String> {
-    let to: SocketAddr = to.parse().unwrap();
-    let mut s = connect(ns, None, to, Duration::from_secs(3)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let (head, body) = out.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.").then(|| body.to_string())
-}
-
-async fn wait_http(ns: &str, to: &str, path: &str, want: &str, secs: u64) -> String {
-    let got = wait_until(
-        Duration::from_secs(secs),
-        Duration::from_millis(500),
-        || {
-            let (ns, to, path, want) = (
-                ns.to_string(),
-                to.to_string(),
-                path.to_string(),
-                want.to_string(),
-            );
-            async move {
-                tokio::task::spawn_blocking(move || http_get(&ns, &to, &path))
-                    .await
-                    .unwrap()
-                    .filter(|b| b.contains(&want))
-            }
-        },
-    )
-    .await;
-    got.unwrap_or_else(|| panic!("http://{to}{path} never answered with {want:?} from {ns}"))
-}
-
-/// Waits until every node of the devnet mounted the guest image it was just given.
-async fn wait_guest(nodes: &[DevnetNode]) {
-    for n in nodes {
-        let kernel = PathBuf::from(format!("/run/zos-flist/{}zos-guest/vmlinux", n.prefix));
-        let ok = wait_until(Duration::from_secs(60), Duration::from_millis(250), || {
-            let k = kernel.clone();
-            async move { k.is_file().then_some(()) }
-        })
-        .await;
-        assert!(
-            ok.is_some(),
-            "node {} never mounted the guest image",
-            n.index
-        );
-    }
-}
+use zos_testkit::user::nr_netns;
 
 /// PIDs of processes whose command line holds `needle` and `program`.
 fn pids_with(program: &str, needle: &str) -> Vec<i32> {
@@ -243,57 +76,6 @@ fn vm_leftovers(node: &DevnetNode, vm: &str) -> Vec<String> {
     out
 }
 
-/// A busybox root whose entrypoint serves what it sees over HTTP on port 8080, counts its boots
-/// on the volume at /vol, and with `PEER` set copies the peer's page every second.
-fn app_root(dir: &Path) {
-    for d in [
-        "bin", "sbin", "etc", "root", "tmp", "www", "proc", "sys", "dev", "run", "data", "vol",
-    ] {
-        std::fs::create_dir_all(dir.join(d)).unwrap();
-    }
-    let bb = zos_node_find("busybox");
-    std::fs::copy(&bb, dir.join("bin/busybox")).unwrap();
-    let list = Command::new(&bb).arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        let _ = std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet));
-    }
-    let entry = r#"#!/bin/sh
-if [ -d /vol ]; then echo boot >> /vol/boots; cat /vol/boots | wc -l > /www/boots; fi
-echo "hello from $(hostname) role=$ROLE" > /www/index.html
-df -k /data 2>/dev/null | tail -n 1 > /www/df
-if [ -n "$PROBE" ]; then
-  ifc=$(ip -o -4 addr show | awk -v p="$PUBNET" 'index($4, p) == 1 {print $2; exit}')
-  if ping -c 2 -W 2 "$PROBE" >/dev/null 2>&1; then echo own=ok; else echo own=fail; fi > /www/spoof
-  ip addr add "${PUBNET}200/24" dev "$ifc"
-  if ping -I "${PUBNET}200" -c 2 -W 2 "$PROBE" >/dev/null 2>&1; then echo ip=ok; else echo ip=fail; fi >> /www/spoof
-  ip addr del "${PUBNET}200/24" dev "$ifc"
-  mac=$(cat /sys/class/net/$ifc/address)
-  ip link set dev "$ifc" address 02:00:00:00:00:99
-  if ping -c 2 -W 2 "$PROBE" >/dev/null 2>&1; then echo mac=ok; else echo mac=fail; fi >> /www/spoof
-  ip link set dev "$ifc" address "$mac"
-  echo "public interface $ifc" >> /www/spoof
-fi
-if [ -n "$PEER" ]; then
-  (while true; do wget -q -O /www/peer.tmp "http://$PEER:8080/" && mv /www/peer.tmp /www/peer; sleep 1; done) &
-fi
-echo "entrypoint ready"
-exec httpd -f -p 8080 -h /www
-"#;
-    std::fs::write(dir.join("start.sh"), entry).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.join("start.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-fn zos_node_find(name: &str) -> String {
-    for dir in ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.is_file() {
-            return p.display().to_string();
-        }
-    }
-    panic!("{name} is not installed: run scripts/install-deps.sh");
-}
-
 fn machine_yaml(flist: &str, ip: &str, role: &str, peer: Option<&str>, disks: bool) -> String {
     let mut y = String::from("workloads:\n");
     if disks {
@@ -327,7 +109,7 @@ async fn zmachines_on_two_nodes_talk_over_their_network() {
         user: alice,
         flist,
         work,
-    } = vm_bed(2).await;
+    } = vm_bed(2, Path::new(env!("CARGO_BIN_EXE_zos"))).await;
     let (n1, n2) = (net.state.nodes[0].clone(), net.state.nodes[1].clone());
     let (a1, a2) = (
         nr_netns(&n1, alice.twin(), "lan"),
@@ -565,7 +347,7 @@ async fn a_machine_gets_its_public_ip_and_cannot_spoof_another() {
         user: u,
         flist,
         work,
-    } = vm_bed(1).await;
+    } = vm_bed(1, Path::new(env!("CARGO_BIN_EXE_zos"))).await;
     let n1 = net.state.nodes[0].clone();
 
     // A stand-in for the internet on the public bridge.
@@ -646,7 +428,7 @@ async fn a_full_vm_boots_its_image_from_a_zmount_and_reads_its_nocloud_seed() {
     let guest = build_guest(&[], &[]);
     let VmBed {
         net, user: u, work, ..
-    } = vm_bed(1).await;
+    } = vm_bed(1, Path::new(env!("CARGO_BIN_EXE_zos"))).await;
     let n1 = net.state.nodes[0].clone();
 
     // A flist holding a bootable image.raw.

@@ -4,32 +4,15 @@
 //!
 //! Run as root: `cargo bench -p zos-node --bench vmm` (`VMM_BENCH_RUNS`, `VMM_BENCH_ADOPT`).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use zos_guest_init::seed::{SEED_VERSION, Seed};
 use zos_node::vmm::{Boot, QemuVmm, Share, VmSpec, Vmm, VmmConfig};
 
-fn target_dir() -> PathBuf {
-    std::env::current_exe()
-        .unwrap()
-        .ancestors()
-        .nth(3)
-        .unwrap()
-        .to_path_buf()
-}
-
 fn guest() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new(repo.join("scripts/build-guest.sh"))
-        .env("CARGO_TARGET_DIR", target_dir())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("scripts/build-guest.sh");
-    assert!(out.status.success(), "build-guest.sh failed");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap())
+    zos_testkit::guest::build_guest(&[], &[])
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -39,47 +22,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Seconds from starting QEMU to guest-init's first line on the serial port.
 fn bare_boot(g: &Path) -> f64 {
-    let khz = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("cpu MHz"))
-        .and_then(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
-        .map(|m| (m * 1000.0) as u64)
-        .unwrap();
-    let t = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-M", "microvm", "-accel", "tcg", "-m", "256M", "-smp", "1"])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-no-reboot",
-            "-display",
-            "none",
-        ])
-        .args(["-serial", "stdio", "-kernel"])
-        .arg(g.join("vmlinux"))
-        .arg("-initrd")
-        .arg(g.join("initramfs.cpio"))
-        .arg("-append")
-        .arg(format!(
-            "console=ttyS0 panic=-1 quiet tsc_early_khz={khz} tsc=reliable"
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut took = None;
-    while let Some(Ok(l)) = lines.next() {
-        if l.contains("zos guest-init") {
-            took = Some(t.elapsed().as_secs_f64());
-            break;
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    took.expect("guest-init never started")
+    zos_testkit::guest::bare_boot(g).as_secs_f64()
 }
 
 fn busybox_root(dir: &Path) {

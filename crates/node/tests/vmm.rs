@@ -31,11 +31,6 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 /// The target directory this test binary was built in (…/debug/deps/vmm-… → …).
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.ancestors().nth(3).unwrap().to_path_buf()
-}
-
 /// Why this test cannot run here, if it cannot.
 fn missing(test: &str) -> bool {
     let why = if nix::unistd::geteuid().as_raw() != 0 {
@@ -65,22 +60,7 @@ fn missing(test: &str) -> bool {
 
 /// Builds (or finds cached) the guest kernel and initramfs.
 fn guest() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = Command::new(repo.join("scripts/build-guest.sh"))
-        .env("CARGO_TARGET_DIR", target_dir())
-        .output()
-        .expect("running scripts/build-guest.sh");
-    assert!(
-        out.status.success(),
-        "build-guest.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dir = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .to_string();
-    PathBuf::from(dir)
+    zos_testkit::guest::build_guest(&[], &[])
 }
 
 fn sh(cmd: &str) {

@@ -6,6 +6,7 @@
 pub mod cmd;
 pub mod devnet;
 pub mod disk;
+pub mod guest;
 pub mod net;
 pub mod netns;
 pub mod process;

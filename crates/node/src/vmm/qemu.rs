@@ -743,6 +743,23 @@ impl QemuVmm {
 impl super::Vmm for QemuVmm {
     async fn create(&self, spec: VmSpec) -> Result<VmInfo> {
         spec.validate()?;
+        if let Boot::Kernel {
+            kernel, initramfs, ..
+        } = &spec.boot
+        {
+            for (field, path) in [("boot.kernel", kernel), ("boot.initramfs", initramfs)] {
+                if !path.is_file() {
+                    return Err(VmmError::Invalid {
+                        field: field.into(),
+                        reason: format!(
+                            "{} does not exist: the node's guest image is not there (yet); \
+                             see guest_flist= and scripts/build-guest.sh",
+                            path.display()
+                        ),
+                    });
+                }
+            }
+        }
         let inner = &self.inner;
         let mut vms = inner.vms.lock().await;
         if let Some(m) = vms.get(&spec.name) {
@@ -976,6 +993,11 @@ mod tests {
     fn a_reused_pid_is_not_the_vm() {
         let mut child = Command::new("sleep").arg("30").spawn().unwrap();
         let pid = child.id() as i32;
+        // Under load the new process may not show its command line at once.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !alive(pid, Path::new("30")) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert!(alive(pid, Path::new("30")));
         assert!(!alive(pid, Path::new("/run/zos/vm/qmp.sock")));
         child.kill().unwrap();

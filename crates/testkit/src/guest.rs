@@ -1,0 +1,277 @@
+//! Virtual machines in tests and benchmarks: the guest image of `scripts/build-guest.sh`
+//! (cached in `<target>/guest`), a bare QEMU boot of it, an application root, and a devnet
+//! whose nodes have the guest image with a user, their flist and a network ([`vm_bed`]).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::devnet::{self, DevnetGuard, DevnetNode};
+use crate::net::connect;
+use crate::process::wait_until;
+use crate::user::User;
+
+/// Where cargo builds (the guest image is cached in `<target>/guest`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors().nth(3).unwrap().to_path_buf()
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs `scripts/build-guest.sh ARGS` (cached); answers the output directory.
+pub fn build_guest(args: &[&str], env: &[(&str, &str)]) -> PathBuf {
+    let out = Command::new(repo().join("scripts/build-guest.sh"))
+        .args(args)
+        .env("CARGO_TARGET_DIR", target_dir())
+        .envs(env.iter().copied())
+        .output()
+        .expect("running scripts/build-guest.sh");
+    assert!(
+        out.status.success(),
+        "build-guest.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .trim(),
+    )
+}
+
+/// A devnet whose nodes have the guest image, and a user with an application flist on the
+/// hub and a network `lan` across every node.
+#[derive(Debug)]
+pub struct VmBed {
+    pub net: DevnetGuard,
+    pub user: User,
+    /// URL of the user's application flist, as nodes reach it.
+    pub flist: String,
+    pub work: tempfile::TempDir,
+}
+
+/// `zos` is the CLI binary the user runs.
+pub async fn vm_bed(nodes: usize, zos: &Path) -> VmBed {
+    build_guest(&[], &[]);
+    let net = DevnetGuard::up(nodes, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let grid = net.state.grid_url.clone();
+    let work = tempfile::tempdir().unwrap();
+
+    // The farmer publishes the guest image where the devnet's nodes look for it.
+    let fl = work.path().join("guest.fl");
+    build_guest(
+        &[
+            "--flist",
+            fl.to_str().unwrap(),
+            "--hub",
+            "--push",
+            devnet::GUEST_FLIST,
+        ],
+        &[
+            ("ZOS_GRID", &grid),
+            ("ZOS_KEY", net.state.farmer_key.to_str().unwrap()),
+            ("ZOS_BIN", zos.to_str().expect("utf-8 path")),
+        ],
+    );
+    wait_guest(&net.state.nodes).await;
+
+    // The user's application flist and network.
+    let user = User::new(&grid, zos).await.unwrap();
+    let root = work.path().join("root");
+    app_root(&root);
+    let app = work.path().join("app.fl");
+    user.zos(&[
+        "flist",
+        "pack",
+        root.to_str().unwrap(),
+        "-o",
+        app.to_str().unwrap(),
+        "--hub",
+        "--json",
+    ]);
+    user.zos(&["flist", "push", app.to_str().unwrap(), "--json"]);
+    let flist = format!(
+        "{}/api/v1/hub/flists/{}/app.fl",
+        net.state.grid_node_url,
+        user.twin()
+    );
+    let ids: Vec<String> = net
+        .state
+        .nodes
+        .iter()
+        .map(|n| n.node_id.unwrap().to_string())
+        .collect();
+    user.zos(&[
+        "network",
+        "create",
+        "lan",
+        "--nodes",
+        &ids.join(","),
+        "--json",
+    ]);
+    VmBed {
+        net,
+        user,
+        flist,
+        work,
+    }
+}
+
+/// `GET path` from namespace `ns`; the body, or `None` when nothing answers.
+pub fn http_get(ns: &str, to: &str, path: &str) -> Option<String> {
+    let to: SocketAddr = to.parse().unwrap();
+    let mut s = connect(ns, None, to, Duration::from_secs(3)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then(|| body.to_string())
+}
+
+pub async fn wait_http(ns: &str, to: &str, path: &str, want: &str, secs: u64) -> String {
+    let got = wait_until(
+        Duration::from_secs(secs),
+        Duration::from_millis(500),
+        || {
+            let (ns, to, path, want) = (
+                ns.to_string(),
+                to.to_string(),
+                path.to_string(),
+                want.to_string(),
+            );
+            async move {
+                tokio::task::spawn_blocking(move || http_get(&ns, &to, &path))
+                    .await
+                    .unwrap()
+                    .filter(|b| b.contains(&want))
+            }
+        },
+    )
+    .await;
+    got.unwrap_or_else(|| panic!("http://{to}{path} never answered with {want:?} from {ns}"))
+}
+
+/// Waits until every node of the devnet mounted the guest image it was just given.
+pub async fn wait_guest(nodes: &[DevnetNode]) {
+    for n in nodes {
+        let kernel = PathBuf::from(format!("/run/zos-flist/{}zos-guest/vmlinux", n.prefix));
+        let ok = wait_until(Duration::from_secs(60), Duration::from_millis(250), || {
+            let k = kernel.clone();
+            async move { k.is_file().then_some(()) }
+        })
+        .await;
+        assert!(
+            ok.is_some(),
+            "node {} never mounted the guest image",
+            n.index
+        );
+    }
+}
+
+/// A busybox root whose entrypoint serves what it sees over HTTP on port 8080, counts its boots
+/// on the volume at /vol, and with `PEER` set copies the peer's page every second.
+pub fn app_root(dir: &Path) {
+    for d in [
+        "bin", "sbin", "etc", "root", "tmp", "www", "proc", "sys", "dev", "run", "data", "vol",
+    ] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let bb = find_program("busybox");
+    std::fs::copy(&bb, dir.join("bin/busybox")).unwrap();
+    let list = Command::new(&bb).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let _ = std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet));
+    }
+    let entry = r#"#!/bin/sh
+if [ -d /vol ]; then echo boot >> /vol/boots; cat /vol/boots | wc -l > /www/boots; fi
+echo "hello from $(hostname) role=$ROLE" > /www/index.html
+df -k /data 2>/dev/null | tail -n 1 > /www/df
+if [ -n "$PROBE" ]; then
+  ifc=$(ip -o -4 addr show | awk -v p="$PUBNET" 'index($4, p) == 1 {print $2; exit}')
+  if ping -c 2 -W 2 "$PROBE" >/dev/null 2>&1; then echo own=ok; else echo own=fail; fi > /www/spoof
+  ip addr add "${PUBNET}200/24" dev "$ifc"
+  if ping -I "${PUBNET}200" -c 2 -W 2 "$PROBE" >/dev/null 2>&1; then echo ip=ok; else echo ip=fail; fi >> /www/spoof
+  ip addr del "${PUBNET}200/24" dev "$ifc"
+  mac=$(cat /sys/class/net/$ifc/address)
+  ip link set dev "$ifc" address 02:00:00:00:00:99
+  if ping -c 2 -W 2 "$PROBE" >/dev/null 2>&1; then echo mac=ok; else echo mac=fail; fi >> /www/spoof
+  ip link set dev "$ifc" address "$mac"
+  echo "public interface $ifc" >> /www/spoof
+fi
+if [ -n "$PEER" ]; then
+  (while true; do wget -q -O /www/peer.tmp "http://$PEER:8080/" && mv /www/peer.tmp /www/peer; sleep 1; done) &
+fi
+echo "entrypoint ready"
+exec httpd -f -p 8080 -h /www
+"#;
+    std::fs::write(dir.join("start.sh"), entry).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("start.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn find_program(name: &str) -> String {
+    for dir in ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return p.display().to_string();
+        }
+    }
+    panic!("{name} is not installed: run scripts/install-deps.sh");
+}
+
+/// Starts QEMU by hand with the guest kernel and initramfs in `guest` (no seed, no devices)
+/// and answers how long until guest-init's first console line: the floor a VM's start is
+/// compared with.
+pub fn bare_boot(guest: &Path) -> Duration {
+    let mhz = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))
+        .and_then(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+        .unwrap_or(2000.0);
+    let t = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-M", "microvm", "-accel", "tcg", "-m", "256M", "-smp", "1"])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-no-reboot",
+            "-display",
+            "none",
+        ])
+        .args(["-serial", "stdio", "-kernel"])
+        .arg(guest.join("vmlinux"))
+        .arg("-initrd")
+        .arg(guest.join("initramfs.cpio"))
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 panic=-1 quiet tsc_early_khz={} tsc=reliable",
+            (mhz * 1000.0) as u64
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting qemu-system-x86_64");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut took = None;
+    while let Some(Ok(l)) = lines.next() {
+        if l.contains("zos guest-init") {
+            took = Some(t.elapsed());
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    took.expect("guest-init never started")
+}
