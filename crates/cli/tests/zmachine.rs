@@ -124,13 +124,7 @@ async fn zmachines_on_two_nodes_talk_over_their_network() {
         n1.node_id.unwrap(),
     );
     let contract = res["contract_id"].as_u64().unwrap();
-    let web = res["workloads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["name"] == "web")
-        .unwrap()
-        .clone();
+    let web = workload(&res, "web");
     assert_eq!(web["state"], "ok", "{web}");
     assert_eq!(web["data"]["ip"], "10.20.2.5");
     assert!(web["data"]["console_url"].as_str().is_some(), "{web}");
@@ -276,15 +270,7 @@ async fn zmachines_on_two_nodes_talk_over_their_network() {
         .max()
         .unwrap();
     let got = alice.zos(&["deployment", "get", &bad_contract.to_string(), "--json"]);
-    let state = |n: &str| {
-        got["workloads"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|w| w["name"] == n)
-            .unwrap()
-            .clone()
-    };
+    let state = |n: &str| workload(&got, n);
     assert_eq!(state("v")["state"], "ok", "{got}");
     assert_eq!(state("noflist")["state"], "error");
     assert!(
@@ -377,13 +363,7 @@ async fn a_machine_gets_its_public_ip_and_cannot_spoof_another() {
     );
     let res = u.deploy(work.path(), "pub.yaml", &yaml, n1.node_id.unwrap());
     let contract = res["contract_id"].as_u64().unwrap();
-    let web = res["workloads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["name"] == "web")
-        .unwrap()
-        .clone();
+    let web = workload(&res, "web");
     assert_eq!(web["state"], "ok", "{res}");
     let public = web["data"]["public_ip"].as_str().unwrap().to_string();
     assert!(public.starts_with(&format!("{pubnet}.10")), "{web}");
@@ -459,13 +439,7 @@ async fn a_full_vm_boots_its_image_from_a_zmount_and_reads_its_nocloud_seed() {
     );
     let res = u.deploy(work.path(), "vm.yaml", &yaml, n1.node_id.unwrap());
     let contract = res["contract_id"].as_u64().unwrap();
-    let vm = res["workloads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["name"] == "Full_VM")
-        .unwrap()
-        .clone();
+    let vm = workload(&res, "Full_VM");
     assert_eq!(vm["state"], "ok", "{res}");
     assert_eq!(vm["data"]["mode"], "vm", "{vm}");
 
@@ -496,6 +470,17 @@ async fn a_full_vm_boots_its_image_from_a_zmount_and_reads_its_nocloud_seed() {
     let name = format!("{}-{contract}-Full_VM", u.twin());
     let left = vm_leftovers(&n1, &name);
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// The workload `name` of a deployment as `zos --json` prints it.
+fn workload(d: &serde_json::Value, name: &str) -> serde_json::Value {
+    d["workloads"]
+        .as_array()
+        .expect("workloads")
+        .iter()
+        .find(|w| w["name"] == name)
+        .unwrap_or_else(|| panic!("no workload {name} in {d}"))
+        .clone()
 }
 
 /// Every path below `dir` (not following links).

@@ -643,6 +643,32 @@ impl Inner {
 }
 
 impl QemuVmm {
+    /// Pauses (QMP `stop`) or resumes (QMP `cont`) a VM that is not stopped, and records it.
+    async fn set_desired(&self, name: &str, want: Desired) -> Result<()> {
+        let inner = &self.inner;
+        let mut vms = inner.vms.lock().await;
+        let m = vms
+            .get_mut(name)
+            .ok_or_else(|| VmmError::NotFound(name.to_string()))?;
+        let (command, from) = if want == Desired::Paused {
+            ("stop", "running")
+        } else {
+            ("cont", "paused")
+        };
+        if m.rec.desired == Desired::Stopped {
+            return Err(VmmError::State {
+                name: name.to_string(),
+                status: VmStatus::Stopped,
+                want: from,
+            });
+        }
+        if m.rec.pid.is_some_and(|p| alive(p, &inner.qmp_path(name))) {
+            inner.qmp(name, command).await?;
+        }
+        m.rec.desired = want;
+        inner.save(m)
+    }
+
     /// Opens the VMM: loads the recorded VMs (not yet supervised: see
     /// [`super::Vmm::reconcile`]) and starts the supervisor. Needs a tokio runtime.
     pub fn open(cfg: VmmConfig) -> Result<QemuVmm> {
@@ -848,43 +874,11 @@ impl super::Vmm for QemuVmm {
     }
 
     async fn pause(&self, name: &str) -> Result<()> {
-        let inner = &self.inner;
-        let mut vms = inner.vms.lock().await;
-        let m = vms
-            .get_mut(name)
-            .ok_or_else(|| VmmError::NotFound(name.to_string()))?;
-        if m.rec.desired == Desired::Stopped {
-            return Err(VmmError::State {
-                name: name.to_string(),
-                status: VmStatus::Stopped,
-                want: "running",
-            });
-        }
-        if m.rec.pid.is_some_and(|p| alive(p, &inner.qmp_path(name))) {
-            inner.qmp(name, "stop").await?;
-        }
-        m.rec.desired = Desired::Paused;
-        inner.save(m)
+        self.set_desired(name, Desired::Paused).await
     }
 
     async fn resume(&self, name: &str) -> Result<()> {
-        let inner = &self.inner;
-        let mut vms = inner.vms.lock().await;
-        let m = vms
-            .get_mut(name)
-            .ok_or_else(|| VmmError::NotFound(name.to_string()))?;
-        if m.rec.desired == Desired::Stopped {
-            return Err(VmmError::State {
-                name: name.to_string(),
-                status: VmStatus::Stopped,
-                want: "paused",
-            });
-        }
-        if m.rec.pid.is_some_and(|p| alive(p, &inner.qmp_path(name))) {
-            inner.qmp(name, "cont").await?;
-        }
-        m.rec.desired = Desired::Running;
-        inner.save(m)
+        self.set_desired(name, Desired::Running).await
     }
 
     async fn shutdown(&self, name: &str, timeout: Duration) -> Result<()> {
