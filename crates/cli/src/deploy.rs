@@ -80,6 +80,16 @@ async fn fetch(
     serde_json::from_value(v).context("the node answered a deployment this zos does not understand")
 }
 
+/// The result log of deployment `contract` on the node with twin `twin`.
+async fn changes(c: &GridClient, twin: TwinId, contract: ContractId) -> anyhow::Result<Value> {
+    Ok(c.call(
+        twin,
+        "zos.deployment.changes",
+        &json!({ "contract_id": contract }),
+    )
+    .await?)
+}
+
 fn read_file(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
@@ -228,13 +238,7 @@ pub async fn update_to(
     .context("updating the contract's hash")?;
     next.sign(me, c.identity().context("no key")?)?;
     // This update's results are the log entries after the last one now.
-    let log = c
-        .call(
-            twin,
-            "zos.deployment.changes",
-            &json!({ "contract_id": contract }),
-        )
-        .await?;
+    let log = changes(c, twin, contract).await?;
     let since = log
         .as_array()
         .into_iter()
@@ -344,13 +348,7 @@ pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
         }
         DeploymentCmd::Changes { contract } => {
             let (_, twin) = node_of(&c, contract).await?;
-            let log = c
-                .call(
-                    twin,
-                    "zos.deployment.changes",
-                    &json!({ "contract_id": contract }),
-                )
-                .await?;
+            let log = changes(&c, twin, contract).await?;
             if g.json {
                 return output::json(&log);
             }
@@ -440,13 +438,7 @@ async fn follow(
     );
     bar.enable_steady_tick(Duration::from_millis(120));
     loop {
-        let log = c
-            .call(
-                twin,
-                "zos.deployment.changes",
-                &json!({ "contract_id": contract }),
-            )
-            .await?;
+        let log = changes(c, twin, contract).await?;
         let done = names
             .iter()
             .filter(|n| {
