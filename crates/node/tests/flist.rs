@@ -173,7 +173,7 @@ impl Env {
         let mut c = FlistConfig::new(
             &self.path("node-state"),
             &self.grid.as_ref().unwrap().url(),
-            "t1-",
+            "t1",
         );
         c.mount_root = self.path("mnt");
         c.mount_binary = mount_binary();

@@ -681,11 +681,11 @@ pub fn down(state: &DevnetState) -> anyhow::Result<()> {
             problems.push(format!("namespace {}: {e}", n.netns));
         }
         // What its machines and flists left in global places: mounts, cgroups, run files.
-        let flists = format!("/run/zos-flist/{}", n.prefix);
+        let flists = format!("/run/zos-flist/{}-", n.prefix);
         if let Err(e) = crate::disk::unmount_prefixed(&flists) {
             problems.push(format!("flist mounts {flists}*: {e}"));
         }
-        remove_prefixed(Path::new("/run/zos-flist"), &n.prefix);
+        remove_prefixed(Path::new("/run/zos-flist"), &format!("{}-", n.prefix));
         let _ = std::fs::remove_dir_all(format!("/run/zos-vmm-{}", n.prefix));
         for dir in cgroup_roots() {
             remove_prefixed(&dir, &format!("{}zos-vm-", n.prefix));

@@ -164,7 +164,7 @@ pub async fn wait_http(ns: &str, to: &str, path: &str, want: &str, secs: u64) ->
 /// Waits until every node of the devnet mounted the guest image it was just given.
 pub async fn wait_guest(nodes: &[DevnetNode]) {
     for n in nodes {
-        let kernel = PathBuf::from(format!("/run/zos-flist/{}zos-guest/vmlinux", n.prefix));
+        let kernel = PathBuf::from(format!("/run/zos-flist/{}-zos-guest/vmlinux", n.prefix));
         let ok = wait_until(Duration::from_secs(60), Duration::from_millis(250), || {
             let k = kernel.clone();
             async move { k.is_file().then_some(()) }

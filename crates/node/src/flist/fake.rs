@@ -63,7 +63,7 @@ impl MemoryFlists {
             name: name.into(),
             url: url.into(),
             sha256: zos_flist::hub::sha256_hex(url.as_bytes()),
-            mountpoint: self.root.join(format!("{}{name}", self.prefix)),
+            mountpoint: self.root.join(super::global_name(&self.prefix, name)),
             rw_dir: rw_dir.map(Path::to_path_buf),
             pid: None,
         };
@@ -114,7 +114,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_fake_keeps_the_rules() {
-        let f = MemoryFlists::new("/run/zos-flist", "n1-");
+        let f = MemoryFlists::new("/run/zos-flist", "n1");
         let a = f.mount("vm1", "http://hub/a.fl").await.unwrap();
         assert_eq!(a.mountpoint, PathBuf::from("/run/zos-flist/n1-vm1"));
         assert_eq!(f.mount("vm1", "http://hub/a.fl").await.unwrap(), a);

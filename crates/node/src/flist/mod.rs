@@ -96,6 +96,16 @@ pub enum FlistError {
     },
 }
 
+/// The global name of mount `name` of a node with `prefix`: `<prefix>-<name>`, or `name` alone
+/// on real hardware (no prefix). The dash keeps node `n1`'s `10-…` apart from node `n11`'s `0-…`.
+pub fn global_name(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}-{name}")
+    }
+}
+
 /// Checks a mount name: 1 to [`MAX_NAME_LEN`] bytes of ASCII letters, digits, `.`, `_`, `-`,
 /// not starting with `.` or `-`.
 pub fn check_name(name: &str) -> Result<(), FlistError> {

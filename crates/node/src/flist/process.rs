@@ -24,7 +24,7 @@ pub const MOUNT_BINARY: &str = "zos-flist-mount";
 pub struct FlistConfig {
     /// The flist state directory: `mounts.json`, `flists/<sha256>.fl`, `cache/`, `logs/`.
     pub state_dir: PathBuf,
-    /// Where mount points are made: `<mount_root>/<prefix><name>`.
+    /// Where mount points are made: `<mount_root>/<prefix>-<name>` ([`super::global_name`]).
     pub mount_root: PathBuf,
     /// The node's prefix (empty on real hardware).
     pub prefix: String,
@@ -120,7 +120,7 @@ impl ProcessFlists {
     pub fn mountpoint(&self, name: &str) -> PathBuf {
         self.config
             .mount_root
-            .join(format!("{}{name}", self.config.prefix))
+            .join(super::global_name(&self.config.prefix, name))
     }
 
     /// The shared block cache directory.
@@ -325,8 +325,10 @@ impl ProcessFlists {
             cmd.arg("--rw-dir").arg(rw);
         }
         // The source column of /proc/mounts names the node and the mount.
-        cmd.arg("--fsname")
-            .arg(format!("flist:{}{name}", self.config.prefix));
+        cmd.arg("--fsname").arg(format!(
+            "flist:{}",
+            super::global_name(&self.config.prefix, name)
+        ));
         cmd.arg(mp);
         let log_path = self.log_path(name);
         let log = std::fs::OpenOptions::new()

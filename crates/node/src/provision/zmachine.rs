@@ -920,8 +920,8 @@ mod tests {
     #[tokio::test]
     async fn vm_mode_writes_the_image_and_a_nocloud_seed() {
         let b = bed().await;
-        // The fake mounts at <root>/<prefix><name>: put an image.raw in the probe mount.
-        let probe = b.dir.path().join("flists/t7-1-full-ro");
+        // The fake mounts at <root>/<prefix>-<name>: put an image.raw in the probe mount.
+        let probe = b.dir.path().join("flists/t-7-1-full-ro");
         std::fs::create_dir_all(&probe).unwrap();
         std::fs::write(probe.join("image.raw"), b"boot").unwrap();
         let mut z = machine();
@@ -953,7 +953,7 @@ mod tests {
         b.mgr.deprovision(&wid("full")).await.unwrap();
 
         // VM mode boots its first mount: it must be a zmount.
-        let probe = b.dir.path().join("flists/t7-1-full2-ro");
+        let probe = b.dir.path().join("flists/t-7-1-full2-ro");
         std::fs::create_dir_all(&probe).unwrap();
         std::fs::write(probe.join("image.raw"), b"boot").unwrap();
         z.mounts.swap(0, 1);
