@@ -51,6 +51,10 @@ pub enum NetworkCmd {
         /// Also let this machine join (see `zos network wg-config`).
         #[arg(long)]
         access: bool,
+        /// The address other members dial for a node, `NODE=HOST` (a node behind NAT, say);
+        /// repeat for more. By default, the node's own address.
+        #[arg(long = "endpoint", value_parser = parse_endpoint)]
+        endpoints: Vec<(NodeId, String)>,
         #[arg(long, default_value_t = 600)]
         wait: u64,
     },
@@ -391,17 +395,16 @@ pub async fn run(cmd: NetworkCmd, g: &Global) -> anyhow::Result<()> {
             nodes,
             ip_range,
             access,
+            endpoints,
             wait,
         } => {
-            create(
-                &name,
-                &nodes,
+            let plan = Plan {
+                nodes: &nodes,
                 ip_range,
                 access,
-                Duration::from_secs(wait),
-                g,
-            )
-            .await
+                endpoints: &endpoints,
+            };
+            create(&name, &plan, Duration::from_secs(wait), g).await
         }
         NetworkCmd::AddAccess { name, wait } => {
             add_access(&name, Duration::from_secs(wait), g).await
@@ -463,15 +466,43 @@ pub async fn run(cmd: NetworkCmd, g: &Global) -> anyhow::Result<()> {
     }
 }
 
-async fn create(
-    name: &str,
-    nodes: &[NodeId],
+/// What `zos network create` is asked for.
+struct Plan<'a> {
+    nodes: &'a [NodeId],
     ip_range: Ipv4Net,
     access: bool,
-    wait: Duration,
-    g: &Global,
-) -> anyhow::Result<()> {
+    endpoints: &'a [(NodeId, String)],
+}
+
+/// `NODE=HOST` of `--endpoint`.
+fn parse_endpoint(s: &str) -> Result<(NodeId, String), String> {
+    let (node, host) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NODE=HOST, like 3=203.0.113.7"))?;
+    let node: NodeId = node
+        .parse()
+        .map_err(|_| format!("{node:?} is not a node id"))?;
+    let ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    if !ok {
+        return Err(format!("{host:?} is not a host name or address"));
+    }
+    Ok((node, host.to_string()))
+}
+
+async fn create(name: &str, plan: &Plan<'_>, wait: Duration, g: &Global) -> anyhow::Result<()> {
+    let Plan {
+        nodes,
+        ip_range,
+        access,
+        endpoints,
+    } = *plan;
     valid_name(name)?;
+    if let Some((n, _)) = endpoints.iter().find(|(n, _)| !nodes.contains(n)) {
+        bail!("--endpoint names node {n}, which is not in --nodes");
+    }
     if NetworkFile::path(name).exists() {
         bail!("network {name:?} already exists: `zos network show {name}`, or delete it first");
     }
@@ -494,7 +525,10 @@ async fn create(
     };
     for (i, node) in nodes.iter().enumerate() {
         let twin = node_twin(&c, *node).await?;
-        let host = endpoint_host(&c, twin, *node).await?;
+        let host = match endpoints.iter().find(|(n, _)| n == node) {
+            Some((_, h)) => h.clone(),
+            None => endpoint_host(&c, twin, *node).await?.to_string(),
+        };
         let port = free_port(&wg_ports(&c, twin, *node).await?)?;
         let (private_key, public_key) = wg_keypair()?;
         file.nodes.push(NodePart {
@@ -820,6 +854,13 @@ mod tests {
         assert_eq!(free_port(&taken).unwrap(), 4242);
         let all: Vec<u16> = PORTS.collect();
         assert!(free_port(&all).is_err());
+        assert_eq!(
+            parse_endpoint("3=203.0.113.7").unwrap(),
+            (3, "203.0.113.7".to_string())
+        );
+        assert!(parse_endpoint("3").is_err());
+        assert!(parse_endpoint("x=1.2.3.4").is_err());
+        assert!(parse_endpoint("3=a b").is_err());
         assert!(valid_name("my-net_1").is_ok());
         assert!(valid_name("../x").is_err());
         assert!(valid_name("").is_err());

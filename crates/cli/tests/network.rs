@@ -274,7 +274,25 @@ async fn a_network_across_two_nodes_from_create_to_delete() {
     );
 
     // Isolation: Bob's network has the same name and subnets on the same nodes.
-    bob.zos(&["network", "create", "lan", "--nodes", &ids, "--json"]);
+    // (Bob names node 2's endpoint himself, as for a node behind NAT.)
+    let endpoint = format!("{}={}", n2.node_id.unwrap(), n2.address);
+    let made = bob.zos(&[
+        "network",
+        "create",
+        "lan",
+        "--nodes",
+        &ids,
+        "--endpoint",
+        &endpoint,
+        "--json",
+    ]);
+    assert!(
+        made["nodes"][1]["endpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:", n2.address)),
+        "{made}"
+    );
     let b1 = nr_netns(&n1, bob.twin(), "lan");
     assert_ne!(b1, a1);
     assert!(ping(&b1, "10.20.3.1", 2), "Bob reaches his own node 2");
