@@ -180,6 +180,22 @@ impl Bed {
         panic!("deployment {contract} never settled");
     }
 
+    /// Cancels `contract` and waits until its deployment is gone.
+    async fn cancel(&self, contract: ContractId) {
+        self.engine
+            .handle_event(&NodeEvent::ContractCancelled {
+                contract_id: contract,
+            })
+            .unwrap();
+        for _ in 0..200 {
+            if self.engine.get(7, contract).is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("deployment {contract} is still there after its cancellation");
+    }
+
     fn state(d: &Deployment, name: &str) -> ResultState {
         d.workloads
             .iter()
@@ -262,16 +278,7 @@ async fn deploy_update_and_cancel() {
     );
 
     // Cancel: everything goes, capacity is freed, the deployment disappears.
-    b.engine
-        .handle_event(&NodeEvent::ContractCancelled { contract_id: 1 })
-        .unwrap();
-    for _ in 0..200 {
-        if b.engine.get(7, 1).is_err() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(b.engine.get(7, 1).is_err());
+    b.cancel(1).await;
     assert!(b.storage.disk_list().await.unwrap().is_empty());
     assert!(b.storage.volume_list().await.unwrap().is_empty());
     assert_eq!(b.engine.usage().unwrap(), Usage::default());
@@ -672,16 +679,7 @@ mod network {
         assert_eq!(data(&b.engine.get(7, 1).unwrap(), "pub")["ip"], ip["ip"]);
 
         // Cancel: the network and the address go.
-        b.engine
-            .handle_event(&NodeEvent::ContractCancelled { contract_id: 1 })
-            .unwrap();
-        for _ in 0..200 {
-            if b.engine.get(7, 1).is_err() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(b.engine.get(7, 1).is_err());
+        b.cancel(1).await;
         assert!(nb.net.wireguard_ports().await.unwrap().is_empty());
         assert!(nb.net.public_ips().await.unwrap().is_empty());
         assert!(nb.net.network_info(7, "mynet").await.unwrap().is_none());
