@@ -184,6 +184,11 @@ async fn deploy_update_cancel_from_the_command_line() {
     let vol = find(&root, &wid("vol"));
     assert_eq!(vol.len(), 1, "{vol:?}");
     assert!(vol[0].is_dir());
+    // The grid learns what the workloads use from the next uptime reports.
+    assert!(
+        used_sru_becomes(&u.client, node, 3 * GIB).await,
+        "the registry never showed 3 GiB of SSD used"
+    );
 
     // Update: the volume grows to 2 GiB; the disk is untouched.
     let grown = write(
@@ -290,6 +295,20 @@ async fn deploy_update_cancel_from_the_command_line() {
         "nothing but the system is used: {stats}"
     );
     assert_eq!(stats["users"]["deployments"], 0);
+    assert!(
+        used_sru_becomes(&u.client, node, 0).await,
+        "the registry still shows SSD used after the cancel"
+    );
+}
+
+/// Waits until the registry shows `sru` bytes of SSD used on `node`.
+async fn used_sru_becomes(c: &GridClient, node: u32, sru: u64) -> bool {
+    wait_until(Duration::from_secs(20), Duration::from_millis(250), || {
+        let c = c.clone();
+        async move { c.get_node(node).await.ok().filter(|n| n.used.sru == sru) }
+    })
+    .await
+    .is_some()
 }
 
 #[tokio::test(flavor = "multi_thread")]

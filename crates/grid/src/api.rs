@@ -353,8 +353,9 @@ async fn report_uptime(
     let body: UptimeReport = signed.json()?;
     let now = app.now();
     body.validate(now)?;
+    body.check_used(&node.capacity)?;
     let node = app
-        .run(move |s| s.report_uptime(id, body.uptime_secs, now))
+        .run(move |s| s.report_uptime(id, body.uptime_secs, body.used, now))
         .await?;
     tracing::debug!(node = id, uptime = node.uptime_secs, "uptime reported");
     Ok(Json(node))

@@ -138,6 +138,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
             let report = UptimeReport {
                 uptime_secs: (j / nodes.len()) as u64 + 1,
                 timestamp: zos_types::auth::unix_now(),
+                used: None,
             };
             async move {
                 let t = Instant::now();

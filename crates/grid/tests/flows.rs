@@ -24,6 +24,7 @@ fn report(uptime_secs: u64) -> UptimeReport {
     UptimeReport {
         uptime_secs,
         timestamp: zos_types::auth::unix_now(),
+        used: None,
     }
 }
 
@@ -338,6 +339,62 @@ async fn uptime_reports_make_a_node_online_until_three_periods_pass() {
             .unwrap_err()
             .is_not_found()
     );
+}
+
+#[tokio::test]
+async fn uptime_reports_carry_what_workloads_use_and_free_capacity_follows() {
+    let g = TestGrid::start().await;
+    let (_, farm) = g.farm("used-farm").await;
+    let (node_client, node) = g.node(farm.id).await;
+    let free_before = node.free();
+    let used = zos_types::Capacity {
+        cru: node.capacity.cru + 2, // cores may be shared
+        mru: 1 << 30,
+        sru: 2 << 30,
+        hru: 0,
+    };
+    let mut r = report(10);
+    r.used = Some(used);
+    let after = node_client.report_uptime(node.id, &r).await.unwrap();
+    assert_eq!(after.used, used);
+    assert_eq!(after.free().mru, free_before.mru - (1 << 30));
+    assert_eq!(after.free().sru, free_before.sru - (2 << 30));
+    assert_eq!(after.free().cru, 0);
+    let anon = g.client();
+    let wants = |mru: u64| NodeFilter {
+        free_mru: Some(mru),
+        ..Default::default()
+    };
+    assert!(
+        anon.list_nodes(&wants(free_before.mru))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        anon.list_nodes(&wants(after.free().mru))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // A report without `used` keeps the last one; more than the node has is refused whole.
+    let kept = node_client
+        .report_uptime(node.id, &report(11))
+        .await
+        .unwrap();
+    assert_eq!(kept.used, used);
+    let mut r = report(12);
+    r.used = Some(zos_types::Capacity {
+        sru: node.capacity.sru + 1,
+        ..used
+    });
+    let err = node_client.report_uptime(node.id, &r).await.unwrap_err();
+    assert_eq!(status(err), 400);
+    let now = anon.get_node(node.id).await.unwrap();
+    assert_eq!(now.used, used);
+    assert_eq!(now.uptime_secs, 11, "a refused report changes nothing");
 }
 
 #[tokio::test]

@@ -160,8 +160,15 @@ pub async fn run(
     // What the engine may hand out: the machine as registered, less what the system keeps.
     let facts =
         registration(system.as_ref(), &reg_cfg).context("reading the machine's capacity")?;
+    // Uptime reports carry what the workloads use, once the engine exists.
+    let engine_cell: Arc<std::sync::OnceLock<Arc<Engine>>> = Arc::default();
+    let usage = {
+        let cell = engine_cell.clone();
+        Arc::new(move || cell.get().and_then(|e| e.usage().ok()).map(|u| u.workloads))
+    };
     let registrar = Registrar::new(&cfg.grid, identity.clone(), system, reg_cfg)
-        .context("preparing the grid client")?;
+        .context("preparing the grid client")?
+        .with_usage(usage);
     let status = registrar.subscribe();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(registrar.run(stop.clone()));
@@ -316,6 +323,7 @@ pub async fn run(
             limited: facts.limited.clone(),
         },
     ));
+    let _ = engine_cell.set(engine.clone());
     let pending = engine
         .reconcile()
         .context("queueing the reconciliation of stored deployments")?;

@@ -108,12 +108,16 @@ impl Backoff {
     }
 }
 
+/// What the node's workloads use now, reported with each uptime report (`None`: not known yet).
+pub type UsageSource = Arc<dyn Fn() -> Option<Capacity> + Send + Sync>;
+
 pub struct Registrar {
     client: GridClient,
     identity: Identity,
     system: Arc<dyn System>,
     cfg: RegistrarConfig,
     status: watch::Sender<RegistrarStatus>,
+    usage: Option<UsageSource>,
 }
 
 impl std::fmt::Debug for Registrar {
@@ -138,7 +142,14 @@ impl Registrar {
             system,
             cfg,
             status: watch::channel(RegistrarStatus::default()).0,
+            usage: None,
         })
+    }
+
+    /// Reports what `usage` says with every uptime report.
+    pub fn with_usage(mut self, usage: UsageSource) -> Self {
+        self.usage = Some(usage);
+        self
     }
 
     /// Follows the registrar's status.
@@ -225,6 +236,7 @@ impl Registrar {
                 .uptime_secs()
                 .map_err(|e| format!("reading uptime: {e}"))?,
             timestamp: zos_types::auth::unix_now(),
+            used: self.usage.as_ref().and_then(|u| u()),
         };
         match self.client.report_uptime(node_id, &report).await {
             Ok(node) => {

@@ -427,6 +427,10 @@ pub struct UptimeReport {
     pub uptime_secs: u64,
     /// The node's clock when it made the report (unix seconds).
     pub timestamp: i64,
+    /// What the node's workloads hold now; the registry keeps it as the node's `used`, so
+    /// free capacity (and the `free_*` filters) follow the deployments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used: Option<Capacity>,
 }
 
 impl UptimeReport {
@@ -448,6 +452,25 @@ impl UptimeReport {
                 "uptime_secs",
                 format!("{} s would mean a boot before 1970", self.uptime_secs),
             ));
+        }
+        Ok(())
+    }
+
+    /// Checks `used` against the node's registered `capacity`: memory and disks cannot be
+    /// used beyond what the node has (cores may be shared, so they are not bounded).
+    pub fn check_used(&self, capacity: &Capacity) -> Result<(), ValidationError> {
+        let Some(u) = &self.used else { return Ok(()) };
+        for (what, used, total) in [
+            ("mru", u.mru, capacity.mru),
+            ("sru", u.sru, capacity.sru),
+            ("hru", u.hru, capacity.hru),
+        ] {
+            if used > total {
+                return Err(invalid(
+                    format!("used.{what}"),
+                    format!("{used} is more than the node's {total}"),
+                ));
+            }
         }
         Ok(())
     }
@@ -596,6 +619,7 @@ mod tests {
         let r = |uptime_secs, timestamp| UptimeReport {
             uptime_secs,
             timestamp,
+            used: None,
         };
         r(100, 1000).validate(1000).unwrap();
         r(100, 1060).validate(1000).unwrap();

@@ -17,7 +17,7 @@ use zos_types::deployment::{ContractId, DeploymentHash};
 use zos_types::registry::{
     AddFarmIp, Farm, FarmIp, Node, NodeFilter, NodeRegistration, PublicConfig, Twin,
 };
-use zos_types::{FarmId, NodeId, PublicKey, TwinId};
+use zos_types::{Capacity, FarmId, NodeId, PublicKey, TwinId};
 
 pub use sqlite::{SCHEMA_VERSION, SqliteStore};
 
@@ -112,8 +112,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         config: &PublicConfig,
         now: i64,
     ) -> Result<Node, StoreError>;
-    /// Records an uptime report received at server time `now`.
-    fn report_uptime(&self, node: NodeId, uptime_secs: u64, now: i64) -> Result<Node, StoreError>;
+    /// Records an uptime report received at server time `now`, with the capacity the node's
+    /// workloads use when it says.
+    fn report_uptime(
+        &self,
+        node: NodeId,
+        uptime_secs: u64,
+        used: Option<Capacity>,
+        now: i64,
+    ) -> Result<Node, StoreError>;
     fn node(&self, id: NodeId, now: i64) -> Result<Option<Node>, StoreError>;
     /// Nodes passing `filter` (paging included), by id.
     fn nodes(&self, filter: &NodeFilter, now: i64) -> Result<Vec<Node>, StoreError>;

@@ -748,8 +748,24 @@ impl Store for SqliteStore {
         })
     }
 
-    fn report_uptime(&self, node: NodeId, uptime_secs: u64, now: i64) -> Result<Node, StoreError> {
+    fn report_uptime(
+        &self,
+        node: NodeId,
+        uptime_secs: u64,
+        used: Option<Capacity>,
+        now: i64,
+    ) -> Result<Node, StoreError> {
         let uptime = to_sql("uptime_secs", uptime_secs)?;
+        let used = used
+            .map(|u| -> Result<[i64; 4], StoreError> {
+                Ok([
+                    to_sql("used.cru", u.cru)?,
+                    to_sql("used.mru", u.mru)?,
+                    to_sql("used.sru", u.sru)?,
+                    to_sql("used.hru", u.hru)?,
+                ])
+            })
+            .transpose()?;
         self.write("recording uptime", |tx| {
             let n = tx
                 .prepare_cached("UPDATE nodes SET uptime_secs = ?2, last_seen = ?3 WHERE id = ?1")
@@ -757,6 +773,14 @@ impl Store for SqliteStore {
                 .map_err(db("recording uptime"))?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("node {node} does not exist")));
+            }
+            if let Some([cru, mru, sru, hru]) = used {
+                tx.prepare_cached(
+                    "UPDATE nodes SET used_cru = ?2, used_mru = ?3, used_sru = ?4, used_hru = ?5 \
+                     WHERE id = ?1",
+                )
+                .and_then(|mut s| s.execute(params![node, cru, mru, sru, hru]))
+                .map_err(db("recording used capacity"))?;
             }
             load_node(tx, node, now)?
                 .ok_or_else(|| StoreError::NotFound(format!("node {node} does not exist")))
