@@ -26,14 +26,7 @@ fn bare_boot(g: &Path) -> f64 {
 }
 
 fn busybox_root(dir: &Path) {
-    for d in ["bin", "etc", "root", "tmp", "proc", "sys", "dev", "run"] {
-        std::fs::create_dir_all(dir.join(d)).unwrap();
-    }
-    let bb = zos_node::network::find_program("busybox");
-    std::fs::copy(&bb, dir.join("bin/busybox")).unwrap();
-    for a in ["sh", "sleep", "echo"] {
-        std::os::unix::fs::symlink("busybox", dir.join("bin").join(a)).unwrap();
-    }
+    zos_testkit::guest::busybox_root(dir, &[]);
 }
 
 fn spec(g: &Path, root: &Path, name: &str) -> VmSpec {

@@ -74,17 +74,7 @@ fn sh(cmd: &str) {
 
 /// A busybox root file system with an entrypoint.
 fn busybox_root(dir: &Path) {
-    for d in [
-        "bin", "sbin", "etc", "root", "tmp", "www", "proc", "sys", "dev", "run",
-    ] {
-        std::fs::create_dir_all(dir.join(d)).unwrap();
-    }
-    let bb = zos_node::network::find_program("busybox");
-    std::fs::copy(&bb, dir.join("bin/busybox")).unwrap();
-    let list = Command::new(&bb).arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        let _ = std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet));
-    }
+    zos_testkit::guest::busybox_root(dir, &["www"]);
     // Counts its boots in the volume, tells what it sees through HTTP.
     let entry = r#"#!/bin/sh
 n=$(ls /data/vol | grep -c '^boot-')

@@ -181,17 +181,7 @@ pub async fn wait_guest(nodes: &[DevnetNode]) {
 /// A busybox root whose entrypoint serves what it sees over HTTP on port 8080, counts its boots
 /// on the volume at /vol, and with `PEER` set copies the peer's page every second.
 pub fn app_root(dir: &Path) {
-    for d in [
-        "bin", "sbin", "etc", "root", "tmp", "www", "proc", "sys", "dev", "run", "data", "vol",
-    ] {
-        std::fs::create_dir_all(dir.join(d)).unwrap();
-    }
-    let bb = find_program("busybox");
-    std::fs::copy(&bb, dir.join("bin/busybox")).unwrap();
-    let list = Command::new(&bb).arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        let _ = std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet));
-    }
+    busybox_root(dir, &["www", "data", "vol"]);
     let entry = r#"#!/bin/sh
 if [ -d /vol ]; then echo boot >> /vol/boots; cat /vol/boots | wc -l > /www/boots; fi
 echo "hello from $(hostname) role=$ROLE" > /www/index.html
@@ -217,6 +207,23 @@ exec httpd -f -p 8080 -h /www
     std::fs::write(dir.join("start.sh"), entry).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.join("start.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A root file system of busybox-static with every applet in `/bin`, the usual top-level
+/// directories and `extra` ones.
+pub fn busybox_root(dir: &Path, extra: &[&str]) {
+    let base = [
+        "bin", "sbin", "etc", "root", "tmp", "proc", "sys", "dev", "run",
+    ];
+    for d in base.iter().chain(extra) {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let bb = find_program("busybox");
+    std::fs::copy(&bb, dir.join("bin/busybox")).unwrap();
+    let list = Command::new(&bb).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let _ = std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet));
+    }
 }
 
 fn find_program(name: &str) -> String {

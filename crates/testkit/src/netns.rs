@@ -169,18 +169,9 @@ pub fn attach(
     cidr: &str,
     gateway: &str,
 ) -> Result<(), CmdError> {
-    delete_link(host_if)?;
-    let peer = format!("{host_if}p");
-    ip(&[
-        "link", "add", host_if, "type", "veth", "peer", "name", &peer,
-    ])?;
+    attach_bare(bridge, ns.name(), host_if, "eth0")?;
     let setup = || -> Result<(), CmdError> {
-        ip(&["link", "set", host_if, "master", bridge])?;
-        ip(&["link", "set", host_if, "up"])?;
-        ip(&["link", "set", &peer, "netns", ns.name()])?;
-        ns.ip(&["link", "set", &peer, "name", "eth0"])?;
         ns.ip(&["addr", "add", cidr, "dev", "eth0"])?;
-        ns.ip(&["link", "set", "eth0", "up"])?;
         ns.ip(&["route", "add", "default", "via", gateway])?;
         Ok(())
     };

@@ -891,28 +891,24 @@ mod tests {
         assert!(m.contains("404"), "{m}");
 
         // Nothing of the failed machines is left.
-        assert!(b.vmm.list().await.unwrap().is_empty());
-        assert!(b.flists.list().await.unwrap().is_empty());
-        assert!(
-            b.storage
-                .volume_get("7-1-bad-root")
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert!(b.net.private_ips(7, "net1").await.unwrap().is_empty());
+        let nothing_left = || async {
+            assert!(b.vmm.list().await.unwrap().is_empty());
+            assert!(b.flists.list().await.unwrap().is_empty());
+            assert!(
+                b.storage
+                    .volume_get("7-1-bad-root")
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+            assert!(b.net.private_ips(7, "net1").await.unwrap().is_empty());
+        };
+        nothing_left().await;
         // A failing VMM leaves nothing either.
         b.vmm.fail_next("create");
         let m = err(provision(&b, "bad", &machine()).await);
         assert!(m.contains("the virtual machine"), "{m}");
-        assert!(
-            b.storage
-                .volume_get("7-1-bad-root")
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert!(b.net.private_ips(7, "net1").await.unwrap().is_empty());
+        nothing_left().await;
         // And the next machine is fine.
         provision(&b, "good", &machine()).await.unwrap();
     }
