@@ -12,18 +12,17 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
-use zos_types::auth::Signer;
 use zos_types::registry::{
     API_PREFIX, AddFarmIp, CreateFarm, CreateTwin, Farm, FarmIp, Health, MAX_BODY_BYTES, Node,
     NodeFilter, NodeRegistration, PublicConfig, Twin, UptimeReport,
 };
 use zos_types::{FarmId, NodeId, PublicKey, TwinId};
 
-use crate::auth::{ApiPath, ApiQuery, Signed};
+use crate::auth::{ApiPath, ApiQuery, KeySigned, Signed};
 use crate::clock::Clock;
 use crate::error::ApiFailure;
 use crate::relay::{Relay, RelayConfig};
-use crate::replay::ReplayCache;
+use crate::replay::{ReplayCache, ReplayConfig};
 use crate::store::{Store, StoreError};
 
 /// What every handler shares.
@@ -39,13 +38,13 @@ pub struct AppState {
 impl AppState {
     /// State over `store`, with a relay of default limits that hears of the store's new node
     /// events.
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, replay_capacity: usize) -> Self {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, replay: ReplayConfig) -> Self {
         Self {
             store,
             clock,
-            replay: Arc::new(Mutex::new(ReplayCache::new(replay_capacity))),
+            replay: Arc::new(Mutex::new(ReplayCache::new(replay))),
             admin: None,
-            relay: Arc::new(Relay::default()),
+            relay: Arc::new(Relay::new(RelayConfig::default())),
         }
         .with_relay(RelayConfig::default())
     }
@@ -144,13 +143,8 @@ async fn health(State(app): State<AppState>) -> Json<Health> {
 
 // ---- twins ----
 
-async fn create_twin(State(app): State<AppState>, signed: Signed) -> Created<Twin> {
-    let Signer::Key(signer) = signed.signer else {
-        return Err(ApiFailure::Unauthorized(
-            "a twin is created by its own key: sign with key=<the public key being registered>"
-                .into(),
-        ));
-    };
+async fn create_twin(State(app): State<AppState>, signed: KeySigned) -> Created<Twin> {
+    let signer = signed.key;
     let body: CreateTwin = signed.json()?;
     if body.public_key != signer {
         return Err(ApiFailure::Forbidden(format!(

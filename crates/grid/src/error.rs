@@ -26,6 +26,9 @@ pub enum ApiFailure {
     /// 405: the route exists, with other methods.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// 408: the request took longer than the server's request timeout.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 409: a duplicate, or an object in use.
     #[error("{0}")]
     Conflict(String),
@@ -34,6 +37,10 @@ pub enum ApiFailure {
     /// relay's [`zos_types::envelope::MAX_ENVELOPE_BYTES`]).
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
+    /// 429: this party sent more than its share; it may try again after `retry_after` seconds
+    /// (also sent as the `Retry-After` header).
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after: u64 },
     /// 503: the registry cannot take the request now; try again later.
     #[error("{0}")]
     Unavailable(String),
@@ -67,8 +74,10 @@ impl ApiFailure {
             ApiFailure::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiFailure::NotFound(_) => StatusCode::NOT_FOUND,
             ApiFailure::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiFailure::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiFailure::Conflict(_) => StatusCode::CONFLICT,
             ApiFailure::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiFailure::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiFailure::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiFailure::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiFailure::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -119,7 +128,16 @@ impl IntoResponse for ApiFailure {
                 other.to_string()
             }
         };
+        let retry_after = match &self {
+            ApiFailure::TooManyRequests { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        };
         let mut response = (status, Json(ApiError { error: message })).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -28,6 +28,7 @@ pub mod hub;
 pub mod relay;
 pub mod relay_bench;
 pub mod replay;
+pub mod server;
 pub mod store;
 
 use std::fs::DirBuilder;
@@ -38,7 +39,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -62,8 +62,10 @@ pub struct GridConfig {
     pub data_dir: PathBuf,
     /// Where time comes from.
     pub clock: Arc<dyn Clock>,
-    /// How many request signatures the replay cache holds at most.
-    pub replay_capacity: usize,
+    /// How many request signatures the replay cache holds, per twin and in all.
+    pub replay: replay::ReplayConfig,
+    /// Connection limits and timeouts of the HTTP server.
+    pub server: server::ServerLimits,
     /// The twin that may start and end grace periods.
     pub admin: Option<zos_types::TwinId>,
     /// The relay's limits and timers.
@@ -73,14 +75,15 @@ pub struct GridConfig {
 }
 
 impl GridConfig {
-    /// A config with the system clock and the default replay cache size.
+    /// A config with the system clock and default limits.
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
         Self {
             listen,
             also_listen: Vec::new(),
             data_dir,
             clock: Arc::new(SystemClock),
-            replay_capacity: replay::DEFAULT_CAPACITY,
+            replay: replay::ReplayConfig::default(),
+            server: server::ServerLimits::default(),
             admin: None,
             relay: relay::RelayConfig::default(),
             hub: hub::HubConfig::default(),
@@ -153,7 +156,7 @@ pub async fn start(config: GridConfig) -> Result<RunningGrid, GridError> {
         listeners.push((bound, listener));
     }
     let addr = listeners[0].0;
-    let state = api::AppState::new(store.clone(), config.clock, config.replay_capacity)
+    let state = api::AppState::new(store.clone(), config.clock, config.replay)
         .with_admin(config.admin)
         .with_relay(config.relay.clone());
     let hub = {
@@ -168,20 +171,12 @@ pub async fn start(config: GridConfig) -> Result<RunningGrid, GridError> {
     let (stop_all, _) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
     for (bound, listener) in listeners {
-        let mut stop_rx = stop_all.subscribe();
-        servers.push(tokio::spawn(
-            // No Nagle delay: relay frames and replies are small and latency-bound.
-            axum::serve(
-                listener.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                }),
-                app.clone(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            })
-            .into_future(),
-        ));
+        servers.push(tokio::spawn(server::serve(
+            listener,
+            app.clone(),
+            config.server,
+            stop_all.subscribe(),
+        )));
         if bound != addr {
             tracing::info!(addr = %bound, "registry also listening");
         }

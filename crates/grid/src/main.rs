@@ -4,10 +4,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use zos_grid::bench::{self, BenchOptions};
+use zos_grid::relay::RelayConfig;
 use zos_grid::relay_bench::{self, RelayBenchOptions};
+use zos_grid::replay::{self, ReplayConfig};
+use zos_grid::server::ServerLimits;
 use zos_grid::{GridConfig, GridError, start, write_file_atomically};
 
 #[derive(Debug, Parser)]
@@ -42,6 +45,8 @@ enum Command {
         /// The twin that may start and end contracts' grace periods.
         #[arg(long, env = "ZOS_GRID_ADMIN_TWIN")]
         admin_twin: Option<u32>,
+        #[command(flatten)]
+        limits: Limits,
     },
     /// Measure signed uptime reports per second against an in-process registry.
     Bench {
@@ -78,6 +83,70 @@ enum Command {
     },
 }
 
+/// What one party may hold of the grid's memory and connections (see docs/registry.md).
+#[derive(Debug, Args)]
+struct Limits {
+    /// Request signatures the replay cache holds for all twins together.
+    #[arg(long, default_value_t = replay::DEFAULT_CAPACITY)]
+    replay_capacity: usize,
+    /// Request signatures one twin may have in the replay cache (its requests of the last
+    /// minute); more answer 429.
+    #[arg(long, default_value_t = replay::DEFAULT_PER_TWIN)]
+    replay_per_twin: usize,
+    /// Signatures of bare keys (twin creations) the replay cache holds, in their own pool.
+    #[arg(long, default_value_t = replay::DEFAULT_BARE_KEYS)]
+    replay_bare_keys: usize,
+    /// Envelope ids the relay remembers for all twins together.
+    #[arg(long, default_value_t = RelayConfig::default().max_seen)]
+    relay_max_seen: usize,
+    /// Envelope ids of one source twin the relay remembers; more answer 429.
+    #[arg(long, default_value_t = RelayConfig::default().max_seen_per_twin)]
+    relay_max_seen_per_twin: usize,
+    /// Requests one source twin may have waiting for replies; more answer 429.
+    #[arg(long, default_value_t = RelayConfig::default().max_waiting_per_source)]
+    relay_max_waiting_per_source: usize,
+    /// Connections open at once from one IP address, uplinks included; more answer 429.
+    #[arg(long, default_value_t = ServerLimits::default().max_connections_per_ip)]
+    max_connections_per_ip: usize,
+    /// Connections open at once in all, per listening address; more answer 503.
+    #[arg(long, default_value_t = ServerLimits::default().max_connections)]
+    max_connections: usize,
+    /// Seconds a client may take to send a request's head before its connection is closed.
+    #[arg(long, default_value_t = ServerLimits::default().header_timeout.as_secs())]
+    header_timeout_secs: u64,
+    /// Seconds a request body may stay without sending anything.
+    #[arg(long, default_value_t = ServerLimits::default().body_timeout.as_secs())]
+    body_timeout_secs: u64,
+    /// Seconds a request may take to be answered (keep it above the relay's 60 s wait).
+    #[arg(long, default_value_t = ServerLimits::default().request_timeout.as_secs())]
+    request_timeout_secs: u64,
+}
+
+impl Limits {
+    fn apply(&self, config: &mut GridConfig) -> anyhow::Result<()> {
+        let secs = |name: &str, n: u64| {
+            anyhow::ensure!(n > 0, "--{name} must be at least 1 second");
+            Ok(std::time::Duration::from_secs(n))
+        };
+        config.replay = ReplayConfig {
+            capacity: self.replay_capacity,
+            per_twin: self.replay_per_twin,
+            bare_keys: self.replay_bare_keys,
+        };
+        config.relay.max_seen = self.relay_max_seen;
+        config.relay.max_seen_per_twin = self.relay_max_seen_per_twin;
+        config.relay.max_waiting_per_source = self.relay_max_waiting_per_source;
+        config.server = ServerLimits {
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_connections: self.max_connections,
+            header_timeout: secs("header-timeout-secs", self.header_timeout_secs)?,
+            body_timeout: secs("body-timeout-secs", self.body_timeout_secs)?,
+            request_timeout: secs("request-timeout-secs", self.request_timeout_secs)?,
+        };
+        Ok(())
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -92,7 +161,8 @@ async fn main() -> anyhow::Result<()> {
             data_dir,
             ready_file,
             admin_twin,
-        } => serve(listen, data_dir, ready_file, admin_twin).await,
+            limits,
+        } => serve(listen, data_dir, ready_file, admin_twin, limits).await,
         Command::Bench {
             nodes,
             reports,
@@ -164,6 +234,7 @@ async fn serve(
     data_dir: PathBuf,
     ready_file: Option<PathBuf>,
     admin_twin: Option<u32>,
+    limits: Limits,
 ) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -173,6 +244,7 @@ async fn serve(
     let mut config = GridConfig::new(*first, data_dir);
     config.also_listen = rest.to_vec();
     config.admin = admin_twin;
+    limits.apply(&mut config)?;
     let grid = start(config).await?;
     let url = grid.url();
     if let Some(path) = &ready_file {

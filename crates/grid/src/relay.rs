@@ -7,21 +7,31 @@
 //!
 //! `send` answers 200 with the reply envelope; 400 malformed, expired or a reply; 401 a
 //! signature that is not the source twin's; 404 destination not connected; 409 an envelope id
-//! already sent; 413 larger than [`MAX_ENVELOPE_BYTES`]; 503 too many requests waiting for the
+//! already sent; 413 larger than [`MAX_ENVELOPE_BYTES`]; 429 the source twin holds its share of
+//! the seen set or of the waiting requests; 503 too many requests waiting for the
 //! destination, or its uplink went away; 504 no reply before the envelope expired (at most
 //! [`MAX_WAIT_SECS`]).
 //!
 //! The relay checks what it can without reading bodies: the envelope's signature against its
-//! source twin's key, its expiry, its size, and that its id was not seen before (ids are kept
-//! until they expire). Replies coming up an uplink must be signed by that uplink's twin and
-//! answer a request sent to it. State is bounded ([`RelayConfig`]): a queue of envelopes per
-//! uplink (a node that does not read them loses its uplink), the requests waiting per
-//! destination and in all (count and bytes), and the envelope ids. One uplink per twin: a new
-//! one replaces the old, which is closed; all are closed when the grid stops. Events of a node's log are pushed as the store records them (the store's
-//! [`EventHook`](crate::store::EventHook) wakes the uplink).
+//! source twin's key, its expiry, its size, that its destination is connected, and that its id
+//! was not seen before. Replies coming up an uplink must be signed by that uplink's twin and
+//! answer a request sent to it. Events of a node's log are pushed as the store records them (the
+//! store's [`EventHook`](crate::store::EventHook) wakes the uplink).
+//!
+//! No one party can fill the relay's state, which is bounded per party and in all
+//! ([`RelayConfig`]):
+//! - envelope ids are kept until they expire, and only for envelopes handed to a connected
+//!   uplink (one to an absent twin keeps nothing). Each source twin has a share of the set
+//!   (`max_seen_per_twin`, 429 beyond); when the whole set is full, a newcomer takes the place of
+//!   the oldest id of the twin holding the most, as the registry's replay cache does
+//!   ([`crate::replay::FairWindow`]);
+//! - requests waiting for replies: per destination, per source, in all, and in bytes (503);
+//! - a queue of envelopes per uplink (a node that does not read them loses its uplink);
+//! - one uplink per twin: a new one replaces the old, which is closed; all are closed when the
+//!   grid stops. Connections per IP address are bounded by the HTTP server ([`crate::server`]);
+//! - twins' keys are cached only for twins that exist, at most [`MAX_CACHED_KEYS`].
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -46,6 +56,7 @@ use crate::api::AppState;
 use crate::auth::Signed;
 use crate::contracts::MAX_EVENTS;
 use crate::error::ApiFailure;
+use crate::replay::{FairWindow, Refusal, WindowLimits};
 
 /// WebSocket close code the relay uses when a newer uplink of the same twin replaces one.
 pub const CLOSE_REPLACED: u16 = 4000;
@@ -59,12 +70,16 @@ pub struct RelayConfig {
     pub uplink_queue: usize,
     /// Requests waiting for replies from one destination at once; more are refused with 503.
     pub max_waiting_per_twin: usize,
+    /// Requests waiting for replies sent by one source twin at once; more are refused with 429.
+    pub max_waiting_per_source: usize,
     /// Requests waiting for replies in all.
     pub max_waiting: usize,
     /// Bytes of the envelopes of all waiting requests (each is held until its reply comes).
     pub max_waiting_bytes: usize,
-    /// Envelope ids remembered at most (each until it expires); more are refused with 503.
+    /// Envelope ids remembered at most (each until it expires), shared fairly by source twins.
     pub max_seen: usize,
+    /// Envelope ids of one source twin remembered at most; more are refused with 429.
+    pub max_seen_per_twin: usize,
     /// How often the relay pings an uplink.
     pub ping_every: Duration,
     /// An uplink the relay heard nothing from (not even a pong) for this long is dropped.
@@ -78,9 +93,11 @@ impl Default for RelayConfig {
         Self {
             uplink_queue: 64,
             max_waiting_per_twin: 128,
+            max_waiting_per_source: 256,
             max_waiting: 16 * 1024,
             max_waiting_bytes: 256 * 1024 * 1024,
             max_seen: 1_000_000,
+            max_seen_per_twin: 20_000,
             ping_every: Duration::from_secs(15),
             silence_limit: Duration::from_secs(45),
             write_timeout: Duration::from_secs(10),
@@ -113,22 +130,46 @@ struct Waiter {
     tx: oneshot::Sender<Envelope>,
 }
 
-/// Requests waiting for replies, by envelope id, with a count per destination.
+/// Requests waiting for replies, by envelope id, with a count per destination and per source.
 #[derive(Debug, Default)]
 struct Waiting {
     by_id: HashMap<String, Waiter>,
     per_twin: HashMap<TwinId, usize>,
+    per_source: HashMap<TwinId, usize>,
     bytes: usize,
+}
+
+fn count_down(counts: &mut HashMap<TwinId, usize>, twin: TwinId) {
+    if let Some(n) = counts.get_mut(&twin) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(&twin);
+        }
+    }
 }
 
 impl Waiting {
     fn insert(&mut self, id: &str, w: Waiter, cfg: &RelayConfig) -> Result<(), ApiFailure> {
-        let dest = w.dest;
+        let (dest, source) = (w.dest, w.source);
+        if self.by_id.contains_key(id) {
+            return Err(ApiFailure::Conflict(format!(
+                "envelope {id} is already waiting for its reply: a new request needs a new id"
+            )));
+        }
         let count = self.per_twin.get(&dest).copied().unwrap_or(0);
         if count >= cfg.max_waiting_per_twin {
             return Err(ApiFailure::Unavailable(format!(
                 "twin {dest} already has {count} requests waiting: try again later"
             )));
+        }
+        let sent = self.per_source.get(&source).copied().unwrap_or(0);
+        if sent >= cfg.max_waiting_per_source {
+            return Err(ApiFailure::TooManyRequests {
+                message: format!(
+                    "twin {source} already waits for {sent} replies, its share: wait for some before sending more"
+                ),
+                retry_after: 1,
+            });
         }
         if self.by_id.len() >= cfg.max_waiting || self.bytes + w.bytes > cfg.max_waiting_bytes {
             return Err(ApiFailure::Unavailable(
@@ -138,18 +179,15 @@ impl Waiting {
         self.bytes += w.bytes;
         self.by_id.insert(id.to_string(), w);
         *self.per_twin.entry(dest).or_default() += 1;
+        *self.per_source.entry(source).or_default() += 1;
         Ok(())
     }
 
     fn remove(&mut self, id: &str) -> Option<Waiter> {
         let w = self.by_id.remove(id)?;
         self.bytes -= w.bytes;
-        if let Some(n) = self.per_twin.get_mut(&w.dest) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_twin.remove(&w.dest);
-            }
-        }
+        count_down(&mut self.per_twin, w.dest);
+        count_down(&mut self.per_source, w.source);
         Some(w)
     }
 
@@ -168,36 +206,19 @@ impl Waiting {
     }
 }
 
-/// Envelope ids seen, each kept until its envelope expires.
-#[derive(Debug, Default)]
-struct SeenIds {
-    ids: HashSet<u128>,
-    by_expiry: BinaryHeap<Reverse<(i64, u128)>>,
-}
+/// Envelope ids seen, each kept until its envelope expires, in shares of their source twins.
+type SeenIds = FairWindow<TwinId, u128>;
 
-impl SeenIds {
-    /// `Ok(true)` the first time `id` is offered, `Ok(false)` after; `Err` when full.
-    fn first(&mut self, id: u128, expiration: i64, now: i64, cap: usize) -> Result<bool, ()> {
-        while let Some(Reverse((exp, old))) = self.by_expiry.peek().copied()
-            && exp < now
-        {
-            self.by_expiry.pop();
-            self.ids.remove(&old);
-        }
-        if self.ids.contains(&id) {
-            return Ok(false);
-        }
-        if self.ids.len() >= cap {
-            return Err(());
-        }
-        self.ids.insert(id);
-        self.by_expiry.push(Reverse((expiration, id)));
-        Ok(true)
-    }
+fn seen_ids(cfg: &RelayConfig) -> SeenIds {
+    let limits = WindowLimits {
+        capacity: cfg.max_seen,
+        per_owner: cfg.max_seen_per_twin,
+    };
+    FairWindow::new(limits, 0)
 }
 
 /// The relay's shared state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Relay {
     config: RelayConfig,
     links: Mutex<HashMap<TwinId, Link>>,
@@ -211,7 +232,7 @@ pub struct Relay {
 }
 
 /// Twin keys the relay remembers at most (it forgets them all when full).
-const MAX_CACHED_KEYS: usize = 100_000;
+pub const MAX_CACHED_KEYS: usize = 100_000;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded maps stay consistent across a panic (every change is one insert or remove).
@@ -222,8 +243,13 @@ impl Relay {
     /// A relay with these limits.
     pub fn new(config: RelayConfig) -> Self {
         Self {
+            seen: Mutex::new(seen_ids(&config)),
             config,
-            ..Self::default()
+            links: Mutex::default(),
+            waiting: Mutex::default(),
+            keys: Mutex::default(),
+            next_conn: AtomicU64::default(),
+            shutdown: CancellationToken::new(),
         }
     }
 
@@ -257,21 +283,41 @@ impl Relay {
 
     /// How many envelope ids the relay remembers now.
     pub fn seen_ids(&self) -> usize {
-        lock(&self.seen).ids.len()
+        lock(&self.seen).len()
     }
 
-    fn first_sight(&self, id: &str, expiration: i64, now: i64) -> Result<(), ApiFailure> {
+    /// Records the id of `env` in its source's share of the seen set, or says why not.
+    fn first_sight(&self, env: &Envelope, now: i64) -> Result<u128, ApiFailure> {
+        let id = &env.id;
         // `Envelope::verify` checked the id is 32 hex digits.
         let raw = u128::from_str_radix(id, 16)
             .map_err(|_| ApiFailure::BadRequest("envelope id must be 32 hex digits".into()))?;
-        match lock(&self.seen).first(raw, expiration, now, self.config.max_seen) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(ApiFailure::Conflict(format!(
+        let source = env.source;
+        match lock(&self.seen).admit(source, raw, env.expiration, now) {
+            Ok(()) => Ok(raw),
+            Err(Refusal::Seen) => Err(ApiFailure::Conflict(format!(
                 "envelope {id} was already sent: a new request needs a new id"
             ))),
-            Err(()) => Err(ApiFailure::Unavailable(
-                "the relay is carrying too many envelopes: try again later".into(),
-            )),
+            Err(Refusal::OwnerFull { held, retry_after }) => Err(ApiFailure::TooManyRequests {
+                message: format!(
+                    "twin {source} has {held} envelopes that have not expired yet, its share: \
+                     send fewer, with shorter expirations, or try again in {retry_after} s"
+                ),
+                retry_after,
+            }),
+            Err(Refusal::Stale { floor }) => Err(ApiFailure::TooManyRequests {
+                message: format!(
+                    "twin {source} sent more envelopes than the relay can remember: envelopes \
+                     expiring at or before {floor} are refused; send one expiring later"
+                ),
+                retry_after: 1,
+            }),
+            Err(e @ Refusal::Full(_)) => {
+                tracing::warn!(error = %e, "relay seen set full: refusing an envelope");
+                Err(ApiFailure::Unavailable(
+                    "the relay is carrying too many envelopes: try again later".into(),
+                ))
+            }
         }
     }
 
@@ -295,12 +341,13 @@ impl Relay {
         Ok(key)
     }
 
-    /// Queues `env` (of `bytes` JSON bytes) on its destination's uplink and registers its
-    /// sender as waiting.
+    /// Queues `env` (of `bytes` JSON bytes) on its destination's uplink, records its id and
+    /// registers its sender as waiting.
     fn forward(
         &self,
         env: Envelope,
         bytes: usize,
+        now: i64,
     ) -> Result<oneshot::Receiver<Envelope>, ApiFailure> {
         let dest = env.destination;
         let links = lock(&self.links);
@@ -309,6 +356,8 @@ impl Relay {
                 "twin {dest} is not connected to the relay (node offline?)"
             ))
         })?;
+        // Only an envelope handed to a connected uplink keeps a place in the seen set.
+        let raw = self.first_sight(&env, now)?;
         let (reply_tx, reply_rx) = oneshot::channel();
         let id = env.id.clone();
         let waiter = Waiter {
@@ -317,11 +366,18 @@ impl Relay {
             bytes,
             tx: reply_tx,
         };
-        lock(&self.waiting).insert(&id, waiter, &self.config)?;
+        if let Err(e) = lock(&self.waiting).insert(&id, waiter, &self.config) {
+            lock(&self.seen).forget(raw);
+            return Err(e);
+        }
+        let undelivered = || {
+            lock(&self.waiting).remove(&id);
+            lock(&self.seen).forget(raw);
+        };
         match link.tx.try_send(env) {
             Ok(()) => Ok(reply_rx),
             Err(mpsc::error::TrySendError::Full(_)) => {
-                lock(&self.waiting).remove(&id);
+                undelivered();
                 tracing::warn!(
                     twin = dest,
                     queued = self.config.uplink_queue,
@@ -333,7 +389,7 @@ impl Relay {
                 )))
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                lock(&self.waiting).remove(&id);
+                undelivered();
                 Err(ApiFailure::NotFound(format!(
                     "twin {dest} is not connected to the relay (node offline?)"
                 )))
@@ -743,10 +799,9 @@ async fn send(
         .ok_or_else(|| ApiFailure::Unauthorized(format!("source twin {source} does not exist")))?;
     let now = app.now();
     env.verify(&key, now).map_err(envelope_failure)?;
-    relay.first_sight(&env.id, env.expiration, now)?;
     let (id, dest, command) = (env.id.clone(), env.destination, env.command.clone());
     let wait = Duration::from_secs(((env.expiration - now).max(0) as u64).min(MAX_WAIT_SECS));
-    let reply = relay.forward(env, body.len())?;
+    let reply = relay.forward(env, body.len(), now)?;
     let _guard = WaitGuard {
         relay: &relay,
         id: id.clone(),
@@ -769,17 +824,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_are_seen_once_until_they_expire_and_the_set_is_bounded() {
-        let mut s = SeenIds::default();
-        assert_eq!(s.first(1, 100, 10, 2), Ok(true));
-        assert_eq!(s.first(1, 100, 50, 2), Ok(false));
-        assert_eq!(s.first(2, 200, 50, 2), Ok(true));
-        assert_eq!(s.first(3, 200, 50, 2), Err(()), "full");
+    fn ids_are_seen_once_until_they_expire_and_the_set_is_bounded_per_source() {
+        let cfg = RelayConfig {
+            max_seen: 3,
+            max_seen_per_twin: 2,
+            ..RelayConfig::default()
+        };
+        let mut s = seen_ids(&cfg);
+        assert_eq!(s.admit(1, 1, 100, 10), Ok(()));
+        assert_eq!(s.admit(1, 1, 100, 50), Err(Refusal::Seen));
+        assert_eq!(s.admit(1, 2, 200, 50), Ok(()));
+        assert!(matches!(
+            s.admit(1, 3, 200, 50),
+            Err(Refusal::OwnerFull { .. })
+        ));
+        // Another source still has its share.
+        assert_eq!(s.admit(2, 3, 200, 50), Ok(()));
         // Id 1 expired at 100: forgotten, which makes room.
-        assert_eq!(s.first(3, 300, 101, 2), Ok(true));
-        assert_eq!(s.ids.len(), 2);
-        assert_eq!(s.by_expiry.len(), 2);
-        assert_eq!(s.first(1, 300, 101, 3), Ok(true));
+        assert_eq!(s.admit(1, 4, 300, 101), Ok(()));
+        assert_eq!(s.len(), 3);
     }
 
     #[test]

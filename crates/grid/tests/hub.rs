@@ -367,8 +367,8 @@ async fn hostile_block_requests_change_nothing() {
         .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert_eq!(hub.head(&fresh.block.id).await, StatusCode::NOT_FOUND);
-    // (A distinct timestamp: the bare-key request above signed the same message and was
-    // remembered by the replay cache before the handler refused it.)
+    // (A distinct timestamp, though the bare-key request above, which signed the same message,
+    // was refused before the replay cache recorded anything: see tests/dos.rs.)
     let ts = unix_now() - 5;
     let (s, _) = hub
         .send(
