@@ -889,4 +889,36 @@ mod tests {
         w.remove("a");
         w.insert("c", waiter(9), &cfg).unwrap();
     }
+
+    #[test]
+    fn waiting_is_bounded_per_source_and_an_id_waits_once() {
+        let cfg = RelayConfig {
+            max_waiting_per_source: 2,
+            ..RelayConfig::default()
+        };
+        let mut w = Waiting::default();
+        let waiter = |source, dest| Waiter {
+            source,
+            dest,
+            bytes: 10,
+            tx: oneshot::channel().0,
+        };
+        w.insert("a", waiter(1, 7), &cfg).unwrap();
+        assert!(matches!(
+            w.insert("a", waiter(2, 7), &cfg),
+            Err(ApiFailure::Conflict(_))
+        ));
+        w.insert("b", waiter(1, 8), &cfg).unwrap();
+        assert!(matches!(
+            w.insert("c", waiter(1, 9), &cfg),
+            Err(ApiFailure::TooManyRequests { .. })
+        ));
+        w.insert("c", waiter(2, 9), &cfg).unwrap();
+        w.remove("a");
+        w.insert("d", waiter(1, 9), &cfg).unwrap();
+        assert_eq!(w.per_source[&1], 2);
+        assert_eq!(w.drop_for(9), 2);
+        assert_eq!(w.per_source[&1], 1);
+        assert!(!w.per_source.contains_key(&2));
+    }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::nodes::{echo_node, grid, node_twin, sealed};
 use common::{TestGrid, auth_header, raw};
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -17,8 +17,9 @@ use zos_grid::clock::Clock;
 use zos_grid::relay::RelayConfig;
 use zos_grid::replay::ReplayConfig;
 use zos_grid::server::ServerLimits;
-use zos_types::auth::Signer;
+use zos_types::auth::{Signer, unix_now};
 use zos_types::registry::API_PREFIX;
+use zos_types::relay::UPLINK_PATH;
 use zos_types::{Identity, TwinId};
 
 /// Requests sent at once by the floods.
@@ -381,4 +382,205 @@ async fn oversized_upload_with_a_bad_signer_is_refused_before_its_body_is_read()
             "{what}: answered after {sent} bytes"
         );
     }
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_the_header_timeout() {
+    let g = TestGrid::start_with(|c| {
+        c.server = ServerLimits {
+            header_timeout: Duration::from_secs(1),
+            ..ServerLimits::default()
+        }
+    })
+    .await;
+    let addr: SocketAddr = g.url().trim_start_matches("http://").parse().unwrap();
+    let started = Instant::now();
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    let closed = read_until_closed(&mut idle, Duration::from_secs(5)).await;
+    assert!(closed.is_some(), "still open after 5 s");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // The same after a first request on a kept-alive connection.
+    let mut kept = TcpStream::connect(addr).await.unwrap();
+    kept.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: grid\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let got = read_until_closed(&mut kept, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(got.as_deref().expect("closed within 5 s")).to_string();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+/// An uplink of `twin` opened from the local address `local`, as a bare WebSocket.
+async fn uplink_from(
+    local: IpAddr,
+    addr: SocketAddr,
+    identity: &Identity,
+    twin: TwinId,
+) -> tokio_tungstenite::WebSocketStream<TcpStream> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let target = format!(
+        "{UPLINK_PATH}?nonce={}",
+        zos_types::envelope::new_id().unwrap()
+    );
+    let mut req = format!("ws://{addr}{target}")
+        .into_client_request()
+        .unwrap();
+    let auth = auth_header(
+        identity,
+        Signer::Twin(twin),
+        "GET",
+        &target,
+        unix_now(),
+        b"",
+    );
+    req.headers_mut()
+        .insert("authorization", auth.parse().unwrap());
+    let tcp = connect_from(local, addr).await;
+    tokio_tungstenite::client_async(req, tcp)
+        .await
+        .expect("the uplink is accepted")
+        .0
+}
+
+#[tokio::test]
+async fn uplinks_outlive_the_request_timeout_and_count_against_the_address_cap() {
+    use tokio_tungstenite::tungstenite::Message;
+    let g = TestGrid::start_with(|c| {
+        c.clock = std::sync::Arc::new(zos_grid::clock::SystemClock);
+        c.server = ServerLimits {
+            max_connections_per_ip: 16,
+            header_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            ..ServerLimits::default()
+        }
+    })
+    .await;
+    let addr: SocketAddr = g.url().trim_start_matches("http://").parse().unwrap();
+    let node = node_twin(&g).await;
+    let _echo = echo_node(&g.url(), &node).await;
+    let mut twins = Vec::new();
+    for _ in 0..16 {
+        let (client, twin) = g.twin().await;
+        twins.push((client.identity().unwrap().clone(), twin.id));
+    }
+    // Sixteen uplinks from one address, held past every request and header timeout.
+    let far: IpAddr = "127.0.0.3".parse().unwrap();
+    let mut links = Vec::new();
+    for (identity, twin) in &twins {
+        links.push(uplink_from(far, addr, identity, *twin).await);
+    }
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    for link in &mut links {
+        link.send(Message::Ping(b"alive".to_vec().into()))
+            .await
+            .unwrap();
+        let pong = tokio::time::timeout(Duration::from_secs(5), link.next())
+            .await
+            .expect("the uplink answers")
+            .expect("the uplink is open")
+            .unwrap();
+        assert!(matches!(pong, Message::Pong(_)), "{pong:?}");
+    }
+    // They hold that address's places: one more connection from it is refused.
+    let mut extra = connect_from(far, addr).await;
+    let got = read_until_closed(&mut extra, Duration::from_secs(5))
+        .await
+        .expect("the grid closes the connection over the cap");
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 429"));
+    // A node's uplink opened before the pause still carries calls.
+    let (user, _) = g.twin().await;
+    let v = user
+        .call(node.twin, "zos.test.echo", &json!({ "late": true }))
+        .await
+        .unwrap();
+    assert_eq!(v["body"]["late"], true);
+    for mut link in links {
+        let _ = link.close(None).await;
+    }
+}
+
+/// Sends a twin-signed `POST /farms` head claiming `declared` body bytes, then feeds the body
+/// one byte every `every` (forever, or until the grid answers); the status line and when.
+async fn dribbled_body(
+    g: &TestGrid,
+    declared: usize,
+    every: Option<Duration>,
+) -> (String, Duration) {
+    let (client, twin) = g.twin().await;
+    let path = format!("{API_PREFIX}/farms");
+    let body = vec![b' '; declared];
+    let auth = auth_header(
+        client.identity().unwrap(),
+        Signer::Twin(twin.id),
+        "POST",
+        &path,
+        g.clock.now(),
+        &body,
+    );
+    let addr: SocketAddr = g.url().trim_start_matches("http://").parse().unwrap();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: grid\r\nContent-Type: application/json\r\n\
+         Content-Length: {declared}\r\nAuthorization: {auth}\r\n\r\n"
+    );
+    wr.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let feeder = tokio::spawn(async move {
+        let Some(every) = every else {
+            return wr; // Nothing more is sent.
+        };
+        for _ in 0..declared {
+            if wr.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(every).await;
+        }
+        wr
+    });
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf))
+        .await
+        .expect("the grid answers within 10 s")
+        .unwrap();
+    let elapsed = started.elapsed();
+    feeder.abort();
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    (text.lines().next().unwrap_or_default().to_string(), elapsed)
+}
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_fails_after_the_body_timeout() {
+    let g = TestGrid::start_with(|c| {
+        c.server = ServerLimits {
+            body_timeout: Duration::from_secs(1),
+            ..ServerLimits::default()
+        }
+    })
+    .await;
+    let (status, after) = dribbled_body(&g, 1_000, None).await;
+    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+    assert!(
+        after >= Duration::from_millis(900),
+        "answered after {after:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_dribbled_past_the_request_timeout_gets_408() {
+    let g = TestGrid::start_with(|c| {
+        c.server = ServerLimits {
+            request_timeout: Duration::from_secs(1),
+            ..ServerLimits::default()
+        }
+    })
+    .await;
+    // A byte every 100 ms never trips the body timeout (30 s) but the whole request's.
+    let (status, after) = dribbled_body(&g, 1_000, Some(Duration::from_millis(100))).await;
+    assert!(status.starts_with("HTTP/1.1 408"), "{status}");
+    assert!(
+        after >= Duration::from_millis(900),
+        "answered after {after:?}"
+    );
 }
