@@ -357,7 +357,7 @@ impl Relay {
             ))
         })?;
         // Only an envelope handed to a connected uplink keeps a place in the seen set.
-        let raw = self.first_sight(&env, now)?;
+        let (raw, expiration) = (self.first_sight(&env, now)?, env.expiration);
         let (reply_tx, reply_rx) = oneshot::channel();
         let id = env.id.clone();
         let waiter = Waiter {
@@ -367,12 +367,12 @@ impl Relay {
             tx: reply_tx,
         };
         if let Err(e) = lock(&self.waiting).insert(&id, waiter, &self.config) {
-            lock(&self.seen).forget(raw);
+            lock(&self.seen).forget(raw, expiration);
             return Err(e);
         }
         let undelivered = || {
             lock(&self.waiting).remove(&id);
-            lock(&self.seen).forget(raw);
+            lock(&self.seen).forget(raw, expiration);
         };
         match link.tx.try_send(env) {
             Ok(()) => Ok(reply_rx),

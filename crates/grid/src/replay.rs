@@ -19,10 +19,10 @@
 //!
 //! Entries are keyed by the first 16 bytes of the signature (its `R` part, unique per key and
 //! message): a collision can only refuse a request, never let a replay through, and needs the
-//! victim's secret to aim. Memory is about 100 bytes per entry: `capacity + bare_keys` entries in
-//! all.
+//! victim's secret to aim. Memory is about 150 bytes per entry (measured: 500 000 entries of
+//! 5 000 twins took 71 MiB), for `capacity + bare_keys` entries in all.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;
 
 use zos_types::auth::MAX_SKEW_SECS;
@@ -92,12 +92,15 @@ struct Share<K> {
 
 /// Keys seen, each with an order (a timestamp) and an owner, kept until `order + keep_for`;
 /// bounded per owner and in all, shared fairly (see the module header).
+///
+/// An entry is found by its order and key together: a request can only be sent again with the
+/// same order (its signature covers both), so a replay always finds its entry.
 #[derive(Debug)]
 pub struct FairWindow<O, K> {
     limits: WindowLimits,
     keep_for: i64,
-    entries: HashMap<K, (O, i64)>,
-    by_order: BTreeSet<(i64, K)>,
+    /// Every entry, oldest first, with its owner.
+    entries: BTreeMap<(i64, K), O>,
     owners: HashMap<O, Share<K>>,
     by_size: BTreeSet<(usize, O)>,
 }
@@ -112,8 +115,7 @@ where
         Self {
             limits,
             keep_for,
-            entries: HashMap::new(),
-            by_order: BTreeSet::new(),
+            entries: BTreeMap::new(),
             owners: HashMap::new(),
             by_size: BTreeSet::new(),
         }
@@ -136,7 +138,7 @@ where
     /// Records `key` of `owner` (ordered at `order`) at time `now`, or says why not.
     pub fn admit(&mut self, owner: O, key: K, order: i64, now: i64) -> Result<(), Refusal> {
         self.prune(now);
-        if self.entries.contains_key(&key) {
+        if self.entries.contains_key(&(order, key)) {
             return Err(Refusal::Seen);
         }
         let held = self.held_by(owner);
@@ -151,8 +153,7 @@ where
         if self.entries.len() >= self.limits.capacity {
             self.make_room(owner, held, now)?;
         }
-        self.entries.insert(key, (owner, order));
-        self.by_order.insert((order, key));
+        self.entries.insert((order, key), owner);
         let share = self.owners.entry(owner).or_insert_with(|| Share {
             by_order: BTreeSet::new(),
             floor: None,
@@ -192,31 +193,28 @@ where
         let share = self.owners.get_mut(&victim).expect("sizes follow shares");
         let (order, key) = share.by_order.pop_first().expect("a victim holds entries");
         share.floor = Some(share.floor.map_or(order, |f| f.max(order)));
-        self.entries.remove(&key);
-        self.by_order.remove(&(order, key));
+        self.entries.remove(&(order, key));
         self.by_size.remove(&(size, victim));
         self.by_size.insert((size - 1, victim));
         Ok(())
     }
 
-    /// Forgets `key` (a request that was recorded but could not go through).
-    pub fn forget(&mut self, key: K) {
-        if let Some((owner, order)) = self.entries.remove(&key) {
-            self.by_order.remove(&(order, key));
+    /// Forgets `key` recorded at `order` (a request that could not go through).
+    pub fn forget(&mut self, key: K, order: i64) {
+        if let Some(owner) = self.entries.remove(&(order, key)) {
             self.drop_from_share(owner, order, key);
         }
     }
 
     /// Forgets the entries whose order is older than `now - keep_for`.
     pub fn prune(&mut self, now: i64) {
-        while let Some(&(order, key)) = self.by_order.first() {
+        while let Some(entry) = self.entries.first_entry() {
+            let (order, key) = *entry.key();
             if order.saturating_add(self.keep_for) >= now {
                 break;
             }
-            self.by_order.pop_first();
-            if let Some((owner, _)) = self.entries.remove(&key) {
-                self.drop_from_share(owner, order, key);
-            }
+            let owner = entry.remove();
+            self.drop_from_share(owner, order, key);
         }
     }
 
@@ -323,10 +321,12 @@ mod tests {
         c.admit_twin(1, &sig(1), 1000, 1000).unwrap();
         assert_eq!(c.admit_twin(1, &sig(1), 1000, 1001), Err(Refusal::Seen));
         assert_eq!(c.admit_twin(2, &sig(1), 1000, 1001), Err(Refusal::Seen));
+        // The same key under another order is another request (its signature would differ).
+        c.admit_twin(1, &sig(1), 1001, 1001).unwrap();
         c.admit_twin(1, &sig(2), 1000, 1001).unwrap();
         c.admit_bare_key(&sig(3), 1000, 1001).unwrap();
         assert_eq!(c.admit_bare_key(&sig(3), 1000, 1001), Err(Refusal::Seen));
-        assert_eq!(c.len(), 3);
+        assert_eq!(c.len(), 4);
     }
 
     #[test]
@@ -402,7 +402,7 @@ mod tests {
         w.admit(1, 1, 1000, 1000).unwrap();
         w.admit(2, 2, 1000, 1000).unwrap();
         assert_eq!(w.admit(3, 3, 1000, 1000), Err(Refusal::Full(2)));
-        w.forget(2);
+        w.forget(2, 1000);
         w.admit(3, 3, 1000, 1000).unwrap();
         assert_eq!(w.len(), 2);
     }
@@ -418,6 +418,6 @@ mod tests {
         assert_eq!(w.len(), 10_000 / 50 * 25);
         w.prune(2000);
         assert!(w.is_empty());
-        assert!(w.by_order.is_empty() && w.owners.is_empty() && w.by_size.is_empty());
+        assert!(w.entries.is_empty() && w.owners.is_empty() && w.by_size.is_empty());
     }
 }

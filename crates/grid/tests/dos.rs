@@ -357,23 +357,39 @@ async fn oversized_upload_with_a_bad_signer_is_refused_before_its_body_is_read()
     let path = format!("{}/flists/big", zos_flist::hub::HUB_PATH);
     let now = g.clock.now();
     let id = owner.identity().unwrap();
-    let empty_sig = |signer, ts| auth_header(id, signer, "POST", &path, ts, b"");
+    let sig = |path: &str, signer, ts| auth_header(id, signer, "POST", path, ts, b"");
+    let bad_name = format!("{}/flists/-not a name", zos_flist::hub::HUB_PATH).replace(' ', "%20");
     let cases = [
         (
             "an absent twin",
-            empty_sig(Signer::Twin(twin.id + 1000), now),
+            &path,
+            sig(&path, Signer::Twin(twin.id + 1000), now),
+            401,
         ),
-        ("a bare key", empty_sig(Signer::Key(id.public_key()), now)),
+        (
+            "a bare key",
+            &path,
+            sig(&path, Signer::Key(id.public_key()), now),
+            401,
+        ),
         (
             "a stale timestamp",
-            empty_sig(Signer::Twin(twin.id), now - 3_600),
+            &path,
+            sig(&path, Signer::Twin(twin.id), now - 3_600),
+            401,
+        ),
+        (
+            "a bad name",
+            &bad_name,
+            sig(&bad_name, Signer::Twin(twin.id), now),
+            400,
         ),
     ];
-    for (what, auth) in cases {
+    for (what, path, auth, want) in cases {
         let started = Instant::now();
-        let (status, sent) = upload_head_only(&g, &path, max, &auth).await;
+        let (status, sent) = upload_head_only(&g, path, max, &auth).await;
         assert!(
-            status.starts_with("HTTP/1.1 401"),
+            status.starts_with(&format!("HTTP/1.1 {want}")),
             "{what}: {status} after {:?}",
             started.elapsed()
         );

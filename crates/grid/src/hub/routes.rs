@@ -1,11 +1,17 @@
 //! The hub's HTTP handlers (see the table in the module above).
+//!
+//! An upload is refused before one byte of its body is read when its declared length is over the
+//! route's limit (413), its path names no valid block id or flist name (400), or its signer,
+//! timestamp or twin is wrong (401, the [`Signed`] extractor); the body is then read only up to
+//! the route's limit (one encoded block, or `HubConfig::max_flist_bytes`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -111,6 +117,31 @@ fn block_id(raw: &str) -> Result<BlockId, ApiFailure> {
     })
 }
 
+/// The block id of an upload's path, checked before its body is read.
+struct BlockPath(BlockId);
+
+impl<S: Send + Sync> FromRequestParts<S> for BlockPath {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiFailure> {
+        let ApiPath(raw) = ApiPath::<String>::from_request_parts(parts, state).await?;
+        Ok(BlockPath(block_id(&raw)?))
+    }
+}
+
+/// The flist name of an upload's path, checked before its body is read.
+struct FlistName(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for FlistName {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiFailure> {
+        let ApiPath(name) = ApiPath::<String>::from_request_parts(parts, state).await?;
+        check_name(&name).map_err(ApiFailure::BadRequest)?;
+        Ok(FlistName(name))
+    }
+}
+
 // ---- blocks ----
 
 async fn get_block(
@@ -151,11 +182,10 @@ async fn head_block(
 async fn put_block(
     State(app): State<AppState>,
     Extension(hub): Extension<Arc<Hub>>,
-    ApiPath(id): ApiPath<String>,
+    BlockPath(id): BlockPath,
     signed: Signed,
 ) -> Result<Response, ApiFailure> {
     let twin = signed.twin()?;
-    let id = block_id(&id)?;
     let data = signed.body;
     if data.is_empty() {
         return Err(ApiFailure::BadRequest(format!(
@@ -268,12 +298,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 async fn push(
     State(app): State<AppState>,
     Extension(hub): Extension<Arc<Hub>>,
-    ApiPath(name): ApiPath<String>,
+    FlistName(name): FlistName,
     ApiQuery(query): ApiQuery<PushQuery>,
     signed: Signed,
 ) -> Result<(StatusCode, Json<Pushed>), ApiFailure> {
     let twin = signed.twin()?;
-    check_name(&name).map_err(ApiFailure::BadRequest)?;
     let bytes = signed.body;
     if bytes.is_empty() {
         return Err(ApiFailure::BadRequest(format!(
