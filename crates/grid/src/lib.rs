@@ -16,7 +16,10 @@
 //! The API is described in `docs/registry.md` and in [`zos_types::registry`], contracts in
 //! `docs/contracts.md` and [`contracts`], the relay in `docs/relay.md` and [`relay`]. Storage sits
 //! behind the [`store::Store`] trait ([`store::SqliteStore`] is the embedded one), time behind
-//! the [`clock::Clock`] trait.
+//! the [`clock::Clock`] trait. No one party can take the grid down: connections are bounded per
+//! address and timed out by [`server`], signed requests are checked before their bodies are read
+//! ([`auth`]) and remembered in per-signer shares ([`replay`]), and the relay's state is bounded
+//! per twin ([`relay`]); the limits are [`GridConfig`] fields and `zos-grid serve` flags.
 
 pub mod api;
 pub mod auth;

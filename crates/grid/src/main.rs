@@ -128,6 +128,22 @@ impl Limits {
             anyhow::ensure!(n > 0, "--{name} must be at least 1 second");
             Ok(std::time::Duration::from_secs(n))
         };
+        let counts = [
+            ("replay-capacity", self.replay_capacity),
+            ("replay-per-twin", self.replay_per_twin),
+            ("replay-bare-keys", self.replay_bare_keys),
+            ("relay-max-seen", self.relay_max_seen),
+            ("relay-max-seen-per-twin", self.relay_max_seen_per_twin),
+            (
+                "relay-max-waiting-per-source",
+                self.relay_max_waiting_per_source,
+            ),
+            ("max-connections-per-ip", self.max_connections_per_ip),
+            ("max-connections", self.max_connections),
+        ];
+        for (name, n) in counts {
+            anyhow::ensure!(n > 0, "--{name} must be at least 1");
+        }
         config.replay = ReplayConfig {
             capacity: self.replay_capacity,
             per_twin: self.replay_per_twin,

@@ -142,13 +142,13 @@ where
             return Err(Refusal::Seen);
         }
         let held = self.held_by(owner);
-        if let Some(share) = self.owners.get(&owner) {
-            if let Some(floor) = share.floor.filter(|f| order <= *f) {
-                return Err(Refusal::Stale { floor });
-            }
-            if held >= self.limits.per_owner {
-                return Err(self.owner_full(owner, now));
-            }
+        if let Some(floor) = self.owners.get(&owner).and_then(|s| s.floor)
+            && order <= floor
+        {
+            return Err(Refusal::Stale { floor });
+        }
+        if held >= self.limits.per_owner {
+            return Err(self.owner_full(owner, now));
         }
         if self.entries.len() >= self.limits.capacity {
             self.make_room(owner, held, now)?;
@@ -165,10 +165,12 @@ where
     }
 
     fn owner_full(&self, owner: O, now: i64) -> Refusal {
-        let share = &self.owners[&owner];
-        let oldest = share.by_order.first().map_or(now, |(o, _)| *o);
+        let share = self.owners.get(&owner);
+        let oldest = share
+            .and_then(|s| s.by_order.first())
+            .map_or(now, |(o, _)| *o);
         Refusal::OwnerFull {
-            held: share.by_order.len(),
+            held: share.map_or(0, |s| s.by_order.len()),
             retry_after: (oldest + self.keep_for - now + 1).max(1) as u64,
         }
     }
