@@ -66,7 +66,7 @@ async fn deploy_once(c: &GridClient, node: u32, node_twin: u32, i: usize) -> Dur
         .await
         .unwrap();
     d.contract_id = k.id;
-    d.sign(me, c.identity().unwrap()).unwrap();
+    d.sign(node, me, c.identity().unwrap()).unwrap();
     c.call(node_twin, "zos.deployment.deploy", &d)
         .await
         .unwrap();

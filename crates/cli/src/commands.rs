@@ -10,7 +10,7 @@ use serde_json::json;
 use zos_client::GridClient;
 use zos_types::Identity;
 use zos_types::capacity::{human_bytes, parse_bytes};
-use zos_types::registry::{AddFarmIp, Farm, Node, NodeFilter};
+use zos_types::registry::{AddFarmIp, AdmissionToken, Farm, Node, NodeAdmission, NodeFilter};
 
 use crate::Global;
 use crate::output::{self, Table, fields};
@@ -58,6 +58,39 @@ pub enum FarmCmd {
     /// The farm's pool of public IPv4 addresses.
     #[command(subcommand)]
     Ip(FarmIpCmd),
+    /// Change the farm's policy (farmers); options not given keep their value.
+    Policy {
+        farm: String,
+        /// Who may register nodes: `signed` (nodes booted with your admission token) or `open`.
+        #[arg(long, value_parser = parse_admission)]
+        admission: Option<NodeAdmission>,
+        /// Whether twins may rent whole nodes of the farm.
+        #[arg(long)]
+        rentable: Option<bool>,
+        /// A host (name or name:port) the farm's nodes may fetch flists from besides the
+        /// grid's hub; repeat for more. Replaces the list.
+        #[arg(long = "flist-host")]
+        flist_hosts: Option<Vec<String>>,
+        /// Allow flists from the grid's hub only.
+        #[arg(long, conflicts_with = "flist_hosts")]
+        no_flist_hosts: bool,
+    },
+    /// Print an admission token (farmers): boot nodes with admission=TOKEN on the kernel
+    /// command line (or zosd --admission TOKEN) so they may join the farm.
+    Admission {
+        farm: String,
+        /// How many days the token admits nodes.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
+}
+
+fn parse_admission(s: &str) -> Result<NodeAdmission, String> {
+    match s {
+        "open" => Ok(NodeAdmission::Open),
+        "signed" => Ok(NodeAdmission::Signed),
+        _ => Err(format!("{s:?}: use open or signed")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -326,6 +359,7 @@ pub async fn farm(cmd: FarmCmd, g: &Global) -> anyhow::Result<()> {
                 ("name", f.name.clone()),
                 ("farmer twin", f.twin_id.to_string()),
             ]);
+            print_policy(&f);
             println!();
             print_ips(&f);
             Ok(())
@@ -340,7 +374,63 @@ pub async fn farm(cmd: FarmCmd, g: &Global) -> anyhow::Result<()> {
             }
         }
         FarmCmd::Ip(ip) => farm_ip(ip, g).await,
+        FarmCmd::Policy {
+            farm,
+            admission,
+            rentable,
+            flist_hosts,
+            no_flist_hosts,
+        } => {
+            let c = signed_client(g).await?;
+            let f = find_farm(&c, &farm).await?;
+            let mut p = f.policy.clone();
+            p.node_admission = admission.unwrap_or(p.node_admission);
+            p.rentable = rentable.unwrap_or(p.rentable);
+            if let Some(hosts) = flist_hosts {
+                p.flist_hosts = hosts;
+            } else if no_flist_hosts {
+                p.flist_hosts.clear();
+            }
+            let f = c.set_farm_policy(f.id, &p).await?;
+            if g.json {
+                return output::json(&f.policy);
+            }
+            print_policy(&f);
+            Ok(())
+        }
+        FarmCmd::Admission { farm, days } => {
+            let c = signed_client(g).await?;
+            let f = find_farm(&c, &farm).await?;
+            if c.twin_id() != Some(f.twin_id) {
+                bail!(
+                    "farm {} belongs to twin {}: only its farmer's key makes admission tokens",
+                    f.id,
+                    f.twin_id
+                );
+            }
+            let now = c.health().await?.time;
+            let expires = now.saturating_add(i64::from(days) * 86_400);
+            let token = AdmissionToken::sign(&load_key(g)?, f.id, expires);
+            println!("{token}");
+            Ok(())
+        }
     }
+}
+
+fn print_policy(f: &Farm) {
+    let hosts = if f.policy.flist_hosts.is_empty() {
+        "(the grid's hub only)".to_string()
+    } else {
+        f.policy.flist_hosts.join(", ")
+    };
+    fields(&[
+        (
+            "node admission",
+            f.policy.node_admission.as_str().to_string(),
+        ),
+        ("rentable", f.policy.rentable.to_string()),
+        ("flist hosts", hosts),
+    ]);
 }
 
 fn print_ips(f: &Farm) {

@@ -12,7 +12,6 @@ use zos_types::contract::{
     ContractFilter, ContractKind, ContractState, CreateNodeContract, UpdateNodeContract,
 };
 use zos_types::deployment::{ContractId, Deployment, ResultState};
-use zos_types::workload::WorkloadData;
 use zos_types::{NodeId, TwinId};
 
 use crate::commands::signed_client;
@@ -92,18 +91,6 @@ async fn changes(c: &GridClient, twin: TwinId, contract: ContractId) -> anyhow::
 
 fn read_file(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
-}
-
-fn public_v4(d: &Deployment) -> anyhow::Result<u32> {
-    let mut n = 0;
-    for w in &d.workloads {
-        if let WorkloadData::Ip(ip) = w.parse()?
-            && ip.v4
-        {
-            n += 1;
-        }
-    }
-    Ok(n)
 }
 
 fn print_deployment(d: &Deployment) {
@@ -194,12 +181,12 @@ pub async fn submit(
         .create_node_contract(&CreateNodeContract {
             node_id: node,
             deployment_hash: d.hash()?,
-            public_ips: public_v4(&d)?,
+            public_ips: d.public_ipv4_count()?,
         })
         .await
         .context("creating the node contract")?;
     d.contract_id = contract.id;
-    d.sign(me, c.identity().context("no key")?)?;
+    d.sign(node, me, c.identity().context("no key")?)?;
     if let Err(e) = c.call(target.twin_id, "zos.deployment.deploy", &d).await {
         // The node refused: do not leave a contract (and its reserved addresses) behind.
         let _ = c.cancel_contract(contract.id).await;
@@ -236,7 +223,7 @@ pub async fn update_to(
     )
     .await
     .context("updating the contract's hash")?;
-    next.sign(me, c.identity().context("no key")?)?;
+    next.sign(node, me, c.identity().context("no key")?)?;
     // This update's results are the log entries after the last one now.
     let log = changes(c, twin, contract).await?;
     let since = log

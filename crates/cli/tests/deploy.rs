@@ -88,7 +88,7 @@ impl User {
             .await
             .unwrap();
         d.contract_id = c.id;
-        d.sign(self.twin(), self.client.identity().unwrap())
+        d.sign(node, self.twin(), self.client.identity().unwrap())
             .unwrap();
     }
 }
@@ -348,12 +348,13 @@ async fn bad_deployments_are_refused_and_nothing_is_stored() {
     let mut d = u.deployment(disks());
     u.contract(&mut d, n1).await;
     d.workloads[0].data = json!({"size": 2 * GIB});
-    d.sign(u.twin(), u.client.identity().unwrap()).unwrap();
+    d.sign(n1, u.twin(), u.client.identity().unwrap()).unwrap();
     refused(d, "differs from the contract".into()).await;
 
     // A contract for another node.
     let mut d = u.deployment(disks());
     u.contract(&mut d, n2).await;
+    d.sign(n1, u.twin(), u.client.identity().unwrap()).unwrap();
     refused(d, format!("is for node {n2}")).await;
 
     // A missing required signature, and too little weight.
@@ -383,8 +384,14 @@ async fn bad_deployments_are_refused_and_nothing_is_stored() {
     )]);
     u.contract(&mut d, n1).await;
     refused(d, "of SSD asked".into()).await;
+    // A flist on the devnet's hub (a flist elsewhere is refused before capacity is looked at).
+    let on_hub = format!(
+        "{}/api/v1/hub/flists/{}/alpine.fl",
+        net.state.grid_node_url,
+        u.twin()
+    );
     let vm = json!({
-        "flist": "https://hub.example/alpine.fl",
+        "flist": on_hub,
         "network": {"interfaces": [{"network": "net", "ip": "10.1.1.2"}]},
         "compute_capacity": {"cpu": 1, "memory": 1024 * GIB},
     });
@@ -453,7 +460,8 @@ async fn bad_deployments_are_refused_and_nothing_is_stored() {
         )
         .await
         .unwrap();
-    next.sign(u.twin(), u.client.identity().unwrap()).unwrap();
+    next.sign(n1, u.twin(), u.client.identity().unwrap())
+        .unwrap();
     let err = u
         .client
         .call(t1, "zos.deployment.update", &next)
@@ -474,6 +482,65 @@ async fn bad_deployments_are_refused_and_nothing_is_stored() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("not found"), "{e}");
+}
+
+/// Bob co-signs Alice's deployment for node 1. Alice makes a contract for the same deployment
+/// (same hash) on node 2 and sends it there with Bob's signature: node 2 refuses it and stores
+/// nothing, because the signature names node 1 (decision 0004).
+#[tokio::test(flavor = "multi_thread")]
+async fn co_signature_for_node_1_replayed_on_node_2_is_refused() {
+    if !require_root("co_signature_for_node_1_replayed_on_node_2_is_refused") {
+        return;
+    }
+    let net = DevnetGuard::up(2, Duration::from_secs(2)).await.unwrap();
+    let grid = net.state.grid_url.clone();
+    let n1 = net.state.nodes[0].node_id.unwrap();
+    let n2 = net.state.nodes[1].node_id.unwrap();
+    let (alice, bob) = (user(&grid).await, user(&grid).await);
+    let t2 = node_twin(&alice.client, n2).await;
+    let mut d = alice.deployment(vec![workload(
+        "disk",
+        WorkloadType::Zmount,
+        json!({"size": GIB}),
+    )]);
+    d.signature_requirement.requests.push(SignatureRequest {
+        twin_id: bob.twin(),
+        required: true,
+        weight: 1,
+    });
+    d.signature_requirement.weight_required = 2;
+    // Bob approves it on node 1 only.
+    let mut approved = d.clone();
+    approved
+        .sign(n1, bob.twin(), bob.client.identity().unwrap())
+        .unwrap();
+    let bobs = approved.signature_requirement.signatures[0].clone();
+
+    alice.contract(&mut d, n2).await;
+    d.signature_requirement.signatures.push(bobs);
+    let err = alice
+        .client
+        .call(t2, "zos.deployment.deploy", &d)
+        .await
+        .unwrap_err();
+    let expect = format!(
+        "twin {}'s signature does not match this deployment on node {n2}",
+        bob.twin()
+    );
+    assert!(err.to_string().contains(&expect), "{err}");
+    let gone = get(&alice, t2, d.contract_id).await.unwrap_err();
+    assert!(gone.to_string().contains("not found"), "{gone}");
+
+    // With Bob's signature for node 2 the same deployment is taken there.
+    d.sign(n2, bob.twin(), bob.client.identity().unwrap())
+        .unwrap();
+    alice
+        .client
+        .call(t2, "zos.deployment.deploy", &d)
+        .await
+        .unwrap();
+    assert_eq!(get(&alice, t2, d.contract_id).await.unwrap().version, 0);
+    alice.client.cancel_contract(d.contract_id).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -40,8 +40,8 @@ use zos_types::contract::{
 use zos_types::deployment::ContractId;
 use zos_types::envelope::{Envelope, Reply, Seal};
 use zos_types::registry::{
-    API_PREFIX, AddFarmIp, ApiError, CreateFarm, CreateTwin, Farm, FarmIp, Health, Node,
-    NodeFilter, NodeRegistration, PublicConfig, Twin, UptimeReport,
+    API_PREFIX, AddFarmIp, ApiError, CreateFarm, CreateTwin, Farm, FarmIp, FarmPolicy, Health,
+    Node, NodeFilter, NodeRegistration, PublicConfig, Twin, UptimeReport,
 };
 use zos_types::{FarmId, Identity, NodeId, PublicKey, TwinId};
 
@@ -295,6 +295,16 @@ impl GridClient {
     /// Adds a public IPv4 address to the pool of `farm` (the client must be its farmer).
     pub async fn add_farm_ip(&self, farm: FarmId, ip: &AddFarmIp) -> Result<Farm, ClientError> {
         self.signed(Method::POST, &format!("/farms/{farm}/ips"), ip)
+            .await
+    }
+
+    /// Sets the policy of `farm` (the client must be its farmer).
+    pub async fn set_farm_policy(
+        &self,
+        farm: FarmId,
+        policy: &FarmPolicy,
+    ) -> Result<Farm, ClientError> {
+        self.signed(Method::PUT, &format!("/farms/{farm}/policy"), policy)
             .await
     }
 

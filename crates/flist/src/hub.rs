@@ -197,6 +197,7 @@ fn http_client() -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(300))
+        .redirect(crate::store::same_origin_redirects())
         .build()
 }
 
@@ -401,6 +402,17 @@ pub struct Fetched {
     pub sha256: String,
 }
 
+/// The fixed text of a refused flist download, by status (never the server's own words).
+fn refusal_text(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        404 => "no flist at this URL",
+        401 | 403 => "the server refuses access to this flist",
+        300..=399 => "the server redirects elsewhere (redirects are not followed)",
+        500..=599 => "the server failed; try again later",
+        _ => "the server refused the download",
+    }
+}
+
 /// Downloads the flist at `url` into `dir` as `<sha256>.fl` and returns where.
 ///
 /// When the URL names a hash (`…/flists/by-hash/{sha256}`) the content must have it, and a file
@@ -445,7 +457,12 @@ pub async fn fetch_flist(url: &str, dir: &Path, max_bytes: u64) -> Result<Fetche
             source,
         })?;
     if !resp.status().is_success() {
-        return Err(error_of(&parsed, resp).await);
+        // The server is whatever a deployment named: its body is not passed on to the user.
+        return Err(HubError::Status {
+            url: url.to_string(),
+            status: resp.status().as_u16(),
+            message: refusal_text(resp.status()).into(),
+        });
     }
     if resp.status() != StatusCode::OK {
         return Err(HubError::Protocol {

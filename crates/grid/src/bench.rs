@@ -12,8 +12,9 @@ use anyhow::{Context, bail};
 use futures::StreamExt;
 use serde::Serialize;
 use zos_client::GridClient;
+use zos_types::auth::unix_now;
 use zos_types::capacity::GIB;
-use zos_types::registry::{Hardware, Interface, NodeRegistration, UptimeReport};
+use zos_types::registry::{AdmissionToken, Hardware, Interface, NodeRegistration, UptimeReport};
 use zos_types::{Capacity, Identity, NodeId};
 
 use crate::{GridConfig, start};
@@ -42,7 +43,7 @@ pub struct BenchReport {
     pub latency_max_ms: f64,
 }
 
-fn registration(farm_id: u32, i: usize) -> NodeRegistration {
+fn registration(farm_id: u32, i: usize, admission: AdmissionToken) -> NodeRegistration {
     NodeRegistration {
         farm_id,
         capacity: Capacity {
@@ -75,6 +76,7 @@ fn registration(farm_id: u32, i: usize) -> NodeRegistration {
         zos_version: env!("CARGO_PKG_VERSION").into(),
         report_interval_secs: 60,
         limited: None,
+        admission: Some(admission),
     }
 }
 
@@ -101,7 +103,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
     let base = GridClient::new(&grid.url())?;
 
     let setup = Instant::now();
-    let farmer = base.clone().with_identity(Identity::generate()?);
+    let farmer_key = Identity::generate()?;
+    let farmer = base.clone().with_identity(farmer_key.clone());
     let farmer_twin = farmer
         .create_twin(None)
         .await
@@ -111,6 +114,8 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
         .create_farm("bench-farm")
         .await
         .context("creating the farm")?;
+    // Each node shows the farmer's admission, as real nodes do (the check is part of the cost).
+    let admission = AdmissionToken::sign(&farmer_key, farm.id, unix_now() + 3600);
     let nodes: Vec<(GridClient, NodeId)> = futures::stream::iter(0..opts.nodes)
         .map(|i| {
             let base = base.clone();
@@ -118,7 +123,9 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<BenchReport> {
                 let client = base.with_identity(Identity::generate()?);
                 let twin = client.create_twin(None).await?;
                 let client = client.with_twin(twin.id);
-                let (node, _) = client.register_node(&registration(farm.id, i)).await?;
+                let (node, _) = client
+                    .register_node(&registration(farm.id, i, admission))
+                    .await?;
                 anyhow::Ok((client, node.id))
             }
         })

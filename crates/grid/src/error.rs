@@ -102,6 +102,7 @@ impl From<StoreError> for ApiFailure {
         match e {
             StoreError::NotFound(m) => ApiFailure::NotFound(m),
             StoreError::Conflict(m) => ApiFailure::Conflict(m),
+            StoreError::Forbidden(m) => ApiFailure::Forbidden(m),
             e @ StoreError::Invalid { .. } => ApiFailure::BadRequest(e.to_string()),
             e => ApiFailure::internal("store", e),
         }

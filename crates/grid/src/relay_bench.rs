@@ -19,7 +19,7 @@ use zos_client::GridClient;
 use zos_types::auth::unix_now;
 use zos_types::capacity::GIB;
 use zos_types::envelope::{Envelope, Reply, Seal};
-use zos_types::registry::{Hardware, NodeRegistration};
+use zos_types::registry::{FarmPolicy, Hardware, NodeAdmission, NodeRegistration};
 use zos_types::relay::UplinkFrame;
 use zos_types::{Capacity, Identity, TwinId};
 
@@ -79,6 +79,7 @@ fn registration(farm_id: u32, i: usize) -> NodeRegistration {
         zos_version: env!("CARGO_PKG_VERSION").into(),
         report_interval_secs: 60,
         limited: None,
+        admission: None,
     }
 }
 
@@ -142,11 +143,20 @@ pub async fn run(opts: RelayBenchOptions) -> anyhow::Result<RelayBenchReport> {
         .create_twin(None)
         .await
         .context("creating the farmer")?;
+    let farmer = farmer.with_twin(farmer_twin.id);
     let farm = farmer
-        .with_twin(farmer_twin.id)
         .create_farm("relay-bench-farm")
         .await
         .context("creating the farm")?;
+    // Any node may join (this bench measures the relay, not admission).
+    let open = FarmPolicy {
+        node_admission: NodeAdmission::Open,
+        ..FarmPolicy::default()
+    };
+    let farm = farmer
+        .set_farm_policy(farm.id, &open)
+        .await
+        .context("opening the farm")?;
     let mut node_twins = Vec::with_capacity(opts.nodes);
     let mut responders = Vec::with_capacity(opts.nodes);
     for i in 0..opts.nodes {

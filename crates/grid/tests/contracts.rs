@@ -11,7 +11,7 @@ use zos_types::contract::{
     UpdateNodeContract,
 };
 use zos_types::deployment::DeploymentHash;
-use zos_types::registry::{AddFarmIp, Farm, Node, PublicConfig};
+use zos_types::registry::{AddFarmIp, Farm, FarmPolicy, Node, PublicConfig};
 
 fn status(r: Result<Contract, ClientError>) -> u16 {
     match r {
@@ -56,6 +56,16 @@ async fn farm_with_node(g: &TestGrid, name: &str, ips: u8) -> (GridClient, Farm,
     }
     let (node_client, node) = g.node(farm.id).await;
     (farmer, farm, node_client, node)
+}
+
+/// The farmer lets twins rent the farm's nodes.
+async fn rentable(farmer: &GridClient, farm: u32) {
+    let policy = FarmPolicy {
+        rentable: true,
+        ..FarmPolicy::default()
+    };
+    let f = farmer.set_farm_policy(farm, &policy).await.unwrap();
+    assert!(f.policy.rentable);
 }
 
 async fn events(node_client: &GridClient, node: u32, after: u64) -> Vec<(u64, NodeEvent)> {
@@ -345,7 +355,8 @@ async fn names_follow_gateway_rules_and_are_unique_while_live_in_any_case() {
 #[tokio::test]
 async fn a_node_has_one_live_rent_contract_and_only_its_renter_deploys_there() {
     let g = TestGrid::start().await;
-    let (_, farm, _, node) = farm_with_node(&g, "rent-farm", 0).await;
+    let (farmer, farm, _, node) = farm_with_node(&g, "rent-farm", 0).await;
+    rentable(&farmer, farm.id).await;
     let (_, other_node) = g.node(farm.id).await;
     let (alice, _) = g.twin().await;
     let (bob, _) = g.twin().await;
@@ -389,6 +400,57 @@ async fn a_node_has_one_live_rent_contract_and_only_its_renter_deploys_there() {
     );
     bob.cancel_contract(bobs.id).await.unwrap();
     alice.create_rent_contract(other_node.id).await.unwrap();
+}
+
+/// A twin rents a node of a farm whose farmer never offered whole nodes (taking it from every
+/// other tenant): refused, nothing stored. Once the farmer marks the farm rentable, it works.
+#[tokio::test]
+async fn renting_a_node_of_a_farm_that_does_not_rent_is_refused() {
+    let g = TestGrid::start().await;
+    let (farmer, farm, _, node) = farm_with_node(&g, "shared-farm", 0).await;
+    let (alice, _) = g.twin().await;
+    assert!(
+        !farm.policy.rentable,
+        "a new farm does not rent whole nodes"
+    );
+    let before = g.dump();
+    let e = alice.create_rent_contract(node.id).await.unwrap_err();
+    assert_eq!(e.status(), Some(403));
+    assert!(
+        e.to_string().contains("does not rent out whole nodes")
+            && e.to_string().contains("--rentable true"),
+        "{e}"
+    );
+    assert_eq!(g.dump(), before);
+    // Only the farmer changes the policy.
+    let policy = FarmPolicy {
+        rentable: true,
+        ..FarmPolicy::default()
+    };
+    let e = alice.set_farm_policy(farm.id, &policy).await.unwrap_err();
+    assert_eq!(e.status(), Some(403));
+    assert_eq!(g.dump(), before);
+
+    rentable(&farmer, farm.id).await;
+    let rent = alice.create_rent_contract(node.id).await.unwrap();
+    assert_eq!(rent.kind, ContractKind::Rent { node_id: node.id });
+}
+
+/// A node contract may reserve at most [`zos_grid::contracts::MAX_PUBLIC_IPS`] addresses.
+#[tokio::test]
+async fn a_contract_asking_for_more_ips_than_the_bound_is_refused() {
+    let g = TestGrid::start().await;
+    let (_, _, _, node) = farm_with_node(&g, "bound-farm", 2).await;
+    let (alice, _) = g.twin().await;
+    let before = g.dump();
+    let too_many = zos_grid::contracts::MAX_PUBLIC_IPS + 1;
+    let e = alice
+        .create_node_contract(&node_contract(node.id, 1, too_many))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(400));
+    assert!(e.to_string().contains("public_ips: at most"), "{e}");
+    assert_eq!(g.dump(), before);
 }
 
 #[tokio::test]

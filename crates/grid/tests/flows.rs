@@ -6,7 +6,10 @@ use common::{TestGrid, registration};
 use zos_grid::clock::Clock;
 use zos_types::Identity;
 use zos_types::capacity::GIB;
-use zos_types::registry::{AddFarmIp, NodeFilter, ONLINE_PERIODS, PublicConfig, UptimeReport};
+use zos_types::registry::{
+    AddFarmIp, AdmissionToken, FarmPolicy, NodeAdmission, NodeFilter, ONLINE_PERIODS, PublicConfig,
+    UptimeReport,
+};
 
 fn status(e: zos_client::ClientError) -> u16 {
     e.status()
@@ -198,7 +201,7 @@ async fn register_creates_then_updates_the_node_of_a_twin() {
     let (_, farm) = g.farm("node-farm").await;
     let (node_client, twin) = g.twin().await;
 
-    let reg = registration(farm.id);
+    let reg = g.admitted(farm.id);
     let (node, created) = node_client.register_node(&reg).await.unwrap();
     assert!(created);
     assert_eq!(node.twin_id, twin.id);
@@ -286,6 +289,118 @@ async fn public_config_is_set_by_the_farmer_only() {
         .await
         .unwrap_err();
     assert!(err.is_not_found());
+}
+
+/// Someone's machine registers into a farm it was never admitted to (to draw the farm's
+/// deployments, or to spoil its reputation): without the farmer's token, with a token signed by
+/// someone else, for another farm, or expired, it is refused and nothing is stored. With the
+/// farmer's token it joins; a node already in the farm re-registers without one; moving to
+/// another farm needs that farm's token; an open farm takes anyone.
+#[tokio::test]
+async fn a_node_without_its_farmers_admission_cannot_join_the_farm() {
+    let g = TestGrid::start().await;
+    let (farmer, farm) = g.farm("guarded-farm").await;
+    let (_, other_farm) = g.farm("other-farm").await;
+    let (intruder, _) = g.twin().await;
+    let forged = AdmissionToken::sign(&Identity::generate().unwrap(), farm.id, g.clock.now() + 60);
+    let expired = AdmissionToken::sign(farmer.identity().unwrap(), farm.id, g.clock.now() - 1);
+    let before = g.dump();
+    for (token, needle) in [
+        (None, "admits only nodes its farmer signed"),
+        (Some(forged), "not signed by the farm's farmer"),
+        (Some(g.admission(other_farm.id)), "is for farm"),
+        (Some(expired), "expired"),
+    ] {
+        let reg = zos_types::registry::NodeRegistration {
+            admission: token,
+            ..registration(farm.id)
+        };
+        let err = intruder.register_node(&reg).await.unwrap_err();
+        assert!(err.to_string().contains(needle), "{needle}: {err}");
+        assert_eq!(status(err), 403);
+        assert_eq!(g.dump(), before, "{needle}: something was stored");
+    }
+
+    // With the farmer's token it joins, and re-registers without it.
+    let admitted = g.admitted(farm.id);
+    let (node, created) = intruder.register_node(&admitted).await.unwrap();
+    assert!(created && node.farm_id == farm.id);
+    intruder
+        .register_node(&registration(farm.id))
+        .await
+        .unwrap();
+    // Moving to another farm needs that farm's admission.
+    let err = intruder
+        .register_node(&registration(other_farm.id))
+        .await
+        .unwrap_err();
+    assert_eq!(status(err), 403);
+    let moved = intruder
+        .register_node(&g.admitted(other_farm.id))
+        .await
+        .unwrap();
+    assert_eq!(moved.0.farm_id, other_farm.id);
+
+    // An open farm takes any node.
+    let open = FarmPolicy {
+        node_admission: NodeAdmission::Open,
+        ..FarmPolicy::default()
+    };
+    let f = farmer.set_farm_policy(farm.id, &open).await.unwrap();
+    assert_eq!(f.policy.node_admission, NodeAdmission::Open);
+    let (anyone, _) = g.twin().await;
+    let (n, created) = anyone.register_node(&registration(farm.id)).await.unwrap();
+    assert!(created && n.farm_id == farm.id);
+}
+
+/// A farmer claims an address another farm uses: in its pool, or as the public address of one
+/// of its nodes; and a farmer gives a node an address of another farm's pool. Each is refused
+/// and changes nothing.
+#[tokio::test]
+async fn a_farm_cannot_claim_an_address_another_farm_uses() {
+    let g = TestGrid::start().await;
+    let (alice, farm_a) = g.farm("farm-alice").await;
+    let (mallory, farm_m) = g.farm("farm-mallory").await;
+    let (_, node_a) = g.node(farm_a.id).await;
+    let (_, node_m) = g.node(farm_m.id).await;
+    alice
+        .add_farm_ip(farm_a.id, &ip("185.69.166.20/24", "185.69.166.1"))
+        .await
+        .unwrap();
+    let config = PublicConfig {
+        ipv4: "185.69.166.30/24".parse().unwrap(),
+        gw4: "185.69.166.1".parse().unwrap(),
+        ipv6: None,
+        gw6: None,
+        domain: None,
+    };
+    alice.set_public_config(node_a.id, &config).await.unwrap();
+    let before = g.dump();
+    for (addr, needle) in [
+        ("185.69.166.20/24", "already in the pool of farm"),
+        ("185.69.166.30/24", "is the public address of node"),
+    ] {
+        let err = mallory
+            .add_farm_ip(farm_m.id, &ip(addr, "185.69.166.1"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(needle), "{addr}: {err}");
+        assert_eq!(status(err), 409);
+        assert_eq!(g.dump(), before, "{addr}: something was stored");
+    }
+    let stolen = PublicConfig {
+        ipv4: "185.69.166.20/24".parse().unwrap(),
+        ..config
+    };
+    let err = mallory
+        .set_public_config(node_m.id, &stolen)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("is in the pool of farm"), "{err}");
+    assert_eq!(status(err), 409);
+    assert_eq!(g.dump(), before);
+    // The farm's own addresses stay usable for its own nodes.
+    alice.set_public_config(node_a.id, &stolen).await.unwrap();
 }
 
 #[tokio::test]

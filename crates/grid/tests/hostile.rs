@@ -372,6 +372,47 @@ async fn registration_refused(w: &World, body: Vec<u8>, expected: u16, needle: &
     .await;
 }
 
+/// A farm policy with hosts that are not host names, too many hosts, an unknown admission
+/// mode or unknown fields is refused and changes nothing; so is one sent by another twin.
+#[tokio::test]
+async fn bad_farm_policies_are_refused() {
+    let w = world().await;
+    let path = format!("/api/v1/farms/{}/policy", w.farm_id);
+    let put = |body: serde_json::Value, who: (&Identity, u32)| {
+        let body = serde_json::to_vec(&body).unwrap();
+        let header = auth_header(who.0, Signer::Twin(who.1), "PUT", &path, unix_now(), &body);
+        (body, header)
+    };
+    let farmer = (&w.farmer, w.farmer_twin);
+    for (body, needle) in [
+        (
+            json!({"flist_hosts": ["http://evil.example"]}),
+            "flist_hosts[0]",
+        ),
+        (json!({"flist_hosts": ["Evil.Example"]}), "flist_hosts[0]"),
+        (json!({"flist_hosts": vec!["h"; 17]}), "more than 16"),
+        (json!({"node_admission": "anyone"}), "node_admission"),
+        (
+            json!({"rentable": true, "owner": 1}),
+            "unknown field `owner`",
+        ),
+    ] {
+        let (body, header) = put(body, farmer);
+        refused(&w, "PUT", &path, body, Some(&header), 400, needle).await;
+    }
+    let (body, header) = put(json!({"rentable": true}), (&w.node, w.node_twin));
+    refused(
+        &w,
+        "PUT",
+        &path,
+        body,
+        Some(&header),
+        403,
+        "is not the farmer",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn malformed_json_is_refused() {
     let w = world().await;

@@ -14,7 +14,9 @@ use zos_types::workload::WorkloadType;
 
 use crate::api::NodeApi;
 use crate::config::NodeConfig;
-use crate::flist::{FlistConfig, FlistError, FlistManager, ProcessFlists};
+use crate::flist::{
+    FlistConfig, FlistError, FlistManager, FlistUrlPolicy, GridFarmHosts, ProcessFlists,
+};
 use crate::identity;
 use crate::network::{LinuxNetworker, NetworkConfig, Networker, PublicSetup};
 use crate::provision::{
@@ -152,6 +154,7 @@ pub async fn run(
     };
     let reg_cfg = RegistrarConfig {
         farm_id: cfg.farm_id,
+        admission: cfg.admission,
         report_interval: cfg.report_interval,
         zos_version: VERSION.into(),
         storage,
@@ -312,17 +315,29 @@ pub async fn run(
         )),
     );
     let (node_tx, node_rx) = watch::channel(None);
-    let engine = Arc::new(Engine::new(
-        store,
-        managers,
-        view.clone(),
-        node_rx,
-        EngineConfig {
-            total: facts.capacity,
-            reserved: facts.reserved,
-            limited: facts.limited.clone(),
-        },
-    ));
+    let engine = Arc::new(
+        Engine::new(
+            store,
+            managers,
+            view.clone(),
+            node_rx,
+            EngineConfig {
+                total: facts.capacity,
+                reserved: facts.reserved,
+                limited: facts.limited.clone(),
+            },
+        )
+        .with_flist_policy(
+            FlistUrlPolicy::new(
+                &cfg.grid,
+                Arc::new(GridFarmHosts {
+                    client: GridClient::new(&cfg.grid)?,
+                    farm: cfg.farm_id,
+                }),
+            )
+            .map_err(anyhow::Error::msg)?,
+        ),
+    );
     let _ = engine_cell.set(engine.clone());
     let pending = engine
         .reconcile()

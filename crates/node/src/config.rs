@@ -1,6 +1,7 @@
 //! The node's configuration: the kernel command line first, flags and environment over it.
 //!
-//! A booted node has nothing but its kernel command line (`farmer_id=`, `runmode=`, `grid=`).
+//! A booted node has nothing but its kernel command line (`farmer_id=`, `runmode=`, `grid=`,
+//! and `admission=` when its farm admits only nodes its farmer signed).
 //! Development and test hosts pass the same settings as flags or `ZOS_*` environment variables,
 //! which take precedence.
 
@@ -11,6 +12,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use zos_types::FarmId;
+use zos_types::registry::AdmissionToken;
 
 /// Errors in the node's configuration.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,8 @@ pub enum ConfigError {
     NoFarm,
     #[error("node prefix {0:?} may only hold a-z, 0-9 and '-', at most 8 characters")]
     Prefix(String),
+    #[error("admission: {0} (the farmer makes one with `zos farm admission FARM`)")]
+    Admission(#[source] zos_types::policy::AdmissionError),
 }
 
 /// Which grid a node belongs to.
@@ -121,12 +125,15 @@ pub struct Overrides {
     pub farm_id: Option<FarmId>,
     pub runmode: Option<RunMode>,
     pub grid: Option<String>,
+    pub admission: Option<String>,
 }
 
 /// Everything zosd needs to know to start.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub farm_id: FarmId,
+    /// The farmer's permission to join the farm, if the node was given one (`admission=`).
+    pub admission: Option<AdmissionToken>,
     pub runmode: RunMode,
     /// Base URL of the grid's registry, for example `http://10.0.0.1:8080`.
     pub grid: String,
@@ -192,8 +199,17 @@ impl NodeConfig {
         if !prefix_ok {
             return Err(ConfigError::Prefix(prefix));
         }
+        let admission = overrides
+            .admission
+            .as_deref()
+            .or_else(|| kernel.get("admission"))
+            .filter(|v| !v.is_empty())
+            .map(str::parse)
+            .transpose()
+            .map_err(ConfigError::Admission)?;
         Ok(Self {
             farm_id,
+            admission,
             runmode,
             grid: grid.trim_end_matches('/').to_string(),
             state_dir,
@@ -246,12 +262,33 @@ mod tests {
             farm_id: Some(9),
             runmode: Some(RunMode::Dev),
             grid: Some("https://x".into()),
+            admission: None,
         };
         let c = resolve("farmer_id=7 runmode=test grid=http://g", o).unwrap();
         assert_eq!(
             (c.farm_id, c.runmode, c.grid.as_str()),
             (9, RunMode::Dev, "https://x")
         );
+    }
+
+    #[test]
+    fn admission_comes_from_the_kernel_or_the_flag() {
+        let farmer = zos_types::Identity::from_seed([5; 32]);
+        let t = AdmissionToken::sign(&farmer, 7, 99);
+        let c = resolve(
+            &format!("farmer_id=7 grid=http://g admission={t}"),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.admission, Some(t));
+        let o = Overrides {
+            admission: Some("garbage".into()),
+            ..Overrides::default()
+        };
+        assert!(matches!(
+            resolve(&format!("farmer_id=7 grid=http://g admission={t}"), o),
+            Err(ConfigError::Admission(_))
+        ));
     }
 
     #[test]

@@ -22,6 +22,9 @@ struct Args {
     /// Farm this node belongs to (overrides farmer_id=).
     #[arg(long, env = "ZOS_FARM_ID")]
     farm_id: Option<u32>,
+    /// The farmer's admission token, FARM.EXPIRES.SIGNATURE (overrides admission=).
+    #[arg(long, env = "ZOS_ADMISSION")]
+    admission: Option<String>,
     /// dev, qa, test or prod (overrides runmode=).
     #[arg(long, env = "ZOS_RUNMODE")]
     runmode: Option<RunMode>,
@@ -97,6 +100,7 @@ fn main() -> anyhow::Result<()> {
             farm_id: args.farm_id,
             runmode: args.runmode,
             grid: args.grid,
+            admission: args.admission,
         },
         args.state_dir,
         args.report_interval,

@@ -44,6 +44,8 @@ pub struct RegistrarStatus {
 #[derive(Debug, Clone)]
 pub struct RegistrarConfig {
     pub farm_id: FarmId,
+    /// The farmer's permission to join the farm, sent with every registration.
+    pub admission: Option<zos_types::registry::AdmissionToken>,
     pub report_interval: Duration,
     pub zos_version: String,
     pub storage: StorageFacts,
@@ -81,6 +83,7 @@ pub fn registration(
         zos_version: cfg.zos_version.clone(),
         report_interval_secs: cfg.report_interval.as_secs().max(1),
         limited: cfg.storage.limited.clone(),
+        admission: cfg.admission,
     })
 }
 
@@ -353,6 +356,7 @@ mod tests {
         };
         let cfg = RegistrarConfig {
             farm_id: 3,
+            admission: None,
             report_interval: Duration::from_secs(30),
             zos_version: "1.2.3".into(),
             storage: StorageFacts {

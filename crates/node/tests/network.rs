@@ -1001,3 +1001,207 @@ async fn refused_requests_change_nothing() {
         .unwrap();
     assert!(node.host.ip(&["link", "show", &tap.ifname]).is_err());
 }
+
+/// Sockets of the internet side of the public bridge, bound in the internet's namespace.
+struct PublicListeners {
+    dhcp4: std::net::UdpSocket,
+    dhcp6: std::net::UdpSocket,
+    plain4: std::net::UdpSocket,
+    plain6: std::net::UdpSocket,
+    icmp6: std::os::fd::OwnedFd,
+}
+
+fn public_listeners(ns: &str) -> PublicListeners {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, setsockopt, socket};
+    in_netns(ns, || {
+        let udp = |a: &str| {
+            let s = std::net::UdpSocket::bind(a).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            s
+        };
+        let icmp6 = socket(
+            AddressFamily::Inet6,
+            SockType::Raw,
+            SockFlag::empty(),
+            SockProtocol::IcmpV6,
+        )
+        .unwrap();
+        let tv = nix::sys::time::TimeVal::new(0, 300_000);
+        setsockopt(&icmp6, nix::sys::socket::sockopt::ReceiveTimeout, &tv).unwrap();
+        PublicListeners {
+            dhcp4: udp("0.0.0.0:68"),
+            dhcp6: udp("[::]:546"),
+            plain4: udp("0.0.0.0:6868"),
+            plain6: udp("[::]:5466"),
+            icmp6,
+        }
+    })
+}
+
+/// Everything `s` got until it has been quiet for its read timeout.
+fn drain(s: &std::net::UdpSocket) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1500];
+    while let Ok((n, _)) = s.recv_from(&mut buf) {
+        out.push(buf[..n].to_vec());
+    }
+    out
+}
+
+/// The ICMPv6 types the raw socket got until it has been quiet for its read timeout.
+fn drain_icmp6(fd: &std::os::fd::OwnedFd) -> Vec<u8> {
+    use std::os::fd::AsRawFd;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1500];
+    while let Ok(n) = nix::sys::socket::recv(
+        fd.as_raw_fd(),
+        &mut buf,
+        nix::sys::socket::MsgFlags::empty(),
+    ) {
+        if n > 0 {
+            out.push(buf[0]);
+        }
+    }
+    out
+}
+
+/// From inside the workload: a router advertisement and an echo request to all nodes, DHCP
+/// and DHCPv6 server replies, and ordinary UDP over IPv4 and IPv6, each three times.
+fn send_from_workload(vm: &str, own: &str) {
+    use nix::sys::socket::{
+        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn6, sendto, socket,
+    };
+    use std::net::{Ipv6Addr, SocketAddrV6, UdpSocket};
+    use std::os::fd::AsRawFd;
+    in_netns(vm, || {
+        let index = nix::net::if_::if_nametoindex("eth0").unwrap();
+        let all_nodes =
+            |port| SocketAddrV6::new(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), port, 0, index);
+        let raw = socket(
+            AddressFamily::Inet6,
+            SockType::Raw,
+            SockFlag::empty(),
+            SockProtocol::IcmpV6,
+        )
+        .unwrap();
+        // Type 134 (router advertisement): hop limit 64, router lifetime 1800 s; the kernel
+        // fills in the checksum. Type 128 (echo request) is the control.
+        let ra = [134u8, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
+        let echo = [128u8, 0, 0, 0, 0, 1, 0, 1];
+        let dhcp4 = UdpSocket::bind(format!("{own}:67")).unwrap();
+        let plain4 = UdpSocket::bind(format!("{own}:40001")).unwrap();
+        let dhcp6 = UdpSocket::bind("[::]:547").unwrap();
+        let plain6 = UdpSocket::bind("[::]:40002").unwrap();
+        for _ in 0..3 {
+            let to = SockaddrIn6::from(all_nodes(0));
+            sendto(raw.as_raw_fd(), &ra, &to, MsgFlags::empty()).unwrap();
+            sendto(raw.as_raw_fd(), &echo, &to, MsgFlags::empty()).unwrap();
+            dhcp4.send_to(b"dhcp offer", "10.99.0.1:68").unwrap();
+            plain4.send_to(b"plain v4", "10.99.0.1:6868").unwrap();
+            dhcp6.send_to(b"dhcpv6 advertise", all_nodes(546)).unwrap();
+            plain6.send_to(b"plain v6", all_nodes(5466)).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+}
+
+/// Waits until `vm`'s eth0 has a link-local IPv6 address that finished duplicate detection.
+fn wait_link_local(vm: &str) {
+    for _ in 0..100 {
+        let out = std::process::Command::new("ip")
+            .args(["-n", vm, "-6", "addr", "show", "dev", "eth0"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains("fe80") && !text.contains("tentative") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("eth0 of {vm} got no usable link-local address");
+}
+
+/// A tenant's machine on the public bridge pretends to be the segment's router (a router
+/// advertisement) and its DHCP and DHCPv6 server, to take over the traffic of the farm's other
+/// hosts. A listener on the public side gets none of it, while the same machine's ordinary IPv4
+/// and IPv6 traffic (and an ICMPv6 echo) arrives.
+#[tokio::test]
+async fn workload_router_advertisements_and_dhcp_replies_do_not_reach_the_public_side() {
+    let test = "workload_router_advertisements_and_dhcp_replies_do_not_reach_the_public_side";
+    if !root(test) || !tools(test) {
+        return;
+    }
+    let mut w = World::new("zra", 1, WireguardMode::Userspace);
+    let node = w.node(0);
+    w.inet
+        .join(&node.host, "zrap1", "pub0", None, false)
+        .unwrap();
+    let public = PublicSetup {
+        config: PublicConfig {
+            ipv4: "10.99.0.21/24".parse().unwrap(),
+            gw4: "10.99.0.1".parse().unwrap(),
+            ipv6: None,
+            gw6: None,
+            domain: None,
+        },
+        exit_iface: "pub0".into(),
+    };
+    node.net().setup_node(Some(public)).await.unwrap();
+    let ip_wl = wl(7, 117, "ip");
+    let req = PublicIpRequest {
+        v4: Some(FarmIp {
+            ip: "10.99.0.50/24".parse().unwrap(),
+            gateway: "10.99.0.1".parse().unwrap(),
+            contract_id: Some(117),
+        }),
+        v6: false,
+    };
+    node.net().setup_public_ip(&ip_wl, &req).await.unwrap();
+    let vm = w.vm("zra-vm1");
+    let node = w.node(0);
+    node.net()
+        .attach_public(
+            &ip_wl,
+            VmLink::Veth {
+                netns: PathBuf::from(format!("/run/netns/{vm}")),
+                ifname: "eth0".into(),
+                default_route: true,
+            },
+        )
+        .await
+        .unwrap();
+    wait_link_local(&vm);
+    let listen = public_listeners(w.inet.name());
+
+    send_from_workload(&vm, "10.99.0.50");
+    assert!(
+        !drain(&listen.plain4).is_empty(),
+        "ordinary IPv4 UDP arrives"
+    );
+    assert!(
+        !drain(&listen.plain6).is_empty(),
+        "ordinary IPv6 UDP arrives"
+    );
+    let icmp = drain_icmp6(&listen.icmp6);
+    assert!(icmp.contains(&128), "the ICMPv6 echo arrives: {icmp:?}");
+    assert!(
+        !icmp.contains(&134),
+        "a router advertisement got out: {icmp:?}"
+    );
+    assert!(
+        drain(&listen.dhcp4).is_empty(),
+        "a DHCP server reply got out"
+    );
+    assert!(
+        drain(&listen.dhcp6).is_empty(),
+        "a DHCPv6 server reply got out"
+    );
+
+    drop(listen);
+    node.net().teardown_public_ip(&ip_wl).await.unwrap();
+    node.net().setup_node(None).await.unwrap();
+    node.net().teardown_node().await.unwrap();
+    assert_clean(w.node(0));
+    w.nodes[0].net = None;
+}

@@ -501,6 +501,12 @@ pub fn start_node(state: &mut DevnetState, index: usize) -> anyhow::Result<()> {
     let farmer_twin = state.farmer_twin;
     let farm = state.farm_id;
     let zosd = state.zosd_bin.clone();
+    // The farmer admits its own nodes (the farm's admission is `signed`, the default).
+    let admission = zos_types::registry::AdmissionToken::sign(
+        &state.farmer()?,
+        farm,
+        zos_types::auth::unix_now() + 365 * 86_400,
+    );
     let node = state
         .nodes
         .iter_mut()
@@ -518,6 +524,7 @@ pub fn start_node(state: &mut DevnetState, index: usize) -> anyhow::Result<()> {
         .args(["--cmdline", "/dev/null"])
         .args(["--grid", &grid])
         .args(["--farm-id", &farm.to_string()])
+        .args(["--admission", &admission.to_string()])
         .args(["--runmode", "dev"])
         .arg("--mount-root")
         .arg(&node.mount_root)

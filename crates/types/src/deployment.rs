@@ -3,8 +3,14 @@
 //! The field names follow Zero-OS v3. The **hash** is SHA-256 over the canonical JSON of
 //! everything except `contract_id`, the signatures and the results: keys sorted, no spaces,
 //! each workload's `data` re-encoded from its typed form (so the formatting a user chose does
-//! not change the hash). The node contract on the registry stores that hash; every listed
-//! twin signs the 32 raw bytes of it.
+//! not change the hash). The node contract on the registry stores that hash.
+//!
+//! Every listed twin signs the hash **bound to the node** the deployment is for:
+//! [`signed_message`] = `"zos-deployment-v2:" || node id (4 bytes, big endian) || hash`. A
+//! co-signature made for node 1 therefore proves nothing on node 2, even for a deployment with
+//! the same hash (decision 0004). Signatures over the bare hash (the first form) are refused
+//! with a message saying to re-sign; deployments a node stored before keep running, since a
+//! node checks signatures only when a deployment arrives, never on reconcile.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -13,10 +19,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::TwinId;
 use crate::capacity::Capacity;
 use crate::identity::{Identity, PublicKey, Signature};
 use crate::workload::{WorkloadData, WorkloadError, WorkloadType, validate_name, werr};
+use crate::{NodeId, TwinId};
 
 /// Largest deployment (JSON bytes) a node accepts.
 pub const MAX_DEPLOYMENT_BYTES: usize = 256 * 1024;
@@ -25,6 +31,19 @@ pub const MAX_WORKLOADS: usize = 256;
 
 /// Id of a contract on the registry.
 pub type ContractId = u64;
+
+/// The domain tag of the message a deployment's signers sign (see [`signed_message`]).
+pub const SIGNATURE_DOMAIN: &[u8] = b"zos-deployment-v2:";
+
+/// What a twin signs to approve deployment `hash` on `node`: the domain tag, the node id (4
+/// bytes, big endian) and the 32 bytes of the hash.
+pub fn signed_message(node: NodeId, hash: &DeploymentHash) -> Vec<u8> {
+    let mut m = Vec::with_capacity(SIGNATURE_DOMAIN.len() + 4 + 32);
+    m.extend_from_slice(SIGNATURE_DOMAIN);
+    m.extend_from_slice(&node.to_be_bytes());
+    m.extend_from_slice(&hash.0);
+    m
+}
 
 /// A deployment that breaks a rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -217,6 +236,27 @@ impl WorkloadId {
     }
 }
 
+/// Why `s` does not verify for `node`: signed the old way (the bare hash), or for another
+/// deployment or node.
+fn mismatch(
+    s: &DeploymentSignature,
+    pk: &PublicKey,
+    node: NodeId,
+    hash: &DeploymentHash,
+) -> String {
+    if pk.verify(&hash.0, &s.signature).is_ok() {
+        format!(
+            "twin {} signed the bare deployment hash (the old form): signatures now name the node; re-sign for node {node} (`zos` signs this way since decision 0004)",
+            s.twin_id
+        )
+    } else {
+        format!(
+            "twin {}'s signature does not match this deployment on node {node}: it was made for another deployment or another node; re-sign for node {node}",
+            s.twin_id
+        )
+    }
+}
+
 impl Deployment {
     /// The canonical JSON the hash covers.
     pub fn challenge(&self) -> Result<Vec<u8>, DeploymentError> {
@@ -256,12 +296,17 @@ impl Deployment {
         Ok(DeploymentHash(Sha256::digest(self.challenge()?).into()))
     }
 
-    /// Adds (or replaces) `twin`'s signature over the hash.
-    pub fn sign(&mut self, twin: TwinId, identity: &Identity) -> Result<(), DeploymentError> {
+    /// Adds (or replaces) `twin`'s signature approving this deployment on `node`.
+    pub fn sign(
+        &mut self,
+        node: NodeId,
+        twin: TwinId,
+        identity: &Identity,
+    ) -> Result<(), DeploymentError> {
         let hash = self.hash()?;
         let sig = DeploymentSignature {
             twin_id: twin,
-            signature: identity.sign(&hash.0),
+            signature: identity.sign(&signed_message(node, &hash)),
             signature_type: "ed25519".into(),
         };
         let sigs = &mut self.signature_requirement.signatures;
@@ -391,15 +436,18 @@ impl Deployment {
         Ok(())
     }
 
-    /// Checks the signatures: each one valid and from a requested twin, at most one per twin,
-    /// every `required` twin (and the deployment's own twin) signed, and the signed weight
-    /// reaching `weight_required`. `key` finds a twin's public key.
+    /// Checks the signatures for `node`: each one valid for this deployment on this node and
+    /// from a requested twin, at most one per twin, every `required` twin (and the
+    /// deployment's own twin) signed, and the signed weight reaching `weight_required`. `key`
+    /// finds a twin's public key.
     pub fn verify_signatures(
         &self,
+        node: NodeId,
         key: impl Fn(TwinId) -> Option<PublicKey>,
     ) -> Result<(), DeploymentError> {
         let bad = |s: String| DeploymentError::Signature(s);
         let hash = self.hash()?;
+        let message = signed_message(node, &hash);
         let req = &self.signature_requirement;
         let mut signed = HashSet::new();
         let mut weight: u64 = 0;
@@ -420,12 +468,8 @@ impl Deployment {
                 return Err(bad(format!("twin {} signed twice", s.twin_id)));
             }
             let pk = key(s.twin_id).ok_or_else(|| bad(format!("twin {} is unknown", s.twin_id)))?;
-            pk.verify(&hash.0, &s.signature).map_err(|_| {
-                bad(format!(
-                    "twin {}'s signature does not match this deployment",
-                    s.twin_id
-                ))
-            })?;
+            pk.verify(&message, &s.signature)
+                .map_err(|_| bad(mismatch(s, &pk, node, &hash)))?;
             weight += request.weight as u64;
         }
         for r in &req.requests {
@@ -443,6 +487,20 @@ impl Deployment {
             )));
         }
         Ok(())
+    }
+
+    /// How many public IPv4 addresses the deployment uses (its `ip` workloads with `v4`): what
+    /// its node contract must reserve.
+    pub fn public_ipv4_count(&self) -> Result<u32, DeploymentError> {
+        let mut n = 0;
+        for w in &self.workloads {
+            if let WorkloadData::Ip(ip) = w.parse()?
+                && ip.v4
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Total capacity of the workloads.
@@ -588,7 +646,7 @@ mod tests {
             message: String::new(),
             data: json!(null),
         });
-        d.sign(5, &Identity::from_seed([1; 32])).unwrap();
+        d.sign(1, 5, &Identity::from_seed([1; 32])).unwrap();
         assert_eq!(d.hash().unwrap(), h);
         // The same data written differently hashes the same.
         d.workloads[1].data =
@@ -601,6 +659,7 @@ mod tests {
 
     #[test]
     fn signatures_follow_the_requirement() {
+        const NODE: NodeId = 4;
         let alice = Identity::from_seed([1; 32]);
         let bob = Identity::from_seed([2; 32]);
         let keys = |t: TwinId| match t {
@@ -616,44 +675,69 @@ mod tests {
         });
         d.signature_requirement.weight_required = 3;
         d.validate().unwrap();
-        d.sign(1, &alice).unwrap();
-        let e = d.verify_signatures(keys).unwrap_err();
+        d.sign(NODE, 1, &alice).unwrap();
+        let e = d.verify_signatures(NODE, keys).unwrap_err();
         assert!(
             e.to_string().contains("required signature of twin 2"),
             "{e}"
         );
-        d.sign(2, &bob).unwrap();
-        d.verify_signatures(keys).unwrap();
+        d.sign(NODE, 2, &bob).unwrap();
+        d.verify_signatures(NODE, keys).unwrap();
 
         // Tampering after signing breaks every signature.
         let mut t = d.clone();
         t.workloads[0].data = json!({"size": 5 * GIB});
-        assert!(t.verify_signatures(keys).is_err());
+        assert!(t.verify_signatures(NODE, keys).is_err());
         // A signature by someone not requested, or a wrong key, is refused.
         let mut t = d.clone();
         t.signature_requirement.signatures[1].twin_id = 3;
         assert!(
-            t.verify_signatures(keys)
+            t.verify_signatures(NODE, keys)
                 .unwrap_err()
                 .to_string()
                 .contains("not requested")
         );
         let mut t = d.clone();
         t.signature_requirement.signatures[1].signature = alice.sign(&d.hash().unwrap().0);
-        assert!(t.verify_signatures(keys).is_err());
+        assert!(t.verify_signatures(NODE, keys).is_err());
         // Too little weight.
         let mut t = d.clone();
         t.signature_requirement.requests[1].required = false;
         t.signature_requirement
             .signatures
             .retain(|s| s.twin_id == 1);
-        t.sign(1, &alice).unwrap();
+        t.sign(NODE, 1, &alice).unwrap();
         assert!(
-            t.verify_signatures(keys)
+            t.verify_signatures(NODE, keys)
                 .unwrap_err()
                 .to_string()
                 .contains("weight")
         );
+    }
+
+    #[test]
+    fn a_signature_is_bound_to_its_node_and_the_old_form_is_refused_with_a_hint() {
+        let alice = Identity::from_seed([1; 32]);
+        let keys = |t: TwinId| (t == 1).then(|| alice.public_key());
+        let mut d = deployment(1);
+        d.sign(1, 1, &alice).unwrap();
+        d.verify_signatures(1, keys).unwrap();
+        let e = d.verify_signatures(2, keys).unwrap_err().to_string();
+        assert!(
+            e.contains("another node") && e.contains("re-sign for node 2"),
+            "{e}"
+        );
+        // The first form: the bare hash.
+        d.signature_requirement.signatures[0].signature = alice.sign(&d.hash().unwrap().0);
+        let e = d.verify_signatures(1, keys).unwrap_err().to_string();
+        assert!(
+            e.contains("old form") && e.contains("re-sign for node 1"),
+            "{e}"
+        );
+        let m = signed_message(0x0102_0304, &DeploymentHash([9; 32]));
+        assert_eq!(&m[..SIGNATURE_DOMAIN.len()], b"zos-deployment-v2:");
+        assert_eq!(&m[SIGNATURE_DOMAIN.len()..][..4], &[1, 2, 3, 4]);
+        assert_eq!(&m[SIGNATURE_DOMAIN.len() + 4..], &[9; 32]);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod contract;
 pub mod deployment;
 pub mod envelope;
 pub mod identity;
+pub mod policy;
 pub mod registry;
 pub mod relay;
 pub mod workload;

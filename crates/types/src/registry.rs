@@ -8,8 +8,9 @@
 //! | `GET /farms`, `GET /farms/{id}`, `GET /farms?name=` | – | [`Farm`]s |
 //! | `POST /farms/{id}/ips` | the farmer | [`AddFarmIp`] → 201 [`Farm`] |
 //! | `DELETE /farms/{id}/ips/{ip}` | the farmer | → 200 [`Farm`] (refused while a contract holds it) |
+//! | `PUT /farms/{id}/policy` | the farmer | [`FarmPolicy`] → 200 [`Farm`] (see [`crate::policy`]) |
 //! | `GET /farms/{id}/ips` | – | [`FarmIp`]s |
-//! | `POST /nodes` | the node's own twin | [`NodeRegistration`] → 201 (new) or 200 (updated) [`Node`] |
+//! | `POST /nodes` | the node's own twin | [`NodeRegistration`] → 201 (new) or 200 (updated) [`Node`] (a new node, or one changing farm, needs the farm's admission: [`crate::policy`]) |
 //! | `PUT /nodes/{id}/public-config` | the node's farmer | [`PublicConfig`] → 200 [`Node`] |
 //! | `POST /nodes/{id}/uptime` | the node's own twin | [`UptimeReport`] → 200 [`Node`] |
 //! | `GET /nodes?…` ([`NodeFilter`]), `GET /nodes/{id}` | – | [`Node`]s |
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::capacity::Capacity;
 use crate::identity::PublicKey;
+pub use crate::policy::{AdmissionToken, FarmPolicy, NodeAdmission};
 use crate::{FarmId, NodeId, TwinId};
 
 /// Path prefix of every registry route.
@@ -136,6 +138,9 @@ pub struct Farm {
     /// The farmer.
     pub twin_id: TwinId,
     pub public_ips: Vec<FarmIp>,
+    /// The farmer's rules for the farm.
+    #[serde(default)]
+    pub policy: FarmPolicy,
     pub created_at: i64,
 }
 
@@ -275,6 +280,10 @@ pub struct NodeRegistration {
     /// Why the node cannot take deployments, if it cannot (for example: no SSD for its cache).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limited: Option<String>,
+    /// The farmer's permission to join the farm (`admission=` on the kernel command line);
+    /// needed to join a farm whose policy is [`NodeAdmission::Signed`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission: Option<AdmissionToken>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -563,6 +572,7 @@ mod tests {
             zos_version: "0.1.0".into(),
             report_interval_secs: 60,
             limited: None,
+            admission: None,
         }
     }
 

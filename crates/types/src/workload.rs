@@ -309,6 +309,16 @@ pub struct Zmachine {
 /// Least memory a machine may have.
 pub const MIN_MACHINE_MEMORY: u64 = 250 * MIB;
 
+/// What one network resource holds on its node, counted like any workload's capacity: a
+/// namespace, a bridge, nftables tables and a WireGuard endpoint (a userspace WireGuard process
+/// takes about 10 MiB; the rest is headroom for conntrack and buffers). See docs/network.md.
+pub const NETWORK_RESOURCE_COST: Capacity = Capacity {
+    cru: 0,
+    mru: 32 * MIB,
+    sru: 0,
+    hru: 0,
+};
+
 impl Zmachine {
     /// The least root size for this machine: 500 MiB for small machines, 2 GiB from one compute
     /// unit (cpu × memory ≥ 8 GiB) up.
@@ -648,8 +658,8 @@ impl WorkloadData {
                 hru: d.size,
                 ..Capacity::ZERO
             },
-            Self::Network(_)
-            | Self::Ip(_)
+            Self::Network(_) => NETWORK_RESOURCE_COST,
+            Self::Ip(_)
             | Self::GatewayNameProxy(_)
             | Self::GatewayFqdnProxy(_)
             | Self::Zlogs(_) => Capacity::ZERO,

@@ -1,3 +1,8 @@
+//! The HTTP block store client, and the redirect rule every flist download shares: a redirect
+//! is followed only to the same scheme, host and port (at most [`MAX_REDIRECTS`] times). A
+//! server the node was allowed to reach cannot send it on to another host (an internal address,
+//! another tenant's service); such a redirect is an error naming both hosts.
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +16,42 @@ use crate::meta::Route;
 
 /// Most ids sent in one `POST …/blocks/missing`.
 pub const MISSING_BATCH: usize = 1024;
+
+/// Most redirects followed (each within the first URL's origin).
+pub const MAX_REDIRECTS: usize = 5;
+
+/// The redirect policy of every flist HTTP client: same origin only, at most [`MAX_REDIRECTS`].
+pub fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let first = &attempt.previous()[0];
+        let same = attempt.url().scheme() == first.scheme()
+            && attempt.url().host_str() == first.host_str()
+            && attempt.url().port_or_known_default() == first.port_or_known_default();
+        if !same {
+            let error = format!(
+                "{} redirects to another host ({}): flists and blocks are fetched only from the \
+                 host named",
+                origin(first),
+                origin(attempt.url())
+            );
+            attempt.error(error)
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// `scheme://host:port` of `u`.
+fn origin(u: &Url) -> String {
+    format!(
+        "{}://{}:{}",
+        u.scheme(),
+        u.host_str().unwrap_or(""),
+        u.port_or_known_default().unwrap_or(0)
+    )
+}
 
 /// A client of the hub's block API:
 ///
@@ -69,6 +110,7 @@ impl HttpStore {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
+            .redirect(same_origin_redirects())
             .build()
             .map_err(|e| StoreError::Http {
                 store: blocks.to_string(),

@@ -14,7 +14,7 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use dir::DirStore;
-pub use http::{HttpStore, MISSING_BATCH};
+pub use http::{HttpStore, MAX_REDIRECTS, MISSING_BATCH, same_origin_redirects};
 pub use s3::S3Store;
 
 use crate::block::BlockId;

@@ -254,3 +254,15 @@ pub fn wait_mounted(path: &Path, secs: u64) -> bool {
     }
     false
 }
+
+/// An error and all its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}

@@ -264,7 +264,8 @@ pub fn create_rent(
     node: NodeId,
     now: i64,
 ) -> Result<ContractId, StoreError> {
-    node_farm(tx, node)?;
+    let farm = node_farm(tx, node)?;
+    super::farms::ensure_rentable(tx, farm, node)?;
     let others: Option<i64> = tx
         .query_row(
             "SELECT id FROM contracts WHERE kind = 'node' AND node_id = ?1 AND twin_id != ?2 \

@@ -6,6 +6,7 @@
 //! behind the same trait.
 
 mod contracts;
+mod farms;
 mod sqlite;
 
 use std::net::Ipv4Addr;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use zos_types::contract::{Contract, ContractFilter, NodeEventRecord};
 use zos_types::deployment::{ContractId, DeploymentHash};
 use zos_types::registry::{
-    AddFarmIp, Farm, FarmIp, Node, NodeFilter, NodeRegistration, PublicConfig, Twin,
+    AddFarmIp, Farm, FarmIp, FarmPolicy, Node, NodeFilter, NodeRegistration, PublicConfig, Twin,
 };
 use zos_types::{Capacity, FarmId, NodeId, PublicKey, TwinId};
 
@@ -31,6 +32,9 @@ pub enum StoreError {
     /// The operation would break a uniqueness or ownership rule.
     #[error("{0}")]
     Conflict(String),
+    /// A rule of the object's owner forbids the operation (a farm's policy).
+    #[error("{0}")]
+    Forbidden(String),
     /// A value the store cannot hold, or a reference to a missing object inside a request body.
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
@@ -90,13 +94,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn farm_by_name(&self, name: &str) -> Result<Option<Farm>, StoreError>;
     /// Every farm, by id.
     fn farms(&self) -> Result<Vec<Farm>, StoreError>;
-    /// Adds an address to a farm's pool; [`StoreError::Conflict`] if it is in any pool already.
+    /// Sets a farm's policy.
+    fn set_farm_policy(&self, farm: FarmId, policy: &FarmPolicy) -> Result<Farm, StoreError>;
+    /// Adds an address to a farm's pool; [`StoreError::Conflict`] if it is in any pool already,
+    /// or is the public address of another farm's node.
     fn add_farm_ip(&self, farm: FarmId, ip: &AddFarmIp, now: i64) -> Result<Farm, StoreError>;
     /// Removes an address from a farm's pool; [`StoreError::Conflict`] while a contract holds it.
     fn remove_farm_ip(&self, farm: FarmId, ip: Ipv4Addr) -> Result<Farm, StoreError>;
     fn farm_ips(&self, farm: FarmId) -> Result<Vec<FarmIp>, StoreError>;
 
     /// Creates the node of `twin` or updates it. Returns the node and whether it was created.
+    /// A new node, or one moving to another farm, needs that farm's admission
+    /// ([`StoreError::Forbidden`] without it).
     /// A node that moves to another farm loses its public configuration (and gets a
     /// `public_config_changed` event).
     fn upsert_node(
@@ -142,7 +151,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         name: &str,
         now: i64,
     ) -> Result<Contract, StoreError>;
-    /// A rent contract; [`StoreError::Conflict`] while the node is rented.
+    /// A rent contract; [`StoreError::Forbidden`] unless the node's farm is rentable,
+    /// [`StoreError::Conflict`] while the node is rented.
     fn create_rent_contract(
         &self,
         twin: TwinId,

@@ -10,8 +10,8 @@ use ipnet::Ipv4Net;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use zos_types::registry::{
-    AddFarmIp, Farm, FarmIp, Hardware, Interface, Node, NodeFilter, NodeRegistration, PublicConfig,
-    Twin, is_online,
+    AddFarmIp, Farm, FarmIp, FarmPolicy, Hardware, Interface, Node, NodeFilter, NodeRegistration,
+    PublicConfig, Twin, is_online,
 };
 use zos_types::{Capacity, FarmId, NodeId, PublicKey, TwinId};
 
@@ -86,6 +86,8 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 2: contracts and node event logs.
     super::contracts::MIGRATION,
+    // 3: farm policies.
+    super::farms::MIGRATION,
 ];
 
 /// The schema version this binary writes.
@@ -401,6 +403,7 @@ fn load_farm(
         name,
         twin_id,
         public_ips: load_farm_ips(conn, id)?,
+        policy: super::farms::policy(conn, id)?.unwrap_or_default(),
         created_at,
     }))
 }
@@ -497,6 +500,7 @@ impl Store for SqliteStore {
                 name: name.into(),
                 twin_id: twin,
                 public_ips: Vec::new(),
+                policy: FarmPolicy::default(),
                 created_at: now,
             })
         })
@@ -531,16 +535,7 @@ impl Store for SqliteStore {
                 return Err(StoreError::NotFound(format!("farm {farm} does not exist")));
             }
             let address = u32::from(ip.ip.addr());
-            let holder: Option<i64> = tx
-                .prepare_cached("SELECT farm_id FROM farm_ips WHERE address = ?1")
-                .and_then(|mut s| s.query_row([address], |r| r.get(0)).optional())
-                .map_err(db("adding a farm IP"))?;
-            if let Some(holder) = holder {
-                return Err(StoreError::Conflict(format!(
-                    "{} is already in the pool of farm {holder}",
-                    ip.ip.addr()
-                )));
-            }
+            super::farms::ensure_unclaimed(tx, farm, ip.ip.addr())?;
             tx.prepare_cached(
                 "INSERT INTO farm_ips (address, farm_id, prefix_len, gateway, added_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -598,6 +593,14 @@ impl Store for SqliteStore {
         })
     }
 
+    fn set_farm_policy(&self, farm: FarmId, policy: &FarmPolicy) -> Result<Farm, StoreError> {
+        self.write("setting a farm policy", |tx| {
+            super::farms::set_policy(tx, farm, policy)?;
+            load_farm(tx, "id = ?1", &farm)?
+                .ok_or_else(|| StoreError::NotFound(format!("farm {farm} does not exist")))
+        })
+    }
+
     fn farm_ips(&self, farm: FarmId) -> Result<Vec<FarmIp>, StoreError> {
         let conn = self.conn();
         let exists: Option<i64> = conn
@@ -634,6 +637,10 @@ impl Store for SqliteStore {
                         .optional()
                 })
                 .map_err(db("registering a node"))?;
+            // Joining a farm (new, or moving in) needs its admission; staying does not.
+            if existing.is_none_or(|(_, farm)| farm != i64::from(reg.farm_id)) {
+                super::farms::admit(tx, reg.farm_id, reg.admission.as_ref(), now)?;
+            }
             let c = &reg.capacity;
             let r = &reg.reserved;
             let interfaces = serde_json::to_string(&reg.interfaces).expect("interfaces serialize");
@@ -732,6 +739,13 @@ impl Store for SqliteStore {
         now: i64,
     ) -> Result<Node, StoreError> {
         self.write("setting a public config", |tx| {
+            let farm: Option<FarmId> = tx
+                .prepare_cached("SELECT farm_id FROM nodes WHERE id = ?1")
+                .and_then(|mut s| s.query_row([node], |r| r.get(0)).optional())
+                .map_err(db("reading a node"))?;
+            let farm =
+                farm.ok_or_else(|| StoreError::NotFound(format!("node {node} does not exist")))?;
+            super::farms::ensure_config_unclaimed(tx, farm, config)?;
             let text = serde_json::to_string(config).expect("public config serializes");
             let n = tx
                 .prepare_cached(

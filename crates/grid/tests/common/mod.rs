@@ -5,17 +5,20 @@
 
 pub mod nodes;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use tempfile::TempDir;
 use zos_client::GridClient;
-use zos_grid::clock::ManualClock;
+use zos_grid::clock::{Clock, ManualClock};
 use zos_grid::{GridConfig, RunningGrid};
 use zos_types::auth::{RequestAuth, Signer};
 use zos_types::capacity::GIB;
-use zos_types::registry::{Farm, Hardware, Interface, Node, NodeRegistration, Twin};
+use zos_types::registry::{
+    AdmissionToken, Farm, Hardware, Interface, Node, NodeRegistration, Twin,
+};
 use zos_types::{Capacity, FarmId, Identity};
 
 /// Changes made to the default config of a test grid.
@@ -27,6 +30,8 @@ pub struct TestGrid {
     pub clock: ManualClock,
     configure: Configure,
     dir: TempDir,
+    /// The farmer key of each farm [`Self::farm`] made, to sign node admissions.
+    farmers: Mutex<HashMap<FarmId, Identity>>,
 }
 
 impl TestGrid {
@@ -45,6 +50,7 @@ impl TestGrid {
             clock,
             configure,
             dir,
+            farmers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -98,14 +104,32 @@ impl TestGrid {
     pub async fn farm(&self, name: &str) -> (GridClient, Farm) {
         let (farmer, _) = self.twin().await;
         let farm = farmer.create_farm(name).await.expect("farm created");
+        let key = farmer.identity().unwrap().clone();
+        self.farmers.lock().unwrap().insert(farm.id, key);
         (farmer, farm)
     }
 
-    /// A new node twin registered in `farm`.
+    /// An admission into `farm` signed by its farmer (a farm [`Self::farm`] made), valid for
+    /// a day of the grid's clock.
+    pub fn admission(&self, farm: FarmId) -> AdmissionToken {
+        let farmers = self.farmers.lock().unwrap();
+        let farmer = farmers.get(&farm).expect("a farm this grid's helper made");
+        AdmissionToken::sign(farmer, farm, self.clock.now() + 86_400)
+    }
+
+    /// A registration in `farm` carrying its farmer's admission.
+    pub fn admitted(&self, farm: FarmId) -> NodeRegistration {
+        NodeRegistration {
+            admission: Some(self.admission(farm)),
+            ..registration(farm)
+        }
+    }
+
+    /// A new node twin registered in `farm`, admitted by its farmer.
     pub async fn node(&self, farm: FarmId) -> (GridClient, Node) {
         let (client, _) = self.twin().await;
         let (node, created) = client
-            .register_node(&registration(farm))
+            .register_node(&self.admitted(farm))
             .await
             .expect("node registered");
         assert!(created);
@@ -150,6 +174,7 @@ pub fn registration(farm_id: FarmId) -> NodeRegistration {
         zos_version: "0.1.0".into(),
         report_interval_secs: 60,
         limited: None,
+        admission: None,
     }
 }
 

@@ -13,6 +13,7 @@
 //! kernel, so every mount point carries the node's prefix. See `docs/flist.md` (Node).
 
 mod fake;
+mod policy;
 mod process;
 mod state;
 
@@ -22,6 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use fake::MemoryFlists;
+pub use policy::{FarmFlistHosts, FlistUrlError, FlistUrlPolicy, GridFarmHosts};
 pub use process::{FlistConfig, ProcessFlists};
 pub use state::{STATE_FILE, STATE_VERSION};
 

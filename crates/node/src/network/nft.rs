@@ -33,7 +33,9 @@ fn replace_table(out: &mut String, family: &str, name: &str, body: &str) {
 }
 
 /// The host's tables: input protection, NAT egress of workloads, forwarding to `ndmz`, and
-/// the anti-spoofing filters of VM ports on the bridges.
+/// the filters of VM ports on the bridges: anti-spoofing (MAC, IPv4, IPv6 sources), and no
+/// router advertisements, ICMPv6 redirects, or DHCP / DHCPv6 server replies (UDP from port 67
+/// or 547) from a workload, on the public bridge or any other.
 pub fn host_ruleset(table: &str, host_dmz: &str, wg_ports: &[u16], ports: &[PortFilter]) -> String {
     let mut inet = String::new();
     let ports_list = wg_ports
@@ -105,6 +107,12 @@ pub fn host_ruleset(table: &str, host_dmz: &str, wg_ports: &[u16], ports: &[Port
             "    ether type ip6 ip6 saddr != {{ ::, fe80::/10{v6} }} drop"
         );
         let _ = writeln!(bridge, "    ether type != {{ arp, ip, ip6 }} drop");
+        // A workload is never the router or the DHCP server of the segment it sits on.
+        let _ = writeln!(
+            bridge,
+            "    icmpv6 type {{ nd-router-advert, nd-redirect }} drop"
+        );
+        let _ = writeln!(bridge, "    udp sport {{ 67, 547 }} drop");
         let _ = writeln!(bridge, "  }}");
         let _ = writeln!(bridge, "  chain out_{id} {{");
         match p.ipv4 {
@@ -258,6 +266,8 @@ mod tests {
         assert!(text.contains("\"a-p123\" : jump in_a_p123"));
         assert!(text.contains("ether saddr != 02:00:00:00:00:01 drop"));
         assert!(text.contains("ip saddr != 10.99.0.50 drop"));
+        assert!(text.contains("icmpv6 type { nd-router-advert, nd-redirect } drop"));
+        assert!(text.contains("udp sport { 67, 547 } drop"));
         assert!(text.contains("ip saddr 100.127.0.0/16 oifname != \"admz\" masquerade"));
         // Empty sets and maps carry no elements line (nft refuses empty braces).
         let empty = host_ruleset("zos", "dmz", &[], &[]);

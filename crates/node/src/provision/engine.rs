@@ -1,7 +1,8 @@
 //! The provisioning engine: accepts deployments after checking them, stores them, and applies
 //! them in the background, one job at a time, in type order.
 //!
-//! Checks, in order: structure, the sender is the deployment's twin, signatures, the contract
+//! Checks, in order: structure, the sender is the deployment's twin, signatures (made for this
+//! node: decision 0004), the contract
 //! (a node contract for this node, active, with the same hash), and capacity. Only then is
 //! anything stored. Work is a queue of jobs in the store: a crash loses none, and a restart
 //! finishes them. On start the engine reconciles: every workload the store says is ok is
@@ -22,6 +23,7 @@ use zos_types::{Capacity, NodeId, PublicKey, TwinId};
 
 use super::managers::{Manager, ManagerError, Target, Unsupported};
 use super::store::{Job, LogEntry, Store, StoreError};
+use crate::flist::{FlistUrlError, FlistUrlPolicy};
 
 /// What the engine asks the grid.
 pub trait GridView: Send + Sync {
@@ -72,6 +74,25 @@ pub struct Usage {
     pub workload_count: u64,
 }
 
+/// A deployment uses at most the public IPv4 addresses its contract reserved, and a new one
+/// exactly those: a contract that holds more than its deployment uses would keep addresses of
+/// the farm's pool from everyone else.
+fn check_public_ips(
+    contract: ContractId,
+    reserved: u32,
+    d: &Deployment,
+) -> Result<(), EngineError> {
+    let used = d
+        .public_ipv4_count()
+        .map_err(|e| EngineError::Invalid(e.to_string()))?;
+    if used > reserved || (d.version == 0 && used < reserved) {
+        return Err(EngineError::Forbidden(format!(
+            "contract {contract} reserves {reserved} public IPv4 address(es) but the deployment uses {used}: make the contract with public_ips = {used}"
+        )));
+    }
+    Ok(())
+}
+
 /// The engine's fixed facts about the node.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -88,6 +109,8 @@ pub struct Engine {
     node_id: watch::Receiver<Option<NodeId>>,
     cfg: EngineConfig,
     wake: Notify,
+    /// Which flist URLs deployments may name (none: not checked, for tests of other rules).
+    flist_policy: Option<FlistUrlPolicy>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -135,7 +158,14 @@ impl Engine {
             node_id,
             cfg,
             wake: Notify::new(),
+            flist_policy: None,
         }
+    }
+
+    /// The same engine, refusing deployments whose flists are not on hosts `policy` allows.
+    pub fn with_flist_policy(mut self, policy: FlistUrlPolicy) -> Self {
+        self.flist_policy = Some(policy);
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -159,6 +189,7 @@ impl Engine {
             )));
         }
         self.check(source, &d).await?;
+        super::network::check_network_count(&self.store, &d)?;
         let need = d
             .capacity()
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
@@ -184,6 +215,7 @@ impl Engine {
                 EngineError::NotFound(format!("deployment {} not found", d.contract_id))
             })?;
         self.check(source, &d).await?;
+        super::network::check_network_count(&self.store, &d)?;
         let plan = old
             .plan_update(&d)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
@@ -236,12 +268,12 @@ impl Engine {
                 keys.insert(s.twin_id, k);
             }
         }
-        d.verify_signatures(|t| keys.get(&t).copied())
-            .map_err(|e| EngineError::Forbidden(e.to_string()))?;
-
         let node = (*self.node_id.borrow()).ok_or_else(|| {
             EngineError::Unavailable("this node is not registered yet: try again shortly".into())
         })?;
+        // Signatures name the node (decision 0004): one made for another node is refused.
+        d.verify_signatures(node, |t| keys.get(&t).copied())
+            .map_err(|e| EngineError::Forbidden(e.to_string()))?;
         let contract = self
             .grid
             .contract(d.contract_id)
@@ -259,6 +291,7 @@ impl Engine {
         let ContractKind::Node {
             node_id,
             deployment_hash,
+            public_ips,
             ..
         } = &contract.kind
         else {
@@ -285,7 +318,29 @@ impl Engine {
                 "deployment hash {hash} differs from the contract's {deployment_hash}: the deployment was changed after the contract was made"
             )));
         }
-        Ok(())
+        check_public_ips(contract.id, *public_ips, d)?;
+        self.check_flist_urls(d).await
+    }
+
+    /// Every flist the deployment names is on the grid's hub or a host the farm allows; checked
+    /// before anything fetches it.
+    async fn check_flist_urls(&self, d: &Deployment) -> Result<(), EngineError> {
+        let Some(policy) = &self.flist_policy else {
+            return Ok(());
+        };
+        let mut urls = Vec::new();
+        for w in &d.workloads {
+            if let WorkloadData::Zmachine(m) =
+                w.parse().map_err(|e| EngineError::Invalid(e.to_string()))?
+            {
+                urls.push(m.flist);
+            }
+        }
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+        policy.check(&urls).await.map_err(|e| match e {
+            FlistUrlError::Unavailable(m) => EngineError::Unavailable(m),
+            e => EngineError::Forbidden(e.to_string()),
+        })
     }
 
     /// Refuses `need` when the node lacks the memory or the disk for it. Cores may be shared.

@@ -58,6 +58,16 @@ fn bed_with(
     grid: Arc<FakeGrid>,
     limited: Option<String>,
 ) -> Bed {
+    bed_full(store, storage, grid, limited, None)
+}
+
+fn bed_full(
+    store: Arc<Store>,
+    storage: Arc<MemoryStorage>,
+    grid: Arc<FakeGrid>,
+    limited: Option<String>,
+    flist_policy: Option<crate::flist::FlistUrlPolicy>,
+) -> Bed {
     let user = Identity::from_seed([9; 32]);
     grid.twins.lock().unwrap().insert(7, user.public_key());
     let mut managers: HashMap<WorkloadType, Arc<dyn Manager>> = HashMap::new();
@@ -86,7 +96,11 @@ fn bed_with(
         },
         limited,
     };
-    let engine = Arc::new(Engine::new(store, managers, grid.clone(), rx, cfg));
+    let mut engine = Engine::new(store, managers, grid.clone(), rx, cfg);
+    if let Some(p) = flist_policy {
+        engine = engine.with_flist_policy(p);
+    }
+    let engine = Arc::new(engine);
     let stop = CancellationToken::new();
     tokio::spawn(engine.clone().run(stop.clone()));
     Bed {
@@ -161,7 +175,7 @@ impl Bed {
                 updated_at: 0,
             },
         );
-        d.sign(7, &self.user).unwrap();
+        d.sign(node, 7, &self.user).unwrap();
     }
 
     async fn settled(&self, contract: ContractId) -> Deployment {
@@ -305,11 +319,12 @@ async fn bad_deployments_are_refused_and_store_nothing() {
     let mut tampered = deployment(2);
     b.contract_and_sign(&mut tampered, NODE);
     tampered.workloads[0].data = json!({"size": 2 * GIB});
-    tampered.sign(7, &b.user).unwrap();
+    tampered.sign(NODE, 7, &b.user).unwrap();
     refused(&b, 7, tampered, "differs from the contract").await;
 
     let mut elsewhere = deployment(3);
     b.contract_and_sign(&mut elsewhere, NODE + 1);
+    elsewhere.sign(NODE, 7, &b.user).unwrap();
     refused(&b, 7, elsewhere, "is for node 2").await;
 
     let mut unsigned = deployment(4);
@@ -337,13 +352,59 @@ async fn bad_deployments_are_refused_and_store_nothing() {
     refused(&b, 7, greedy, "of SSD asked").await;
 
     let mut no_contract = deployment(8);
-    no_contract.sign(7, &b.user).unwrap();
+    no_contract.sign(NODE, 7, &b.user).unwrap();
     refused(&b, 7, no_contract, "contract 8 does not exist").await;
 
     let mut dup = deployment(9);
     dup.workloads[1].name = "disk".into();
     b.contract_and_sign(&mut dup, NODE);
     refused(&b, 7, dup, "used twice").await;
+}
+
+/// Twin 8 co-signs twin 7's deployment for another node; twin 7 attaches that co-signature
+/// to the same deployment (same hash, its own contract) sent to this node.
+#[tokio::test]
+async fn co_signature_made_for_another_node_is_refused() {
+    let b = bed();
+    let cosigner = Identity::from_seed([8; 32]);
+    b.grid
+        .twins
+        .lock()
+        .unwrap()
+        .insert(8, cosigner.public_key());
+    let mut d = deployment(11);
+    d.signature_requirement.requests.push(SignatureRequest {
+        twin_id: 8,
+        required: true,
+        weight: 1,
+    });
+    d.signature_requirement.weight_required = 2;
+    let mut for_other = d.clone();
+    for_other.sign(NODE + 1, 8, &cosigner).unwrap();
+    b.contract_and_sign(&mut d, NODE);
+    d.signature_requirement
+        .signatures
+        .extend(for_other.signature_requirement.signatures);
+    refused(
+        &b,
+        7,
+        d.clone(),
+        "twin 8's signature does not match this deployment on node 1",
+    )
+    .await;
+    // Signed for this node, the same deployment is taken.
+    d.sign(NODE, 8, &cosigner).unwrap();
+    b.engine.deploy(7, d).await.unwrap();
+}
+
+/// A signature over the bare hash (the form before decision 0004) is refused with a hint.
+#[tokio::test]
+async fn signature_of_the_old_form_is_refused_with_a_hint_to_re_sign() {
+    let b = bed();
+    let mut d = deployment(12);
+    b.contract_and_sign(&mut d, NODE);
+    d.signature_requirement.signatures[0].signature = b.user.sign(&d.hash().unwrap().0);
+    refused(&b, 7, d, "old form").await;
 }
 
 #[tokio::test]
@@ -649,7 +710,7 @@ mod network {
         let nb = net_bed().await;
         let b = &nb.bed;
         let mut d = net_deployment(1, 4000, true);
-        contract_with_ips(b, &mut d, &["198.51.100.10/24", "198.51.100.11/24"]);
+        contract_with_ips(b, &mut d, &["198.51.100.10/24"]);
         b.engine.deploy(7, d.clone()).await.unwrap();
         let got = b.settled(1).await;
         assert_eq!(Bed::state(&got, "mynet"), ResultState::Ok);
@@ -734,12 +795,67 @@ mod network {
         );
     }
 
+    /// A twin makes network resources on a node until the node runs out of namespaces,
+    /// bridges and ports: each one counts against the node's memory, and the 17th is refused
+    /// with what to do, leaving the 16 as they were.
+    #[tokio::test]
+    async fn a_twin_cannot_fill_a_node_with_network_resources() {
+        use super::super::network::{MAX_NETWORKS_PER_TWIN, NETWORK_RESOURCE_COST};
+        let nb = net_bed().await;
+        let b = &nb.bed;
+        let mut d = deployment(1);
+        d.workloads = (0..MAX_NETWORKS_PER_TWIN)
+            .map(|i| {
+                workload(
+                    &format!("net{i}"),
+                    WorkloadType::Network,
+                    net_data(4000 + i as u16),
+                )
+            })
+            .collect();
+        b.contract_and_sign(&mut d, NODE);
+        b.engine.deploy(7, d).await.unwrap();
+        let got = b.settled(1).await;
+        assert!(
+            got.workloads
+                .iter()
+                .all(|w| w.result.as_ref().unwrap().state == ResultState::Ok)
+        );
+        assert_eq!(
+            b.engine.usage().unwrap().workloads.mru,
+            MAX_NETWORKS_PER_TWIN as u64 * NETWORK_RESOURCE_COST.mru
+        );
+
+        let mut more = deployment(2);
+        more.workloads = vec![workload("one_more", WorkloadType::Network, net_data(5000))];
+        b.contract_and_sign(&mut more, NODE);
+        let e = b.engine.deploy(7, more).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("twin 7 would have 17 network resources on this node, at most 16"),
+            "{e}"
+        );
+        assert!(b.engine.store().get(2).unwrap().is_none());
+        assert_eq!(
+            nb.net.wireguard_ports().await.unwrap().len(),
+            MAX_NETWORKS_PER_TWIN
+        );
+    }
+
     #[tokio::test]
     async fn an_ip_without_a_reserved_address_fails_alone() {
         let nb = net_bed().await;
         let b = &nb.bed;
         let mut d = net_deployment(1, 4000, true);
         contract_with_ips(b, &mut d, &[]);
+        // The contract counts one address but its list lost it (the pool changed under it).
+        if let Some(Contract {
+            kind: ContractKind::Node { public_ips, .. },
+            ..
+        }) = b.grid.contracts.lock().unwrap().get_mut(&1)
+        {
+            *public_ips = 1;
+        }
         b.engine.deploy(7, d).await.unwrap();
         let got = b.settled(1).await;
         assert_eq!(Bed::state(&got, "mynet"), ResultState::Ok);

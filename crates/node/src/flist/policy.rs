@@ -1,0 +1,186 @@
+//! Which flist URLs a deployment may name: those on the grid's own hub and on the hosts the
+//! node's farm allows (its policy's `flist_hosts`, `host` or `host:port`). Anything else (another
+//! host, `file://`, a URL with credentials) is refused when the deployment arrives, before the
+//! node fetches anything, so a tenant cannot make the node reach hosts of its own choosing
+//! (internal services, another tenant's machines). Redirects are followed only within the host
+//! named (`zos_flist::store::same_origin_redirects`).
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use reqwest::Url;
+use zos_client::GridClient;
+use zos_types::FarmId;
+
+/// Where the farm's allowed hosts come from.
+pub trait FarmFlistHosts: Send + Sync {
+    /// The hosts the node's farm allows besides the grid's hub.
+    fn hosts(&self) -> BoxFuture<'_, Result<Vec<String>, String>>;
+}
+
+/// The farm's policy as the registry has it now.
+#[derive(Debug, Clone)]
+pub struct GridFarmHosts {
+    pub client: GridClient,
+    pub farm: FarmId,
+}
+
+impl FarmFlistHosts for GridFarmHosts {
+    fn hosts(&self) -> BoxFuture<'_, Result<Vec<String>, String>> {
+        Box::pin(async move {
+            self.client
+                .get_farm(self.farm)
+                .await
+                .map(|f| f.policy.flist_hosts)
+                .map_err(|e| {
+                    format!(
+                        "cannot read farm {}'s flist hosts from the grid: {}",
+                        self.farm,
+                        crate::registrar::error_chain(&e)
+                    )
+                })
+        })
+    }
+}
+
+/// Why a flist URL is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlistUrlError {
+    #[error("flist {url:?}: {reason}")]
+    Bad { url: String, reason: String },
+    #[error(
+        "flist {url:?}: host {host} is neither the grid's hub ({hub}) nor a host this farm allows ({allowed}); use a flist on the hub, or ask the farmer to allow the host (`zos farm policy FARM --flist-host HOST`)"
+    )]
+    NotAllowed {
+        url: String,
+        host: String,
+        hub: String,
+        allowed: String,
+    },
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The URL policy of one node.
+#[derive(Clone)]
+pub struct FlistUrlPolicy {
+    /// `host:port` of the grid's hub.
+    hub: String,
+    farm: Arc<dyn FarmFlistHosts>,
+}
+
+impl std::fmt::Debug for FlistUrlPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlistUrlPolicy")
+            .field("hub", &self.hub)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `host:port` of an http(s) URL (the port written out when the URL leaves it implied).
+fn host_port(url: &str) -> Result<(Url, String), String> {
+    let u = Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return Err(format!(
+            "scheme {:?} is not allowed (use http or https)",
+            u.scheme()
+        ));
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err("a flist URL carries no credentials".into());
+    }
+    let host = u.host_str().ok_or("the URL names no host")?.to_string();
+    let port = u.port_or_known_default().ok_or("the URL names no port")?;
+    Ok((u, format!("{host}:{port}")))
+}
+
+/// `host` or `host:port` of a farm's list, with the port of `scheme` when it has none.
+fn matches(allowed: &str, host_port: &str, scheme: &str) -> bool {
+    if allowed.contains(':') {
+        return allowed == host_port;
+    }
+    let default = if scheme == "https" { 443 } else { 80 };
+    host_port == format!("{allowed}:{default}")
+}
+
+impl FlistUrlPolicy {
+    /// The policy of a node of the grid at `grid_url` whose farm's hosts come from `farm`.
+    pub fn new(grid_url: &str, farm: Arc<dyn FarmFlistHosts>) -> Result<Self, String> {
+        let (_, hub) = host_port(grid_url).map_err(|e| format!("grid URL {grid_url}: {e}"))?;
+        Ok(Self { hub, farm })
+    }
+
+    /// Checks every URL of `urls`; asks the farm's hosts only when one is not on the hub.
+    pub async fn check(&self, urls: &[&str]) -> Result<(), FlistUrlError> {
+        let mut off_hub = Vec::new();
+        for url in urls {
+            let (u, hp) = host_port(url).map_err(|reason| FlistUrlError::Bad {
+                url: url.to_string(),
+                reason,
+            })?;
+            if hp != self.hub {
+                off_hub.push((url.to_string(), u.scheme().to_string(), hp));
+            }
+        }
+        if off_hub.is_empty() {
+            return Ok(());
+        }
+        let allowed = self
+            .farm
+            .hosts()
+            .await
+            .map_err(FlistUrlError::Unavailable)?;
+        for (url, scheme, hp) in off_hub {
+            if !allowed.iter().any(|a| matches(a, &hp, &scheme)) {
+                return Err(FlistUrlError::NotAllowed {
+                    url,
+                    host: hp,
+                    hub: self.hub.clone(),
+                    allowed: if allowed.is_empty() {
+                        "none".into()
+                    } else {
+                        allowed.join(", ")
+                    },
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed(Vec<String>);
+    impl FarmFlistHosts for Fixed {
+        fn hosts(&self) -> BoxFuture<'_, Result<Vec<String>, String>> {
+            let h = self.0.clone();
+            Box::pin(async move { Ok(h) })
+        }
+    }
+
+    #[tokio::test]
+    async fn hub_and_farm_hosts_pass_everything_else_is_refused() {
+        let farm = Arc::new(Fixed(vec!["hub.grid.tf".into(), "10.0.0.9:8080".into()]));
+        let p = FlistUrlPolicy::new("http://127.0.0.1:8080", farm).unwrap();
+        for ok in [
+            "http://127.0.0.1:8080/api/v1/hub/flists/1/a.fl",
+            "https://hub.grid.tf/x.fl",
+            "http://hub.grid.tf:80/x.fl",
+            "http://10.0.0.9:8080/x.fl",
+        ] {
+            p.check(&[ok]).await.unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (bad, needle) in [
+            ("http://127.0.0.1:8081/a.fl", "is neither the grid's hub"),
+            ("http://hub.grid.tf:8080/x.fl", "is neither"),
+            ("http://10.0.0.9/x.fl", "is neither"),
+            ("file:///etc/shadow", "scheme \"file\""),
+            ("http://u:p@hub.grid.tf/x.fl", "credentials"),
+        ] {
+            let e = p.check(&[bad]).await.unwrap_err().to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+}
