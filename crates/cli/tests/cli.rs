@@ -193,3 +193,92 @@ fn no_grid_says_what_to_do() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--grid"));
 }
+
+/// A farmer sets the farm's policy and makes an admission token from the command line; a node
+/// joins with that token, another twin can neither change the policy nor make tokens, and a
+/// node without a token is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn farm_policy_and_admission_tokens_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let grid = start(GridConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("grid"),
+    ))
+    .await
+    .unwrap();
+    let url = grid.url();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let (alice, bob) = (
+        User::new(&url, &home, "alice"),
+        User::new(&url, &home, "bob"),
+    );
+    for u in [&alice, &bob] {
+        u.ok(&["key", "new"]);
+        u.ok(&["twin", "create"]);
+    }
+    let farm = alice.json(&["farm", "create", "policy-farm"]);
+    assert_eq!(farm["policy"]["node_admission"], "signed");
+    assert_eq!(farm["policy"]["rentable"], false);
+
+    let policy = alice.json(&[
+        "farm",
+        "policy",
+        "policy-farm",
+        "--rentable",
+        "true",
+        "--flist-host",
+        "hub.example",
+        "--flist-host",
+        "10.0.0.9:8080",
+    ]);
+    assert_eq!(policy["rentable"], true);
+    assert_eq!(
+        policy["flist_hosts"],
+        serde_json::json!(["hub.example", "10.0.0.9:8080"])
+    );
+    let shown = alice.ok(&["farm", "show", "policy-farm"]);
+    assert!(shown.contains("hub.example, 10.0.0.9:8080"), "{shown}");
+    let err = bob.fails(&["farm", "policy", "policy-farm", "--admission", "open"]);
+    assert!(err.contains("not the farmer"), "{err}");
+    let err = bob.fails(&["farm", "admission", "policy-farm"]);
+    assert!(err.contains("only its farmer's key"), "{err}");
+    let err = alice.fails(&["farm", "policy", "policy-farm", "--flist-host", "http://x"]);
+    assert!(err.contains("flist_hosts[0]"), "{err}");
+
+    // A node joins with the farmer's token, and only with it.
+    let token = alice.ok(&["farm", "admission", "policy-farm", "--days", "1"]);
+    let token: zos_types::registry::AdmissionToken = token.trim().parse().unwrap();
+    let farm_id = farm["id"].as_u64().unwrap() as u32;
+    let node = zos_client::GridClient::new(&url)
+        .unwrap()
+        .with_identity(zos_types::Identity::generate().unwrap());
+    let twin = node.create_twin(None).await.unwrap();
+    let node = node.with_twin(twin.id);
+    let mut reg = zos_types::registry::NodeRegistration {
+        farm_id,
+        capacity: zos_types::Capacity {
+            cru: 2,
+            mru: 4 << 30,
+            sru: 0,
+            hru: 0,
+        },
+        reserved: zos_types::Capacity::ZERO,
+        hardware: zos_types::registry::Hardware {
+            serial: "x".into(),
+            virtualized: true,
+            cpu_model: "x".into(),
+        },
+        interfaces: vec![],
+        zos_version: "0.1.0".into(),
+        report_interval_secs: 60,
+        limited: None,
+        admission: None,
+    };
+    let err = node.register_node(&reg).await.unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    reg.admission = Some(token);
+    let (n, created) = node.register_node(&reg).await.unwrap();
+    assert!(created && n.farm_id == farm_id);
+    grid.shutdown().await.unwrap();
+}

@@ -222,9 +222,19 @@ pub async fn run(
     }
 
     // Flists and virtual machines: mounts and VMs that outlived the last zosd are adopted.
+    // Flist URLs (of deployments, and the routes inside flists): the hub or the farm's hosts.
+    let flist_policy = FlistUrlPolicy::new(
+        &cfg.grid,
+        Arc::new(GridFarmHosts {
+            client: GridClient::new(&cfg.grid)?,
+            farm: cfg.farm_id,
+        }),
+    )
+    .map_err(anyhow::Error::msg)?;
     let flists = Arc::new(
         ProcessFlists::new(FlistConfig::new(&state_dir, &cfg.grid, &cfg.prefix))
-            .context("opening the flist state")?,
+            .context("opening the flist state")?
+            .with_url_policy(flist_policy.clone()),
     );
     match flists.reconcile().await {
         Ok(r) => info!(
@@ -327,16 +337,7 @@ pub async fn run(
                 limited: facts.limited.clone(),
             },
         )
-        .with_flist_policy(
-            FlistUrlPolicy::new(
-                &cfg.grid,
-                Arc::new(GridFarmHosts {
-                    client: GridClient::new(&cfg.grid)?,
-                    farm: cfg.farm_id,
-                }),
-            )
-            .map_err(anyhow::Error::msg)?,
-        ),
+        .with_flist_policy(flist_policy),
     );
     let _ = engine_cell.set(engine.clone());
     let pending = engine

@@ -1040,6 +1040,25 @@ mod tests {
     }
 
     #[test]
+    fn farms_of_a_schema_2_registry_get_the_default_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.sqlite");
+        let old = SqliteStore::open_with(&path, &MIGRATIONS[..2]).unwrap();
+        let farmer = zos_types::Identity::from_seed([1; 32]);
+        let twin = old.create_twin(farmer.public_key(), None, 10).unwrap();
+        let farm = old.create_farm("old-farm", twin.id, 10).unwrap();
+        drop(old);
+        let store = SqliteStore::open(&path).unwrap();
+        let f = store.farm(farm.id).unwrap().unwrap();
+        assert_eq!(f.policy, FarmPolicy::default());
+        assert_eq!(
+            f.policy.node_admission,
+            zos_types::registry::NodeAdmission::Signed
+        );
+        assert!(!f.policy.rentable && f.policy.flist_hosts.is_empty());
+    }
+
+    #[test]
     fn later_migrations_apply_to_an_older_database_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("registry.sqlite");

@@ -83,6 +83,8 @@ pub fn default_mount_binary() -> PathBuf {
 pub struct ProcessFlists {
     config: FlistConfig,
     lock: tokio::sync::Mutex<()>,
+    /// Which of a flist's own routes a mount may read from (none: every supported one).
+    url_policy: Option<super::FlistUrlPolicy>,
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FlistError {
@@ -106,9 +108,18 @@ impl ProcessFlists {
         let me = Self {
             config,
             lock: tokio::sync::Mutex::new(()),
+            url_policy: None,
         };
         State::load(&me.state_path())?;
         Ok(me)
+    }
+
+    /// The same manager, reading a flist's own block routes only from hosts `policy` allows
+    /// (a tenant's flist names its routes: without this a mount would fetch from any host, or
+    /// read a host directory through a `dir://` route).
+    pub fn with_url_policy(mut self, policy: super::FlistUrlPolicy) -> Self {
+        self.url_policy = Some(policy);
+        self
     }
 
     /// The settings.
@@ -398,11 +409,26 @@ impl ProcessFlists {
             let supported = ["dir://", "http://", "https://", "s3://", "s3s://"]
                 .iter()
                 .any(|s| r.url.starts_with(s));
-            if supported && !out.contains(&r.url) {
+            if supported && !out.contains(&r.url) && self.route_allowed(&r.url).await {
                 out.push(r.url);
             }
         }
         out
+    }
+
+    /// Whether a mount may read from a flist's own route `url`: always without a policy, else
+    /// only an http(s) route on a host the policy allows.
+    async fn route_allowed(&self, url: &str) -> bool {
+        let Some(policy) = &self.url_policy else {
+            return true;
+        };
+        match policy.check(&[url]).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(route = url, reason = %e, "flist route skipped");
+                false
+            }
+        }
     }
 
     /// Removes what a mount leaves besides its record: its mount point directory, its log, and
@@ -596,5 +622,44 @@ impl FlistManager for ProcessFlists {
         }
         self.save(&st)?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::flist::{FarmFlistHosts, FlistUrlPolicy};
+
+    struct Hosts;
+    impl FarmFlistHosts for Hosts {
+        fn hosts(&self) -> BoxFuture<'_, Result<Vec<String>, String>> {
+            Box::pin(async { Ok(vec!["mirror.example".to_string()]) })
+        }
+    }
+
+    /// A tenant's flist names its own block routes: one on an internal host, one a directory of
+    /// the node. With the node's policy, a mount reads neither; the hub and the farm's hosts stay.
+    #[tokio::test]
+    async fn a_flists_routes_to_other_hosts_or_node_directories_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = FlistConfig::new(dir.path(), "http://127.0.0.1:1", "t");
+        cfg.mount_root = dir.path().join("mnt");
+        let policy = FlistUrlPolicy::new("http://127.0.0.1:1", Arc::new(Hosts)).unwrap();
+        let open = ProcessFlists::new(cfg.clone()).unwrap();
+        let guarded = ProcessFlists::new(cfg).unwrap().with_url_policy(policy);
+        for (route, allowed) in [
+            ("http://127.0.0.1:1/api/v1/hub/blocks", true),
+            ("https://mirror.example/blocks", true),
+            ("http://10.0.0.5:8080/blocks", false),
+            ("dir:///var/lib/zos", false),
+            ("s3://10.0.0.5:9000/bucket", false),
+        ] {
+            assert_eq!(guarded.route_allowed(route).await, allowed, "{route}");
+            assert!(open.route_allowed(route).await, "{route} without a policy");
+        }
     }
 }
