@@ -34,17 +34,22 @@ async fn bare_key_post(
     body: serde_json::Value,
 ) -> u16 {
     let id = Identity::generate().unwrap();
+    signed_post(http, g, &id, Signer::Key(id.public_key()), path, body).await
+}
+
+/// A POST of `body` to `path` (of the registry API) signed by `signer` with `id`, stamped with
+/// the grid's clock (the typed client stamps with the system's); the status.
+async fn signed_post(
+    http: &reqwest::Client,
+    g: &TestGrid,
+    id: &Identity,
+    signer: Signer,
+    path: &str,
+    body: serde_json::Value,
+) -> u16 {
     let bytes = serde_json::to_vec(&body).unwrap();
     let path = format!("{API_PREFIX}{path}");
-    let now = g.clock.now();
-    let auth = auth_header(
-        &id,
-        Signer::Key(id.public_key()),
-        "POST",
-        &path,
-        now,
-        &bytes,
-    );
+    let auth = auth_header(id, signer, "POST", &path, g.clock.now(), &bytes);
     let resp = http
         .post(format!("{}{path}", g.url()))
         .header("content-type", "application/json")
@@ -98,12 +103,22 @@ async fn bare_key_flood_at_the_replay_cache_size_does_not_lock_out_twins() {
     let farm = farmer.create_farm("after-the-flood").await.unwrap();
     assert_eq!(farm.name, "after-the-flood");
     // Twin creation is back once the flood's signatures left the window.
-    let fresh = g.client().with_identity(Identity::generate().unwrap());
-    let e = fresh.create_twin(None).await.unwrap_err();
+    let fresh = Identity::generate().unwrap();
+    let e = g
+        .client()
+        .with_identity(fresh.clone())
+        .create_twin(None)
+        .await
+        .unwrap_err();
     assert_eq!(e.status(), Some(503), "{e}");
     assert!(e.to_string().contains("try again in a minute"), "{e}");
     g.clock.advance(zos_types::auth::MAX_SKEW_SECS + 1);
-    fresh.create_twin(None).await.unwrap();
+    let create = json!({ "public_key": fresh.public_key().to_string() });
+    let key = Signer::Key(fresh.public_key());
+    assert_eq!(
+        signed_post(&http, &g, &fresh, key, "/twins", create).await,
+        201
+    );
 }
 
 #[tokio::test]
@@ -116,10 +131,17 @@ async fn a_twin_over_its_replay_share_gets_429_and_other_twins_are_served() {
         }
     })
     .await;
-    let (greedy, _) = g.twin().await;
+    let (greedy, twin) = g.twin().await;
     let (other, _) = g.twin().await;
+    let http = reqwest::Client::new();
+    let id = greedy.identity().unwrap();
+    let farm = |i: u32| json!({ "name": format!("greedy-{i}") });
+    let as_greedy = Signer::Twin(twin.id);
     for i in 0..20 {
-        greedy.create_farm(&format!("greedy-{i}")).await.unwrap();
+        assert_eq!(
+            signed_post(&http, &g, id, as_greedy, "/farms", farm(i)).await,
+            201
+        );
     }
     let e = greedy.create_farm("greedy-20").await.unwrap_err();
     assert_eq!(e.status(), Some(429), "{e}");
@@ -127,7 +149,10 @@ async fn a_twin_over_its_replay_share_gets_429_and_other_twins_are_served() {
     other.create_farm("patient").await.unwrap();
     // Its share is free again once its requests left the window.
     g.clock.advance(zos_types::auth::MAX_SKEW_SECS + 1);
-    greedy.create_farm("greedy-20").await.unwrap();
+    assert_eq!(
+        signed_post(&http, &g, id, as_greedy, "/farms", farm(20)).await,
+        201
+    );
 }
 
 #[tokio::test]
