@@ -81,12 +81,15 @@ async fn fetch(
 
 /// The result log of deployment `contract` on the node with twin `twin`.
 async fn changes(c: &GridClient, twin: TwinId, contract: ContractId) -> anyhow::Result<Value> {
-    Ok(c.call(
-        twin,
-        "zos.deployment.changes",
-        &json!({ "contract_id": contract }),
-    )
-    .await?)
+    let all = c
+        .call_all(
+            twin,
+            "zos.deployment.changes",
+            json!({ "contract_id": contract }),
+            |e| e.get("seq").cloned(),
+        )
+        .await?;
+    Ok(Value::Array(all))
 }
 
 fn read_file(path: &Path) -> anyhow::Result<String> {

@@ -359,10 +359,13 @@ async fn endpoint_host(c: &GridClient, twin: TwinId, node: NodeId) -> anyhow::Re
 
 async fn wg_ports(c: &GridClient, twin: TwinId, node: NodeId) -> anyhow::Result<Vec<u16>> {
     let v = c
-        .call(twin, "zos.network.list_wg_ports", &Value::Null)
+        .call_all(twin, "zos.network.list_wg_ports", Value::Null, |p| {
+            Some(p.clone())
+        })
         .await
         .with_context(|| format!("asking node {node} for its taken ports"))?;
-    serde_json::from_value(v).context("the node answered ports this zos does not understand")
+    serde_json::from_value(Value::Array(v))
+        .context("the node answered ports this zos does not understand")
 }
 
 async fn node_twin(c: &GridClient, node: NodeId) -> anyhow::Result<TwinId> {
@@ -379,13 +382,15 @@ async fn node_twin(c: &GridClient, node: NodeId) -> anyhow::Result<TwinId> {
 /// Addresses machines use in `name` on `node`.
 async fn used_ips(c: &GridClient, twin: TwinId, name: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
     let v = c
-        .call(
+        .call_all(
             twin,
             "zos.network.list_private_ips",
-            &json!({ "network_name": name }),
+            json!({ "network_name": name }),
+            |ip| Some(ip.clone()),
         )
         .await?;
-    serde_json::from_value(v).context("the node answered addresses this zos does not understand")
+    serde_json::from_value(Value::Array(v))
+        .context("the node answered addresses this zos does not understand")
 }
 
 pub async fn run(cmd: NetworkCmd, g: &Global) -> anyhow::Result<()> {

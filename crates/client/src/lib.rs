@@ -580,6 +580,59 @@ impl GridClient {
         }
     }
 
+    /// Every item of a paged list command of a node (`zos.deployment.list`,
+    /// `zos.deployment.changes`, `zos.network.list_private_ips`, …): asks page after page, each
+    /// with `cursor` set to the key of the last item it got (`key` reads it from an item, for
+    /// example its `seq`), until a page comes back empty. `body` is the command's object (or
+    /// null) without paging fields; the node's default page size applies. A node from before
+    /// paging answers the whole list to the first call and refuses the cursor of the second:
+    /// that ends the list too.
+    pub async fn call_all(
+        &self,
+        dest: TwinId,
+        command: &str,
+        body: serde_json::Value,
+        key: impl Fn(&serde_json::Value) -> Option<serde_json::Value>,
+    ) -> Result<Vec<serde_json::Value>, ClientError> {
+        let mut body = match body {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        let mut all = Vec::new();
+        loop {
+            let page = match self
+                .call(dest, command, &serde_json::Value::Object(body.clone()))
+                .await
+            {
+                // A node from before paging answered the whole list at once.
+                Err(ClientError::Remote(m))
+                    if body.contains_key("cursor") && m.contains("unknown field `cursor`") =>
+                {
+                    return Ok(all);
+                }
+                r => r?,
+            };
+            let items = match page {
+                serde_json::Value::Array(items) => items,
+                other => {
+                    return Err(ClientError::Remote(format!(
+                        "{command} answered {} instead of a page",
+                        other.to_string().chars().take(64).collect::<String>()
+                    )));
+                }
+            };
+            let Some(next) = items.last().and_then(&key) else {
+                return Ok(all);
+            };
+            if body.get("cursor") == Some(&next) {
+                // No progress: the node ignores the cursor (an older node); stop here.
+                return Ok(all);
+            }
+            all.extend(items);
+            body.insert("cursor".into(), next);
+        }
+    }
+
     /// The registry's version and clock; a cheap reachability check.
     pub async fn health(&self) -> Result<Health, ClientError> {
         self.get("/health", &[]).await

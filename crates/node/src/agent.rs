@@ -404,6 +404,7 @@ pub async fn run(
                 engine,
                 view,
                 public_config_changed: public_changed,
+                pool: crate::uplink::PoolLimits::default(),
             };
             uplink.run(stop).await;
         });

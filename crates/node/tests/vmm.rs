@@ -603,3 +603,108 @@ fn vm_mode_boots_its_disk_and_reads_nocloud() {
     assert_gone(&vmm, &lab, &info);
     lab.names.clear();
 }
+
+/// A guest whose entrypoint prints to the console without end: `tick N` lines of 100 bytes.
+fn chatty_spec(lab: &Lab, g: &Path, name: &str) -> VmSpec {
+    let root = lab.path("chatty");
+    zos_testkit::guest::busybox_root(&root, &[]);
+    let entry = "#!/bin/sh\npad=$(printf '%080d' 0)\ni=0\nwhile :; do i=$((i + 1)); printf 'tick %08d %s\\n' $i $pad; done\n";
+    std::fs::write(root.join("entry.sh"), entry).unwrap();
+    sh(&format!("chmod 755 {}", root.join("entry.sh").display()));
+    let seed = Seed {
+        version: SEED_VERSION,
+        instance_id: name.into(),
+        hostname: "chatty".into(),
+        root_tag: "vroot".into(),
+        mounts: vec![],
+        interfaces: vec![],
+        nameservers: vec![],
+        ssh_keys: vec![],
+        entrypoint: "/entry.sh".into(),
+        env: Default::default(),
+    };
+    VmSpec {
+        name: name.into(),
+        cpus: 1,
+        memory: 256 << 20,
+        boot: Boot::Kernel {
+            kernel: g.join("vmlinux"),
+            initramfs: g.join("initramfs.cpio"),
+            cmdline: String::new(),
+            seed: Some(Box::new(seed)),
+        },
+        shares: vec![Share {
+            tag: "vroot".into(),
+            path: root,
+        }],
+        disks: vec![],
+        nics: vec![],
+    }
+}
+
+/// The highest `tick N` in a console text.
+fn last_tick(console: &str) -> u64 {
+    console
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick ")?.get(..8)?.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn guest_printing_forever_keeps_its_console_log_under_the_cap() {
+    let test = "guest_printing_forever_keeps_its_console_log_under_the_cap";
+    if missing(test) {
+        return;
+    }
+    let g = guest();
+    let mut lab = Lab::new("vtr");
+    let cap: u64 = 256 << 10;
+    lab.cfg.console_max = cap;
+    let name = "1-4-chatty";
+    lab.names.push(name.into());
+    let spec = chatty_spec(&lab, &g, name);
+    let rt = rt();
+    let vmm = rt.block_on(async { lab.open() });
+    let info = rt.block_on(vmm.create(spec)).unwrap();
+    let log = info.console_log.clone();
+    let old = PathBuf::from(format!("{}.1", log.display()));
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+
+    // Until the guest printed 8 times the cap, the log and its previous part stay under it
+    // (with what one 200 ms pass lets the guest add), and the newest line is readable.
+    let t = Instant::now();
+    let (mut most, mut tick) = (0, 0);
+    while tick * 100 < 8 * cap {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the guest printed {tick} lines in {:?}",
+            t.elapsed()
+        );
+        most = most.max(size(&log) + size(&old));
+        let console = rt.block_on(vmm.console(name, 4096)).unwrap();
+        let now = last_tick(&console);
+        assert!(
+            now >= tick,
+            "the console went back from tick {tick} to {now}"
+        );
+        tick = now;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rate = tick * 100 / t.elapsed().as_secs().max(1);
+    eprintln!(
+        "{tick} lines printed in {:?} (about {rate} bytes/s); the log held at most {most} bytes (cap {cap})",
+        t.elapsed()
+    );
+    assert!(most > 0, "nothing was printed");
+    assert!(
+        most <= cap + (64 << 10).max(rate / 2),
+        "the console log grew to {most} bytes (cap {cap})"
+    );
+    assert!(old.exists(), "the log was never rotated");
+
+    rt.block_on(vmm.delete(name)).unwrap();
+    assert!(!log.exists() && !old.exists(), "console logs left");
+    lab.names.clear();
+    drop(vmm);
+}

@@ -28,6 +28,9 @@ use crate::{NodeId, TwinId};
 pub const MAX_DEPLOYMENT_BYTES: usize = 256 * 1024;
 /// Most workloads in one deployment.
 pub const MAX_WORKLOADS: usize = 256;
+/// Most twins one deployment's signature requirement lists (and so most signatures it
+/// carries): a node looks up each signer's key on the grid before it accepts a deployment.
+pub const MAX_SIGNERS: usize = 64;
 
 /// Id of a contract on the registry.
 pub type ContractId = u64;
@@ -405,11 +408,19 @@ impl Deployment {
                 _ => {}
             }
         }
+        self.validate_signers()
+    }
+
+    /// The signature requirement's shape: 1 to [`MAX_SIGNERS`] requested twins, each once,
+    /// the deployment's own among them, a reachable weight, and at most one signature per
+    /// requested twin. Checked before any signer's key is looked up.
+    fn validate_signers(&self) -> Result<(), DeploymentError> {
         let req = &self.signature_requirement;
-        if req.requests.is_empty() || req.requests.len() > 64 {
-            return Err(DeploymentError::Signature(
-                "list 1 to 64 signature requests".into(),
-            ));
+        if req.requests.is_empty() || req.requests.len() > MAX_SIGNERS {
+            return Err(DeploymentError::Signature(format!(
+                "{} signature requests: list 1 to {MAX_SIGNERS}",
+                req.requests.len()
+            )));
         }
         let mut twins = HashSet::new();
         for r in &req.requests {
@@ -417,6 +428,28 @@ impl Deployment {
                 return Err(DeploymentError::Signature(format!(
                     "twin {} is requested twice",
                     r.twin_id
+                )));
+            }
+        }
+        if req.signatures.len() > req.requests.len() {
+            return Err(DeploymentError::Signature(format!(
+                "{} signatures for {} signature requests: send at most one signature per requested twin",
+                req.signatures.len(),
+                req.requests.len()
+            )));
+        }
+        let mut signed = HashSet::new();
+        for s in &req.signatures {
+            if !twins.contains(&s.twin_id) {
+                return Err(DeploymentError::Signature(format!(
+                    "twin {} signed but was not requested to: remove its signature or add it to the requests",
+                    s.twin_id
+                )));
+            }
+            if !signed.insert(s.twin_id) {
+                return Err(DeploymentError::Signature(format!(
+                    "twin {} signed twice: keep one signature per twin",
+                    s.twin_id
                 )));
             }
         }
@@ -738,6 +771,59 @@ mod tests {
         assert_eq!(&m[..SIGNATURE_DOMAIN.len()], b"zos-deployment-v2:");
         assert_eq!(&m[SIGNATURE_DOMAIN.len()..][..4], &[1, 2, 3, 4]);
         assert_eq!(&m[SIGNATURE_DOMAIN.len() + 4..], &[9; 32]);
+    }
+
+    #[test]
+    fn deployment_with_thousands_of_unknown_signers_is_refused_by_its_shape() {
+        let alice = Identity::from_seed([1; 32]);
+        let mut d = deployment(1);
+        d.sign(1, 1, &alice).unwrap();
+        d.validate().unwrap();
+        // 1,000 signatures by twins nobody requested: refused before any key is looked up.
+        let sig = d.signature_requirement.signatures[0].clone();
+        let mut t = d.clone();
+        for twin in 1000..2000 {
+            t.signature_requirement
+                .signatures
+                .push(DeploymentSignature {
+                    twin_id: twin,
+                    ..sig.clone()
+                });
+        }
+        let e = t.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("1001 signatures for 1 signature requests"),
+            "{e}"
+        );
+        // One unrequested signer, or one twin signing twice, is refused too.
+        let mut t = d.clone();
+        t.signature_requirement.requests.push(SignatureRequest {
+            twin_id: 2,
+            required: false,
+            weight: 1,
+        });
+        t.signature_requirement
+            .signatures
+            .push(DeploymentSignature {
+                twin_id: 3,
+                ..sig.clone()
+            });
+        let e = t.validate().unwrap_err().to_string();
+        assert!(e.contains("twin 3 signed but was not requested"), "{e}");
+        t.signature_requirement.signatures[1].twin_id = 1;
+        let e = t.validate().unwrap_err().to_string();
+        assert!(e.contains("twin 1 signed twice"), "{e}");
+        // More requested twins than the bound.
+        let mut t = d.clone();
+        for twin in 2..=(MAX_SIGNERS as TwinId + 1) {
+            t.signature_requirement.requests.push(SignatureRequest {
+                twin_id: twin,
+                required: false,
+                weight: 1,
+            });
+        }
+        let e = t.validate().unwrap_err().to_string();
+        assert!(e.contains("65 signature requests: list 1 to 64"), "{e}");
     }
 
     #[test]

@@ -1,8 +1,21 @@
 //! [`QemuVmm`]: each VM a detached QEMU process (and one `virtiofsd` per share), supervised.
+//!
+//! Console logs are bounded while the VM runs: QEMU appends the serial console to
+//! `<log_dir>/<name>.log` (its chardev file opened with `O_APPEND`), and the supervisor checks
+//! the size every pass (200 ms). Past half of [`VmmConfig::console_max`] the log is rotated:
+//! its last half-cap bytes are copied to `<name>.log.1` (a new file renamed over the old one)
+//! and the log is truncated to zero. With `O_APPEND`, QEMU's next write lands at the new end
+//! (offset 0), so no hole and no restart is needed. The pair holds at most about the cap
+//! (plus what the guest prints in one pass), the last output is always in it, and reads
+//! ([`console_tail`]) seek from the end and read only the bytes asked for. The rotation runs in
+//! zosd, which the VM outlives: while zosd is down the log grows, and the first pass of the
+//! next zosd cuts it back (copying only its tail). What the guest prints between the copy
+//! and the truncation (microseconds) is lost.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs;
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -55,6 +68,8 @@ pub struct VmmConfig {
     pub backoff_max: Duration,
     /// How long a clean shutdown may take before the VM is killed (delete).
     pub stop_timeout: Duration,
+    /// Bytes a VM's console log (the log and its previous part together) keeps at most.
+    pub console_max: u64,
 }
 
 impl VmmConfig {
@@ -77,6 +92,7 @@ impl VmmConfig {
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(10),
+            console_max: CONSOLE_MAX,
         }
     }
 }
@@ -106,18 +122,80 @@ fn host_tsc_khz() -> Option<u64> {
     (mhz > 0.0).then_some((mhz * 1000.0) as u64)
 }
 
-/// A console log beyond this is cut to its last [`LOG_KEEP`] bytes when the VM (re)starts.
-const LOG_MAX: u64 = 16 << 20;
-const LOG_KEEP: usize = 1 << 20;
+/// Default of [`VmmConfig::console_max`].
+pub const CONSOLE_MAX: u64 = 16 << 20;
 
-fn trim_log(path: &Path) {
-    if fs::metadata(path).map(|m| m.len()).unwrap_or(0) <= LOG_MAX {
-        return;
+/// The previous part of a console log: `<name>.log.1`.
+fn console_old(log: &Path) -> PathBuf {
+    let mut p = log.as_os_str().to_owned();
+    p.push(".1");
+    PathBuf::from(p)
+}
+
+/// Rotates the console log `log` once it is longer than `keep`: its last `keep` bytes become
+/// the previous part, and the log is truncated (QEMU appends, so it goes on at offset 0).
+/// Answers whether it rotated.
+fn rotate_console(log: &Path, keep: u64) -> std::io::Result<bool> {
+    let mut f = match fs::OpenOptions::new().read(true).write(true).open(log) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    if len <= keep {
+        return Ok(false);
     }
-    if let Ok(b) = fs::read(path) {
-        let tail = &b[b.len().saturating_sub(LOG_KEEP)..];
-        let _ = fs::write(path, tail);
+    let old = console_old(log);
+    let mut tmp = old.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    f.seek(SeekFrom::Start(len - keep))?;
+    let mut out = fs::File::create(&tmp)?;
+    // Up to `keep` more bytes: what the guest printed while this copied goes along.
+    std::io::copy(&mut (&mut f).take(2 * keep), &mut out)?;
+    drop(out);
+    fs::rename(&tmp, &old)?;
+    f.set_len(0)?;
+    Ok(true)
+}
+
+/// The last `max` bytes of a file, read from the end; `None` when it does not exist.
+fn file_tail(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let mut f = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(max)))?;
+    let mut b = Vec::with_capacity(len.min(max) as usize);
+    f.take(max).read_to_end(&mut b)?;
+    Ok(Some(b))
+}
+
+/// The last `max` bytes of a console log and its previous part, oldest first, reading only
+/// those bytes.
+pub fn console_tail(log: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let new = file_tail(log, max)?.unwrap_or_default();
+    let rest = max - new.len() as u64;
+    if rest == 0 {
+        return Ok(new);
     }
+    let mut out = file_tail(&console_old(log), rest)?.unwrap_or_default();
+    out.extend_from_slice(&new);
+    Ok(out)
+}
+
+/// Removes a console log and its previous part.
+fn remove_console(log: &Path) -> std::io::Result<()> {
+    for p in [log.to_path_buf(), console_old(log)] {
+        if let Err(e) = fs::remove_file(&p)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// One VM in memory.
@@ -138,6 +216,9 @@ struct Inner {
     cgroups: Cgroups,
     kvm: bool,
     vms: Mutex<BTreeMap<String, Machine>>,
+    /// Held while console logs are rotated or removed, so a rotation never recreates the
+    /// previous part of a deleted VM's log.
+    consoles: std::sync::Mutex<()>,
 }
 
 /// The QEMU VMM. Dropping it stops supervising but leaves the VMs running (zosd restarts,
@@ -190,9 +271,11 @@ fn kill_wait(pid: i32, marker: &Path) {
 }
 
 fn tail(path: &Path, max: usize) -> String {
-    let b = fs::read(path).unwrap_or_default();
-    let start = b.len().saturating_sub(max);
-    String::from_utf8_lossy(&b[start..]).trim().to_string()
+    let b = file_tail(path, max as u64)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    String::from_utf8_lossy(&b).trim().to_string()
 }
 
 impl Inner {
@@ -339,7 +422,7 @@ impl Inner {
         let _ = fs::remove_dir_all(&run);
         fs::create_dir_all(&run).map_err(io_err("create", &run))?;
         fs::create_dir_all(&self.cfg.log_dir).map_err(io_err("create", &self.cfg.log_dir))?;
-        trim_log(&self.console_log(name));
+        self.bound_console(name);
         let cg = self.cgroup(name);
         self.cgroups
             .create(&cg, spec.cpus, spec.memory + self.cfg.memory_overhead)?;
@@ -588,6 +671,31 @@ impl Inner {
             })
     }
 
+    /// Rotates the console log of `name` when it outgrew half the cap.
+    fn bound_console(&self, name: &str) {
+        let _held = self.consoles.lock().unwrap_or_else(|e| e.into_inner());
+        let log = self.console_log(name);
+        match rotate_console(&log, self.cfg.console_max / 2) {
+            Ok(true) => tracing::debug!(vm = name, "console log rotated"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(vm = name, log = %log.display(), error = %e, "cannot rotate a console log")
+            }
+        }
+    }
+
+    /// Keeps every VM's console log under the cap (off the async threads: it copies).
+    async fn bound_consoles(self: &Arc<Self>) {
+        let names: Vec<String> = self.vms.lock().await.keys().cloned().collect();
+        let me = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for n in names {
+                me.bound_console(&n);
+            }
+        })
+        .await;
+    }
+
     /// One pass of the supervisor: starts dead VMs whose backoff has passed.
     async fn supervise(&self) {
         let mut vms = self.vms.lock().await;
@@ -708,6 +816,7 @@ impl QemuVmm {
             cgroups,
             kvm,
             vms: Mutex::new(vms),
+            consoles: std::sync::Mutex::new(()),
         });
         let weak = Arc::downgrade(&inner);
         let supervisor = tokio::spawn(async move {
@@ -715,6 +824,7 @@ impl QemuVmm {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let Some(inner) = weak.upgrade() else { return };
                 inner.supervise().await;
+                inner.bound_consoles().await;
             }
         });
         tracing::debug!(kvm, "vmm open");
@@ -823,7 +933,10 @@ impl super::Vmm for QemuVmm {
             started: Instant::now(),
         };
         // A console log of an earlier VM of the same name is not this one's.
-        let _ = fs::remove_file(inner.console_log(&spec.name));
+        {
+            let _held = inner.consoles.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = remove_console(&inner.console_log(&spec.name));
+        }
         inner.save(&m)?;
         if let Err(e) = inner.boot(&mut m).await {
             inner.kill_all(&mut m.rec);
@@ -853,10 +966,9 @@ impl super::Vmm for QemuVmm {
             return Err(io_err("remove", &run)(e));
         }
         let log = inner.console_log(name);
-        if let Err(e) = fs::remove_file(&log)
-            && e.kind() != std::io::ErrorKind::NotFound
         {
-            return Err(io_err("remove", &log)(e));
+            let _held = inner.consoles.lock().unwrap_or_else(|e| e.into_inner());
+            remove_console(&log).map_err(io_err("remove", &log))?;
         }
         state::remove(&inner.state_dir(), name)?;
         tracing::info!(vm = name, "vm deleted");
@@ -913,13 +1025,8 @@ impl super::Vmm for QemuVmm {
             return Err(VmmError::NotFound(name.to_string()));
         }
         let p = inner.console_log(name);
-        let b = match fs::read(&p) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
-            Err(e) => return Err(io_err("read", &p)(e)),
-        };
-        let start = b.len().saturating_sub(max);
-        Ok(String::from_utf8_lossy(&b[start..]).into_owned())
+        let b = console_tail(&p, max as u64).map_err(io_err("read", &p))?;
+        Ok(String::from_utf8_lossy(&b).into_owned())
     }
 
     async fn prepare_disk(&self, path: &Path, prep: DiskPrep) -> Result<bool> {
@@ -982,6 +1089,40 @@ impl super::Vmm for QemuVmm {
 mod tests {
     use super::*;
     use crate::vmm::{Disk, Nic, Share};
+
+    #[test]
+    fn console_log_rotates_under_an_appending_writer_and_its_tail_spans_both_parts() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("vm.log");
+        // The writer holds the file open with O_APPEND, as QEMU's chardev does.
+        let mut qemu = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let first: Vec<u8> = (0..1000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        qemu.write_all(&first).unwrap();
+        assert!(!rotate_console(&log, 2000).unwrap(), "under the limit");
+        assert!(rotate_console(&log, 600).unwrap());
+        assert_eq!(fs::read(console_old(&log)).unwrap(), &first[400..]);
+        assert_eq!(fs::metadata(&log).unwrap().len(), 0);
+        // The writer goes on at the start of the truncated file: no hole.
+        qemu.write_all(b"after").unwrap();
+        assert_eq!(fs::read(&log).unwrap(), b"after");
+        let tail = console_tail(&log, 8).unwrap();
+        assert_eq!(tail, [&first[997..], b"after"].concat());
+        assert_eq!(console_tail(&log, 3).unwrap(), b"ter");
+        assert_eq!(console_tail(&log, 10_000).unwrap().len(), 605);
+        // A log that grew far past the limit keeps only its tail.
+        qemu.write_all(&vec![b'z'; 100_000]).unwrap();
+        assert!(rotate_console(&log, 600).unwrap());
+        assert_eq!(fs::metadata(console_old(&log)).unwrap().len(), 600);
+        remove_console(&log).unwrap();
+        assert!(!log.exists() && !console_old(&log).exists());
+        assert!(!rotate_console(&log, 600).unwrap(), "no log, nothing to do");
+        assert!(console_tail(&log, 10).unwrap().is_empty());
+    }
 
     #[test]
     fn a_reused_pid_is_not_the_vm() {
