@@ -70,7 +70,12 @@ impl std::fmt::Debug for ClientView {
 
 impl ClientView {
     pub fn new(client: GridClient) -> Self {
-        let cap = NonZeroUsize::new(MAX_CACHED_TWINS).expect("the cache holds twins");
+        Self::with_capacity(client, MAX_CACHED_TWINS)
+    }
+
+    /// A view whose caches hold at most `twins` twins each (at least one).
+    pub fn with_capacity(client: GridClient, twins: usize) -> Self {
+        let cap = NonZeroUsize::new(twins.max(1)).expect("at least one");
         Self {
             client,
             keys: Mutex::new(LruCache::new(cap)),
