@@ -169,9 +169,13 @@ impl NetworkFile {
     /// Writes the file atomically, readable by its owner only (it holds private keys).
     fn save(&self) -> anyhow::Result<()> {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let dir = networks_dir();
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
         let path = Self::path(&self.name);
         let tmp = path.with_extension("json.tmp");
         let mut f = std::fs::OpenOptions::new()

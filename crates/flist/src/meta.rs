@@ -46,6 +46,10 @@ pub const MAX_LINK_LEN: usize = 4095;
 /// Longest file name accepted (as Linux: `NAME_MAX`).
 pub const MAX_NAME_LEN: usize = 255;
 
+/// Longest string, blob or row the reader accepts (SQLite's `SQLITE_LIMIT_LENGTH`): a flist's
+/// longest value is a symlink target ([`MAX_LINK_LEN`]); anything far bigger is hostile.
+pub const MAX_VALUE_LEN: i32 = 64 * 1024;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS inode (
     ino INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -297,6 +301,14 @@ pub fn blocks_for_size(size: u64) -> u64 {
 fn map_open_err(path: &Path, e: rusqlite::Error) -> FormatError {
     use rusqlite::ErrorCode;
     match &e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::TooBig => {
+            FormatError::Invalid {
+                path: path.to_owned(),
+                reason: format!(
+                    "it holds a value or row longer than {MAX_VALUE_LEN} bytes (no flist needs one)"
+                ),
+            }
+        }
         rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::NotADatabase => {
             FormatError::NotAnFlist {
                 path: path.to_owned(),
@@ -307,6 +319,49 @@ fn map_open_err(path: &Path, e: rusqlite::Error) -> FormatError {
             source: e,
         },
     }
+}
+
+/// Opens a tenant's FL file as untrusted input: read-only, `SQLITE_DBCONFIG_DEFENSIVE`, an
+/// untrusted schema (`TRUSTED_SCHEMA` off: no SQL functions with side effects from the schema),
+/// triggers and views disabled, no memory map, a small page cache and tight limits on value,
+/// statement and expression sizes. The schema itself is checked by [`Loader::check_schema`].
+fn open_defensive(path: &Path) -> Result<Connection, FormatError> {
+    use rusqlite::config::DbConfig;
+    use rusqlite::limits::Limit;
+    let err = |e| map_open_err(path, e);
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err)?;
+    for (setting, on) in [
+        (DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true),
+        (DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false),
+        (DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false),
+        (DbConfig::SQLITE_DBCONFIG_ENABLE_VIEW, false),
+        (DbConfig::SQLITE_DBCONFIG_ENABLE_FTS3_TOKENIZER, false),
+    ] {
+        conn.set_db_config(setting, on).map_err(err)?;
+    }
+    for (limit, value) in [
+        (Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_LEN),
+        (Limit::SQLITE_LIMIT_SQL_LENGTH, 100_000),
+        (Limit::SQLITE_LIMIT_COLUMN, 100),
+        (Limit::SQLITE_LIMIT_EXPR_DEPTH, 100),
+        (Limit::SQLITE_LIMIT_COMPOUND_SELECT, 4),
+        (Limit::SQLITE_LIMIT_VDBE_OP, 100_000),
+        (Limit::SQLITE_LIMIT_FUNCTION_ARG, 8),
+        (Limit::SQLITE_LIMIT_ATTACHED, 0),
+        (Limit::SQLITE_LIMIT_LIKE_PATTERN_LENGTH, 100),
+        (Limit::SQLITE_LIMIT_VARIABLE_NUMBER, 16),
+        (Limit::SQLITE_LIMIT_TRIGGER_DEPTH, 1),
+    ] {
+        conn.set_limit(limit, value).map_err(err)?;
+    }
+    // 8 MiB of page cache at most, and no memory map of a file a tenant wrote.
+    conn.execute_batch("PRAGMA cache_size = -8192; PRAGMA mmap_size = 0; PRAGMA query_only = 1;")
+        .map_err(err)?;
+    Ok(conn)
 }
 
 /// Writes a new FL file. Entries go in parent-first order; the file appears at its final path
@@ -584,6 +639,11 @@ pub struct Flist {
     format_version: Option<u32>,
 }
 
+/// `name` as an SQL string literal.
+fn quote(name: &str) -> String {
+    format!("'{}'", name.replace('\'', "''"))
+}
+
 fn bytes_of(v: ValueRef<'_>) -> Option<Vec<u8>> {
     match v {
         ValueRef::Text(t) => Some(t.to_vec()),
@@ -617,12 +677,9 @@ impl Flist {
                 });
             }
         }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| map_open_err(path, e))?;
+        let conn = open_defensive(path)?;
         let load = Loader { path, conn: &conn };
+        load.check_schema()?;
         load.run()
     }
 
@@ -747,6 +804,55 @@ impl Loader<'_> {
             out.push(f(row)?);
         }
         Ok(out)
+    }
+
+    /// Refuses a schema with anything but tables and indexes: triggers, views (which could
+    /// shadow a table), virtual tables (code of a module runs on every read) and generated or
+    /// hidden columns (expressions evaluated on read). Nothing else is read before this.
+    fn check_schema(&self) -> Result<(), FormatError> {
+        let objects = self.rows(
+            "select type, name, coalesce(sql, '') from sqlite_master",
+            |r| {
+                let get = |i| r.get::<_, String>(i).map_err(|e| self.corrupt(e));
+                Ok((get(0)?, get(1)?, get(2)?))
+            },
+        )?;
+        for (kind, name, sql) in &objects {
+            let virt = sql
+                .split_whitespace()
+                .take(2)
+                .any(|w| w.eq_ignore_ascii_case("virtual"));
+            let what = match kind.as_str() {
+                "trigger" => "a trigger",
+                "view" => "a view",
+                "table" if virt => "a virtual table",
+                "table" | "index" => continue,
+                _ => "a schema object of an unknown type",
+            };
+            return Err(self.invalid(format!(
+                "it has {what} {name:?} (a flist holds only tables and indexes)"
+            )));
+        }
+        for (_, table, _) in objects.iter().filter(|(k, ..)| k == "table") {
+            let hidden = self.rows(
+                &format!(
+                    "select name, hidden from pragma_table_xinfo({})",
+                    quote(table)
+                ),
+                |r| {
+                    let name: String = r.get(0).map_err(|e| self.corrupt(e))?;
+                    let hidden: i64 = r.get(1).map_err(|e| self.corrupt(e))?;
+                    Ok((name, hidden))
+                },
+            )?;
+            if let Some((col, _)) = hidden.iter().find(|(_, h)| *h != 0) {
+                return Err(self.invalid(format!(
+                    "table {table:?} has a generated or hidden column {col:?} (a flist holds \
+                     only plain columns)"
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn run(&self) -> Result<Flist, FormatError> {

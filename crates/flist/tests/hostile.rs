@@ -251,3 +251,114 @@ fn links_and_missing_blocks_stay_inside_the_mount() {
     );
     drop(m);
 }
+
+/// SQL a tenant can put in the `.fl` file itself, each refused by the defensive reader before
+/// anything is read: on open, on inspect and on mount.
+const SQLITE_TRICKS: &[(&str, &str, &str)] = &[
+    (
+        "trigger",
+        "create trigger t after insert on tag begin delete from inode; end",
+        "a trigger \"t\"",
+    ),
+    (
+        "view-shadowing-a-table",
+        "alter table tag rename to tag_real; create view tag as select key, value from tag_real",
+        "a view \"tag\"",
+    ),
+    (
+        "virtual-table",
+        "create virtual table v using fts5(x)",
+        "a virtual table \"v\"",
+    ),
+    (
+        "generated-column",
+        "alter table inode add column g integer as (ino * 2)",
+        "generated or hidden column \"g\"",
+    ),
+    (
+        "huge-blob",
+        "insert into tag values ('big', randomblob(1048576))",
+        "longer than 65536 bytes",
+    ),
+    (
+        "huge-string",
+        "insert into route values (0, 255, printf('%.*c', 1048576, 'x'))",
+        "longer than 65536 bytes",
+    ),
+];
+
+#[test]
+fn sqlite_triggers_views_virtual_tables_and_huge_values_are_refused() {
+    let f = fixture();
+    for (name, sql, want) in SQLITE_TRICKS {
+        let p = mutated(&f, &format!("{name}.fl"), sql);
+        let before = std::fs::read(&p).unwrap();
+        let err = Flist::open(&p).unwrap_err().to_string();
+        assert!(
+            err.contains(want),
+            "{name}: {err:?} should mention {want:?}"
+        );
+        assert!(err.contains(&*p.to_string_lossy()), "{name}: {err}");
+        let err = zos_flist::inspect(&p).unwrap_err().to_string();
+        assert!(err.contains(want), "{name} (inspect): {err}");
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            before,
+            "{name}: the file is unchanged"
+        );
+        if can_mount("sqlite_triggers_views_virtual_tables_and_huge_values_are_refused (mount)") {
+            let e = try_mount(&f, &p).unwrap_err();
+            assert!(matches!(e, MountError::Flist(_)), "{name}: {e}");
+            let chain = std::error::Error::source(&e).map(|s| s.to_string());
+            assert!(
+                chain.as_deref().is_some_and(|c| c.contains(want)),
+                "{name}: {e}: {chain:?}"
+            );
+        }
+    }
+    // The good flist still opens: the defensive settings refuse nothing rfs writes.
+    Flist::open(&f.good).unwrap();
+}
+
+#[test]
+fn hard_link_rows_cannot_name_anything_outside_the_flist() {
+    // The format's only aliasing is `hardlink (ino, target)`: two inode numbers of the same
+    // flist. There is no column for a host path, so a link can only name an entry that the
+    // reader validated; anything else is refused.
+    let f = fixture();
+    let file = |n: &str| format!("(select ino from inode where name = '{n}')");
+    for (name, sql, want) in [
+        (
+            "hl-unknown",
+            format!(
+                "create table if not exists hardlink (ino integer primary key, target integer); insert into hardlink values ({}, 99999)",
+                file("x")
+            ),
+            "unknown inode",
+        ),
+        (
+            "hl-symlink",
+            format!(
+                "create table if not exists hardlink (ino integer primary key, target integer); insert into hardlink values ({}, {})",
+                file("x"),
+                file("abs-link")
+            ),
+            "must join a regular file",
+        ),
+        (
+            "hl-text",
+            format!(
+                "create table if not exists hardlink (ino integer primary key, target integer); insert into hardlink values ({}, '/etc/shadow')",
+                file("x")
+            ),
+            "has no inode",
+        ),
+    ] {
+        let p = mutated(&f, &format!("{name}.fl"), &sql);
+        let err = Flist::open(&p).unwrap_err().to_string();
+        assert!(
+            err.contains(want),
+            "{name}: {err:?} should mention {want:?}"
+        );
+    }
+}

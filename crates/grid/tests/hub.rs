@@ -648,6 +648,68 @@ async fn hostile_flist_uploads_are_refused_and_store_nothing() {
 }
 
 #[tokio::test]
+async fn flist_sqlite_triggers_views_virtual_tables_and_huge_values_are_refused_on_push() {
+    let hub = TestHub::start().await;
+    let alice = hub.twin().await;
+    let client = hub.hub(&alice);
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    tree(&src, 5);
+    // A good flist whose blocks the hub has: only the SQL added below is wrong.
+    let store: Arc<dyn BlockStore> = Arc::new(client.block_store().unwrap());
+    let good = work.path().join("good.fl");
+    pack_to(store, &src, &good).await;
+    let before = hub.dump();
+    for (name, sql, want) in [
+        (
+            "trigger",
+            "create trigger t after insert on tag begin delete from inode; end",
+            "a trigger",
+        ),
+        (
+            "view",
+            "alter table tag rename to tag_real; create view tag as select key, value from tag_real",
+            "a view",
+        ),
+        (
+            "vtab",
+            "create virtual table v using fts5(x)",
+            "a virtual table",
+        ),
+        (
+            "generated",
+            "alter table inode add column g integer as (ino * 2)",
+            "generated or hidden column",
+        ),
+        (
+            "blob",
+            "insert into tag values ('big', randomblob(1048576))",
+            "longer than",
+        ),
+        (
+            "string",
+            "insert into route values (0, 255, printf('%.*c', 1048576, 'x'))",
+            "longer than",
+        ),
+    ] {
+        let p = work.path().join(format!("{name}.fl"));
+        std::fs::copy(&good, &p).unwrap();
+        let c = rusqlite::Connection::open(&p).unwrap();
+        c.execute_batch(sql).unwrap();
+        drop(c);
+        let err = client
+            .push(&format!("{name}.fl"), std::fs::read(&p).unwrap(), false)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), Some(400), "{name}: {err}");
+        assert!(err.to_string().contains(want), "{name}: {err}");
+    }
+    assert_eq!(hub.dump(), before, "refused uploads change nothing");
+    assert_eq!(hub.flist_files(), 0);
+    assert!(client.list(alice.1).await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn flists_sharing_files_share_their_blocks_on_the_hub() {
     let hub = TestHub::start().await;
     let alice = hub.twin().await;

@@ -143,7 +143,8 @@ pub async fn run(
         .state_dir
         .clone()
         .unwrap_or_else(|| started.state_dir.clone());
-    std::fs::create_dir_all(&state_dir)
+    // Every secret of the node and its tenants lives below: root only.
+    crate::private::create_dir(&state_dir)
         .with_context(|| format!("creating state directory {}", state_dir.display()))?;
     let identity = identity::load_or_create(&state_dir)?;
     let storage = StorageFacts {
@@ -268,15 +269,23 @@ pub async fn run(
     for f in &vms.failed {
         warn!(what = %f, "not brought back");
     }
-    let guest = match (&cfg.guest_dir, &cfg.guest_flist) {
-        (Some(dir), _) => dir.clone(),
+    // The guest image: the operator's own directory, or files of the guest flist, which the
+    // zmachine manager copies out without following links (`guest_mount`).
+    let (guest, guest_mount) = match (&cfg.guest_dir, &cfg.guest_flist) {
+        (Some(dir), _) => (dir.clone(), None),
         (None, Some(url)) => {
             tasks.spawn(mount_guest(flists.clone(), url.clone(), stop.clone()));
-            flists.mountpoint(GUEST_MOUNT)
+            (
+                flists.mountpoint(GUEST_MOUNT),
+                Some(GUEST_MOUNT.to_string()),
+            )
         }
         (None, None) => {
             warn!("no guest_flist= given: container-mode machines cannot boot on this node");
-            flists.mountpoint(GUEST_MOUNT)
+            (
+                flists.mountpoint(GUEST_MOUNT),
+                Some(GUEST_MOUNT.to_string()),
+            )
         }
     };
 
@@ -316,6 +325,7 @@ pub async fn run(
             ZmachineConfig {
                 kernel: guest.join("vmlinux"),
                 initramfs: guest.join("initramfs.cpio"),
+                guest_mount,
                 state_dir: state_dir.join("zmachine"),
                 nameservers: DEFAULT_NAMESERVERS
                     .iter()

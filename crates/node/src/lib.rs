@@ -8,6 +8,7 @@ pub mod config;
 pub mod flist;
 pub mod identity;
 pub mod network;
+pub mod private;
 pub mod provision;
 pub mod registrar;
 pub mod storage;

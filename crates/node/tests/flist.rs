@@ -149,8 +149,14 @@ impl Env {
 
     /// Packs a tree to the hub and publishes it as `name`; answers its by-hash URL.
     async fn publish(&self, name: &str, seed: u64) -> String {
+        self.publish_with(name, seed, |_| {}).await
+    }
+
+    /// As [`Env::publish`], with `extra` adding to the tree first.
+    async fn publish_with(&self, name: &str, seed: u64, extra: impl FnOnce(&Path)) -> String {
         let src = self.path(&format!("src-{name}"));
         tree(&src, seed);
+        extra(&src);
         let fl = self.path(&format!("{name}.fl"));
         pack(
             &Source::Dir(src),
@@ -457,4 +463,53 @@ async fn failed_mounts_leave_nothing() {
     assert!(read(ok.mountpoint.join("etc/hostname")).await.unwrap() == b"tree-5\n");
     m.unmount("vm").await.unwrap();
     nothing_left(&m);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_file_reads_regular_files_and_refuses_links_out_of_the_mount() {
+    if !can_mount("open_file_reads_regular_files_and_refuses_links_out_of_the_mount") {
+        return;
+    }
+    let env = Env::start().await;
+    let secret = env.path("host-secret");
+    std::fs::write(&secret, "node key").unwrap();
+    let url = env
+        .publish_with("links.fl", 6, |src| {
+            std::os::unix::fs::symlink(&secret, src.join("abs")).unwrap();
+            std::os::unix::fs::symlink("../../../../../../host-secret", src.join("climb")).unwrap();
+            std::os::unix::fs::symlink("etc", src.join("etc-link")).unwrap();
+        })
+        .await;
+    let m = ProcessFlists::new(env.config()).unwrap();
+    m.mount("probe", &url).await.unwrap();
+    // A regular file, through the real FUSE mount: opened, the content the flist holds.
+    let f = m.open_file("probe", "own.bin").await.unwrap().unwrap();
+    let got = tokio::task::spawn_blocking(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut &f, &mut v).map(|_| v)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(got == env.source("links.fl", "own.bin"));
+    assert!(m.open_file("probe", "missing").await.unwrap().is_none());
+    for (path, want) in [
+        ("abs", "symbolic link"),
+        ("climb", "symbolic link"),
+        ("etc-link/hostname", "symbolic link on the way"),
+        ("etc", "directory"),
+        ("../host-secret", "plain relative path"),
+    ] {
+        let e = m.open_file("probe", path).await.unwrap_err();
+        let chain = zos_node::registrar::error_chain(&e);
+        assert!(
+            matches!(e, FlistError::Open { .. }) && chain.contains(want),
+            "{path}: {chain}"
+        );
+    }
+    assert!(matches!(
+        m.open_file("nothing", "own.bin").await,
+        Err(FlistError::NotMounted { .. })
+    ));
+    m.unmount("probe").await.unwrap();
 }

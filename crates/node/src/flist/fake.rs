@@ -92,6 +92,26 @@ impl FlistManager for MemoryFlists {
         Ok(())
     }
 
+    /// The fake's mounts are plain directories: the open is the real [`super::open`] one, its
+    /// metadata the directory itself.
+    async fn open_file(&self, name: &str, path: &str) -> Result<Option<std::fs::File>, FlistError> {
+        check_name(name)?;
+        let mp = self
+            .mounts()
+            .get(name)
+            .map(|m| m.mountpoint.clone())
+            .ok_or_else(|| FlistError::NotMounted { name: name.into() })?;
+        if !mp.is_dir() {
+            // The fake makes no directory for a mount: an empty flist.
+            return Ok(None);
+        }
+        super::open::open_beneath(&mp, path).map_err(|source| FlistError::Open {
+            name: name.into(),
+            path: path.into(),
+            source,
+        })
+    }
+
     async fn get(&self, name: &str) -> Result<Option<MountInfo>, FlistError> {
         Ok(self.mounts().get(name).cloned())
     }

@@ -13,6 +13,7 @@
 //! kernel, so every mount point carries the node's prefix. See `docs/flist.md` (Node).
 
 mod fake;
+pub mod open;
 mod policy;
 mod process;
 mod state;
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use fake::MemoryFlists;
+pub use open::OpenError;
 pub use policy::{FarmFlistHosts, FlistUrlError, FlistUrlPolicy, GridFarmHosts};
 pub use process::{FlistConfig, ProcessFlists};
 pub use state::{STATE_FILE, STATE_VERSION};
@@ -88,6 +90,15 @@ pub enum FlistError {
         #[source]
         source: std::io::Error,
     },
+    #[error("flist mount {name} is not mounted")]
+    NotMounted { name: String },
+    #[error("{path} of flist mount {name}")]
+    Open {
+        name: String,
+        path: String,
+        #[source]
+        source: OpenError,
+    },
     #[error("flist state file {path}: {reason}")]
     State { path: PathBuf, reason: String },
     #[error("writable mount {name}: directory {path} {reason}")]
@@ -152,6 +163,16 @@ pub trait FlistManager: Send + Sync {
     /// Unmounts `name` and removes its mount point and process; succeeds when it is not mounted.
     /// A writable mount's `rw_dir` is left to its owner.
     fn unmount(&self, name: &str) -> impl Future<Output = Result<(), FlistError>> + Send;
+
+    /// Opens regular file `path` (relative, e.g. `image.raw`) of the read-only mount `name` for
+    /// zosd itself to read: checked in the flist's metadata, then opened without following any
+    /// link or leaving the mount ([`open`]). `None` when the flist has no such entry; an entry
+    /// that is anything but a regular file inside the flist is [`FlistError::Open`].
+    fn open_file(
+        &self,
+        name: &str,
+        path: &str,
+    ) -> impl Future<Output = Result<Option<std::fs::File>, FlistError>> + Send;
 
     /// The mount `name`, if recorded.
     fn get(&self, name: &str)

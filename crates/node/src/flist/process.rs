@@ -1,6 +1,7 @@
 //! The real flist manager: one `zos-flist-mount` process per mount, recorded in a state file.
 
 use std::ffi::OsStr;
+use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -574,6 +575,33 @@ impl FlistManager for ProcessFlists {
         }
         self.forget(name, &entry, &st);
         Ok(())
+    }
+
+    async fn open_file(&self, name: &str, path: &str) -> Result<Option<File>, FlistError> {
+        check_name(name)?;
+        let entry = self
+            .load()?
+            .mounts
+            .get(name)
+            .cloned()
+            .ok_or_else(|| FlistError::NotMounted { name: name.into() })?;
+        let fl_path = self.flist_file(&entry.sha256);
+        let rel = path.to_string();
+        let opened = tokio::task::spawn_blocking(move || {
+            let fl = zos_flist::Flist::open(&fl_path)
+                .map_err(|e| super::OpenError::Metadata(Box::new(e)))?;
+            super::open::open_checked(&fl, &entry.mountpoint, &rel)
+        })
+        .await
+        .map_err(|e| FlistError::Process {
+            name: name.into(),
+            detail: format!("opening {path} panicked: {e}"),
+        })?;
+        opened.map_err(|source| FlistError::Open {
+            name: name.into(),
+            path: path.into(),
+            source,
+        })
     }
 
     async fn get(&self, name: &str) -> Result<Option<MountInfo>, FlistError> {

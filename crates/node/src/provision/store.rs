@@ -62,6 +62,12 @@ pub enum StoreError {
         "the database has schema version {found}, newer than this zosd ({known}): upgrade zosd or restore a backup"
     )]
     TooNew { found: i64, known: i64 },
+    #[error("deployment store file {path}")]
+    File {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("deployment {0} already exists")]
     Exists(ContractId),
     #[error("deployment {0} not found")]
@@ -76,6 +82,23 @@ pub enum StoreError {
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
+
+/// Makes the database file `path` mode 0600: created so when missing, narrowed when an older
+/// zosd left it wider.
+fn restrict(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(crate::private::FILE_MODE)
+        .open(path)?;
+    if f.metadata()?.permissions().mode() & 0o077 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(crate::private::FILE_MODE))?;
+    }
+    Ok(())
+}
 
 /// Work the engine owes a deployment, kept until done so a crash cannot lose it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,7 +141,14 @@ fn kind_str(k: WorkloadType) -> &'static str {
 
 impl Store {
     /// Opens (or creates) the database at `path` and brings its schema up to date.
+    /// The file is made mode 0600 before SQLite first opens it (it holds every deployment,
+    /// secrets included); SQLite gives its `-wal` and `-shm` files the database's mode. A
+    /// database left wider by an older zosd is narrowed once.
     pub fn open(path: &Path) -> Result<Self> {
+        restrict(path).map_err(|e| StoreError::File {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
         let conn = Connection::open(path)?;
         Self::setup(conn)
     }
@@ -592,5 +622,23 @@ mod tests {
             Store::open(&path),
             Err(StoreError::TooNew { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn the_database_and_its_wal_and_shm_are_readable_by_root_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("provision.sqlite");
+        let s = Store::open(&path).unwrap();
+        s.create(&deployment(1), 1).unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let p = dir.path().join(format!("provision.sqlite{suffix}"));
+            assert_eq!(crate::private::mode_of(&p), 0o600, "{}", p.display());
+        }
+        drop(s);
+        // A database an older zosd left world-readable is narrowed when opened.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Store::open(&path).unwrap();
+        assert_eq!(crate::private::mode_of(&path), 0o600);
     }
 }

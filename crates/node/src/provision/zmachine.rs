@@ -35,10 +35,12 @@ use crate::network::{Attachment, NetworkError, Networker, VmLink};
 use crate::registrar::error_chain;
 use crate::storage::{Storage, StorageError};
 use crate::vmm::nocloud::{NoCloud, NoCloudNic};
-use crate::vmm::{Boot, Disk, DiskPrep, Nic, Share, VmSpec, Vmm, VmmError};
+use crate::vmm::{Boot, Disk, DiskPrep, Nic, OpenedFile, Share, VmSpec, Vmm, VmmError};
 
 /// Version of the manager's per-machine record.
 pub const RECORD_VERSION: u32 = 1;
+/// The file of a flist that makes it a VM-mode flist: a raw disk image.
+pub const IMAGE_FILE: &str = "image.raw";
 /// The virtiofs tag of a container-mode root.
 pub const ROOT_TAG: &str = "vroot";
 
@@ -49,6 +51,11 @@ pub struct ZmachineConfig {
     pub kernel: PathBuf,
     /// The container-mode initramfs (with `guest-init`).
     pub initramfs: PathBuf,
+    /// The flist mount `kernel` and `initramfs` are files of (the guest image flist), or
+    /// `None` when they are the node's own files. From a mount they are copied out once per
+    /// flist, opened without following links ([`FlistManager::open_file`]), and QEMU boots the
+    /// copies: it never opens a path inside a flist.
+    pub guest_mount: Option<String>,
     /// Per-machine records and NoCloud seed images.
     pub state_dir: PathBuf,
     /// Resolvers the machines are given.
@@ -70,6 +77,8 @@ pub struct ZmachineManager<N, S, F, V> {
     flists: Arc<F>,
     vmm: Arc<V>,
     cfg: ZmachineConfig,
+    /// One copy of the guest image at a time.
+    guest_lock: tokio::sync::Mutex<()>,
 }
 
 impl<N, S, F, V> std::fmt::Debug for ZmachineManager<N, S, F, V> {
@@ -82,6 +91,23 @@ impl<N, S, F, V> std::fmt::Debug for ZmachineManager<N, S, F, V> {
 
 fn failed(what: impl std::fmt::Display, e: &dyn std::error::Error) -> ManagerError {
     ManagerError::Failed(format!("{what}: {}", error_chain(e)))
+}
+
+/// Copies the opened `files` into `dir` through a temporary directory renamed into place.
+/// Copies of earlier guest images stay: machines booted with them restart with them.
+fn copy_out(dir: &std::path::Path, files: Vec<(String, std::fs::File)>) -> std::io::Result<()> {
+    let parent = dir.parent().expect("a guest copy has a parent");
+    crate::private::create_dir(parent)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".copy-")
+        .tempdir_in(parent)?;
+    for (name, mut f) in files {
+        let mut out = crate::private::create_file(&tmp.path().join(&name))?;
+        std::io::copy(&mut f, &mut out)?;
+        out.sync_all()?;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(tmp.keep(), dir)
 }
 
 /// The machine's hostname: its workload name in lower case, `_` as `-`.
@@ -180,6 +206,7 @@ where
             flists,
             vmm,
             cfg,
+            guest_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -194,10 +221,10 @@ where
     fn save_record(&self, vm: &str, rec: &Record) -> Result<(), ManagerError> {
         let p = self.record_path(vm);
         let io = |e: std::io::Error| failed(format!("cannot write {}", p.display()), &e);
-        std::fs::create_dir_all(&self.cfg.state_dir).map_err(io)?;
-        let tmp = p.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(rec).expect("records serialize")).map_err(io)?;
-        std::fs::rename(&tmp, &p).map_err(io)
+        // The directory also holds the NoCloud seeds (SSH keys): root only.
+        crate::private::create_dir(&self.cfg.state_dir).map_err(io)?;
+        crate::private::write_atomic(&p, &serde_json::to_vec(rec).expect("records serialize"))
+            .map_err(io)
     }
 
     fn load_record(&self, vm: &str) -> Option<Record> {
@@ -240,6 +267,75 @@ where
             }
         }
         Ok(out)
+    }
+
+    /// The kernel and initramfs container-mode machines boot: the configured files, or the
+    /// node's copies of those of the guest image flist (made once per flist, under
+    /// `<state_dir>/guest/<sha256>/`).
+    async fn guest_boot_files(&self) -> Result<(PathBuf, PathBuf), ManagerError> {
+        let Some(mount) = &self.cfg.guest_mount else {
+            return Ok((self.cfg.kernel.clone(), self.cfg.initramfs.clone()));
+        };
+        let names = [&self.cfg.kernel, &self.cfg.initramfs].map(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        let info = self
+            .flists
+            .get(mount)
+            .await
+            .map_err(|e| failed("the guest image", &e))?
+            .ok_or_else(|| {
+                ManagerError::Failed(
+                    "the guest image flist is not mounted yet on this node: try again shortly"
+                        .into(),
+                )
+            })?;
+        let dir = self.cfg.state_dir.join("guest").join(&info.sha256);
+        let paths = names.clone().map(|n| dir.join(n));
+        let _one_copy_at_a_time = self.guest_lock.lock().await;
+        if paths.iter().all(|p| p.is_file()) {
+            return Ok((paths[0].clone(), paths[1].clone()));
+        }
+        let mut files = Vec::new();
+        for n in &names {
+            let f = self
+                .flists
+                .open_file(mount, n)
+                .await
+                .map_err(|e| failed("the guest image", &e))?
+                .ok_or_else(|| ManagerError::Failed(format!("the guest image flist has no {n}")))?;
+            files.push((n.clone(), f));
+        }
+        let to = dir.clone();
+        tokio::task::spawn_blocking(move || copy_out(&to, files))
+            .await
+            .map_err(|e| ManagerError::Failed(format!("copying the guest image panicked: {e}")))?
+            .map_err(|e| {
+                failed(
+                    format!("cannot copy the guest image to {}", dir.display()),
+                    &e,
+                )
+            })?;
+        Ok((paths[0].clone(), paths[1].clone()))
+    }
+
+    /// The flist's `image.raw`, opened for the node to copy (VM mode), or `None` (container
+    /// mode). Anything but a regular file inside the flist is refused with why: a link there
+    /// would make the node copy a host file onto the tenant's disk.
+    async fn image_of(&self, probe: &str, flist: &str) -> Result<Option<OpenedFile>, ManagerError> {
+        match self.flists.open_file(probe, IMAGE_FILE).await {
+            Ok(f) => Ok(f.map(|f| OpenedFile::new(f, format!("flist {flist}: {IMAGE_FILE}")))),
+            Err(e) => {
+                tracing::warn!(
+                    flist = flist,
+                    "refusing the flist's {IMAGE_FILE}: {}",
+                    error_chain(&e)
+                );
+                Err(failed(format!("flist {flist}"), &e))
+            }
+        }
     }
 
     async fn attach(
@@ -300,13 +396,12 @@ where
 
         // The flist: its content says the mode.
         let probe = format!("{vm}-ro");
-        let ro = self
-            .flists
+        self.flists
             .mount(&probe, &z.flist)
             .await
             .map_err(|e| failed(format!("flist {}", z.flist), &e))?;
-        let image = ro.mountpoint.join("image.raw");
-        let vm_mode = image.is_file();
+        let image = self.image_of(&probe, &z.flist).await?;
+        let vm_mode = image.is_some();
 
         let (private, public) = self.attach(id, z).await?;
         let mut nics = vec![Nic {
@@ -322,7 +417,7 @@ where
         let memory = z.compute_capacity.memory & !((1 << 20) - 1);
         let vmm_err = |what: &str, e: VmmError| failed(what, &e);
 
-        let spec = if vm_mode {
+        let spec = if let Some(image) = image {
             let Some(Item::Disk { path: first, .. }) = items.first() else {
                 return Err(ManagerError::Failed(
                     "mounts[0]: a VM-mode flist (with image.raw) boots from its first mount, \
@@ -382,6 +477,7 @@ where
             }
         } else {
             let _ = self.flists.unmount(&probe).await;
+            let (kernel, initramfs) = self.guest_boot_files().await?;
             let root_vol = format!("{vm}-root");
             let vol = match self
                 .storage
@@ -465,8 +561,8 @@ where
                 cpus: z.compute_capacity.cpu,
                 memory,
                 boot: Boot::Kernel {
-                    kernel: self.cfg.kernel.clone(),
-                    initramfs: self.cfg.initramfs.clone(),
+                    kernel,
+                    initramfs,
                     cmdline: String::new(),
                     seed: Some(Box::new(seed)),
                 },
@@ -642,6 +738,10 @@ mod tests {
     }
 
     async fn bed() -> Bed {
+        bed_with(None).await
+    }
+
+    async fn bed_with(guest_mount: Option<&str>) -> Bed {
         let dir = tempfile::tempdir().unwrap();
         let net = Arc::new(RecordingNetworker::new("t"));
         net.setup_node(None).await.unwrap();
@@ -670,6 +770,7 @@ mod tests {
             vmm.clone(),
             ZmachineConfig {
                 kernel: "/guest/vmlinux".into(),
+                guest_mount: guest_mount.map(str::to_string),
                 initramfs: "/guest/initramfs.cpio".into(),
                 state_dir: dir.path().join("zmachine"),
                 nameservers: vec!["1.1.1.1".parse().unwrap()],
@@ -930,9 +1031,13 @@ mod tests {
         assert_eq!(serials, ["zd0", "cidata"]);
         assert!(vm.spec.disks[1].read_only);
         let prepared = b.vmm.prepared();
-        assert!(
-            matches!(&prepared[0].1, DiskPrep::Image { image } if image == &probe.join("image.raw"))
-        );
+        let DiskPrep::Image { image } = &prepared[0].1 else {
+            panic!("no image: {prepared:?}");
+        };
+        assert!(image.origin.ends_with("ubuntu.fl: image.raw"), "{image:?}");
+        let mut copied = String::new();
+        std::io::Read::read_to_string(&mut &*image.file, &mut copied).unwrap();
+        assert_eq!(copied, "boot");
         let DiskPrep::NoCloud(seed) = &prepared[1].1 else {
             panic!("no NoCloud seed: {prepared:?}");
         };
@@ -955,6 +1060,78 @@ mod tests {
         z.mounts.swap(0, 1);
         let m = err(provision(&b, "full2", &z).await);
         assert!(m.contains("mounts[0]"), "{m}");
+    }
+
+    #[tokio::test]
+    async fn an_image_linking_to_a_host_file_is_refused_and_nothing_is_copied() {
+        let b = bed().await;
+        let secret = b.dir.path().join("host-secret");
+        std::fs::write(&secret, "node key").unwrap();
+        let z = Zmachine {
+            flist: "https://hub.example/flists/7/evil.fl".into(),
+            ..machine()
+        };
+        for (name, target) in [
+            ("abs", secret.clone()),
+            ("climb", PathBuf::from("../host-secret")),
+        ] {
+            let probe = b.dir.path().join(format!("flists/t-7-1-{name}-ro"));
+            std::fs::create_dir_all(&probe).unwrap();
+            std::os::unix::fs::symlink(&target, probe.join("image.raw")).unwrap();
+            let m = err(provision(&b, name, &z).await);
+            assert!(
+                m.contains("image.raw") && m.contains("leads out of the flist"),
+                "{m}"
+            );
+            assert!(b.vmm.prepared().is_empty(), "nothing written");
+            assert!(b.vmm.info(&format!("7-1-{name}")).await.unwrap().is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn guest_kernel_linking_to_a_host_file_is_refused_and_real_files_are_copied() {
+        let b = bed_with(Some("zos-guest")).await;
+        let m = err(provision(&b, "early", &machine()).await);
+        assert!(m.contains("not mounted yet"), "{m}");
+        let guest = b
+            .flists
+            .mount("zos-guest", "https://hub/guest.fl")
+            .await
+            .unwrap();
+        std::fs::create_dir_all(&guest.mountpoint).unwrap();
+        std::fs::write(b.dir.path().join("host-key"), "node key").unwrap();
+        std::os::unix::fs::symlink("../../host-key", guest.mountpoint.join("vmlinux")).unwrap();
+        std::fs::write(guest.mountpoint.join("initramfs.cpio"), "initramfs").unwrap();
+        let m = err(provision(&b, "evil", &machine()).await);
+        assert!(
+            m.contains("vmlinux") && m.contains("leads out of the flist"),
+            "{m}"
+        );
+        assert!(b.vmm.info("7-1-evil").await.unwrap().is_none());
+
+        std::fs::remove_file(guest.mountpoint.join("vmlinux")).unwrap();
+        std::fs::write(guest.mountpoint.join("vmlinux"), "kernel").unwrap();
+        provision(&b, "good", &machine()).await.unwrap();
+        let vm = b.vmm.info("7-1-good").await.unwrap().unwrap();
+        let Boot::Kernel {
+            kernel, initramfs, ..
+        } = &vm.spec.boot
+        else {
+            panic!("{:?}", vm.spec.boot);
+        };
+        let copies = b.dir.path().join("zmachine/guest").join(&guest.sha256);
+        assert_eq!(kernel, &copies.join("vmlinux"));
+        assert_eq!(std::fs::read_to_string(kernel).unwrap(), "kernel");
+        assert_eq!(std::fs::read_to_string(initramfs).unwrap(), "initramfs");
+    }
+
+    #[tokio::test]
+    async fn machine_records_and_their_directory_are_readable_by_root_only() {
+        let b = bed().await;
+        provision(&b, "good", &machine()).await.unwrap();
+        let dir = b.dir.path().join("zmachine");
+        assert_eq!(crate::private::mode_of(&dir), 0o700);
+        assert_eq!(crate::private::mode_of(&dir.join("7-1-good.json")), 0o600);
     }
 
     #[test]

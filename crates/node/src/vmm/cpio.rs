@@ -71,7 +71,8 @@ pub fn append_seed(base: &Path, out: &Path, seed: &Seed) -> io::Result<()> {
     entries.push((path, 0o100600, &json));
     image.extend_from_slice(&newc_archive(&entries));
     let tmp = out.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    // The seed holds SSH keys and the environment: readable by root only.
+    let mut f = crate::private::create_file(&tmp)?;
     f.write_all(&image)?;
     f.sync_all()?;
     std::fs::rename(&tmp, out)
@@ -120,5 +121,27 @@ mod tests {
             .unwrap();
         assert!(out.status.success(), "{out:?}");
         assert_eq!(out.stdout, b"{\"a\":1}");
+    }
+
+    #[test]
+    fn the_initrd_with_the_seed_is_readable_by_root_only() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().join("initramfs.cpio");
+        std::fs::write(&base, newc_archive(&[("init", 0o100755, b"x")])).unwrap();
+        let seed = Seed {
+            version: zos_guest_init::seed::SEED_VERSION,
+            instance_id: "7-1-vm".into(),
+            hostname: "vm".into(),
+            root_tag: "vroot".into(),
+            mounts: vec![],
+            interfaces: vec![],
+            nameservers: vec![],
+            ssh_keys: vec!["ssh-ed25519 AAAA me".into()],
+            entrypoint: String::new(),
+            env: Default::default(),
+        };
+        let out = d.path().join("initrd");
+        append_seed(&base, &out, &seed).unwrap();
+        assert_eq!(crate::private::mode_of(&out), 0o600);
     }
 }

@@ -287,6 +287,33 @@ pub struct VmInfo {
     pub cgroup: String,
 }
 
+/// A file zosd opened itself (from a tenant's flist, with `crate::flist::FlistManager::open_file`)
+/// and hands over open, with where it came from for messages.
+#[derive(Debug, Clone)]
+pub struct OpenedFile {
+    pub file: std::sync::Arc<std::fs::File>,
+    /// Where it came from (for messages and tests), e.g. `flist …: image.raw`.
+    pub origin: String,
+}
+
+impl OpenedFile {
+    pub fn new(file: std::fs::File, origin: impl Into<String>) -> Self {
+        Self {
+            file: std::sync::Arc::new(file),
+            origin: origin.into(),
+        }
+    }
+}
+
+/// The same open file (not merely the same origin).
+impl PartialEq for OpenedFile {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.file, &other.file) && self.origin == other.origin
+    }
+}
+
+impl Eq for OpenedFile {}
+
 /// How a block device is prepared before a VM gets it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiskPrep {
@@ -294,8 +321,9 @@ pub enum DiskPrep {
     /// formats, not the guest: the guest may be anything, and busybox cannot make ext4.
     Format { label: String },
     /// The raw image `image` written from the disk's first byte, when the disk is blank (its
-    /// first MiB is zeros); an image larger than the disk is refused.
-    Image { image: PathBuf },
+    /// first MiB is zeros); an image larger than the disk is refused. The image comes open:
+    /// nothing resolves a path of a tenant's flist again.
+    Image { image: OpenedFile },
     /// A NoCloud `cidata` volume written to the path (replacing what was there).
     NoCloud(nocloud::NoCloud),
 }

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use ipnet::{IpNet, Ipv4Net};
 
-use super::{Result, VmmError};
+use super::{OpenedFile, Result, VmmError};
 use crate::network::find_program;
 
 /// One interface of the guest, matched by MAC.
@@ -100,6 +100,12 @@ impl NoCloud {
                 source,
             })?;
         }
+        // The seed holds SSH keys: the image is made mode 0600 before genisoimage fills it.
+        crate::private::create_file(path).map_err(|source| VmmError::Io {
+            op: "create",
+            path: path.to_path_buf(),
+            source,
+        })?;
         let tool = find_program("genisoimage");
         run(Command::new(&tool)
             .args(["-quiet", "-volid", "cidata", "-joliet", "-rock", "-output"])
@@ -126,8 +132,9 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 /// Writes `image` at the start of the disk `path` when the disk is blank (its first MiB is
-/// zeros); answers whether it did.
-pub fn write_image_if_blank(image: &Path, path: &Path) -> Result<bool> {
+/// zeros); answers whether it did. The image is read from its open file (from its first byte),
+/// never opened again by path.
+pub fn write_image_if_blank(image: &OpenedFile, path: &Path) -> Result<bool> {
     use std::io::{Read, Seek, Write};
     let io = |op: &'static str, p: &Path| {
         let p = p.to_path_buf();
@@ -137,6 +144,7 @@ pub fn write_image_if_blank(image: &Path, path: &Path) -> Result<bool> {
             source,
         }
     };
+    let origin = PathBuf::from(&image.origin);
     let mut disk = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -148,17 +156,19 @@ pub fn write_image_if_blank(image: &Path, path: &Path) -> Result<bool> {
     if head[..n].iter().any(|b| *b != 0) {
         return Ok(false);
     }
-    let mut src = std::fs::File::open(image).map_err(io("open", image))?;
-    let size = src.metadata().map_err(io("stat", image))?.len();
+    let mut src: &std::fs::File = &image.file;
+    let size = src.metadata().map_err(io("stat", &origin))?.len();
     if size > disk_size {
         return Err(VmmError::Invalid {
             field: "image".into(),
             reason: format!(
                 "{} is {size} bytes, larger than its disk ({disk_size} bytes)",
-                image.display()
+                image.origin
             ),
         });
     }
+    src.seek(std::io::SeekFrom::Start(0))
+        .map_err(io("seek", &origin))?;
     disk.seek(std::io::SeekFrom::Start(0))
         .map_err(io("seek", path))?;
     std::io::copy(&mut src, &mut disk).map_err(io("write", path))?;
@@ -237,5 +247,22 @@ mod tests {
         );
         assert!(n.contains("addresses: [1.1.1.1]"), "{n}");
         assert!(s.user_data().contains("\"ssh-ed25519 AAAA me\""));
+    }
+
+    #[test]
+    fn the_seed_image_with_ssh_keys_is_readable_by_root_only() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("vm-cidata.iso");
+        NoCloud {
+            instance_id: "7-1-vm".into(),
+            hostname: "vm".into(),
+            nics: vec![],
+            nameservers: vec![],
+            ssh_keys: vec!["ssh-ed25519 AAAA me".into()],
+        }
+        .write_image(&p)
+        .unwrap();
+        assert_eq!(crate::private::mode_of(&p), 0o600);
+        assert!(std::fs::metadata(&p).unwrap().len() > 0);
     }
 }

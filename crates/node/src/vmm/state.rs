@@ -1,7 +1,6 @@
 //! One versioned state file per VM: its spec, what it should be doing and its processes.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -46,17 +45,13 @@ pub fn path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.json"))
 }
 
-/// Writes `rec` atomically.
+/// Writes `rec` atomically, readable by root only (the spec holds the seed: SSH keys,
+/// environment).
 pub fn save(dir: &Path, rec: &VmRecord) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|e| state_err(dir, format!("cannot create: {e}")))?;
+    crate::private::create_dir(dir).map_err(|e| state_err(dir, format!("cannot create: {e}")))?;
     let p = path(dir, &rec.spec.name);
-    let tmp = p.with_extension("json.tmp");
     let body = serde_json::to_vec_pretty(rec).map_err(|e| state_err(&p, e))?;
-    let mut f = fs::File::create(&tmp).map_err(|e| state_err(&tmp, e))?;
-    f.write_all(&body)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| state_err(&tmp, e))?;
-    fs::rename(&tmp, &p).map_err(|e| state_err(&p, e))
+    crate::private::write_atomic(&p, &body).map_err(|e| state_err(&p, e))
 }
 
 /// Every record in `dir`, and the files that could not be read with why.
@@ -130,5 +125,22 @@ mod tests {
         assert!(bad[0].contains("version 9"), "{bad:?}");
         remove(d.path(), "7-1-vm").unwrap();
         remove(d.path(), "7-1-vm").unwrap();
+    }
+
+    #[test]
+    fn vm_records_holding_the_seed_are_readable_by_root_only() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("vmm");
+        let rec = VmRecord {
+            version: STATE_VERSION,
+            spec: crate::vmm::tests::spec(),
+            desired: Desired::Running,
+            pid: None,
+            virtiofsd: vec![],
+            restarts: 0,
+        };
+        save(&dir, &rec).unwrap();
+        assert_eq!(crate::private::mode_of(&dir), 0o700);
+        assert_eq!(crate::private::mode_of(&path(&dir, "7-1-vm")), 0o600);
     }
 }
