@@ -3,7 +3,8 @@
 //! so an `image.raw` that links to a host file would copy that file onto the tenant's disk.
 //! Here a real devnet node gets such flists from the real hub: the machine fails with a reason
 //! that says why, and no disk of the tenant holds the host file's marker. No guest boots: the
-//! refusal comes before anything is written.
+//! refusal comes before anything is written. The files in which the node keeps a tenant's
+//! secrets (deployments, WireGuard keys, VM specs and seeds with SSH keys) are root-only.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -143,6 +144,75 @@ async fn image_symlink_to_host_file_is_refused_and_copies_nothing() {
         }
         u.zos(&["deployment", "cancel", &contract.to_string(), "--json"]);
     }
+    u.zos(&["network", "delete", "lan", "--json"]);
+    let left = net.down_leftovers();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// Mode bits of `p` (not following links).
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tenant_secrets_on_the_node_are_readable_by_root_only() {
+    if !require_root("tenant_secrets_on_the_node_are_readable_by_root_only") {
+        return;
+    }
+    let net = DevnetGuard::up(1, Duration::from_secs(2)).await.unwrap();
+    let node = net.state.nodes[0].clone();
+    let u = User::new(&net.state.grid_url, Path::new(env!("CARGO_BIN_EXE_zos")))
+        .await
+        .unwrap();
+    let id = node.node_id.unwrap().to_string();
+    u.zos(&["network", "create", "lan", "--nodes", &id, "--json"]);
+    let work = tempfile::tempdir().unwrap();
+    // A VM-mode machine with an SSH key: its image (blank, it boots nothing) is written, its
+    // NoCloud seed made and QEMU started, all for real.
+    let dir = work.path().join("img");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("image.raw"), vec![0u8; 1 << 20]).unwrap();
+    let flist = publish(&u, &net, work.path(), &dir, "blank.fl");
+    let yaml = format!(
+        "workloads:\n  - name: boot\n    type: zmount\n    data: {{size: 64M}}\n  - name: vm\n    type: zmachine\n    data:\n      flist: {flist}\n      network: {{interfaces: [{{network: lan, ip: 10.20.2.9}}]}}\n      compute_capacity: {{cpu: 1, memory: 256M}}\n      mounts: [{{name: boot, mountpoint: /boot}}]\n      env: {{SSH_KEY: \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGKey me@host\"}}\n"
+    );
+    let res = u.deploy(work.path(), "vm.yaml", &yaml, node.node_id.unwrap());
+    let contract = res["contract_id"].as_u64().unwrap();
+    let vm = format!("{}-{contract}-vm", u.twin());
+
+    // zosd keeps its state on its first storage pool, below the mount root.
+    let db = files_naming(&node.mount_root, "provision.sqlite")
+        .into_iter()
+        .find(|p| p.ends_with("provision.sqlite"))
+        .expect("the node's provision.sqlite");
+    let s = db.parent().unwrap();
+    let files = [
+        s.join("provision.sqlite"),
+        s.join("provision.sqlite-wal"),
+        s.join("provision.sqlite-shm"),
+        s.join("network.json"),
+        s.join("vmm").join(format!("{vm}.json")),
+        s.join("zmachine").join(format!("{vm}.json")),
+        s.join("zmachine").join(format!("{vm}-cidata.iso")),
+    ];
+    let mut wrong = Vec::new();
+    for f in &files {
+        if mode(f) != 0o600 {
+            wrong.push(format!("{} is {:o}", f.display(), mode(f)));
+        }
+    }
+    for d in [s.join("vmm"), s.join("zmachine")] {
+        if mode(&d) != 0o700 {
+            wrong.push(format!("{} is {:o}", d.display(), mode(&d)));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:?}");
+    u.zos(&["deployment", "cancel", &contract.to_string(), "--json"]);
     u.zos(&["network", "delete", "lan", "--json"]);
     let left = net.down_leftovers();
     assert!(left.is_empty(), "{left:?}");

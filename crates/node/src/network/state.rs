@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -186,13 +185,8 @@ impl State {
         let tmp = tmp_path(path);
         let text =
             serde_json::to_vec_pretty(self).map_err(|e| NetworkError::Internal(e.to_string()))?;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("creating", &tmp))?;
+        // A stale temporary file would keep its old mode: `create_file` replaces it.
+        let mut f = crate::private::create_file(&tmp).map_err(io("creating", &tmp))?;
         f.write_all(&text).map_err(io("writing", &tmp))?;
         f.sync_all().map_err(io("syncing", &tmp))?;
         drop(f);
@@ -244,9 +238,13 @@ mod tests {
             node: Some(NodeRecord { public: None }),
             ..State::default()
         };
+        // A world-readable temporary file left by a crash does not lend its mode.
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(tmp_path(&path), "").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp_path(&path), std::fs::Permissions::from_mode(0o644)).unwrap();
         s.save(&path).unwrap();
         assert_eq!(State::load(&path).unwrap(), s);
-        use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         std::fs::write(&path, r#"{"version": 99}"#).unwrap();
