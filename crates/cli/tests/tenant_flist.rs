@@ -206,7 +206,16 @@ async fn tenant_secrets_on_the_node_are_readable_by_root_only() {
             wrong.push(format!("{} is {:o}", f.display(), mode(f)));
         }
     }
-    for d in [s.join("vmm"), s.join("zmachine")] {
+    // The CLI's own copy of the network (private keys of every node and the access peer).
+    let cli = u.state_dir().join("zos/networks");
+    if mode(&cli.join("lan.json")) != 0o600 {
+        wrong.push(format!(
+            "{} is {:o}",
+            cli.join("lan.json").display(),
+            mode(&cli.join("lan.json"))
+        ));
+    }
+    for d in [s.join("vmm"), s.join("zmachine"), cli] {
         if mode(&d) != 0o700 {
             wrong.push(format!("{} is {:o}", d.display(), mode(&d)));
         }

@@ -55,6 +55,11 @@ impl User {
         &self.key_file
     }
 
+    /// The user's `XDG_STATE_HOME` (the CLI keeps its network files below it).
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
     /// Runs `zos ARGS` as this user: (success, stdout, stderr).
     pub fn zos_raw(&self, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(&self.zos)
