@@ -527,11 +527,7 @@ impl Deployment {
     pub fn public_ipv4_count(&self) -> Result<u32, DeploymentError> {
         let mut n = 0;
         for w in &self.workloads {
-            if let WorkloadData::Ip(ip) = w.parse()?
-                && ip.v4
-            {
-                n += 1;
-            }
+            n += w.parse()?.public_ipv4();
         }
         Ok(n)
     }

@@ -85,9 +85,14 @@ fn check_public_ips(
     let used = d
         .public_ipv4_count()
         .map_err(|e| EngineError::Invalid(e.to_string()))?;
-    if used > reserved || (d.version == 0 && used < reserved) {
+    if d.version == 0 && used != reserved {
         return Err(EngineError::Forbidden(format!(
             "contract {contract} reserves {reserved} public IPv4 address(es) but the deployment uses {used}: make the contract with public_ips = {used}"
+        )));
+    }
+    if used > reserved {
+        return Err(EngineError::Forbidden(format!(
+            "contract {contract} reserves {reserved} public IPv4 address(es) but the update uses {used}: a contract's addresses are fixed; put the new ip workloads in a new deployment"
         )));
     }
     Ok(())
