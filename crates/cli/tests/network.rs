@@ -482,3 +482,51 @@ async fn a_public_ip_comes_from_the_farm_pool_and_goes_back_on_cancel() {
     assert_eq!(freed.contract_id, None);
     drop(probe);
 }
+
+/// A twin's network resource holds kernel objects of its node (a namespace, a bridge, rules, a
+/// WireGuard process): it counts `NETWORK_RESOURCE_COST` against the node's memory, as the
+/// registry shows, and the memory comes back when the network goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_network_resource_counts_against_the_nodes_memory() {
+    if !require_root("a_network_resource_counts_against_the_nodes_memory") {
+        return;
+    }
+    let net = DevnetGuard::up(1, Duration::from_secs(1)).await.unwrap();
+    let grid = net.state.grid_url.clone();
+    let id = net.state.nodes[0].node_id.unwrap();
+    let alice = user(&grid).await;
+    let registry = zos_client::GridClient::new(&grid).unwrap();
+    let used_mru_becomes = |mru: u64| {
+        let registry = registry.clone();
+        async move {
+            wait_until(Duration::from_secs(20), Duration::from_millis(250), || {
+                let registry = registry.clone();
+                async move {
+                    registry
+                        .get_node(id)
+                        .await
+                        .ok()
+                        .filter(|n| n.used.mru == mru)
+                }
+            })
+            .await
+            .is_some()
+        }
+    };
+    assert!(used_mru_becomes(0).await, "nothing used before");
+    alice.zos(&[
+        "network",
+        "create",
+        "lan",
+        "--nodes",
+        &id.to_string(),
+        "--json",
+    ]);
+    let cost = zos_types::workload::NETWORK_RESOURCE_COST.mru;
+    assert!(
+        used_mru_becomes(cost).await,
+        "the registry shows the network's {cost} bytes of memory used"
+    );
+    alice.zos(&["network", "delete", "lan", "--json"]);
+    assert!(used_mru_becomes(0).await, "the memory comes back");
+}
