@@ -842,6 +842,33 @@ mod network {
         );
     }
 
+    /// An update that adds an ip workload beyond what the contract reserved is refused (a
+    /// contract's addresses are fixed), and the deployment stays as it was.
+    #[tokio::test]
+    async fn an_update_using_more_addresses_than_its_contract_is_refused() {
+        let nb = net_bed().await;
+        let b = &nb.bed;
+        let mut d = net_deployment(1, 4000, true);
+        contract_with_ips(b, &mut d, &["198.51.100.10/24"]);
+        b.engine.deploy(7, d.clone()).await.unwrap();
+        b.settled(1).await;
+        let mut u = d.clone();
+        u.version = 1;
+        u.signature_requirement.signatures.clear();
+        u.workloads.push(Workload {
+            version: 1,
+            ..workload("pub2", WorkloadType::Ip, json!({"v4": true}))
+        });
+        contract_with_ips(b, &mut u, &["198.51.100.10/24"]);
+        let e = b.engine.update(7, u).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("reserves 1 public IPv4 address(es) but the update uses 2"),
+            "{e}"
+        );
+        assert_eq!(b.engine.get(7, 1).unwrap().version, 0);
+    }
+
     #[tokio::test]
     async fn an_ip_without_a_reserved_address_fails_alone() {
         let nb = net_bed().await;
