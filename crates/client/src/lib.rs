@@ -49,6 +49,10 @@ use zos_types::{FarmId, Identity, NodeId, PublicKey, TwinId};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the client waits for a whole request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long an idle kept-alive connection stays in the pool. The grid closes connections idle
+/// for its header timeout (10 s by default); dropping ours well before means a request is never
+/// written on a connection the grid is closing at that moment.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a relay call's envelope lives.
 pub const CALL_TTL_SECS: i64 = 60;
 
@@ -201,6 +205,7 @@ impl GridClient {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .user_agent(concat!("zos-client/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|source| ClientError::Transport {

@@ -1,11 +1,11 @@
-//! The registry's HTTP API: routes and handlers.
+//! The registry's HTTP API: routes and handlers of twins, farms and nodes, and [`router`], which
+//! joins them with the contracts' and the relay's routes over one [`AppState`].
 //!
 //! Every handler follows the same order: the signature (the [`Signed`] extractor), then the
 //! objects the path names (404), then ownership (403), then the body (400), then the store
 //! (404/409). A request refused at any step has changed nothing.
 
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{Method, StatusCode, Uri};
@@ -19,86 +19,8 @@ use zos_types::registry::{
 use zos_types::{FarmId, NodeId, PublicKey, TwinId};
 
 use crate::auth::{ApiPath, ApiQuery, KeySigned, Signed};
-use crate::clock::Clock;
 use crate::error::ApiFailure;
-use crate::relay::{Relay, RelayConfig};
-use crate::replay::{ReplayCache, ReplayConfig};
-use crate::store::{Store, StoreError};
-
-/// What every handler shares.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
-    replay: Arc<Mutex<ReplayCache>>,
-    admin: Option<TwinId>,
-    relay: Arc<Relay>,
-}
-
-impl AppState {
-    /// State over `store`, with a relay of default limits that hears of the store's new node
-    /// events.
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, replay: ReplayConfig) -> Self {
-        Self {
-            store,
-            clock,
-            replay: Arc::new(Mutex::new(ReplayCache::new(replay))),
-            admin: None,
-            relay: Arc::new(Relay::new(RelayConfig::default())),
-        }
-        .with_relay(RelayConfig::default())
-    }
-
-    /// The same state with a relay of these limits (replacing the one it had).
-    pub fn with_relay(mut self, config: RelayConfig) -> Self {
-        let relay = Arc::new(Relay::new(config));
-        let hook = relay.clone();
-        self.store
-            .on_node_events(Arc::new(move |node| hook.events_for(node)));
-        self.relay = relay;
-        self
-    }
-
-    /// The same state with an admin twin (it may set grace periods).
-    pub fn with_admin(mut self, admin: Option<TwinId>) -> Self {
-        self.admin = admin;
-        self
-    }
-
-    pub fn admin(&self) -> Option<TwinId> {
-        self.admin
-    }
-
-    pub fn relay(&self) -> &Arc<Relay> {
-        &self.relay
-    }
-
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
-    /// The registry's time.
-    pub fn now(&self) -> i64 {
-        self.clock.now()
-    }
-
-    pub fn replay(&self) -> MutexGuard<'_, ReplayCache> {
-        self.replay.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Runs a store operation on a blocking thread.
-    pub async fn run<T, F>(&self, f: F) -> Result<T, ApiFailure>
-    where
-        T: Send + 'static,
-        F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-    {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(store.as_ref()))
-            .await
-            .map_err(|e| ApiFailure::internal("store task", e))?
-            .map_err(ApiFailure::from)
-    }
-}
+use crate::state::AppState;
 
 /// The router of the registry API.
 pub fn router(state: AppState) -> Router {
@@ -117,7 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route(&p("/nodes/{id}/public-config"), put(set_public_config))
         .route(&p("/nodes/{id}/uptime"), post(report_uptime))
         .merge(crate::contracts::routes())
-        .merge(crate::relay::routes())
+        .merge(crate::relay::http::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

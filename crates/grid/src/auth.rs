@@ -15,9 +15,9 @@ use serde::de::DeserializeOwned;
 use zos_types::auth::{self, AuthError, MAX_SKEW_SECS, RequestAuth, Signer};
 use zos_types::{PublicKey, TwinId};
 
-use crate::api::AppState;
 use crate::error::ApiFailure;
 use crate::replay::Refusal;
+use crate::state::AppState;
 
 /// A request signed by a registered twin (`twin=`) whose signature has been checked: the signer
 /// is who they claim, the request is inside the time window and was not received before.

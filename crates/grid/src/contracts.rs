@@ -13,9 +13,9 @@ use zos_types::contract::{
 use zos_types::deployment::ContractId;
 use zos_types::registry::API_PREFIX;
 
-use crate::api::AppState;
 use crate::auth::{ApiPath, ApiQuery, Signed};
 use crate::error::ApiFailure;
+use crate::state::AppState;
 
 /// Most addresses one node contract may reserve.
 pub const MAX_PUBLIC_IPS: u32 = 64;

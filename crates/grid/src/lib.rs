@@ -23,15 +23,14 @@
 
 pub mod api;
 pub mod auth;
-pub mod bench;
 pub mod clock;
 pub mod contracts;
 pub mod error;
 pub mod hub;
 pub mod relay;
-pub mod relay_bench;
 pub mod replay;
 pub mod server;
+pub mod state;
 pub mod store;
 
 use std::fs::DirBuilder;
@@ -159,7 +158,7 @@ pub async fn start(config: GridConfig) -> Result<RunningGrid, GridError> {
         listeners.push((bound, listener));
     }
     let addr = listeners[0].0;
-    let state = api::AppState::new(store.clone(), config.clock, config.replay)
+    let state = state::AppState::new(store.clone(), config.clock, config.replay)
         .with_admin(config.admin)
         .with_relay(config.relay.clone());
     let hub = {

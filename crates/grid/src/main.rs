@@ -1,4 +1,5 @@
-//! `zos-grid`: serve the registry, or benchmark it or its relay.
+//! `zos-grid`: serve the registry, the relay and the hub. (Their benchmarks are bench targets:
+//! `cargo bench -p zos-grid`, see docs/benchmarks.md.)
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,9 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use zos_grid::bench::{self, BenchOptions};
 use zos_grid::relay::RelayConfig;
-use zos_grid::relay_bench::{self, RelayBenchOptions};
 use zos_grid::replay::{self, ReplayConfig};
 use zos_grid::server::ServerLimits;
 use zos_grid::{GridConfig, GridError, start, write_file_atomically};
@@ -47,39 +46,6 @@ enum Command {
         admin_twin: Option<u32>,
         #[command(flatten)]
         limits: Limits,
-    },
-    /// Measure signed uptime reports per second against an in-process registry.
-    Bench {
-        /// Number of registered nodes the reports are spread over.
-        #[arg(long, default_value_t = 100)]
-        nodes: usize,
-        /// Number of uptime reports to send.
-        #[arg(long, default_value_t = 10_000)]
-        reports: usize,
-        /// Requests in flight at once.
-        #[arg(long, default_value_t = 32)]
-        concurrency: usize,
-        /// Print the figures as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Measure relay round trips per second (sealed calls to fake nodes on uplinks).
-    BenchRelay {
-        /// Number of nodes answering, each on its own uplink.
-        #[arg(long, default_value_t = 4)]
-        nodes: usize,
-        /// Number of calls to make.
-        #[arg(long, default_value_t = 5_000)]
-        calls: usize,
-        /// Calls in flight at once.
-        #[arg(long, default_value_t = 8)]
-        concurrency: usize,
-        /// Size of each request's payload in bytes.
-        #[arg(long, default_value_t = 256)]
-        body_bytes: usize,
-        /// Print the figures as JSON.
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -179,69 +145,6 @@ async fn main() -> anyhow::Result<()> {
             admin_twin,
             limits,
         } => serve(listen, data_dir, ready_file, admin_twin, limits).await,
-        Command::Bench {
-            nodes,
-            reports,
-            concurrency,
-            json,
-        } => {
-            let report = bench::run(BenchOptions {
-                nodes,
-                reports,
-                concurrency,
-            })
-            .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!(
-                    "{} signed uptime reports over {} nodes, {} in flight: {:.0} reports/s, \
-                     latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (setup {:.2} s)",
-                    report.reports,
-                    report.nodes,
-                    report.concurrency,
-                    report.reports_per_sec,
-                    report.latency_p50_ms,
-                    report.latency_p99_ms,
-                    report.latency_max_ms,
-                    report.setup_secs
-                );
-            }
-            Ok(())
-        }
-        Command::BenchRelay {
-            nodes,
-            calls,
-            concurrency,
-            body_bytes,
-            json,
-        } => {
-            let r = relay_bench::run(RelayBenchOptions {
-                nodes,
-                calls,
-                concurrency,
-                body_bytes,
-            })
-            .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                println!(
-                    "{} relay calls of {} bytes to {} nodes, {} in flight: {:.0} calls/s, \
-                     latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (setup {:.2} s)",
-                    r.calls,
-                    r.body_bytes,
-                    r.nodes,
-                    r.concurrency,
-                    r.calls_per_sec,
-                    r.latency_p50_ms,
-                    r.latency_p99_ms,
-                    r.latency_max_ms,
-                    r.setup_secs
-                );
-            }
-            Ok(())
-        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! The `zos-grid` binary: serve with a ready file and a clean SIGTERM shutdown, a refused
-//! database, and the bench command.
+//! The `zos-grid` binary: serve with a ready file and a clean SIGTERM shutdown, and a refused
+//! database. (The benchmarks are bench targets, run small by `tests/benches.rs`.)
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -127,35 +127,5 @@ fn serve_refuses_a_database_from_a_newer_binary() {
     assert!(
         stderr.contains("schema version 999") && stderr.contains("newer"),
         "{stderr}"
-    );
-}
-
-#[test]
-fn bench_reports_figures_as_json() {
-    let out = grid_bin()
-        .args([
-            "bench",
-            "--nodes",
-            "3",
-            "--reports",
-            "30",
-            "--concurrency",
-            "4",
-            "--json",
-        ])
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["reports"], 30);
-    assert_eq!(report["nodes"], 3);
-    assert!(report["reports_per_sec"].as_f64().unwrap() > 0.0);
-    assert!(
-        report["latency_p99_ms"].as_f64().unwrap() >= report["latency_p50_ms"].as_f64().unwrap()
     );
 }

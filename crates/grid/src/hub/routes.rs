@@ -29,9 +29,9 @@ use zos_types::registry::ApiError;
 
 use super::db::{DbError, HubDb, NewContent};
 use super::{Hub, MAX_MISSING_BODY};
-use crate::api::AppState;
 use crate::auth::{ApiPath, ApiQuery, Signed, parse_json};
 use crate::error::ApiFailure;
+use crate::state::AppState;
 
 /// The hub's routes, ready to merge into the grid's router.
 pub fn router(state: AppState, hub: Arc<Hub>) -> Router {

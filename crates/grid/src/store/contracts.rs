@@ -11,7 +11,7 @@ use zos_types::contract::{
 use zos_types::deployment::{ContractId, DeploymentHash};
 
 use super::StoreError;
-use super::sqlite::{db, farm_ip_from_row};
+use super::rows::{db, farm_ip_from_row};
 
 /// Migration 2: contracts and per-node event logs.
 pub const MIGRATION: &str = r#"

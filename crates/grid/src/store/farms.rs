@@ -9,7 +9,7 @@ use zos_types::registry::{AdmissionToken, FarmPolicy, NodeAdmission, PublicConfi
 use zos_types::{FarmId, NodeId, PublicKey};
 
 use super::StoreError;
-use super::sqlite::db;
+use super::rows::db;
 
 /// Migration 3: farm policies. Existing farms get the defaults: signed admission (nodes already
 /// in a farm re-register without a token), not rentable, no flist hosts but the hub.

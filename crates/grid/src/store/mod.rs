@@ -7,6 +7,7 @@
 
 mod contracts;
 mod farms;
+mod rows;
 mod sqlite;
 
 use std::net::Ipv4Addr;

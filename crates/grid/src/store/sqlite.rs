@@ -6,16 +6,15 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use ipnet::Ipv4Net;
 use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use zos_types::registry::{
-    AddFarmIp, Farm, FarmIp, FarmPolicy, Hardware, Interface, Node, NodeFilter, NodeRegistration,
-    PublicConfig, Twin, is_online,
+    AddFarmIp, Farm, FarmIp, FarmPolicy, Node, NodeFilter, NodeRegistration, PublicConfig, Twin,
 };
 use zos_types::{Capacity, FarmId, NodeId, PublicKey, TwinId};
 
 use super::contracts;
+use super::rows::{db, farm_ip_from_row, id_from_sql, node_from_row, to_sql, twin_from_row};
 use super::{EventHook, Store, StoreError};
 use zos_types::contract::{
     Contract, ContractFilter, ContractKind, ContractState, NodeEvent, NodeEventRecord,
@@ -114,10 +113,6 @@ impl std::fmt::Debug for SqliteStore {
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
-}
-
-pub(super) fn db(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
-    move |source| StoreError::Database { context, source }
 }
 
 impl SqliteStore {
@@ -237,117 +232,6 @@ fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<()
         tracing::info!(path = %path.display(), version = i + 1, "database schema migrated");
     }
     Ok(())
-}
-
-fn to_sql(field: &str, v: u64) -> Result<i64, StoreError> {
-    i64::try_from(v).map_err(|_| StoreError::Invalid {
-        field: field.into(),
-        reason: format!("{v} is too large"),
-    })
-}
-
-fn from_sql(what: &str, v: i64) -> rusqlite::Result<u64> {
-    u64::try_from(v).map_err(|_| {
-        rusqlite::Error::FromSqlConversionFailure(
-            0,
-            rusqlite::types::Type::Integer,
-            format!("{what} is negative: {v}").into(),
-        )
-    })
-}
-
-fn id_from_sql(v: i64) -> rusqlite::Result<u32> {
-    u32::try_from(v).map_err(|_| {
-        rusqlite::Error::FromSqlConversionFailure(
-            0,
-            rusqlite::types::Type::Integer,
-            format!("id {v} is out of range").into(),
-        )
-    })
-}
-
-fn json_col<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(
-            0,
-            rusqlite::types::Type::Text,
-            format!("{what}: {e}").into(),
-        )
-    })
-}
-
-fn twin_from_row(r: &Row<'_>) -> rusqlite::Result<Twin> {
-    let key: String = r.get(1)?;
-    Ok(Twin {
-        id: id_from_sql(r.get(0)?)?,
-        public_key: key.parse().map_err(|_| {
-            rusqlite::Error::FromSqlConversionFailure(
-                1,
-                rusqlite::types::Type::Text,
-                "public key".into(),
-            )
-        })?,
-        relay: r.get(2)?,
-        created_at: r.get(3)?,
-    })
-}
-
-fn capacity_at(r: &Row<'_>, first: usize) -> rusqlite::Result<Capacity> {
-    Ok(Capacity {
-        cru: from_sql("cru", r.get(first)?)?,
-        mru: from_sql("mru", r.get(first + 1)?)?,
-        sru: from_sql("sru", r.get(first + 2)?)?,
-        hru: from_sql("hru", r.get(first + 3)?)?,
-    })
-}
-
-fn node_from_row(r: &Row<'_>, now: i64) -> rusqlite::Result<Node> {
-    let interfaces: String = r.get(18)?;
-    let public_config: Option<String> = r.get(22)?;
-    let report_interval_secs = from_sql("report_interval_secs", r.get(20)?)?;
-    let last_seen: Option<i64> = r.get(24)?;
-    Ok(Node {
-        id: id_from_sql(r.get(0)?)?,
-        twin_id: id_from_sql(r.get(1)?)?,
-        farm_id: id_from_sql(r.get(2)?)?,
-        capacity: capacity_at(r, 3)?,
-        reserved: capacity_at(r, 7)?,
-        used: capacity_at(r, 11)?,
-        hardware: Hardware {
-            serial: r.get(15)?,
-            virtualized: r.get(16)?,
-            cpu_model: r.get(17)?,
-        },
-        interfaces: json_col::<Vec<Interface>>("interfaces", &interfaces)?,
-        zos_version: r.get(19)?,
-        report_interval_secs,
-        limited: r.get(21)?,
-        public_config: public_config
-            .map(|t| json_col::<PublicConfig>("public_config", &t))
-            .transpose()?,
-        uptime_secs: from_sql("uptime_secs", r.get(23)?)?,
-        last_seen,
-        online: is_online(last_seen, report_interval_secs, now),
-        created_at: r.get(25)?,
-        updated_at: r.get(26)?,
-    })
-}
-
-pub(super) fn farm_ip_from_row(r: &Row<'_>) -> rusqlite::Result<FarmIp> {
-    let addr = Ipv4Addr::from(u32::try_from(r.get::<_, i64>(0)?).unwrap_or(0));
-    let prefix: u8 = r.get(1)?;
-    let gateway = Ipv4Addr::from(u32::try_from(r.get::<_, i64>(2)?).unwrap_or(0));
-    let ip = Ipv4Net::new(addr, prefix).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Integer, e.into())
-    })?;
-    let contract_id: Option<i64> = r.get(3)?;
-    Ok(FarmIp {
-        ip,
-        gateway,
-        contract_id: contract_id
-            .map(|c| from_sql("contract_id", c))
-            .transpose()?,
-    })
 }
 
 fn load_twin(
