@@ -604,6 +604,24 @@ fn vm_mode_boots_its_disk_and_reads_nocloud() {
     lab.names.clear();
 }
 
+/// Files (not sockets) and directories under `roots` that others than root may read.
+fn wider_than_owner(roots: &[PathBuf]) -> Vec<String> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let mut open = vec![];
+    let mut todo = roots.to_vec();
+    while let Some(p) = todo.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let mode = m.permissions().mode() & 0o777;
+        if m.is_dir() {
+            todo.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+        if !m.file_type().is_socket() && mode & 0o077 != 0 {
+            open.push(format!("{} {mode:o}", p.display()));
+        }
+    }
+    open
+}
+
 /// A guest whose entrypoint prints to the console without end: `tick N` lines of 100 bytes.
 fn chatty_spec(lab: &Lab, g: &Path, name: &str) -> VmSpec {
     let root = lab.path("chatty");
@@ -702,6 +720,9 @@ fn guest_printing_forever_keeps_its_console_log_under_the_cap() {
         "the console log grew to {most} bytes (cap {cap})"
     );
     assert!(old.exists(), "the log was never rotated");
+    // What the guest printed, and what QEMU and virtiofsd logged, is the tenant's: root only.
+    let open = wider_than_owner(&[lab.cfg.log_dir.clone(), lab.cfg.run_dir.clone()]);
+    assert!(open.is_empty(), "readable by others: {open:?}");
 
     rt.block_on(vmm.delete(name)).unwrap();
     assert!(!log.exists() && !old.exists(), "console logs left");

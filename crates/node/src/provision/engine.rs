@@ -248,6 +248,9 @@ impl Engine {
     }
 
     /// Structure, sender, signatures and contract.
+    /// Checks a deployment before anything of it is stored: its shape, its sender, its contract,
+    /// then its signatures. The contract comes first: it costs the sender a contract on the
+    /// grid, while each signer costs the node a lookup.
     async fn check(&self, source: TwinId, d: &Deployment) -> Result<(), EngineError> {
         if let Some(why) = &self.cfg.limited {
             return Err(EngineError::Unavailable(format!(
@@ -262,23 +265,18 @@ impl Engine {
                 d.twin_id
             )));
         }
-        let mut keys = HashMap::new();
-        for s in &d.signature_requirement.signatures {
-            let key = self
-                .grid
-                .twin_key(s.twin_id)
-                .await
-                .map_err(EngineError::Unavailable)?;
-            if let Some(k) = key {
-                keys.insert(s.twin_id, k);
-            }
-        }
         let node = (*self.node_id.borrow()).ok_or_else(|| {
             EngineError::Unavailable("this node is not registered yet: try again shortly".into())
         })?;
-        // Signatures name the node (decision 0004): one made for another node is refused.
-        d.verify_signatures(node, |t| keys.get(&t).copied())
-            .map_err(|e| EngineError::Forbidden(e.to_string()))?;
+        let public_ips = self.check_contract(d, node).await?;
+        self.check_signatures(d, node).await?;
+        check_public_ips(d.contract_id, public_ips, d)?;
+        self.check_flist_urls(d).await
+    }
+
+    /// The deployment's contract: the sender's, for this node, active, with the deployment's
+    /// hash. Answers the number of public IPs it reserved.
+    async fn check_contract(&self, d: &Deployment, node: u32) -> Result<u32, EngineError> {
         let contract = self
             .grid
             .contract(d.contract_id)
@@ -323,8 +321,25 @@ impl Engine {
                 "deployment hash {hash} differs from the contract's {deployment_hash}: the deployment was changed after the contract was made"
             )));
         }
-        check_public_ips(contract.id, *public_ips, d)?;
-        self.check_flist_urls(d).await
+        Ok(*public_ips)
+    }
+
+    /// The signatures, each by its twin's key and naming this node (decision 0004). The
+    /// signers are bounded by `validate`, and their keys are cached by the grid view.
+    async fn check_signatures(&self, d: &Deployment, node: u32) -> Result<(), EngineError> {
+        let mut keys = HashMap::new();
+        for s in &d.signature_requirement.signatures {
+            let key = self
+                .grid
+                .twin_key(s.twin_id)
+                .await
+                .map_err(EngineError::Unavailable)?;
+            if let Some(k) = key {
+                keys.insert(s.twin_id, k);
+            }
+        }
+        d.verify_signatures(node, |t| keys.get(&t).copied())
+            .map_err(|e| EngineError::Forbidden(e.to_string()))
     }
 
     /// Every flist the deployment names is on the grid's hub or a host the farm allows; checked

@@ -25,10 +25,14 @@ const NODE: u32 = 1;
 struct FakeGrid {
     twins: Mutex<HashMap<TwinId, PublicKey>>,
     contracts: Mutex<HashMap<ContractId, Contract>>,
+    /// Twin keys asked for.
+    key_lookups: std::sync::atomic::AtomicUsize,
 }
 
 impl GridView for FakeGrid {
     fn twin_key(&self, twin: TwinId) -> BoxFuture<'_, Result<Option<PublicKey>, String>> {
+        self.key_lookups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let k = self.twins.lock().unwrap().get(&twin).copied();
         Box::pin(async move { Ok(k) })
     }
@@ -310,6 +314,36 @@ async fn refused(b: &Bed, source: TwinId, d: Deployment, expect: &str) {
         "{expect}: something was stored"
     );
     assert!(b.storage.disk_list().await.unwrap().is_empty());
+}
+
+/// Each signer costs the node a grid lookup; a contract costs the sender one on the grid. A
+/// deployment without a valid contract is refused before any signer is looked up.
+#[tokio::test]
+async fn signers_of_a_deployment_without_its_contract_are_never_looked_up() {
+    let b = bed();
+    let mut d = deployment(11);
+    // The owner and 63 twins the grid does not know, each with a signature.
+    let signers: Vec<TwinId> = std::iter::once(7).chain(1000..1063).collect();
+    d.signature_requirement.requests = signers
+        .iter()
+        .map(|&twin_id| SignatureRequest {
+            twin_id,
+            required: false,
+            weight: 1,
+        })
+        .collect();
+    for &t in &signers {
+        d.sign(NODE, t, &b.user).unwrap();
+    }
+    refused(&b, 7, d.clone(), "contract 11 does not exist").await;
+    // A contract for another node, and one with another hash, are refused the same way.
+    b.contract_and_sign(&mut d, NODE + 1);
+    refused(&b, 7, d.clone(), "is for node 2").await;
+    let used = b
+        .grid
+        .key_lookups
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(used, 0, "{used} twin keys looked up for refused contracts");
 }
 
 #[tokio::test]

@@ -150,13 +150,29 @@ fn rotate_console(log: &Path, keep: u64) -> std::io::Result<bool> {
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     f.seek(SeekFrom::Start(len - keep))?;
-    let mut out = fs::File::create(&tmp)?;
+    let mut out = crate::private::create_file(&tmp)?;
     // Up to `keep` more bytes: what the guest printed while this copied goes along.
     std::io::copy(&mut (&mut f).take(2 * keep), &mut out)?;
     drop(out);
     fs::rename(&tmp, &old)?;
     f.set_len(0)?;
     Ok(true)
+}
+
+/// Makes the console log QEMU appends to, readable by root only (the guest's output is the
+/// tenant's); a log an older zosd left wider is narrowed. QEMU opens it with `O_APPEND` and
+/// keeps the mode.
+fn open_console(log: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(crate::private::FILE_MODE)
+        .open(log)?;
+    if f.metadata()?.permissions().mode() & 0o777 != crate::private::FILE_MODE {
+        f.set_permissions(fs::Permissions::from_mode(crate::private::FILE_MODE))?;
+    }
+    Ok(())
 }
 
 /// The last `max` bytes of a file, read from the end; `None` when it does not exist.
@@ -365,7 +381,7 @@ impl Inner {
     /// Starts a process detached (own session, stdin from /dev/null, output to `log`) inside
     /// the VM's cgroup.
     fn spawn(&self, program: &Path, args: &[String], log: &Path, name: &str) -> Result<i32> {
-        let out = fs::File::create(log).map_err(io_err("create", log))?;
+        let out = crate::private::create_file(log).map_err(io_err("create", log))?;
         let err = out.try_clone().map_err(io_err("open", log))?;
         let procs = self.cgroup_procs(name);
         let mut cmd = Command::new(program);
@@ -420,8 +436,11 @@ impl Inner {
         self.kill_all(&mut m.rec);
         let run = self.run_dir(name);
         let _ = fs::remove_dir_all(&run);
-        fs::create_dir_all(&run).map_err(io_err("create", &run))?;
-        fs::create_dir_all(&self.cfg.log_dir).map_err(io_err("create", &self.cfg.log_dir))?;
+        crate::private::create_dir(&run).map_err(io_err("create", &run))?;
+        crate::private::create_dir(&self.cfg.log_dir)
+            .map_err(io_err("create", &self.cfg.log_dir))?;
+        let console = self.console_log(name);
+        open_console(&console).map_err(io_err("create", &console))?;
         self.bound_console(name);
         let cg = self.cgroup(name);
         self.cgroups
