@@ -585,18 +585,11 @@ async fn equal_subnets_of_two_twins_are_isolated() {
     drop((s7, s8, t8));
 }
 
-#[tokio::test]
-async fn public_ip_with_anti_spoofing() {
-    let test = "public_ip_with_anti_spoofing";
-    if !root(test) || !tools(test) {
-        return;
-    }
-    let mut w = World::new("znc", 1, WireguardMode::Userspace);
-    let node = w.node(0);
-    // A second NIC on the internet is the node's public exit.
-    w.inet
-        .join(&node.host, "zncp1", "pub0", None, false)
-        .unwrap();
+/// Gives node `i` a second NIC `pub0` on the internet (`link` on the internet's side) as its
+/// public exit, and sets it up with the public address 10.99.0.21/24.
+async fn public_exit(w: &World, i: usize, link: &str) {
+    let node = w.node(i);
+    w.inet.join(&node.host, link, "pub0", None, false).unwrap();
     let public = PublicSetup {
         config: PublicConfig {
             ipv4: "10.99.0.21/24".parse().unwrap(),
@@ -607,7 +600,18 @@ async fn public_ip_with_anti_spoofing() {
         },
         exit_iface: "pub0".into(),
     };
-    node.net().setup_node(Some(public.clone())).await.unwrap();
+    node.net().setup_node(Some(public)).await.unwrap();
+}
+
+#[tokio::test]
+async fn public_ip_with_anti_spoofing() {
+    let test = "public_ip_with_anti_spoofing";
+    if !root(test) || !tools(test) {
+        return;
+    }
+    let mut w = World::new("znc", 1, WireguardMode::Userspace);
+    let node = w.node(0);
+    public_exit(&w, 0, "zncp1").await;
     assert!(
         ping(w.inet.name(), "10.99.0.21", 2),
         "the node's public address answers"
@@ -1134,20 +1138,7 @@ async fn workload_router_advertisements_and_dhcp_replies_do_not_reach_the_public
     }
     let mut w = World::new("zra", 1, WireguardMode::Userspace);
     let node = w.node(0);
-    w.inet
-        .join(&node.host, "zrap1", "pub0", None, false)
-        .unwrap();
-    let public = PublicSetup {
-        config: PublicConfig {
-            ipv4: "10.99.0.21/24".parse().unwrap(),
-            gw4: "10.99.0.1".parse().unwrap(),
-            ipv6: None,
-            gw6: None,
-            domain: None,
-        },
-        exit_iface: "pub0".into(),
-    };
-    node.net().setup_node(Some(public)).await.unwrap();
+    public_exit(&w, 0, "zrap1").await;
     let ip_wl = wl(7, 117, "ip");
     let req = PublicIpRequest {
         v4: Some(FarmIp {
