@@ -87,11 +87,8 @@ fn deploy_vm(u: &User, node: &DevnetNode, work: &Path, flist: &str) -> (u64, ser
     (contract, vm)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn image_symlink_to_host_file_is_refused_and_copies_nothing() {
-    if !require_root("image_symlink_to_host_file_is_refused_and_copies_nothing") {
-        return;
-    }
+/// A devnet of one node, a user with a network `lan` on it, and a work directory.
+async fn one_node_with_a_network() -> (DevnetGuard, DevnetNode, User, tempfile::TempDir) {
     let net = DevnetGuard::up(1, Duration::from_secs(2)).await.unwrap();
     let node = net.state.nodes[0].clone();
     let u = User::new(&net.state.grid_url, Path::new(env!("CARGO_BIN_EXE_zos")))
@@ -99,7 +96,15 @@ async fn image_symlink_to_host_file_is_refused_and_copies_nothing() {
         .unwrap();
     let id = node.node_id.unwrap().to_string();
     u.zos(&["network", "create", "lan", "--nodes", &id, "--json"]);
-    let work = tempfile::tempdir().unwrap();
+    (net, node, u, tempfile::tempdir().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn image_symlink_to_host_file_is_refused_and_copies_nothing() {
+    if !require_root("image_symlink_to_host_file_is_refused_and_copies_nothing") {
+        return;
+    }
+    let (net, node, u, work) = one_node_with_a_network().await;
 
     // A host file only root can read, holding a marker.
     let mark = marker();
@@ -164,14 +169,7 @@ async fn tenant_secrets_on_the_node_are_readable_by_root_only() {
     if !require_root("tenant_secrets_on_the_node_are_readable_by_root_only") {
         return;
     }
-    let net = DevnetGuard::up(1, Duration::from_secs(2)).await.unwrap();
-    let node = net.state.nodes[0].clone();
-    let u = User::new(&net.state.grid_url, Path::new(env!("CARGO_BIN_EXE_zos")))
-        .await
-        .unwrap();
-    let id = node.node_id.unwrap().to_string();
-    u.zos(&["network", "create", "lan", "--nodes", &id, "--json"]);
-    let work = tempfile::tempdir().unwrap();
+    let (net, node, u, work) = one_node_with_a_network().await;
     // A VM-mode machine with an SSH key: its image (blank, it boots nothing) is written, its
     // NoCloud seed made and QEMU started, all for real.
     let dir = work.path().join("img");
