@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use zos_client::GridClient;
 use zos_testkit::devnet::DevnetGuard;
 use zos_types::Identity;
@@ -12,6 +12,7 @@ use zos_types::contract::CreateNodeContract;
 use zos_types::deployment::{
     Deployment, ResultState, SignatureRequest, SignatureRequirement, Workload,
 };
+use zos_types::node_api;
 use zos_types::workload::WorkloadType;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -67,19 +68,16 @@ async fn deploy_once(c: &GridClient, node: u32, node_twin: u32, i: usize) -> Dur
         .unwrap();
     d.contract_id = k.id;
     d.sign(node, me, c.identity().unwrap()).unwrap();
-    c.call(node_twin, "zos.deployment.deploy", &d)
+    c.node(node_twin)
+        .call::<node_api::Deploy>(&d)
         .await
         .unwrap();
     loop {
-        let v = c
-            .call(
-                node_twin,
-                "zos.deployment.get",
-                &json!({"contract_id": k.id}),
-            )
+        let got = c
+            .node(node_twin)
+            .call::<node_api::Get>(&node_api::ContractBody { contract_id: k.id })
             .await
             .unwrap();
-        let got: Deployment = serde_json::from_value(v).unwrap();
         if got.workloads.iter().all(|w| {
             w.result
                 .as_ref()
@@ -136,11 +134,12 @@ async fn main() {
                 let mut l = Vec::with_capacity(per);
                 for _ in 0..per {
                     let t = Instant::now();
-                    let v: Value = c
-                        .call(node_twin, "zos.system.version", &Value::Null)
+                    let v = c
+                        .node(node_twin)
+                        .call::<node_api::Version>(&())
                         .await
                         .unwrap();
-                    assert!(v["zos"].is_string());
+                    assert!(!v.zos.is_empty());
                     l.push(t.elapsed().as_secs_f64() * 1000.0);
                 }
                 l

@@ -559,23 +559,19 @@ pub async fn node(cmd: NodeCmd, g: &Global) -> anyhow::Result<()> {
             let n = c.get_node(id).await?;
             let s = signed_client(g)
                 .await?
-                .call(n.twin_id, "zos.statistics.get", &serde_json::Value::Null)
+                .node(n.twin_id)
+                .call::<zos_types::node_api::GetStatistics>(&())
                 .await?;
             if g.json {
                 return output::json(&s);
             }
-            let cap = |v: &serde_json::Value| -> String {
-                serde_json::from_value::<zos_types::Capacity>(v.clone())
-                    .map(|c| c.to_string())
-                    .unwrap_or_else(|_| v.to_string())
-            };
             fields(&[
                 ("node", id.to_string()),
-                ("total", cap(&s["total"])),
-                ("used", cap(&s["used"])),
-                ("system", cap(&s["system"])),
-                ("deployments", s["users"]["deployments"].to_string()),
-                ("workloads", s["users"]["workloads"].to_string()),
+                ("total", s.total.to_string()),
+                ("used", s.used.to_string()),
+                ("system", s.system.to_string()),
+                ("deployments", s.users.deployments.to_string()),
+                ("workloads", s.users.workloads.to_string()),
             ]);
             Ok(())
         }

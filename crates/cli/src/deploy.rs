@@ -12,6 +12,7 @@ use zos_types::contract::{
     ContractFilter, ContractKind, ContractState, CreateNodeContract, UpdateNodeContract,
 };
 use zos_types::deployment::{ContractId, Deployment, ResultState};
+use zos_types::node_api::{self, ChangesBody, ConsoleBody, ContractBody, ErrorKind, LogEntry};
 use zos_types::{NodeId, TwinId};
 
 use crate::commands::signed_client;
@@ -69,27 +70,25 @@ async fn fetch(
     node_twin: TwinId,
     contract: ContractId,
 ) -> anyhow::Result<Deployment> {
-    let v = c
-        .call(
-            node_twin,
-            "zos.deployment.get",
-            &json!({ "contract_id": contract }),
-        )
-        .await?;
-    serde_json::from_value(v).context("the node answered a deployment this zos does not understand")
+    Ok(c.node(node_twin)
+        .call::<node_api::Get>(&ContractBody {
+            contract_id: contract,
+        })
+        .await?)
 }
 
 /// The result log of deployment `contract` on the node with twin `twin`.
-async fn changes(c: &GridClient, twin: TwinId, contract: ContractId) -> anyhow::Result<Value> {
-    let all = c
-        .call_all(
-            twin,
-            "zos.deployment.changes",
-            json!({ "contract_id": contract }),
-            |e| e.get("seq").cloned(),
-        )
-        .await?;
-    Ok(Value::Array(all))
+async fn changes(
+    c: &GridClient,
+    twin: TwinId,
+    contract: ContractId,
+) -> anyhow::Result<Vec<LogEntry>> {
+    let body = ChangesBody {
+        contract_id: contract,
+        limit: None,
+        cursor: None,
+    };
+    Ok(c.node(twin).all::<node_api::Changes>(body).await?)
 }
 
 fn read_file(path: &Path) -> anyhow::Result<String> {
@@ -190,7 +189,7 @@ pub async fn submit(
         .context("creating the node contract")?;
     d.contract_id = contract.id;
     d.sign(node, me, c.identity().context("no key")?)?;
-    if let Err(e) = c.call(target.twin_id, "zos.deployment.deploy", &d).await {
+    if let Err(e) = c.node(target.twin_id).call::<node_api::Deploy>(&d).await {
         // The node refused: do not leave a contract (and its reserved addresses) behind.
         let _ = c.cancel_contract(contract.id).await;
         return Err(anyhow::Error::new(e).context(format!(
@@ -229,14 +228,9 @@ pub async fn update_to(
     next.sign(node, me, c.identity().context("no key")?)?;
     // This update's results are the log entries after the last one now.
     let log = changes(c, twin, contract).await?;
-    let since = log
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["seq"].as_i64())
-        .max()
-        .unwrap_or(0);
-    c.call(twin, "zos.deployment.update", &next)
+    let since = log.iter().map(|e| e.seq).max().unwrap_or(0);
+    c.node(twin)
+        .call::<node_api::Update>(&next)
         .await
         .context("the node refused the update")?;
     let changed: Vec<String> = next
@@ -270,9 +264,12 @@ pub async fn cancel(
     ));
     bar.enable_steady_tick(Duration::from_millis(120));
     loop {
-        match fetch(c, twin, contract).await {
-            Err(e) if format!("{e:#}").contains("not found") => break,
-            Err(e) => return Err(e),
+        let get = ContractBody {
+            contract_id: contract,
+        };
+        match c.node(twin).call::<node_api::Get>(&get).await {
+            Err(e) if e.node_error() == Some(ErrorKind::NotFound) => break,
+            Err(e) => return Err(e.into()),
             Ok(_) if start.elapsed() > wait => {
                 bar.abandon();
                 bail!(
@@ -343,19 +340,14 @@ pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
                 return output::json(&log);
             }
             let mut t = Table::new(&["SEQ", "NAME", "TYPE", "VERSION", "STATE", "MESSAGE"]);
-            for e in log.as_array().into_iter().flatten() {
-                let cell = |v: &Value| {
-                    v.as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| v.to_string())
-                };
+            for e in &log {
                 t.row(vec![
-                    cell(&e["seq"]),
-                    cell(&e["name"]),
-                    cell(&e["type"]),
-                    cell(&e["version"]),
-                    cell(&e["result"]["state"]),
-                    cell(&e["result"]["message"]),
+                    e.seq.to_string(),
+                    e.name.clone(),
+                    e.kind.to_string(),
+                    e.version.to_string(),
+                    e.result.state.to_string(),
+                    e.result.message.clone(),
                 ]);
             }
             t.print();
@@ -378,16 +370,17 @@ pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
         } => {
             let (_, twin) = node_of(&c, contract).await?;
             let v = c
-                .call(
-                    twin,
-                    "zos.zmachine.console",
-                    &json!({ "contract_id": contract, "name": name, "bytes": bytes }),
-                )
+                .node(twin)
+                .call::<node_api::Console>(&ConsoleBody {
+                    contract_id: contract,
+                    name,
+                    bytes: Some(bytes),
+                })
                 .await?;
             if g.json {
                 return output::json(&v);
             }
-            print!("{}", v["console"].as_str().unwrap_or_default());
+            print!("{}", v.console);
             Ok(())
         }
         DeploymentCmd::Cancel { contract, wait } => {
@@ -429,24 +422,14 @@ async fn follow(
     bar.enable_steady_tick(Duration::from_millis(120));
     loop {
         let log = changes(c, twin, contract).await?;
+        let new = || log.iter().filter(|e| e.seq > since);
         let done = names
             .iter()
-            .filter(|n| {
-                log.as_array().into_iter().flatten().any(|e| {
-                    e["name"] == n.as_str()
-                        && e["seq"].as_i64().is_some_and(|q| q > since)
-                        && e["result"]["state"] != "init"
-                })
-            })
+            .filter(|n| new().any(|e| &e.name == *n && e.result.state != ResultState::Init))
             .count();
         bar.set_position(done as u64);
-        let errors = log
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|e| {
-                e["result"]["state"] == "error" && e["seq"].as_i64().is_some_and(|q| q > since)
-            })
+        let errors = new()
+            .filter(|e| e.result.state == ResultState::Error)
             .count();
         bar.set_message(if errors > 0 {
             format!("({errors} in error)")
@@ -456,21 +439,9 @@ async fn follow(
         if done == names.len() {
             bar.finish_and_clear();
             // A change the node refused leaves the workload as it was, with the reason.
-            let refused: Vec<String> = log
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|e| {
-                    e["result"]["state"] == "unchanged"
-                        && e["seq"].as_i64().is_some_and(|q| q > since)
-                })
-                .map(|e| {
-                    format!(
-                        "{}: {}",
-                        e["name"].as_str().unwrap_or("?"),
-                        e["result"]["message"].as_str().unwrap_or("")
-                    )
-                })
+            let refused: Vec<String> = new()
+                .filter(|e| e.result.state == ResultState::Unchanged)
+                .map(|e| format!("{}: {}", e.name, e.result.message))
                 .collect();
             if !refused.is_empty() {
                 bail!(

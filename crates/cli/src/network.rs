@@ -24,6 +24,7 @@ use zos_client::GridClient;
 use zos_types::deployment::{
     ContractId, Deployment, SignatureRequest, SignatureRequirement, Workload,
 };
+use zos_types::node_api::{self, ContractBody, Page, PrivateIpsBody};
 use zos_types::workload::{Network, Peer, WorkloadType};
 use zos_types::{NodeId, TwinId};
 
@@ -336,19 +337,14 @@ fn free_port(taken: &[u16]) -> anyhow::Result<u16> {
 /// The address other members reach `node` at: the first IPv4 of its own namespace that is not
 /// loopback, link-local or zos's internal 100.127.0.0/16.
 async fn endpoint_host(c: &GridClient, twin: TwinId, node: NodeId) -> anyhow::Result<Ipv4Addr> {
-    let v = c
-        .call(twin, "zos.network.interfaces", &Value::Null)
+    let ifaces = c
+        .node(twin)
+        .call::<node_api::Interfaces>(&())
         .await
         .with_context(|| format!("asking node {node} for its interfaces"))?;
     let internal: Ipv4Net = "100.127.0.0/16".parse().expect("valid");
-    for iface in v.as_array().into_iter().flatten() {
-        if iface["namespace"] != "host" {
-            continue;
-        }
-        for a in iface["addrs"].as_array().into_iter().flatten() {
-            let Some(net) = a.as_str().and_then(|s| s.parse::<IpNet>().ok()) else {
-                continue;
-            };
+    for iface in ifaces.iter().filter(|i| i.namespace == "host") {
+        for net in &iface.addrs {
             if let IpAddr::V4(ip) = net.addr()
                 && !ip.is_loopback()
                 && !ip.is_link_local()
@@ -362,14 +358,10 @@ async fn endpoint_host(c: &GridClient, twin: TwinId, node: NodeId) -> anyhow::Re
 }
 
 async fn wg_ports(c: &GridClient, twin: TwinId, node: NodeId) -> anyhow::Result<Vec<u16>> {
-    let v = c
-        .call_all(twin, "zos.network.list_wg_ports", Value::Null, |p| {
-            Some(p.clone())
-        })
+    c.node(twin)
+        .all::<node_api::WgPorts>(Page::default())
         .await
-        .with_context(|| format!("asking node {node} for its taken ports"))?;
-    serde_json::from_value(Value::Array(v))
-        .context("the node answered ports this zos does not understand")
+        .with_context(|| format!("asking node {node} for its taken ports"))
 }
 
 async fn node_twin(c: &GridClient, node: NodeId) -> anyhow::Result<TwinId> {
@@ -385,16 +377,12 @@ async fn node_twin(c: &GridClient, node: NodeId) -> anyhow::Result<TwinId> {
 
 /// Addresses machines use in `name` on `node`.
 async fn used_ips(c: &GridClient, twin: TwinId, name: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
-    let v = c
-        .call_all(
-            twin,
-            "zos.network.list_private_ips",
-            json!({ "network_name": name }),
-            |ip| Some(ip.clone()),
-        )
-        .await?;
-    serde_json::from_value(Value::Array(v))
-        .context("the node answered addresses this zos does not understand")
+    let body = PrivateIpsBody {
+        network_name: name.to_string(),
+        limit: None,
+        cursor: None,
+    };
+    Ok(c.node(twin).all::<node_api::PrivateIps>(body).await?)
 }
 
 pub async fn run(cmd: NetworkCmd, g: &Global) -> anyhow::Result<()> {
@@ -685,18 +673,15 @@ async fn show(name: &str, g: &Global) -> anyhow::Result<()> {
         let twin = c.get_node(n.node_id).await.map(|x| x.twin_id);
         let (state, used) = match twin {
             Ok(twin) => {
-                let state = match c
-                    .call(
-                        twin,
-                        "zos.deployment.get",
-                        &json!({"contract_id": n.contract_id}),
-                    )
-                    .await
-                {
-                    Ok(d) => d["workloads"][0]["result"]["state"]
-                        .as_str()
-                        .unwrap_or("-")
-                        .to_string(),
+                let get = ContractBody {
+                    contract_id: n.contract_id,
+                };
+                let state = match c.node(twin).call::<node_api::Get>(&get).await {
+                    Ok(d) => d
+                        .workloads
+                        .first()
+                        .and_then(|w| w.result.as_ref())
+                        .map_or_else(|| "-".to_string(), |r| r.state.to_string()),
                     Err(e) => format!("unreachable: {e}"),
                 };
                 (state, used_ips(&c, twin, name).await.unwrap_or_default())

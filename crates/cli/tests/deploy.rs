@@ -17,6 +17,10 @@ use zos_types::deployment::{
     Deployment, ResultState, SignatureRequest, SignatureRequirement, Workload,
 };
 use zos_types::envelope::{Envelope, Seal};
+use zos_types::node_api::{
+    Changes, ChangesBody, ContractBody, Deploy, ErrorKind, Get, GetStatistics, NodeCommand,
+    PoolType, Pools, Update,
+};
 use zos_types::workload::WorkloadType;
 
 /// A user with a key and a twin on the devnet's grid.
@@ -134,15 +138,12 @@ async fn node_twin(grid: &GridClient, node: u32) -> u32 {
 }
 
 async fn get(u: &User, node_twin: u32, contract: u64) -> Result<Deployment, ClientError> {
-    let v = u
-        .client
-        .call(
-            node_twin,
-            "zos.deployment.get",
-            &json!({ "contract_id": contract }),
-        )
-        .await?;
-    Ok(serde_json::from_value(v).unwrap())
+    u.client
+        .node(node_twin)
+        .call::<Get>(&ContractBody {
+            contract_id: contract,
+        })
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -226,34 +227,26 @@ async fn deploy_update_cancel_from_the_command_line() {
     assert_eq!(disk_oks, 1, "the disk was not touched by the update");
     let pools = u
         .client
-        .call(
-            node_twin(&u.client, node).await,
-            "zos.storage.pools",
-            &Value::Null,
-        )
+        .node(node_twin(&u.client, node).await)
+        .call::<Pools>(&())
         .await
         .unwrap();
     let ssd_used: u64 = pools
-        .as_array()
-        .unwrap()
         .iter()
-        .filter(|p| p["type"] == "ssd")
-        .map(|p| p["used"].as_u64().unwrap())
+        .filter(|p| p.kind == PoolType::Ssd)
+        .map(|p| p.used)
         .sum();
     let stats = u
         .client
-        .call(
-            node_twin(&u.client, node).await,
-            "zos.statistics.get",
-            &Value::Null,
-        )
+        .node(node_twin(&u.client, node).await)
+        .call::<GetStatistics>(&())
         .await
         .unwrap();
-    let system_sru = stats["system"]["sru"].as_u64().unwrap();
+    let system_sru = stats.system.sru;
     assert_eq!(
         ssd_used,
         system_sru + 4 * GIB,
-        "2 GiB disk + 2 GiB volume + the cache: {pools}"
+        "2 GiB disk + 2 GiB volume + the cache: {pools:?}"
     );
 
     // Shrinking is refused: the command says so and fails, the volume keeps its size.
@@ -283,18 +276,15 @@ async fn deploy_update_cancel_from_the_command_line() {
     assert!(find(&root, &wid("vol")).is_empty());
     let stats = u
         .client
-        .call(
-            node_twin(&u.client, node).await,
-            "zos.statistics.get",
-            &Value::Null,
-        )
+        .node(node_twin(&u.client, node).await)
+        .call::<GetStatistics>(&())
         .await
         .unwrap();
     assert_eq!(
-        stats["used"], stats["system"],
-        "nothing but the system is used: {stats}"
+        stats.used, stats.system,
+        "nothing but the system is used: {stats:?}"
     );
-    assert_eq!(stats["users"]["deployments"], 0);
+    assert_eq!(stats.users.deployments, 0);
     assert!(
         used_sru_becomes(&u.client, node, 0).await,
         "the registry still shows SSD used after the cancel"
@@ -327,20 +317,19 @@ async fn bad_deployments_are_refused_and_nothing_is_stored() {
     let refused = |d: Deployment, expect: String| {
         let c = u.client.clone();
         async move {
-            let err = c.call(t1, "zos.deployment.deploy", &d).await.unwrap_err();
+            let err = c.node(t1).call::<Deploy>(&d).await.unwrap_err();
             assert!(
                 err.to_string().contains(expect.as_str()),
                 "expected {expect:?}, got {err}"
             );
             let gone = c
-                .call(
-                    t1,
-                    "zos.deployment.get",
-                    &json!({"contract_id": d.contract_id}),
-                )
+                .node(t1)
+                .call::<Get>(&ContractBody {
+                    contract_id: d.contract_id,
+                })
                 .await
                 .unwrap_err();
-            assert!(gone.to_string().contains("not found"), "{gone}");
+            assert_eq!(gone.node_error(), Some(ErrorKind::NotFound), "{gone}");
         }
     };
 
@@ -410,12 +399,9 @@ async fn bad_deployments_are_refused_and_nothing_is_stored() {
     let mut d = u.deployment(disks());
     d.description = "x".repeat(300 * 1024);
     d.contract_id = 999;
-    let err = u
-        .client
-        .call(t1, "zos.deployment.deploy", &d)
-        .await
-        .unwrap_err();
+    let err = u.client.node(t1).call::<Deploy>(&d).await.unwrap_err();
     assert!(err.to_string().contains("larger than the limit"), "{err}");
+    assert_eq!(err.node_error(), Some(ErrorKind::Invalid), "{err}");
 
     // A replayed envelope: the relay refuses the second copy.
     let mut d = u.deployment(disks());
@@ -425,7 +411,7 @@ async fn bad_deployments_are_refused_and_nothing_is_stored() {
         source: u.twin(),
         destination: t1,
         destination_key: &key,
-        command: "zos.deployment.deploy",
+        command: Deploy::NAME,
         reply_to: None,
         expiration: zos_types::auth::unix_now() + 60,
     };
@@ -462,26 +448,15 @@ async fn bad_deployments_are_refused_and_nothing_is_stored() {
         .unwrap();
     next.sign(n1, u.twin(), u.client.identity().unwrap())
         .unwrap();
-    let err = u
-        .client
-        .call(t1, "zos.deployment.update", &next)
-        .await
-        .unwrap_err();
+    let err = u.client.node(t1).call::<Update>(&next).await.unwrap_err();
     assert!(err.to_string().contains("cannot become"), "{err}");
     assert_eq!(get(&u, t1, d.contract_id).await.unwrap().version, 0);
 
     // Another twin sees nothing of it.
     let other = user(&grid).await;
-    let e = other
-        .client
-        .call(
-            t1,
-            "zos.deployment.get",
-            &json!({"contract_id": d.contract_id}),
-        )
-        .await
-        .unwrap_err();
+    let e = get(&other, t1, d.contract_id).await.unwrap_err();
     assert!(e.to_string().contains("not found"), "{e}");
+    assert_eq!(e.node_error(), Some(ErrorKind::NotFound), "{e}");
 }
 
 /// Bob co-signs Alice's deployment for node 1. Alice makes a contract for the same deployment
@@ -518,11 +493,7 @@ async fn co_signature_for_node_1_replayed_on_node_2_is_refused() {
 
     alice.contract(&mut d, n2).await;
     d.signature_requirement.signatures.push(bobs);
-    let err = alice
-        .client
-        .call(t2, "zos.deployment.deploy", &d)
-        .await
-        .unwrap_err();
+    let err = alice.client.node(t2).call::<Deploy>(&d).await.unwrap_err();
     let expect = format!(
         "twin {}'s signature does not match this deployment on node {n2}",
         bob.twin()
@@ -534,11 +505,7 @@ async fn co_signature_for_node_1_replayed_on_node_2_is_refused() {
     // With Bob's signature for node 2 the same deployment is taken there.
     d.sign(n2, bob.twin(), bob.client.identity().unwrap())
         .unwrap();
-    alice
-        .client
-        .call(t2, "zos.deployment.deploy", &d)
-        .await
-        .unwrap();
+    alice.client.node(t2).call::<Deploy>(&d).await.unwrap();
     assert_eq!(get(&alice, t2, d.contract_id).await.unwrap().version, 0);
     alice.client.cancel_contract(d.contract_id).await.unwrap();
 }
@@ -567,7 +534,7 @@ async fn a_killed_node_finishes_every_workload_once_and_the_grid_going_away_dele
         .collect();
     let mut d = u.deployment(many);
     u.contract(&mut d, node).await;
-    u.client.call(t, "zos.deployment.deploy", &d).await.unwrap();
+    u.client.node(t).call::<Deploy>(&d).await.unwrap();
     // Crash it in the middle of the work, then start it again.
     devnet::stop_node(&mut net.state, 1, true).unwrap();
     devnet::start_node(&mut net.state, 1).unwrap();
@@ -588,22 +555,21 @@ async fn a_killed_node_finishes_every_workload_once_and_the_grid_going_away_dele
     .await
     .expect("every workload ends ok after the restart");
     assert_eq!(done.workloads.len(), 24);
-    let log: Vec<Value> = serde_json::from_value(
-        u.client
-            .call(
-                t,
-                "zos.deployment.changes",
-                &json!({"contract_id": d.contract_id}),
-            )
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let log = u
+        .client
+        .node(t)
+        .call::<Changes>(&ChangesBody {
+            contract_id: d.contract_id,
+            limit: None,
+            cursor: None,
+        })
+        .await
+        .unwrap();
     for i in 0..24 {
         let n = format!("d{i}");
         let oks = log
             .iter()
-            .filter(|e| e["name"] == n.as_str() && e["result"]["state"] == "ok")
+            .filter(|e| e.name == n && e.result.state == ResultState::Ok)
             .count();
         assert_eq!(oks, 1, "{n} is ok exactly once");
         assert_eq!(
@@ -667,7 +633,7 @@ async fn a_grace_period_pauses_and_its_end_resumes() {
         json!({"size": GIB}),
     )]);
     u.contract(&mut d, node).await;
-    u.client.call(t, "zos.deployment.deploy", &d).await.unwrap();
+    u.client.node(t).call::<Deploy>(&d).await.unwrap();
     let state = |want: ResultState| {
         let u = &u;
         let c = d.contract_id;

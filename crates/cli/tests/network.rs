@@ -7,13 +7,20 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use zos_testkit::devnet::{DevnetGuard, DevnetNode};
 use zos_testkit::net::{TcpServer, connect, ping, tcp_banner};
 use zos_testkit::netns::{self, Netns};
 use zos_testkit::process::{ProcessGuard, alive, wait_until};
 use zos_testkit::require_root;
 use zos_testkit::user::{User, nr_netns};
+use zos_types::node_api::{NetworkBody, Page, PublicConfigGet, PublicIps, WgPorts, Wireguard};
+
+fn wg_body(name: &str) -> NetworkBody {
+    NetworkBody {
+        network_name: name.into(),
+    }
+}
 
 async fn user(grid: &str) -> User {
     User::new(grid, Path::new(env!("CARGO_BIN_EXE_zos")))
@@ -23,19 +30,11 @@ async fn user(grid: &str) -> User {
 
 /// Bytes received and sent by the WireGuard interface of `u`'s network `name` on `node`.
 async fn wg_totals(u: &User, node: &DevnetNode, name: &str) -> (u64, u64) {
-    let v = u
-        .call(node, "zos.network.wireguard", json!({"network_name": name}))
-        .await;
-    v["status"]["peers"]
-        .as_array()
-        .unwrap()
+    let v = u.call::<Wireguard>(node, &wg_body(name)).await;
+    v.status
+        .peers
         .iter()
-        .fold((0, 0), |(r, t), p| {
-            (
-                r + p["rx_bytes"].as_u64().unwrap(),
-                t + p["tx_bytes"].as_u64().unwrap(),
-            )
-        })
+        .fold((0, 0), |(r, t), p| (r + p.rx_bytes, t + p.tx_bytes))
 }
 /// Everything of the node's networks that lives in a global space: namespaces of network
 /// resources, WireGuard sockets and processes.
@@ -184,10 +183,8 @@ async fn a_network_across_two_nodes_from_create_to_delete() {
         nr_netns(&n2, alice.twin(), "lan"),
     );
     assert!(netns::netns_exists(&a1) && netns::netns_exists(&a2));
-    let ports = alice
-        .call(&n1, "zos.network.list_wg_ports", Value::Null)
-        .await;
-    assert_eq!(ports, json!([nodes[0]["listen_port"]]));
+    let ports = alice.call::<WgPorts>(&n1, &Page::default()).await;
+    assert_eq!(json!(ports), json!([nodes[0]["listen_port"]]));
 
     // Through the tunnel: node 1's resource reaches node 2's gateway, by ping and TCP.
     let before = wg_totals(&alice, &n1, "lan").await;
@@ -348,9 +345,10 @@ async fn a_network_across_two_nodes_from_create_to_delete() {
     };
     std::thread::sleep(Duration::from_secs(1));
     let wg_pid_before = alice
-        .call(&n1, "zos.network.wireguard", json!({"network_name": "lan"}))
-        .await["network"]["pid"]
-        .clone();
+        .call::<Wireguard>(&n1, &wg_body("lan"))
+        .await
+        .network
+        .pid;
     zos_testkit::devnet::stop_node(&mut net.state, 1, true).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     zos_testkit::devnet::start_node(&mut net.state, 1).unwrap();
@@ -364,23 +362,12 @@ async fn a_network_across_two_nodes_from_create_to_delete() {
     let back = wait_until(Duration::from_secs(60), Duration::from_millis(500), || {
         let c = alice.client.clone();
         let twin = n1.twin_id.unwrap();
-        async move {
-            c.call(
-                twin,
-                "zos.network.wireguard",
-                &json!({"network_name": "lan"}),
-            )
-            .await
-            .ok()
-        }
+        async move { c.node(twin).call::<Wireguard>(&wg_body("lan")).await.ok() }
     })
     .await
     .expect("node 1 answers again");
-    assert_eq!(
-        back["network"]["pid"], wg_pid_before,
-        "the tunnel was adopted"
-    );
-    assert!(alive(wg_pid_before.as_i64().unwrap() as i32));
+    assert_eq!(back.network.pid, wg_pid_before, "the tunnel was adopted");
+    assert!(alive(wg_pid_before.unwrap()));
     assert!(ping(&a1, "10.20.3.1", 2));
 
     // Delete both networks: nothing of them stays on either node.
@@ -390,12 +377,7 @@ async fn a_network_across_two_nodes_from_create_to_delete() {
     for n in [&n1, &n2] {
         let left = network_leftovers(n);
         assert!(left.is_empty(), "node {}: {left:?}", n.index);
-        assert_eq!(
-            alice
-                .call(n, "zos.network.list_wg_ports", Value::Null)
-                .await,
-            json!([])
-        );
+        assert!(alice.call::<WgPorts>(n, &Page::default()).await.is_empty());
     }
     let (ok, _, err) = alice.zos_raw(&["network", "show", "lan"]);
     assert!(!ok && err.contains("no network"), "{err}");
@@ -422,15 +404,11 @@ async fn a_public_ip_comes_from_the_farm_pool_and_goes_back_on_cancel() {
     let cfg = wait_until(Duration::from_secs(30), Duration::from_millis(300), || {
         let c = u.client.clone();
         let twin = n1.twin_id.unwrap();
-        async move {
-            c.call(twin, "zos.network.public_config_get", &Value::Null)
-                .await
-                .ok()
-        }
+        async move { c.node(twin).call::<PublicConfigGet>(&()).await.ok() }
     })
     .await
     .expect("the node applies its public config");
-    assert_eq!(cfg["ipv4"], format!("{}/24", n1.public_address));
+    assert_eq!(cfg.ipv4.to_string(), format!("{}/24", n1.public_address));
     let probe = Netns::create(&format!("{}-pub", net.state.name)).unwrap();
     netns::attach(
         &net.state.public_bridge,
@@ -466,17 +444,12 @@ async fn a_public_ip_comes_from_the_farm_pool_and_goes_back_on_cancel() {
     let farm = u.client.list_farm_ips(net.state.farm_id).await.unwrap();
     let held = farm.iter().find(|f| f.ip.to_string() == ip).unwrap();
     assert_eq!(held.contract_id, Some(contract));
-    let listed = u
-        .call(&n1, "zos.network.list_public_ips", Value::Null)
-        .await;
-    assert_eq!(listed, json!([ip.split('/').next().unwrap()]));
+    let listed = u.call::<PublicIps>(&n1, &()).await;
+    assert_eq!(json!(listed), json!([ip.split('/').next().unwrap()]));
 
     // Cancel: the node lets it go and the farm's pool has it free again.
     u.zos(&["deployment", "cancel", &contract.to_string(), "--json"]);
-    let listed = u
-        .call(&n1, "zos.network.list_public_ips", Value::Null)
-        .await;
-    assert_eq!(listed, json!([]));
+    assert!(u.call::<PublicIps>(&n1, &()).await.is_empty());
     let farm = u.client.list_farm_ips(net.state.farm_id).await.unwrap();
     let freed = farm.iter().find(|f| f.ip.to_string() == ip).unwrap();
     assert_eq!(freed.contract_id, None);

@@ -18,6 +18,7 @@ use zos_types::capacity::GIB;
 use zos_types::deployment::{
     Deployment, DeploymentSignature, SignatureRequest, SignatureRequirement, Workload,
 };
+use zos_types::node_api::{Console, ConsoleBody, Deploy, ErrorKind, NodeError, Version};
 use zos_types::workload::WorkloadType;
 
 /// Twin ids no grid of a test has (a devnet counts twins from 1).
@@ -100,13 +101,12 @@ async fn answers_within(user: &User, node: &DevnetNode, limit: Duration) -> Dura
     let t = Instant::now();
     let v = tokio::time::timeout(
         limit,
-        user.client
-            .call(node.twin_id.unwrap(), "zos.system.version", &Value::Null),
+        user.client.node(node.twin_id.unwrap()).call::<Version>(&()),
     )
     .await
     .unwrap_or_else(|_| panic!("no answer to another twin's call within {limit:?}"))
     .unwrap_or_else(|e| panic!("another twin's call failed: {e}"));
-    assert!(v["zos"].as_str().is_some(), "{v}");
+    assert!(!v.zos.is_empty(), "{v:?}");
     t.elapsed()
 }
 
@@ -148,7 +148,7 @@ async fn flood_of_deployments_with_thousands_of_unknown_signers_leaves_the_uplin
             let mut set = tokio::task::JoinSet::new();
             for (i, d) in deployments.into_iter().enumerate() {
                 let c = c.clone();
-                set.spawn(async move { (i, c.call(twin, "zos.deployment.deploy", &d).await) });
+                set.spawn(async move { (i, c.node(twin).call::<Deploy>(&d).await) });
             }
             let mut out = Vec::new();
             while let Some(r) = set.join_next().await {
@@ -173,10 +173,8 @@ async fn flood_of_deployments_with_thousands_of_unknown_signers_leaves_the_uplin
     let (mut refused, mut busy) = (0, 0);
     for (i, r) in answers {
         match r {
-            Err(ClientError::Remote(m)) if m.contains("busy") || m.contains("requests running") => {
-                busy += 1
-            }
-            Err(ClientError::Remote(m)) => {
+            Err(ClientError::Remote(e)) if e.kind == ErrorKind::Busy => busy += 1,
+            Err(ClientError::Remote(NodeError { message: m, .. })) => {
                 let why = if i % 2 == 0 {
                     "1001 signatures for 1 signature requests"
                 } else {
@@ -261,23 +259,25 @@ async fn console_of_a_machine_that_printed_50_mib_is_a_bounded_tail() {
 
     // The largest tail a caller may ask for is answered, bounded, with the last line.
     let twin = node.twin_id.unwrap();
-    let ask = |bytes: Option<u64>| {
+    let ask = |bytes: Option<usize>| {
         let c = alice.client.clone();
         async move {
             let t = Instant::now();
+            let body = ConsoleBody {
+                contract_id: contract,
+                name: "web".into(),
+                bytes,
+            };
             let v = c
-                .call(
-                    twin,
-                    "zos.zmachine.console",
-                    &json!({"contract_id": contract, "name": "web", "bytes": bytes}),
-                )
+                .node(twin)
+                .call::<Console>(&body)
                 .await
                 .unwrap_or_else(|e| panic!("console of {bytes:?} bytes: {e}"));
             (v, t.elapsed())
         }
     };
     let (big, took) = ask(Some(1 << 20)).await;
-    let text = big["console"].as_str().unwrap();
+    let text = big.console.as_str();
     eprintln!("console of at most 1 MiB: {} bytes in {took:?}", text.len());
     assert!(text.len() <= 256 << 10, "{} bytes answered", text.len());
     assert!(text.len() >= 200 << 10, "{} bytes answered", text.len());
@@ -286,9 +286,9 @@ async fn console_of_a_machine_that_printed_50_mib_is_a_bounded_tail() {
         "{}",
         &text[text.len() - 64..]
     );
-    assert_eq!(big["truncated"], true);
+    assert!(big.truncated);
     let (small, _) = ask(None).await;
-    let text = small["console"].as_str().unwrap();
+    let text = small.console.as_str();
     assert!(text.len() <= 64 << 10, "{} bytes answered", text.len());
     assert!(text.ends_with("the last line of 50 MiB\n"));
 
@@ -314,11 +314,8 @@ async fn console_of_a_machine_that_printed_50_mib_is_a_bounded_tail() {
     );
     let (after, _) = ask(None).await;
     assert!(
-        after["console"]
-            .as_str()
-            .unwrap()
-            .contains("the last line of 50 MiB"),
-        "{after}"
+        after.console.contains("the last line of 50 MiB"),
+        "{after:?}"
     );
 
     // The node never left the relay.

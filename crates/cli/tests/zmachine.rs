@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::json;
 use zos_testkit::devnet::{self, DevnetNode};
 use zos_testkit::guest::{VmBed, build_guest, http_get, vm_bed, wait_http};
 use zos_testkit::netns;
 use zos_testkit::process::wait_until;
 use zos_testkit::require_root;
 use zos_testkit::user::nr_netns;
+use zos_types::node_api::{Console, ConsoleBody, ContractBody, Get};
 
 /// PIDs of processes whose command line holds `needle` and `program`.
 fn pids_with(program: &str, needle: &str) -> Vec<i32> {
@@ -147,20 +147,15 @@ async fn zmachines_on_two_nodes_talk_over_their_network() {
     );
     let console = alice
         .client
-        .call(
-            n1.twin_id.unwrap(),
-            "zos.zmachine.console",
-            &json!({"contract_id": contract, "name": "web"}),
-        )
+        .node(n1.twin_id.unwrap())
+        .call::<Console>(&ConsoleBody {
+            contract_id: contract,
+            name: "web".into(),
+            bytes: None,
+        })
         .await
         .unwrap();
-    assert!(
-        console["console"]
-            .as_str()
-            .unwrap()
-            .contains("entrypoint ready"),
-        "{console}"
-    );
+    assert!(console.console.contains("entrypoint ready"), "{console:?}");
 
     // The batch target: a machine on node 2 reaches the one on node 1, guest to guest.
     let res2 = alice.deploy(
@@ -199,13 +194,10 @@ async fn zmachines_on_two_nodes_talk_over_their_network() {
         let c = alice.client.clone();
         let twin = n1.twin_id.unwrap();
         async move {
-            c.call(
-                twin,
-                "zos.deployment.get",
-                &json!({"contract_id": contract}),
-            )
-            .await
-            .ok()
+            let get = ContractBody {
+                contract_id: contract,
+            };
+            c.node(twin).call::<Get>(&get).await.ok()
         }
     })
     .await;
@@ -448,15 +440,13 @@ async fn a_full_vm_boots_its_image_from_a_zmount_and_reads_its_nocloud_seed() {
         let c = u.client.clone();
         let twin = n1.twin_id.unwrap();
         async move {
-            let v = c
-                .call(
-                    twin,
-                    "zos.zmachine.console",
-                    &json!({"contract_id": contract, "name": "Full_VM", "bytes": 1 << 20}),
-                )
-                .await
-                .ok()?;
-            let text = v["console"].as_str()?.to_string();
+            let body = ConsoleBody {
+                contract_id: contract,
+                name: "Full_VM".into(),
+                bytes: Some(1 << 20),
+            };
+            let v = c.node(twin).call::<Console>(&body).await.ok()?;
+            let text = v.console;
             text.contains("NOCLOUD hostname=").then_some(text)
         }
     })

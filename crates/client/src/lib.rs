@@ -19,9 +19,15 @@
 //! calls made within the same second would carry the same signature. The client therefore stamps
 //! a repeat of an identical request with the second after the one it last used (still well inside
 //! the registry's window), so that both are accepted.
+//!
+//! Commands to nodes, through the relay, go through [`GridClient::node`], a [`NodeClient`] typed
+//! by the node protocol ([`zos_types::node_api`]).
 
 pub mod keyfile;
+mod node;
 pub mod uplink;
+
+pub use node::NodeClient;
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -82,9 +88,16 @@ pub enum ClientError {
     /// A signed call was made on a client without an identity.
     #[error("this call must be signed: give the client an identity with with_identity")]
     NoIdentity,
-    /// The destination of a relay call refused the request, with its reason.
+    /// The destination of a relay call refused the request: the kind of refusal and its reason.
     #[error("{0}")]
-    Remote(String),
+    Remote(zos_types::node_api::NodeError),
+    /// A node answered a command with something that is not the command's answer type.
+    #[error("node answered {command} with an answer this zos does not understand")]
+    Answer {
+        command: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
     /// The relay did not carry a call to twin `twin`: offline (404), no answer in time (504),
     /// busy (503), or the envelope was refused (400, 401, 409, 413).
     #[error("{}", relay_text(*twin, *status, message))]
@@ -141,6 +154,14 @@ impl ClientError {
     }
 
     /// True when a relay call failed because its destination has no uplink.
+    /// The kind of a node's refusal ([`ClientError::Remote`]), `None` for any other error.
+    pub fn node_error(&self) -> Option<zos_types::node_api::ErrorKind> {
+        match self {
+            ClientError::Remote(e) => Some(e.kind),
+            _ => None,
+        }
+    }
+
     pub fn is_offline(&self) -> bool {
         matches!(self, ClientError::Relay { status: 404, .. })
     }
@@ -537,7 +558,9 @@ impl GridClient {
         Ok(key)
     }
 
-    /// Calls `command` on twin `dest` (a node) with `body`: seals it to the destination (its key
+    /// Calls `command` on twin `dest` with `body`, untyped: for commands outside the node
+    /// protocol (tests of the relay with echo peers); node commands go through
+    /// [`GridClient::node`]. Calls `command` on twin `dest` with `body`: seals it to the destination (its key
     /// is looked up once and remembered), sends it through the relay, checks that the reply
     /// answers this request and is signed by `dest`, and opens it. A refusal by the destination
     /// is [`ClientError::Remote`]; one by the relay (offline, no answer in time…) is
@@ -578,64 +601,16 @@ impl GridClient {
         let opened = reply.open(identity, &key).map_err(ClientError::Envelope)?;
         match serde_json::from_slice::<Reply>(&opened) {
             Ok(Reply::Ok(v)) => Ok(v),
-            Ok(Reply::Error(m)) => Err(ClientError::Remote(m)),
+            Ok(Reply::Error(e)) => Err(ClientError::Remote(e)),
             Err(e) => Err(ClientError::Envelope(
                 zos_types::envelope::EnvelopeError::Malformed(e.to_string()),
             )),
         }
     }
 
-    /// Every item of a paged list command of a node (`zos.deployment.list`,
-    /// `zos.deployment.changes`, `zos.network.list_private_ips`, …): asks page after page, each
-    /// with `cursor` set to the key of the last item it got (`key` reads it from an item, for
-    /// example its `seq`), until a page comes back empty. `body` is the command's object (or
-    /// null) without paging fields; the node's default page size applies. A node from before
-    /// paging answers the whole list to the first call and refuses the cursor of the second:
-    /// that ends the list too.
-    pub async fn call_all(
-        &self,
-        dest: TwinId,
-        command: &str,
-        body: serde_json::Value,
-        key: impl Fn(&serde_json::Value) -> Option<serde_json::Value>,
-    ) -> Result<Vec<serde_json::Value>, ClientError> {
-        let mut body = match body {
-            serde_json::Value::Object(m) => m,
-            _ => serde_json::Map::new(),
-        };
-        let mut all = Vec::new();
-        loop {
-            let page = match self
-                .call(dest, command, &serde_json::Value::Object(body.clone()))
-                .await
-            {
-                // A node from before paging answered the whole list at once.
-                Err(ClientError::Remote(m))
-                    if body.contains_key("cursor") && m.contains("unknown field `cursor`") =>
-                {
-                    return Ok(all);
-                }
-                r => r?,
-            };
-            let items = match page {
-                serde_json::Value::Array(items) => items,
-                other => {
-                    return Err(ClientError::Remote(format!(
-                        "{command} answered {} instead of a page",
-                        other.to_string().chars().take(64).collect::<String>()
-                    )));
-                }
-            };
-            let Some(next) = items.last().and_then(&key) else {
-                return Ok(all);
-            };
-            if body.get("cursor") == Some(&next) {
-                // No progress: the node ignores the cursor (an older node); stop here.
-                return Ok(all);
-            }
-            all.extend(items);
-            body.insert("cursor".into(), next);
-        }
+    /// The typed client of the node with twin `twin` (see [`NodeClient`]).
+    pub fn node(&self, twin: TwinId) -> NodeClient<'_> {
+        NodeClient { grid: self, twin }
     }
 
     /// The registry's version and clock; a cheap reachability check.

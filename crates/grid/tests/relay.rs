@@ -19,6 +19,7 @@ use zos_types::auth::{Signer, unix_now};
 use zos_types::contract::{CreateNodeContract, NodeEvent, NodeEventRecord, UpdateNodeContract};
 use zos_types::deployment::DeploymentHash;
 use zos_types::envelope::{Envelope, MAX_ENVELOPE_BYTES, Reply};
+use zos_types::node_api::{Deploy, ErrorKind, NodeCommand};
 use zos_types::relay::{SEND_PATH, UPLINK_PATH, UplinkFrame};
 use zos_types::{Identity, PublicKey, TwinId};
 
@@ -103,7 +104,8 @@ async fn a_call_reaches_the_node_and_its_reply_comes_back() {
     // The node's refusal comes back as the remote's own message.
     let e = user.call(n.twin, "zos.fail", &json!({})).await.unwrap_err();
     assert!(
-        matches!(&e, ClientError::Remote(m) if m == "refused: just because"),
+        matches!(&e, ClientError::Remote(m)
+            if m.message == "refused: just because" && m.kind == ErrorKind::Forbidden),
         "{e:?}"
     );
     // Many calls in flight at once are each matched to their own reply.
@@ -175,7 +177,7 @@ async fn the_relay_refuses_what_it_must_with_its_statuses() {
 
     // Forged: changed after signing.
     let mut forged = sealed(&user, n.twin, &nkey, 30, b"{}");
-    forged.command = "zos.deployment.deploy".into();
+    forged.command = Deploy::NAME.into();
     assert_eq!(
         relay_status(user.relay_send(&forged).await.unwrap_err()),
         401

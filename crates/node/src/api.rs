@@ -1,23 +1,8 @@
 //! The node's commands, as they arrive over the relay: parsed into a typed [`Command`] at the
-//! edge, then run by one dispatcher.
-//!
-//! | command | body | answer |
-//! |---|---|---|
-//! | `zos.deployment.deploy` / `zos.deployment.update` | `Deployment` | `null` once stored and queued |
-//! | `zos.deployment.get` | `{"contract_id": N}` | the deployment with results |
-//! | `zos.deployment.changes` | `{"contract_id": N, "limit": N?, "cursor": SEQ?}` | a page of its result log, by `seq` |
-//! | `zos.deployment.list` | `{"limit": N?, "cursor": CONTRACT?}` or none | a page of the sender's deployments, by contract id |
-//! | `zos.statistics.get` | – | total, used and system capacity; deployment and workload counts |
-//! | `zos.storage.pools` | – | every pool: name, type, size, used |
-//! | `zos.system.version` | – | `{"zos": "<version>"}` |
-//! | `zos.system.diagnostics` | – | health of each module |
-//! | `zos.network.list_wg_ports` | `{"limit": N?, "cursor": PORT?}` or none | a page of the WireGuard listen ports taken on the node |
-//! | `zos.network.public_config_get` | – | the node's public config, as the node applied it |
-//! | `zos.network.interfaces` | – | the node's interfaces (host and public) with MAC and addresses |
-//! | `zos.network.list_private_ips` | `{"network_name": S, "limit": N?, "cursor": IP?}` | a page of the addresses machines use in the sender's network |
-//! | `zos.network.list_public_ips` | – | public IPv4 addresses `ip` workloads use on the node |
-//! | `zos.network.wireguard` | `{"network_name": S}` | the sender's network resource: key, port, peers and transfer counters |
-//! | `zos.zmachine.console` | `{"contract_id": N, "name": S, "bytes": N?}` | `{"name", "console", "truncated"}`: the last bytes (64 KiB by default, 256 KiB at most) of the sender's machine's console log |
+//! edge, then run by one dispatcher. The commands, their bodies and their answers are the
+//! types of the node protocol, [`zos_types::node_api`] (its `COMMANDS` table is the list): the
+//! parser matches their names and reads their body types, and every answer is built as the
+//! command's answer type before it is sent.
 //!
 //! Only a deployment's own twin sees or changes it.
 //!
@@ -32,22 +17,27 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use tokio::sync::watch;
-use zos_types::deployment::{ContractId, Deployment, MAX_DEPLOYMENT_BYTES};
-use zos_types::{Capacity, TwinId};
-
 use futures::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::watch;
+use zos_types::TwinId;
+use zos_types::deployment::{ContractId, Deployment, MAX_DEPLOYMENT_BYTES};
+use zos_types::node_api::{
+    self as p, ConsoleAnswer, ConsoleBody, Diagnostics, ErrorKind, Modules, NetworkHealth,
+    NodeCommand, NodeError, Page, PoolType, ProvisionHealth, RegistrarHealth, Statistics,
+    StorageHealth, UserCounts, VersionAnswer, WireguardAnswer,
+};
 use zos_types::workload::WorkloadType;
 
 use crate::network::Networker;
 use crate::provision::{Engine, EngineError};
 use crate::registrar::{RegistrarStatus, error_chain};
-use crate::storage::Storage;
+use crate::storage::{DiskKind, Storage};
 use crate::vmm::Vmm;
 
-/// A command the node understands, with its parsed body.
+/// A command the node understands, with its parsed body (the protocol's body types).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Deploy(Box<Deployment>),
@@ -65,17 +55,7 @@ pub enum Command {
     PrivateIps(String, Page<Ipv4Addr>),
     PublicIps,
     Wireguard(String),
-    Console(ConsoleArg),
-}
-
-/// Body of `zos.zmachine.console`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConsoleArg {
-    pub contract_id: ContractId,
-    pub name: String,
-    #[serde(default)]
-    pub bytes: Option<usize>,
+    Console(ConsoleBody),
 }
 
 /// Most console bytes one request answers.
@@ -88,55 +68,36 @@ pub const ANSWER_BUDGET: usize = 512 << 10;
 /// Most items a page holds, whatever `limit` asks.
 pub const MAX_PAGE: usize = 10_000;
 
-/// `limit` and `cursor` of a list command (see the module's header).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Page<C> {
-    pub limit: Option<usize>,
-    pub cursor: Option<C>,
+/// Whether an item with key `k` comes after the page's cursor.
+fn after<C: PartialOrd + Copy>(page: &Page<C>, k: C) -> bool {
+    page.cursor.is_none_or(|c| k > c)
 }
 
-impl<C> Default for Page<C> {
-    fn default() -> Self {
-        Self {
-            limit: None,
-            cursor: None,
+/// A page of `items`, sorted by `key`: at most `limit` (or `default`) items after the cursor,
+/// and [`ANSWER_BUDGET`] bytes.
+fn page_of<C: PartialOrd + Copy, T: Serialize>(
+    page: &Page<C>,
+    items: impl IntoIterator<Item = T>,
+    key: impl Fn(&T) -> C,
+    default: usize,
+) -> Vec<T> {
+    let mut out = Filler::new(page.limit.unwrap_or(default));
+    for item in items.into_iter().filter(|t| after(page, key(t))) {
+        if !out.push(item) {
+            break;
         }
     }
-}
-
-impl<C: PartialOrd + Copy> Page<C> {
-    /// Whether an item with key `k` comes after the cursor.
-    fn after(&self, k: C) -> bool {
-        self.cursor.is_none_or(|c| k > c)
-    }
-
-    /// A page of `items`, sorted by `key`, at most `limit` (or `default`) items and
-    /// [`ANSWER_BUDGET`] bytes.
-    fn of<T: Serialize>(
-        &self,
-        items: impl IntoIterator<Item = T>,
-        key: impl Fn(&T) -> C,
-        default: usize,
-    ) -> Result<Value, ApiError> {
-        let mut out = Filler::new(self.limit.unwrap_or(default));
-        for item in items.into_iter().filter(|t| self.after(key(t))) {
-            if !out.push(to_json(&item)?) {
-                break;
-            }
-        }
-        Ok(out.done())
-    }
+    out.items
 }
 
 /// Collects a page's items while they fit its count and [`ANSWER_BUDGET`].
-struct Filler {
-    items: Vec<Value>,
+struct Filler<T> {
+    items: Vec<T>,
     bytes: usize,
     limit: usize,
 }
 
-impl Filler {
+impl<T: Serialize> Filler<T> {
     fn new(limit: usize) -> Self {
         Self {
             items: Vec::new(),
@@ -146,7 +107,7 @@ impl Filler {
     }
 
     /// Takes `v` unless the page is full; `false` when it is (`v` is not taken).
-    fn push(&mut self, v: Value) -> bool {
+    fn push(&mut self, v: T) -> bool {
         if self.items.len() >= self.limit {
             return false;
         }
@@ -157,10 +118,6 @@ impl Filler {
         self.bytes += size;
         self.items.push(v);
         true
-    }
-
-    fn done(self) -> Value {
-        Value::Array(self.items)
     }
 }
 
@@ -186,7 +143,7 @@ fn console_tail(text: &str, max: usize, budget: usize) -> (&str, bool) {
     (&text[start..], start > 0)
 }
 
-/// Console logs of machines, for `zos.zmachine.console` (any [`Vmm`]).
+/// Console logs of machines, for [`p::Console`] (any [`Vmm`]).
 pub trait Consoles: Send + Sync {
     /// The last `max` bytes of the console of VM `vm`.
     fn tail<'a>(&'a self, vm: &'a str, max: usize) -> BoxFuture<'a, Result<String, String>>;
@@ -196,38 +153,6 @@ impl<V: Vmm + 'static> Consoles for V {
     fn tail<'a>(&'a self, vm: &'a str, max: usize) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(async move { self.console(vm, max).await.map_err(|e| error_chain(&e)) })
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NetworkArg {
-    network_name: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ContractArg {
-    contract_id: ContractId,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChangesArg {
-    contract_id: ContractId,
-    #[serde(default)]
-    limit: Option<usize>,
-    #[serde(default)]
-    cursor: Option<i64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PrivateIpsArg {
-    network_name: String,
-    #[serde(default)]
-    limit: Option<usize>,
-    #[serde(default)]
-    cursor: Option<Ipv4Addr>,
 }
 
 /// A command the node refuses, with what the sender should do about it.
@@ -245,12 +170,64 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl ApiError {
+    /// The protocol's kind of this refusal.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::UnknownCommand(_) | Self::BadRequest(_) => ErrorKind::Invalid,
+            Self::NotFound(_) => ErrorKind::NotFound,
+            Self::Internal(_) => ErrorKind::Internal,
+            Self::Engine(e) => match e {
+                EngineError::Invalid(_) => ErrorKind::Invalid,
+                EngineError::Forbidden(_) => ErrorKind::Forbidden,
+                EngineError::NotFound(_) => ErrorKind::NotFound,
+                EngineError::Conflict(_) | EngineError::Capacity(_) => ErrorKind::Conflict,
+                EngineError::Unavailable(_) => ErrorKind::Unavailable,
+                EngineError::Internal(_) => ErrorKind::Internal,
+            },
+        }
+    }
+}
+
+impl From<ApiError> for NodeError {
+    fn from(e: ApiError) -> Self {
+        NodeError::new(e.kind(), e.to_string())
+    }
+}
+
 fn net_err(e: crate::network::NetworkError) -> ApiError {
     ApiError::Internal(error_chain(&e))
 }
 
-fn body<T: serde::de::DeserializeOwned>(command: &str, raw: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(raw).map_err(|e| ApiError::BadRequest(format!("{command}: {e}")))
+/// The body of command `C`.
+fn body<C: NodeCommand>(raw: &[u8]) -> Result<C::Body, ApiError> {
+    serde_json::from_slice(raw).map_err(|e| ApiError::BadRequest(format!("{}: {e}", C::NAME)))
+}
+
+/// Whether `raw` is no body: nothing, `null` or `{}`.
+fn is_empty(raw: &[u8]) -> bool {
+    let t = raw.trim_ascii();
+    t.is_empty() || t == b"null" || t == b"{}"
+}
+
+/// The page of list command `C`: the first with no body.
+fn page<C: NodeCommand<Body = Page<K>>, K: DeserializeOwned>(
+    raw: &[u8],
+) -> Result<Page<K>, ApiError> {
+    if is_empty(raw) {
+        Ok(Page::default())
+    } else {
+        body::<C>(raw)
+    }
+}
+
+/// `cmd`, if `raw` is no body (command `C` takes none).
+fn none<C: NodeCommand<Body = ()>>(raw: &[u8], cmd: Command) -> Result<Command, ApiError> {
+    if is_empty(raw) {
+        Ok(cmd)
+    } else {
+        Err(ApiError::BadRequest(format!("{} takes no body", C::NAME)))
+    }
 }
 
 impl Command {
@@ -262,81 +239,53 @@ impl Command {
                 raw.len()
             )));
         }
-        let empty = raw.iter().all(u8::is_ascii_whitespace) || raw == b"null" || raw == b"{}";
-        let none = |c: Command| -> Result<Command, ApiError> {
-            if empty {
-                Ok(c)
-            } else {
-                Err(ApiError::BadRequest(format!("{command} takes no body")))
-            }
-        };
-        fn page<C: serde::de::DeserializeOwned>(
-            command: &str,
-            raw: &[u8],
-            empty: bool,
-        ) -> Result<Page<C>, ApiError> {
-            if empty {
-                Ok(Page::default())
-            } else {
-                body(command, raw)
-            }
-        }
         Ok(match command {
-            "zos.deployment.deploy" => Command::Deploy(Box::new(body(command, raw)?)),
-            "zos.deployment.update" => Command::Update(Box::new(body(command, raw)?)),
-            "zos.deployment.get" => Command::Get(body::<ContractArg>(command, raw)?.contract_id),
-            "zos.deployment.changes" => {
-                let a: ChangesArg = body(command, raw)?;
-                Command::Changes(
-                    a.contract_id,
-                    Page {
-                        limit: a.limit,
-                        cursor: a.cursor,
-                    },
-                )
+            p::Deploy::NAME => Command::Deploy(Box::new(body::<p::Deploy>(raw)?)),
+            p::Update::NAME => Command::Update(Box::new(body::<p::Update>(raw)?)),
+            p::Get::NAME => Command::Get(body::<p::Get>(raw)?.contract_id),
+            p::Changes::NAME => {
+                let a = body::<p::Changes>(raw)?;
+                let page = Page {
+                    limit: a.limit,
+                    cursor: a.cursor,
+                };
+                Command::Changes(a.contract_id, page)
             }
-            "zos.deployment.list" => Command::List(page(command, raw, empty)?),
-            "zos.statistics.get" => none(Command::Statistics)?,
-            "zos.storage.pools" => none(Command::Pools)?,
-            "zos.system.version" => none(Command::Version)?,
-            "zos.system.diagnostics" => none(Command::Diagnostics)?,
-            "zos.network.list_wg_ports" => Command::WgPorts(page(command, raw, empty)?),
-            "zos.network.public_config_get" => none(Command::PublicConfig)?,
-            "zos.network.interfaces" => none(Command::Interfaces)?,
-            "zos.network.list_public_ips" => none(Command::PublicIps)?,
-            "zos.network.list_private_ips" => {
-                let a: PrivateIpsArg = body(command, raw)?;
-                Command::PrivateIps(
-                    a.network_name,
-                    Page {
-                        limit: a.limit,
-                        cursor: a.cursor,
-                    },
-                )
+            p::List::NAME => Command::List(page::<p::List, _>(raw)?),
+            p::GetStatistics::NAME => none::<p::GetStatistics>(raw, Command::Statistics)?,
+            p::Pools::NAME => none::<p::Pools>(raw, Command::Pools)?,
+            p::Version::NAME => none::<p::Version>(raw, Command::Version)?,
+            p::GetDiagnostics::NAME => none::<p::GetDiagnostics>(raw, Command::Diagnostics)?,
+            p::WgPorts::NAME => Command::WgPorts(page::<p::WgPorts, _>(raw)?),
+            p::PublicConfigGet::NAME => none::<p::PublicConfigGet>(raw, Command::PublicConfig)?,
+            p::Interfaces::NAME => none::<p::Interfaces>(raw, Command::Interfaces)?,
+            p::PublicIps::NAME => none::<p::PublicIps>(raw, Command::PublicIps)?,
+            p::PrivateIps::NAME => {
+                let a = body::<p::PrivateIps>(raw)?;
+                let page = Page {
+                    limit: a.limit,
+                    cursor: a.cursor,
+                };
+                Command::PrivateIps(a.network_name, page)
             }
-            "zos.network.wireguard" => {
-                Command::Wireguard(body::<NetworkArg>(command, raw)?.network_name)
-            }
-            "zos.zmachine.console" => Command::Console(body(command, raw)?),
+            p::Wireguard::NAME => Command::Wireguard(body::<p::Wireguard>(raw)?.network_name),
+            p::Console::NAME => Command::Console(body::<p::Console>(raw)?),
             other => return Err(ApiError::UnknownCommand(other.to_string())),
         })
     }
 }
 
-/// `zos.statistics.get`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Statistics {
-    pub total: Capacity,
-    /// Workloads plus the system.
-    pub used: Capacity,
-    pub system: Capacity,
-    pub users: UserCounts,
+/// Command `C`'s answer, as JSON.
+fn answer<C: NodeCommand>(a: C::Answer) -> Result<Value, ApiError> {
+    serde_json::to_value(&a).map_err(|e| ApiError::Internal(format!("{}: {e}", C::NAME)))
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UserCounts {
-    pub deployments: u64,
-    pub workloads: u64,
+/// A node-side value read as command `C`'s answer type (they share their JSON shape).
+fn answer_from<C: NodeCommand>(v: &impl Serialize) -> Result<Value, ApiError> {
+    let a: C::Answer = serde_json::to_value(v)
+        .and_then(serde_json::from_value)
+        .map_err(|e| ApiError::Internal(format!("{} answer: {e}", C::NAME)))?;
+    answer::<C>(a)
 }
 
 /// Runs commands against the node's modules.
@@ -387,122 +336,152 @@ impl<S: Storage + 'static, N: Networker + 'static> NodeApi<S, N> {
         self.run(source, cmd).await
     }
 
+    /// Runs `cmd`; its answer is the command's answer type, as JSON.
     pub async fn run(&self, source: TwinId, cmd: Command) -> Result<Value, ApiError> {
         match cmd {
-            Command::Deploy(d) => {
-                self.engine.deploy(source, *d).await?;
-                Ok(Value::Null)
+            Command::Deploy(d) => answer::<p::Deploy>(self.engine.deploy(source, *d).await?),
+            Command::Update(d) => answer::<p::Update>(self.engine.update(source, *d).await?),
+            Command::Get(c) => answer::<p::Get>(self.engine.get(source, c)?),
+            Command::List(page) => answer::<p::List>(self.list(source, page)?),
+            Command::Changes(c, page) => {
+                let log = self.engine.changes(source, c)?;
+                answer::<p::Changes>(page_of(&page, log, |e| e.seq, 1000))
             }
-            Command::Update(d) => {
-                self.engine.update(source, *d).await?;
-                Ok(Value::Null)
-            }
-            Command::Get(c) => to_json(&self.engine.get(source, c)?),
-            Command::List(page) => self.list(source, page),
-            Command::Changes(c, page) => page.of(self.engine.changes(source, c)?, |e| e.seq, 1000),
-            Command::Statistics => {
-                let cfg = self.engine.config();
-                let usage = self.engine.usage()?;
-                to_json(&Statistics {
-                    total: cfg.total,
-                    used: usage.workloads.saturating_add(cfg.reserved),
-                    system: cfg.reserved,
-                    users: UserCounts {
-                        deployments: usage.deployments,
-                        workloads: usage.workload_count,
-                    },
-                })
-            }
-            Command::Pools => {
-                let pools = self
-                    .storage
-                    .pools()
-                    .await
-                    .map_err(|e| ApiError::Internal(error_chain(&e)))?;
-                let out: Vec<Value> = pools
-                    .iter()
-                    .map(
-                        |p| json!({"name": p.name, "type": p.kind, "size": p.size, "used": p.used}),
-                    )
-                    .collect();
-                Ok(Value::Array(out))
-            }
-            Command::Version => Ok(json!({ "zos": crate::agent::VERSION })),
-            Command::Diagnostics => {
-                let reg = self.registrar.borrow().clone();
-                let storage_ok = self.storage.pools().await.is_ok();
-                let network = self.net.wireguard_ports().await;
-                let network_ok = network.is_ok();
-                let grid_ok = reg.last_error.is_none() && reg.node_id.is_some();
-                let limited = self.engine.config().limited.clone();
-                Ok(json!({
-                    "healthy": storage_ok && grid_ok && network_ok && limited.is_none(),
-                    "modules": {
-                        "storage": {"ok": storage_ok, "limited": limited},
-                        "registrar": {"ok": grid_ok, "node_id": reg.node_id, "twin_id": reg.twin_id,
-                                      "last_report": reg.last_report, "error": reg.last_error},
-                        "provision": {"ok": true},
-                        "network": {"ok": network_ok, "error": network.err().map(|e| error_chain(&e))},
-                    }
-                }))
-            }
+            Command::Statistics => answer::<p::GetStatistics>(self.statistics()?),
+            Command::Pools => answer::<p::Pools>(self.pools().await?),
+            Command::Version => answer::<p::Version>(VersionAnswer {
+                zos: crate::agent::VERSION.to_string(),
+            }),
+            Command::Diagnostics => answer::<p::GetDiagnostics>(self.diagnostics().await),
             Command::WgPorts(page) => {
                 let mut ports = self.net.wireguard_ports().await.map_err(net_err)?;
                 ports.sort_unstable();
-                page.of(ports, |p| *p, 1024)
+                answer::<p::WgPorts>(page_of(&page, ports, |p| *p, 1024))
             }
             Command::PublicConfig => match self.net.public_setup().await.map_err(net_err)? {
-                Some(p) => to_json(&p.config),
+                Some(s) => answer::<p::PublicConfigGet>(s.config),
                 None => Err(ApiError::NotFound(
                     "this node has no public config: its farmer sets one with `zos node public-config set`"
                         .into(),
                 )),
             },
-            Command::Interfaces => to_json(&self.net.interfaces().await.map_err(net_err)?),
-            Command::PublicIps => to_json(&self.net.public_ips().await.map_err(net_err)?),
+            Command::Interfaces => {
+                answer_from::<p::Interfaces>(&self.net.interfaces().await.map_err(net_err)?)
+            }
+            Command::PublicIps => {
+                answer::<p::PublicIps>(self.net.public_ips().await.map_err(net_err)?)
+            }
             Command::PrivateIps(name, page) => {
                 let mut ips = self.net.private_ips(source, &name).await.map_err(net_err)?;
                 ips.sort_unstable();
-                page.of(ips, |ip| *ip, 1024)
+                answer::<p::PrivateIps>(page_of(&page, ips, |ip| *ip, 1024))
             }
-            Command::Wireguard(name) => {
-                let info = self
-                    .net
-                    .network_info(source, &name)
-                    .await
-                    .map_err(net_err)?
-                    .ok_or_else(|| {
-                        ApiError::NotFound(format!("you have no network {name:?} on this node"))
-                    })?;
-                let status = self
-                    .net
-                    .wireguard_status(source, &name)
-                    .await
-                    .map_err(net_err)?;
-                Ok(json!({"network": info, "status": status}))
-            }
-            Command::Console(arg) => self.console(source, arg).await,
+            Command::Wireguard(name) => answer::<p::Wireguard>(self.wireguard(source, name).await?),
+            Command::Console(arg) => answer::<p::Console>(self.console(source, arg).await?),
         }
+    }
+
+    fn statistics(&self) -> Result<Statistics, ApiError> {
+        let cfg = self.engine.config();
+        let usage = self.engine.usage()?;
+        Ok(Statistics {
+            total: cfg.total,
+            used: usage.workloads.saturating_add(cfg.reserved),
+            system: cfg.reserved,
+            users: UserCounts {
+                deployments: usage.deployments,
+                workloads: usage.workload_count,
+            },
+        })
+    }
+
+    async fn pools(&self) -> Result<Vec<p::Pool>, ApiError> {
+        let pools = self
+            .storage
+            .pools()
+            .await
+            .map_err(|e| ApiError::Internal(error_chain(&e)))?;
+        Ok(pools
+            .into_iter()
+            .map(|pool| p::Pool {
+                name: pool.name,
+                kind: match pool.kind {
+                    DiskKind::Ssd => PoolType::Ssd,
+                    DiskKind::Hdd => PoolType::Hdd,
+                },
+                size: pool.size,
+                used: pool.used,
+            })
+            .collect())
+    }
+
+    async fn diagnostics(&self) -> Diagnostics {
+        let reg = self.registrar.borrow().clone();
+        let storage_ok = self.storage.pools().await.is_ok();
+        let network = self.net.wireguard_ports().await;
+        let network_ok = network.is_ok();
+        let grid_ok = reg.last_error.is_none() && reg.node_id.is_some();
+        let limited = self.engine.config().limited.clone();
+        Diagnostics {
+            healthy: storage_ok && grid_ok && network_ok && limited.is_none(),
+            modules: Modules {
+                storage: StorageHealth {
+                    ok: storage_ok,
+                    limited,
+                },
+                registrar: RegistrarHealth {
+                    ok: grid_ok,
+                    node_id: reg.node_id,
+                    twin_id: reg.twin_id,
+                    last_report: reg.last_report,
+                    error: reg.last_error,
+                },
+                provision: ProvisionHealth { ok: true },
+                network: NetworkHealth {
+                    ok: network_ok,
+                    error: network.err().map(|e| error_chain(&e)),
+                },
+            },
+        }
+    }
+
+    async fn wireguard(&self, source: TwinId, name: String) -> Result<WireguardAnswer, ApiError> {
+        let info = self
+            .net
+            .network_info(source, &name)
+            .await
+            .map_err(net_err)?
+            .ok_or_else(|| {
+                ApiError::NotFound(format!("you have no network {name:?} on this node"))
+            })?;
+        let status = self
+            .net
+            .wireguard_status(source, &name)
+            .await
+            .map_err(net_err)?;
+        let both = serde_json::json!({"network": info, "status": status});
+        serde_json::from_value(both)
+            .map_err(|e| ApiError::Internal(format!("{}: {e}", p::Wireguard::NAME)))
     }
 
     /// A page of `source`'s deployments, by contract id; only the page's are read.
-    fn list(&self, source: TwinId, page: Page<ContractId>) -> Result<Value, ApiError> {
+    fn list(&self, source: TwinId, page: Page<ContractId>) -> Result<Vec<Deployment>, ApiError> {
         let store = self.engine.store();
         let ids = store.contracts(Some(source)).map_err(EngineError::from)?;
         let mut out = Filler::new(page.limit.unwrap_or(50));
-        for c in ids.into_iter().filter(|c| page.after(*c)) {
+        for c in ids.into_iter().filter(|c| after(&page, *c)) {
             let Some(d) = store.get(c).map_err(EngineError::from)? else {
                 continue;
             };
-            if !out.push(to_json(&d)?) {
+            if !out.push(d) {
                 break;
             }
         }
-        Ok(out.done())
+        Ok(out.items)
     }
 
     /// The bounded tail of a machine's console log (the VMM reads only that tail).
-    async fn console(&self, source: TwinId, arg: ConsoleArg) -> Result<Value, ApiError> {
+    async fn console(&self, source: TwinId, arg: ConsoleBody) -> Result<ConsoleAnswer, ApiError> {
         let d = self.engine.get(source, arg.contract_id)?;
         let w = d
             .workloads
@@ -529,13 +508,12 @@ impl<S: Storage + 'static, N: Networker + 'static> NodeApi<S, N> {
             .await
             .map_err(ApiError::NotFound)?;
         let (tail, truncated) = console_tail(&text, max, ANSWER_BUDGET - 1024);
-        Ok(json!({ "name": w.name, "console": tail, "truncated": truncated }))
+        Ok(ConsoleAnswer {
+            name: w.name.clone(),
+            console: tail.to_string(),
+            truncated,
+        })
     }
-}
-
-/// Any answer as JSON.
-fn to_json<T: Serialize>(v: &T) -> Result<Value, ApiError> {
-    serde_json::to_value(v).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 #[cfg(test)]
@@ -545,41 +523,42 @@ mod tests {
     #[test]
     fn commands_parse_at_the_edge() {
         assert_eq!(
-            Command::parse("zos.deployment.get", br#"{"contract_id": 5}"#).unwrap(),
+            Command::parse(p::Get::NAME, br#"{"contract_id": 5}"#).unwrap(),
             Command::Get(5)
         );
         assert_eq!(
-            Command::parse("zos.deployment.list", b"").unwrap(),
+            Command::parse(p::List::NAME, b"").unwrap(),
             Command::List(Page::default())
         );
         assert_eq!(
-            Command::parse("zos.deployment.list", br#"{"limit": 2, "cursor": 7}"#).unwrap(),
+            Command::parse(p::List::NAME, br#"{"limit": 2, "cursor": 7}"#).unwrap(),
             Command::List(Page {
                 limit: Some(2),
                 cursor: Some(7)
             })
         );
         assert!(matches!(
-            Command::parse("zos.deployment.list", b"[1]"),
+            Command::parse(p::List::NAME, b"[1]"),
             Err(ApiError::BadRequest(_))
         ));
+        // A name outside the protocol, on purpose.
         assert!(matches!(
             Command::parse("zos.nope", b""),
             Err(ApiError::UnknownCommand(_))
         ));
         assert!(matches!(
-            Command::parse("zos.deployment.get", br#"{"contract_id": -1}"#),
+            Command::parse(p::Get::NAME, br#"{"contract_id": -1}"#),
             Err(ApiError::BadRequest(_))
         ));
         assert!(matches!(
-            Command::parse("zos.deployment.get", br#"{"contract_id": 1, "x": 2}"#),
+            Command::parse(p::Get::NAME, br#"{"contract_id": 1, "x": 2}"#),
             Err(ApiError::BadRequest(_))
         ));
         let huge = vec![b' '; MAX_DEPLOYMENT_BYTES + 1];
-        let e = Command::parse("zos.deployment.deploy", &huge).unwrap_err();
+        let e = Command::parse(p::Deploy::NAME, &huge).unwrap_err();
         assert!(e.to_string().contains("larger than the limit"), "{e}");
         assert!(matches!(
-            Command::parse("zos.deployment.deploy", b"{not json"),
+            Command::parse(p::Deploy::NAME, b"{not json"),
             Err(ApiError::BadRequest(_))
         ));
     }
@@ -605,25 +584,23 @@ mod tests {
             limit: Some(3),
             cursor: Some(2u32),
         };
-        let v = page.of(1..=10u32, |n| *n, 100).unwrap();
-        assert_eq!(v, json!([3, 4, 5]));
-        let v = Page::<u32>::default().of(1..=10u32, |n| *n, 4).unwrap();
-        assert_eq!(v, json!([1, 2, 3, 4]));
+        let v = page_of(&page, 1..=10u32, |n| *n, 100);
+        assert_eq!(v, [3, 4, 5]);
+        let v = page_of(&Page::<u32>::default(), 1..=10u32, |n| *n, 4);
+        assert_eq!(v, [1, 2, 3, 4]);
         // Big items: the page stops before the budget, but always holds one.
         let big = "x".repeat(ANSWER_BUDGET / 3);
         let items: Vec<(u32, String)> = (0..5).map(|i| (i, big.clone())).collect();
-        let v = Page::<u32>::default()
-            .of(items.clone(), |t| t.0, 100)
-            .unwrap();
-        assert_eq!(v.as_array().unwrap().len(), 2);
+        let v = page_of(&Page::<u32>::default(), items.clone(), |t| t.0, 100);
+        assert_eq!(v.len(), 2);
         let huge = vec![(0u32, "x".repeat(ANSWER_BUDGET * 2))];
-        let v = Page::<u32>::default().of(huge, |t| t.0, 100).unwrap();
-        assert_eq!(v.as_array().unwrap().len(), 1);
+        let v = page_of(&Page::<u32>::default(), huge, |t| t.0, 100);
+        assert_eq!(v.len(), 1);
         // Past the end: an empty page.
         let page = Page {
             limit: None,
             cursor: Some(4u32),
         };
-        assert_eq!(page.of(items, |t| t.0, 100).unwrap(), json!([]));
+        assert!(page_of(&page, items, |t| t.0, 100).is_empty());
     }
 }

@@ -31,6 +31,7 @@ use zos_client::GridClient;
 use zos_types::contract::{Contract, NodeEvent};
 use zos_types::deployment::ContractId;
 use zos_types::envelope::{Envelope, MAX_ENVELOPE_BYTES, Reply, Seal};
+use zos_types::node_api::{ErrorKind, NodeError};
 use zos_types::relay::UplinkFrame;
 use zos_types::{Identity, PublicKey, TwinId};
 
@@ -440,8 +441,12 @@ impl<S: Storage + 'static, N: Networker + 'static> Responder<S, N> {
                 if env.verify(&key, now).is_err() {
                     return;
                 }
-                if let Some(reply) = self.seal(&env, &key, &Reply::Error(busy.to_string()), now)
-                    && replies.try_send(reply).is_err()
+                if let Some(reply) = self.seal(
+                    &env,
+                    &key,
+                    &Reply::Error(NodeError::new(ErrorKind::Busy, busy.to_string())),
+                    now,
+                ) && replies.try_send(reply).is_err()
                 {
                     debug!(
                         source = env.source,
@@ -475,20 +480,26 @@ impl<S: Storage + 'static, N: Networker + 'static> Responder<S, N> {
         }
         let first = lock(&self.seen).first(&env.id, env.expiration, now);
         let reply = match first {
-            Ok(false) => Reply::Error(format!(
-                "envelope {} was already received: send a new request",
-                env.id
+            Ok(false) => Reply::Error(NodeError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "envelope {} was already received: send a new request",
+                    env.id
+                ),
             )),
-            Err(()) => Reply::Error(format!(
-                "the node is busy: it holds {MAX_SEEN_IDS} recent requests; retry in a minute"
+            Err(()) => Reply::Error(NodeError::new(
+                ErrorKind::Busy,
+                format!(
+                    "the node is busy: it holds {MAX_SEEN_IDS} recent requests; retry in a minute"
+                ),
             )),
             Ok(true) => match env.open(&self.identity, &key) {
-                Err(e) => Reply::Error(e.to_string()),
+                Err(e) => Reply::Error(NodeError::new(ErrorKind::Invalid, e.to_string())),
                 Ok(body) => match self.api.handle(env.source, &env.command, &body).await {
                     Ok(v) => Reply::Ok(v),
                     Err(e) => {
                         debug!(source = env.source, command = %env.command, error = %e, "command refused");
-                        Reply::Error(e.to_string())
+                        Reply::Error(e.into())
                     }
                 },
             },
@@ -507,8 +518,11 @@ impl<S: Storage + 'static, N: Networker + 'static> Responder<S, N> {
             return Some(sealed);
         }
         warn!(source = env.source, command = %env.command, size, "answer too large for the relay");
-        let e = Reply::Error(format!(
-            "the answer is {size} bytes, more than a reply carries ({MAX_ENVELOPE_BYTES}): ask for less (a smaller `limit` or `bytes`)"
+        let e = Reply::Error(NodeError::new(
+            ErrorKind::Invalid,
+            format!(
+                "the answer is {size} bytes, more than a reply carries ({MAX_ENVELOPE_BYTES}): ask for less (a smaller `limit` or `bytes`)"
+            ),
         ));
         self.seal_plain(env, key, &serde_json::to_vec(&e).ok()?, now)
     }

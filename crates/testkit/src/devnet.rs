@@ -618,7 +618,8 @@ pub async fn wait_online(state: &mut DevnetState, timeout: Duration) -> anyhow::
             let farmer = farmer.clone();
             async move {
                 farmer
-                    .call(twin, "zos.system.version", &serde_json::Value::Null)
+                    .node(twin)
+                    .call::<zos_types::node_api::Version>(&())
                     .await
                     .ok()
             }

@@ -8,6 +8,7 @@ use anyhow::Context;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use zos_client::GridClient;
+use zos_types::node_api::NodeCommand;
 use zos_types::{Identity, TwinId};
 
 use crate::devnet::DevnetNode;
@@ -97,13 +98,14 @@ impl User {
         ])
     }
 
-    /// Sends `command` to `node` over the relay; panics on an error.
-    pub async fn call(&self, node: &DevnetNode, command: &str, body: Value) -> Value {
+    /// Sends command `C` to `node` over the relay and answers its answer; panics on an error.
+    pub async fn call<C: NodeCommand>(&self, node: &DevnetNode, body: &C::Body) -> C::Answer {
         let twin = node.twin_id.expect("the node has a twin");
         self.client
-            .call(twin, command, &body)
+            .node(twin)
+            .call::<C>(body)
             .await
-            .unwrap_or_else(|e| panic!("{command} on node {}: {e}", node.index))
+            .unwrap_or_else(|e| panic!("{} on node {}: {e}", C::NAME, node.index))
     }
 }
 

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::TwinId;
 use crate::identity::{Identity, PublicKey, Signature};
+use crate::node_api::{ErrorKind, NodeError};
 
 /// Largest envelope (JSON bytes) the relay and the peers accept.
 pub const MAX_ENVELOPE_BYTES: usize = 1024 * 1024;
@@ -60,12 +61,60 @@ pub struct Envelope {
     pub signature: Signature,
 }
 
-/// The plain body of a reply.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+/// The plain body of a reply: `{"ok": <answer>}`, or `{"error": "<message>", "kind":
+/// "<kind>"}` for a refusal (see [`crate::node_api::NodeError`]). A refusal without `kind`, as
+/// nodes sent before the kinds, reads as [`ErrorKind::Internal`]; a kind this version does not
+/// know reads as `Internal` too. Any other key is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     Ok(serde_json::Value),
-    Error(String),
+    Error(NodeError),
+}
+
+impl Serialize for Reply {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Reply::Ok(v) => {
+                let mut m = s.serialize_map(Some(1))?;
+                m.serialize_entry("ok", v)?;
+                m.end()
+            }
+            Reply::Error(e) => {
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("error", &e.message)?;
+                m.serialize_entry("kind", e.kind.as_str())?;
+                m.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Reply {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut m = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        if let Some(k) = m
+            .keys()
+            .find(|k| !["ok", "error", "kind"].contains(&k.as_str()))
+        {
+            return Err(D::Error::custom(format!("unknown field `{k}` in a reply")));
+        }
+        match (m.remove("ok"), m.remove("error"), m.remove("kind")) {
+            (Some(v), None, None) => Ok(Reply::Ok(v)),
+            (None, Some(serde_json::Value::String(message)), kind) => {
+                let kind = match kind {
+                    None => ErrorKind::Internal,
+                    Some(serde_json::Value::String(k)) => ErrorKind::from_wire(&k),
+                    Some(_) => return Err(D::Error::custom("a reply's `kind` must be a string")),
+                };
+                Ok(Reply::Error(NodeError { kind, message }))
+            }
+            _ => Err(D::Error::custom(
+                "a reply holds either `ok`, or `error` (a string) and an optional `kind`",
+            )),
+        }
+    }
 }
 
 fn header(
@@ -229,6 +278,7 @@ fn signed_bytes(head: &[u8], body: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node_api::NodeCommand;
 
     fn pair() -> (Identity, Identity) {
         (Identity::from_seed([1; 32]), Identity::from_seed([2; 32]))
@@ -240,7 +290,7 @@ mod tests {
             source: 1,
             destination: 2,
             destination_key: &bk,
-            command: "zos.deployment.get",
+            command: crate::node_api::Get::NAME,
             reply_to: None,
             expiration: 1100,
         };
@@ -270,7 +320,7 @@ mod tests {
         let (a, b) = pair();
         let e = sealed(&a, &b);
         let mut t = e.clone();
-        t.command = "zos.deployment.deploy".into();
+        t.command = crate::node_api::Deploy::NAME.into();
         assert_eq!(
             t.verify(&a.public_key(), 1000),
             Err(EnvelopeError::BadSignature)

@@ -120,6 +120,7 @@ async fn start_nodes(
 
 /// One call to `node` carrying `payload`, checked against the node's answer.
 async fn echo(user: &GridClient, node: TwinId, payload: &str) -> anyhow::Result<()> {
+    // A name outside the node protocol on purpose: the bench nodes echo any command.
     let v = user.call(node, "zos.bench.echo", payload).await?;
     if v["len"] != payload.len() {
         bail!("node {node} answered {v}, not the length of the payload");

@@ -1,5 +1,9 @@
 //! Fake nodes for relay tests: registered node twins whose uplinks are made with the
 //! connector of `zos-client`, and that open requests and seal replies as zosd does.
+//!
+//! They echo any command, and refuse `zos.fail`: names outside the node protocol
+//! (`zos_types::node_api`) on purpose, since the relay carries any command and these tests
+//! check that it does. Tests call them through the untyped `GridClient::call`.
 
 use std::sync::Arc;
 
@@ -10,6 +14,7 @@ use zos_grid::clock::SystemClock;
 use zos_grid::relay::RelayConfig;
 use zos_types::auth::unix_now;
 use zos_types::envelope::{Envelope, Reply, Seal};
+use zos_types::node_api::{ErrorKind, NodeCommand, NodeError, Version};
 use zos_types::relay::UplinkFrame;
 use zos_types::{Identity, PublicKey, TwinId};
 
@@ -95,7 +100,10 @@ pub async fn echo_node(url: &str, n: &NodeTwin) -> tokio::task::JoinHandle<()> {
             let plain = envelope.open(&id, &key).unwrap();
             let body: serde_json::Value = serde_json::from_slice(&plain).unwrap();
             let reply = if envelope.command == "zos.fail" {
-                Reply::Error("refused: just because".into())
+                Reply::Error(NodeError::new(
+                    ErrorKind::Forbidden,
+                    "refused: just because",
+                ))
             } else {
                 Reply::Ok(json!({"echo": envelope.command, "body": body}))
             };
@@ -123,7 +131,7 @@ pub fn sealed(
         source: from.twin_id().unwrap(),
         destination: to,
         destination_key: to_key,
-        command: "zos.system.version",
+        command: Version::NAME,
         reply_to: None,
         expiration: unix_now() + ttl,
     };

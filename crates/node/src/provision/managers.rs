@@ -7,11 +7,17 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use serde_json::json;
 use zos_types::deployment::WorkloadId;
+use zos_types::node_api::results::{VolumeResult, ZmountResult};
 use zos_types::workload::{WorkloadData, WorkloadType};
 
 use crate::storage::{Storage, StorageError};
+
+/// A workload's typed result (`zos_types::node_api::results`) as the result's JSON data.
+pub(crate) fn to_data<T: serde::Serialize>(result: &T) -> serde_json::Value {
+    // Structs of strings and numbers: serializing cannot fail.
+    serde_json::to_value(result).unwrap_or_default()
+}
 
 /// Why a manager could not do what it was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -161,8 +167,8 @@ impl<S: Storage + 'static> SizedManager<S> {
 
     fn result(&self, name: String) -> serde_json::Value {
         match self.item {
-            Item::Disk => json!({ "volume_id": name }),
-            Item::Volume => json!({ "id": name }),
+            Item::Disk => to_data(&ZmountResult { volume_id: name }),
+            Item::Volume => to_data(&VolumeResult { id: name }),
         }
     }
 }

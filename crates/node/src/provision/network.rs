@@ -14,17 +14,17 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use serde_json::json;
 use zos_types::contract::ContractKind;
 use zos_types::deployment::{Deployment, ResultState, WorkloadId};
+use zos_types::node_api::results::{IpResult, NetworkResult};
 pub use zos_types::workload::NETWORK_RESOURCE_COST;
 use zos_types::workload::{WorkloadData, WorkloadType};
 
 use super::engine::{EngineError, GridView};
-use super::managers::{Manager, ManagerError, Target};
+use super::managers::{Manager, ManagerError, Target, to_data};
 use super::store::Store;
 use crate::network::{
-    Attachment, NetworkError, NetworkInfo, Networker, PublicIpRequest, pick_public_ipv4,
+    Attachment, NetworkError, NetworkInfo, Networker, PublicIpRequest, WgBackend, pick_public_ipv4,
 };
 use crate::registrar::error_chain;
 
@@ -94,13 +94,17 @@ fn update_err(e: NetworkError) -> ManagerError {
 
 /// The result data of a `network` workload.
 fn network_result(info: &NetworkInfo) -> serde_json::Value {
-    json!({
-        "netid": info.netid.to_string(),
-        "subnet": info.subnet,
-        "gateway": info.gateway,
-        "wireguard_public_key": info.wg_public_key,
-        "wireguard_listen_port": info.listen_port,
-        "backend": info.backend,
+    to_data(&NetworkResult {
+        netid: info.netid.to_string(),
+        subnet: info.subnet.to_string(),
+        gateway: info.gateway.to_string(),
+        wireguard_public_key: info.wg_public_key.clone(),
+        wireguard_listen_port: info.listen_port,
+        backend: match info.backend {
+            WgBackend::Kernel => "kernel",
+            WgBackend::Userspace => "userspace",
+        }
+        .into(),
     })
 }
 
@@ -156,12 +160,12 @@ impl<N: Networker + 'static> Manager for NetworkManager<N> {
 /// The result data of an `ip` workload: `ip`, `ip6` and `gateway` as in Zero-OS, and the MAC
 /// the machine's interface must use.
 fn ip_result(a: &Attachment) -> serde_json::Value {
-    json!({
-        "ip": a.ipv4.map(|n| n.to_string()).unwrap_or_default(),
-        "gateway": a.gateway4.map(|g| g.to_string()).unwrap_or_default(),
-        "ip6": a.ipv6.map(|n| n.to_string()).unwrap_or_default(),
-        "gateway6": a.gateway6.map(|g| g.to_string()).unwrap_or_default(),
-        "mac": a.mac_string(),
+    to_data(&IpResult {
+        ip: a.ipv4.map(|n| n.to_string()).unwrap_or_default(),
+        gateway: a.gateway4.map(|g| g.to_string()).unwrap_or_default(),
+        ip6: a.ipv6.map(|n| n.to_string()).unwrap_or_default(),
+        gateway6: a.gateway6.map(|g| g.to_string()).unwrap_or_default(),
+        mac: a.mac_string(),
     })
 }
 

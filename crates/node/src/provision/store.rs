@@ -118,16 +118,8 @@ pub enum Job {
     Resume,
 }
 
-/// A workload's log entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogEntry {
-    pub seq: i64,
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: WorkloadType,
-    pub version: u32,
-    pub result: WorkloadResult,
-}
+/// A workload's log entry: the protocol's type, as `zos.deployment.changes` answers it.
+pub use zos_types::node_api::LogEntry;
 
 /// The store, safe to share between threads; calls are short and synchronous.
 #[derive(Debug)]

@@ -24,12 +24,12 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use zos_guest_init::seed::{Interface, MountSpec, Route, SEED_VERSION, Seed};
 use zos_types::deployment::WorkloadId;
+use zos_types::node_api::results::ZmachineResult;
 use zos_types::workload::{WorkloadData, Zmachine};
 
-use super::managers::{Manager, ManagerError, Target};
+use super::managers::{Manager, ManagerError, Target, to_data};
 use crate::flist::FlistManager;
 use crate::network::{Attachment, NetworkError, Networker, VmLink};
 use crate::registrar::error_chain;
@@ -576,13 +576,21 @@ where
             .create(spec)
             .await
             .map_err(|e| failed("the virtual machine", &e))?;
-        Ok(json!({
-            "id": vm,
-            "ip": z.network.interfaces[0].ip.to_string(),
-            "public_ip": public.as_ref().and_then(|p| p.ipv4).map(|n| n.to_string()).unwrap_or_default(),
-            "public_ip6": public.as_ref().and_then(|p| p.ipv6).map(|n| n.to_string()).unwrap_or_default(),
-            "mode": if vm_mode { "vm" } else { "container" },
-            "console_url": format!("file://{}", info.console_log.display()),
+        Ok(to_data(&ZmachineResult {
+            id: vm,
+            ip: z.network.interfaces[0].ip.to_string(),
+            public_ip: public
+                .as_ref()
+                .and_then(|p| p.ipv4)
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+            public_ip6: public
+                .as_ref()
+                .and_then(|p| p.ipv6)
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+            mode: if vm_mode { "vm" } else { "container" }.into(),
+            console_url: format!("file://{}", info.console_log.display()),
         }))
     }
 
