@@ -21,6 +21,7 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use zos_client::GridClient;
+use zos_runtime::{StateFile, Versioned};
 use zos_types::deployment::{
     ContractId, Deployment, SignatureRequest, SignatureRequirement, Workload,
 };
@@ -120,6 +121,11 @@ struct NetworkFile {
     access: Option<Access>,
 }
 
+impl Versioned for NetworkFile {
+    const VERSION: u32 = FILE_VERSION;
+    const PROGRAM: &'static str = "zos";
+}
+
 fn networks_dir() -> PathBuf {
     let base = match std::env::var_os("XDG_STATE_HOME") {
         Some(d) if !d.is_empty() => PathBuf::from(d),
@@ -143,53 +149,32 @@ fn valid_name(name: &str) -> anyhow::Result<()> {
 
 impl NetworkFile {
     fn path(name: &str) -> PathBuf {
-        networks_dir().join(format!("{name}.json"))
+        Self::path_in(&networks_dir(), name)
+    }
+
+    fn path_in(dir: &std::path::Path, name: &str) -> PathBuf {
+        dir.join(format!("{name}.json"))
     }
 
     fn load(name: &str) -> anyhow::Result<Self> {
         valid_name(name)?;
         let path = Self::path(name);
-        let text = std::fs::read_to_string(&path).with_context(|| {
+        StateFile::<Self>::new(&path).load()?.with_context(|| {
             format!(
                 "no network {name:?} made from this machine ({} is missing): `zos network list` shows them",
                 path.display()
             )
-        })?;
-        let f: Self =
-            serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
-        if f.version != FILE_VERSION {
-            bail!(
-                "{} has version {}, this zos reads {FILE_VERSION}",
-                path.display(),
-                f.version
-            );
-        }
-        Ok(f)
+        })
     }
 
-    /// Writes the file atomically, readable by its owner only (it holds private keys).
+    /// Writes the file atomically, readable by its owner only (it holds private keys), in a
+    /// directory only its owner can open.
     fn save(&self) -> anyhow::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-        let dir = networks_dir();
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-        let path = Self::path(&self.name);
-        let tmp = path.with_extension("json.tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec_pretty(self)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        Ok(())
+        self.save_in(&networks_dir())
+    }
+
+    fn save_in(&self, dir: &std::path::Path) -> anyhow::Result<()> {
+        Ok(StateFile::new(Self::path_in(dir, &self.name)).save(self)?)
     }
 
     /// The network workload of `part`: every other node as a peer, and the access peer on
@@ -796,6 +781,34 @@ mod tests {
         let w = f.workload(&f.nodes[node]).unwrap();
         let net: Network = serde_json::from_value(w.data).unwrap();
         net.peers
+    }
+
+    #[test]
+    fn a_stale_world_readable_temporary_does_not_leak_the_network_keys() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("zos/networks");
+        let f = file(true);
+        // A save interrupted earlier (or a file planted by another user of a shared directory)
+        // left `net.json.tmp` readable by all; the keys must not be written into it.
+        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = dir.join("net.json.tmp");
+        std::fs::write(&tmp, "").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+        f.save_in(&dir).unwrap();
+        let path = NetworkFile::path_in(&dir, "net");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode, 0o600,
+            "the file with the WireGuard keys is owner-only"
+        );
+        assert!(!tmp.exists());
+        let back: NetworkFile = StateFile::new(&path).load().unwrap().unwrap();
+        assert_eq!(back.nodes[0].private_key, f.nodes[0].private_key);
+        // A file from a newer zos is refused, not misread.
+        std::fs::write(&path, r#"{"version": 9, "name": "net"}"#).unwrap();
+        let e = StateFile::<NetworkFile>::new(&path).load().unwrap_err();
+        assert!(e.to_string().contains("upgrade zos"), "{e}");
     }
 
     #[test]

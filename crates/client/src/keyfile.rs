@@ -1,13 +1,15 @@
 //! Storing an identity in a key file on disk.
 //!
-//! The file holds [`Identity::to_key_file`] text. It is written atomically: a temporary file in
-//! the same directory is written, flushed to disk and renamed over the target, and the directory
-//! is flushed too, so a crash leaves either the old file or the new one, never a torn one.
+//! The file holds [`Identity::to_key_file`] text. It is written atomically with
+//! [`zos_runtime::private::write_atomic_mode`]: a temporary file in the same directory is
+//! written, flushed to disk and renamed over the target, and the directory is flushed too, so a
+//! crash leaves either the old file or the new one, never a torn one.
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
+
+use zos_runtime::private;
 
 use zos_types::Identity;
 use zos_types::identity::IdentityError;
@@ -17,7 +19,7 @@ pub const NODE_KEY_MODE: u32 = 0o400;
 /// Mode of a person's key file: read-write for its owner.
 pub const USER_KEY_MODE: u32 = 0o600;
 /// Mode of a key file's directory when this module creates it.
-pub const KEY_DIR_MODE: u32 = 0o700;
+pub const KEY_DIR_MODE: u32 = private::DIR_MODE;
 
 /// Failures to save or load a key file.
 #[derive(Debug, thiserror::Error)]
@@ -54,54 +56,24 @@ pub enum KeyFileError {
 /// [`NODE_KEY_MODE`] or [`USER_KEY_MODE`]), creating missing parent directories with mode
 /// [`KEY_DIR_MODE`]. An existing file at `path` is replaced.
 pub fn save_identity(path: &Path, identity: &Identity, mode: u32) -> Result<(), KeyFileError> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| KeyFileError::NoFileName { path: path.into() })?;
+    if path.file_name().is_none() {
+        return Err(KeyFileError::NoFileName { path: path.into() });
+    }
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     if !dir.is_dir() {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(KEY_DIR_MODE)
-            .create(&dir)
-            .map_err(|source| KeyFileError::CreateDir {
-                path: dir.clone(),
-                source,
-            })?;
+        private::create_dir(&dir).map_err(|source| KeyFileError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
     }
-    let write_err = |source| KeyFileError::Write {
+    let text = zeroize::Zeroizing::new(identity.to_key_file());
+    private::write_atomic_mode(path, text.as_bytes(), mode).map_err(|source| KeyFileError::Write {
         path: path.into(),
         source,
-    };
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{nonce}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // The umask may have cleared bits of `mode`; set them exactly.
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(identity.to_key_file().as_bytes())?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)?;
-        File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(write_err)
+    })
 }
 
 /// Reads the identity stored at `path` by [`save_identity`].
@@ -124,7 +96,7 @@ mod tests {
     use super::*;
 
     fn mode_of(p: &Path) -> u32 {
-        fs::metadata(p).unwrap().permissions().mode() & 0o7777
+        private::mode_of(p).unwrap()
     }
 
     #[test]

@@ -13,6 +13,7 @@ use zos_client::GridClient;
 use zos_types::workload::WorkloadType;
 
 use crate::api::NodeApi;
+use crate::client_view::ClientView;
 use crate::config::NodeConfig;
 use crate::flist::{
     FlistConfig, FlistError, FlistManager, FlistUrlPolicy, GridFarmHosts, ProcessFlists,
@@ -23,11 +24,13 @@ use crate::provision::{
     Engine, EngineConfig, GridView, IpManager, Manager, NetworkManager, Store, ZmachineConfig,
     ZmachineManager, volume_manager, zmount_manager,
 };
-use crate::registrar::{Registrar, RegistrarConfig, StorageFacts, error_chain, registration};
+use crate::registrar::{Registrar, RegistrarConfig, StorageFacts, registration};
 use crate::storage::{BtrfsStorage, StorageConfig};
 use crate::system::System;
-use crate::uplink::{ClientView, Uplink};
+use crate::uplink::Uplink;
+use crate::version::VERSION;
 use crate::vmm::{QemuVmm, Vmm, VmmConfig};
+use zos_runtime::error_chain;
 
 /// How often the cache quota follows the cache's usage.
 const CACHE_ADJUST_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
@@ -111,9 +114,6 @@ async fn follow_public_config<N: Networker>(
     }
 }
 
-/// The version of this build, reported to the grid.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
 /// Runs the node until `stop` is cancelled.
 pub async fn run(
     cfg: NodeConfig,
@@ -144,7 +144,7 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| started.state_dir.clone());
     // Every secret of the node and its tenants lives below: root only.
-    crate::private::create_dir(&state_dir)
+    zos_runtime::private::create_dir(&state_dir)
         .with_context(|| format!("creating state directory {}", state_dir.display()))?;
     let identity = identity::load_or_create(&state_dir)?;
     let storage = StorageFacts {

@@ -33,9 +33,10 @@ use zos_types::workload::WorkloadType;
 
 use crate::network::Networker;
 use crate::provision::{Engine, EngineError};
-use crate::registrar::{RegistrarStatus, error_chain};
+use crate::registrar::RegistrarStatus;
 use crate::storage::{DiskKind, Storage};
 use crate::vmm::Vmm;
+use zos_runtime::error_chain;
 
 /// A command the node understands, with its parsed body (the protocol's body types).
 #[derive(Debug, Clone, PartialEq)]
@@ -350,7 +351,7 @@ impl<S: Storage + 'static, N: Networker + 'static> NodeApi<S, N> {
             Command::Statistics => answer::<p::GetStatistics>(self.statistics()?),
             Command::Pools => answer::<p::Pools>(self.pools().await?),
             Command::Version => answer::<p::Version>(VersionAnswer {
-                zos: crate::agent::VERSION.to_string(),
+                zos: crate::version::VERSION.to_string(),
             }),
             Command::Diagnostics => answer::<p::GetDiagnostics>(self.diagnostics().await),
             Command::WgPorts(page) => {

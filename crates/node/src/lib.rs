@@ -4,14 +4,15 @@
 
 pub mod agent;
 pub mod api;
+pub mod client_view;
 pub mod config;
 pub mod flist;
 pub mod identity;
 pub mod network;
-pub mod private;
 pub mod provision;
 pub mod registrar;
 pub mod storage;
 pub mod system;
 pub mod uplink;
+pub mod version;
 pub mod vmm;

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use zos_runtime::error_chain;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -294,18 +295,6 @@ async fn sleep_or_stop(stop: &CancellationToken, d: Duration) -> bool {
         _ = stop.cancelled() => true,
         _ = tokio::time::sleep(d) => false,
     }
-}
-
-/// An error and all its sources on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(&src.to_string());
-        cur = src.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -18,133 +18,33 @@
 //! by an error telling the sender to ask for less.
 
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::future::BoxFuture;
-use lru::LruCache;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use zos_client::GridClient;
-use zos_types::contract::{Contract, NodeEvent};
-use zos_types::deployment::ContractId;
+use zos_types::contract::NodeEvent;
 use zos_types::envelope::{Envelope, MAX_ENVELOPE_BYTES, Reply, Seal};
 use zos_types::node_api::{ErrorKind, NodeError};
 use zos_types::relay::UplinkFrame;
 use zos_types::{Identity, PublicKey, TwinId};
 
 use crate::api::NodeApi;
+use crate::client_view::ClientView;
 use crate::network::Networker;
-use crate::provision::{Engine, GridView};
-use crate::registrar::{Backoff, error_chain};
+use crate::provision::Engine;
+use crate::registrar::Backoff;
 use crate::storage::Storage;
+use zos_runtime::error_chain;
 
 /// Key of the last handled event sequence number in the provision store.
 const EVENT_SEQ: &str = "last_event_seq";
-/// How long a twin's key is trusted from the cache.
-const KEY_TTL: Duration = Duration::from_secs(600);
-/// How long a twin the grid does not know stays known as unknown.
-const UNKNOWN_TTL: Duration = Duration::from_secs(60);
-/// Twins each cache (known keys, unknown twins) holds at most; the least recently used go.
-pub const MAX_CACHED_TWINS: usize = 10_000;
 /// Envelope ids remembered at most (each until it expires); past it requests get "busy".
 pub const MAX_SEEN_IDS: usize = 100_000;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The grid, as the engine and the uplink see it: twin keys (cached) and contracts.
-pub struct ClientView {
-    client: GridClient,
-    keys: Mutex<LruCache<TwinId, (PublicKey, Instant)>>,
-    unknown: Mutex<LruCache<TwinId, Instant>>,
-}
-
-impl std::fmt::Debug for ClientView {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientView").finish_non_exhaustive()
-    }
-}
-
-impl ClientView {
-    pub fn new(client: GridClient) -> Self {
-        Self::with_capacity(client, MAX_CACHED_TWINS)
-    }
-
-    /// A view whose caches hold at most `twins` twins each (at least one).
-    pub fn with_capacity(client: GridClient, twins: usize) -> Self {
-        let cap = NonZeroUsize::new(twins.max(1)).expect("at least one");
-        Self {
-            client,
-            keys: Mutex::new(LruCache::new(cap)),
-            unknown: Mutex::new(LruCache::new(cap)),
-        }
-    }
-
-    /// The cached answer for `twin`: `Some(Some(key))` known, `Some(None)` known to be unknown.
-    fn cached(&self, twin: TwinId) -> Option<Option<PublicKey>> {
-        if let Some((k, at)) = lock(&self.keys).get(&twin)
-            && at.elapsed() < KEY_TTL
-        {
-            return Some(Some(*k));
-        }
-        let mut unknown = lock(&self.unknown);
-        match unknown.get(&twin) {
-            Some(at) if at.elapsed() < UNKNOWN_TTL => Some(None),
-            Some(_) => {
-                unknown.pop(&twin);
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// `twin`'s key if the cache has it (no grid lookup).
-    pub fn cached_key(&self, twin: TwinId) -> Option<PublicKey> {
-        self.cached(twin).flatten()
-    }
-
-    async fn key(&self, twin: TwinId) -> Result<Option<PublicKey>, String> {
-        if let Some(k) = self.cached(twin) {
-            return Ok(k);
-        }
-        match self.client.get_twin(twin).await {
-            Ok(t) => {
-                lock(&self.keys).put(twin, (t.public_key, Instant::now()));
-                Ok(Some(t.public_key))
-            }
-            Err(e) if e.is_not_found() => {
-                lock(&self.unknown).put(twin, Instant::now());
-                Ok(None)
-            }
-            Err(e) => Err(format!(
-                "cannot reach the grid to check twin {twin}: {}",
-                error_chain(&e)
-            )),
-        }
-    }
-}
-
-impl GridView for ClientView {
-    fn twin_key(&self, twin: TwinId) -> BoxFuture<'_, Result<Option<PublicKey>, String>> {
-        Box::pin(self.key(twin))
-    }
-
-    fn contract(&self, id: ContractId) -> BoxFuture<'_, Result<Option<Contract>, String>> {
-        Box::pin(async move {
-            match self.client.get_contract(id).await {
-                Ok(c) => Ok(Some(c)),
-                Err(e) if e.is_not_found() => Ok(None),
-                Err(e) => Err(format!(
-                    "cannot reach the grid to check contract {id}: {}",
-                    error_chain(&e)
-                )),
-            }
-        })
-    }
 }
 
 /// Envelope ids seen recently, kept until they expire, so none is handled twice. Bounded:

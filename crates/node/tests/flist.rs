@@ -501,7 +501,7 @@ async fn open_file_reads_regular_files_and_refuses_links_out_of_the_mount() {
         ("../host-secret", "plain relative path"),
     ] {
         let e = m.open_file("probe", path).await.unwrap_err();
-        let chain = zos_node::registrar::error_chain(&e);
+        let chain = zos_runtime::error_chain(&e);
         assert!(
             matches!(e, FlistError::Open { .. }) && chain.contains(want),
             "{path}: {chain}"

@@ -3,8 +3,8 @@
 //! signers costs one lookup per twin, and both caches stay bounded.
 
 use zos_client::GridClient;
+use zos_node::client_view::ClientView;
 use zos_node::provision::GridView;
-use zos_node::uplink::ClientView;
 use zos_types::Identity;
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,52 +1,28 @@
-//! Processes started by tests, stopped by PID when their guard goes.
+//! Processes started by tests, stopped when their guard goes, with the supervision of
+//! [`zos_runtime::supervise`] (SIGTERM, then SIGKILL; never a PID alone).
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use zos_runtime::supervise::{self, Marker};
 
-/// True while `pid` exists (and is not a zombie we own and have not reaped).
+/// True while a process (not a zombie) holds `pid`; an exited child of ours is reaped. For
+/// assertions that a process is gone; to act on a process use a [`Marker`].
 pub fn alive(pid: i32) -> bool {
-    if kill(Pid::from_raw(pid), None).is_err() {
-        return false;
-    }
-    // A zombie still answers signal 0; it is not alive for our purposes.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+    supervise::argv(pid).is_some()
 }
 
-/// SIGTERM, then SIGKILL once `grace` has passed; returns when the process is gone.
+/// SIGTERM, then SIGKILL once `grace` has passed; returns when the process is gone. The process
+/// is the one holding `pid` now (its command line is the marker), so a process that takes the
+/// PID over meanwhile is never signalled.
 pub fn kill_and_wait(pid: i32, grace: Duration) {
-    let p = Pid::from_raw(pid);
-    if kill(p, Signal::SIGTERM).is_err() {
-        return;
+    if let Some(argv) = supervise::argv(pid) {
+        supervise::stop_blocking(
+            pid,
+            &Marker::exact(argv),
+            grace.max(Duration::from_millis(1)),
+        );
     }
-    let deadline = Instant::now() + grace;
-    while alive(pid) && Instant::now() < deadline {
-        reap(pid);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if alive(pid) {
-        let _ = kill(p, Signal::SIGKILL);
-        let hard = Instant::now() + Duration::from_secs(5);
-        while alive(pid) && Instant::now() < hard {
-            reap(pid);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    reap(pid);
-}
-
-fn reap(pid: i32) {
-    let _ = nix::sys::wait::waitpid(
-        Pid::from_raw(pid),
-        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-    );
 }
 
 /// A child process that is stopped when dropped.

@@ -6,6 +6,8 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+#[allow(unused_imports)] // not every test binary uses it
+pub use zos_runtime::error_chain;
 
 use sha2::{Digest, Sha256};
 
@@ -253,16 +255,4 @@ pub fn wait_mounted(path: &Path, secs: u64) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     false
-}
-
-/// An error and all its sources on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(&src.to_string());
-        cur = src.source();
-    }
-    s
 }

@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use zos_runtime::error_chain;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -282,17 +283,6 @@ fn check_flist(path: &std::path::Path) -> Result<Checked, zos_flist::FormatError
         blocks,
         content_bytes,
     })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
 }
 
 async fn push(

@@ -99,8 +99,8 @@ pub enum FlistError {
         #[source]
         source: OpenError,
     },
-    #[error("flist state file {path}: {reason}")]
-    State { path: PathBuf, reason: String },
+    #[error(transparent)]
+    State(#[from] zos_runtime::StateError),
     #[error("writable mount {name}: directory {path} {reason}")]
     RwDir {
         name: String,

@@ -36,7 +36,7 @@ impl FarmFlistHosts for GridFarmHosts {
                     format!(
                         "cannot read farm {}'s flist hosts from the grid: {}",
                         self.farm,
-                        crate::registrar::error_chain(&e)
+                        zos_runtime::error_chain(&e)
                     )
                 })
         })

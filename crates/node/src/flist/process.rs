@@ -7,11 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use zos_flist::hub::{DEFAULT_MAX_FLIST_BYTES, fetch_flist};
 use zos_flist::mount::is_mount_point;
+use zos_runtime::supervise::{self, Detach, Marker};
 use zos_types::capacity::GIB;
 
 use super::state::{Entry, STATE_FILE, State};
@@ -254,41 +253,26 @@ impl ProcessFlists {
         (self.is_mount_process(pid, &e.mountpoint) && is_mount_point(&e.mountpoint)).then_some(pid)
     }
 
-    /// Whether `pid` is a live (not zombie) mount process serving `mountpoint`.
-    fn is_mount_process(&self, pid: i32, mountpoint: &Path) -> bool {
-        if pid <= 0 || !alive(pid) {
-            return false;
-        }
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            return false;
-        };
-        let args: Vec<&[u8]> = cmdline
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .collect();
+    /// What the command line of the mount process serving `mountpoint` shows.
+    fn marker(&self, mountpoint: &Path) -> Marker {
         let binary = self
             .config
             .mount_binary
             .file_name()
             .unwrap_or(OsStr::new(MOUNT_BINARY));
-        let argv0_ok = args
-            .first()
-            .and_then(|a| Path::new(OsStr::from_bytes(a)).file_name())
-            .is_some_and(|n| n == binary);
-        argv0_ok
-            && args.contains(&b"--flist".as_slice())
-            && args.last() == Some(&mountpoint.as_os_str().as_bytes())
+        Marker::program(binary).arg("--flist").last_arg(mountpoint)
+    }
+
+    /// Whether `pid` is a live (not zombie) mount process serving `mountpoint`.
+    fn is_mount_process(&self, pid: i32, mountpoint: &Path) -> bool {
+        supervise::alive(pid, &self.marker(mountpoint))
     }
 
     /// A mount process serving `mountpoint` that the record may have lost (found in /proc).
     fn find_mount_process(&self, mountpoint: &Path) -> Option<i32> {
-        let me = std::process::id() as i32;
-        std::fs::read_dir("/proc")
-            .ok()?
-            .flatten()
-            .filter_map(|d| d.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| *pid != me)
-            .find(|pid| self.is_mount_process(*pid, mountpoint))
+        supervise::find(&self.marker(mountpoint))
+            .first()
+            .map(|(pid, _)| *pid)
     }
 
     /// Starts the mount process of `e`, or adopts one that already serves its mount point.
@@ -300,7 +284,7 @@ impl ProcessFlists {
                 tracing::info!(flist_mount = name, pid, "adopting a running mount process");
                 return Ok((pid, true));
             }
-            stop_process(pid, self.config.stop_timeout).await;
+            supervise::stop(pid, &self.marker(mp), self.config.stop_timeout).await;
         }
         detach_leftovers(e);
         std::fs::create_dir_all(mp).map_err(io("cannot create mount point", mp))?;
@@ -343,16 +327,11 @@ impl ProcessFlists {
         ));
         cmd.arg(mp);
         let log_path = self.log_path(name);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
+        Detach::new(&log_path)
+            .keep_stdout()
+            .apply(cmd.as_std_mut())
             .map_err(io("cannot open log", &log_path))?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .process_group(0)
-            .kill_on_drop(false);
+        cmd.stdout(Stdio::piped()).kill_on_drop(false);
         let mut child = cmd.spawn().map_err(|e| FlistError::Process {
             name: name.into(),
             detail: format!("cannot start {}: {e}", self.config.mount_binary.display()),
@@ -469,38 +448,6 @@ fn check_rw_dir(name: &str, rw: &Path) -> Result<(), FlistError> {
     Ok(())
 }
 
-/// True while `pid` exists and is not a zombie.
-fn alive(pid: i32) -> bool {
-    if kill(Pid::from_raw(pid), None).is_err() {
-        return false;
-    }
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
-/// SIGTERM, then SIGKILL after `grace`; returns when the process is gone (or after 5 s more).
-async fn stop_process(pid: i32, grace: Duration) {
-    if kill(Pid::from_raw(pid), Signal::SIGTERM).is_err() {
-        return;
-    }
-    let deadline = tokio::time::Instant::now() + grace;
-    while alive(pid) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    if alive(pid) {
-        tracing::warn!(pid, "mount process ignored SIGTERM: killing it");
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        let hard = tokio::time::Instant::now() + Duration::from_secs(5);
-        while alive(pid) && tokio::time::Instant::now() < hard {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
 /// Detaches whatever is still mounted at the mount point (an overlay, a dead FUSE mount) and at
 /// a writable mount's lower directory.
 fn detach_leftovers(e: &Entry) {
@@ -560,7 +507,8 @@ impl FlistManager for ProcessFlists {
             .filter(|p| self.is_mount_process(*p, &entry.mountpoint))
             .or_else(|| self.find_mount_process(&entry.mountpoint));
         if let Some(pid) = pid {
-            stop_process(pid, self.config.stop_timeout).await;
+            let marker = self.marker(&entry.mountpoint);
+            supervise::stop(pid, &marker, self.config.stop_timeout).await;
         }
         detach_leftovers(&entry);
         if is_mount_point(&entry.mountpoint) {
@@ -641,7 +589,7 @@ impl FlistManager for ProcessFlists {
                     );
                 }
                 Err(err) => {
-                    let why = crate::registrar::error_chain(&err);
+                    let why = zos_runtime::error_chain(&err);
                     tracing::warn!(flist_mount = %name, error = %why, "cannot remake flist mount");
                     st.mounts.insert(name.clone(), Entry { pid: None, ..e });
                     out.failed.push((name, why));

@@ -1,10 +1,11 @@
-//! The versioned record of the node's flist mounts (`mounts.json` in the flist state directory).
+//! The versioned record of the node's flist mounts (`mounts.json` in the flist state directory),
+//! kept in a [`StateFile`].
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use zos_runtime::{StateFile, Versioned};
 
 use super::{FlistError, MountInfo};
 
@@ -48,72 +49,24 @@ pub(super) struct State {
     pub mounts: BTreeMap<String, Entry>,
 }
 
+impl Versioned for State {
+    const VERSION: u32 = STATE_VERSION;
+    const OLDEST: u32 = 0;
+}
+
 impl State {
     /// Reads the record; a missing file is an empty record.
     pub fn load(path: &Path) -> Result<State, FlistError> {
-        let text = match std::fs::read(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(State {
-                    version: STATE_VERSION,
-                    mounts: BTreeMap::new(),
-                });
-            }
-            Err(source) => {
-                return Err(FlistError::Io {
-                    what: "cannot read",
-                    path: path.into(),
-                    source,
-                });
-            }
-        };
-        // Look at the version first, so that a newer format is named as such.
-        #[derive(Deserialize)]
-        struct Version {
-            version: u32,
-        }
-        let bad = |reason: String| FlistError::State {
-            path: path.into(),
-            reason,
-        };
-        let v: Version = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
-        if v.version > STATE_VERSION {
-            return Err(bad(format!(
-                "format version {} is newer than this zosd's {STATE_VERSION}: upgrade zosd",
-                v.version
-            )));
-        }
-        serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))
+        Ok(StateFile::new(path).load()?.unwrap_or(State {
+            version: STATE_VERSION,
+            mounts: BTreeMap::new(),
+        }))
     }
 
-    /// Writes the record atomically (temporary file, fsync, rename, fsync of the directory).
+    /// Writes the record atomically (temporary file, fsync, rename, fsync of the directory),
+    /// mode 0600.
     pub fn save(&self, path: &Path) -> Result<(), FlistError> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let io = |what: &'static str, p: &Path| {
-            let p = p.to_owned();
-            move |source| FlistError::Io {
-                what,
-                path: p,
-                source,
-            }
-        };
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".mounts-")
-            .tempfile_in(dir)
-            .map_err(io("cannot create a temporary file in", dir))?;
-        let text = serde_json::to_vec_pretty(self).expect("the state serializes");
-        tmp.write_all(&text)
-            .and_then(|_| tmp.as_file().sync_all())
-            .map_err(io("cannot write", tmp.path()))?;
-        tmp.persist(path).map_err(|e| FlistError::Io {
-            what: "cannot replace",
-            path: path.into(),
-            source: e.error,
-        })?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("cannot flush directory", dir))?;
-        Ok(())
+        Ok(StateFile::new(path).save(self)?)
     }
 }
 

@@ -112,8 +112,8 @@ pub enum NetworkError {
     },
     #[error("userspace wireguard for {ifname} did not start: {log}")]
     Userspace { ifname: String, log: String },
-    #[error("network state {}: {reason}", path.display())]
-    State { path: PathBuf, reason: String },
+    #[error(transparent)]
+    State(#[from] zos_runtime::StateError),
     #[error("{0}")]
     Internal(String),
 }

@@ -1,15 +1,16 @@
 //! What the network module made, kept in a versioned JSON file so that a restarted zosd
 //! reconciles (adopts running WireGuard processes, re-checks links) instead of recreating.
 //!
-//! The file holds WireGuard private keys: it is written with mode 0600, atomically.
+//! The file holds WireGuard private keys: it is a [`StateFile`], written with mode 0600,
+//! atomically.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
+use zos_runtime::{StateFile, Versioned};
 use zos_types::TwinId;
 use zos_types::deployment::ContractId;
 use zos_types::deployment::WorkloadId;
@@ -135,63 +136,22 @@ impl Default for State {
     }
 }
 
+impl Versioned for State {
+    const VERSION: u32 = STATE_VERSION;
+    const OLDEST: u32 = 0;
+}
+
 impl State {
     /// Reads the state at `path`; a missing file is an empty state. A file written by a newer
     /// version is refused rather than misread.
     pub fn load(path: &Path) -> Result<Self, NetworkError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(source) => {
-                return Err(NetworkError::System {
-                    op: "reading",
-                    target: path.display().to_string(),
-                    source,
-                });
-            }
-        };
-        #[derive(Deserialize)]
-        struct Version {
-            version: u32,
-        }
-        let v: Version = serde_json::from_str(&text).map_err(|e| NetworkError::State {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        if v.version > STATE_VERSION {
-            return Err(NetworkError::State {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "written by a newer zosd (version {}, this one knows {STATE_VERSION})",
-                    v.version
-                ),
-            });
-        }
-        serde_json::from_str(&text).map_err(|e| NetworkError::State {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })
+        Ok(StateFile::new(path).load()?.unwrap_or_default())
     }
 
-    /// Writes the state to `path` atomically (temporary file, fsync, rename), mode 0600.
+    /// Writes the state to `path` atomically (temporary file, fsync, rename, fsync of the
+    /// directory), mode 0600.
     pub fn save(&self, path: &Path) -> Result<(), NetworkError> {
-        let io = |op: &'static str, p: &Path| {
-            let target = p.display().to_string();
-            move |source| NetworkError::System { op, target, source }
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-        }
-        let tmp = tmp_path(path);
-        let text =
-            serde_json::to_vec_pretty(self).map_err(|e| NetworkError::Internal(e.to_string()))?;
-        // A stale temporary file would keep its old mode: `create_file` replaces it.
-        let mut f = crate::private::create_file(&tmp).map_err(io("creating", &tmp))?;
-        f.write_all(&text).map_err(io("writing", &tmp))?;
-        f.sync_all().map_err(io("syncing", &tmp))?;
-        drop(f);
-        std::fs::rename(&tmp, path).map_err(io("renaming", &tmp))?;
-        Ok(())
+        Ok(StateFile::new(path).save(self)?)
     }
 
     /// The lowest transit slot no network resource holds.
@@ -219,15 +179,10 @@ impl State {
     }
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zos_runtime::private::tmp_path;
 
     #[test]
     fn round_trip_and_newer_versions_refused() {

@@ -12,13 +12,13 @@
 //! peer is removed and added again there; the kernel changes it in place.
 
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use zos_runtime::supervise::{self, Detach, Marker};
 use zos_types::workload::Network;
 
 use super::NetworkError;
@@ -345,37 +345,14 @@ pub fn uapi_socket(ifname: &str) -> PathBuf {
     Path::new(UAPI_DIR).join(format!("{ifname}.sock"))
 }
 
-/// True when `pid` runs boringtun for `ifname` (and is not a zombie).
-pub fn is_our_process(pid: i32, ifname: &str) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    reap(pid);
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let zombie = stat
-        .rsplit_once(')')
-        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-    if zombie {
-        return false;
-    }
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let is_bt = args
-        .first()
-        .is_some_and(|a| String::from_utf8_lossy(a).contains("boringtun"));
-    is_bt && args.contains(&ifname.as_bytes())
+/// What the command line of the boringtun process of `ifname` shows.
+fn marker(ifname: &str) -> Marker {
+    Marker::program("boringtun").arg(ifname)
 }
 
-/// Collects `pid` if it is an exited child of ours.
-fn reap(pid: i32) {
-    let _ = nix::sys::wait::waitpid(
-        nix::unistd::Pid::from_raw(pid),
-        Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-    );
+/// True when `pid` runs boringtun for `ifname` (and is not a zombie).
+pub fn is_our_process(pid: i32, ifname: &str) -> bool {
+    supervise::alive(pid, &marker(ifname))
 }
 
 /// Starts boringtun for `ifname` in `host`, in a session of its own, logging to `log`.
@@ -391,17 +368,6 @@ pub async fn start_userspace(
     if let Some(dir) = log.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let open_log = || {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(|source| NetworkError::System {
-                op: "opening",
-                target: log.display().to_string(),
-                source,
-            })
-    };
     let mut cmd = netns::command(host, boringtun)?;
     cmd.args([
         "--foreground",
@@ -411,26 +377,22 @@ pub async fn start_userspace(
         "error",
         ifname,
     ])
-    .env("RUST_BACKTRACE", "0")
-    .stdin(std::process::Stdio::null())
-    .stdout(open_log()?)
-    .stderr(open_log()?);
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            // Its own session and process group: signals to zosd's group do not reach it.
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().map_err(|source| NetworkError::Spawn {
-        program: boringtun.display().to_string(),
-        source,
-    })?;
-    let pid = child.id() as i32;
-    // Not waited for: it outlives this call and zosd; `is_our_process` collects it if it exits
-    // while zosd runs.
-    drop(child);
+    .env("RUST_BACKTRACE", "0");
+    // Its own session: signals to zosd's group do not reach it, and it outlives zosd.
+    Detach::new(log)
+        .apply(&mut cmd)
+        .map_err(|source| NetworkError::System {
+            op: "opening",
+            target: log.display().to_string(),
+            source,
+        })?;
+    let pid = cmd
+        .spawn()
+        .map_err(|source| NetworkError::Spawn {
+            program: boringtun.display().to_string(),
+            source,
+        })?
+        .id() as i32;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         if std::os::unix::net::UnixStream::connect(&sock).is_ok() {
@@ -457,51 +419,21 @@ pub async fn start_userspace(
 
 /// Stops boringtun `pid` (SIGTERM, SIGKILL after `grace`) and removes its socket.
 pub async fn stop_userspace(pid: Option<i32>, ifname: &str, grace: Duration) {
-    if let Some(pid) = pid.filter(|p| is_our_process(*p, ifname)) {
-        let p = nix::unistd::Pid::from_raw(pid);
-        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM);
-        let deadline = tokio::time::Instant::now() + grace;
-        while is_our_process(pid, ifname) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if is_our_process(pid, ifname) {
-            let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
-            let hard = tokio::time::Instant::now() + Duration::from_secs(5);
-            while is_our_process(pid, ifname) && tokio::time::Instant::now() < hard {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+    if let Some(pid) = pid {
+        supervise::stop(pid, &marker(ifname), grace).await;
     }
     let _ = std::fs::remove_file(uapi_socket(ifname));
 }
 
 /// PIDs of boringtun processes whose arguments name an interface starting with `prefix`.
 pub fn processes_with_prefix(prefix: &str) -> Vec<(i32, String)> {
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.first().is_some_and(|a| a.contains("boringtun"))
-            && let Some(last) = args.last()
-            && last.starts_with(prefix)
-            && is_our_process(pid, last)
-        {
-            out.push((pid, last.clone()));
-        }
-    }
-    out
+    supervise::find(&Marker::program("boringtun"))
+        .into_iter()
+        .filter_map(|(pid, argv)| {
+            let last = argv.last()?.to_str()?;
+            last.starts_with(prefix).then(|| (pid, last.to_string()))
+        })
+        .collect()
 }
 
 #[cfg(test)]

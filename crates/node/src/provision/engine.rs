@@ -60,7 +60,7 @@ impl From<StoreError> for EngineError {
             )),
             StoreError::NotFound(c) => Self::NotFound(format!("deployment {c} not found")),
             e @ StoreError::NameTaken { .. } => Self::Conflict(e.to_string()),
-            e => Self::Internal(crate::registrar::error_chain(&e)),
+            e => Self::Internal(zos_runtime::error_chain(&e)),
         }
     }
 }

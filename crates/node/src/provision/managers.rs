@@ -88,8 +88,8 @@ impl Manager for Unsupported {
 
 fn storage_err(e: StorageError) -> ManagerError {
     match e {
-        StorageError::Shrink { .. } => ManagerError::Unchanged(crate::registrar::error_chain(&e)),
-        e => ManagerError::Failed(crate::registrar::error_chain(&e)),
+        StorageError::Shrink { .. } => ManagerError::Unchanged(zos_runtime::error_chain(&e)),
+        e => ManagerError::Failed(zos_runtime::error_chain(&e)),
     }
 }
 

@@ -26,7 +26,7 @@ use super::store::Store;
 use crate::network::{
     Attachment, NetworkError, NetworkInfo, Networker, PublicIpRequest, WgBackend, pick_public_ipv4,
 };
-use crate::registrar::error_chain;
+use zos_runtime::error_chain;
 
 /// Most network resources one twin keeps on one node.
 pub const MAX_NETWORKS_PER_TWIN: usize = 16;

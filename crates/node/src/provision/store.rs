@@ -92,10 +92,12 @@ fn restrict(path: &Path) -> std::io::Result<()> {
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(crate::private::FILE_MODE)
+        .mode(zos_runtime::private::FILE_MODE)
         .open(path)?;
     if f.metadata()?.permissions().mode() & 0o077 != 0 {
-        f.set_permissions(std::fs::Permissions::from_mode(crate::private::FILE_MODE))?;
+        f.set_permissions(std::fs::Permissions::from_mode(
+            zos_runtime::private::FILE_MODE,
+        ))?;
     }
     Ok(())
 }
@@ -624,13 +626,18 @@ mod tests {
         s.create(&deployment(1), 1).unwrap();
         for suffix in ["", "-wal", "-shm"] {
             let p = dir.path().join(format!("provision.sqlite{suffix}"));
-            assert_eq!(crate::private::mode_of(&p), 0o600, "{}", p.display());
+            assert_eq!(
+                zos_runtime::private::mode_of(&p).unwrap(),
+                0o600,
+                "{}",
+                p.display()
+            );
         }
         drop(s);
         // A database an older zosd left world-readable is narrowed when opened.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         Store::open(&path).unwrap();
-        assert_eq!(crate::private::mode_of(&path), 0o600);
+        assert_eq!(zos_runtime::private::mode_of(&path).unwrap(), 0o600);
     }
 }

@@ -32,10 +32,11 @@ use zos_types::workload::{WorkloadData, Zmachine};
 use super::managers::{Manager, ManagerError, Target, to_data};
 use crate::flist::FlistManager;
 use crate::network::{Attachment, NetworkError, Networker, VmLink};
-use crate::registrar::error_chain;
 use crate::storage::{Storage, StorageError};
 use crate::vmm::nocloud::{NoCloud, NoCloudNic};
 use crate::vmm::{Boot, Disk, DiskPrep, Nic, OpenedFile, Share, VmSpec, Vmm, VmmError};
+use zos_runtime::error_chain;
+use zos_runtime::{StateFile, Versioned};
 
 /// Version of the manager's per-machine record.
 pub const RECORD_VERSION: u32 = 1;
@@ -70,6 +71,10 @@ struct Record {
     public_ip: Option<String>,
 }
 
+impl Versioned for Record {
+    const VERSION: u32 = RECORD_VERSION;
+}
+
 /// The `zmachine` manager.
 pub struct ZmachineManager<N, S, F, V> {
     net: Arc<N>,
@@ -97,12 +102,12 @@ fn failed(what: impl std::fmt::Display, e: &dyn std::error::Error) -> ManagerErr
 /// Copies of earlier guest images stay: machines booted with them restart with them.
 fn copy_out(dir: &std::path::Path, files: Vec<(String, std::fs::File)>) -> std::io::Result<()> {
     let parent = dir.parent().expect("a guest copy has a parent");
-    crate::private::create_dir(parent)?;
+    zos_runtime::private::create_dir(parent)?;
     let tmp = tempfile::Builder::new()
         .prefix(".copy-")
         .tempdir_in(parent)?;
     for (name, mut f) in files {
-        let mut out = crate::private::create_file(&tmp.path().join(&name))?;
+        let mut out = zos_runtime::private::create_file(&tmp.path().join(&name))?;
         std::io::copy(&mut f, &mut out)?;
         out.sync_all()?;
     }
@@ -219,19 +224,18 @@ where
     }
 
     fn save_record(&self, vm: &str, rec: &Record) -> Result<(), ManagerError> {
-        let p = self.record_path(vm);
-        let io = |e: std::io::Error| failed(format!("cannot write {}", p.display()), &e);
         // The directory also holds the NoCloud seeds (SSH keys): root only.
-        crate::private::create_dir(&self.cfg.state_dir).map_err(io)?;
-        crate::private::write_atomic(&p, &serde_json::to_vec(rec).expect("records serialize"))
-            .map_err(io)
+        StateFile::new(self.record_path(vm))
+            .save(rec)
+            .map_err(|e| failed(format!("cannot save the record of {vm}"), &e))
     }
 
+    /// The record of `vm`; none when it is missing or unreadable (a newer version included).
     fn load_record(&self, vm: &str) -> Option<Record> {
-        let b = std::fs::read(self.record_path(vm)).ok()?;
-        serde_json::from_slice::<Record>(&b)
+        StateFile::<Record>::new(self.record_path(vm))
+            .load()
             .ok()
-            .filter(|r| r.version == RECORD_VERSION)
+            .flatten()
     }
 
     /// Finds the zmount or volume each mount names.
@@ -1138,8 +1142,11 @@ mod tests {
         let b = bed().await;
         provision(&b, "good", &machine()).await.unwrap();
         let dir = b.dir.path().join("zmachine");
-        assert_eq!(crate::private::mode_of(&dir), 0o700);
-        assert_eq!(crate::private::mode_of(&dir.join("7-1-good.json")), 0o600);
+        assert_eq!(zos_runtime::private::mode_of(&dir).unwrap(), 0o700);
+        assert_eq!(
+            zos_runtime::private::mode_of(&dir.join("7-1-good.json")).unwrap(),
+            0o600
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use zos_runtime::error_chain;
 
 use nix::mount::MsFlags;
 use tokio::process::Command;
@@ -623,17 +624,6 @@ impl BtrfsStorage {
             None => Ok(()),
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        src = cause.source();
-    }
-    s
 }
 
 enum Adopt {

@@ -1,9 +1,10 @@
-//! The metadata file at the root of each pool: what the pool is, kept so the answer never changes.
+//! The metadata file at the root of each pool: what the pool is, kept so the answer never changes
+//! (a [`StateFile`]).
 
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use zos_runtime::{StateFile, Versioned};
 
 use super::{DiskKind, StorageError};
 
@@ -31,46 +32,17 @@ impl PoolMeta {
     /// Reads the metadata of the pool mounted at `root`; `None` when the file is missing (a pool
     /// whose making was interrupted). Versions newer than this build are refused.
     pub fn load(root: &Path) -> Result<Option<PoolMeta>, StorageError> {
-        let path = root.join(POOL_META_FILE);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StorageError::io("reading", &path)(e)),
-        };
-        #[derive(Deserialize)]
-        struct Versioned {
-            version: u32,
-        }
-        let bad = |reason: String| StorageError::Meta {
-            path: path.clone(),
-            reason,
-        };
-        let v: Versioned = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-        if v.version != POOL_META_VERSION {
-            return Err(bad(format!(
-                "version {} is not {POOL_META_VERSION}, the one this zosd understands",
-                v.version
-            )));
-        }
-        let meta: PoolMeta = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-        Ok(Some(meta))
+        Ok(StateFile::new(root.join(POOL_META_FILE)).load()?)
     }
 
-    /// Writes the metadata atomically (temporary file, fsync, rename).
+    /// Writes the metadata atomically (temporary file, fsync, rename, fsync of the pool root).
     pub fn store(&self, root: &Path) -> Result<(), StorageError> {
-        let path = root.join(POOL_META_FILE);
-        let tmp = root.join(format!("{POOL_META_FILE}.tmp"));
-        let json = serde_json::to_vec_pretty(self).map_err(|e| StorageError::Meta {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        let mut f = std::fs::File::create(&tmp).map_err(StorageError::io("creating", &tmp))?;
-        f.write_all(&json)
-            .and_then(|_| f.sync_all())
-            .map_err(StorageError::io("writing", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(StorageError::io("renaming", &tmp))?;
-        Ok(())
+        Ok(StateFile::new(root.join(POOL_META_FILE)).save(self)?)
     }
+}
+
+impl Versioned for PoolMeta {
+    const VERSION: u32 = POOL_META_VERSION;
 }
 
 #[cfg(test)]

@@ -375,8 +375,8 @@ pub enum StorageError {
     Config(String),
     #[error("device {device}: {reason}")]
     Device { device: PathBuf, reason: String },
-    #[error("pool metadata {path}: {reason}")]
-    Meta { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Meta(#[from] zos_runtime::StateError),
     #[error("{cmd} failed ({status}): {stderr}")]
     Command {
         cmd: String,

@@ -72,7 +72,7 @@ pub fn append_seed(base: &Path, out: &Path, seed: &Seed) -> io::Result<()> {
     image.extend_from_slice(&newc_archive(&entries));
     let tmp = out.with_extension("tmp");
     // The seed holds SSH keys and the environment: readable by root only.
-    let mut f = crate::private::create_file(&tmp)?;
+    let mut f = zos_runtime::private::create_file(&tmp)?;
     f.write_all(&image)?;
     f.sync_all()?;
     std::fs::rename(&tmp, out)
@@ -142,6 +142,6 @@ mod tests {
         };
         let out = d.path().join("initrd");
         append_seed(&base, &out, &seed).unwrap();
-        assert_eq!(crate::private::mode_of(&out), 0o600);
+        assert_eq!(zos_runtime::private::mode_of(&out).unwrap(), 0o600);
     }
 }

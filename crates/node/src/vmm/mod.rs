@@ -72,8 +72,8 @@ pub enum VmmError {
     Qmp { name: String, reason: String },
     #[error("cgroup {path}: {reason}")]
     Cgroup { path: String, reason: String },
-    #[error("vm state {}: {reason}", path.display())]
-    StateFile { path: PathBuf, reason: String },
+    #[error(transparent)]
+    StateFile(#[from] zos_runtime::StateError),
     #[error("{0}")]
     Internal(String),
 }

@@ -101,7 +101,7 @@ impl NoCloud {
             })?;
         }
         // The seed holds SSH keys: the image is made mode 0600 before genisoimage fills it.
-        crate::private::create_file(path).map_err(|source| VmmError::Io {
+        zos_runtime::private::create_file(path).map_err(|source| VmmError::Io {
             op: "create",
             path: path.to_path_buf(),
             source,
@@ -262,7 +262,7 @@ mod tests {
         }
         .write_image(&p)
         .unwrap();
-        assert_eq!(crate::private::mode_of(&p), 0o600);
+        assert_eq!(zos_runtime::private::mode_of(&p).unwrap(), 0o600);
         assert!(std::fs::metadata(&p).unwrap().len() > 0);
     }
 }

@@ -13,13 +13,10 @@
 //! and the truncation (microseconds) is lost.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +27,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
+
+use zos_runtime::supervise::{self, Backoff, Detach, Marker};
 
 use super::cgroup::Cgroups;
 use super::qmp::Qmp;
@@ -150,7 +149,7 @@ fn rotate_console(log: &Path, keep: u64) -> std::io::Result<bool> {
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     f.seek(SeekFrom::Start(len - keep))?;
-    let mut out = crate::private::create_file(&tmp)?;
+    let mut out = zos_runtime::private::create_file(&tmp)?;
     // Up to `keep` more bytes: what the guest printed while this copied goes along.
     std::io::copy(&mut (&mut f).take(2 * keep), &mut out)?;
     drop(out);
@@ -167,10 +166,10 @@ fn open_console(log: &Path) -> std::io::Result<()> {
     let f = fs::OpenOptions::new()
         .append(true)
         .create(true)
-        .mode(crate::private::FILE_MODE)
+        .mode(zos_runtime::private::FILE_MODE)
         .open(log)?;
-    if f.metadata()?.permissions().mode() & 0o777 != crate::private::FILE_MODE {
-        f.set_permissions(fs::Permissions::from_mode(crate::private::FILE_MODE))?;
+    if f.metadata()?.permissions().mode() & 0o777 != zos_runtime::private::FILE_MODE {
+        f.set_permissions(fs::Permissions::from_mode(zos_runtime::private::FILE_MODE))?;
     }
     Ok(())
 }
@@ -221,9 +220,7 @@ struct Machine {
     /// Watched by the supervisor (made here, or found by reconcile).
     supervised: bool,
     /// When a dead VM is due to start again.
-    next_start: Option<Instant>,
-    backoff: Duration,
-    started: Instant,
+    restart: Backoff,
 }
 
 #[derive(Debug)]
@@ -256,34 +253,14 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VmmEr
     move |source| VmmError::Io { op, path, source }
 }
 
-/// Is `pid` a live process whose command line holds `marker`? Reaps it first if it is a
-/// dead child of ours.
+/// Is `pid` a live process whose command line holds `marker` (a socket path of the VM)?
 fn alive(pid: i32, marker: &Path) -> bool {
-    let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, r)| r.split_whitespace().next());
-    if matches!(state, None | Some("Z") | Some("X")) {
-        return false;
-    }
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let m = marker.as_os_str().as_bytes();
-    cmdline
-        .split(|b| *b == 0)
-        .any(|arg| arg.windows(m.len().max(1)).any(|w| w == m) && !m.is_empty())
+    supervise::alive(pid, &Marker::containing(marker))
 }
 
 /// Kills `pid` (only if it is still the process holding `marker`) and waits up to 5 s for it.
 fn kill_wait(pid: i32, marker: &Path) {
-    if !alive(pid, marker) {
-        return;
-    }
-    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while alive(pid, marker) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    supervise::stop_blocking(pid, &Marker::containing(marker), Duration::ZERO);
 }
 
 fn tail(path: &Path, max: usize) -> String {
@@ -370,48 +347,27 @@ impl Inner {
     }
 
     /// The cgroup.procs files of the VM's cgroup, for the child to join before it executes.
-    fn cgroup_procs(&self, name: &str) -> Vec<CString> {
+    fn cgroup_procs(&self, name: &str) -> Vec<PathBuf> {
         self.cgroups
             .dirs(&self.cgroup(name))
             .into_iter()
-            .filter_map(|d| CString::new(d.join("cgroup.procs").as_os_str().as_bytes()).ok())
+            .map(|d| d.join("cgroup.procs"))
             .collect()
     }
 
     /// Starts a process detached (own session, stdin from /dev/null, output to `log`) inside
     /// the VM's cgroup.
     fn spawn(&self, program: &Path, args: &[String], log: &Path, name: &str) -> Result<i32> {
-        let out = crate::private::create_file(log).map_err(io_err("create", log))?;
-        let err = out.try_clone().map_err(io_err("open", log))?;
-        let procs = self.cgroup_procs(name);
         let mut cmd = Command::new(program);
-        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
-        // SAFETY: only async-signal-safe calls (setsid, open, write, close) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                for p in &procs {
-                    let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    let r = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    libc::close(fd);
-                    if r < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(|source| VmmError::Spawn {
-            program: program.to_path_buf(),
-            source,
-        })?;
-        // Reaped by `alive` (or by init once zosd is gone), never waited here.
-        Ok(child.id() as i32)
+        cmd.args(args);
+        Detach::new(log)
+            .truncate()
+            .cgroups(self.cgroup_procs(name))
+            .spawn(cmd)
+            .map_err(|source| VmmError::Spawn {
+                program: program.to_path_buf(),
+                source,
+            })
     }
 
     /// Waits up to `limit` for `path` to appear while `pid` lives.
@@ -436,8 +392,8 @@ impl Inner {
         self.kill_all(&mut m.rec);
         let run = self.run_dir(name);
         let _ = fs::remove_dir_all(&run);
-        crate::private::create_dir(&run).map_err(io_err("create", &run))?;
-        crate::private::create_dir(&self.cfg.log_dir)
+        zos_runtime::private::create_dir(&run).map_err(io_err("create", &run))?;
+        zos_runtime::private::create_dir(&self.cfg.log_dir)
             .map_err(io_err("create", &self.cfg.log_dir))?;
         let console = self.console_log(name);
         open_console(&console).map_err(io_err("create", &console))?;
@@ -490,8 +446,7 @@ impl Inner {
                 log,
             });
         }
-        m.started = Instant::now();
-        m.next_start = None;
+        m.restart.started();
         self.save(m)?;
         tracing::debug!(vm = name, pid, "vm started");
         Ok(())
@@ -737,33 +692,27 @@ impl Inner {
                     tracing::warn!(vm = %name, share = i, virtiofsd = p, "virtiofsd died: restarting the vm");
                     kill_wait(pid, &qmp);
                 } else {
-                    if now.duration_since(m.started) > self.cfg.backoff_max {
-                        m.backoff = self.cfg.backoff_min;
-                    }
+                    m.restart.running(now);
                     continue;
                 }
             }
-            match m.next_start {
-                None => {
-                    let log = tail(&self.run_dir(&name).join("qemu.log"), 500);
-                    tracing::warn!(vm = %name, backoff = ?m.backoff, qemu_log = %log, "vm died: restarting it");
-                    self.kill_all(&mut m.rec);
-                    m.next_start = Some(now + m.backoff);
-                    m.backoff = (m.backoff * 2).min(self.cfg.backoff_max);
-                }
-                Some(t) if now >= t => match self.boot(m).await {
+            if !m.restart.pending() {
+                let log = tail(&self.run_dir(&name).join("qemu.log"), 500);
+                self.kill_all(&mut m.rec);
+                let backoff = m.restart.failed(now);
+                tracing::warn!(vm = %name, ?backoff, qemu_log = %log, "vm died: restarting it");
+            } else if m.restart.due(now) {
+                match self.boot(m).await {
                     Ok(()) => {
                         m.rec.restarts += 1;
                         let _ = self.save(m);
                         tracing::info!(vm = %name, restarts = m.rec.restarts, "vm restarted");
                     }
                     Err(e) => {
-                        tracing::warn!(vm = %name, "vm restart failed: {}", crate::registrar::error_chain(&e));
-                        m.next_start = Some(Instant::now() + m.backoff);
-                        m.backoff = (m.backoff * 2).min(self.cfg.backoff_max);
+                        tracing::warn!(vm = %name, "vm restart failed: {}", zos_runtime::error_chain(&e));
+                        m.restart.failed(Instant::now());
                     }
-                },
-                Some(_) => {}
+                }
             }
         }
     }
@@ -816,16 +765,13 @@ impl QemuVmm {
         for b in bad {
             tracing::warn!("vm state not loaded: {b}");
         }
-        let now = Instant::now();
         let vms = recs
             .into_iter()
             .map(|rec| {
                 let m = Machine {
                     rec,
                     supervised: false,
-                    next_start: None,
-                    backoff: cfg.backoff_min,
-                    started: now,
+                    restart: Backoff::new(cfg.backoff_min, cfg.backoff_max),
                 };
                 (m.rec.spec.name.clone(), m)
             })
@@ -947,9 +893,7 @@ impl super::Vmm for QemuVmm {
                 restarts: 0,
             },
             supervised: true,
-            next_start: None,
-            backoff: inner.cfg.backoff_min,
-            started: Instant::now(),
+            restart: Backoff::new(inner.cfg.backoff_min, inner.cfg.backoff_max),
         };
         // A console log of an earlier VM of the same name is not this one's.
         {
@@ -1073,9 +1017,13 @@ impl super::Vmm for QemuVmm {
                 continue;
             }
             let qmp = inner.qmp_path(&name);
-            if m.rec.pid.is_some_and(|p| alive(p, &qmp)) {
-                m.started = Instant::now();
-                tracing::debug!(vm = %name, pid = ?m.rec.pid, "vm adopted");
+            if let Some(pid) = supervise::adopt(m.rec.pid, &Marker::containing(&qmp)) {
+                m.restart.started();
+                if m.rec.pid != Some(pid) {
+                    m.rec.pid = Some(pid);
+                    let _ = inner.save(m);
+                }
+                tracing::debug!(vm = %name, pid, "vm adopted");
                 report.adopted.push(name);
                 continue;
             }
@@ -1086,9 +1034,9 @@ impl super::Vmm for QemuVmm {
                     report.restarted.push(name);
                 }
                 Err(e) => {
-                    let e = crate::registrar::error_chain(&e);
+                    let e = zos_runtime::error_chain(&e);
                     tracing::warn!(vm = %name, "vm not brought back: {e}");
-                    m.next_start = Some(Instant::now() + m.backoff);
+                    m.restart.failed(Instant::now());
                     report.failed.push(format!("{name}: {e}"));
                 }
             }

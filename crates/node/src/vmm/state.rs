@@ -1,11 +1,13 @@
-//! One versioned state file per VM: its spec, what it should be doing and its processes.
+//! One versioned state file per VM: its spec, what it should be doing and its processes
+//! (a [`StateFile`]: atomic, mode 0600, a newer version refused).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use zos_runtime::{StateFile, Versioned};
 
-use super::{Result, VmSpec, VmmError};
+use super::{Result, VmSpec};
 
 /// The state format this code reads and writes.
 pub const STATE_VERSION: u32 = 1;
@@ -33,11 +35,8 @@ pub struct VmRecord {
     pub restarts: u32,
 }
 
-fn state_err(path: &Path, reason: impl std::fmt::Display) -> VmmError {
-    VmmError::StateFile {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    }
+impl Versioned for VmRecord {
+    const VERSION: u32 = STATE_VERSION;
 }
 
 /// The state file of VM `name`.
@@ -48,10 +47,7 @@ pub fn path(dir: &Path, name: &str) -> PathBuf {
 /// Writes `rec` atomically, readable by root only (the spec holds the seed: SSH keys,
 /// environment).
 pub fn save(dir: &Path, rec: &VmRecord) -> Result<()> {
-    crate::private::create_dir(dir).map_err(|e| state_err(dir, format!("cannot create: {e}")))?;
-    let p = path(dir, &rec.spec.name);
-    let body = serde_json::to_vec_pretty(rec).map_err(|e| state_err(&p, e))?;
-    crate::private::write_atomic(&p, &body).map_err(|e| state_err(&p, e))
+    Ok(StateFile::new(path(dir, &rec.spec.name)).save(rec)?)
 }
 
 /// Every record in `dir`, and the files that could not be read with why.
@@ -65,36 +61,19 @@ pub fn load_all(dir: &Path) -> (Vec<VmRecord>, Vec<String>) {
         if p.extension().and_then(|x| x.to_str()) != Some("json") {
             continue;
         }
-        match load(&p) {
-            Ok(r) => recs.push(r),
-            Err(e) => bad.push(crate::registrar::error_chain(&e)),
+        match StateFile::<VmRecord>::new(&p).load() {
+            Ok(Some(r)) => recs.push(r),
+            Ok(None) => {}
+            Err(e) => bad.push(zos_runtime::error_chain(&e)),
         }
     }
     recs.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
     (recs, bad)
 }
 
-fn load(p: &Path) -> Result<VmRecord> {
-    let bytes = fs::read(p).map_err(|e| state_err(p, e))?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| state_err(p, e))?;
-    let version = v.get("version").and_then(|x| x.as_u64()).unwrap_or(0);
-    if version != STATE_VERSION as u64 {
-        return Err(state_err(
-            p,
-            format!("version {version} is not {STATE_VERSION}, the one this zosd knows"),
-        ));
-    }
-    serde_json::from_value(v).map_err(|e| state_err(p, e))
-}
-
 /// Removes the record of `name`; succeeds when there is none.
 pub fn remove(dir: &Path, name: &str) -> Result<()> {
-    let p = path(dir, name);
-    match fs::remove_file(&p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(state_err(&p, e)),
-    }
+    Ok(StateFile::<VmRecord>::new(path(dir, name)).remove()?)
 }
 
 #[cfg(test)]
@@ -140,7 +119,10 @@ mod tests {
             restarts: 0,
         };
         save(&dir, &rec).unwrap();
-        assert_eq!(crate::private::mode_of(&dir), 0o700);
-        assert_eq!(crate::private::mode_of(&path(&dir, "7-1-vm")), 0o600);
+        assert_eq!(zos_runtime::private::mode_of(&dir).unwrap(), 0o700);
+        assert_eq!(
+            zos_runtime::private::mode_of(&path(&dir, "7-1-vm")).unwrap(),
+            0o600
+        );
     }
 }
