@@ -6,7 +6,7 @@
 //!   never misread or overwritten, and one older than the oldest version a type still reads is
 //!   refused too;
 //! - a write is a temporary file, fsync, rename, fsync of the directory
-//!   ([`zos_runtime::private::write_atomic`]): a crash leaves the old file or the new one;
+//!   ([`crate::private::write_atomic`]): a crash leaves the old file or the new one;
 //! - the file is mode 0600 from creation and new directories are 0700 (the records hold
 //!   WireGuard keys, SSH keys, environment).
 //!
@@ -114,9 +114,9 @@ impl<T: Versioned> StateFile<T> {
         }
         let body = serde_json::to_vec_pretty(&json).map_err(|source| self.invalid(source))?;
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            zos_runtime::private::create_dir(dir).map_err(|source| self.write_err(source))?;
+            crate::private::create_dir(dir).map_err(|source| self.write_err(source))?;
         }
-        zos_runtime::private::write_atomic(&self.path, &body).map_err(|source| self.write_err(source))
+        crate::private::write_atomic(&self.path, &body).map_err(|source| self.write_err(source))
     }
 
     /// Removes the file; succeeds when there is none.
@@ -181,7 +181,7 @@ impl<T: Versioned> StateFile<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zos_runtime::private::{mode_of, tmp_path};
+    use crate::private::{mode_of, tmp_path};
 
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
     #[serde(deny_unknown_fields)]

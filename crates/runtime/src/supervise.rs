@@ -265,10 +265,10 @@ impl Detach {
     pub fn apply(&self, cmd: &mut Command) -> io::Result<()> {
         // A fresh log is made 0600 whatever file was there; an appended one is created 0600.
         let log = if self.truncate {
-            zos_runtime::private::create_file(&self.log)?
+            crate::private::create_file(&self.log)?
         } else {
             std::fs::OpenOptions::new()
-                .mode(zos_runtime::private::FILE_MODE)
+                .mode(crate::private::FILE_MODE)
                 .create(true)
                 .append(true)
                 .open(&self.log)?
