@@ -1,6 +1,9 @@
 //! No one party can take the grid down: floods of signed requests and envelopes, slow and many
 //! connections, and large bodies with bad signatures, each against a real grid on loopback,
 //! while another party's request still goes through.
+//!
+//! The fake nodes echo any command: the names sent here (`zos.test.echo`…) are outside the
+//! node protocol on purpose (see `common/nodes.rs`).
 
 mod common;
 

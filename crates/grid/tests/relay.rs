@@ -1,5 +1,7 @@
 //! The relay and node uplinks, over real HTTP and WebSocket on 127.0.0.1. Fake nodes are built
 //! with the uplink connector of `zos-client`: they open requests and seal replies as zosd does.
+//! They echo any command: the names sent here (`zos.test.echo`, `zos.x`, `zos.fail`) are
+//! outside the node protocol on purpose (see `common/nodes.rs`).
 
 mod common;
 

@@ -1,6 +1,9 @@
 //! The relay never holds a plaintext: neither its database nor its log (at the most verbose
 //! level) contain what a user said to a node. Its own binary, because it installs a process-wide
 //! log subscriber.
+//!
+//! The fake nodes echo any command: the names sent here (`zos.test.echo`…) are outside the
+//! node protocol on purpose (see `common/nodes.rs`).
 
 mod common;
 
