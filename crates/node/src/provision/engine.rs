@@ -74,6 +74,42 @@ pub struct Usage {
     pub workload_count: u64,
 }
 
+/// Most network resources one twin keeps on one node.
+pub const MAX_NETWORKS_PER_TWIN: usize = 16;
+
+/// Refuses `d` when its twin would then hold more than [`MAX_NETWORKS_PER_TWIN`] network
+/// workloads on this node (its other deployments' live ones, plus the ones `d` lists).
+pub fn check_network_count(store: &Store, d: &Deployment) -> Result<(), EngineError> {
+    let networks = |d: &Deployment| {
+        d.workloads
+            .iter()
+            .filter(|w| w.kind == WorkloadType::Network)
+            .filter(|w| {
+                !matches!(
+                    w.result.as_ref().map(|r| r.state),
+                    Some(ResultState::Deleted | ResultState::Error)
+                )
+            })
+            .count()
+    };
+    let mut n = networks(d);
+    for c in store.contracts(Some(d.twin_id))? {
+        if c == d.contract_id {
+            continue;
+        }
+        if let Some(other) = store.get(c)? {
+            n += networks(&other);
+        }
+    }
+    if n > MAX_NETWORKS_PER_TWIN {
+        return Err(EngineError::Capacity(format!(
+            "twin {} would have {n} network resources on this node, at most {MAX_NETWORKS_PER_TWIN}: delete one first (`zos network delete NAME`)",
+            d.twin_id
+        )));
+    }
+    Ok(())
+}
+
 /// A deployment uses at most the public IPv4 addresses its contract reserved, and a new one
 /// exactly those: a contract that holds more than its deployment uses would keep addresses of
 /// the farm's pool from everyone else.
@@ -194,7 +230,7 @@ impl Engine {
             )));
         }
         self.check(source, &d).await?;
-        super::network::check_network_count(&self.store, &d)?;
+        check_network_count(&self.store, &d)?;
         let need = d
             .capacity()
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
@@ -220,7 +256,7 @@ impl Engine {
                 EngineError::NotFound(format!("deployment {} not found", d.contract_id))
             })?;
         self.check(source, &d).await?;
-        super::network::check_network_count(&self.store, &d)?;
+        check_network_count(&self.store, &d)?;
         let plan = old
             .plan_update(&d)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;

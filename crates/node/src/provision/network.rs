@@ -8,61 +8,25 @@
 //!
 //! Network resources are shared kernel objects (a namespace, a bridge, nftables tables, a
 //! WireGuard endpoint), so each one counts [`NETWORK_RESOURCE_COST`] against the node's
-//! capacity like any workload, and one twin keeps at most [`MAX_NETWORKS_PER_TWIN`] of them on a
-//! node ([`check_network_count`], when a deployment arrives).
+//! capacity like any workload, and one twin keeps at most
+//! [`MAX_NETWORKS_PER_TWIN`](super::engine::MAX_NETWORKS_PER_TWIN) of them on a node (checked by
+//! the engine when a deployment arrives).
 
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use zos_types::contract::ContractKind;
-use zos_types::deployment::{Deployment, ResultState, WorkloadId};
+use zos_types::deployment::WorkloadId;
 use zos_types::node_api::results::{IpResult, NetworkResult};
 pub use zos_types::workload::NETWORK_RESOURCE_COST;
-use zos_types::workload::{WorkloadData, WorkloadType};
+use zos_types::workload::WorkloadData;
 
-use super::engine::{EngineError, GridView};
+use super::engine::GridView;
 use super::managers::{Manager, ManagerError, Target, to_data};
-use super::store::Store;
 use crate::network::{
     Attachment, NetworkError, NetworkInfo, Networker, PublicIpRequest, WgBackend, pick_public_ipv4,
 };
 use zos_runtime::error_chain;
-
-/// Most network resources one twin keeps on one node.
-pub const MAX_NETWORKS_PER_TWIN: usize = 16;
-
-/// Refuses `d` when its twin would then hold more than [`MAX_NETWORKS_PER_TWIN`] network
-/// workloads on this node (its other deployments' live ones, plus the ones `d` lists).
-pub fn check_network_count(store: &Store, d: &Deployment) -> Result<(), EngineError> {
-    let networks = |d: &Deployment| {
-        d.workloads
-            .iter()
-            .filter(|w| w.kind == WorkloadType::Network)
-            .filter(|w| {
-                !matches!(
-                    w.result.as_ref().map(|r| r.state),
-                    Some(ResultState::Deleted | ResultState::Error)
-                )
-            })
-            .count()
-    };
-    let mut n = networks(d);
-    for c in store.contracts(Some(d.twin_id))? {
-        if c == d.contract_id {
-            continue;
-        }
-        if let Some(other) = store.get(c)? {
-            n += networks(&other);
-        }
-    }
-    if n > MAX_NETWORKS_PER_TWIN {
-        return Err(EngineError::Capacity(format!(
-            "twin {} would have {n} network resources on this node, at most {MAX_NETWORKS_PER_TWIN}: delete one first (`zos network delete NAME`)",
-            d.twin_id
-        )));
-    }
-    Ok(())
-}
 
 /// Refusals that change nothing, as opposed to failures of the system.
 fn refused(e: &NetworkError) -> bool {

@@ -834,7 +834,8 @@ mod network {
     /// with what to do, leaving the 16 as they were.
     #[tokio::test]
     async fn a_twin_cannot_fill_a_node_with_network_resources() {
-        use super::super::network::{MAX_NETWORKS_PER_TWIN, NETWORK_RESOURCE_COST};
+        use super::super::engine::MAX_NETWORKS_PER_TWIN;
+        use super::super::network::NETWORK_RESOURCE_COST;
         let nb = net_bed().await;
         let b = &nb.bed;
         let mut d = deployment(1);
