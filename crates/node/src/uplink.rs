@@ -40,6 +40,10 @@ use zos_runtime::error_chain;
 
 /// Key of the last handled event sequence number in the provision store.
 const EVENT_SEQ: &str = "last_event_seq";
+/// Busy answers looking their sender's key up at once, at most (the relay lets 256 requests of
+/// one sender wait); past it a request of a twin whose key is not cached is dropped (the relay
+/// answers its sender when it expires).
+const BUSY_LOOKUPS: usize = 256;
 /// Envelope ids remembered at most (each until it expires); past it requests get "busy".
 pub const MAX_SEEN_IDS: usize = 100_000;
 
@@ -197,6 +201,8 @@ struct Responder<S, N> {
     view: Arc<ClientView>,
     seen: Mutex<SeenIds>,
     pool: RequestPool,
+    /// Busy answers that must first look their sender's key up (bounded, off the read loop).
+    busy_lookups: Arc<tokio::sync::Semaphore>,
 }
 
 impl<S: Storage + 'static, N: Networker + 'static> Uplink<S, N> {
@@ -210,6 +216,7 @@ impl<S: Storage + 'static, N: Networker + 'static> Uplink<S, N> {
             view: self.view.clone(),
             seen: Mutex::default(),
             pool: RequestPool::new(self.pool),
+            busy_lookups: Arc::new(tokio::sync::Semaphore::new(BUSY_LOOKUPS)),
         });
         loop {
             let outcome = tokio::select! {
@@ -327,33 +334,51 @@ impl<S: Storage + 'static, N: Networker + 'static> Responder<S, N> {
             }
             Err(busy) => {
                 debug!(source = env.source, command = %env.command, running = self.pool.running(), "{busy}");
-                // The sender's key is cached when it sent before; otherwise looking it up here
-                // would make the read loop wait, so the request is dropped (the relay answers
-                // the sender when the envelope expires).
-                let Some(key) = self.view.cached_key(env.source) else {
+                let busy = NodeError::new(ErrorKind::Busy, busy.to_string());
+                if let Some(key) = self.view.cached_key(env.source) {
+                    self.answer_busy(&env, &key, &busy, replies);
+                    return;
+                }
+                // The sender's key is not cached yet (its first requests are still looking it
+                // up): a task of a small bounded set looks it up and answers, so the read loop
+                // never waits and the sender learns it is busy instead of timing out.
+                let Ok(permit) = self.busy_lookups.clone().try_acquire_owned() else {
                     warn!(
                         source = env.source,
                         "busy: dropping a request of a twin whose key is not cached"
                     );
                     return;
                 };
-                let now = zos_types::auth::unix_now();
-                if env.verify(&key, now).is_err() {
-                    return;
-                }
-                if let Some(reply) = self.seal(
-                    &env,
-                    &key,
-                    &Reply::Error(NodeError::new(ErrorKind::Busy, busy.to_string())),
-                    now,
-                ) && replies.try_send(reply).is_err()
-                {
-                    debug!(
-                        source = env.source,
-                        "busy: reply queue full, dropping the answer"
-                    );
-                }
+                let (me, replies) = (self.clone(), replies.clone());
+                tokio::spawn(async move {
+                    if let Ok(Some(key)) = me.view.key(env.source).await {
+                        me.answer_busy(&env, &key, &busy, &replies);
+                    }
+                    drop(permit);
+                });
             }
+        }
+    }
+
+    /// Answers `env` with `busy`, if its signature is its sender's.
+    fn answer_busy(
+        &self,
+        env: &Envelope,
+        key: &PublicKey,
+        busy: &NodeError,
+        replies: &mpsc::Sender<Envelope>,
+    ) {
+        let now = zos_types::auth::unix_now();
+        if env.verify(key, now).is_err() {
+            return;
+        }
+        if let Some(reply) = self.seal(env, key, &Reply::Error(busy.clone()), now)
+            && replies.try_send(reply).is_err()
+        {
+            debug!(
+                source = env.source,
+                "busy: reply queue full, dropping the answer"
+            );
         }
     }
 

@@ -142,7 +142,9 @@ pub fn alive(pid: i32, marker: &Marker) -> bool {
     argv(pid).is_some_and(|a| marker.matches(&a))
 }
 
-/// Live processes carrying `marker`, with their command lines (this process excluded).
+/// Live processes carrying `marker`, with their command lines (this process excluded). A
+/// process whose parent carries the marker too is its fork that has not run its own program yet
+/// (a shell about to exec a command), not another copy: it is left out.
 pub fn find(marker: &Marker) -> Vec<(i32, Vec<OsString>)> {
     let me = std::process::id() as i32;
     let Ok(rd) = std::fs::read_dir("/proc") else {
@@ -154,9 +156,22 @@ pub fn find(marker: &Marker) -> Vec<(i32, Vec<OsString>)> {
         .filter(|p| *p != me)
         .collect();
     pids.sort_unstable();
-    pids.into_iter()
+    let found: Vec<(i32, Vec<OsString>)> = pids
+        .into_iter()
         .filter_map(|p| read_argv(p).filter(|a| marker.matches(a)).map(|a| (p, a)))
+        .collect();
+    let ours: Vec<i32> = found.iter().map(|(p, _)| *p).collect();
+    found
+        .into_iter()
+        .filter(|(p, _)| parent(*p).is_none_or(|pp| !ours.contains(&pp)))
         .collect()
+}
+
+/// The parent of `pid`, from `/proc/PID/stat` (after the command name, which may hold spaces).
+fn parent(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The process to keep after a restart: `recorded` if it still carries `marker`, else the

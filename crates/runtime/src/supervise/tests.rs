@@ -129,6 +129,41 @@ async fn a_restarted_supervisor_adopts_its_process_by_marker() {
     assert_eq!(adopt(Some(pid), &marker), None);
 }
 
+/// A shell's subshell is a fork carrying the same command line: it is not a second copy to
+/// adopt (adopting it, or counting two, would make a restart kill the wrong one).
+#[test]
+fn a_fork_that_has_not_run_its_own_program_is_not_a_second_copy() {
+    let d = tempfile::tempdir().unwrap();
+    let (pid, marker) = start(
+        "(while :; do sleep 0.2; done)",
+        "fork",
+        &d.path().join("log"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let carriers = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|p| alive(*p, &marker))
+            .count()
+    };
+    while carriers() < 2 {
+        assert!(Instant::now() < deadline, "the subshell never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let found: Vec<i32> = find(&marker).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(found, vec![pid]);
+    assert_eq!(adopt(None, &marker), Some(pid));
+    // The whole session goes: the shell and its subshell.
+    let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while carriers() > 0 {
+        assert!(Instant::now() < deadline, "the session outlived SIGKILL");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn markers_check_program_arguments_and_last_argument() {
     let argv: Vec<OsString> = ["/usr/bin/zos-flist-mount", "--flist", "/a.fl", "/mnt/x"]
