@@ -498,11 +498,41 @@ async fn kernel_tunnel_between_two_nodes() {
     if !root(test) || !tools(test) {
         return;
     }
-    if !wireguard::kernel_available() {
-        eprintln!("SKIPPED {test}: this kernel has no WireGuard (/sys/module/wireguard)");
-        return;
+    if wireguard::kernel_available() {
+        tunnel_between_two_nodes("znk", WireguardMode::Kernel).await;
+    } else {
+        kernel_backend_without_the_module_is_refused_and_auto_picks_userspace().await;
     }
-    tunnel_between_two_nodes("znk", WireguardMode::Kernel).await;
+}
+
+/// On a kernel without WireGuard, zosd's default (`Auto`) picks the userspace tunnel, and a
+/// network forced onto the kernel backend fails with an error; deleting it and tearing the node
+/// down leave nothing.
+async fn kernel_backend_without_the_module_is_refused_and_auto_picks_userspace() {
+    assert_eq!(
+        WireguardMode::Auto.resolve(),
+        wireguard::WgBackend::Userspace
+    );
+    let mut w = World::new("znk", 2, WireguardMode::Kernel);
+    for n in &w.nodes {
+        n.net().setup_node(None).await.unwrap();
+    }
+    let node = w.node(0);
+    let id = wl(7, 107, "net");
+    let err = node
+        .net()
+        .apply_network(&id, &mesh(&w, 7, [51820, 51821])[0])
+        .await
+        .expect_err("a kernel WireGuard link on a kernel without the module");
+    eprintln!("kernel backend refused: {err}");
+    let _ = node.net().delete_network(&id).await;
+    for n in &w.nodes {
+        n.net().teardown_node().await.unwrap();
+        assert_clean(n);
+    }
+    for n in &mut w.nodes {
+        n.net = None;
+    }
 }
 
 #[tokio::test]
