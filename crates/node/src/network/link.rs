@@ -3,6 +3,7 @@
 //! Every function works in the namespace of the calling thread (see [`super::netns::in_netns`]).
 //! "Ensure" functions are idempotent: they change only what differs.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -264,17 +265,33 @@ pub async fn delete(h: &Handle, name: &str) -> Result<(), NetworkError> {
 /// The addresses on `name`.
 pub async fn addrs(h: &Handle, name: &str) -> Result<Vec<IpNet>, NetworkError> {
     let l = need(h, name).await?;
-    let msgs: Vec<_> = h
-        .address()
-        .get()
-        .set_link_index_filter(l.index)
+    let mut all = addrs_by_index(h, Some(l.index), name).await?;
+    Ok(all.remove(&l.index).unwrap_or_default())
+}
+
+/// The addresses of every link of the namespace, by link index, from one dump (no link can
+/// vanish between a listing and a per-link lookup).
+pub async fn all_addrs(h: &Handle) -> Result<HashMap<u32, Vec<IpNet>>, NetworkError> {
+    addrs_by_index(h, None, "links").await
+}
+
+async fn addrs_by_index(
+    h: &Handle,
+    only: Option<u32>,
+    what: &str,
+) -> Result<HashMap<u32, Vec<IpNet>>, NetworkError> {
+    let mut req = h.address().get();
+    if let Some(index) = only {
+        req = req.set_link_index_filter(index);
+    }
+    let msgs: Vec<_> = req
         .execute()
         .try_collect()
         .await
-        .map_err(nl("listing addresses of", name))?;
-    let mut out = Vec::new();
+        .map_err(nl("listing addresses of", what))?;
+    let mut out: HashMap<u32, Vec<IpNet>> = HashMap::new();
     for m in msgs {
-        if m.header.index != l.index {
+        if only.is_some_and(|i| i != m.header.index) {
             continue;
         }
         // IFA_LOCAL is the address itself; IFA_ADDRESS is the peer on point-to-point links.
@@ -291,7 +308,7 @@ pub async fn addrs(h: &Handle, name: &str) -> Result<Vec<IpNet>, NetworkError> {
         if let Some(ip) = addr
             && let Ok(net) = IpNet::new(ip, m.header.prefix_len)
         {
-            out.push(net);
+            out.entry(m.header.index).or_default().push(net);
         }
     }
     Ok(out)

@@ -1009,13 +1009,14 @@ impl Networker for LinuxNetworker {
             only: Option<&'static str>,
         ) -> Result<Vec<InterfaceInfo>> {
             netns::in_netns(&ns, move |h| async move {
+                let mut addrs = link::all_addrs(&h).await?;
                 let mut out = Vec::new();
                 for l in link::list(&h).await? {
                     if l.name == "lo" || only.is_some_and(|o| o != l.name) {
                         continue;
                     }
                     out.push(InterfaceInfo {
-                        addrs: link::addrs(&h, &l.name).await?,
+                        addrs: addrs.remove(&l.index).unwrap_or_default(),
                         mac: l.mac.as_ref().map(names::mac_string),
                         name: l.name,
                         namespace: label.clone(),
