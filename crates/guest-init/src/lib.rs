@@ -1,6 +1,6 @@
 //! `guest-init`, PID 1 of zos container-mode VMs, and the seed the node writes for it.
 //!
-//! The node (crates/node, `vmm`) builds a [`seed::Seed`] from a deployment and appends it to the
+//! The node (`zos-vmm`) builds a [`seed::Seed`] from a deployment and appends it to the
 //! guest image's initramfs; `guest-init` reads it at boot. See `docs/vmm.md`.
 
 #[cfg(target_os = "linux")]

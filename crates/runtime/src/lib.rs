@@ -5,14 +5,17 @@
 //! - [`state`]: [`StateFile`], versioned JSON files written atomically, readable by their owner
 //!   only.
 //! - [`private`]: files and directories made owner-only from creation.
+//! - [`host`]: [`find_program`] and the node prefix check [`valid_prefix`].
 //! - [`error_chain`]: an error and its sources on one line, for logs and wire messages.
 //!
 //! It has no dependency on any other zos crate, so every crate can use it.
 
+pub mod host;
 pub mod private;
 pub mod state;
 pub mod supervise;
 
+pub use host::{PREFIX_MAX, find_program, valid_prefix};
 pub use state::{StateError, StateFile, Versioned};
 
 /// `e` and its sources, joined by `": "` (the one place a chain is flattened to text).

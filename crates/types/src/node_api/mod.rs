@@ -14,7 +14,7 @@
 //!   accept them, so a client keeps reading the answers of a newer node that adds a field.
 //! - Commands without a body take `()`: the node accepts no body, `null` or `{}`.
 //! - List commands ([`Paged`]) take `limit` and `cursor` and answer a page, sorted by the key
-//!   [`Paged::key`] reads; an empty page is the end (see `crates/node/src/api.rs`).
+//!   [`Paged::key`] reads; an empty page is the end (see `crates/zosd/src/api.rs`).
 //! - A refusal is a [`NodeError`]: a [`ErrorKind`] and a message saying what to do next. On the
 //!   wire it is the reply `{"error": "<message>", "kind": "<kind>"}`; a reply without `kind`
 //!   (a node from before the kinds) reads as [`ErrorKind::Internal`].

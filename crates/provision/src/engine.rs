@@ -1,0 +1,755 @@
+//! The provisioning engine: accepts deployments after checking them, stores them, and applies
+//! them in the background, one job at a time, in type order.
+//!
+//! Checks, in order: structure, the sender is the deployment's twin, signatures (made for this
+//! node: decision 0004), the contract
+//! (a node contract for this node, active, with the same hash), and capacity. Only then is
+//! anything stored. Work is a queue of jobs in the store: a crash loses none, and a restart
+//! finishes them. On start the engine reconciles: every workload the store says is ok is
+//! provisioned again (managers are idempotent), so what should exist does. Losing contact with
+//! the grid never deletes anything: removal happens only on a cancellation event.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+use zos_types::contract::{Contract, ContractKind, ContractState, NodeEvent};
+use zos_types::deployment::{ContractId, Deployment, ResultState, Workload, WorkloadResult};
+use zos_types::workload::{WorkloadData, WorkloadType};
+use zos_types::{Capacity, NodeId, PublicKey, TwinId};
+
+use super::managers::{Manager, ManagerError, Target, Unsupported};
+use super::store::{Job, LogEntry, Store, StoreError};
+use zos_mounts::{FlistUrlError, FlistUrlPolicy};
+
+/// What the engine asks the grid.
+pub trait GridView: Send + Sync {
+    /// The public key of a twin, `None` when the twin does not exist.
+    fn twin_key(&self, twin: TwinId) -> BoxFuture<'_, Result<Option<PublicKey>, String>>;
+    /// A contract, `None` when it does not exist.
+    fn contract(&self, id: ContractId) -> BoxFuture<'_, Result<Option<Contract>, String>>;
+}
+
+/// Why a request was refused; each maps to a clear answer for the sender.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid deployment: {0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("not enough capacity: {0}")]
+    Capacity(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Exists(c) => Self::Conflict(format!(
+                "deployment {c} already exists: send an update instead"
+            )),
+            StoreError::NotFound(c) => Self::NotFound(format!("deployment {c} not found")),
+            e @ StoreError::NameTaken { .. } => Self::Conflict(e.to_string()),
+            e => Self::Internal(zos_runtime::error_chain(&e)),
+        }
+    }
+}
+
+/// Counts for `zos.statistics.get`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    /// Capacity held by workloads that are being made, ok or paused.
+    pub workloads: Capacity,
+    pub deployments: u64,
+    pub workload_count: u64,
+}
+
+/// Most network resources one twin keeps on one node.
+pub const MAX_NETWORKS_PER_TWIN: usize = 16;
+
+/// Refuses `d` when its twin would then hold more than [`MAX_NETWORKS_PER_TWIN`] network
+/// workloads on this node (its other deployments' live ones, plus the ones `d` lists).
+pub fn check_network_count(store: &Store, d: &Deployment) -> Result<(), EngineError> {
+    let networks = |d: &Deployment| {
+        d.workloads
+            .iter()
+            .filter(|w| w.kind == WorkloadType::Network)
+            .filter(|w| {
+                !matches!(
+                    w.result.as_ref().map(|r| r.state),
+                    Some(ResultState::Deleted | ResultState::Error)
+                )
+            })
+            .count()
+    };
+    let mut n = networks(d);
+    for c in store.contracts(Some(d.twin_id))? {
+        if c == d.contract_id {
+            continue;
+        }
+        if let Some(other) = store.get(c)? {
+            n += networks(&other);
+        }
+    }
+    if n > MAX_NETWORKS_PER_TWIN {
+        return Err(EngineError::Capacity(format!(
+            "twin {} would have {n} network resources on this node, at most {MAX_NETWORKS_PER_TWIN}: delete one first (`zos network delete NAME`)",
+            d.twin_id
+        )));
+    }
+    Ok(())
+}
+
+/// A deployment uses at most the public IPv4 addresses its contract reserved, and a new one
+/// exactly those: a contract that holds more than its deployment uses would keep addresses of
+/// the farm's pool from everyone else.
+fn check_public_ips(
+    contract: ContractId,
+    reserved: u32,
+    d: &Deployment,
+) -> Result<(), EngineError> {
+    let used = d
+        .public_ipv4_count()
+        .map_err(|e| EngineError::Invalid(e.to_string()))?;
+    if d.version == 0 && used != reserved {
+        return Err(EngineError::Forbidden(format!(
+            "contract {contract} reserves {reserved} public IPv4 address(es) but the deployment uses {used}: make the contract with public_ips = {used}"
+        )));
+    }
+    if used > reserved {
+        return Err(EngineError::Forbidden(format!(
+            "contract {contract} reserves {reserved} public IPv4 address(es) but the update uses {used}: a contract's addresses are fixed; put the new ip workloads in a new deployment"
+        )));
+    }
+    Ok(())
+}
+
+/// The engine's fixed facts about the node.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub total: Capacity,
+    pub reserved: Capacity,
+    /// Set when the node takes no deployments, with the reason.
+    pub limited: Option<String>,
+}
+
+pub struct Engine {
+    store: Arc<Store>,
+    managers: HashMap<WorkloadType, Arc<dyn Manager>>,
+    grid: Arc<dyn GridView>,
+    node_id: watch::Receiver<Option<NodeId>>,
+    cfg: EngineConfig,
+    wake: Notify,
+    /// Which flist URLs deployments may name (none: not checked, for tests of other rules).
+    flist_policy: Option<FlistUrlPolicy>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> i64 {
+    zos_types::auth::unix_now()
+}
+
+fn result(
+    state: ResultState,
+    message: impl Into<String>,
+    data: serde_json::Value,
+) -> WorkloadResult {
+    WorkloadResult {
+        created: now(),
+        state,
+        message: message.into(),
+        data,
+    }
+}
+
+impl Engine {
+    /// An engine with `managers` for the types it runs; every other type answers "not supported".
+    pub fn new(
+        store: Arc<Store>,
+        managers: HashMap<WorkloadType, Arc<dyn Manager>>,
+        grid: Arc<dyn GridView>,
+        node_id: watch::Receiver<Option<NodeId>>,
+        cfg: EngineConfig,
+    ) -> Self {
+        let mut all = managers;
+        for t in WorkloadType::ALL {
+            all.entry(t).or_insert_with(|| Arc::new(Unsupported(t)));
+        }
+        Self {
+            store,
+            managers: all,
+            grid,
+            node_id,
+            cfg,
+            wake: Notify::new(),
+            flist_policy: None,
+        }
+    }
+
+    /// The same engine, refusing deployments whose flists are not on hosts `policy` allows.
+    pub fn with_flist_policy(mut self, policy: FlistUrlPolicy) -> Self {
+        self.flist_policy = Some(policy);
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    fn manager(&self, t: WorkloadType) -> &Arc<dyn Manager> {
+        &self.managers[&t]
+    }
+
+    /// Checks `d` sent by `source` and stores it; it is applied in the background.
+    pub async fn deploy(&self, source: TwinId, d: Deployment) -> Result<(), EngineError> {
+        if d.version != 0 {
+            return Err(EngineError::Invalid(format!(
+                "a new deployment has version 0, not {}",
+                d.version
+            )));
+        }
+        self.check(source, &d).await?;
+        check_network_count(&self.store, &d)?;
+        let need = d
+            .capacity()
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        self.admit(need)?;
+        self.store.create(&d, now())?;
+        info!(
+            twin = d.twin_id,
+            contract = d.contract_id,
+            workloads = d.workloads.len(),
+            "deployment accepted"
+        );
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Checks an update of an existing deployment and queues it.
+    pub async fn update(&self, source: TwinId, d: Deployment) -> Result<(), EngineError> {
+        let old = self
+            .store
+            .get_raw(d.contract_id)?
+            .filter(|o| o.twin_id == source)
+            .ok_or_else(|| {
+                EngineError::NotFound(format!("deployment {} not found", d.contract_id))
+            })?;
+        self.check(source, &d).await?;
+        check_network_count(&self.store, &d)?;
+        let plan = old
+            .plan_update(&d)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let before = old
+            .capacity()
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let after = d
+            .capacity()
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        self.admit(after.saturating_sub(before))?;
+        let job = Job::Update {
+            add: plan.add,
+            update: plan.update,
+            remove: plan.remove,
+        };
+        self.store.update(&d, &job, now())?;
+        info!(
+            twin = d.twin_id,
+            contract = d.contract_id,
+            version = d.version,
+            "deployment update accepted"
+        );
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Structure, sender, signatures and contract.
+    /// Checks a deployment before anything of it is stored: its shape, its sender, its contract,
+    /// then its signatures. The contract comes first: it costs the sender a contract on the
+    /// grid, while each signer costs the node a lookup.
+    async fn check(&self, source: TwinId, d: &Deployment) -> Result<(), EngineError> {
+        if let Some(why) = &self.cfg.limited {
+            return Err(EngineError::Unavailable(format!(
+                "this node takes no deployments: {why}"
+            )));
+        }
+        d.validate()
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        if d.twin_id != source {
+            return Err(EngineError::Forbidden(format!(
+                "twin {source} sent a deployment of twin {}: only a deployment's own twin may send it",
+                d.twin_id
+            )));
+        }
+        let node = (*self.node_id.borrow()).ok_or_else(|| {
+            EngineError::Unavailable("this node is not registered yet: try again shortly".into())
+        })?;
+        let public_ips = self.check_contract(d, node).await?;
+        self.check_signatures(d, node).await?;
+        check_public_ips(d.contract_id, public_ips, d)?;
+        self.check_flist_urls(d).await
+    }
+
+    /// The deployment's contract: the sender's, for this node, active, with the deployment's
+    /// hash. Answers the number of public IPs it reserved.
+    async fn check_contract(&self, d: &Deployment, node: u32) -> Result<u32, EngineError> {
+        let contract = self
+            .grid
+            .contract(d.contract_id)
+            .await
+            .map_err(EngineError::Unavailable)?
+            .ok_or_else(|| {
+                EngineError::Forbidden(format!("contract {} does not exist", d.contract_id))
+            })?;
+        if contract.twin_id != d.twin_id {
+            return Err(EngineError::Forbidden(format!(
+                "contract {} belongs to twin {}",
+                contract.id, contract.twin_id
+            )));
+        }
+        let ContractKind::Node {
+            node_id,
+            deployment_hash,
+            public_ips,
+            ..
+        } = &contract.kind
+        else {
+            return Err(EngineError::Forbidden(format!(
+                "contract {} is not a node contract",
+                contract.id
+            )));
+        };
+        if *node_id != node {
+            return Err(EngineError::Forbidden(format!(
+                "contract {} is for node {node_id}, this is node {node}",
+                contract.id
+            )));
+        }
+        if contract.state != ContractState::Created {
+            return Err(EngineError::Forbidden(format!(
+                "contract {} is {:?}, not active",
+                contract.id, contract.state
+            )));
+        }
+        let hash = d.hash().map_err(|e| EngineError::Invalid(e.to_string()))?;
+        if *deployment_hash != hash {
+            return Err(EngineError::Forbidden(format!(
+                "deployment hash {hash} differs from the contract's {deployment_hash}: the deployment was changed after the contract was made"
+            )));
+        }
+        Ok(*public_ips)
+    }
+
+    /// The signatures, each by its twin's key and naming this node (decision 0004). The
+    /// signers are bounded by `validate`, and their keys are cached by the grid view.
+    async fn check_signatures(&self, d: &Deployment, node: u32) -> Result<(), EngineError> {
+        let mut keys = HashMap::new();
+        for s in &d.signature_requirement.signatures {
+            let key = self
+                .grid
+                .twin_key(s.twin_id)
+                .await
+                .map_err(EngineError::Unavailable)?;
+            if let Some(k) = key {
+                keys.insert(s.twin_id, k);
+            }
+        }
+        d.verify_signatures(node, |t| keys.get(&t).copied())
+            .map_err(|e| EngineError::Forbidden(e.to_string()))
+    }
+
+    /// Every flist the deployment names is on the grid's hub or a host the farm allows; checked
+    /// before anything fetches it.
+    async fn check_flist_urls(&self, d: &Deployment) -> Result<(), EngineError> {
+        let Some(policy) = &self.flist_policy else {
+            return Ok(());
+        };
+        let mut urls = Vec::new();
+        for w in &d.workloads {
+            if let WorkloadData::Zmachine(m) =
+                w.parse().map_err(|e| EngineError::Invalid(e.to_string()))?
+            {
+                urls.push(m.flist);
+            }
+        }
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+        policy.check(&urls).await.map_err(|e| match e {
+            FlistUrlError::Unavailable(m) => EngineError::Unavailable(m),
+            e => EngineError::Forbidden(e.to_string()),
+        })
+    }
+
+    /// Refuses `need` when the node lacks the memory or the disk for it. Cores may be shared.
+    fn admit(&self, need: Capacity) -> Result<(), EngineError> {
+        let used = self.usage()?.workloads;
+        let free = self
+            .cfg
+            .total
+            .saturating_sub(self.cfg.reserved)
+            .saturating_sub(used);
+        let h = zos_types::capacity::human_bytes;
+        if need.mru > free.mru {
+            return Err(EngineError::Capacity(format!(
+                "{} of memory asked, {} free",
+                h(need.mru),
+                h(free.mru)
+            )));
+        }
+        if need.sru > free.sru {
+            return Err(EngineError::Capacity(format!(
+                "{} of SSD asked, {} free",
+                h(need.sru),
+                h(free.sru)
+            )));
+        }
+        if need.hru > free.hru {
+            return Err(EngineError::Capacity(format!(
+                "{} of HDD asked, {} free",
+                h(need.hru),
+                h(free.hru)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Capacity held by workloads that are being made, ok or paused, and counts.
+    pub fn usage(&self) -> Result<Usage, EngineError> {
+        let mut u = Usage::default();
+        for c in self.store.contracts(None)? {
+            let Some(d) = self.store.get(c)? else {
+                continue;
+            };
+            let mut active = false;
+            for w in &d.workloads {
+                let state = w.result.as_ref().map(|r| r.state);
+                if matches!(
+                    state,
+                    Some(ResultState::Init | ResultState::Ok | ResultState::Paused)
+                ) {
+                    active = true;
+                    u.workload_count += 1;
+                    if let Ok(data) = w.parse() {
+                        u.workloads = u.workloads.saturating_add(data.capacity());
+                    }
+                }
+            }
+            u.deployments += active as u64;
+        }
+        Ok(u)
+    }
+
+    /// The deployment with its results, if `source` owns it.
+    pub fn get(&self, source: TwinId, contract: ContractId) -> Result<Deployment, EngineError> {
+        self.store
+            .get(contract)?
+            .filter(|d| d.twin_id == source)
+            .ok_or_else(|| EngineError::NotFound(format!("deployment {contract} not found")))
+    }
+
+    /// `source`'s deployments.
+    pub fn list(&self, source: TwinId) -> Result<Vec<Deployment>, EngineError> {
+        let mut out = Vec::new();
+        for c in self.store.contracts(Some(source))? {
+            if let Some(d) = self.store.get(c)? {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The result log of `source`'s deployment.
+    pub fn changes(
+        &self,
+        source: TwinId,
+        contract: ContractId,
+    ) -> Result<Vec<LogEntry>, EngineError> {
+        self.get(source, contract)?;
+        Ok(self.store.changes(contract)?)
+    }
+
+    /// Acts on an event from the grid. Events about unknown contracts are ignored.
+    pub fn handle_event(&self, event: &NodeEvent) -> Result<(), EngineError> {
+        let (contract, job) = match event {
+            NodeEvent::ContractCancelled { contract_id } => (*contract_id, Job::Cancel),
+            NodeEvent::GracePeriodStarted { contract_id } => (*contract_id, Job::Pause),
+            NodeEvent::GracePeriodEnded { contract_id } => (*contract_id, Job::Resume),
+            NodeEvent::ContractUpdated { .. } | NodeEvent::PublicConfigChanged => return Ok(()),
+        };
+        match self.store.push(contract, &job) {
+            Ok(()) => {
+                info!(contract, ?job, "contract event queued");
+                self.wake.notify_one();
+                Ok(())
+            }
+            Err(StoreError::NotFound(_)) => {
+                debug!(contract, "event for a deployment this node does not have");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Queues a reconciliation of every stored deployment (at start).
+    pub fn reconcile(&self) -> Result<usize, EngineError> {
+        let all = self.store.contracts(None)?;
+        for c in &all {
+            self.store.push(*c, &Job::Provision)?;
+        }
+        self.wake.notify_one();
+        Ok(all.len())
+    }
+
+    /// Runs jobs until `stop` is cancelled.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            match self.store.next_job() {
+                Ok(Some((seq, contract, job))) => {
+                    if let Err(e) = self.run_job(contract, &job).await {
+                        error!(contract, ?job, error = %e, "job failed");
+                    }
+                    if let Err(e) = self.store.finish_job(seq) {
+                        error!(contract, error = %e, "cannot mark a job done");
+                    }
+                    if stop.is_cancelled() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => error!(error = %e, "cannot read the job queue"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            }
+        }
+    }
+
+    async fn run_job(&self, contract: ContractId, job: &Job) -> Result<(), EngineError> {
+        let Some(d) = self.store.get(contract)? else {
+            return Ok(());
+        };
+        match job {
+            Job::Provision => {
+                for w in ordered(&d.workloads, false) {
+                    self.provision(&d, w).await?;
+                }
+            }
+            Job::Update {
+                add,
+                update,
+                remove,
+            } => {
+                let log = self.store.changes(contract)?;
+                let mut gone: Vec<(String, WorkloadType, u32)> = Vec::new();
+                for name in remove {
+                    if let Some(e) = log.iter().rev().find(|e| &e.name == name) {
+                        gone.push((name.clone(), e.kind, e.version));
+                    }
+                }
+                gone.sort_by_key(|(_, k, _)| std::cmp::Reverse(k.apply_order()));
+                for (name, kind, version) in gone {
+                    let id = d.workload_id(&name);
+                    let w = Workload {
+                        version,
+                        name: name.clone(),
+                        kind,
+                        data: serde_json::Value::Null,
+                        metadata: String::new(),
+                        description: String::new(),
+                        result: None,
+                    };
+                    let r = match self.manager(kind).deprovision(&id).await {
+                        Ok(()) => result(
+                            ResultState::Deleted,
+                            "deleted by an update",
+                            serde_json::Value::Null,
+                        ),
+                        Err(e) => {
+                            result(ResultState::Error, e.to_string(), serde_json::Value::Null)
+                        }
+                    };
+                    self.store.record(contract, &w, &r)?;
+                }
+                for w in ordered(&d.workloads, false) {
+                    if add.contains(&w.name) {
+                        self.provision(&d, w).await?;
+                    } else if update.contains(&w.name) {
+                        self.change(&d, w).await?;
+                    }
+                }
+            }
+            Job::Cancel => {
+                let mut failed = 0;
+                for w in ordered(&d.workloads, true) {
+                    if matches!(
+                        w.result.as_ref().map(|r| r.state),
+                        Some(ResultState::Deleted)
+                    ) {
+                        continue;
+                    }
+                    let id = d.workload_id(&w.name);
+                    let r = match self.manager(w.kind).deprovision(&id).await {
+                        Ok(()) => result(
+                            ResultState::Deleted,
+                            "contract cancelled",
+                            serde_json::Value::Null,
+                        ),
+                        Err(e) => {
+                            failed += 1;
+                            warn!(workload = %id, error = %e, "cannot remove workload");
+                            result(ResultState::Error, e.to_string(), serde_json::Value::Null)
+                        }
+                    };
+                    self.store.record(contract, w, &r)?;
+                }
+                if failed == 0 {
+                    self.store.purge(contract)?;
+                    info!(contract, "deployment removed");
+                }
+            }
+            Job::Pause | Job::Resume => {
+                let pause = matches!(job, Job::Pause);
+                for w in ordered(&d.workloads, pause) {
+                    let Some(cur) = &w.result else { continue };
+                    let from = if pause {
+                        ResultState::Ok
+                    } else {
+                        ResultState::Paused
+                    };
+                    if cur.state != from {
+                        continue;
+                    }
+                    let id = d.workload_id(&w.name);
+                    let m = self.manager(w.kind);
+                    let outcome = if pause {
+                        m.pause(&id).await
+                    } else {
+                        m.resume(&id).await
+                    };
+                    let r = match outcome {
+                        Ok(()) => WorkloadResult {
+                            created: now(),
+                            state: if pause {
+                                ResultState::Paused
+                            } else {
+                                ResultState::Ok
+                            },
+                            message: String::new(),
+                            data: cur.data.clone(),
+                        },
+                        Err(e) => result(ResultState::Unchanged, e.to_string(), cur.data.clone()),
+                    };
+                    self.store.record(contract, w, &r)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes one workload exist: new ones (`init`) and, on reconciliation, ok ones.
+    async fn provision(&self, d: &Deployment, w: &Workload) -> Result<(), EngineError> {
+        let state = w.result.as_ref().map(|r| r.state);
+        if !matches!(state, Some(ResultState::Init | ResultState::Ok)) {
+            return Ok(());
+        }
+        let id = d.workload_id(&w.name);
+        let data = match w.parse() {
+            Ok(data) => data,
+            Err(e) => {
+                return Ok(self.store.record(
+                    d.contract_id,
+                    w,
+                    &result(ResultState::Error, e.to_string(), serde_json::Value::Null),
+                )?);
+            }
+        };
+        let outcome = self
+            .manager(w.kind)
+            .provision(Target {
+                id: &id,
+                data: &data,
+            })
+            .await;
+        let r = match outcome {
+            Ok(out) => {
+                if state == Some(ResultState::Ok)
+                    && w.result.as_ref().is_some_and(|r| r.data == out)
+                {
+                    return Ok(());
+                }
+                info!(workload = %id, kind = %w.kind, "workload ok");
+                result(ResultState::Ok, "", out)
+            }
+            Err(e) => {
+                warn!(workload = %id, kind = %w.kind, error = %e, "workload failed");
+                result(ResultState::Error, e.to_string(), serde_json::Value::Null)
+            }
+        };
+        Ok(self.store.record(d.contract_id, w, &r)?)
+    }
+
+    /// Applies an updated workload.
+    async fn change(&self, d: &Deployment, w: &Workload) -> Result<(), EngineError> {
+        let id = d.workload_id(&w.name);
+        let cur = w.result.clone();
+        let data: WorkloadData = match w.parse() {
+            Ok(data) => data,
+            Err(e) => {
+                return Ok(self.store.record(
+                    d.contract_id,
+                    w,
+                    &result(ResultState::Error, e.to_string(), serde_json::Value::Null),
+                )?);
+            }
+        };
+        let r = match self
+            .manager(w.kind)
+            .update(Target {
+                id: &id,
+                data: &data,
+            })
+            .await
+        {
+            Ok(out) => result(ResultState::Ok, "", out),
+            Err(ManagerError::Unchanged(m)) => result(
+                ResultState::Unchanged,
+                m,
+                cur.map(|c| c.data).unwrap_or_default(),
+            ),
+            Err(e) => result(ResultState::Error, e.to_string(), serde_json::Value::Null),
+        };
+        Ok(self.store.record(d.contract_id, w, &r)?)
+    }
+}
+
+/// Workloads in the order they are applied (or the reverse, to remove them).
+fn ordered(ws: &[Workload], reverse: bool) -> Vec<&Workload> {
+    let mut v: Vec<&Workload> = ws.iter().collect();
+    v.sort_by_key(|w| w.kind.apply_order());
+    if reverse {
+        v.reverse();
+    }
+    v
+}

@@ -1,0 +1,205 @@
+//! [`MemoryVmm`]: the in-memory fake, with the same rules as the real VMM.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::{DiskPrep, Result, VmInfo, VmSpec, VmStatus, Vmm, VmmError, VmmReconcile};
+
+/// Keeps VMs in memory; every created VM "runs" with a made-up PID.
+#[derive(Debug, Default)]
+pub struct MemoryVmm {
+    vms: Mutex<BTreeMap<String, VmInfo>>,
+    next_pid: Mutex<i32>,
+    fail: Mutex<Option<&'static str>>,
+    prepared: Mutex<Vec<(PathBuf, DiskPrep)>>,
+}
+
+impl MemoryVmm {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes the next call of `op` (`create`, `delete`, `pause`, `resume`) fail.
+    pub fn fail_next(&self, op: &'static str) {
+        *self.fail.lock().unwrap() = Some(op);
+    }
+
+    fn failing(&self, op: &'static str) -> Result<()> {
+        let mut f = self.fail.lock().unwrap();
+        if *f == Some(op) {
+            *f = None;
+            return Err(VmmError::Internal(format!("{op} failed (injected)")));
+        }
+        Ok(())
+    }
+
+    /// Every disk preparation asked, in order.
+    pub fn prepared(&self) -> Vec<(PathBuf, DiskPrep)> {
+        self.prepared.lock().unwrap().clone()
+    }
+
+    /// Simulates the VM's process dying and the supervisor starting it again.
+    pub fn crash(&self, name: &str) {
+        let mut vms = self.vms.lock().unwrap();
+        let mut pid = self.next_pid.lock().unwrap();
+        if let Some(v) = vms.get_mut(name) {
+            *pid += 1;
+            v.pid = Some(1000 + *pid);
+            v.restarts += 1;
+        }
+    }
+
+    fn set_status(&self, name: &str, from: &[VmStatus], to: VmStatus) -> Result<()> {
+        let mut vms = self.vms.lock().unwrap();
+        let v = vms
+            .get_mut(name)
+            .ok_or_else(|| VmmError::NotFound(name.to_string()))?;
+        if !from.contains(&v.status) {
+            return Err(VmmError::State {
+                name: name.to_string(),
+                status: v.status,
+                want: "running",
+            });
+        }
+        v.status = to;
+        Ok(())
+    }
+}
+
+impl Vmm for MemoryVmm {
+    async fn create(&self, spec: VmSpec) -> Result<VmInfo> {
+        spec.validate()?;
+        self.failing("create")?;
+        let mut vms = self.vms.lock().unwrap();
+        if let Some(v) = vms.get(&spec.name) {
+            if v.spec != spec {
+                return Err(VmmError::Exists(spec.name));
+            }
+            return Ok(v.clone());
+        }
+        let mut pid = self.next_pid.lock().unwrap();
+        *pid += 1;
+        let info = VmInfo {
+            console_log: format!("/var/log/vm/{}.log", spec.name).into(),
+            cgroup: format!("zos-vm-{}", spec.name),
+            virtiofsd: (0..spec.shares.len() as i32).map(|i| 2000 + i).collect(),
+            spec,
+            status: VmStatus::Running,
+            pid: Some(1000 + *pid),
+            restarts: 0,
+        };
+        vms.insert(info.spec.name.clone(), info.clone());
+        Ok(info)
+    }
+
+    async fn delete(&self, name: &str) -> Result<()> {
+        self.failing("delete")?;
+        self.vms.lock().unwrap().remove(name);
+        Ok(())
+    }
+
+    async fn info(&self, name: &str) -> Result<Option<VmInfo>> {
+        Ok(self.vms.lock().unwrap().get(name).cloned())
+    }
+
+    async fn list(&self) -> Result<Vec<VmInfo>> {
+        Ok(self.vms.lock().unwrap().values().cloned().collect())
+    }
+
+    async fn pause(&self, name: &str) -> Result<()> {
+        self.failing("pause")?;
+        self.set_status(
+            name,
+            &[VmStatus::Running, VmStatus::Paused],
+            VmStatus::Paused,
+        )
+    }
+
+    async fn resume(&self, name: &str) -> Result<()> {
+        self.failing("resume")?;
+        self.set_status(
+            name,
+            &[VmStatus::Running, VmStatus::Paused],
+            VmStatus::Running,
+        )
+    }
+
+    async fn shutdown(&self, name: &str, _timeout: Duration) -> Result<()> {
+        let mut vms = self.vms.lock().unwrap();
+        let v = vms
+            .get_mut(name)
+            .ok_or_else(|| VmmError::NotFound(name.to_string()))?;
+        v.status = VmStatus::Stopped;
+        v.pid = None;
+        Ok(())
+    }
+
+    async fn start(&self, name: &str) -> Result<VmInfo> {
+        let mut vms = self.vms.lock().unwrap();
+        let v = vms
+            .get_mut(name)
+            .ok_or_else(|| VmmError::NotFound(name.to_string()))?;
+        if v.status == VmStatus::Stopped {
+            v.status = VmStatus::Running;
+            v.pid = Some(3000);
+        }
+        Ok(v.clone())
+    }
+
+    async fn console(&self, name: &str, _max: usize) -> Result<String> {
+        if self.vms.lock().unwrap().contains_key(name) {
+            Ok(String::new())
+        } else {
+            Err(VmmError::NotFound(name.to_string()))
+        }
+    }
+
+    async fn prepare_disk(&self, path: &Path, prep: DiskPrep) -> Result<bool> {
+        self.failing("prepare_disk")?;
+        self.prepared
+            .lock()
+            .unwrap()
+            .push((path.to_path_buf(), prep));
+        Ok(true)
+    }
+
+    async fn reconcile(&self) -> Result<VmmReconcile> {
+        Ok(VmmReconcile {
+            adopted: self.vms.lock().unwrap().keys().cloned().collect(),
+            ..VmmReconcile::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn same_rules_as_the_real_one() {
+        let v = MemoryVmm::new();
+        let spec = crate::tests::spec();
+        let a = v.create(spec.clone()).await.unwrap();
+        assert_eq!(v.create(spec.clone()).await.unwrap(), a);
+        let mut other = spec.clone();
+        other.cpus = 2;
+        assert!(matches!(v.create(other).await, Err(VmmError::Exists(_))));
+        v.pause(&spec.name).await.unwrap();
+        assert_eq!(
+            v.info(&spec.name).await.unwrap().unwrap().status,
+            VmStatus::Paused
+        );
+        v.resume(&spec.name).await.unwrap();
+        v.delete(&spec.name).await.unwrap();
+        v.delete(&spec.name).await.unwrap();
+        assert!(matches!(
+            v.pause(&spec.name).await,
+            Err(VmmError::NotFound(_))
+        ));
+        let mut bad = spec;
+        bad.cpus = 0;
+        assert!(matches!(v.create(bad).await, Err(VmmError::Invalid { .. })));
+    }
+}

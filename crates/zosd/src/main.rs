@@ -1,0 +1,137 @@
+//! `zosd`: the node agent binary. Parses flags, sets up logging, runs [`zosd::agent`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use zos_storage::DiskSpec;
+use zosd::config::{KernelParams, NodeConfig, Overrides, RunMode};
+use zosd::system::HostSystem;
+
+/// The zos node agent. Settings come from the kernel command line (farmer_id=, runmode=, grid=);
+/// flags and environment variables override them for development.
+#[derive(Debug, Parser)]
+#[command(name = "zosd", version)]
+struct Args {
+    /// File holding the kernel command line.
+    #[arg(long, default_value = "/proc/cmdline")]
+    cmdline: PathBuf,
+    /// Farm this node belongs to (overrides farmer_id=).
+    #[arg(long, env = "ZOS_FARM_ID")]
+    farm_id: Option<u32>,
+    /// The farmer's admission token, FARM.EXPIRES.SIGNATURE (overrides admission=).
+    #[arg(long, env = "ZOS_ADMISSION")]
+    admission: Option<String>,
+    /// dev, qa, test or prod (overrides runmode=).
+    #[arg(long, env = "ZOS_RUNMODE")]
+    runmode: Option<RunMode>,
+    /// Base URL of the grid (overrides grid=).
+    #[arg(long, env = "ZOS_GRID")]
+    grid: Option<String>,
+    /// Keep the node's state here instead of on the cache that storage prepares.
+    #[arg(long, env = "ZOS_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// A disk this node may own, PATH or PATH:ssd / PATH:hdd; repeat for more. Without any, the
+    /// node owns every empty disk of the machine.
+    #[arg(long = "disk", env = "ZOS_DISKS", value_delimiter = ',')]
+    disks: Vec<DiskSpec>,
+    /// Where storage pools are mounted.
+    #[arg(long, env = "ZOS_MOUNT_ROOT", default_value = "/mnt")]
+    mount_root: PathBuf,
+    /// Period of uptime reports, for example 40m, 30s.
+    #[arg(long, env = "ZOS_REPORT_INTERVAL", default_value = "40m", value_parser = parse_duration)]
+    report_interval: Duration,
+    /// Prefix of the names this node makes in global spaces (devnets: several nodes share a kernel).
+    #[arg(long, env = "ZOS_PREFIX", default_value = "")]
+    prefix: String,
+    /// The interface public traffic leaves through, when the farmer sets a public config
+    /// (overrides public_iface=).
+    #[arg(long, env = "ZOS_PUBLIC_IFACE")]
+    public_iface: Option<String>,
+    /// URL of the flist holding the guest kernel and initramfs of container-mode VMs
+    /// (overrides guest_flist=).
+    #[arg(long, env = "ZOS_GUEST_FLIST")]
+    guest_flist: Option<String>,
+    /// A directory holding the guest kernel and initramfs instead (`scripts/build-guest.sh`).
+    #[arg(long, env = "ZOS_GUEST_DIR", conflicts_with = "guest_flist")]
+    guest_dir: Option<PathBuf>,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 5m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: unit must be s, m or h")),
+    };
+    if secs == 0 {
+        return Err("the period must be at least 1s".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        builder.json().init()
+    } else {
+        builder.init()
+    }
+
+    let cmdline = std::fs::read_to_string(&args.cmdline).unwrap_or_default();
+    let mut cfg = NodeConfig::resolve(
+        &KernelParams::parse(&cmdline),
+        &Overrides {
+            farm_id: args.farm_id,
+            runmode: args.runmode,
+            grid: args.grid,
+            admission: args.admission,
+        },
+        args.state_dir,
+        args.report_interval,
+        args.prefix,
+    )
+    .context("node configuration")?;
+    cfg.disks = args.disks;
+    cfg.mount_root = args.mount_root;
+    if args.public_iface.is_some() {
+        cfg.public_iface = args.public_iface;
+    }
+    if args.guest_flist.is_some() {
+        cfg.guest_flist = args.guest_flist;
+    }
+    cfg.guest_dir = args.guest_dir;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let stop = CancellationToken::new();
+        let on_signal = stop.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate()).expect("signal handler");
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            on_signal.cancel();
+        });
+        zosd::agent::run(cfg, Arc::new(HostSystem::default()), stop).await
+    })
+}
