@@ -7,7 +7,7 @@
 //! (detached, in its own process group, so it outlives zosd) reading through one block cache
 //! shared by every mount. Mounts are recorded in a versioned state file; at start,
 //! [`FlistManager::reconcile`] adopts the mount processes that still serve and remakes the others.
-//! [`MemoryFlists`] is the fake, for tests of the managers above it.
+//! `MemoryFlists` (feature `fake`) is the fake, for tests of the managers above it.
 //!
 //! Mount points are `<mount root>/<node prefix><name>`: on a devnet several nodes share one
 //! kernel, so every mount point carries the node's prefix. See `docs/flist.md` (Node).

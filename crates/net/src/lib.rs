@@ -21,8 +21,8 @@
 //! - Everything made is recorded in a versioned state file; every operation is idempotent, and
 //!   [`Networker::reconcile`] re-applies the whole state after a restart.
 //!
-//! [`LinuxNetworker`] is the real implementation, [`RecordingNetworker`] the fake with the
-//! same rules. See `docs/network.md`.
+//! [`LinuxNetworker`] is the real implementation, `RecordingNetworker` (feature `fake`) the fake
+//! with the same rules. See `docs/network.md`.
 
 #[cfg(any(test, feature = "fake"))]
 mod fake;

@@ -12,8 +12,9 @@
 //! - Space is reserved, never over-provisioned: a pool's used space is the sum of its volume
 //!   limits, virtual disk sizes, zdb data and cache quota.
 //!
-//! [`BtrfsStorage`] is the real implementation, [`MemoryStorage`] the fake; both implement
-//! [`Storage`]. The agent starts storage with [`BtrfsStorage::start`]. See `docs/storage.md`.
+//! [`BtrfsStorage`] is the real implementation, `MemoryStorage` (feature `fake`) the fake; both
+//! implement [`Storage`]. The agent starts storage with [`BtrfsStorage::start`]. See
+//! `docs/storage.md`.
 
 mod btrfs;
 mod discovery;

@@ -5,8 +5,8 @@
 //! `virtiofsd` per share and boot), virtio block disks with serials, and taps (made by the network
 //! module, opened here by name). [`QemuVmm`] runs each VM as a detached QEMU process in its own
 //! session and cgroup, records it in a versioned state file, restarts it with backoff when it
-//! dies, and adopts it again after a restart of zosd. [`MemoryVmm`] is the fake with the same
-//! rules. See `docs/vmm.md`.
+//! dies, and adopts it again after a restart of zosd. `MemoryVmm` (feature `fake`) is the fake
+//! with the same rules. See `docs/vmm.md`.
 
 mod cgroup;
 mod cpio;
