@@ -88,14 +88,14 @@ pub enum NetworkError {
     NoNamespace(String),
     #[error("interface {0} does not exist")]
     NoLink(String),
-    #[error("cannot {op} {target}")]
+    #[error("{op} {target} failed")]
     System {
         op: &'static str,
         target: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot {op} {target}: {reason}")]
+    #[error("{op} {target} failed: {reason}")]
     Netlink {
         op: &'static str,
         target: String,
