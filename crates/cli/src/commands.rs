@@ -1,7 +1,6 @@
 //! Commands that talk to the grid: keys, twins, farms, farm IPs and nodes.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -12,7 +11,7 @@ use zos_types::Identity;
 use zos_types::capacity::{human_bytes, parse_bytes};
 use zos_types::registry::{AddFarmIp, AdmissionToken, Farm, Node, NodeAdmission, NodeFilter};
 
-use crate::Global;
+use crate::global::{Global, client, key_path, load_key, signed_client};
 use crate::output::{self, Table, fields};
 
 #[derive(Debug, Subcommand)]
@@ -157,58 +156,6 @@ pub enum NodeCmd {
 
 fn size(s: &str) -> Result<u64, String> {
     parse_bytes(s).ok_or_else(|| format!("{s:?} is not a size like 512M, 4G or 1T"))
-}
-
-/// The key file to use: --key, or ~/.config/zos/key.
-pub fn key_path(g: &Global) -> anyhow::Result<PathBuf> {
-    if let Some(k) = &g.key {
-        return Ok(k.clone());
-    }
-    let base = match std::env::var_os("XDG_CONFIG_HOME") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => PathBuf::from(std::env::var_os("HOME").context("HOME is not set: pass --key FILE")?)
-            .join(".config"),
-    };
-    Ok(base.join("zos").join("key"))
-}
-
-fn load_key(g: &Global) -> anyhow::Result<Identity> {
-    let path = key_path(g)?;
-    if !path.exists() {
-        bail!(
-            "no key at {}: make one with `zos key new` or pass --key FILE",
-            path.display()
-        );
-    }
-    Ok(zos_client::keyfile::load_identity(&path)?)
-}
-
-/// The grid URL: --grid, $ZOS_GRID, or the running devnet.
-pub fn grid_url(g: &Global) -> anyhow::Result<String> {
-    if let Some(u) = &g.grid {
-        return Ok(u.clone());
-    }
-    if let Some(state) = crate::devnet::running_default() {
-        return Ok(state.grid_url);
-    }
-    bail!("no grid: pass --grid URL, set ZOS_GRID, or start one with `sudo zos devnet up`")
-}
-
-fn client(g: &Global) -> anyhow::Result<GridClient> {
-    Ok(GridClient::new(&grid_url(g)?)?)
-}
-
-/// A client that signs as your twin.
-pub async fn signed_client(g: &Global) -> anyhow::Result<GridClient> {
-    let id = load_key(g)?;
-    let c = client(g)?.with_identity(id.clone());
-    let twin = c.twin_by_key(&id.public_key()).await?.with_context(|| {
-        format!(
-            "key {} has no twin on this grid: run `zos twin create`",
-            id.public_key()
-        )
-    })?;
-    Ok(c.with_twin(twin.id))
 }
 
 async fn find_farm(c: &GridClient, farm: &str) -> anyhow::Result<Farm> {

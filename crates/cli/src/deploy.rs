@@ -1,23 +1,23 @@
-//! `zos deploy` and `zos deployment …`: contracts on the grid, deployments on nodes.
+//! `zos deploy` and `zos deployment …`: contracts on the grid, deployments on nodes. The
+//! workflows are `zos_client::workflow::deploy`'s; this module reads the files, draws the
+//! progress and prints the results.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
-use zos_client::GridClient;
-use zos_types::contract::{
-    ContractFilter, ContractKind, ContractState, CreateNodeContract, UpdateNodeContract,
-};
+use zos_client::workflow::deploy::{self as workflow, changes, fetch, node_of};
+use zos_types::NodeId;
+use zos_types::contract::{ContractFilter, ContractKind, ContractState};
 use zos_types::deployment::{ContractId, Deployment, ResultState};
-use zos_types::node_api::{self, ChangesBody, ConsoleBody, ContractBody, ErrorKind, LogEntry};
-use zos_types::{NodeId, TwinId};
+use zos_types::node_api::{self, ConsoleBody};
 
-use crate::commands::signed_client;
+use crate::deployfile;
+use crate::global::{Global, signed_client};
 use crate::output::{self, Table, fields};
-use crate::{Global, deployfile};
+use crate::progress::Progress;
 
 #[derive(Debug, Subcommand)]
 pub enum DeploymentCmd {
@@ -50,45 +50,6 @@ pub enum DeploymentCmd {
         #[arg(long, default_value_t = 300)]
         wait: u64,
     },
-}
-
-/// The node (id, twin) a node contract is on.
-async fn node_of(c: &GridClient, contract: ContractId) -> anyhow::Result<(NodeId, TwinId)> {
-    let k = c
-        .get_contract(contract)
-        .await
-        .with_context(|| format!("contract {contract}"))?;
-    let ContractKind::Node { node_id, .. } = k.kind else {
-        bail!("contract {contract} is not a node contract");
-    };
-    let node = c.get_node(node_id).await?;
-    Ok((node_id, node.twin_id))
-}
-
-async fn fetch(
-    c: &GridClient,
-    node_twin: TwinId,
-    contract: ContractId,
-) -> anyhow::Result<Deployment> {
-    Ok(c.node(node_twin)
-        .call::<node_api::Get>(&ContractBody {
-            contract_id: contract,
-        })
-        .await?)
-}
-
-/// The result log of deployment `contract` on the node with twin `twin`.
-async fn changes(
-    c: &GridClient,
-    twin: TwinId,
-    contract: ContractId,
-) -> anyhow::Result<Vec<LogEntry>> {
-    let body = ChangesBody {
-        contract_id: contract,
-        limit: None,
-        cursor: None,
-    };
-    Ok(c.node(twin).all::<node_api::Changes>(body).await?)
 }
 
 fn read_file(path: &Path) -> anyhow::Result<String> {
@@ -158,130 +119,10 @@ pub async fn deploy(file: &Path, node: NodeId, wait: Duration, g: &Global) -> an
     let c = signed_client(g).await?;
     let me = c.twin_id().context("no twin")?;
     let d = deployfile::parse(&read_file(file)?, me)?;
-    let done = submit(&c, node, d, wait, g.json).await?;
-    finish(node, &done, g)
-}
-
-/// Makes the contract of `d` on `node`, signs and sends `d`, and follows it until every
-/// workload settles. A deployment the node refuses leaves no contract behind.
-pub async fn submit(
-    c: &GridClient,
-    node: NodeId,
-    mut d: Deployment,
-    wait: Duration,
-    quiet: bool,
-) -> anyhow::Result<Deployment> {
-    let me = c.twin_id().context("no twin")?;
-    let target = c
-        .get_node(node)
-        .await
-        .with_context(|| format!("node {node}"))?;
-    if !target.online {
-        bail!("node {node} is offline: pick an online node (`zos node list --online`)");
-    }
-    let contract = c
-        .create_node_contract(&CreateNodeContract {
-            node_id: node,
-            deployment_hash: d.hash()?,
-            public_ips: d.public_ipv4_count()?,
-        })
-        .await
-        .context("creating the node contract")?;
-    d.contract_id = contract.id;
-    d.sign(node, me, c.identity().context("no key")?)?;
-    if let Err(e) = c.node(target.twin_id).call::<node_api::Deploy>(&d).await {
-        // The node refused: do not leave a contract (and its reserved addresses) behind.
-        let _ = c.cancel_contract(contract.id).await;
-        return Err(anyhow::Error::new(e).context(format!(
-            "node {node} refused the deployment; contract {} cancelled",
-            contract.id
-        )));
-    }
-    if !quiet {
-        eprintln!("contract {} on node {node}: deployment sent", contract.id);
-    }
-    let names: Vec<String> = d.workloads.iter().map(|w| w.name.clone()).collect();
-    follow(c, target.twin_id, contract.id, 0, &names, wait, quiet).await
-}
-
-/// Changes deployment `contract` to `desired` (workloads whose data changed get a new
-/// version), and follows the changed workloads until they settle.
-pub async fn update_to(
-    c: &GridClient,
-    contract: ContractId,
-    desired: &Deployment,
-    wait: Duration,
-    quiet: bool,
-) -> anyhow::Result<(NodeId, Deployment)> {
-    let me = c.twin_id().context("no twin")?;
-    let (node, twin) = node_of(c, contract).await?;
-    let current = fetch(c, twin, contract).await?;
-    let mut next = deployfile::next_version(&current, desired)?;
-    c.update_node_contract(
-        contract,
-        &UpdateNodeContract {
-            deployment_hash: next.hash()?,
-        },
-    )
-    .await
-    .context("updating the contract's hash")?;
-    next.sign(node, me, c.identity().context("no key")?)?;
-    // This update's results are the log entries after the last one now.
-    let log = changes(c, twin, contract).await?;
-    let since = log.iter().map(|e| e.seq).max().unwrap_or(0);
-    c.node(twin)
-        .call::<node_api::Update>(&next)
-        .await
-        .context("the node refused the update")?;
-    let changed: Vec<String> = next
-        .workloads
-        .iter()
-        .filter(|w| w.version == next.version)
-        .map(|w| w.name.clone())
-        .collect();
-    // Only the workloads this update touches get new results.
-    let done = follow(c, twin, contract, since, &changed, wait, quiet).await?;
-    Ok((node, done))
-}
-
-/// Cancels `contract` and waits until its node removed the deployment.
-pub async fn cancel(
-    c: &GridClient,
-    contract: ContractId,
-    wait: Duration,
-    quiet: bool,
-) -> anyhow::Result<NodeId> {
-    let (node, twin) = node_of(c, contract).await?;
-    c.cancel_contract(contract).await?;
-    let start = Instant::now();
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new_spinner()
-    };
-    bar.set_message(format!(
-        "contract {contract} cancelled; node {node} removes the workloads"
-    ));
-    bar.enable_steady_tick(Duration::from_millis(120));
-    loop {
-        let get = ContractBody {
-            contract_id: contract,
-        };
-        match c.node(twin).call::<node_api::Get>(&get).await {
-            Err(e) if e.node_error() == Some(ErrorKind::NotFound) => break,
-            Err(e) => return Err(e.into()),
-            Ok(_) if start.elapsed() > wait => {
-                bar.abandon();
-                bail!(
-                    "node {node} still has deployment {contract} after {} s",
-                    wait.as_secs()
-                );
-            }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
-    bar.finish_and_clear();
-    Ok(node)
+    let mut progress = Progress::new(g.json);
+    let done = workflow::deploy(&c, node, d, wait, &mut |e| progress.deploy(e)).await;
+    let done = done.inspect_err(|_| progress.abandon())?;
+    finish(node, &done.deployment, g)
 }
 
 pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
@@ -359,9 +200,12 @@ pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
             wait,
         } => {
             let desired = deployfile::parse(&read_file(&file)?, me)?;
-            let (node, done) =
-                update_to(&c, contract, &desired, Duration::from_secs(wait), g.json).await?;
-            finish(node, &done, g)
+            let mut progress = Progress::new(g.json);
+            let wait = Duration::from_secs(wait);
+            let done =
+                workflow::update(&c, contract, &desired, wait, &mut |e| progress.deploy(e)).await;
+            let done = done.inspect_err(|_| progress.abandon())?;
+            finish(done.node, &done.deployment, g)
         }
         DeploymentCmd::Console {
             contract,
@@ -384,7 +228,10 @@ pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
             Ok(())
         }
         DeploymentCmd::Cancel { contract, wait } => {
-            let node = cancel(&c, contract, Duration::from_secs(wait), g.json).await?;
+            let mut progress = Progress::new(g.json);
+            let wait = Duration::from_secs(wait);
+            let node = workflow::cancel(&c, contract, wait, &mut |e| progress.deploy(e)).await;
+            let node = node.inspect_err(|_| progress.abandon())?;
             if g.json {
                 output::json(&json!({"contract_id": contract, "cancelled": true}))
             } else {
@@ -394,69 +241,5 @@ pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
                 Ok(())
             }
         }
-    }
-}
-
-/// Waits until each of `names` has a settled result (not `init`) in the log after sequence
-/// number `since` (0 for a new deployment, the log's last entry before an update), drawing the
-/// progress. A change the node refused (`unchanged`) fails with its reasons.
-async fn follow(
-    c: &GridClient,
-    twin: TwinId,
-    contract: ContractId,
-    since: i64,
-    names: &[String],
-    wait: Duration,
-    quiet: bool,
-) -> anyhow::Result<Deployment> {
-    let start = Instant::now();
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(names.len() as u64)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed}] {pos}/{len} workloads settled {msg}")
-            .expect("valid template"),
-    );
-    bar.enable_steady_tick(Duration::from_millis(120));
-    loop {
-        let log = changes(c, twin, contract).await?;
-        let new = || log.iter().filter(|e| e.seq > since);
-        let done = names
-            .iter()
-            .filter(|n| new().any(|e| &e.name == *n && e.result.state != ResultState::Init))
-            .count();
-        bar.set_position(done as u64);
-        let errors = new()
-            .filter(|e| e.result.state == ResultState::Error)
-            .count();
-        bar.set_message(if errors > 0 {
-            format!("({errors} in error)")
-        } else {
-            String::new()
-        });
-        if done == names.len() {
-            bar.finish_and_clear();
-            // A change the node refused leaves the workload as it was, with the reason.
-            let refused: Vec<String> = new()
-                .filter(|e| e.result.state == ResultState::Unchanged)
-                .map(|e| format!("{}: {}", e.name, e.result.message))
-                .collect();
-            if !refused.is_empty() {
-                bail!(
-                    "the node kept these workloads as they were: {}",
-                    refused.join("; ")
-                );
-            }
-            return fetch(c, twin, contract).await;
-        }
-        if start.elapsed() > wait {
-            bar.abandon();
-            bail!(
-                "the node did not finish within {wait:?}; follow it with `zos deployment get {contract}`"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -114,37 +114,6 @@ pub fn parse(text: &str, twin: TwinId) -> anyhow::Result<Deployment> {
     Ok(d)
 }
 
-/// The next version of `current` holding what `desired` asks: workloads that did not change
-/// keep their version, the others (and new ones) take the new version.
-pub fn next_version(current: &Deployment, desired: &Deployment) -> anyhow::Result<Deployment> {
-    let version = current.version + 1;
-    let mut next = desired.clone();
-    next.version = version;
-    next.twin_id = current.twin_id;
-    next.contract_id = current.contract_id;
-    next.signature_requirement = SignatureRequirement {
-        signatures: vec![],
-        ..current.signature_requirement.clone()
-    };
-    for w in &mut next.workloads {
-        w.version = match current.workloads.iter().find(|o| o.name == w.name) {
-            Some(o) if o.kind == w.kind && same(o, w)? => o.version,
-            _ => version,
-        };
-        w.result = None;
-    }
-    current
-        .plan_update(&next)
-        .context("this update is not allowed")?;
-    Ok(next)
-}
-
-fn same(a: &Workload, b: &Workload) -> anyhow::Result<bool> {
-    Ok(a.parse()?.to_value() == b.parse()?.to_value()
-        && a.metadata == b.metadata
-        && a.description == b.description)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,17 +155,5 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains("not a size"), "{e:#}");
-    }
-
-    #[test]
-    fn updates_bump_only_what_changed() {
-        let current = parse(FILE, 4).unwrap();
-        let desired = parse(&FILE.replace("1073741824", "2G"), 4).unwrap();
-        let next = next_version(&current, &desired).unwrap();
-        assert_eq!(next.version, 1);
-        assert_eq!(next.workloads[0].version, 0);
-        assert_eq!(next.workloads[1].version, 1);
-        let retyped = parse(&FILE.replace("type: volume", "type: zmount"), 4).unwrap();
-        assert!(next_version(&current, &retyped).is_err());
     }
 }

@@ -7,10 +7,10 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use serde_json::json;
 use zos_client::GridClient;
-use zos_testkit::devnet::{self, DevnetOptions, DevnetState, DiskPlan};
+use zos_devnet::{self as devnet, DevnetOptions, DevnetState, DiskPlan};
 use zos_types::registry::NodeFilter;
 
-use crate::Global;
+use crate::global::Global;
 use crate::output::{self, Table, fields};
 
 #[derive(Debug, Subcommand)]
@@ -50,19 +50,14 @@ pub enum DevnetCmd {
 
 /// Where the devnet called `name` keeps its state.
 pub fn devnet_dir(name: &str) -> PathBuf {
-    let base = match std::env::var_os("XDG_STATE_HOME") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-            .join(".local/state"),
-    };
-    base.join("zos").join("devnet").join(name)
+    crate::global::state_dir().join("devnet").join(name)
 }
 
 /// The default devnet's state, when one is up.
 pub fn running_default() -> Option<DevnetState> {
     DevnetState::load(&devnet_dir("zdn"))
         .ok()
-        .filter(|s| s.grid_pid > 0 && zos_testkit::process::alive(s.grid_pid))
+        .filter(DevnetState::grid_running)
 }
 
 fn beside_me(name: &str) -> anyhow::Result<PathBuf> {

@@ -15,8 +15,7 @@ use zos_flist::pack::{PackOptions, Phase, Progress, Source, pack};
 use zos_flist::{BlockStore, Kind};
 use zos_types::capacity::{human_bytes, parse_bytes};
 
-use crate::Global;
-use crate::commands::{grid_url, signed_client};
+use crate::global::{Global, grid_url, signed_client};
 use crate::output::{self, Table, fields};
 
 #[derive(Debug, Subcommand)]

@@ -5,12 +5,16 @@ mod deploy;
 mod deployfile;
 mod devnet;
 mod flist;
+mod global;
 mod network;
 mod output;
+mod progress;
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
+
+use crate::global::Global;
 
 /// Command line of zos: keys, twins, farms, nodes and local devnets.
 #[derive(Debug, Parser)]
@@ -20,20 +24,6 @@ struct Cli {
     global: Global,
     #[command(subcommand)]
     command: Command,
-}
-
-/// Options every command takes.
-#[derive(Debug, Clone, Args)]
-pub struct Global {
-    /// Base URL of the grid (default: the running devnet, if any).
-    #[arg(long, env = "ZOS_GRID", global = true)]
-    pub grid: Option<String>,
-    /// Key file to sign with (default: ~/.config/zos/key).
-    #[arg(long, env = "ZOS_KEY", global = true)]
-    pub key: Option<PathBuf>,
-    /// Print JSON instead of tables, for scripts.
-    #[arg(long, global = true)]
-    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

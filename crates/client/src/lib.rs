@@ -22,10 +22,14 @@
 //!
 //! Commands to nodes, through the relay, go through [`GridClient::node`], a [`NodeClient`] typed
 //! by the node protocol ([`zos_types::node_api`]).
+//!
+//! The user workflows built on these calls (deploy and follow, update, cancel, private networks
+//! across nodes) are in [`workflow`]; they report progress through callbacks and never print.
 
 pub mod keyfile;
 mod node;
 pub mod uplink;
+pub mod workflow;
 
 pub use node::NodeClient;
 

@@ -1,17 +1,18 @@
 //! Test infrastructure: test hosts in network namespaces, loop disks, processes with cleanup,
-//! wait helpers and the devnet harness.
+//! wait helpers and the devnet harness. The namespaces, links and the devnet itself are
+//! `zos-devnet`'s, re-exported here for tests.
 //!
 //! Tests that need root call [`require_root`] first: on a machine without it they skip loudly.
 
-pub mod cmd;
 pub mod devnet;
 pub mod disk;
 pub mod guest;
 pub mod net;
-pub mod netns;
 pub mod process;
 pub mod user;
 pub mod vmimage;
+
+pub use zos_devnet::{cmd, netns};
 
 /// True when running as root; otherwise prints why the calling test is skipped.
 pub fn require_root(test: &str) -> bool {

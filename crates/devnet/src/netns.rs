@@ -1,4 +1,4 @@
-//! Network namespaces and links for test hosts.
+//! Network namespaces, bridges and veth links (devnet nodes, test hosts).
 
 use std::path::Path;
 use std::process::Command;

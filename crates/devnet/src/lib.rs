@@ -1,0 +1,30 @@
+//! A whole grid on one machine: the grid on loopback, a farmer with a farm, and N nodes, each in
+//! its own network namespace with its own loop-device disks, joined to the grid by veth pairs on
+//! a bridge. `zos devnet` and the integration tests (through `zos-testkit`) both use it.
+//!
+//! Processes are started detached so a devnet outlives the command that made it
+//! (`zos devnet up`); [`down`] removes every process, namespace and link it made, using the
+//! state file written by [`up`] (a [`zos_runtime::StateFile`], `<dir>/devnet.json`). The grid
+//! and the nodes are recognised by their command lines ([`DevnetState::grid_marker`],
+//! [`DevnetState::node_marker`]), never by a recorded PID alone.
+//!
+//! - [`state`]: what a devnet is asked for and what it made;
+//! - [`up`], [`start_grid`], [`start_node`], [`wait_online`] and their stop counterparts;
+//! - [`down`]: removes everything;
+//! - [`netns`], [`disk`], [`process`], [`cmd`]: the namespaces, links, loop devices, mounts and
+//!   processes they are made of (the test kit builds its test hosts from the same parts).
+
+pub mod cmd;
+pub mod disk;
+mod down;
+pub mod netns;
+pub mod process;
+mod run;
+pub mod state;
+
+pub use down::down;
+pub use run::{
+    GUEST_FLIST, PUBLIC_IPS, PUBLIC_NIC, guest_flist_url, start_grid, start_node, stop_grid,
+    stop_node, up, wait_online,
+};
+pub use state::{DevnetDisk, DevnetNode, DevnetOptions, DevnetState, DiskPlan, STATE_VERSION};

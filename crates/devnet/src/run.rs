@@ -1,0 +1,466 @@
+//! Bringing a devnet up, and starting and stopping its grid and nodes one by one (tests restart
+//! them to check recovery).
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use zos_client::GridClient;
+use zos_runtime::supervise;
+use zos_types::registry::{AddFarmIp, NodeFilter, PublicConfig};
+use zos_types::{Identity, TwinId};
+
+use crate::down::down;
+use crate::netns::{self, Bridge, Netns};
+use crate::process::{alive, wait_until};
+use crate::state::{
+    DevnetDisk, DevnetNode, DevnetOptions, DevnetState, STATE_VERSION, validate_name,
+};
+
+/// Starts `cmd` in its own process group with output to `log`, not waiting for it.
+fn spawn_detached(mut cmd: Command, log: &Path) -> anyhow::Result<i32> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening log {}", log.display()))?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    Ok(child.id() as i32)
+}
+
+/// A port on 127.0.0.1 that is free right now.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Brings a devnet up. On failure, whatever was made is removed again.
+pub async fn up(opts: &DevnetOptions) -> anyhow::Result<DevnetState> {
+    validate_name(&opts.name)?;
+    if !(1..=50).contains(&opts.nodes) {
+        bail!("a devnet has 1 to 50 nodes, not {}", opts.nodes);
+    }
+    let bridge_name = format!("{}br", opts.name);
+    if netns::link_exists(&bridge_name) || DevnetState::state_file(&opts.dir).exists() {
+        bail!(
+            "devnet {:?} is already up (bridge {bridge_name} or {} exists): run `zos devnet down` first",
+            opts.name,
+            opts.dir.display()
+        );
+    }
+    for bin in [&opts.grid_bin, &opts.zosd_bin] {
+        if !bin.is_file() {
+            bail!(
+                "{} not found: build the workspace first (cargo build)",
+                bin.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(&opts.dir)
+        .with_context(|| format!("creating {}", opts.dir.display()))?;
+
+    // Subnet choice and bridge creation happen under one lock so parallel devnets do not collide.
+    let lock =
+        File::create("/run/lock/zos-devnet.lock").context("opening /run/lock/zos-devnet.lock")?;
+    lock.lock()?;
+    let third = netns::free_subnet()?;
+    let subnet = format!("10.213.{third}.0/24");
+    let gateway = format!("10.213.{third}.1");
+    let bridge = Bridge::create(&bridge_name, &format!("{gateway}/24"))?;
+    let pub_third = netns::free_subnet()?;
+    let public_bridge = Bridge::create(
+        &format!("{}pb", opts.name),
+        &format!("10.213.{pub_third}.1/24"),
+    )?;
+    drop(lock);
+
+    let port = free_port()?;
+    let mut state = DevnetState {
+        version: STATE_VERSION,
+        name: opts.name.clone(),
+        dir: opts.dir.clone(),
+        grid_url: format!("http://127.0.0.1:{port}"),
+        grid_node_url: format!("http://{gateway}:{port}"),
+        grid_port: port,
+        grid_pid: 0,
+        grid_bin: opts.grid_bin.clone(),
+        zosd_bin: opts.zosd_bin.clone(),
+        report_interval_secs: opts.report_interval.as_secs().max(1),
+        bridge: bridge.keep(),
+        subnet,
+        public_bridge: public_bridge.keep(),
+        public_subnet: format!("10.213.{pub_third}.0/24"),
+        farmer_key: opts.dir.join("farmer.key"),
+        farmer_twin: 0,
+        farm_id: 0,
+        nodes: Vec::new(),
+    };
+    state.save()?;
+    match build(&mut state, opts, &gateway).await {
+        Ok(()) => Ok(state),
+        Err(e) => {
+            if let Err(clean) = down(&state) {
+                tracing::warn!(error = %clean, "cleanup after a failed devnet up was incomplete");
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn build(state: &mut DevnetState, opts: &DevnetOptions, gateway: &str) -> anyhow::Result<()> {
+    start_grid(state).await?;
+    state.save()?;
+
+    let farmer = Identity::generate()?;
+    zos_client::keyfile::save_identity(&state.farmer_key, &farmer, 0o600)?;
+    let client = GridClient::new(&state.grid_url)?.with_identity(farmer);
+    let twin = client
+        .create_twin(None)
+        .await
+        .context("creating the farmer twin")?;
+    let client = client.with_twin(twin.id);
+    let farm = client
+        .create_farm(&format!("devnet-{}", state.name))
+        .await
+        .context("creating the farm")?;
+    if twin.id != 1 {
+        bail!(
+            "the farmer got twin {} on a fresh grid, expected 1 (the grid's admin twin)",
+            twin.id
+        );
+    }
+    state.farmer_twin = twin.id;
+    state.farm_id = farm.id;
+    state.save()?;
+
+    for i in 1..=opts.nodes {
+        add_node(state, opts, gateway, i)?;
+    }
+    // The farm's public IPs and each node's public config, on the public bridge.
+    let farmer = state.farmer_client()?;
+    let base = public_base(&state.public_subnet);
+    let gw4 = format!("{base}.1");
+    for k in 0..PUBLIC_IPS {
+        farmer
+            .add_farm_ip(
+                state.farm_id,
+                &AddFarmIp {
+                    ip: format!("{base}.{}/24", 100 + k).parse()?,
+                    gateway: gw4.parse()?,
+                },
+            )
+            .await
+            .context("adding the farm's public IPs")?;
+    }
+    wait_online(state, opts.wait).await?;
+    for n in &state.nodes {
+        let Some(id) = n.node_id else { continue };
+        farmer
+            .set_public_config(
+                id,
+                &PublicConfig {
+                    ipv4: format!("{}/24", n.public_address).parse()?,
+                    gw4: gw4.parse()?,
+                    ipv6: None,
+                    gw6: None,
+                    domain: None,
+                },
+            )
+            .await
+            .with_context(|| format!("setting the public config of node {id}"))?;
+    }
+    Ok(())
+}
+
+/// Makes node `i` of the devnet: its namespace, disks and links, then starts its zosd.
+fn add_node(
+    state: &mut DevnetState,
+    opts: &DevnetOptions,
+    gateway: &str,
+    i: usize,
+) -> anyhow::Result<()> {
+    let node = DevnetNode {
+        index: i,
+        netns: format!("{}-n{i}", state.name),
+        host_if: format!("{}n{i}", state.name),
+        address: format!(
+            "{}.{}",
+            gateway.rsplit_once('.').map(|(a, _)| a).unwrap_or(gateway),
+            10 + i
+        ),
+        public_if: format!("{}p{i}", state.name),
+        public_address: format!("{}.{}", public_base(&state.public_subnet), 10 + i),
+        prefix: format!("{}n{i}", state.name),
+        state_dir: state.dir.join(format!("node{i}")),
+        mount_root: state.dir.join(format!("node{i}/mnt")),
+        disks: Vec::new(),
+        log: state.dir.join(format!("node{i}.log")),
+        pid: 0,
+        twin_id: None,
+        node_id: None,
+    };
+    let ns = Netns::create(&node.netns)?;
+    state.nodes.push(node);
+    let node = state.nodes.last_mut().unwrap();
+    std::fs::create_dir_all(&node.mount_root)?;
+    for (d, plan) in opts.disks.iter().enumerate() {
+        let kind = if plan.ssd { "ssd" } else { "hdd" };
+        let file = node.state_dir.join(format!("disk{d}-{kind}.img"));
+        let f =
+            std::fs::File::create(&file).with_context(|| format!("creating {}", file.display()))?;
+        f.set_len(plan.size)?;
+        node.disks.push(DevnetDisk {
+            file: file.clone(),
+            device: None,
+            ssd: plan.ssd,
+        });
+        let device =
+            crate::disk::attach(&file).with_context(|| format!("attaching {}", file.display()))?;
+        node.disks.last_mut().unwrap().device = Some(device);
+    }
+    let node = state.nodes.last().unwrap();
+    netns::attach(
+        &state.bridge,
+        &ns,
+        &node.host_if,
+        &format!("{}/24", node.address),
+        gateway,
+    )?;
+    netns::attach_bare(&state.public_bridge, ns.name(), &node.public_if, PUBLIC_NIC)?;
+    ns.keep();
+    state.save()?;
+    start_node(state, i)?;
+    state.save()?;
+    Ok(())
+}
+
+/// The name the farmer publishes the guest image under on a devnet's hub.
+pub const GUEST_FLIST: &str = "zos-guest.fl";
+
+/// Where a devnet's nodes find the guest image: the farmer's [`GUEST_FLIST`] on the hub.
+pub fn guest_flist_url(grid: &str, farmer_twin: TwinId) -> String {
+    format!(
+        "{}/api/v1/hub/flists/{farmer_twin}/{GUEST_FLIST}",
+        grid.trim_end_matches('/')
+    )
+}
+
+/// The interface name of a node's second NIC, for public traffic.
+pub const PUBLIC_NIC: &str = "eth1";
+/// How many public IPv4 addresses a devnet's farm gets (`.100` onwards of the public subnet).
+pub const PUBLIC_IPS: u8 = 16;
+
+/// `10.213.7` of `10.213.7.0/24`.
+fn public_base(subnet: &str) -> String {
+    subnet
+        .split_once('/')
+        .map_or(subnet, |(a, _)| a)
+        .rsplit_once('.')
+        .map_or(subnet, |(a, _)| a)
+        .to_string()
+}
+
+/// Starts (or restarts) the grid of `state` on its data dir and port.
+pub async fn start_grid(state: &mut DevnetState) -> anyhow::Result<()> {
+    if state.grid_running() {
+        bail!("the grid already runs as pid {}", state.grid_pid);
+    }
+    let ready = state.dir.join("grid.ready");
+    let _ = std::fs::remove_file(&ready);
+    let gateway = state
+        .grid_node_url
+        .trim_start_matches("http://")
+        .to_string();
+    let mut cmd = Command::new(&state.grid_bin);
+    cmd.arg("serve")
+        .args(["--listen", &format!("127.0.0.1:{}", state.grid_port)])
+        .args(["--listen", &gateway])
+        .arg("--data-dir")
+        .arg(state.dir.join("grid"))
+        .arg("--ready-file")
+        .arg(&ready)
+        // The farmer is the first twin of a devnet's fresh grid; it administers grace periods.
+        .args(["--admin-twin", "1"]);
+    state.grid_pid = spawn_detached(cmd, &state.dir.join("grid.log"))?;
+    // Our own child until it is reaped, so its PID alone names it here (before it executes the
+    // grid, its command line is still ours).
+    let pid = state.grid_pid;
+    let ok = wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
+        let ready = ready.clone();
+        async move { (ready.exists() || !alive(pid)).then_some(()) }
+    })
+    .await;
+    if ok.is_none() || !ready.exists() {
+        bail!(
+            "the grid did not start; see {}",
+            state.dir.join("grid.log").display()
+        );
+    }
+    Ok(())
+}
+
+/// Stops the grid (SIGTERM), keeping its data.
+pub fn stop_grid(state: &mut DevnetState) {
+    if state.grid_pid > 0 {
+        supervise::stop_blocking(
+            state.grid_pid,
+            &state.grid_marker(),
+            Duration::from_secs(10),
+        );
+        state.grid_pid = 0;
+    }
+}
+
+/// Starts zosd for node `index` (1-based) in its namespace.
+pub fn start_node(state: &mut DevnetState, index: usize) -> anyhow::Result<()> {
+    let report = state.report_interval_secs;
+    let grid = state.grid_node_url.clone();
+    let farmer_twin = state.farmer_twin;
+    let farm = state.farm_id;
+    let zosd = state.zosd_bin.clone();
+    // The farmer admits its own nodes (the farm's admission is `signed`, the default).
+    let admission = zos_types::registry::AdmissionToken::sign(
+        &state.farmer()?,
+        farm,
+        zos_types::auth::unix_now() + 365 * 86_400,
+    );
+    let at = node_at(state, index)?;
+    if state.node_running(&state.nodes[at]) {
+        bail!("node {index} already runs as pid {}", state.nodes[at].pid);
+    }
+    let node = &mut state.nodes[at];
+    // Only the network namespace: zosd's mounts (pools, flists) belong to the host's mount
+    // namespace, as on a real node, and outlive any one zosd process.
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", node.netns))
+        .arg("--")
+        .arg(&zosd)
+        .args(["--cmdline", "/dev/null"])
+        .args(["--grid", &grid])
+        .args(["--farm-id", &farm.to_string()])
+        .args(["--admission", &admission.to_string()])
+        .args(["--runmode", "dev"])
+        .arg("--mount-root")
+        .arg(&node.mount_root)
+        .args(["--report-interval", &format!("{report}s")])
+        .args(["--prefix", &node.prefix]);
+    if !node.public_if.is_empty() {
+        cmd.args(["--public-iface", PUBLIC_NIC]);
+    }
+    // The guest image of container-mode VMs: the farmer's flist on the devnet's hub (publish it
+    // with `scripts/build-guest.sh --flist F --hub --push zos-guest.fl` as the farmer).
+    cmd.args(["--guest-flist", &guest_flist_url(&grid, farmer_twin)]);
+    for d in &node.disks {
+        if let Some(dev) = &d.device {
+            cmd.arg("--disk").arg(format!(
+                "{}:{}",
+                dev.display(),
+                if d.ssd { "ssd" } else { "hdd" }
+            ));
+        }
+    }
+    node.pid = spawn_detached(cmd, &node.log)?;
+    Ok(())
+}
+
+/// Stops zosd of node `index`: SIGTERM, or SIGKILL at once when `crash` is set.
+pub fn stop_node(state: &mut DevnetState, index: usize, crash: bool) -> anyhow::Result<()> {
+    let at = node_at(state, index)?;
+    let node = &state.nodes[at];
+    if node.pid > 0 {
+        let grace = if crash {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(10)
+        };
+        supervise::stop_blocking(node.pid, &state.node_marker(node), grace);
+        state.nodes[at].pid = 0;
+    }
+    Ok(())
+}
+
+/// Where node `index` (1-based) is in `state.nodes`.
+fn node_at(state: &DevnetState, index: usize) -> anyhow::Result<usize> {
+    state
+        .nodes
+        .iter()
+        .position(|n| n.index == index)
+        .with_context(|| format!("no node {index} in this devnet"))
+}
+
+/// Waits until the grid lists every node of the devnet online, and records their ids.
+pub async fn wait_online(state: &mut DevnetState, timeout: Duration) -> anyhow::Result<()> {
+    let client = GridClient::new(&state.grid_url)?;
+    let filter = NodeFilter {
+        farm_id: Some(state.farm_id),
+        online: Some(true),
+        ..NodeFilter::default()
+    };
+    let want = state.nodes.len();
+    let nodes = wait_until(timeout, Duration::from_millis(200), || {
+        let client = client.clone();
+        let filter = filter.clone();
+        async move {
+            client
+                .list_nodes(&filter)
+                .await
+                .ok()
+                .filter(|n| n.len() >= want)
+        }
+    })
+    .await;
+    let Some(nodes) = nodes else {
+        bail!(
+            "not every node came online within {timeout:?}; see the node logs in {}",
+            state.dir.display()
+        );
+    };
+    for n in &mut state.nodes {
+        // The node's key lives on its cache, inside one of its pools.
+        let key_file = crate::disk::mounts_under(&n.mount_root)?
+            .into_iter()
+            .map(|m| m.join("zos-cache/identity/node.key"))
+            .find(|p| p.exists());
+        let Some(key_file) = key_file else { continue };
+        let key = zos_client::keyfile::load_identity(&key_file)?.public_key();
+        if let Some(twin) = client.twin_by_key(&key).await? {
+            n.twin_id = Some(twin.id);
+            n.node_id = nodes.iter().find(|x| x.twin_id == twin.id).map(|x| x.id);
+        }
+    }
+    state.save()?;
+    // Online means registered; ready means its uplink answers requests over the relay.
+    let farmer = state.farmer_client()?;
+    for n in &state.nodes {
+        let Some(twin) = n.twin_id else { continue };
+        let answered = wait_until(timeout, Duration::from_millis(200), || {
+            let farmer = farmer.clone();
+            async move {
+                farmer
+                    .node(twin)
+                    .call::<zos_types::node_api::Version>(&())
+                    .await
+                    .ok()
+            }
+        })
+        .await;
+        if answered.is_none() {
+            bail!(
+                "node {} did not answer over the relay within {timeout:?}; see {}",
+                n.index,
+                n.log.display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! What a devnet is asked for ([`DevnetOptions`]) and what it made ([`DevnetState`], kept in
+//! `<dir>/devnet.json` through [`StateFile`]), with the markers that recognise its processes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use zos_client::GridClient;
+use zos_runtime::supervise::Marker;
+use zos_runtime::{StateFile, Versioned};
+use zos_types::{FarmId, Identity, NodeId, TwinId};
+
+/// Version of the state file format.
+pub const STATE_VERSION: u32 = 1;
+
+/// What `zos devnet up` is asked for.
+#[derive(Debug, Clone)]
+pub struct DevnetOptions {
+    /// Short name (1 to 5 of a-z, 0-9) that prefixes every namespace, link and node prefix.
+    pub name: String,
+    /// Where the state file, logs, keys and node state go.
+    pub dir: PathBuf,
+    pub nodes: usize,
+    pub report_interval: Duration,
+    pub grid_bin: PathBuf,
+    pub zosd_bin: PathBuf,
+    /// How long to wait for every node to be online before giving up.
+    pub wait: Duration,
+    /// The disks each node gets: sparse files on loop devices.
+    pub disks: Vec<DiskPlan>,
+}
+
+/// One disk every node of a devnet gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskPlan {
+    /// `ssd` or `hdd`.
+    pub ssd: bool,
+    pub size: u64,
+}
+
+impl DiskPlan {
+    /// Two SSDs of 16 GiB and one HDD of 64 GiB (sparse: they cost what is written).
+    pub fn defaults() -> Vec<DiskPlan> {
+        use zos_types::capacity::GIB;
+        vec![
+            DiskPlan {
+                ssd: true,
+                size: 16 * GIB,
+            },
+            DiskPlan {
+                ssd: true,
+                size: 16 * GIB,
+            },
+            DiskPlan {
+                ssd: false,
+                size: 64 * GIB,
+            },
+        ]
+    }
+}
+
+impl std::str::FromStr for DiskPlan {
+    type Err = String;
+    /// `ssd:16G` or `hdd:1T`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, size) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?}: expected ssd:SIZE or hdd:SIZE"))?;
+        let ssd = match kind {
+            "ssd" => true,
+            "hdd" => false,
+            _ => return Err(format!("{kind:?} is not ssd or hdd")),
+        };
+        let size = zos_types::capacity::parse_bytes(size)
+            .filter(|b| *b >= 256 * zos_types::capacity::MIB)
+            .ok_or_else(|| format!("{size:?} is not a size of at least 256M"))?;
+        Ok(DiskPlan { ssd, size })
+    }
+}
+
+/// A disk of a devnet node: a sparse file attached to a loop device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevnetDisk {
+    pub file: PathBuf,
+    #[serde(default)]
+    pub device: Option<PathBuf>,
+    pub ssd: bool,
+}
+
+/// One node of a devnet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevnetNode {
+    pub index: usize,
+    pub netns: String,
+    /// The root-namespace end of its veth pair, on the devnet bridge.
+    pub host_if: String,
+    /// Its address on the devnet bridge.
+    pub address: String,
+    /// The root-namespace end of its second NIC (`eth1`), on the public bridge.
+    #[serde(default)]
+    pub public_if: String,
+    /// Its public address (the public config the farmer gives it).
+    #[serde(default)]
+    pub public_address: String,
+    /// Prefix of the names the node makes in global spaces.
+    pub prefix: String,
+    pub state_dir: PathBuf,
+    /// Where its storage pools are mounted.
+    pub mount_root: PathBuf,
+    #[serde(default)]
+    pub disks: Vec<DevnetDisk>,
+    pub log: PathBuf,
+    pub pid: i32,
+    #[serde(default)]
+    pub twin_id: Option<TwinId>,
+    #[serde(default)]
+    pub node_id: Option<NodeId>,
+}
+
+/// Everything a devnet made, written to `<dir>/devnet.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevnetState {
+    pub version: u32,
+    pub name: String,
+    pub dir: PathBuf,
+    /// The grid as users reach it (loopback).
+    pub grid_url: String,
+    /// The grid as nodes reach it (the bridge address).
+    pub grid_node_url: String,
+    pub grid_port: u16,
+    pub grid_pid: i32,
+    pub grid_bin: PathBuf,
+    pub zosd_bin: PathBuf,
+    pub report_interval_secs: u64,
+    pub bridge: String,
+    pub subnet: String,
+    /// The devnet's stand-in for the public internet: nodes' second NICs, the farm's public IPs.
+    #[serde(default)]
+    pub public_bridge: String,
+    #[serde(default)]
+    pub public_subnet: String,
+    pub farmer_key: PathBuf,
+    pub farmer_twin: TwinId,
+    pub farm_id: FarmId,
+    pub nodes: Vec<DevnetNode>,
+}
+
+impl DevnetState {
+    pub fn state_file(dir: &Path) -> PathBuf {
+        dir.join("devnet.json")
+    }
+
+    /// The state of the devnet kept in `dir`.
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let path = Self::state_file(dir);
+        StateFile::<Self>::new(&path)
+            .load()?
+            .with_context(|| format!("no devnet state at {}: is a devnet up?", path.display()))
+    }
+
+    /// Writes the state atomically (owner-only: it names the farmer's key).
+    pub fn save(&self) -> anyhow::Result<()> {
+        Ok(StateFile::new(Self::state_file(&self.dir)).save(self)?)
+    }
+
+    /// What the grid's command line shows: its program and its data directory.
+    pub fn grid_marker(&self) -> Marker {
+        Marker::program(program_name(&self.grid_bin)).arg(self.dir.join("grid"))
+    }
+
+    /// What the command line of `node`'s zosd shows: its program and its mount root.
+    pub fn node_marker(&self, node: &DevnetNode) -> Marker {
+        Marker::program(program_name(&self.zosd_bin)).arg(&node.mount_root)
+    }
+
+    /// Whether the grid of this devnet runs (its recorded PID carries [`Self::grid_marker`]).
+    pub fn grid_running(&self) -> bool {
+        self.grid_pid > 0 && zos_runtime::supervise::alive(self.grid_pid, &self.grid_marker())
+    }
+
+    /// Whether `node`'s zosd runs (its recorded PID carries [`Self::node_marker`]).
+    pub fn node_running(&self, node: &DevnetNode) -> bool {
+        node.pid > 0 && zos_runtime::supervise::alive(node.pid, &self.node_marker(node))
+    }
+
+    pub fn farmer(&self) -> anyhow::Result<Identity> {
+        Ok(zos_client::keyfile::load_identity(&self.farmer_key)?)
+    }
+
+    /// A client of the grid as the farmer.
+    pub fn farmer_client(&self) -> anyhow::Result<GridClient> {
+        Ok(GridClient::new(&self.grid_url)?
+            .with_identity(self.farmer()?)
+            .with_twin(self.farmer_twin))
+    }
+}
+
+/// Checks a devnet name: 1 to 5 of a-z, 0-9 (it prefixes namespaces and link names, which
+/// the kernel limits to 15 bytes).
+pub(crate) fn validate_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty()
+        || name.len() > 5
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    {
+        bail!("devnet name {name:?} must be 1 to 5 of a-z, 0-9");
+    }
+    Ok(())
+}
+
+impl Versioned for DevnetState {
+    const VERSION: u32 = STATE_VERSION;
+    const PROGRAM: &'static str = "zos";
+}
+
+/// The file name of `bin`, which its command line's first argument ends with.
+fn program_name(bin: &Path) -> std::ffi::OsString {
+    bin.file_name()
+        .map_or_else(|| bin.as_os_str().to_owned(), |n| n.to_owned())
+}
