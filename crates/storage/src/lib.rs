@@ -17,6 +17,8 @@
 //! `docs/storage.md`.
 
 mod btrfs;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod discovery;
 #[cfg(any(test, feature = "fake"))]
 mod fake;
