@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::bail;
 use zos_runtime::supervise;
 
+use crate::error::{DevnetError, Result};
 use crate::netns;
 use crate::state::DevnetState;
 
@@ -43,7 +43,7 @@ fn cgroup_roots() -> Vec<PathBuf> {
 }
 
 /// Removes every process, namespace and link of the devnet, then its state file.
-pub fn down(state: &DevnetState) -> anyhow::Result<()> {
+pub fn down(state: &DevnetState) -> Result<()> {
     let mut problems = Vec::new();
     for n in &state.nodes {
         if n.pid > 0 {
@@ -106,11 +106,10 @@ pub fn down(state: &DevnetState) -> anyhow::Result<()> {
         }
     }
     if !problems.is_empty() {
-        bail!(
-            "devnet {} was not fully removed: {}",
-            state.name,
-            problems.join("; ")
-        );
+        return Err(DevnetError::NotRemoved {
+            name: state.name.clone(),
+            problems,
+        });
     }
     let _ = std::fs::remove_file(DevnetState::state_file(&state.dir));
     Ok(())

@@ -11,18 +11,21 @@
 //! - [`state`]: what a devnet is asked for and what it made;
 //! - [`up`], [`start_grid`], [`start_node`], [`wait_online`] and their stop counterparts;
 //! - [`down`]: removes everything;
+//! - [`DevnetError`]: what failed, with its cause as the source;
 //! - [`netns`], [`disk`], [`process`], [`cmd`]: the namespaces, links, loop devices, mounts and
 //!   processes they are made of (the test kit builds its test hosts from the same parts).
 
 pub mod cmd;
 pub mod disk;
 mod down;
+mod error;
 pub mod netns;
 pub mod process;
 mod run;
 pub mod state;
 
 pub use down::down;
+pub use error::DevnetError;
 pub use run::{
     GUEST_FLIST, PUBLIC_IPS, PUBLIC_NIC, guest_flist_url, start_grid, start_node, stop_grid,
     stop_node, up, wait_online,

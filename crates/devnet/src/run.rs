@@ -7,13 +7,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use zos_client::GridClient;
 use zos_runtime::supervise;
 use zos_types::registry::{AddFarmIp, NodeFilter, PublicConfig};
 use zos_types::{Identity, TwinId};
 
 use crate::down::down;
+use crate::error::{DevnetError, Result};
 use crate::netns::{self, Bridge, Netns};
 use crate::process::{alive, wait_until};
 use crate::state::{
@@ -21,58 +21,61 @@ use crate::state::{
 };
 
 /// Starts `cmd` in its own process group with output to `log`, not waiting for it.
-fn spawn_detached(mut cmd: Command, log: &Path) -> anyhow::Result<i32> {
+fn spawn_detached(mut cmd: Command, log: &Path) -> Result<i32> {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
-        .with_context(|| format!("opening log {}", log.display()))?;
+        .map_err(DevnetError::io("opening log", log))?;
     let child = cmd
         .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
+        .stdout(
+            out.try_clone()
+                .map_err(DevnetError::io("opening log", log))?,
+        )
         .stderr(out)
         .process_group(0)
         .spawn()
-        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+        .map_err(|source| DevnetError::Spawn {
+            program: format!("{:?}", cmd.get_program()),
+            source,
+        })?;
     Ok(child.id() as i32)
 }
 
 /// A port on 127.0.0.1 that is free right now.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+fn free_port() -> Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(DevnetError::Port)
 }
 
 /// Brings a devnet up. On failure, whatever was made is removed again.
-pub async fn up(opts: &DevnetOptions) -> anyhow::Result<DevnetState> {
+pub async fn up(opts: &DevnetOptions) -> Result<DevnetState> {
     validate_name(&opts.name)?;
     if !(1..=50).contains(&opts.nodes) {
-        bail!("a devnet has 1 to 50 nodes, not {}", opts.nodes);
+        return Err(DevnetError::NodeCount(opts.nodes));
     }
     let bridge_name = format!("{}br", opts.name);
     if netns::link_exists(&bridge_name) || DevnetState::state_file(&opts.dir).exists() {
-        bail!(
-            "devnet {:?} is already up (bridge {bridge_name} or {} exists): run `zos devnet down` first",
-            opts.name,
-            opts.dir.display()
-        );
+        return Err(DevnetError::AlreadyUp {
+            name: opts.name.clone(),
+            bridge: bridge_name,
+            dir: opts.dir.clone(),
+        });
     }
     for bin in [&opts.grid_bin, &opts.zosd_bin] {
         if !bin.is_file() {
-            bail!(
-                "{} not found: build the workspace first (cargo build)",
-                bin.display()
-            );
+            return Err(DevnetError::MissingBinary(bin.clone()));
         }
     }
-    std::fs::create_dir_all(&opts.dir)
-        .with_context(|| format!("creating {}", opts.dir.display()))?;
+    std::fs::create_dir_all(&opts.dir).map_err(DevnetError::io("creating", &opts.dir))?;
 
     // Subnet choice and bridge creation happen under one lock so parallel devnets do not collide.
-    let lock =
-        File::create("/run/lock/zos-devnet.lock").context("opening /run/lock/zos-devnet.lock")?;
-    lock.lock()?;
+    const LOCK: &str = "/run/lock/zos-devnet.lock";
+    let lock = File::create(LOCK).map_err(DevnetError::io("opening", LOCK))?;
+    lock.lock().map_err(DevnetError::io("locking", LOCK))?;
     let third = netns::free_subnet()?;
     let subnet = format!("10.213.{third}.0/24");
     let gateway = format!("10.213.{third}.1");
@@ -117,7 +120,7 @@ pub async fn up(opts: &DevnetOptions) -> anyhow::Result<DevnetState> {
     }
 }
 
-async fn build(state: &mut DevnetState, opts: &DevnetOptions, gateway: &str) -> anyhow::Result<()> {
+async fn build(state: &mut DevnetState, opts: &DevnetOptions, gateway: &str) -> Result<()> {
     start_grid(state).await?;
     state.save()?;
 
@@ -127,17 +130,14 @@ async fn build(state: &mut DevnetState, opts: &DevnetOptions, gateway: &str) -> 
     let twin = client
         .create_twin(None)
         .await
-        .context("creating the farmer twin")?;
+        .map_err(DevnetError::FarmerTwin)?;
     let client = client.with_twin(twin.id);
     let farm = client
         .create_farm(&format!("devnet-{}", state.name))
         .await
-        .context("creating the farm")?;
+        .map_err(DevnetError::Farm)?;
     if twin.id != 1 {
-        bail!(
-            "the farmer got twin {} on a fresh grid, expected 1 (the grid's admin twin)",
-            twin.id
-        );
+        return Err(DevnetError::FarmerNotAdmin(twin.id));
     }
     state.farmer_twin = twin.id;
     state.farm_id = farm.id;
@@ -146,7 +146,12 @@ async fn build(state: &mut DevnetState, opts: &DevnetOptions, gateway: &str) -> 
     for i in 1..=opts.nodes {
         add_node(state, opts, gateway, i)?;
     }
-    // The farm's public IPs and each node's public config, on the public bridge.
+    public_addresses(state, opts).await
+}
+
+/// The farm's public IPs and each node's public config, on the public bridge (once every node
+/// is online).
+async fn public_addresses(state: &mut DevnetState, opts: &DevnetOptions) -> Result<()> {
     let farmer = state.farmer_client()?;
     let base = public_base(&state.public_subnet);
     let gw4 = format!("{base}.1");
@@ -155,12 +160,12 @@ async fn build(state: &mut DevnetState, opts: &DevnetOptions, gateway: &str) -> 
             .add_farm_ip(
                 state.farm_id,
                 &AddFarmIp {
-                    ip: format!("{base}.{}/24", 100 + k).parse()?,
-                    gateway: gw4.parse()?,
+                    ip: addr(format!("{base}.{}/24", 100 + k))?,
+                    gateway: addr(gw4.clone())?,
                 },
             )
             .await
-            .context("adding the farm's public IPs")?;
+            .map_err(DevnetError::FarmIps)?;
     }
     wait_online(state, opts.wait).await?;
     for n in &state.nodes {
@@ -169,26 +174,21 @@ async fn build(state: &mut DevnetState, opts: &DevnetOptions, gateway: &str) -> 
             .set_public_config(
                 id,
                 &PublicConfig {
-                    ipv4: format!("{}/24", n.public_address).parse()?,
-                    gw4: gw4.parse()?,
+                    ipv4: addr(format!("{}/24", n.public_address))?,
+                    gw4: addr(gw4.clone())?,
                     ipv6: None,
                     gw6: None,
                     domain: None,
                 },
             )
             .await
-            .with_context(|| format!("setting the public config of node {id}"))?;
+            .map_err(|source| DevnetError::PublicConfig { node: id, source })?;
     }
     Ok(())
 }
 
 /// Makes node `i` of the devnet: its namespace, disks and links, then starts its zosd.
-fn add_node(
-    state: &mut DevnetState,
-    opts: &DevnetOptions,
-    gateway: &str,
-    i: usize,
-) -> anyhow::Result<()> {
+fn add_node(state: &mut DevnetState, opts: &DevnetOptions, gateway: &str, i: usize) -> Result<()> {
     let node = DevnetNode {
         index: i,
         netns: format!("{}-n{i}", state.name),
@@ -212,20 +212,20 @@ fn add_node(
     let ns = Netns::create(&node.netns)?;
     state.nodes.push(node);
     let node = state.nodes.last_mut().unwrap();
-    std::fs::create_dir_all(&node.mount_root)?;
+    std::fs::create_dir_all(&node.mount_root)
+        .map_err(DevnetError::io("creating", &node.mount_root))?;
     for (d, plan) in opts.disks.iter().enumerate() {
         let kind = if plan.ssd { "ssd" } else { "hdd" };
         let file = node.state_dir.join(format!("disk{d}-{kind}.img"));
-        let f =
-            std::fs::File::create(&file).with_context(|| format!("creating {}", file.display()))?;
-        f.set_len(plan.size)?;
+        std::fs::File::create(&file)
+            .and_then(|f| f.set_len(plan.size))
+            .map_err(DevnetError::io("creating", &file))?;
         node.disks.push(DevnetDisk {
             file: file.clone(),
             device: None,
             ssd: plan.ssd,
         });
-        let device =
-            crate::disk::attach(&file).with_context(|| format!("attaching {}", file.display()))?;
+        let device = crate::disk::attach(&file).map_err(DevnetError::io("attaching", &file))?;
         node.disks.last_mut().unwrap().device = Some(device);
     }
     let node = state.nodes.last().unwrap();
@@ -242,6 +242,11 @@ fn add_node(
     start_node(state, i)?;
     state.save()?;
     Ok(())
+}
+
+/// `text` as an address or network; the devnet makes them from its subnets.
+fn addr<T: std::str::FromStr>(text: String) -> Result<T> {
+    text.parse().map_err(|_| DevnetError::Address(text))
 }
 
 /// The name the farmer publishes the guest image under on a devnet's hub.
@@ -271,9 +276,9 @@ fn public_base(subnet: &str) -> String {
 }
 
 /// Starts (or restarts) the grid of `state` on its data dir and port.
-pub async fn start_grid(state: &mut DevnetState) -> anyhow::Result<()> {
+pub async fn start_grid(state: &mut DevnetState) -> Result<()> {
     if state.grid_running() {
-        bail!("the grid already runs as pid {}", state.grid_pid);
+        return Err(DevnetError::GridRunning(state.grid_pid));
     }
     let ready = state.dir.join("grid.ready");
     let _ = std::fs::remove_file(&ready);
@@ -301,10 +306,7 @@ pub async fn start_grid(state: &mut DevnetState) -> anyhow::Result<()> {
     })
     .await;
     if ok.is_none() || !ready.exists() {
-        bail!(
-            "the grid did not start; see {}",
-            state.dir.join("grid.log").display()
-        );
+        return Err(DevnetError::GridDidNotStart(state.dir.join("grid.log")));
     }
     Ok(())
 }
@@ -322,7 +324,7 @@ pub fn stop_grid(state: &mut DevnetState) {
 }
 
 /// Starts zosd for node `index` (1-based) in its namespace.
-pub fn start_node(state: &mut DevnetState, index: usize) -> anyhow::Result<()> {
+pub fn start_node(state: &mut DevnetState, index: usize) -> Result<()> {
     let report = state.report_interval_secs;
     let grid = state.grid_node_url.clone();
     let farmer_twin = state.farmer_twin;
@@ -336,7 +338,10 @@ pub fn start_node(state: &mut DevnetState, index: usize) -> anyhow::Result<()> {
     );
     let at = node_at(state, index)?;
     if state.node_running(&state.nodes[at]) {
-        bail!("node {index} already runs as pid {}", state.nodes[at].pid);
+        return Err(DevnetError::NodeRunning {
+            index,
+            pid: state.nodes[at].pid,
+        });
     }
     let node = &mut state.nodes[at];
     // Only the network namespace: zosd's mounts (pools, flists) belong to the host's mount
@@ -374,7 +379,7 @@ pub fn start_node(state: &mut DevnetState, index: usize) -> anyhow::Result<()> {
 }
 
 /// Stops zosd of node `index`: SIGTERM, or SIGKILL at once when `crash` is set.
-pub fn stop_node(state: &mut DevnetState, index: usize, crash: bool) -> anyhow::Result<()> {
+pub fn stop_node(state: &mut DevnetState, index: usize, crash: bool) -> Result<()> {
     let at = node_at(state, index)?;
     let node = &state.nodes[at];
     if node.pid > 0 {
@@ -390,16 +395,16 @@ pub fn stop_node(state: &mut DevnetState, index: usize, crash: bool) -> anyhow::
 }
 
 /// Where node `index` (1-based) is in `state.nodes`.
-fn node_at(state: &DevnetState, index: usize) -> anyhow::Result<usize> {
+fn node_at(state: &DevnetState, index: usize) -> Result<usize> {
     state
         .nodes
         .iter()
         .position(|n| n.index == index)
-        .with_context(|| format!("no node {index} in this devnet"))
+        .ok_or(DevnetError::NoNode(index))
 }
 
 /// Waits until the grid lists every node of the devnet online, and records their ids.
-pub async fn wait_online(state: &mut DevnetState, timeout: Duration) -> anyhow::Result<()> {
+pub async fn wait_online(state: &mut DevnetState, timeout: Duration) -> Result<()> {
     let client = GridClient::new(&state.grid_url)?;
     let filter = NodeFilter {
         farm_id: Some(state.farm_id),
@@ -420,14 +425,15 @@ pub async fn wait_online(state: &mut DevnetState, timeout: Duration) -> anyhow::
     })
     .await;
     let Some(nodes) = nodes else {
-        bail!(
-            "not every node came online within {timeout:?}; see the node logs in {}",
-            state.dir.display()
-        );
+        return Err(DevnetError::NotOnline {
+            timeout,
+            dir: state.dir.clone(),
+        });
     };
     for n in &mut state.nodes {
         // The node's key lives on its cache, inside one of its pools.
-        let key_file = crate::disk::mounts_under(&n.mount_root)?
+        let key_file = crate::disk::mounts_under(&n.mount_root)
+            .map_err(DevnetError::io("reading the mounts under", &n.mount_root))?
             .into_iter()
             .map(|m| m.join("zos-cache/identity/node.key"))
             .find(|p| p.exists());
@@ -455,11 +461,11 @@ pub async fn wait_online(state: &mut DevnetState, timeout: Duration) -> anyhow::
         })
         .await;
         if answered.is_none() {
-            bail!(
-                "node {} did not answer over the relay within {timeout:?}; see {}",
-                n.index,
-                n.log.display()
-            );
+            return Err(DevnetError::NoAnswer {
+                index: n.index,
+                timeout,
+                log: n.log.clone(),
+            });
         }
     }
     Ok(())

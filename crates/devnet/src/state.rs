@@ -4,12 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use zos_client::GridClient;
 use zos_runtime::supervise::Marker;
 use zos_runtime::{StateFile, Versioned};
 use zos_types::{FarmId, Identity, NodeId, TwinId};
+
+use crate::error::{DevnetError, Result};
 
 /// Version of the state file format.
 pub const STATE_VERSION: u32 = 1;
@@ -152,15 +153,15 @@ impl DevnetState {
     }
 
     /// The state of the devnet kept in `dir`.
-    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+    pub fn load(dir: &Path) -> Result<Self> {
         let path = Self::state_file(dir);
         StateFile::<Self>::new(&path)
             .load()?
-            .with_context(|| format!("no devnet state at {}: is a devnet up?", path.display()))
+            .ok_or(DevnetError::NoState(path))
     }
 
     /// Writes the state atomically (owner-only: it names the farmer's key).
-    pub fn save(&self) -> anyhow::Result<()> {
+    pub fn save(&self) -> Result<()> {
         Ok(StateFile::new(Self::state_file(&self.dir)).save(self)?)
     }
 
@@ -184,12 +185,12 @@ impl DevnetState {
         node.pid > 0 && zos_runtime::supervise::alive(node.pid, &self.node_marker(node))
     }
 
-    pub fn farmer(&self) -> anyhow::Result<Identity> {
+    pub fn farmer(&self) -> Result<Identity> {
         Ok(zos_client::keyfile::load_identity(&self.farmer_key)?)
     }
 
     /// A client of the grid as the farmer.
-    pub fn farmer_client(&self) -> anyhow::Result<GridClient> {
+    pub fn farmer_client(&self) -> Result<GridClient> {
         Ok(GridClient::new(&self.grid_url)?
             .with_identity(self.farmer()?)
             .with_twin(self.farmer_twin))
@@ -198,14 +199,14 @@ impl DevnetState {
 
 /// Checks a devnet name: 1 to 5 of a-z, 0-9 (it prefixes namespaces and link names, which
 /// the kernel limits to 15 bytes).
-pub(crate) fn validate_name(name: &str) -> anyhow::Result<()> {
+pub(crate) fn validate_name(name: &str) -> Result<()> {
     if name.is_empty()
         || name.len() > 5
         || !name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
     {
-        bail!("devnet name {name:?} must be 1 to 5 of a-z, 0-9");
+        return Err(DevnetError::Name { name: name.into() });
     }
     Ok(())
 }
@@ -219,4 +220,27 @@ impl Versioned for DevnetState {
 fn program_name(bin: &Path) -> std::ffi::OsString {
     bin.file_name()
         .map_or_else(|| bin.as_os_str().to_owned(), |n| n.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_names_and_missing_or_newer_state_say_what_to_do() {
+        assert!(validate_name("zdn1").is_ok());
+        for bad in ["", "toolong", "Zdn", "z-n"] {
+            assert!(
+                matches!(validate_name(bad), Err(DevnetError::Name { .. })),
+                "{bad:?}"
+            );
+        }
+        let d = tempfile::tempdir().unwrap();
+        let e = DevnetState::load(d.path()).unwrap_err();
+        assert!(matches!(e, DevnetError::NoState(_)), "{e}");
+        assert!(e.to_string().contains("is a devnet up?"), "{e}");
+        std::fs::write(DevnetState::state_file(d.path()), r#"{"version": 9}"#).unwrap();
+        let e = DevnetState::load(d.path()).unwrap_err();
+        assert!(e.to_string().contains("upgrade zos"), "{e}");
+    }
 }

@@ -68,8 +68,8 @@ impl DevnetGuard {
                         _dir: Some(guard_dir),
                     });
                 }
-                Err(e) if format!("{e:#}").contains("is already up") => last = Some(e),
-                Err(e) => return Err(e),
+                Err(e @ DevnetError::AlreadyUp { .. }) => last = Some(anyhow::Error::new(e)),
+                Err(e) => return Err(e.into()),
             }
         }
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no free devnet name")))

@@ -1,0 +1,114 @@
+//! [`DevnetError`]: why a devnet could not be made, used or removed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use zos_client::ClientError;
+use zos_client::keyfile::KeyFileError;
+use zos_runtime::StateError;
+use zos_types::identity::IdentityError;
+use zos_types::{NodeId, TwinId};
+
+use crate::cmd::CmdError;
+
+/// Why a devnet could not be made, used or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum DevnetError {
+    #[error("devnet name {name:?} must be 1 to 5 of a-z, 0-9")]
+    Name { name: String },
+    #[error("a devnet has 1 to 50 nodes, not {0}")]
+    NodeCount(usize),
+    #[error(
+        "devnet {name:?} is already up (bridge {bridge} or {} exists): run `zos devnet down` first",
+        .dir.display()
+    )]
+    AlreadyUp {
+        name: String,
+        bridge: String,
+        dir: PathBuf,
+    },
+    #[error("{} not found: build the workspace first (cargo build)", .0.display())]
+    MissingBinary(PathBuf),
+    #[error("no devnet state at {}: is a devnet up?", .0.display())]
+    NoState(PathBuf),
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A file or directory operation (`what`: creating, opening log, attaching, …) failed.
+    #[error("{what} {}", .path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("finding a free port on 127.0.0.1")]
+    Port(#[source] std::io::Error),
+    #[error(transparent)]
+    Cmd(#[from] CmdError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("creating the farmer twin")]
+    FarmerTwin(#[source] ClientError),
+    #[error("creating the farm")]
+    Farm(#[source] ClientError),
+    #[error("the farmer got twin {0} on a fresh grid, expected 1 (the grid's admin twin)")]
+    FarmerNotAdmin(TwinId),
+    #[error("adding the farm's public IPs")]
+    FarmIps(#[source] ClientError),
+    #[error("setting the public config of node {node}")]
+    PublicConfig {
+        node: NodeId,
+        #[source]
+        source: ClientError,
+    },
+    #[error("{0:?} is not an address of the devnet's public subnet")]
+    Address(String),
+    #[error("the grid already runs as pid {0}")]
+    GridRunning(i32),
+    #[error("the grid did not start; see {}", .0.display())]
+    GridDidNotStart(PathBuf),
+    #[error("node {index} already runs as pid {pid}")]
+    NodeRunning { index: usize, pid: i32 },
+    #[error("no node {0} in this devnet")]
+    NoNode(usize),
+    #[error(
+        "not every node came online within {timeout:?}; see the node logs in {}",
+        .dir.display()
+    )]
+    NotOnline { timeout: Duration, dir: PathBuf },
+    #[error(
+        "node {index} did not answer over the relay within {timeout:?}; see {}",
+        .log.display()
+    )]
+    NoAnswer {
+        index: usize,
+        timeout: Duration,
+        log: PathBuf,
+    },
+    #[error("devnet {name} was not fully removed: {}", .problems.join("; "))]
+    NotRemoved { name: String, problems: Vec<String> },
+}
+
+impl DevnetError {
+    /// An I/O failure of `what` (creating, attaching, …) on `path`.
+    pub(crate) fn io(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { what, path, source }
+    }
+}
+
+/// What devnet calls answer.
+pub(crate) type Result<T, E = DevnetError> = std::result::Result<T, E>;
