@@ -194,13 +194,18 @@ pub async fn deploy(
         .await
         .map_err(DeployError::CreateContract)?
         .id;
+    tracing::debug!(node, contract, "node contract created");
     on(DeployEvent::ContractCreated { node, contract });
     d.contract_id = contract;
     d.sign(node, me, c.identity().ok_or(ClientError::NoIdentity)?)?;
     if let Err(source) = c.node(target.twin_id).call::<node_api::Deploy>(&d).await {
         // The node refused: do not leave a contract (and its reserved addresses) behind.
-        if c.cancel_contract(contract).await.is_ok() {
-            on(DeployEvent::RolledBack { node, contract });
+        match c.cancel_contract(contract).await {
+            Ok(_) => on(DeployEvent::RolledBack { node, contract }),
+            Err(e) => tracing::debug!(
+                node, contract, error = %zos_runtime::error_chain(&e),
+                "the refused deployment's contract could not be cancelled"
+            ),
         }
         return Err(DeployError::Refused {
             node,
@@ -208,6 +213,7 @@ pub async fn deploy(
             source,
         });
     }
+    tracing::debug!(node, contract, "deployment sent");
     on(DeployEvent::Sent { node, contract });
     let names: Vec<String> = d.workloads.iter().map(|w| w.name.clone()).collect();
     let deployment = follow(c, target.twin_id, contract, 0, &names, wait, on).await?;
@@ -268,6 +274,7 @@ pub async fn cancel(
 ) -> Result<NodeId, DeployError> {
     let (node, twin) = node_of(c, contract).await?;
     c.cancel_contract(contract).await?;
+    tracing::debug!(node, contract, "contract cancelled");
     on(DeployEvent::Cancelled { node, contract });
     let start = Instant::now();
     loop {

@@ -229,7 +229,11 @@ async fn rollback(
     for contract in contracts.iter().copied() {
         match deploy::cancel(c, contract, wait, &mut |_: DeployEvent| {}).await {
             Ok(_) => on(NetworkEvent::RolledBack { contract }),
-            Err(error) => on(NetworkEvent::RollbackFailed { contract, error }),
+            Err(error) => {
+                let chain = zos_runtime::error_chain(&error);
+                tracing::debug!(contract, error = %chain, "rollback: contract left behind");
+                on(NetworkEvent::RollbackFailed { contract, error });
+            }
         }
     }
 }
