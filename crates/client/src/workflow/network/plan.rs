@@ -16,7 +16,7 @@ use crate::GridClient;
 /// Listen ports are picked in this range.
 pub const PORTS: std::ops::RangeInclusive<u16> = 2000..=32000;
 
-/// What [`create`] is asked for.
+/// What [`create`](super::create) is asked for.
 #[derive(Debug, Clone)]
 pub struct CreateRequest {
     pub name: String,
