@@ -1,5 +1,6 @@
-//! An in-memory [`FlistManager`] with the real one's rules (names, conflicts, idempotence),
-//! for tests of the managers that use flists, without root, FUSE or a hub.
+//! An in-memory [`FlistManager`] with the real one's rules (names, URLs, writable directories,
+//! conflicts, idempotence, the paths `open_file` refuses), for tests of the managers that use
+//! flists, without root, FUSE or a hub. `conformance::run` holds it to the real one.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,9 @@ impl MemoryFlists {
         rw_dir: Option<&Path>,
     ) -> Result<MountInfo, FlistError> {
         check_name(name)?;
+        if let Some(rw) = rw_dir {
+            super::process::check_rw_dir(name, rw)?;
+        }
         if let Some(message) = self.fail.lock().unwrap_or_else(|e| e.into_inner()).take() {
             return Err(FlistError::Process {
                 name: name.into(),
@@ -59,6 +63,7 @@ impl MemoryFlists {
                 existing: format!("flist {}", m.url),
             });
         }
+        check_url(url)?;
         let info = MountInfo {
             name: name.into(),
             url: url.into(),
@@ -70,6 +75,23 @@ impl MemoryFlists {
         mounts.insert(name.into(), info.clone());
         Ok(info)
     }
+}
+
+/// Refuses what the real manager cannot fetch whatever the network: a URL that does not parse
+/// or is not http(s), with the same error.
+fn check_url(url: &str) -> Result<(), FlistError> {
+    let reason = match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => return Ok(()),
+        Ok(_) => "expected an http or https URL".to_string(),
+        Err(e) => e.to_string(),
+    };
+    Err(FlistError::Fetch {
+        url: url.into(),
+        source: Box::new(zos_flist::hub::HubError::BadUrl {
+            url: url.into(),
+            reason,
+        }),
+    })
 }
 
 impl FlistManager for MemoryFlists {
@@ -101,6 +123,12 @@ impl FlistManager for MemoryFlists {
             .get(name)
             .map(|m| m.mountpoint.clone())
             .ok_or_else(|| FlistError::NotMounted { name: name.into() })?;
+        // A hostile path is refused whether or not the mount has content, as the real one does.
+        super::open::components(path).map_err(|source| FlistError::Open {
+            name: name.into(),
+            path: path.into(),
+            source,
+        })?;
         if !mp.is_dir() {
             // The fake makes no directory for a mount: an empty flist.
             return Ok(None);

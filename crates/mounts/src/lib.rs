@@ -12,6 +12,8 @@
 //! Mount points are `<mount root>/<node prefix><name>`: on a devnet several nodes share one
 //! kernel, so every mount point carries the node's prefix. See `docs/flist.md` (Node).
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 #[cfg(any(test, feature = "fake"))]
 mod fake;
 pub mod open;

@@ -57,7 +57,7 @@ pub enum OpenError {
 }
 
 /// The components of `rel`, each a plain name; anything else is [`OpenError::BadPath`].
-fn components(rel: &str) -> Result<Vec<&str>, OpenError> {
+pub(crate) fn components(rel: &str) -> Result<Vec<&str>, OpenError> {
     let parts: Vec<&str> = Path::new(rel)
         .components()
         .map(|c| match c {

@@ -426,7 +426,7 @@ impl ProcessFlists {
     }
 }
 
-fn check_rw_dir(name: &str, rw: &Path) -> Result<(), FlistError> {
+pub(crate) fn check_rw_dir(name: &str, rw: &Path) -> Result<(), FlistError> {
     let bad = |reason: &str| FlistError::RwDir {
         name: name.into(),
         path: rw.to_owned(),
