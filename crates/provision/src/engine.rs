@@ -17,11 +17,14 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use zos_types::contract::{Contract, ContractKind, ContractState, NodeEvent};
-use zos_types::deployment::{ContractId, Deployment, ResultState, Workload, WorkloadResult};
+use zos_types::deployment::{
+    ContractId, Deployment, DeploymentError, ResultState, Workload, WorkloadResult,
+};
+use zos_types::node_api::ErrorKind;
 use zos_types::workload::{WorkloadData, WorkloadType};
 use zos_types::{Capacity, NodeId, PublicKey, TwinId};
 
-use super::managers::{Manager, ManagerError, Target, Unsupported};
+use super::managers::{Manager, Target, Unsupported};
 use super::store::{Job, LogEntry, Store, StoreError};
 use zos_mounts::{FlistUrlError, FlistUrlPolicy};
 
@@ -33,11 +36,24 @@ pub trait GridView: Send + Sync {
     fn contract(&self, id: ContractId) -> BoxFuture<'_, Result<Option<Contract>, String>>;
 }
 
-/// Why a request was refused; each maps to a clear answer for the sender.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a request was refused; each maps to a clear answer for the sender ([`Self::kind`]).
+///
+/// Errors of the parts the engine uses stay typed (`source`); the message a sender sees is the
+/// whole chain, made once at the API edge.
+#[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// The request breaks a rule the engine checks itself.
     #[error("invalid deployment: {0}")]
     Invalid(String),
+    /// The deployment breaks one of its own rules (shape, workloads, update).
+    #[error("invalid deployment")]
+    Deployment(#[from] DeploymentError),
+    /// The deployment's signatures do not satisfy its requirement.
+    #[error(transparent)]
+    Signatures(DeploymentError),
+    /// A flist URL the deployment names is refused (or cannot be checked now).
+    #[error(transparent)]
+    FlistUrl(#[from] FlistUrlError),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -48,19 +64,43 @@ pub enum EngineError {
     Capacity(String),
     #[error("{0}")]
     Unavailable(String),
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// The store refused the request (the deployment exists, is missing, a name is taken).
+    #[error(transparent)]
+    Store(StoreError),
+    /// The store failed.
+    #[error("internal error")]
+    StoreFailed(#[source] StoreError),
+}
+
+impl EngineError {
+    /// The protocol's kind of this refusal: what the sender can do about it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Invalid(_) | Self::Deployment(_) => ErrorKind::Invalid,
+            Self::Forbidden(_) | Self::Signatures(_) => ErrorKind::Forbidden,
+            Self::FlistUrl(FlistUrlError::Unavailable(_)) | Self::Unavailable(_) => {
+                ErrorKind::Unavailable
+            }
+            Self::FlistUrl(_) => ErrorKind::Forbidden,
+            Self::NotFound(_) | Self::Store(StoreError::NotFound(_)) => ErrorKind::NotFound,
+            Self::Conflict(_) | Self::Capacity(_) | Self::Store(_) => ErrorKind::Conflict,
+            Self::StoreFailed(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// The whole message: this error and every cause.
+    pub fn message(&self) -> String {
+        zos_runtime::error_chain(self)
+    }
 }
 
 impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Exists(c) => Self::Conflict(format!(
-                "deployment {c} already exists: send an update instead"
-            )),
-            StoreError::NotFound(c) => Self::NotFound(format!("deployment {c} not found")),
-            e @ StoreError::NameTaken { .. } => Self::Conflict(e.to_string()),
-            e => Self::Internal(zos_runtime::error_chain(&e)),
+            StoreError::Exists(_) | StoreError::NotFound(_) | StoreError::NameTaken { .. } => {
+                Self::Store(e)
+            }
+            e => Self::StoreFailed(e),
         }
     }
 }
@@ -118,9 +158,7 @@ fn check_public_ips(
     reserved: u32,
     d: &Deployment,
 ) -> Result<(), EngineError> {
-    let used = d
-        .public_ipv4_count()
-        .map_err(|e| EngineError::Invalid(e.to_string()))?;
+    let used = d.public_ipv4_count()?;
     if d.version == 0 && used != reserved {
         return Err(EngineError::Forbidden(format!(
             "contract {contract} reserves {reserved} public IPv4 address(es) but the deployment uses {used}: make the contract with public_ips = {used}"
@@ -231,9 +269,7 @@ impl Engine {
         }
         self.check(source, &d).await?;
         check_network_count(&self.store, &d)?;
-        let need = d
-            .capacity()
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let need = d.capacity()?;
         self.admit(need)?;
         self.store.create(&d, now())?;
         info!(
@@ -257,15 +293,9 @@ impl Engine {
             })?;
         self.check(source, &d).await?;
         check_network_count(&self.store, &d)?;
-        let plan = old
-            .plan_update(&d)
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let before = old
-            .capacity()
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let after = d
-            .capacity()
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let plan = old.plan_update(&d)?;
+        let before = old.capacity()?;
+        let after = d.capacity()?;
         self.admit(after.saturating_sub(before))?;
         let job = Job::Update {
             add: plan.add,
@@ -293,8 +323,7 @@ impl Engine {
                 "this node takes no deployments: {why}"
             )));
         }
-        d.validate()
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        d.validate()?;
         if d.twin_id != source {
             return Err(EngineError::Forbidden(format!(
                 "twin {source} sent a deployment of twin {}: only a deployment's own twin may send it",
@@ -351,7 +380,7 @@ impl Engine {
                 contract.id, contract.state
             )));
         }
-        let hash = d.hash().map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let hash = d.hash()?;
         if *deployment_hash != hash {
             return Err(EngineError::Forbidden(format!(
                 "deployment hash {hash} differs from the contract's {deployment_hash}: the deployment was changed after the contract was made"
@@ -375,7 +404,7 @@ impl Engine {
             }
         }
         d.verify_signatures(node, |t| keys.get(&t).copied())
-            .map_err(|e| EngineError::Forbidden(e.to_string()))
+            .map_err(EngineError::Signatures)
     }
 
     /// Every flist the deployment names is on the grid's hub or a host the farm allows; checked
@@ -386,17 +415,12 @@ impl Engine {
         };
         let mut urls = Vec::new();
         for w in &d.workloads {
-            if let WorkloadData::Zmachine(m) =
-                w.parse().map_err(|e| EngineError::Invalid(e.to_string()))?
-            {
+            if let WorkloadData::Zmachine(m) = w.parse()? {
                 urls.push(m.flist);
             }
         }
         let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
-        policy.check(&urls).await.map_err(|e| match e {
-            FlistUrlError::Unavailable(m) => EngineError::Unavailable(m),
-            e => EngineError::Forbidden(e.to_string()),
-        })
+        Ok(policy.check(&urls).await?)
     }
 
     /// Refuses `need` when the node lacks the memory or the disk for it. Cores may be shared.
@@ -525,10 +549,10 @@ impl Engine {
             match self.store.next_job() {
                 Ok(Some((seq, contract, job))) => {
                     if let Err(e) = self.run_job(contract, &job).await {
-                        error!(contract, ?job, error = %e, "job failed");
+                        error!(contract, ?job, error = %e.message(), "job failed");
                     }
                     if let Err(e) = self.store.finish_job(seq) {
-                        error!(contract, error = %e, "cannot mark a job done");
+                        error!(contract, error = %zos_runtime::error_chain(&e), "cannot mark a job done");
                     }
                     if stop.is_cancelled() {
                         return;
@@ -536,7 +560,9 @@ impl Engine {
                     continue;
                 }
                 Ok(None) => {}
-                Err(e) => error!(error = %e, "cannot read the job queue"),
+                Err(e) => {
+                    error!(error = %zos_runtime::error_chain(&e), "cannot read the job queue")
+                }
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -555,115 +581,124 @@ impl Engine {
                 for w in ordered(&d.workloads, false) {
                     self.provision(&d, w).await?;
                 }
+                Ok(())
             }
             Job::Update {
                 add,
                 update,
                 remove,
-            } => {
-                let log = self.store.changes(contract)?;
-                let mut gone: Vec<(String, WorkloadType, u32)> = Vec::new();
-                for name in remove {
-                    if let Some(e) = log.iter().rev().find(|e| &e.name == name) {
-                        gone.push((name.clone(), e.kind, e.version));
-                    }
-                }
-                gone.sort_by_key(|(_, k, _)| std::cmp::Reverse(k.apply_order()));
-                for (name, kind, version) in gone {
-                    let id = d.workload_id(&name);
-                    let w = Workload {
-                        version,
-                        name: name.clone(),
-                        kind,
-                        data: serde_json::Value::Null,
-                        metadata: String::new(),
-                        description: String::new(),
-                        result: None,
-                    };
-                    let r = match self.manager(kind).deprovision(&id).await {
-                        Ok(()) => result(
-                            ResultState::Deleted,
-                            "deleted by an update",
-                            serde_json::Value::Null,
-                        ),
-                        Err(e) => {
-                            result(ResultState::Error, e.to_string(), serde_json::Value::Null)
-                        }
-                    };
-                    self.store.record(contract, &w, &r)?;
-                }
-                for w in ordered(&d.workloads, false) {
-                    if add.contains(&w.name) {
-                        self.provision(&d, w).await?;
-                    } else if update.contains(&w.name) {
-                        self.change(&d, w).await?;
-                    }
-                }
+            } => self.run_update(&d, add, update, remove).await,
+            Job::Cancel => self.run_cancel(&d).await,
+            Job::Pause => self.run_pause(&d, true).await,
+            Job::Resume => self.run_pause(&d, false).await,
+        }
+    }
+
+    /// An accepted update: removes the workloads it drops (in reverse type order), then adds
+    /// and changes the others (in type order).
+    async fn run_update(
+        &self,
+        d: &Deployment,
+        add: &[String],
+        update: &[String],
+        remove: &[String],
+    ) -> Result<(), EngineError> {
+        let log = self.store.changes(d.contract_id)?;
+        let mut gone: Vec<(String, WorkloadType, u32)> = Vec::new();
+        for name in remove {
+            if let Some(e) = log.iter().rev().find(|e| &e.name == name) {
+                gone.push((name.clone(), e.kind, e.version));
             }
-            Job::Cancel => {
-                let mut failed = 0;
-                for w in ordered(&d.workloads, true) {
-                    if matches!(
-                        w.result.as_ref().map(|r| r.state),
-                        Some(ResultState::Deleted)
-                    ) {
-                        continue;
-                    }
-                    let id = d.workload_id(&w.name);
-                    let r = match self.manager(w.kind).deprovision(&id).await {
-                        Ok(()) => result(
-                            ResultState::Deleted,
-                            "contract cancelled",
-                            serde_json::Value::Null,
-                        ),
-                        Err(e) => {
-                            failed += 1;
-                            warn!(workload = %id, error = %e, "cannot remove workload");
-                            result(ResultState::Error, e.to_string(), serde_json::Value::Null)
-                        }
-                    };
-                    self.store.record(contract, w, &r)?;
-                }
-                if failed == 0 {
-                    self.store.purge(contract)?;
-                    info!(contract, "deployment removed");
-                }
+        }
+        gone.sort_by_key(|(_, k, _)| std::cmp::Reverse(k.apply_order()));
+        for (name, kind, version) in gone {
+            let id = d.workload_id(&name);
+            let w = Workload {
+                version,
+                name,
+                kind,
+                data: serde_json::Value::Null,
+                metadata: String::new(),
+                description: String::new(),
+                result: None,
+            };
+            let r = match self.manager(kind).deprovision(&id).await {
+                Ok(()) => result(
+                    ResultState::Deleted,
+                    "deleted by an update",
+                    serde_json::Value::Null,
+                ),
+                Err(e) => result(ResultState::Error, e.message(), serde_json::Value::Null),
+            };
+            self.store.record(d.contract_id, &w, &r)?;
+        }
+        for w in ordered(&d.workloads, false) {
+            if add.contains(&w.name) {
+                self.provision(d, w).await?;
+            } else if update.contains(&w.name) {
+                self.change(d, w).await?;
             }
-            Job::Pause | Job::Resume => {
-                let pause = matches!(job, Job::Pause);
-                for w in ordered(&d.workloads, pause) {
-                    let Some(cur) = &w.result else { continue };
-                    let from = if pause {
-                        ResultState::Ok
-                    } else {
-                        ResultState::Paused
-                    };
-                    if cur.state != from {
-                        continue;
-                    }
-                    let id = d.workload_id(&w.name);
-                    let m = self.manager(w.kind);
-                    let outcome = if pause {
-                        m.pause(&id).await
-                    } else {
-                        m.resume(&id).await
-                    };
-                    let r = match outcome {
-                        Ok(()) => WorkloadResult {
-                            created: now(),
-                            state: if pause {
-                                ResultState::Paused
-                            } else {
-                                ResultState::Ok
-                            },
-                            message: String::new(),
-                            data: cur.data.clone(),
-                        },
-                        Err(e) => result(ResultState::Unchanged, e.to_string(), cur.data.clone()),
-                    };
-                    self.store.record(contract, w, &r)?;
-                }
+        }
+        Ok(())
+    }
+
+    /// A cancelled contract: every workload removed (in reverse type order); the deployment is
+    /// forgotten once all are gone.
+    async fn run_cancel(&self, d: &Deployment) -> Result<(), EngineError> {
+        let mut failed = 0;
+        for w in ordered(&d.workloads, true) {
+            if matches!(
+                w.result.as_ref().map(|r| r.state),
+                Some(ResultState::Deleted)
+            ) {
+                continue;
             }
+            let id = d.workload_id(&w.name);
+            let r = match self.manager(w.kind).deprovision(&id).await {
+                Ok(()) => result(
+                    ResultState::Deleted,
+                    "contract cancelled",
+                    serde_json::Value::Null,
+                ),
+                Err(e) => {
+                    failed += 1;
+                    warn!(workload = %id, error = %e.message(), "cannot remove workload");
+                    result(ResultState::Error, e.message(), serde_json::Value::Null)
+                }
+            };
+            self.store.record(d.contract_id, w, &r)?;
+        }
+        if failed == 0 {
+            self.store.purge(d.contract_id)?;
+            info!(contract = d.contract_id, "deployment removed");
+        }
+        Ok(())
+    }
+
+    /// A grace period starting (`pause`) or ending: ok workloads paused, or paused ones resumed.
+    async fn run_pause(&self, d: &Deployment, pause: bool) -> Result<(), EngineError> {
+        let (from, to) = if pause {
+            (ResultState::Ok, ResultState::Paused)
+        } else {
+            (ResultState::Paused, ResultState::Ok)
+        };
+        for w in ordered(&d.workloads, pause) {
+            let Some(cur) = &w.result else { continue };
+            if cur.state != from {
+                continue;
+            }
+            let id = d.workload_id(&w.name);
+            let m = self.manager(w.kind);
+            let outcome = if pause {
+                m.pause(&id).await
+            } else {
+                m.resume(&id).await
+            };
+            let r = match outcome {
+                Ok(()) => result(to, "", cur.data.clone()),
+                Err(e) => result(ResultState::Unchanged, e.message(), cur.data.clone()),
+            };
+            self.store.record(d.contract_id, w, &r)?;
         }
         Ok(())
     }
@@ -703,8 +738,8 @@ impl Engine {
                 result(ResultState::Ok, "", out)
             }
             Err(e) => {
-                warn!(workload = %id, kind = %w.kind, error = %e, "workload failed");
-                result(ResultState::Error, e.to_string(), serde_json::Value::Null)
+                warn!(workload = %id, kind = %w.kind, error = %e.message(), "workload failed");
+                result(ResultState::Error, e.message(), serde_json::Value::Null)
             }
         };
         Ok(self.store.record(d.contract_id, w, &r)?)
@@ -733,12 +768,12 @@ impl Engine {
             .await
         {
             Ok(out) => result(ResultState::Ok, "", out),
-            Err(ManagerError::Unchanged(m)) => result(
+            Err(e) if e.is_unchanged() => result(
                 ResultState::Unchanged,
-                m,
+                e.message(),
                 cur.map(|c| c.data).unwrap_or_default(),
             ),
-            Err(e) => result(ResultState::Error, e.to_string(), serde_json::Value::Null),
+            Err(e) => result(ResultState::Error, e.message(), serde_json::Value::Null),
         };
         Ok(self.store.record(d.contract_id, w, &r)?)
     }

@@ -1,6 +1,7 @@
 //! Provisioning: deployments accepted, stored, applied and reconciled.
 
 pub mod engine;
+pub mod error;
 pub mod managers;
 pub mod network;
 pub mod store;

@@ -13,23 +13,12 @@ use zos_types::workload::{WorkloadData, WorkloadType};
 
 use zos_storage::{Storage, StorageError};
 
+pub use crate::error::ManagerError;
+
 /// A workload's typed result (`zos_types::node_api::results`) as the result's JSON data.
 pub(crate) fn to_data<T: serde::Serialize>(result: &T) -> serde_json::Value {
     // Structs of strings and numbers: serializing cannot fail.
     serde_json::to_value(result).unwrap_or_default()
-}
-
-/// Why a manager could not do what it was asked.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ManagerError {
-    /// This node cannot run this type (yet).
-    #[error("{0} workloads are not supported on this node yet")]
-    Unsupported(WorkloadType),
-    /// The change was refused and the workload is as it was.
-    #[error("{0}")]
-    Unchanged(String),
-    #[error("{0}")]
-    Failed(String),
 }
 
 /// A workload to act on.
@@ -53,9 +42,7 @@ pub trait Manager: Send + Sync {
     ) -> BoxFuture<'a, Result<serde_json::Value, ManagerError>> {
         let kind = t.data.kind();
         Box::pin(async move {
-            Err(ManagerError::Unchanged(format!(
-                "{kind} workloads cannot be updated"
-            )))
+            Err(ManagerError::Invalid(format!("{kind} workloads cannot be updated")).unchanged())
         })
     }
     /// Removes the workload; succeeds when it is already gone.
@@ -86,10 +73,11 @@ impl Manager for Unsupported {
     }
 }
 
+/// A refused shrink leaves the item as it was.
 fn storage_err(e: StorageError) -> ManagerError {
     match e {
-        StorageError::Shrink { .. } => ManagerError::Unchanged(zos_runtime::error_chain(&e)),
-        e => ManagerError::Failed(zos_runtime::error_chain(&e)),
+        e @ StorageError::Shrink { .. } => ManagerError::from(e).unchanged(),
+        e => e.into(),
     }
 }
 

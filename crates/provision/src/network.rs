@@ -26,7 +26,6 @@ use super::managers::{Manager, ManagerError, Target, to_data};
 use zos_net::{
     Attachment, NetworkError, NetworkInfo, Networker, PublicIpRequest, WgBackend, pick_public_ipv4,
 };
-use zos_runtime::error_chain;
 
 /// Refusals that change nothing, as opposed to failures of the system.
 fn refused(e: &NetworkError) -> bool {
@@ -44,13 +43,13 @@ fn refused(e: &NetworkError) -> bool {
 }
 
 fn failed(e: NetworkError) -> ManagerError {
-    ManagerError::Failed(error_chain(&e))
+    e.into()
 }
 
 /// A refused update leaves the workload as it was.
 fn update_err(e: NetworkError) -> ManagerError {
     if refused(&e) {
-        ManagerError::Unchanged(error_chain(&e))
+        ManagerError::from(e).unchanged()
     } else {
         failed(e)
     }
@@ -169,23 +168,26 @@ impl<N: Networker + 'static> IpManager<N> {
                 .contract(t.id.contract)
                 .await
                 .map_err(|e| {
-                    ManagerError::Failed(format!("cannot read contract {}: {e}", t.id.contract))
+                    ManagerError::Unavailable(format!(
+                        "cannot read contract {}: {e}",
+                        t.id.contract
+                    ))
                 })?
                 .ok_or_else(|| {
-                    ManagerError::Failed(format!("contract {} does not exist", t.id.contract))
+                    ManagerError::Invalid(format!("contract {} does not exist", t.id.contract))
                 })?;
             let ContractKind::Node {
                 public_ips_list, ..
             } = &contract.kind
             else {
-                return Err(ManagerError::Failed(format!(
+                return Err(ManagerError::Invalid(format!(
                     "contract {} is not a node contract",
                     contract.id
                 )));
             };
             let taken = self.net.public_ips().await.map_err(failed)?;
             let pick = pick_public_ipv4(public_ips_list, &taken).ok_or_else(|| {
-                ManagerError::Failed(format!(
+                ManagerError::Invalid(format!(
                     "contract {} reserved {} public IPv4 address(es) and every one is in use: \
                      create the contract with one address per ip workload",
                     contract.id,

@@ -68,7 +68,7 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("deployment {0} already exists")]
+    #[error("deployment {0} already exists: send an update instead")]
     Exists(ContractId),
     #[error("deployment {0} not found")]
     NotFound(ContractId),

@@ -13,6 +13,7 @@ use zos_types::contract::{Contract, ContractKind, ContractState, NodeEvent};
 use zos_types::deployment::{
     ContractId, Deployment, ResultState, SignatureRequest, SignatureRequirement, Workload,
 };
+use zos_types::node_api::ErrorKind;
 use zos_types::workload::WorkloadType;
 use zos_types::{Capacity, Identity, PublicKey, TwinId};
 
@@ -306,8 +307,9 @@ async fn deploy_update_and_cancel() {
 async fn refused(b: &Bed, source: TwinId, d: Deployment, expect: &str) {
     let err = b.engine.deploy(source, d.clone()).await.unwrap_err();
     assert!(
-        err.to_string().contains(expect),
-        "expected {expect:?} in {err}"
+        err.message().contains(expect),
+        "expected {expect:?} in {}",
+        err.message()
     );
     assert!(
         b.engine.store().get(d.contract_id).unwrap().is_none(),
@@ -447,10 +449,12 @@ async fn a_workload_cannot_change_type_and_replays_are_refused() {
     let mut d = deployment(1);
     b.contract_and_sign(&mut d, NODE);
     b.engine.deploy(7, d.clone()).await.unwrap();
-    assert!(matches!(
-        b.engine.deploy(7, d.clone()).await,
-        Err(EngineError::Conflict(_))
-    ));
+    let again = b.engine.deploy(7, d.clone()).await.unwrap_err();
+    assert_eq!(again.kind(), ErrorKind::Conflict);
+    assert_eq!(
+        again.message(),
+        "deployment 1 already exists: send an update instead"
+    );
     b.settled(1).await;
     let mut u = d.clone();
     u.version = 1;
@@ -459,7 +463,7 @@ async fn a_workload_cannot_change_type_and_replays_are_refused() {
     u.workloads[0].version = 1;
     b.contract_and_sign(&mut u, NODE);
     let err = b.engine.update(7, u).await.unwrap_err();
-    assert!(err.to_string().contains("cannot become"), "{err}");
+    assert!(err.message().contains("cannot become"), "{err}");
     assert_eq!(b.engine.get(7, 1).unwrap().version, 0);
 }
 
@@ -866,7 +870,7 @@ mod network {
         b.contract_and_sign(&mut more, NODE);
         let e = b.engine.deploy(7, more).await.unwrap_err();
         assert!(
-            e.to_string()
+            e.message()
                 .contains("twin 7 would have 17 network resources on this node, at most 16"),
             "{e}"
         );
@@ -897,7 +901,7 @@ mod network {
         contract_with_ips(b, &mut u, &["198.51.100.10/24"]);
         let e = b.engine.update(7, u).await.unwrap_err();
         assert!(
-            e.to_string()
+            e.message()
                 .contains("reserves 1 public IPv4 address(es) but the update uses 2"),
             "{e}"
         );

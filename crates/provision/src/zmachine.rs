@@ -29,6 +29,7 @@ use zos_types::deployment::WorkloadId;
 use zos_types::node_api::results::ZmachineResult;
 use zos_types::workload::{WorkloadData, Zmachine};
 
+use super::error::Context as _;
 use super::managers::{Manager, ManagerError, Target, to_data};
 use zos_mounts::FlistManager;
 use zos_net::{Attachment, NetworkError, Networker, VmLink};
@@ -94,8 +95,9 @@ impl<N, S, F, V> std::fmt::Debug for ZmachineManager<N, S, F, V> {
     }
 }
 
-fn failed(what: impl std::fmt::Display, e: &dyn std::error::Error) -> ManagerError {
-    ManagerError::Failed(format!("{what}: {}", error_chain(e)))
+/// `e` as the cause of a failure of `what`.
+fn failed(what: impl std::fmt::Display, e: impl Into<ManagerError>) -> ManagerError {
+    e.into().context(what.to_string())
 }
 
 /// Copies the opened `files` into `dir` through a temporary directory renamed into place.
@@ -227,7 +229,7 @@ where
         // The directory also holds the NoCloud seeds (SSH keys): root only.
         StateFile::new(self.record_path(vm))
             .save(rec)
-            .map_err(|e| failed(format!("cannot save the record of {vm}"), &e))
+            .context(format!("cannot save the record of {vm}"))
     }
 
     /// The record of `vm`; none when it is missing or unreadable (a newer version included).
@@ -252,7 +254,7 @@ where
                 name: m.name.clone(),
             }
             .to_string();
-            let storage_err = |e: StorageError| failed(format!("mounts[{i}] ({})", m.name), &e);
+            let storage_err = |e: StorageError| failed(format!("mounts[{i}] ({})", m.name), e);
             if let Some(d) = self.storage.disk_get(&item).await.map_err(storage_err)? {
                 out.push(Item::Disk {
                     path: d.path,
@@ -264,7 +266,7 @@ where
                     target: m.mountpoint.clone(),
                 });
             } else {
-                return Err(ManagerError::Failed(format!(
+                return Err(ManagerError::Invalid(format!(
                     "mounts[{i}]: no zmount or volume {:?} in this deployment",
                     m.name
                 )));
@@ -289,9 +291,9 @@ where
             .flists
             .get(mount)
             .await
-            .map_err(|e| failed("the guest image", &e))?
+            .context("the guest image")?
             .ok_or_else(|| {
-                ManagerError::Failed(
+                ManagerError::Unavailable(
                     "the guest image flist is not mounted yet on this node: try again shortly"
                         .into(),
                 )
@@ -308,7 +310,7 @@ where
                 .flists
                 .open_file(mount, n)
                 .await
-                .map_err(|e| failed("the guest image", &e))?
+                .context("the guest image")?
                 .ok_or_else(|| ManagerError::Failed(format!("the guest image flist has no {n}")))?;
             files.push((n.clone(), f));
         }
@@ -319,7 +321,7 @@ where
             .map_err(|e| {
                 failed(
                     format!("cannot copy the guest image to {}", dir.display()),
-                    &e,
+                    e,
                 )
             })?;
         Ok((paths[0].clone(), paths[1].clone()))
@@ -337,7 +339,7 @@ where
                     "refusing the flist's {IMAGE_FILE}: {}",
                     error_chain(&e)
                 );
-                Err(failed(format!("flist {flist}"), &e))
+                Err(failed(format!("flist {flist}"), e))
             }
         }
     }
@@ -353,11 +355,11 @@ where
             .attach_private(id, &nic.network, nic.ip, VmLink::Tap)
             .await
             .map_err(|e| match e {
-                NetworkError::NoNetwork { name, .. } => ManagerError::Failed(format!(
+                NetworkError::NoNetwork { name, .. } => ManagerError::Invalid(format!(
                     "network.interfaces[0].network: no network {name:?} of this twin on this \
                      node (the deployment needs a network workload of that name)"
                 )),
-                e => failed("network.interfaces[0]", &e),
+                e => failed("network.interfaces[0]", e),
             })?;
         let public = if z.network.public_ip.is_empty() {
             None
@@ -371,7 +373,7 @@ where
                 self.net
                     .attach_public(&ip_wl, VmLink::Tap)
                     .await
-                    .map_err(|e| failed("network.public_ip", &e))?,
+                    .context("network.public_ip")?,
             )
         };
         Ok((private, public))
@@ -403,7 +405,7 @@ where
         self.flists
             .mount(&probe, &z.flist)
             .await
-            .map_err(|e| failed(format!("flist {}", z.flist), &e))?;
+            .context(format!("flist {}", z.flist))?;
         let image = self.image_of(&probe, &z.flist).await?;
         let vm_mode = image.is_some();
 
@@ -419,11 +421,11 @@ where
             });
         }
         let memory = z.compute_capacity.memory & !((1 << 20) - 1);
-        let vmm_err = |what: &str, e: VmmError| failed(what, &e);
+        let vmm_err = |what: &str, e: VmmError| failed(what, e);
 
         let spec = if let Some(image) = image {
             let Some(Item::Disk { path: first, .. }) = items.first() else {
-                return Err(ManagerError::Failed(
+                return Err(ManagerError::Invalid(
                     "mounts[0]: a VM-mode flist (with image.raw) boots from its first mount, \
                      which must be a zmount"
                         .into(),
@@ -487,20 +489,20 @@ where
                 .storage
                 .volume_get(&root_vol)
                 .await
-                .map_err(|e| failed("the root volume", &e))?
+                .context("the root volume")?
             {
                 Some(v) => v,
                 None => self
                     .storage
                     .volume_create(&root_vol, z.root_size())
                     .await
-                    .map_err(|e| failed("the root volume", &e))?,
+                    .context("the root volume")?,
             };
             let root = self
                 .flists
                 .mount_writable(&vm, &z.flist, &vol.path)
                 .await
-                .map_err(|e| failed(format!("flist {}", z.flist), &e))?;
+                .context(format!("flist {}", z.flist))?;
             let mut shares = vec![Share {
                 tag: ROOT_TAG.into(),
                 path: root.mountpoint.clone(),
@@ -559,7 +561,7 @@ where
                 env: z.env.clone(),
             };
             seed.validate()
-                .map_err(|e| ManagerError::Failed(e.to_string()))?;
+                .map_err(|e| ManagerError::Invalid(e.to_string()))?;
             VmSpec {
                 name: vm.clone(),
                 cpus: z.compute_capacity.cpu,
@@ -575,11 +577,7 @@ where
                 nics,
             }
         };
-        let info = self
-            .vmm
-            .create(spec)
-            .await
-            .map_err(|e| failed("the virtual machine", &e))?;
+        let info = self.vmm.create(spec).await.context("the virtual machine")?;
         Ok(to_data(&ZmachineResult {
             id: vm,
             ip: z.network.interfaces[0].ip.to_string(),
@@ -601,16 +599,13 @@ where
     /// Removes everything of machine `id`; what is already gone is fine.
     async fn remove(&self, id: &WorkloadId) -> Result<(), ManagerError> {
         let vm = id.to_string();
-        self.vmm
-            .delete(&vm)
-            .await
-            .map_err(|e| failed("the virtual machine", &e))?;
+        self.vmm.delete(&vm).await.context("the virtual machine")?;
         if let Some(rec) = self.load_record(&vm) {
             for n in &rec.networks {
                 self.net
                     .detach_private(id, n)
                     .await
-                    .map_err(|e| failed(format!("network {n}"), &e))?;
+                    .context(format!("network {n}"))?;
             }
             if let Some(p) = rec.public_ip {
                 let ip_wl = WorkloadId {
@@ -621,24 +616,21 @@ where
                 self.net
                     .detach_public(&ip_wl)
                     .await
-                    .map_err(|e| failed("network.public_ip", &e))?;
+                    .context("network.public_ip")?;
             }
         }
         for m in [vm.clone(), format!("{vm}-ro")] {
-            self.flists
-                .unmount(&m)
-                .await
-                .map_err(|e| failed("the flist", &e))?;
+            self.flists.unmount(&m).await.context("the flist")?;
         }
         match self.storage.volume_delete(&format!("{vm}-root")).await {
             Ok(()) | Err(StorageError::NotFound { .. }) => {}
-            Err(e) => return Err(failed("the root volume", &e)),
+            Err(e) => return Err(failed("the root volume", e)),
         }
         for p in [self.cidata_path(&vm), self.record_path(&vm)] {
             if let Err(e) = std::fs::remove_file(&p)
                 && e.kind() != std::io::ErrorKind::NotFound
             {
-                return Err(failed(format!("cannot remove {}", p.display()), &e));
+                return Err(failed(format!("cannot remove {}", p.display()), e));
             }
         }
         Ok(())
@@ -652,9 +644,9 @@ where
             )));
         };
         z.validate()
-            .map_err(|e| ManagerError::Failed(e.to_string()))?;
+            .map_err(|e| ManagerError::Invalid(e.to_string()))?;
         if !z.gpu.is_empty() {
-            return Err(ManagerError::Failed(
+            return Err(ManagerError::Invalid(
                 "gpu: passthrough is not offered on this node".into(),
             ));
         }
@@ -662,7 +654,7 @@ where
             .vmm
             .info(&t.id.to_string())
             .await
-            .map_err(|e| failed("the virtual machine", &e))?
+            .context("the virtual machine")?
             .is_some();
         match self.provision_inner(t.id, z).await {
             Ok(v) => Ok(v),
@@ -670,7 +662,7 @@ where
                 // A machine made by this call leaves nothing behind; one that was running
                 // before is left as it was.
                 if !existed && let Err(e2) = self.remove(t.id).await {
-                    tracing::warn!(workload = %t.id, "cleanup after a failed zmachine: {e2}");
+                    tracing::warn!(workload = %t.id, "cleanup after a failed zmachine: {}", e2.message());
                 }
                 Err(e)
             }
@@ -697,21 +689,11 @@ where
     }
 
     fn pause<'a>(&'a self, id: &'a WorkloadId) -> BoxFuture<'a, Result<(), ManagerError>> {
-        Box::pin(async move {
-            self.vmm
-                .pause(&id.to_string())
-                .await
-                .map_err(|e| failed("pause", &e))
-        })
+        Box::pin(async move { self.vmm.pause(&id.to_string()).await.context("pause") })
     }
 
     fn resume<'a>(&'a self, id: &'a WorkloadId) -> BoxFuture<'a, Result<(), ManagerError>> {
-        Box::pin(async move {
-            self.vmm
-                .resume(&id.to_string())
-                .await
-                .map_err(|e| failed("resume", &e))
-        })
+        Box::pin(async move { self.vmm.resume(&id.to_string()).await.context("resume") })
     }
 }
 
@@ -853,7 +835,7 @@ mod tests {
 
     fn err(r: Result<serde_json::Value, ManagerError>) -> String {
         match r {
-            Err(ManagerError::Failed(m)) => m,
+            Err(e) => e.message(),
             other => panic!("expected a failure, got {other:?}"),
         }
     }

@@ -157,7 +157,7 @@ impl<V: Vmm + 'static> Consoles for V {
 }
 
 /// A command the node refuses, with what the sender should do about it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("unknown command {0:?}")]
     UnknownCommand(String),
@@ -178,21 +178,16 @@ impl ApiError {
             Self::UnknownCommand(_) | Self::BadRequest(_) => ErrorKind::Invalid,
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::Internal(_) => ErrorKind::Internal,
-            Self::Engine(e) => match e {
-                EngineError::Invalid(_) => ErrorKind::Invalid,
-                EngineError::Forbidden(_) => ErrorKind::Forbidden,
-                EngineError::NotFound(_) => ErrorKind::NotFound,
-                EngineError::Conflict(_) | EngineError::Capacity(_) => ErrorKind::Conflict,
-                EngineError::Unavailable(_) => ErrorKind::Unavailable,
-                EngineError::Internal(_) => ErrorKind::Internal,
-            },
+            Self::Engine(e) => e.kind(),
         }
     }
 }
 
+/// The one place a refusal becomes a wire error: its kind, and its whole chain of causes as
+/// the message.
 impl From<ApiError> for NodeError {
     fn from(e: ApiError) -> Self {
-        NodeError::new(e.kind(), e.to_string())
+        NodeError::new(e.kind(), error_chain(&e))
     }
 }
 
@@ -603,5 +598,30 @@ mod tests {
             cursor: Some(4u32),
         };
         assert!(page_of(&page, items, |t| t.0, 100).is_empty());
+    }
+
+    #[test]
+    fn refusals_become_wire_errors_with_their_kind_and_whole_chain() {
+        let file = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+        let store = zos_provision::StoreError::File {
+            path: "/var/lib/zos/deployments.db".into(),
+            source: file,
+        };
+        let wire = NodeError::from(ApiError::from(EngineError::from(store)));
+        assert_eq!(wire.kind, ErrorKind::Internal);
+        assert_eq!(
+            wire.message,
+            "internal error: deployment store file /var/lib/zos/deployments.db: denied"
+        );
+        let wire = NodeError::from(ApiError::from(EngineError::from(
+            zos_provision::StoreError::NotFound(7),
+        )));
+        assert_eq!(wire.kind, ErrorKind::NotFound);
+        assert_eq!(wire.message, "deployment 7 not found");
+        let wire = NodeError::from(ApiError::BadRequest("x".into()));
+        assert_eq!(
+            (wire.kind, wire.message.as_str()),
+            (ErrorKind::Invalid, "bad request: x")
+        );
     }
 }
