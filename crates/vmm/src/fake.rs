@@ -1,4 +1,5 @@
-//! [`MemoryVmm`]: the in-memory fake, with the same rules as the real VMM.
+//! [`MemoryVmm`]: the in-memory fake, with the same rules as the real VMM (`conformance::run`
+//! holds it to them).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,7 +52,15 @@ impl MemoryVmm {
         }
     }
 
-    fn set_status(&self, name: &str, from: &[VmStatus], to: VmStatus) -> Result<()> {
+    /// Moves a VM that is not stopped to `to`; a stopped one is a `State` error naming what
+    /// the call wanted (`want`), as the real VMM answers.
+    fn set_status(
+        &self,
+        name: &str,
+        from: &[VmStatus],
+        to: VmStatus,
+        want: &'static str,
+    ) -> Result<()> {
         let mut vms = self.vms.lock().unwrap();
         let v = vms
             .get_mut(name)
@@ -60,12 +69,19 @@ impl MemoryVmm {
             return Err(VmmError::State {
                 name: name.to_string(),
                 status: v.status,
-                want: "running",
+                want,
             });
         }
         v.status = to;
         Ok(())
     }
+}
+
+/// Made-up virtiofsd PIDs, one per share, for the VM's `boot`-th start.
+fn virtiofsd_pids(spec: &VmSpec, boot: i32) -> Vec<i32> {
+    (0..spec.shares.len() as i32)
+        .map(|i| 100_000 + boot * 100 + i)
+        .collect()
 }
 
 impl Vmm for MemoryVmm {
@@ -84,7 +100,7 @@ impl Vmm for MemoryVmm {
         let info = VmInfo {
             console_log: format!("/var/log/vm/{}.log", spec.name).into(),
             cgroup: format!("zos-vm-{}", spec.name),
-            virtiofsd: (0..spec.shares.len() as i32).map(|i| 2000 + i).collect(),
+            virtiofsd: virtiofsd_pids(&spec, *pid),
             spec,
             status: VmStatus::Running,
             pid: Some(1000 + *pid),
@@ -114,6 +130,7 @@ impl Vmm for MemoryVmm {
             name,
             &[VmStatus::Running, VmStatus::Paused],
             VmStatus::Paused,
+            "running",
         )
     }
 
@@ -123,6 +140,7 @@ impl Vmm for MemoryVmm {
             name,
             &[VmStatus::Running, VmStatus::Paused],
             VmStatus::Running,
+            "paused",
         )
     }
 
@@ -131,8 +149,10 @@ impl Vmm for MemoryVmm {
         let v = vms
             .get_mut(name)
             .ok_or_else(|| VmmError::NotFound(name.to_string()))?;
+        // A stopped VM has no process, QEMU's or virtiofsd's.
         v.status = VmStatus::Stopped;
         v.pid = None;
+        v.virtiofsd.clear();
         Ok(())
     }
 
@@ -142,8 +162,11 @@ impl Vmm for MemoryVmm {
             .get_mut(name)
             .ok_or_else(|| VmmError::NotFound(name.to_string()))?;
         if v.status == VmStatus::Stopped {
+            let mut pid = self.next_pid.lock().unwrap();
+            *pid += 1;
             v.status = VmStatus::Running;
-            v.pid = Some(3000);
+            v.pid = Some(1000 + *pid);
+            v.virtiofsd = virtiofsd_pids(&v.spec, *pid);
         }
         Ok(v.clone())
     }
@@ -165,11 +188,10 @@ impl Vmm for MemoryVmm {
         Ok(true)
     }
 
+    /// The fake supervises every VM it has from the moment it makes it, as the real VMM does
+    /// with the VMs it created: there is nothing to adopt or restart.
     async fn reconcile(&self) -> Result<VmmReconcile> {
-        Ok(VmmReconcile {
-            adopted: self.vms.lock().unwrap().keys().cloned().collect(),
-            ..VmmReconcile::default()
-        })
+        Ok(VmmReconcile::default())
     }
 }
 

@@ -9,6 +9,8 @@
 //! with the same rules. See `docs/vmm.md`.
 
 mod cgroup;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod cpio;
 #[cfg(any(test, feature = "fake"))]
 mod fake;
