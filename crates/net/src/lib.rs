@@ -24,6 +24,8 @@
 //! [`LinuxNetworker`] is the real implementation, `RecordingNetworker` (feature `fake`) the fake
 //! with the same rules. See `docs/network.md`.
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 #[cfg(any(test, feature = "fake"))]
 mod fake;
 mod link;
