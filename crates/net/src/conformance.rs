@@ -314,6 +314,14 @@ pub async fn check_public<N: Networker>(n: &N, fx: &Fixture) {
         before,
         "a refused public request changed something"
     );
+    check_public_attach(n, fx, &at).await;
+}
+
+/// The `ip` workload's interface: attach answers its `Attachment`, detach keeps the addresses,
+/// teardown removes them; each twice.
+async fn check_public_attach<N: Networker>(n: &N, fx: &Fixture, at: &crate::Attachment) {
+    let ip_wl = wl(TWIN, 101, "ip");
+    let at = at.clone();
     let attached = n
         .attach_public(&ip_wl, VmLink::Tap)
         .await
