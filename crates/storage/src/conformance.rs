@@ -5,12 +5,13 @@
 //! creation shows in `get`, `list`, `pools` and `capacity`; that a name is taken once; that
 //! sizes grow and never shrink; that every refusal (bad name or size, a shrink, no space, a
 //! second zdb on a pool) changes nothing; that deleting what does not exist succeeds; and how
-//! zdb devices are allocated and released. Where the fake and the real storage disagree, the
-//! real one is the reference. Compiled only with the `conformance` feature.
+//! zdb devices are allocated and released. [`run_limited`] states what a storage without an SSD
+//! pool does: it runs limited and makes nothing. Where the fake and the real storage disagree,
+//! the real one is the reference. Compiled only with the `conformance` feature.
 
 use zos_types::capacity::MIB;
 
-use crate::{DiskKind, MIN_SIZE, PoolInfo, Storage, StorageCapacity, StorageError};
+use crate::{CacheBacking, DiskKind, MIN_SIZE, PoolInfo, Storage, StorageCapacity, StorageError};
 
 /// What the suite needs of a fresh storage: at least one SSD pool with `64 MiB` free and one
 /// HDD pool, no volumes, no virtual disks, no zdb devices.
@@ -373,4 +374,35 @@ pub async fn check_zdb<S: Storage>(s: &S) {
         .await
         .expect("zdb allocate after release");
     s.zdb_release(&z.id).await.unwrap();
+}
+
+/// A storage with HDD pools only runs limited: it says why, keeps the node's state on a tmpfs,
+/// counts its HDD pools, and refuses volumes, virtual disks and zdb devices with `Limited`
+/// (bad names and sizes still first), making nothing.
+pub async fn run_limited<S: Storage>(s: &S) {
+    let why = s.limited().expect("a storage without ssd runs limited");
+    assert!(!why.is_empty());
+    let backing = s.cache().await.expect("cache").backing;
+    assert!(matches!(backing, CacheBacking::Tmpfs { .. }), "{backing:?}");
+    let (cap, pools, ..) = state(s).await;
+    assert!(
+        pools.iter().all(|p| p.kind == DiskKind::Hdd) && !pools.is_empty(),
+        "{pools:?}"
+    );
+    assert_eq!((cap.sru, cap.used_sru, cap.reserved_sru), (0, 0, 0));
+    assert_eq!(cap.hru, pools.iter().map(|p| p.size).sum::<u64>());
+    let limited = |r: Result<(), StorageError>| matches!(r, Err(StorageError::Limited(_)));
+    assert!(limited(s.volume_create("v", SIZE).await.map(drop)));
+    assert!(limited(s.disk_create("d", SIZE).await.map(drop)));
+    assert!(limited(s.zdb_allocate(MIB).await.map(drop)));
+    let r = s.volume_create("../v", SIZE).await;
+    assert!(matches!(r, Err(StorageError::InvalidName(_))), "{r:?}");
+    let r = s.disk_create("d", 0).await;
+    assert!(matches!(r, Err(StorageError::InvalidSize { .. })), "{r:?}");
+    let (after, _, volumes, disks, zdbs) = state(s).await;
+    assert_eq!(
+        (after, volumes, disks, zdbs),
+        (cap, 0, 0, 0),
+        "a limited storage made something"
+    );
 }
