@@ -12,6 +12,8 @@ use zos_types::node_api::ErrorKind;
 use zos_types::workload::WorkloadType;
 use zos_vmm::VmmError;
 
+use crate::images::ImageError;
+
 /// Why a manager could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -45,6 +47,8 @@ pub enum ManagerError {
     Vmm(#[from] VmmError),
     #[error(transparent)]
     Flist(#[from] FlistError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -90,6 +94,7 @@ impl ManagerError {
             Self::Network(e) => network_kind(e),
             Self::Vmm(e) => vmm_kind(e),
             Self::Flist(e) => flist_kind(e),
+            Self::Image(e) => e.kind(),
         }
     }
 }

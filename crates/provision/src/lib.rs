@@ -2,12 +2,14 @@
 
 pub mod engine;
 pub mod error;
+pub mod images;
 pub mod managers;
 pub mod network;
 pub mod store;
 pub mod zmachine;
 
 pub use engine::{Engine, EngineConfig, EngineError, GridView, Usage};
+pub use images::{DiskImages, DiskPrep, HostImages, ImageError, OpenedFile};
 pub use managers::{
     Manager, ManagerError, SizedManager, Target, Unsupported, volume_manager, zmount_manager,
 };

@@ -1,5 +1,16 @@
 //! The `zmachine` manager: a user's VM from a flist, through the [`Networker`], [`Storage`],
-//! [`FlistManager`] and [`Vmm`].
+//! [`FlistManager`], [`DiskImages`] and [`Vmm`].
+//!
+//! Provisioning runs in three parts (decision 0010):
+//! 1. **Resolve**: find what the workload names and decide the mode: its mounts' storage items,
+//!    its flist (mounted read-only as `<vm>-ro` to look inside), the network attachments, the
+//!    guest kernel and initramfs.
+//! 2. **Plan** ([`plan::plan`]): pure; turns the workload and what was resolved into a
+//!    [`MachinePlan`] (disks and their order, shares, NICs, the boot, the seed), refusing what
+//!    cannot run before anything is written.
+//! 3. **Apply**: the side effects in small steps: the disks prepared (image, NoCloud seed, or
+//!    formats), a container's root volume and writable flist mount, then the VM. When a step
+//!    fails, everything a new machine got is removed again.
 //!
 //! - **Mode** from the flist: `/image.raw` present is VM mode, anything else container mode.
 //! - **Container mode**: the flist mounted writable with its changes on a volume
@@ -18,33 +29,36 @@
 //! must remember for removal (networks, public ip, mode) is a small versioned record in its
 //! state directory.
 
+pub mod plan;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use zos_guest_init::seed::{Interface, MountSpec, Route, SEED_VERSION, Seed};
 use zos_types::deployment::WorkloadId;
-use zos_types::node_api::results::ZmachineResult;
 use zos_types::workload::{WorkloadData, Zmachine};
 
 use super::error::Context as _;
+use super::images::{DiskImages, DiskPrep, HostImages, OpenedFile};
 use super::managers::{Manager, ManagerError, Target, to_data};
 use zos_mounts::FlistManager;
 use zos_net::{Attachment, NetworkError, Networker, VmLink};
 use zos_runtime::error_chain;
 use zos_runtime::{StateFile, Versioned};
 use zos_storage::{Storage, StorageError};
-use zos_vmm::nocloud::{NoCloud, NoCloudNic};
-use zos_vmm::{Boot, Disk, DiskPrep, Nic, OpenedFile, Share, VmSpec, Vmm, VmmError};
+use zos_vmm::{VmInfo, Vmm};
+
+pub use plan::{
+    BootPlan, FlistMode, FormatPlan, MachinePlan, MountItem, NodeFacts, ROOT_TAG, Resolved,
+    RootPlan, hostname,
+};
 
 /// Version of the manager's per-machine record.
 pub const RECORD_VERSION: u32 = 1;
 /// The file of a flist that makes it a VM-mode flist: a raw disk image.
 pub const IMAGE_FILE: &str = "image.raw";
-/// The virtiofs tag of a container-mode root.
-pub const ROOT_TAG: &str = "vroot";
 
 /// Where the zmachine manager finds the guest image and keeps its records.
 #[derive(Debug, Clone)]
@@ -77,17 +91,18 @@ impl Versioned for Record {
 }
 
 /// The `zmachine` manager.
-pub struct ZmachineManager<N, S, F, V> {
+pub struct ZmachineManager<N, S, F, V, I = HostImages> {
     net: Arc<N>,
     storage: Arc<S>,
     flists: Arc<F>,
     vmm: Arc<V>,
+    images: I,
     cfg: ZmachineConfig,
     /// One copy of the guest image at a time.
     guest_lock: tokio::sync::Mutex<()>,
 }
 
-impl<N, S, F, V> std::fmt::Debug for ZmachineManager<N, S, F, V> {
+impl<N, S, F, V, I> std::fmt::Debug for ZmachineManager<N, S, F, V, I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ZmachineManager")
             .field("cfg", &self.cfg)
@@ -117,89 +132,19 @@ fn copy_out(dir: &std::path::Path, files: Vec<(String, std::fs::File)>) -> std::
     std::fs::rename(tmp.keep(), dir)
 }
 
-/// The machine's hostname: its workload name in lower case, `_` as `-`.
-pub fn hostname(name: &str) -> String {
-    let h: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .take(63)
-        .collect();
-    let h = h.trim_matches('-').to_string();
-    if h.is_empty() { "zmachine".into() } else { h }
+/// The name of the read-only mount that shows what a machine's flist holds.
+fn probe_name(vm: &str) -> String {
+    format!("{vm}-ro")
 }
 
-/// SSH keys from the `SSH_KEY` variable: one per line or comma.
-fn ssh_keys(z: &Zmachine) -> Vec<String> {
-    z.env
-        .get("SSH_KEY")
-        .map(|v| {
-            v.split(['\n', ','])
-                .map(str::trim)
-                .filter(|k| !k.is_empty())
-                .map(String::from)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The guest side of an attachment: addresses, the network's routes, and the default route
-/// when `default` (the public interface when there is one, the private one otherwise).
-fn interface(a: &Attachment, default: bool) -> Interface {
-    let mut addresses = Vec::new();
-    addresses.extend(a.ipv4.map(ipnet::IpNet::V4));
-    addresses.extend(a.ipv6.map(ipnet::IpNet::V6));
-    Interface {
-        mac: a.mac_string(),
-        addresses,
-        gateway4: a.gateway4.filter(|_| default),
-        gateway6: a.gateway6.filter(|_| default),
-        routes: a
-            .gateway4
-            .map(|g| {
-                a.routes
-                    .iter()
-                    .map(|r| Route {
-                        to: ipnet::IpNet::V4(*r),
-                        via: IpAddr::V4(g),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-    }
-}
-
-fn nocloud_nic(a: &Attachment, default: bool) -> NoCloudNic {
-    let i = interface(a, default);
-    NoCloudNic {
-        mac: i.mac,
-        addresses: i.addresses,
-        gateway4: i.gateway4,
-        routes: a
-            .gateway4
-            .map(|g| a.routes.iter().map(|r| (*r, g)).collect())
-            .unwrap_or_default(),
-    }
-}
-
-/// A mount resolved to the storage item of the workload it names.
-enum Item {
-    Disk { path: PathBuf, target: String },
-    Volume { path: PathBuf, target: String },
-}
-
-impl<N, S, F, V> ZmachineManager<N, S, F, V>
+impl<N, S, F, V> ZmachineManager<N, S, F, V, HostImages>
 where
     N: Networker + 'static,
     S: Storage + 'static,
     F: FlistManager + 'static,
     V: Vmm + 'static,
 {
+    /// A manager that prepares disks with the host's tools ([`HostImages`]).
     pub fn new(
         net: Arc<N>,
         storage: Arc<S>,
@@ -212,11 +157,34 @@ where
             storage,
             flists,
             vmm,
+            images: HostImages,
             cfg,
             guest_lock: tokio::sync::Mutex::new(()),
         }
     }
 
+    /// The same manager, preparing disks with `images`.
+    pub fn with_images<J: DiskImages>(self, images: J) -> ZmachineManager<N, S, F, V, J> {
+        ZmachineManager {
+            net: self.net,
+            storage: self.storage,
+            flists: self.flists,
+            vmm: self.vmm,
+            images,
+            cfg: self.cfg,
+            guest_lock: self.guest_lock,
+        }
+    }
+}
+
+impl<N, S, F, V, I> ZmachineManager<N, S, F, V, I>
+where
+    N: Networker + 'static,
+    S: Storage + 'static,
+    F: FlistManager + 'static,
+    V: Vmm + 'static,
+    I: DiskImages,
+{
     fn record_path(&self, vm: &str) -> PathBuf {
         self.cfg.state_dir.join(format!("{vm}.json"))
     }
@@ -240,12 +208,14 @@ where
             .flatten()
     }
 
+    // ---- resolve ----
+
     /// Finds the zmount or volume each mount names.
     async fn resolve_mounts(
         &self,
         id: &WorkloadId,
         z: &Zmachine,
-    ) -> Result<Vec<Item>, ManagerError> {
+    ) -> Result<Vec<MountItem>, ManagerError> {
         let mut out = Vec::new();
         for (i, m) in z.mounts.iter().enumerate() {
             let item = WorkloadId {
@@ -256,12 +226,12 @@ where
             .to_string();
             let storage_err = |e: StorageError| failed(format!("mounts[{i}] ({})", m.name), e);
             if let Some(d) = self.storage.disk_get(&item).await.map_err(storage_err)? {
-                out.push(Item::Disk {
+                out.push(MountItem::Disk {
                     path: d.path,
                     target: m.mountpoint.clone(),
                 });
             } else if let Some(v) = self.storage.volume_get(&item).await.map_err(storage_err)? {
-                out.push(Item::Volume {
+                out.push(MountItem::Volume {
                     path: v.path,
                     target: m.mountpoint.clone(),
                 });
@@ -318,12 +288,7 @@ where
         tokio::task::spawn_blocking(move || copy_out(&to, files))
             .await
             .map_err(|e| ManagerError::Failed(format!("copying the guest image panicked: {e}")))?
-            .map_err(|e| {
-                failed(
-                    format!("cannot copy the guest image to {}", dir.display()),
-                    e,
-                )
-            })?;
+            .context(format!("cannot copy the guest image to {}", dir.display()))?;
         Ok((paths[0].clone(), paths[1].clone()))
     }
 
@@ -342,6 +307,22 @@ where
                 Err(failed(format!("flist {flist}"), e))
             }
         }
+    }
+
+    /// The mode the flist says: its `image.raw` (the probe mount stays until it is copied), or
+    /// the guest's boot files (the probe mount is gone).
+    async fn flist_mode(&self, vm: &str, z: &Zmachine) -> Result<FlistMode, ManagerError> {
+        let probe = probe_name(vm);
+        self.flists
+            .mount(&probe, &z.flist)
+            .await
+            .context(format!("flist {}", z.flist))?;
+        if let Some(image) = self.image_of(&probe, &z.flist).await? {
+            return Ok(FlistMode::Vm { image });
+        }
+        let _ = self.flists.unmount(&probe).await;
+        let (kernel, initramfs) = self.guest_boot_files().await?;
+        Ok(FlistMode::Container { kernel, initramfs })
     }
 
     async fn attach(
@@ -379,247 +360,140 @@ where
         Ok((private, public))
     }
 
+    /// Everything the plan needs; records what removal will need first.
+    async fn resolve(&self, id: &WorkloadId, z: &Zmachine) -> Result<Resolved, ManagerError> {
+        let vm = id.to_string();
+        let mounts = self.resolve_mounts(id, z).await?;
+        let rec = Record {
+            version: RECORD_VERSION,
+            networks: z
+                .network
+                .interfaces
+                .iter()
+                .map(|i| i.network.clone())
+                .collect(),
+            public_ip: (!z.network.public_ip.is_empty()).then(|| z.network.public_ip.clone()),
+        };
+        self.save_record(&vm, &rec)?;
+        let mode = self.flist_mode(&vm, z).await?;
+        let (private, public) = self.attach(id, z).await?;
+        Ok(Resolved {
+            mode,
+            mounts,
+            private,
+            public,
+        })
+    }
+
+    // ---- apply ----
+
+    /// VM mode: the image onto the first disk (then the probe mount goes), and the seed.
+    async fn prepare_vm_disks(&self, plan: &MachinePlan) -> Result<(), ManagerError> {
+        let BootPlan::Vm {
+            image,
+            first_disk,
+            cidata,
+            seed,
+        } = &plan.boot
+        else {
+            return Ok(());
+        };
+        let image = DiskPrep::Image {
+            image: image.clone(),
+        };
+        self.images
+            .prepare(first_disk, image)
+            .await
+            .context("mounts[0]: writing image.raw")?;
+        let _ = self.flists.unmount(&probe_name(&plan.name)).await;
+        self.images
+            .prepare(cidata, DiskPrep::NoCloud(seed.clone()))
+            .await
+            .context("the NoCloud seed")?;
+        Ok(())
+    }
+
+    /// Container mode: the root volume and the flist mounted writable on it (its mountpoint),
+    /// and the zmounts formatted when blank.
+    async fn prepare_container(&self, root: &RootPlan) -> Result<PathBuf, ManagerError> {
+        let vol = match self
+            .storage
+            .volume_get(&root.volume)
+            .await
+            .context("the root volume")?
+        {
+            Some(v) => v,
+            None => self
+                .storage
+                .volume_create(&root.volume, root.size)
+                .await
+                .context("the root volume")?,
+        };
+        let mount = self
+            .flists
+            .mount_writable(&root.mount, &root.flist, &vol.path)
+            .await
+            .context(format!("flist {}", root.flist))?;
+        Ok(mount.mountpoint)
+    }
+
+    async fn format_disks(&self, formats: &[FormatPlan]) -> Result<(), ManagerError> {
+        for f in formats {
+            let prep = DiskPrep::Format {
+                label: f.label.clone(),
+            };
+            self.images
+                .prepare(&f.path, prep)
+                .await
+                .context(format!("mounts[{}]: formatting", f.mount))?;
+        }
+        Ok(())
+    }
+
+    /// Carries `plan` out: disks and root first, then the VM.
+    async fn apply(&self, plan: &MachinePlan) -> Result<VmInfo, ManagerError> {
+        let root = match &plan.boot {
+            BootPlan::Vm { .. } => {
+                self.prepare_vm_disks(plan).await?;
+                None
+            }
+            BootPlan::Container { root, formats, .. } => {
+                let mountpoint = self.prepare_container(root).await?;
+                self.format_disks(formats).await?;
+                Some(mountpoint)
+            }
+        };
+        self.vmm
+            .create(plan.spec(root.as_deref()))
+            .await
+            .context("the virtual machine")
+    }
+
     async fn provision_inner(
         &self,
         id: &WorkloadId,
         z: &Zmachine,
     ) -> Result<serde_json::Value, ManagerError> {
-        let vm = id.to_string();
-        let items = self.resolve_mounts(id, z).await?;
-        self.save_record(
-            &vm,
-            &Record {
-                version: RECORD_VERSION,
-                networks: z
-                    .network
-                    .interfaces
-                    .iter()
-                    .map(|i| i.network.clone())
-                    .collect(),
-                public_ip: (!z.network.public_ip.is_empty()).then(|| z.network.public_ip.clone()),
-            },
-        )?;
-
-        // The flist: its content says the mode.
-        let probe = format!("{vm}-ro");
-        self.flists
-            .mount(&probe, &z.flist)
-            .await
-            .context(format!("flist {}", z.flist))?;
-        let image = self.image_of(&probe, &z.flist).await?;
-        let vm_mode = image.is_some();
-
-        let (private, public) = self.attach(id, z).await?;
-        let mut nics = vec![Nic {
-            tap: private.ifname.clone(),
-            mac: private.mac_string(),
-        }];
-        if let Some(p) = &public {
-            nics.push(Nic {
-                tap: p.ifname.clone(),
-                mac: p.mac_string(),
-            });
-        }
-        let memory = z.compute_capacity.memory & !((1 << 20) - 1);
-        let vmm_err = |what: &str, e: VmmError| failed(what, e);
-
-        let spec = if let Some(image) = image {
-            let Some(Item::Disk { path: first, .. }) = items.first() else {
-                return Err(ManagerError::Invalid(
-                    "mounts[0]: a VM-mode flist (with image.raw) boots from its first mount, \
-                     which must be a zmount"
-                        .into(),
-                ));
-            };
-            self.vmm
-                .prepare_disk(first, DiskPrep::Image { image })
-                .await
-                .map_err(|e| vmm_err("mounts[0]: writing image.raw", e))?;
-            let _ = self.flists.unmount(&probe).await;
-            let cidata = self.cidata_path(&vm);
-            let mut seed_nics = vec![nocloud_nic(&private, public.is_none())];
-            seed_nics.extend(public.as_ref().map(|p| nocloud_nic(p, true)));
-            self.vmm
-                .prepare_disk(
-                    &cidata,
-                    DiskPrep::NoCloud(NoCloud {
-                        instance_id: vm.clone(),
-                        hostname: hostname(&id.name),
-                        nics: seed_nics,
-                        nameservers: self.cfg.nameservers.clone(),
-                        ssh_keys: ssh_keys(z),
-                    }),
-                )
-                .await
-                .map_err(|e| vmm_err("the NoCloud seed", e))?;
-            let mut disks = Vec::new();
-            let mut shares = Vec::new();
-            for (i, it) in items.iter().enumerate() {
-                match it {
-                    Item::Disk { path, .. } => disks.push(Disk {
-                        path: path.clone(),
-                        serial: format!("zd{i}"),
-                        read_only: false,
-                    }),
-                    Item::Volume { path, .. } => shares.push(Share {
-                        tag: format!("v{i}"),
-                        path: path.clone(),
-                    }),
-                }
-            }
-            disks.push(Disk {
-                path: cidata,
-                serial: "cidata".into(),
-                read_only: true,
-            });
-            VmSpec {
-                name: vm.clone(),
-                cpus: z.compute_capacity.cpu,
-                memory,
-                boot: Boot::Disk,
-                shares,
-                disks,
-                nics,
-            }
-        } else {
-            let _ = self.flists.unmount(&probe).await;
-            let (kernel, initramfs) = self.guest_boot_files().await?;
-            let root_vol = format!("{vm}-root");
-            let vol = match self
-                .storage
-                .volume_get(&root_vol)
-                .await
-                .context("the root volume")?
-            {
-                Some(v) => v,
-                None => self
-                    .storage
-                    .volume_create(&root_vol, z.root_size())
-                    .await
-                    .context("the root volume")?,
-            };
-            let root = self
-                .flists
-                .mount_writable(&vm, &z.flist, &vol.path)
-                .await
-                .context(format!("flist {}", z.flist))?;
-            let mut shares = vec![Share {
-                tag: ROOT_TAG.into(),
-                path: root.mountpoint.clone(),
-            }];
-            let mut disks = Vec::new();
-            let mut mounts = Vec::new();
-            for (i, it) in items.iter().enumerate() {
-                match it {
-                    Item::Disk { path, target } => {
-                        let serial = format!("zd{i}");
-                        self.vmm
-                            .prepare_disk(
-                                path,
-                                DiskPrep::Format {
-                                    label: serial.clone(),
-                                },
-                            )
-                            .await
-                            .map_err(|e| vmm_err(&format!("mounts[{i}]: formatting"), e))?;
-                        disks.push(Disk {
-                            path: path.clone(),
-                            serial: serial.clone(),
-                            read_only: false,
-                        });
-                        mounts.push(MountSpec::Disk {
-                            serial,
-                            fstype: "ext4".into(),
-                            target: target.clone(),
-                        });
-                    }
-                    Item::Volume { path, target } => {
-                        let tag = format!("v{i}");
-                        shares.push(Share {
-                            tag: tag.clone(),
-                            path: path.clone(),
-                        });
-                        mounts.push(MountSpec::Virtiofs {
-                            tag,
-                            target: target.clone(),
-                        });
-                    }
-                }
-            }
-            let mut interfaces = vec![interface(&private, public.is_none())];
-            interfaces.extend(public.as_ref().map(|p| interface(p, true)));
-            let seed = Seed {
-                version: SEED_VERSION,
-                instance_id: vm.clone(),
-                hostname: hostname(&id.name),
-                root_tag: ROOT_TAG.into(),
-                mounts,
-                interfaces,
-                nameservers: self.cfg.nameservers.clone(),
-                ssh_keys: ssh_keys(z),
-                entrypoint: z.entrypoint.clone(),
-                env: z.env.clone(),
-            };
-            seed.validate()
-                .map_err(|e| ManagerError::Invalid(e.to_string()))?;
-            VmSpec {
-                name: vm.clone(),
-                cpus: z.compute_capacity.cpu,
-                memory,
-                boot: Boot::Kernel {
-                    kernel,
-                    initramfs,
-                    cmdline: String::new(),
-                    seed: Some(Box::new(seed)),
-                },
-                shares,
-                disks,
-                nics,
-            }
+        let resolved = self.resolve(id, z).await?;
+        let facts = NodeFacts {
+            nameservers: self.cfg.nameservers.clone(),
+            cidata: self.cidata_path(&id.to_string()),
         };
-        let info = self.vmm.create(spec).await.context("the virtual machine")?;
-        Ok(to_data(&ZmachineResult {
-            id: vm,
-            ip: z.network.interfaces[0].ip.to_string(),
-            public_ip: public
-                .as_ref()
-                .and_then(|p| p.ipv4)
-                .map(|n| n.to_string())
-                .unwrap_or_default(),
-            public_ip6: public
-                .as_ref()
-                .and_then(|p| p.ipv6)
-                .map(|n| n.to_string())
-                .unwrap_or_default(),
-            mode: if vm_mode { "vm" } else { "container" }.into(),
-            console_url: format!("file://{}", info.console_log.display()),
-        }))
+        let plan = plan::plan(id, z, &resolved, &facts)?;
+        let info = self.apply(&plan).await?;
+        Ok(to_data(&plan.result(&info.console_log)))
     }
+
+    // ---- remove ----
 
     /// Removes everything of machine `id`; what is already gone is fine.
     async fn remove(&self, id: &WorkloadId) -> Result<(), ManagerError> {
         let vm = id.to_string();
         self.vmm.delete(&vm).await.context("the virtual machine")?;
         if let Some(rec) = self.load_record(&vm) {
-            for n in &rec.networks {
-                self.net
-                    .detach_private(id, n)
-                    .await
-                    .context(format!("network {n}"))?;
-            }
-            if let Some(p) = rec.public_ip {
-                let ip_wl = WorkloadId {
-                    twin: id.twin,
-                    contract: id.contract,
-                    name: p,
-                };
-                self.net
-                    .detach_public(&ip_wl)
-                    .await
-                    .context("network.public_ip")?;
-            }
+            self.detach(id, &rec).await?;
         }
-        for m in [vm.clone(), format!("{vm}-ro")] {
+        for m in [vm.clone(), probe_name(&vm)] {
             self.flists.unmount(&m).await.context("the flist")?;
         }
         match self.storage.volume_delete(&format!("{vm}-root")).await {
@@ -632,6 +506,28 @@ where
             {
                 return Err(failed(format!("cannot remove {}", p.display()), e));
             }
+        }
+        Ok(())
+    }
+
+    /// Takes the machine off the networks its record names.
+    async fn detach(&self, id: &WorkloadId, rec: &Record) -> Result<(), ManagerError> {
+        for n in &rec.networks {
+            self.net
+                .detach_private(id, n)
+                .await
+                .context(format!("network {n}"))?;
+        }
+        if let Some(p) = &rec.public_ip {
+            let ip_wl = WorkloadId {
+                twin: id.twin,
+                contract: id.contract,
+                name: p.clone(),
+            };
+            self.net
+                .detach_public(&ip_wl)
+                .await
+                .context("network.public_ip")?;
         }
         Ok(())
     }
@@ -662,7 +558,11 @@ where
                 // A machine made by this call leaves nothing behind; one that was running
                 // before is left as it was.
                 if !existed && let Err(e2) = self.remove(t.id).await {
-                    tracing::warn!(workload = %t.id, "cleanup after a failed zmachine: {}", e2.message());
+                    tracing::warn!(
+                        workload = %t.id,
+                        "cleanup after a failed zmachine: {}",
+                        e2.message()
+                    );
                 }
                 Err(e)
             }
@@ -670,12 +570,13 @@ where
     }
 }
 
-impl<N, S, F, V> Manager for ZmachineManager<N, S, F, V>
+impl<N, S, F, V, I> Manager for ZmachineManager<N, S, F, V, I>
 where
     N: Networker + 'static,
     S: Storage + 'static,
     F: FlistManager + 'static,
     V: Vmm + 'static,
+    I: DiskImages + 'static,
 {
     fn provision<'a>(
         &'a self,
@@ -710,9 +611,18 @@ mod tests {
     use zos_mounts::MemoryFlists;
     use zos_net::{Call, RecordingNetworker};
     use zos_storage::{DiskKind, MemoryStorage};
-    use zos_vmm::MemoryVmm;
+    use zos_vmm::{Boot, MemoryVmm};
 
-    type Mgr = ZmachineManager<RecordingNetworker, MemoryStorage, MemoryFlists, MemoryVmm>;
+    use crate::images::RecordingImages;
+    use zos_guest_init::seed::MountSpec;
+
+    type Mgr = ZmachineManager<
+        RecordingNetworker,
+        MemoryStorage,
+        MemoryFlists,
+        MemoryVmm,
+        Arc<RecordingImages>,
+    >;
 
     struct Bed {
         mgr: Mgr,
@@ -720,6 +630,7 @@ mod tests {
         storage: Arc<MemoryStorage>,
         flists: Arc<MemoryFlists>,
         vmm: Arc<MemoryVmm>,
+        images: Arc<RecordingImages>,
         dir: tempfile::TempDir,
     }
 
@@ -757,6 +668,7 @@ mod tests {
         storage.volume_create("7-1-vol", GIB).await.unwrap();
         let flists = Arc::new(MemoryFlists::new(dir.path().join("flists"), "t"));
         let vmm = Arc::new(MemoryVmm::new());
+        let images = Arc::new(RecordingImages::default());
         let mgr = ZmachineManager::new(
             net.clone(),
             storage.clone(),
@@ -769,13 +681,15 @@ mod tests {
                 state_dir: dir.path().join("zmachine"),
                 nameservers: vec!["1.1.1.1".parse().unwrap()],
             },
-        );
+        )
+        .with_images(images.clone());
         Bed {
             mgr,
             net,
             storage,
             flists,
             vmm,
+            images,
             dir,
         }
     }
@@ -900,7 +814,7 @@ mod tests {
         assert_eq!(vm.spec.shares[1].tag, "v1");
         assert!(b.flists.get("7-1-vm_1-ro").await.unwrap().is_none());
         // The zmount is formatted by the node, found by serial in the guest.
-        let prepared = b.vmm.prepared();
+        let prepared = b.images.prepared();
         assert_eq!(prepared.len(), 1);
         assert!(matches!(&prepared[0].1, DiskPrep::Format { label } if label == "zd0"));
         assert_eq!(vm.spec.disks[0].serial, "zd0");
@@ -1024,7 +938,7 @@ mod tests {
         let serials: Vec<&str> = vm.spec.disks.iter().map(|d| d.serial.as_str()).collect();
         assert_eq!(serials, ["zd0", "cidata"]);
         assert!(vm.spec.disks[1].read_only);
-        let prepared = b.vmm.prepared();
+        let prepared = b.images.prepared();
         let DiskPrep::Image { image } = &prepared[0].1 else {
             panic!("no image: {prepared:?}");
         };
@@ -1077,7 +991,7 @@ mod tests {
                 m.contains("image.raw") && m.contains("leads out of the flist"),
                 "{m}"
             );
-            assert!(b.vmm.prepared().is_empty(), "nothing written");
+            assert!(b.images.prepared().is_empty(), "nothing written");
             assert!(b.vmm.info(&format!("7-1-{name}")).await.unwrap().is_none());
         }
     }
@@ -1129,12 +1043,5 @@ mod tests {
             zos_runtime::private::mode_of(&dir.join("7-1-good.json")).unwrap(),
             0o600
         );
-    }
-
-    #[test]
-    fn hostnames() {
-        assert_eq!(hostname("Web_1"), "web-1");
-        assert_eq!(hostname("_x_"), "x");
-        assert_eq!(hostname("___"), "zmachine");
     }
 }

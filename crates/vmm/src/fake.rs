@@ -2,11 +2,10 @@
 //! holds it to them).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{DiskPrep, Result, VmInfo, VmSpec, VmStatus, Vmm, VmmError, VmmReconcile};
+use super::{Result, VmInfo, VmSpec, VmStatus, Vmm, VmmError, VmmReconcile};
 
 /// Keeps VMs in memory; every created VM "runs" with a made-up PID.
 #[derive(Debug, Default)]
@@ -14,7 +13,6 @@ pub struct MemoryVmm {
     vms: Mutex<BTreeMap<String, VmInfo>>,
     next_pid: Mutex<i32>,
     fail: Mutex<Option<&'static str>>,
-    prepared: Mutex<Vec<(PathBuf, DiskPrep)>>,
 }
 
 impl MemoryVmm {
@@ -34,11 +32,6 @@ impl MemoryVmm {
             return Err(VmmError::Internal(format!("{op} failed (injected)")));
         }
         Ok(())
-    }
-
-    /// Every disk preparation asked, in order.
-    pub fn prepared(&self) -> Vec<(PathBuf, DiskPrep)> {
-        self.prepared.lock().unwrap().clone()
     }
 
     /// Simulates the VM's process dying and the supervisor starting it again.
@@ -177,15 +170,6 @@ impl Vmm for MemoryVmm {
         } else {
             Err(VmmError::NotFound(name.to_string()))
         }
-    }
-
-    async fn prepare_disk(&self, path: &Path, prep: DiskPrep) -> Result<bool> {
-        self.failing("prepare_disk")?;
-        self.prepared
-            .lock()
-            .unwrap()
-            .push((path.to_path_buf(), prep));
-        Ok(true)
     }
 
     /// The fake supervises every VM it has from the moment it makes it, as the real VMM does

@@ -14,13 +14,12 @@ pub mod conformance;
 mod cpio;
 #[cfg(any(test, feature = "fake"))]
 mod fake;
-pub mod nocloud;
 mod qemu;
 mod qmp;
 mod state;
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -291,47 +290,6 @@ pub struct VmInfo {
     pub cgroup: String,
 }
 
-/// A file zosd opened itself (from a tenant's flist, with `zos_mounts::FlistManager::open_file`)
-/// and hands over open, with where it came from for messages.
-#[derive(Debug, Clone)]
-pub struct OpenedFile {
-    pub file: std::sync::Arc<std::fs::File>,
-    /// Where it came from (for messages and tests), e.g. `flist …: image.raw`.
-    pub origin: String,
-}
-
-impl OpenedFile {
-    pub fn new(file: std::fs::File, origin: impl Into<String>) -> Self {
-        Self {
-            file: std::sync::Arc::new(file),
-            origin: origin.into(),
-        }
-    }
-}
-
-/// The same open file (not merely the same origin).
-impl PartialEq for OpenedFile {
-    fn eq(&self, other: &Self) -> bool {
-        std::sync::Arc::ptr_eq(&self.file, &other.file) && self.origin == other.origin
-    }
-}
-
-impl Eq for OpenedFile {}
-
-/// How a block device is prepared before a VM gets it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DiskPrep {
-    /// An ext4 file system labelled `label`, when the disk holds none (a new zmount). The node
-    /// formats, not the guest: the guest may be anything, and busybox cannot make ext4.
-    Format { label: String },
-    /// The raw image `image` written from the disk's first byte, when the disk is blank (its
-    /// first MiB is zeros); an image larger than the disk is refused. The image comes open:
-    /// nothing resolves a path of a tenant's flist again.
-    Image { image: OpenedFile },
-    /// A NoCloud `cidata` volume written to the path (replacing what was there).
-    NoCloud(nocloud::NoCloud),
-}
-
 /// What [`Vmm::reconcile`] found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmmReconcile {
@@ -343,7 +301,8 @@ pub struct VmmReconcile {
     pub failed: Vec<String>,
 }
 
-/// What the node asks of its hypervisor.
+/// What the node asks of its hypervisor: the life of VMs, and nothing else. The disks a VM
+/// boots are prepared before (formatted, imaged, seeded) by the provisioning's images module.
 ///
 /// Every call is idempotent: creating a VM that exists with the same spec answers it, deleting
 /// one that is gone succeeds.
@@ -376,13 +335,6 @@ pub trait Vmm: Send + Sync {
 
     /// The last `max` bytes of the VM's console log.
     fn console(&self, name: &str, max: usize) -> impl Future<Output = Result<String>> + Send;
-
-    /// Prepares the block device at `path` as `prep` says; answers whether it wrote anything.
-    fn prepare_disk(
-        &self,
-        path: &Path,
-        prep: DiskPrep,
-    ) -> impl Future<Output = Result<bool>> + Send;
 
     /// Brings back every recorded VM (zosd's start): adopts running QEMU processes, starts the
     /// others, and supervises them all from then on.

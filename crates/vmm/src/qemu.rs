@@ -33,7 +33,7 @@ use zos_runtime::supervise::{self, Backoff, Detach, Marker};
 use super::cgroup::Cgroups;
 use super::qmp::Qmp;
 use super::state::{self, Desired, STATE_DIR, STATE_VERSION, VmRecord};
-use super::{Boot, DiskPrep, Result, VmInfo, VmSpec, VmStatus, VmmError, VmmReconcile};
+use super::{Boot, Result, VmInfo, VmSpec, VmStatus, VmmError, VmmReconcile};
 use zos_runtime::find_program;
 
 /// Which accelerator QEMU uses.
@@ -990,17 +990,6 @@ impl super::Vmm for QemuVmm {
         let p = inner.console_log(name);
         let b = console_tail(&p, max as u64).map_err(io_err("read", &p))?;
         Ok(String::from_utf8_lossy(&b).into_owned())
-    }
-
-    async fn prepare_disk(&self, path: &Path, prep: DiskPrep) -> Result<bool> {
-        let path = path.to_path_buf();
-        tokio::task::spawn_blocking(move || match prep {
-            DiskPrep::Format { label } => super::nocloud::format_if_empty(&path, &label),
-            DiskPrep::Image { image } => super::nocloud::write_image_if_blank(&image, &path),
-            DiskPrep::NoCloud(seed) => seed.write_image(&path).map(|()| true),
-        })
-        .await
-        .map_err(|e| VmmError::Internal(format!("disk preparation panicked: {e}")))?
     }
 
     async fn reconcile(&self) -> Result<VmmReconcile> {

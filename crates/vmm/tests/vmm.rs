@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use zos_guest_init::seed::{Interface, MountSpec, SEED_VERSION, Seed};
 use zos_testkit::net::in_netns;
 use zos_testkit::netns::{Netns, attach_bare, delete_link, free_subnet};
-use zos_vmm::nocloud::{NoCloud, NoCloudNic, format_if_empty};
 use zos_vmm::{Accel, Boot, Disk, Nic, QemuVmm, Share, VmInfo, VmSpec, VmStatus, Vmm, VmmConfig};
 
 const BOOT: Duration = Duration::from_secs(90);
@@ -238,8 +237,8 @@ fn container_spec(lab: &Lab, g: &Path, net: &Net, name: &str) -> VmSpec {
         std::fs::create_dir_all(&vol).unwrap();
         let f = std::fs::File::create(&disk).unwrap();
         f.set_len(64 << 20).unwrap();
-        assert!(format_if_empty(&disk, "zd0").unwrap());
-        assert!(!format_if_empty(&disk, "zd0").unwrap(), "formatted twice");
+        // The node's images module formats zmounts (zos-provision); here the host's mkfs.
+        sh(&format!("mkfs.ext4 -q -F -L zd0 {}", disk.display()));
     }
     let mac = "02:7a:00:00:00:02";
     let seed = Seed {
@@ -552,20 +551,28 @@ fn vm_mode_boots_its_disk_and_reads_nocloud() {
     lab.cfg.stop_timeout = Duration::from_secs(2);
     let img = bootable_image(&lab, &g);
     let cidata = lab.path("cidata.iso");
-    NoCloud {
-        instance_id: "1-3-full".into(),
-        hostname: "fullvm7".into(),
-        nics: vec![NoCloudNic {
-            mac: "02:7a:00:00:00:03".into(),
-            addresses: vec!["10.213.0.2/24".parse().unwrap()],
-            gateway4: None,
-            routes: vec![],
-        }],
-        nameservers: vec![],
-        ssh_keys: vec![],
+    // A NoCloud seed as the node's images module writes one (zos-provision), made by hand.
+    let seed = lab.path("seed");
+    std::fs::create_dir_all(&seed).unwrap();
+    let files = [
+        (
+            "meta-data",
+            "instance-id: \"1-3-full\"\nlocal-hostname: \"fullvm7\"\n",
+        ),
+        (
+            "network-config",
+            "version: 2\nethernets:\n  eth0:\n    match:\n      macaddress: \"02:7a:00:00:00:03\"\n    set-name: eth0\n    addresses: [\"10.213.0.2/24\"]\n",
+        ),
+        ("user-data", "#cloud-config\n"),
+    ];
+    for (name, text) in files {
+        std::fs::write(seed.join(name), text).unwrap();
     }
-    .write_image(&cidata)
-    .unwrap();
+    sh(&format!(
+        "genisoimage -quiet -volid cidata -joliet -rock -output {} {}",
+        cidata.display(),
+        seed.display()
+    ));
     let name = "1-3-full";
     lab.names.push(name.into());
     let spec = VmSpec {
