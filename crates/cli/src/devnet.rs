@@ -78,7 +78,7 @@ fn beside_me(name: &str) -> anyhow::Result<PathBuf> {
 
 pub async fn run(cmd: DevnetCmd, g: &Global) -> anyhow::Result<()> {
     if !nix_is_root() {
-        bail!("a devnet makes network namespaces and links: run it as root (sudo)");
+        bail!("a devnet makes network namespaces and links: run it as root (or with sudo)");
     }
     match cmd {
         DevnetCmd::Up {
@@ -124,19 +124,7 @@ pub async fn run(cmd: DevnetCmd, g: &Global) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        DevnetCmd::Down { name } => {
-            let state = DevnetState::load(&devnet_dir(&name))?;
-            devnet::down(&state)?;
-            if g.json {
-                output::json(&json!({"name": name, "removed": true}))
-            } else {
-                println!(
-                    "devnet {name} removed: {} node(s), grid, namespaces and links",
-                    state.nodes.len()
-                );
-                Ok(())
-            }
-        }
+        DevnetCmd::Down { name } => down(&name, g),
         DevnetCmd::Status { name } => {
             let state = DevnetState::load(&devnet_dir(&name))?;
             if g.json {
@@ -145,6 +133,39 @@ pub async fn run(cmd: DevnetCmd, g: &Global) -> anyhow::Result<()> {
             status_print(&state).await
         }
     }
+}
+
+/// `zos devnet down`: removes what exists, says what was already gone, and succeeds once
+/// nothing of the devnet is left (so a second `down` succeeds too).
+fn down(name: &str, g: &Global) -> anyhow::Result<()> {
+    let dir = devnet_dir(name);
+    let (nodes, missing) = if DevnetState::state_file(&dir).exists() {
+        let state = DevnetState::load(&dir)?;
+        (state.nodes.len(), devnet::down(&state)?.missing)
+    } else {
+        // No state: nothing to stop by record, but a devnet whose state was lost may have left
+        // namespaces and bridges under its name.
+        let removed = devnet::down_leftovers(name)?;
+        if g.json {
+            return output::json(&json!({"name": name, "removed": true, "was_up": false,
+                "leftovers": removed}));
+        }
+        if removed.is_empty() {
+            println!("devnet {name} is not up: nothing to remove");
+        } else {
+            println!("devnet {name} had no state; removed {}", removed.join(", "));
+        }
+        return Ok(());
+    };
+    if g.json {
+        return output::json(&json!({"name": name, "removed": true, "was_up": true,
+            "already_gone": missing}));
+    }
+    if !missing.is_empty() {
+        eprintln!("already gone: {}", missing.join(", "));
+    }
+    println!("devnet {name} removed: {nodes} node(s), grid, namespaces, links and its data");
+    Ok(())
 }
 
 async fn status_print(state: &DevnetState) -> anyhow::Result<()> {

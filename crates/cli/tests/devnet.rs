@@ -218,3 +218,107 @@ async fn a_node_reattaches_when_the_grid_comes_back() {
     assert_eq!(seen_later.id, first.id);
     assert_eq!(nodes(&url, farm).await.len(), 1);
 }
+
+/// `zos devnet …` as a user runs it, with its state in `state` (XDG_STATE_HOME).
+fn zos_devnet(state: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let bin = |b: &str| {
+        zos_testkit::workspace_binary(b)
+            .unwrap_or_else(|| panic!("{b} is not built: cargo build --workspace"))
+    };
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_zos"));
+    cmd.arg("devnet").args(args).env("XDG_STATE_HOME", state);
+    if args[0] == "up" {
+        cmd.arg("--zosd")
+            .arg(bin("zosd"))
+            .arg("--grid-bin")
+            .arg(bin("zos-grid"))
+            .args(["--nodes", "1", "--report-interval", "1"]);
+    }
+    cmd.output().unwrap()
+}
+
+fn ok(out: &std::process::Output, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed: {stderr}\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    format!("{}{stderr}", String::from_utf8_lossy(&out.stdout))
+}
+
+#[test]
+fn devnet_down_is_idempotent_and_up_after_down_starts_fresh() {
+    if !require_root("devnet_down_is_idempotent_and_up_after_down_starts_fresh") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let name = format!("u{:04}", std::process::id() % 10_000);
+    let dir = tmp.path().join("zos/devnet").join(&name);
+    ok(&zos_devnet(tmp.path(), &["up", "--name", &name]), "up");
+    let state = zos_devnet::DevnetState::load(&dir).unwrap();
+    let node = state.nodes[0].clone();
+
+    // A user removes parts by hand: the node's namespace (its veth ends go with it) and the
+    // public bridge. `down` removes the rest, says what was gone, and exits 0.
+    zos_testkit::cmd::ip(&["netns", "del", &node.netns]).unwrap();
+    zos_testkit::cmd::ip(&["link", "del", &state.public_bridge]).unwrap();
+    let said = ok(&zos_devnet(tmp.path(), &["down", "--name", &name]), "down");
+    assert!(said.contains("already gone"), "{said}");
+    assert!(
+        said.contains(&format!("namespace {}", node.netns)),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("bridge {}", state.public_bridge)),
+        "{said}"
+    );
+    let nothing_left = || {
+        assert!(!zos_testkit::process::alive(state.grid_pid));
+        assert!(!zos_testkit::process::alive(node.pid));
+        for link in [
+            &state.bridge,
+            &state.public_bridge,
+            &node.host_if,
+            &node.public_if,
+        ] {
+            assert!(!netns::link_exists(link), "{link} left");
+        }
+        assert!(!netns::netns_exists(&node.netns));
+        assert!(!zos_devnet::DevnetState::state_file(&dir).exists());
+        assert!(
+            !dir.join("grid").exists(),
+            "the grid's database outlived down"
+        );
+        assert!(
+            zos_testkit::disk::mounts_under(&dir)
+                .unwrap_or_default()
+                .is_empty()
+        );
+    };
+    nothing_left();
+
+    // Down again: nothing to do, and that is a success.
+    let said = ok(
+        &zos_devnet(tmp.path(), &["down", "--name", &name]),
+        "second down",
+    );
+    assert!(said.contains("nothing to remove"), "{said}");
+
+    // Up after down: a fresh devnet (its farm name is free again), then down once more.
+    ok(
+        &zos_devnet(tmp.path(), &["up", "--name", &name]),
+        "up after down",
+    );
+    let again = zos_devnet::DevnetState::load(&dir).unwrap();
+    assert_eq!(
+        again.farmer_twin, 1,
+        "a fresh grid: the farmer is its first twin"
+    );
+    let said = ok(
+        &zos_devnet(tmp.path(), &["down", "--name", &name]),
+        "last down",
+    );
+    assert!(!said.contains("already gone"), "{said}");
+    nothing_left();
+}

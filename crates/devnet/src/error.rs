@@ -95,6 +95,11 @@ pub enum DevnetError {
         timeout: Duration,
         log: PathBuf,
     },
+    #[error(
+        "{} is still mounted: unmount it (or run `zos devnet down`) before its data is removed",
+        .0.display()
+    )]
+    StillMounted(PathBuf),
     #[error("devnet {name} was not fully removed: {}", .problems.join("; "))]
     NotRemoved { name: String, problems: Vec<String> },
 }

@@ -24,7 +24,7 @@ pub mod process;
 mod run;
 pub mod state;
 
-pub use down::down;
+pub use down::{DownReport, down, down_leftovers};
 pub use error::DevnetError;
 pub use run::{
     GUEST_FLIST, PUBLIC_IPS, PUBLIC_NIC, guest_flist_url, start_grid, start_node, stop_grid,

@@ -29,15 +29,24 @@ pub fn delete_netns(name: &str) -> Result<(), CmdError> {
             kill_and_wait(pid, std::time::Duration::from_secs(5));
         }
     }
-    ip(&["netns", "del", name]).map(|_| ())
+    // Gone meanwhile (removed by someone else): what was asked for is done.
+    match ip(&["netns", "del", name]) {
+        Err(_) if !netns_exists(name) => Ok(()),
+        r => r.map(|_| ()),
+    }
 }
 
-/// Deletes a link of the root namespace (the peer of a veth goes with it). Missing links are fine.
+/// Deletes a link of the root namespace (the peer of a veth goes with it). Missing links are
+/// fine, and so is a link that goes while this runs (the kernel removes the root end of a veth
+/// some time after its namespace end's namespace is deleted).
 pub fn delete_link(name: &str) -> Result<(), CmdError> {
     if !link_exists(name) {
         return Ok(());
     }
-    ip(&["link", "del", name]).map(|_| ())
+    match ip(&["link", "del", name]) {
+        Err(_) if !link_exists(name) => Ok(()),
+        r => r.map(|_| ()),
+    }
 }
 
 /// A network namespace that is deleted, with every process in it, when dropped.

@@ -51,7 +51,8 @@ fn free_port() -> Result<u16> {
         .map_err(DevnetError::Port)
 }
 
-/// Brings a devnet up. On failure, whatever was made is removed again.
+/// Brings a fresh devnet up (data left in `opts.dir` by an earlier one is removed first). On
+/// failure, whatever was made is removed again.
 pub async fn up(opts: &DevnetOptions) -> Result<DevnetState> {
     validate_name(&opts.name)?;
     if !(1..=50).contains(&opts.nodes) {
@@ -71,6 +72,9 @@ pub async fn up(opts: &DevnetOptions) -> Result<DevnetState> {
         }
     }
     std::fs::create_dir_all(&opts.dir).map_err(DevnetError::io("creating", &opts.dir))?;
+    // No devnet is up in `dir`: data an earlier one left (an older `down` kept its grid
+    // database) belongs to a grid that is gone; a devnet always starts fresh.
+    crate::down::clear_data(&opts.dir)?;
 
     // Subnet choice and bridge creation happen under one lock so parallel devnets do not collide.
     const LOCK: &str = "/run/lock/zos-devnet.lock";
