@@ -1,8 +1,22 @@
 #!/usr/bin/env bash
 # From a fresh Debian 12 machine: install what is missing, build, start a local grid with nodes,
 # and publish the guest image its nodes boot container-mode machines with.
-# Usage: sudo scripts/devnet.sh [NODES]     (stop it with: sudo target/release/zos devnet down)
+# Usage, as root (or with sudo): scripts/devnet.sh [NODES]
+# Stop it with: target/release/zos devnet down (as root too); running it again after that starts
+# a fresh devnet.
 set -euo pipefail
+# Root is needed (namespaces, links, loop devices, packages): as root this runs as it is; as
+# another user it runs itself again through sudo, when there is one.
+if [[ $(id -u) -ne 0 ]]; then
+  if ! command -v sudo >/dev/null 2>&1; then
+    echo "$0 needs root: run it as root (there is no sudo here)" >&2
+    exit 1
+  fi
+  # The caller's Rust toolchain, wherever rustup put it (sudo sets HOME to root's).
+  [[ -d ${CARGO_HOME:-$HOME/.cargo} ]] && export CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
+  [[ -d ${RUSTUP_HOME:-$HOME/.rustup} ]] && export RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}"
+  exec sudo --preserve-env=PATH,CARGO_HOME,RUSTUP_HOME "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
 nodes="${1:-2}"
 scripts/install-deps.sh

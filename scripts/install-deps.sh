@@ -25,7 +25,7 @@ done
 
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
-    echo "missing packages: ${missing[*]}; run as root or: sudo apt-get install ${missing[*]}" >&2
+    echo "missing packages: ${missing[*]}; run this as root (or with sudo), or install them: apt-get install ${missing[*]}" >&2
     exit 1
   fi
   echo "installing: ${missing[*]}" >&2

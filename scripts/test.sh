@@ -1,6 +1,19 @@
 #!/usr/bin/env bash
-# The whole check: install what is missing, format, lint, build and run every test (as root).
+# The whole check: install what is missing, format, lint, build and run every test (as root, or
+# through sudo).
 set -euo pipefail
+# Root is needed (namespaces, links, loop devices, packages): as root this runs as it is; as
+# another user it runs itself again through sudo, when there is one.
+if [[ $(id -u) -ne 0 ]]; then
+  if ! command -v sudo >/dev/null 2>&1; then
+    echo "$0 needs root: run it as root (there is no sudo here)" >&2
+    exit 1
+  fi
+  # The caller's Rust toolchain, wherever rustup put it (sudo sets HOME to root's).
+  [[ -d ${CARGO_HOME:-$HOME/.cargo} ]] && export CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
+  [[ -d ${RUSTUP_HOME:-$HOME/.rustup} ]] && export RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}"
+  exec sudo --preserve-env=PATH,CARGO_HOME,RUSTUP_HOME "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo fmt --all --check
