@@ -140,6 +140,8 @@ impl DiskImages for HostImages {
 #[derive(Debug, Default)]
 pub struct RecordingImages {
     prepared: std::sync::Mutex<Vec<(PathBuf, DiskPrep)>>,
+    /// The next preparation fails with this error, and records nothing.
+    fail: std::sync::Mutex<Option<std::io::ErrorKind>>,
 }
 
 #[cfg(test)]
@@ -148,11 +150,19 @@ impl RecordingImages {
     pub fn prepared(&self) -> Vec<(PathBuf, DiskPrep)> {
         self.prepared.lock().unwrap().clone()
     }
+
+    /// Makes the next preparation fail as writing the disk would with `kind`.
+    pub fn fail_next(&self, kind: std::io::ErrorKind) {
+        *self.fail.lock().unwrap() = Some(kind);
+    }
 }
 
 #[cfg(test)]
 impl DiskImages for std::sync::Arc<RecordingImages> {
     async fn prepare(&self, path: &Path, prep: DiskPrep) -> Result<bool, ImageError> {
+        if let Some(kind) = self.fail.lock().unwrap().take() {
+            return Err(io("write", path)(kind.into()));
+        }
         self.prepared
             .lock()
             .unwrap()

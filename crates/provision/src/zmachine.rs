@@ -823,7 +823,12 @@ mod tests {
         assert_eq!(provision(&b, "vm_1", &z).await.unwrap(), res);
         assert_eq!(b.vmm.list().await.unwrap().len(), 1);
 
-        // Pause and resume reach the VMM.
+        pause_resume_and_remove(&b).await;
+    }
+
+    /// Pause and resume reach the VMM; removal takes everything of the machine `vm_1` and
+    /// nothing of the zmount and volume it used.
+    async fn pause_resume_and_remove(b: &Bed) {
         b.mgr.pause(&wid("vm_1")).await.unwrap();
         assert_eq!(
             b.vmm.info("7-1-vm_1").await.unwrap().unwrap().status,
@@ -920,6 +925,43 @@ mod tests {
         nothing_left().await;
         // And the next machine is fine.
         provision(&b, "good", &machine()).await.unwrap();
+    }
+
+    /// A machine whose disk cannot be prepared is undone: root volume, mounts, attachments,
+    /// seed and record are gone, and the next attempt starts clean.
+    #[tokio::test]
+    async fn a_failed_disk_step_undoes_what_the_machine_got() {
+        let b = bed().await;
+        b.images.fail_next(std::io::ErrorKind::StorageFull);
+        let m = err(provision(&b, "full", &machine()).await);
+        assert!(m.starts_with("mounts[0]: formatting: cannot write "), "{m}");
+        assert!(m.ends_with("7-1-data: no storage space"), "{m}");
+        let b = &b;
+        let gone = |vm: &'static str| async move {
+            assert!(b.vmm.info(vm).await.unwrap().is_none());
+            assert!(b.flists.list().await.unwrap().is_empty());
+            let root = format!("{vm}-root");
+            assert!(b.storage.volume_get(&root).await.unwrap().is_none());
+            assert!(b.net.private_ips(7, "net1").await.unwrap().is_empty());
+            let state = b.dir.path().join("zmachine");
+            assert!(!state.join(format!("{vm}.json")).exists());
+            assert!(!state.join(format!("{vm}-cidata.iso")).exists());
+        };
+        gone("7-1-full").await;
+
+        // VM mode: the image cannot be written.
+        let probe = b.dir.path().join("flists/t-7-1-img-ro");
+        std::fs::create_dir_all(&probe).unwrap();
+        std::fs::write(probe.join("image.raw"), b"boot").unwrap();
+        b.images.fail_next(std::io::ErrorKind::PermissionDenied);
+        let m = err(provision(b, "img", &machine()).await);
+        assert!(
+            m.starts_with("mounts[0]: writing image.raw: cannot write "),
+            "{m}"
+        );
+        gone("7-1-img").await;
+        assert!(b.images.prepared().is_empty());
+        provision(b, "full", &machine()).await.unwrap();
     }
 
     #[tokio::test]
