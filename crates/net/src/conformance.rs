@@ -250,6 +250,15 @@ pub async fn check_private<N: Networker>(n: &N, info: &NetworkInfo) {
         .attach_private(&other, "net", Ipv4Addr::new(10, 20, 1, 6), veth)
         .await;
     assert!(matches!(r, Err(NetworkError::Invalid(_))), "{r:?}");
+    let gone = VmLink::Veth {
+        netns: "/run/netns/zos-conformance-no-such-namespace".into(),
+        ifname: "eth0".into(),
+        default_route: false,
+    };
+    let r = n
+        .attach_private(&other, "net", Ipv4Addr::new(10, 20, 1, 6), gone)
+        .await;
+    assert!(matches!(r, Err(NetworkError::NoNamespace(_))), "{r:?}");
     assert_eq!(books(n).await, before, "a refused attach changed something");
     for _ in 0..2 {
         n.detach_private(&vm, "net").await.expect("detach private");

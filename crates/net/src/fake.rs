@@ -106,6 +106,17 @@ impl RecordingNetworker {
     }
 }
 
+/// A veth into a namespace that does not exist is refused, as the real networker refuses it
+/// when it cannot enter the namespace (and then keeps nothing of the attach).
+fn check_namespace(link: &VmLink) -> Result<()> {
+    match link {
+        VmLink::Veth { netns, .. } if !netns.exists() => {
+            Err(NetworkError::NoNamespace(netns.display().to_string()))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl Networker for RecordingNetworker {
     async fn setup_node(&self, public: Option<PublicSetup>) -> Result<()> {
         let mut g = self.begin(
@@ -208,6 +219,7 @@ impl Networker for RecordingNetworker {
         )?;
         rules::check_link(&link)?;
         let mut port = rules::plan_private(&g.state, &self.names, vm, network, ip)?;
+        check_namespace(&link)?;
         port.link = Some(link);
         g.state.ports.insert(port.ifname.clone(), port.clone());
         Ok(rules::attachment(&self.names, &g.state, &port))
@@ -253,6 +265,7 @@ impl Networker for RecordingNetworker {
         let mut port = rules::public_port(&g.state, &self.names, ip_wl)
             .cloned()
             .ok_or_else(|| NetworkError::NoPublicIp(ip_wl.to_string()))?;
+        check_namespace(&link)?;
         port.link = Some(link);
         g.state.ports.insert(port.ifname.clone(), port.clone());
         Ok(rules::attachment(&self.names, &g.state, &port))
