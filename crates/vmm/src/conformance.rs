@@ -1,5 +1,4 @@
-//! The contract of the [`Vmm`] seam's lifecycle, as one suite that every implementation must
-//! pass.
+//! The contract of the [`Vmm`] seam, as one suite that every implementation must pass.
 //!
 //! `tests/conformance.rs` runs [`run`] twice: against `MemoryVmm` (feature `fake`) and against
 //! `QemuVmm` booting one tiny guest under TCG. It states what `zos-provision` relies on: a
@@ -8,9 +7,9 @@
 //! running, paused and stopped (a stopped VM has no process), pausing or resuming a stopped VM
 //! is a `State` error; every call on a VM that does not exist is `NotFound` except `info`
 //! (`None`) and `delete` (succeeds); an invalid spec is refused and leaves nothing; `reconcile`
-//! on a VMM that already supervises its VMs changes nothing. Disk preparation is not part of
-//! it (it is leaving this seam). The real implementation is the reference. Compiled only with the
-//! `conformance` feature.
+//! on a VMM that already supervises its VMs changes nothing. That is the whole seam: disk
+//! preparation is the images module's. The real implementation is the reference. Compiled
+//! only with the `conformance` feature.
 
 use std::time::Duration;
 
