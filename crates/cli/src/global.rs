@@ -65,7 +65,7 @@ pub fn grid_url(g: &Global) -> anyhow::Result<String> {
     if let Some(state) = crate::devnet::running_default() {
         return Ok(state.grid_url);
     }
-    bail!("no grid: pass --grid URL, set ZOS_GRID, or start one with `sudo zos devnet up`")
+    bail!("no grid: pass --grid URL, set ZOS_GRID, or start one with `zos devnet up` (as root)")
 }
 
 /// An unsigned client of the grid.

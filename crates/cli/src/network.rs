@@ -3,15 +3,17 @@
 //! The workflows (planning subnets, ports and keys, deploying on every node, the configuration
 //! of this machine) are `zos_client::workflow::network`'s; this module parses the flags, draws
 //! the progress and prints. What was made (keys included) is kept in
-//! `$XDG_STATE_HOME/zos/networks/<name>.json` (mode 0600) for `show`, `add-access`, `free-ip`,
-//! `wg-config` and `delete`. Machines join a network by naming it, with an address of their
+//! `$XDG_STATE_HOME/zos/networks/<grid>/<twin>/<name>.json` (mode 0600) for `show`,
+//! `add-access`, `free-ip`, `wg-config`, `join` and `delete`: names are a twin's own on a grid. Machines join a network by naming it, with an address of their
 //! node's /24 (`free-ip` picks one).
 
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Subcommand;
 use ipnet::Ipv4Net;
 use serde_json::{Value, json};
+use zos_client::GridClient;
 use zos_client::workflow::network::{
     self as workflow, CreateRequest, NetworkError, NetworkRecord, NetworkStore, PartState, dot_one,
 };
@@ -68,9 +70,13 @@ pub enum NetworkCmd {
     },
 }
 
-/// The networks made from this machine.
-fn store() -> NetworkStore {
-    NetworkStore::new(state_dir().join("networks"))
+/// The networks made from this machine by this key's twin on this grid, with a client that
+/// signs as that twin.
+async fn store(g: &Global) -> anyhow::Result<(NetworkStore, GridClient)> {
+    let c = signed_client(g).await?;
+    let twin = c.twin_id().context("a signed client has a twin")?;
+    let store = NetworkStore::for_twin(state_dir().join("networks"), c.base_url().as_str(), twin);
+    Ok((store, c))
 }
 
 pub async fn run(cmd: NetworkCmd, g: &Global) -> anyhow::Result<()> {
@@ -93,23 +99,23 @@ pub async fn run(cmd: NetworkCmd, g: &Global) -> anyhow::Result<()> {
             create(&req, Duration::from_secs(wait), g).await
         }
         NetworkCmd::AddAccess { name, wait } => {
-            let rec = store().load(&name)?;
+            let (store, c) = store(g).await?;
+            let rec = store.load(&name)?;
             if rec.access.is_some() {
                 return print_file(&rec, g);
             }
-            let c = signed_client(g).await?;
             let mut progress = Progress::new(g.json);
             let wait = Duration::from_secs(wait);
             let rec =
-                workflow::add_access(&c, &store(), &name, wait, &mut |e| progress.network(e)).await;
+                workflow::add_access(&c, &store, &name, wait, &mut |e| progress.network(e)).await;
             print_file(&rec.inspect_err(|_| progress.abandon())?, g)
         }
         NetworkCmd::Show { name } => show(&name, g).await,
-        NetworkCmd::List => list(g),
+        NetworkCmd::List => list(g).await,
         NetworkCmd::FreeIp { name, node } => {
-            let rec = store().load(&name)?;
+            let (store, c) = store(g).await?;
+            let rec = store.load(&name)?;
             rec.part(node)?;
-            let c = signed_client(g).await?;
             let (ip, subnet) = workflow::free_ip(&c, &rec, node).await?;
             if g.json {
                 output::json(&json!({"ip": ip, "subnet": subnet, "node_id": node}))
@@ -119,7 +125,7 @@ pub async fn run(cmd: NetworkCmd, g: &Global) -> anyhow::Result<()> {
             }
         }
         NetworkCmd::WgConfig { name } => {
-            print!("{}", store().load(&name)?.wg_config()?);
+            print!("{}", store(g).await?.0.load(&name)?.wg_config()?);
             Ok(())
         }
         NetworkCmd::Delete { name, wait } => delete(&name, Duration::from_secs(wait), g).await,
@@ -145,12 +151,12 @@ fn parse_endpoint(s: &str) -> Result<(NodeId, String), String> {
 }
 
 async fn create(req: &CreateRequest, wait: Duration, g: &Global) -> anyhow::Result<()> {
-    let store = store();
     // Mistakes in the flags are named by their flags, before any grid is asked.
-    if let Err(e) = req.check(&store) {
+    if let Err(e) = req.check_fields() {
         return Err(flag_error(e));
     }
-    let c = signed_client(g).await?;
+    let (store, c) = store(g).await?;
+    req.check(&store)?;
     let mut progress = Progress::new(g.json);
     let rec = workflow::create(&c, &store, req, wait, &mut |e| progress.network(e)).await;
     print_file(&rec.inspect_err(|_| progress.abandon())?, g)
@@ -171,9 +177,8 @@ fn flag_error(e: NetworkError) -> anyhow::Error {
 }
 
 async fn delete(name: &str, wait: Duration, g: &Global) -> anyhow::Result<()> {
-    let store = store();
+    let (store, c) = store(g).await?;
     store.load(name)?;
-    let c = signed_client(g).await?;
     let mut progress = Progress::new(g.json);
     let rec = workflow::delete(&c, &store, name, wait, &mut |e| progress.network(e)).await;
     let rec = rec.inspect_err(|_| progress.abandon())?;
@@ -232,8 +237,8 @@ fn print_file(f: &NetworkRecord, g: &Global) -> anyhow::Result<()> {
 }
 
 async fn show(name: &str, g: &Global) -> anyhow::Result<()> {
-    let f = store().load(name)?;
-    let c = signed_client(g).await?;
+    let (store, c) = store(g).await?;
+    let f = store.load(name)?;
     let rows: Vec<(String, _)> = workflow::status(&c, &f)
         .await
         .into_iter()
@@ -283,8 +288,8 @@ async fn show(name: &str, g: &Global) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn list(g: &Global) -> anyhow::Result<()> {
-    let files = store().list();
+async fn list(g: &Global) -> anyhow::Result<()> {
+    let files = store(g).await?.0.list();
     if g.json {
         let v: Vec<Value> = files
             .iter()

@@ -204,8 +204,11 @@ async fn tenant_secrets_on_the_node_are_readable_by_root_only() {
             wrong.push(format!("{} is {:o}", f.display(), mode(f)));
         }
     }
-    // The CLI's own copy of the network (private keys of every node and the access peer).
-    let cli = u.state_dir().join("zos/networks");
+    // The CLI's own copy of the network (private keys of every node and the access peer), in
+    // its grid's and twin's directory.
+    let root = u.state_dir().join("zos/networks");
+    let grid = root.join(zos_client::workflow::network::grid_id(&u.grid));
+    let cli = grid.join(u.twin().to_string());
     if mode(&cli.join("lan.json")) != 0o600 {
         wrong.push(format!(
             "{} is {:o}",
@@ -213,7 +216,7 @@ async fn tenant_secrets_on_the_node_are_readable_by_root_only() {
             mode(&cli.join("lan.json"))
         ));
     }
-    for d in [s.join("vmm"), s.join("zmachine"), cli] {
+    for d in [s.join("vmm"), s.join("zmachine"), root, grid, cli] {
         if mode(&d) != 0o700 {
             wrong.push(format!("{} is {:o}", d.display(), mode(&d)));
         }

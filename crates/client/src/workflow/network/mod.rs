@@ -28,7 +28,7 @@ use zos_types::{NodeId, TwinId};
 
 pub use plan::{CreateRequest, PORTS, plan};
 pub use record::{
-    Access, FILE_VERSION, NetworkRecord, NetworkStore, NodePart, dot_one, valid_name,
+    Access, FILE_VERSION, NetworkRecord, NetworkStore, NodePart, dot_one, grid_id, valid_name,
 };
 
 use super::deploy::{self, DeployError, DeployEvent};
@@ -69,6 +69,18 @@ pub enum NetworkError {
         .path.display()
     )]
     Missing { name: String, path: PathBuf },
+    #[error(
+        "network {name:?} was recorded by an older zos that kept networks by name alone ({}); \
+         it does not say which grid it is on: if it is this grid's and twin's, move it to {}, \
+         otherwise delete it",
+        .old.display(),
+        .new.display()
+    )]
+    Unkeyed {
+        name: String,
+        old: PathBuf,
+        new: PathBuf,
+    },
     #[error("network {name:?} already exists: `zos network show {name}`, or delete it first")]
     Exists { name: String },
     #[error("an endpoint is given for node {node}, which is not one of the network's nodes")]

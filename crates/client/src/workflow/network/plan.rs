@@ -34,14 +34,21 @@ impl CreateRequest {
     /// Checks the request without asking anyone: the name, the endpoints, the range, the
     /// nodes, and that no network of that name was made from here.
     pub fn check(&self, store: &NetworkStore) -> Result<(), NetworkError> {
-        valid_name(&self.name)?;
-        if let Some((node, _)) = self.endpoints.iter().find(|(n, _)| !self.nodes.contains(n)) {
-            return Err(NetworkError::EndpointNotMember { node: *node });
-        }
+        self.check_fields()?;
         if store.exists(&self.name) {
             return Err(NetworkError::Exists {
                 name: self.name.clone(),
             });
+        }
+        Ok(())
+    }
+
+    /// The checks of [`Self::check`] that need no store: the name, the endpoints, the range
+    /// and the nodes.
+    pub fn check_fields(&self) -> Result<(), NetworkError> {
+        valid_name(&self.name)?;
+        if let Some((node, _)) = self.endpoints.iter().find(|(n, _)| !self.nodes.contains(n)) {
+            return Err(NetworkError::EndpointNotMember { node: *node });
         }
         if self.ip_range.prefix_len() != 16 || !self.ip_range.network().is_private() {
             return Err(NetworkError::Range {

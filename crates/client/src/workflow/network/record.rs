@@ -1,7 +1,9 @@
 //! The local record of a network ([`NetworkRecord`]: every node's part with its keys, and the
 //! user's machine's access) and what follows from it alone: each node's network workload and
 //! deployment, and the `wg-quick` file of the user's machine. [`NetworkStore`] keeps the
-//! records, one owner-only state file per network.
+//! records, one owner-only state file per network, under the grid and twin that own it
+//! ([`NetworkStore::for_twin`]): names are a twin's own on one grid, so a devnet and another
+//! grid, or two keys, each have theirs.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -75,15 +77,48 @@ pub fn valid_name(name: &str) -> Result<(), NetworkError> {
 }
 
 /// Where network records live: `<dir>/<name>.json`, each owner-only (they hold private keys),
-/// in a directory only its owner can open.
+/// in a directory only its owner can open. [`NetworkStore::for_twin`] makes `dir` the grid's and
+/// twin's own, `<root>/<grid id>/<twin>`.
 #[derive(Debug, Clone)]
 pub struct NetworkStore {
     dir: PathBuf,
+    /// Where an older zos kept records by name alone, looked at only to explain a miss.
+    legacy: Option<PathBuf>,
+}
+
+/// A stable, readable directory name for a grid from its URL: scheme, host, port and path,
+/// lower-cased, with every other character made `_` (`http://127.0.0.1:8080/` gives
+/// `http_127.0.0.1_8080`).
+pub fn grid_id(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/').to_ascii_lowercase();
+    let url = url.replacen("://", "_", 1);
+    url.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 impl NetworkStore {
+    /// A store in `dir` itself.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            legacy: None,
+        }
+    }
+
+    /// The store of `twin`'s networks on the grid at `grid_url`: `<root>/<grid id>/<twin>`.
+    pub fn for_twin(root: impl Into<PathBuf>, grid_url: &str, twin: TwinId) -> Self {
+        let root = root.into();
+        Self {
+            dir: root.join(grid_id(grid_url)).join(twin.to_string()),
+            legacy: Some(root),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -100,16 +135,27 @@ impl NetworkStore {
         self.path(name).exists()
     }
 
-    /// The record of network `name`.
+    /// The record of network `name`. A record an older zos kept by name alone is not taken
+    /// for this grid's and twin's (it does not say which grid it is on): the error says where
+    /// it is and what to do with it.
     pub fn load(&self, name: &str) -> Result<NetworkRecord, NetworkError> {
         valid_name(name)?;
         let path = self.path(name);
-        StateFile::<NetworkRecord>::new(&path)
-            .load()?
-            .ok_or_else(|| NetworkError::Missing {
+        if let Some(r) = StateFile::<NetworkRecord>::new(&path).load()? {
+            return Ok(r);
+        }
+        let legacy = self.legacy.as_ref().map(|d| d.join(format!("{name}.json")));
+        if let Some(old) = legacy.filter(|p| p.is_file()) {
+            return Err(NetworkError::Unkeyed {
                 name: name.into(),
-                path,
-            })
+                old,
+                new: path,
+            });
+        }
+        Err(NetworkError::Missing {
+            name: name.into(),
+            path,
+        })
     }
 
     /// Writes the record atomically, readable by its owner only.
@@ -335,6 +381,48 @@ pub(super) mod tests {
             store.load("net").unwrap_err(),
             NetworkError::Missing { .. }
         ));
+    }
+
+    #[test]
+    fn records_of_one_name_on_two_grids_or_two_twins_coexist_and_old_ones_are_explained() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("networks");
+        let devnet = NetworkStore::for_twin(&root, "http://127.0.0.1:8080/", 7);
+        let other = NetworkStore::for_twin(&root, "https://grid.example.org", 7);
+        let second_key = NetworkStore::for_twin(&root, "http://127.0.0.1:8080", 8);
+        let mut f = record(true);
+        devnet.save(&f).unwrap();
+        f.twin_id = 8;
+        second_key.save(&f).unwrap();
+        assert!(!other.exists("net"));
+        f.ip_range = "10.30.0.0/16".parse().unwrap();
+        f.twin_id = 7;
+        other.save(&f).unwrap();
+        assert_eq!(
+            devnet.load("net").unwrap().ip_range.to_string(),
+            "10.20.0.0/16"
+        );
+        assert_eq!(
+            other.load("net").unwrap().ip_range.to_string(),
+            "10.30.0.0/16"
+        );
+        assert_eq!(second_key.load("net").unwrap().twin_id, 8);
+        assert_eq!(devnet.list().len(), 1);
+        assert_eq!(
+            devnet.dir(),
+            root.join("http_127.0.0.1_8080").join("7"),
+            "a trailing slash names the same grid"
+        );
+        second_key.remove("net").unwrap();
+        assert!(devnet.exists("net"), "removing one leaves the others");
+
+        // A record an older zos kept by name alone is explained, not adopted.
+        let old = root.join("lan.json");
+        std::fs::copy(devnet.path("net"), &old).unwrap();
+        let e = devnet.load("lan").unwrap_err();
+        assert!(matches!(e, NetworkError::Unkeyed { .. }), "{e}");
+        assert!(e.to_string().contains(&old.display().to_string()), "{e}");
+        assert!(old.exists());
     }
 
     #[test]
