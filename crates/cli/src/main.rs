@@ -6,6 +6,7 @@ mod deployfile;
 mod devnet;
 mod flist;
 mod global;
+mod join;
 mod network;
 mod output;
 mod progress;

@@ -62,6 +62,11 @@ pub enum NetworkCmd {
     },
     /// The WireGuard configuration that joins this machine to the network (`wg-quick up FILE`).
     WgConfig { name: String },
+    /// Bring this machine into the network as its access peer (as root): a WireGuard interface
+    /// (the kernel's, or boringtun where the kernel has none) with its address and route.
+    Join { name: String },
+    /// Take this machine out of the network: interface, route and boringtun process go.
+    Leave { name: String },
     /// Cancel the network's contracts on every node and forget it.
     Delete {
         name: String,
@@ -128,8 +133,55 @@ pub async fn run(cmd: NetworkCmd, g: &Global) -> anyhow::Result<()> {
             print!("{}", store(g).await?.0.load(&name)?.wg_config()?);
             Ok(())
         }
+        NetworkCmd::Join { name } => join(&name, g).await,
+        NetworkCmd::Leave { name } => leave(&name, g).await,
         NetworkCmd::Delete { name, wait } => delete(&name, Duration::from_secs(wait), g).await,
     }
+}
+
+fn need_root(what: &str) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!("{what} makes a network interface: run it as root (or with sudo)");
+    }
+    Ok(())
+}
+
+async fn join(name: &str, g: &Global) -> anyhow::Result<()> {
+    need_root("zos network join")?;
+    let (store, _) = store(g).await?;
+    let rec = store.load(name)?;
+    let (j, made) = crate::join::join(&store, &rec).await?;
+    if g.json {
+        return output::json(&json!({"name": name, "joined": true, "new": made,
+            "interface": j.ifname, "backend": j.backend, "address": j.address,
+            "route": j.route, "pid": j.pid}));
+    }
+    let how = match j.pid {
+        Some(pid) => format!("userspace WireGuard, boringtun pid {pid}"),
+        None => "kernel WireGuard".to_string(),
+    };
+    let verb = if made { "joined" } else { "already joined" };
+    println!(
+        "{verb} network {name}: {} on {} ({how}), {} routed through it; `zos network leave {name}` undoes it",
+        j.address, j.ifname, j.route
+    );
+    Ok(())
+}
+
+async fn leave(name: &str, g: &Global) -> anyhow::Result<()> {
+    need_root("zos network leave")?;
+    let (store, _) = store(g).await?;
+    zos_client::workflow::network::valid_name(name)?;
+    let left = crate::join::leave(&store, name).await?;
+    if g.json {
+        return output::json(&json!({"name": name, "left": left.is_some(),
+            "interface": left.as_ref().map(|j| j.ifname.clone())}));
+    }
+    match left {
+        Some(j) => println!("left network {name}: {} and its route removed", j.ifname),
+        None => println!("this machine had not joined network {name}: nothing to remove"),
+    }
+    Ok(())
 }
 
 /// `NODE=HOST` of `--endpoint`.
