@@ -124,7 +124,7 @@ pub async fn run(cmd: DevnetCmd, g: &Global) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        DevnetCmd::Down { name } => down(&name, g),
+        DevnetCmd::Down { name } => down(&name, g).await,
         DevnetCmd::Status { name } => {
             let state = DevnetState::load(&devnet_dir(&name))?;
             if g.json {
@@ -135,12 +135,18 @@ pub async fn run(cmd: DevnetCmd, g: &Global) -> anyhow::Result<()> {
     }
 }
 
-/// `zos devnet down`: removes what exists, says what was already gone, and succeeds once
-/// nothing of the devnet is left (so a second `down` succeeds too).
-fn down(name: &str, g: &Global) -> anyhow::Result<()> {
+/// `zos devnet down`: takes this machine out of the devnet's networks it joined, removes what
+/// exists, says what was already gone, and succeeds once nothing of the devnet is left (so a
+/// second `down` succeeds too).
+async fn down(name: &str, g: &Global) -> anyhow::Result<()> {
     let dir = devnet_dir(name);
     let (nodes, missing) = if DevnetState::state_file(&dir).exists() {
         let state = DevnetState::load(&dir)?;
+        // This machine's joins of the devnet's networks go first, while the nodes still run.
+        let root = crate::global::state_dir().join("networks");
+        for net in crate::join::leave_grid(&root, &state.grid_url).await? {
+            eprintln!("left network {net}");
+        }
         (state.nodes.len(), devnet::down(&state)?.missing)
     } else {
         // No state: nothing to stop by record, but a devnet whose state was lost may have left

@@ -211,3 +211,27 @@ pub async fn leave(store: &NetworkStore, name: &str) -> anyhow::Result<Option<Jo
 pub fn log_path(store: &NetworkStore, name: &str) -> PathBuf {
     store.dir().join("joined").join(format!("{name}.log"))
 }
+
+/// Takes this machine out of every network of the grid at `grid_url` it joined, whatever the
+/// twin (`zos devnet down`: the grid goes, and an interface into its networks would stay behind
+/// with its route and process). Answers the networks left.
+pub async fn leave_grid(root: &Path, grid_url: &str) -> anyhow::Result<Vec<String>> {
+    let grid = root.join(zos_client::workflow::network::grid_id(grid_url));
+    let mut left = Vec::new();
+    for twin_dir in std::fs::read_dir(&grid).into_iter().flatten().flatten() {
+        let joined = twin_dir.path().join("joined");
+        for e in std::fs::read_dir(&joined).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let Some(j) = StateFile::<Joined>::new(&p).load()? else {
+                continue;
+            };
+            leave_parts(&j).await?;
+            StateFile::<Joined>::new(&p).remove()?;
+            left.push(j.network);
+        }
+    }
+    Ok(left)
+}

@@ -315,10 +315,49 @@ fn devnet_down_is_idempotent_and_up_after_down_starts_fresh() {
         again.farmer_twin, 1,
         "a fresh grid: the farmer is its first twin"
     );
+
+    // This machine joins one of its networks and does not leave it: `down` takes it out.
+    let user = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_zos"))
+            .args(args)
+            .args(["--grid", &again.grid_url, "--key"])
+            .arg(tmp.path().join("user.key"))
+            .env("XDG_STATE_HOME", tmp.path())
+            .output()
+            .unwrap();
+        ok(&out, &format!("zos {args:?}"))
+    };
+    user(&["key", "new"]);
+    user(&["twin", "create"]);
+    let node = again.nodes[0].node_id.unwrap().to_string();
+    user(&[
+        "network",
+        "create",
+        "lan",
+        "--nodes",
+        &node,
+        "--ip-range",
+        "10.98.0.0/16",
+        "--access",
+    ]);
+    let joined = user(&["network", "join", "lan", "--json"]);
+    let joined: serde_json::Value = serde_json::from_str(&joined).unwrap();
+    let ifname = joined["interface"].as_str().unwrap().to_string();
+    let pid = joined["pid"].as_i64();
+    assert!(netns::link_exists(&ifname));
+
     let said = ok(
         &zos_devnet(tmp.path(), &["down", "--name", &name]),
         "last down",
     );
     assert!(!said.contains("already gone"), "{said}");
+    assert!(said.contains("left network lan"), "{said}");
+    assert!(!netns::link_exists(&ifname), "{ifname} outlived down");
+    if let Some(pid) = pid {
+        assert!(
+            !zos_testkit::process::alive(pid as i32),
+            "boringtun outlived down"
+        );
+    }
     nothing_left();
 }
