@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # From a fresh Debian 12 machine: install what is missing, build, start a local grid with nodes,
-# and publish the guest image its nodes boot container-mode machines with.
+# and publish the guest image its nodes boot container-mode machines with, and the sample web
+# application examples/vm.yaml boots (`1/web.fl`: the farmer is twin 1).
 # Usage, as root (or with sudo): scripts/devnet.sh [NODES]
 # Stop it with: target/release/zos devnet down (as root too); running it again after that starts
 # a fresh devnet.
@@ -27,5 +28,8 @@ grid=$(target/release/zos devnet status --json | sed -n 's/.*"grid_url": *"\([^"
 echo "publishing the guest image on the devnet's hub (as the farmer)"
 ZOS_GRID="$grid" ZOS_KEY="$state/farmer.key" ZOS_BIN=target/release/zos \
   scripts/build-guest.sh --flist "$state/zos-guest.fl" --hub --push zos-guest.fl >/dev/null
+echo "publishing the sample web application on the devnet's hub (as the farmer)"
+ZOS_GRID="$grid" ZOS_KEY="$state/farmer.key" ZOS_BIN=target/release/zos \
+  scripts/build-sample.sh --flist "$state/web.fl" --push web.fl >/dev/null
 echo
 target/release/zos node list

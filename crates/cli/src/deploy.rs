@@ -118,8 +118,11 @@ fn finish(node: NodeId, d: &Deployment, g: &Global) -> anyhow::Result<()> {
 pub async fn deploy(file: &Path, node: NodeId, wait: Duration, g: &Global) -> anyhow::Result<()> {
     let c = signed_client(g).await?;
     let me = c.twin_id().context("no twin")?;
-    let d = deployfile::parse(&read_file(file)?, me)?;
+    let mut d = deployfile::parse(&read_file(file)?, me)?;
     let mut progress = Progress::new(g.json);
+    let (networks, _) = crate::network::store(g).await?;
+    let record = |name: &str| networks.load(name);
+    workflow::pick_ips(&c, node, &mut d, record, &mut |e| progress.deploy(e)).await?;
     let done = workflow::deploy(&c, node, d, wait, &mut |e| progress.deploy(e)).await;
     let done = done.inspect_err(|_| progress.abandon())?;
     finish(node, &done.deployment, g)
@@ -200,6 +203,7 @@ pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
             wait,
         } => {
             let desired = deployfile::parse(&read_file(&file)?, me)?;
+            deployfile::require_ips(&desired)?;
             let mut progress = Progress::new(g.json);
             let wait = Duration::from_secs(wait);
             let done =

@@ -10,6 +10,11 @@
 //!
 //! Sizes (`size`, `memory`, `cache` anywhere in `data`) may be written as `512M`, `2G`, `1T`.
 //! The CLI fills in versions, the twin, the contract and the signatures.
+//!
+//! A machine's interface may leave its `ip` out (`interfaces: [{ network: lan }]`): `zos deploy`
+//! then picks a free address of that network on the target node before signing
+//! (`zos_client::workflow::deploy::pick_ips`). The file is checked here with a stand-in address in
+//! its place; the deployment parsed keeps the `ip` out until it is picked.
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -110,8 +115,49 @@ pub fn parse(text: &str, twin: TwinId) -> anyhow::Result<Deployment> {
         },
         workloads,
     };
-    d.validate().context("the deployment is not valid")?;
+    with_stand_in_ips(&d)
+        .validate()
+        .context("the deployment is not valid")?;
     Ok(d)
+}
+
+/// Machine interfaces of `d` that leave `ip` out: (workload, network).
+fn missing_ips(d: &Deployment) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for (wi, w) in d.workloads.iter().enumerate() {
+        if w.kind != WorkloadType::Zmachine {
+            continue;
+        }
+        let nics = w.data["network"]["interfaces"].as_array();
+        for (ni, nic) in nics.into_iter().flatten().enumerate() {
+            if nic.is_object() && nic.get("ip").is_none() {
+                out.push((wi, ni));
+            }
+        }
+    }
+    out
+}
+
+/// `d` with a distinct valid address in each interface that leaves `ip` out, to check the rest.
+fn with_stand_in_ips(d: &Deployment) -> Deployment {
+    let mut d = d.clone();
+    for (k, (wi, ni)) in missing_ips(&d).into_iter().enumerate() {
+        let ip = std::net::Ipv4Addr::from(u32::from_be_bytes([10, 255, 0, 2]) + k as u32);
+        d.workloads[wi].data["network"]["interfaces"][ni]["ip"] = Value::from(ip.to_string());
+    }
+    d
+}
+
+/// Refuses a deployment that leaves a machine's `ip` out where nothing picks one (an update).
+pub fn require_ips(d: &Deployment) -> anyhow::Result<()> {
+    if let Some((wi, ni)) = missing_ips(d).first() {
+        bail!(
+            "workload {:?}: network.interfaces[{ni}].ip is needed in an update (the address the \
+             machine has: `zos deployment get CONTRACT`)",
+            d.workloads[*wi].name
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -133,6 +179,39 @@ mod tests {
             }
         }
         assert!(seen >= 3, "examples found: {seen}");
+    }
+
+    #[test]
+    fn a_machine_may_leave_its_ip_out_for_deploy_to_pick() {
+        let machine = |nics: &str| {
+            format!(
+                "workloads:\n  - name: web\n    type: zmachine\n    data:\n      flist: 1/web.fl\n      network: {{ interfaces: [{nics}] }}\n      compute_capacity: {{ cpu: 1, memory: 512M }}\n"
+            )
+        };
+        let one = machine("{ network: lan }");
+        let two = format!(
+            "{one}{}",
+            &one["workloads:\n".len()..].replace("name: web", "name: api")
+        );
+        let d = parse(&two, 4).unwrap();
+        assert_eq!(missing_ips(&d), vec![(0, 0), (1, 0)]);
+        assert_ne!(
+            with_stand_in_ips(&d).workloads[0].data["network"]["interfaces"][0]["ip"],
+            with_stand_in_ips(&d).workloads[1].data["network"]["interfaces"][0]["ip"]
+        );
+        assert!(
+            d.workloads[0].data["network"]["interfaces"][0]
+                .get("ip")
+                .is_none()
+        );
+        let e = require_ips(&d).unwrap_err().to_string();
+        assert!(e.contains("network.interfaces[0].ip is needed"), "{e}");
+        let d = parse(&machine("{ network: lan, ip: 10.20.3.2 }"), 4).unwrap();
+        assert!(missing_ips(&d).is_empty());
+        require_ips(&d).unwrap();
+        // The rest of the machine is still checked.
+        let e = parse(&machine("{ network: 'bad name' }"), 4).unwrap_err();
+        assert!(format!("{e:#}").contains("network"), "{e:#}");
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub enum NetworkCmd {
 
 /// The networks made from this machine by this key's twin on this grid, with a client that
 /// signs as that twin.
-async fn store(g: &Global) -> anyhow::Result<(NetworkStore, GridClient)> {
+pub(crate) async fn store(g: &Global) -> anyhow::Result<(NetworkStore, GridClient)> {
     let c = signed_client(g).await?;
     let twin = c.twin_id().context("a signed client has a twin")?;
     let store = NetworkStore::for_twin(state_dir().join("networks"), c.base_url().as_str(), twin);

@@ -26,6 +26,13 @@ impl Progress {
     /// Draws one event of a deployment workflow.
     pub fn deploy(&mut self, event: DeployEvent) {
         match event {
+            DeployEvent::IpPicked {
+                workload,
+                network,
+                ip,
+            } if !self.quiet => {
+                eprintln!("{workload}: address {ip} picked in network {network}");
+            }
             DeployEvent::Sent { node, contract } if !self.quiet => {
                 eprintln!("contract {contract} on node {node}: deployment sent");
             }

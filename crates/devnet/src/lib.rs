@@ -27,7 +27,7 @@ pub mod state;
 pub use down::{DownReport, down, down_leftovers};
 pub use error::DevnetError;
 pub use run::{
-    GUEST_FLIST, PUBLIC_IPS, PUBLIC_NIC, guest_flist_url, start_grid, start_node, stop_grid,
-    stop_node, up, wait_online,
+    GUEST_FLIST, PUBLIC_IPS, PUBLIC_NIC, SAMPLE_FLIST, guest_flist_url, start_grid, start_node,
+    stop_grid, stop_node, up, wait_online,
 };
 pub use state::{DevnetDisk, DevnetNode, DevnetOptions, DevnetState, DiskPlan, STATE_VERSION};

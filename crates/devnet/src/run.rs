@@ -256,6 +256,10 @@ fn addr<T: std::str::FromStr>(text: String) -> Result<T> {
 /// The name the farmer publishes the guest image under on a devnet's hub.
 pub const GUEST_FLIST: &str = "zos-guest.fl";
 
+/// The name the farmer publishes the sample web application under on a devnet's hub
+/// (`scripts/build-sample.sh`); `examples/vm.yaml` names it `1/web.fl` (the farmer is twin 1).
+pub const SAMPLE_FLIST: &str = "web.fl";
+
 /// Where a devnet's nodes find the guest image: the farmer's [`GUEST_FLIST`] on the hub.
 pub fn guest_flist_url(grid: &str, farmer_twin: TwinId) -> String {
     format!(

@@ -34,7 +34,7 @@ use crate::store::{HttpStore, StoreError};
 /// Where the hub's API lives under the grid's base URL.
 pub const HUB_PATH: &str = "/api/v1/hub";
 /// Longest flist name, in bytes.
-pub const MAX_NAME_LEN: usize = 128;
+pub const MAX_NAME_LEN: usize = zos_types::flistref::MAX_FLIST_NAME_LEN;
 /// Largest .fl file the hub takes by default (and clients download): 64 MiB.
 pub const DEFAULT_MAX_FLIST_BYTES: u64 = 64 * 1024 * 1024;
 /// Most ids one `POST …/blocks/missing` may carry.
@@ -100,27 +100,10 @@ pub struct Pushed {
 }
 
 /// Checks a flist name: 1 to [`MAX_NAME_LEN`] bytes of ASCII letters, digits, `.`, `_` and `-`,
-/// starting with a letter or digit. The reason is returned when it breaks a rule.
+/// starting with a letter or digit. The reason is returned when it breaks a rule. The rule is
+/// `zos_types::flistref`'s, which deployments naming a hub flist follow too.
 pub fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(format!(
-            "flist name {name:?} must be 1 to {MAX_NAME_LEN} characters"
-        ));
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return Err(format!(
-            "flist name {name:?} may only hold ASCII letters, digits, '.', '_' and '-'"
-        ));
-    }
-    if !name.as_bytes()[0].is_ascii_alphanumeric() {
-        return Err(format!(
-            "flist name {name:?} must start with a letter or a digit"
-        ));
-    }
-    Ok(())
+    zos_types::flistref::check_flist_name(name)
 }
 
 /// Checks a hex SHA-256 (64 lower- or upper-case hex characters) and returns it lower-case.

@@ -4,13 +4,18 @@
 //! node fetches anything, so a tenant cannot make the node reach hosts of its own choosing
 //! (internal services, another tenant's machines). Redirects are followed only within the host
 //! named (`zos_flist::store::same_origin_redirects`).
+//!
+//! A deployment may also name a flist on the hub by reference (`TWIN/NAME`, or `NAME` for one of
+//! its owner's own, see `zos_types::flistref`); [`FlistUrlPolicy::resolve`] turns it into the URL
+//! on this grid's hub, so everything past the check sees a URL.
 
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use reqwest::Url;
 use zos_client::GridClient;
-use zos_types::FarmId;
+use zos_types::flistref::FlistRef;
+use zos_types::{FarmId, TwinId};
 
 /// Where the farm's allowed hosts come from.
 pub trait FarmFlistHosts: Send + Sync {
@@ -66,6 +71,8 @@ pub enum FlistUrlError {
 pub struct FlistUrlPolicy {
     /// `host:port` of the grid's hub.
     hub: String,
+    /// The grid's base URL, where hub references resolve.
+    grid: String,
     farm: Arc<dyn FarmFlistHosts>,
 }
 
@@ -107,7 +114,22 @@ impl FlistUrlPolicy {
     /// The policy of a node of the grid at `grid_url` whose farm's hosts come from `farm`.
     pub fn new(grid_url: &str, farm: Arc<dyn FarmFlistHosts>) -> Result<Self, String> {
         let (_, hub) = host_port(grid_url).map_err(|e| format!("grid URL {grid_url}: {e}"))?;
-        Ok(Self { hub, farm })
+        Ok(Self {
+            hub,
+            grid: grid_url.to_string(),
+            farm,
+        })
+    }
+
+    /// The URL a zmachine's `flist` names for a deployment of twin `owner`: a URL as it is, a
+    /// hub reference (`TWIN/NAME`, `NAME`) on this grid's hub.
+    pub fn resolve(&self, flist: &str, owner: TwinId) -> Result<String, FlistUrlError> {
+        FlistRef::parse(flist)
+            .map(|r| r.url(&self.grid, owner))
+            .map_err(|reason| FlistUrlError::Bad {
+                url: flist.to_string(),
+                reason,
+            })
     }
 
     /// Checks every URL of `urls`; asks the farm's hosts only when one is not on the hub.
@@ -182,5 +204,19 @@ mod tests {
             let e = p.check(&[bad]).await.unwrap_err().to_string();
             assert!(e.contains(needle), "{bad}: {e}");
         }
+    }
+
+    #[tokio::test]
+    async fn hub_references_resolve_on_this_grids_hub_and_pass() {
+        let p = FlistUrlPolicy::new("http://10.213.1.1:8080", Arc::new(Fixed(vec![]))).unwrap();
+        let own = p.resolve("web.fl", 7).unwrap();
+        assert_eq!(own, "http://10.213.1.1:8080/api/v1/hub/flists/7/web.fl");
+        let other = p.resolve("1/web.fl", 7).unwrap();
+        assert_eq!(other, "http://10.213.1.1:8080/api/v1/hub/flists/1/web.fl");
+        p.check(&[&own, &other]).await.unwrap();
+        let url = "http://10.213.1.1:8080/api/v1/hub/flists/2/app.fl";
+        assert_eq!(p.resolve(url, 7).unwrap(), url);
+        let e = p.resolve("x/web.fl", 7).unwrap_err().to_string();
+        assert!(e.contains("TWIN/NAME"), "{e}");
     }
 }

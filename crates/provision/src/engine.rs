@@ -416,11 +416,22 @@ impl Engine {
         let mut urls = Vec::new();
         for w in &d.workloads {
             if let WorkloadData::Zmachine(m) = w.parse()? {
-                urls.push(m.flist);
+                urls.push(policy.resolve(&m.flist, d.twin_id)?);
             }
         }
         let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
         Ok(policy.check(&urls).await?)
+    }
+
+    /// `data` with a zmachine's hub reference (`TWIN/NAME`, `NAME`) as the URL on the grid's hub,
+    /// for the managers; the stored deployment keeps the reference as signed.
+    fn flist_resolved(&self, d: &Deployment, mut data: WorkloadData) -> WorkloadData {
+        if let (WorkloadData::Zmachine(m), Some(p)) = (&mut data, &self.flist_policy)
+            && let Ok(url) = p.resolve(&m.flist, d.twin_id)
+        {
+            m.flist = url;
+        }
+        data
     }
 
     /// Refuses `need` when the node lacks the memory or the disk for it. Cores may be shared.
@@ -711,7 +722,7 @@ impl Engine {
         }
         let id = d.workload_id(&w.name);
         let data = match w.parse() {
-            Ok(data) => data,
+            Ok(data) => self.flist_resolved(d, data),
             Err(e) => {
                 return Ok(self.store.record(
                     d.contract_id,
@@ -750,7 +761,7 @@ impl Engine {
         let id = d.workload_id(&w.name);
         let cur = w.result.clone();
         let data: WorkloadData = match w.parse() {
-            Ok(data) => data,
+            Ok(data) => self.flist_resolved(d, data),
             Err(e) => {
                 return Ok(self.store.record(
                     d.contract_id,

@@ -2,7 +2,7 @@
 //!
 //! This crate does no I/O. It holds identities and signatures ([`identity`]), the signed-request
 //! scheme of the grid API ([`auth`]), capacity units ([`capacity`]) and the objects of the
-//! registry API ([`registry`]), and the node protocol ([`node_api`]): every command a node answers
+//! registry API ([`registry`]), how a machine names its flist ([`flistref`]), and the node protocol ([`node_api`]): every command a node answers
 //! over the relay, with its body, answer and error types.
 
 pub mod auth;
@@ -10,6 +10,7 @@ pub mod capacity;
 pub mod contract;
 pub mod deployment;
 pub mod envelope;
+pub mod flistref;
 pub mod identity;
 pub mod node_api;
 pub mod policy;

@@ -285,7 +285,8 @@ pub struct Mount {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Zmachine {
-    /// URL of the flist that holds the root file system (or a disk image).
+    /// The flist that holds the root file system (or a disk image): its URL, or `TWIN/NAME` /
+    /// `NAME` of a flist on the grid's hub ([`crate::flistref::FlistRef`]).
     pub flist: String,
     pub network: MachineNetwork,
     /// Size of the writable root, bytes; 0 means the minimum.
@@ -333,16 +334,10 @@ impl Zmachine {
     }
 
     pub fn validate(&self) -> Result<(), WorkloadError> {
-        let url_ok = ["http://", "https://", "file://"]
-            .iter()
-            .any(|p| self.flist.starts_with(p))
-            || self.flist.ends_with(".fl");
-        if self.flist.is_empty() || !url_ok || self.flist.len() > 2048 {
-            return Err(werr(
-                "flist",
-                "must be the URL of a flist (http://, https:// or file://)",
-            ));
+        if self.flist.len() > 2048 {
+            return Err(werr("flist", "is longer than 2048 bytes"));
         }
+        crate::flistref::FlistRef::parse(&self.flist).map_err(|e| werr("flist", e))?;
         if self.compute_capacity.cpu == 0 {
             return Err(werr("compute_capacity.cpu", "must be at least 1"));
         }
@@ -772,7 +767,14 @@ mod tests {
             &|v| v["mounts"][0]["mountpoint"] = json!("/data/../etc"),
             "mounts[0].mountpoint",
         );
-        bad(&|v| v["flist"] = json!("alpine"), "flist");
+        bad(&|v| v["flist"] = json!("/tmp/alpine.fl"), "flist");
+        bad(&|v| v["flist"] = json!("x/alpine.fl"), "flist");
+        bad(&|v| v["flist"] = json!("alp ine"), "flist");
+        for ok in ["alpine", "1/alpine.fl", "http://hub:8080/a.fl"] {
+            let mut v = machine();
+            v["flist"] = json!(ok);
+            WorkloadData::parse(WorkloadType::Zmachine, &v).unwrap();
+        }
         let m = WorkloadData::parse(WorkloadType::Zmachine, &machine()).unwrap();
         assert_eq!(
             m.capacity(),

@@ -327,6 +327,16 @@ pub async fn free_ip(
     rec: &NetworkRecord,
     node: NodeId,
 ) -> Result<(Ipv4Addr, Ipv4Net), NetworkError> {
+    free_ip_besides(c, rec, node, &[]).await
+}
+
+/// [`free_ip`], not one of `taken` either (addresses picked but not deployed yet).
+pub async fn free_ip_besides(
+    c: &GridClient,
+    rec: &NetworkRecord,
+    node: NodeId,
+    taken: &[Ipv4Addr],
+) -> Result<(Ipv4Addr, Ipv4Net), NetworkError> {
     let part = rec.part(node)?;
     let twin = node_twin(c, node).await?;
     let used = used_ips(c, twin, &rec.name).await?;
@@ -334,7 +344,7 @@ pub async fn free_ip(
         .subnet
         .hosts()
         .skip(1) // .1 is the gateway
-        .find(|ip| !used.contains(ip))
+        .find(|ip| !used.contains(ip) && !taken.contains(ip))
         .ok_or(NetworkError::SubnetFull {
             subnet: part.subnet,
             node,
