@@ -7,74 +7,17 @@
 //! leaves the machine running and adopts it; bad machines fail alone; cancel leaves nothing.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use zos_testkit::devnet::{self, DevnetNode};
-use zos_testkit::guest::{VmBed, build_guest, http_get, vm_bed, wait_http};
+use zos_testkit::devnet;
+use zos_testkit::guest::{
+    VmBed, build_guest, http_get, pids_with, vm_bed, vm_leftovers, wait_http,
+};
 use zos_testkit::netns;
 use zos_testkit::process::wait_until;
 use zos_testkit::require_root;
 use zos_testkit::user::nr_netns;
 use zos_types::node_api::{Console, ConsoleBody, ContractBody, Get};
-
-/// PIDs of processes whose command line holds `needle` and `program`.
-fn pids_with(program: &str, needle: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains(program) && cmd.contains(needle) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// Everything of VM `vm` of `node` in global places: processes, mounts, cgroups, taps.
-fn vm_leftovers(node: &DevnetNode, vm: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for p in pids_with("qemu", vm)
-        .into_iter()
-        .chain(pids_with("virtiofsd", vm))
-        .chain(pids_with("zos-flist-mount", vm))
-    {
-        out.push(format!("process {p}"));
-    }
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    for l in mounts.lines().filter(|l| l.contains(vm)) {
-        out.push(format!("mount {l}"));
-    }
-    for root in [
-        "/sys/fs/cgroup/cpu",
-        "/sys/fs/cgroup/memory",
-        "/sys/fs/cgroup",
-    ] {
-        let d = Path::new(root).join(format!("{}zos-vm-{vm}", node.prefix));
-        if d.exists() {
-            out.push(format!("cgroup {}", d.display()));
-        }
-    }
-    let links = Command::new("ip")
-        .args(["-n", &node.netns, "-o", "link"])
-        .output()
-        .unwrap();
-    for l in String::from_utf8_lossy(&links.stdout).lines() {
-        let name = l.split(':').nth(1).unwrap_or("").trim();
-        if name.starts_with(&format!("{}t", node.prefix))
-            || name.starts_with(&format!("{}p", node.prefix))
-                && !name.starts_with(&format!("{}pub", node.prefix))
-        {
-            out.push(format!("link {name}"));
-        }
-    }
-    out
-}
 
 fn machine_yaml(flist: &str, ip: &str, role: &str, peer: Option<&str>, disks: bool) -> String {
     let mut y = String::from("workloads:\n");

@@ -178,6 +178,64 @@ pub async fn wait_guest(nodes: &[DevnetNode]) {
     }
 }
 
+/// PIDs of processes whose command line holds `needle` and `program`.
+pub fn pids_with(program: &str, needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(program) && cmd.contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Everything of VM `vm` of `node` in global places: processes, mounts, cgroups, taps.
+pub fn vm_leftovers(node: &DevnetNode, vm: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in pids_with("qemu", vm)
+        .into_iter()
+        .chain(pids_with("virtiofsd", vm))
+        .chain(pids_with("zos-flist-mount", vm))
+    {
+        out.push(format!("process {p}"));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    for l in mounts.lines().filter(|l| l.contains(vm)) {
+        out.push(format!("mount {l}"));
+    }
+    for root in [
+        "/sys/fs/cgroup/cpu",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup",
+    ] {
+        let d = Path::new(root).join(format!("{}zos-vm-{vm}", node.prefix));
+        if d.exists() {
+            out.push(format!("cgroup {}", d.display()));
+        }
+    }
+    let links = Command::new("ip")
+        .args(["-n", &node.netns, "-o", "link"])
+        .output()
+        .unwrap();
+    for l in String::from_utf8_lossy(&links.stdout).lines() {
+        let name = l.split(':').nth(1).unwrap_or("").trim();
+        if name.starts_with(&format!("{}t", node.prefix))
+            || name.starts_with(&format!("{}p", node.prefix))
+                && !name.starts_with(&format!("{}pub", node.prefix))
+        {
+            out.push(format!("link {name}"));
+        }
+    }
+    out
+}
+
 /// A busybox root whose entrypoint serves what it sees over HTTP on port 8080, counts its boots
 /// on the volume at /vol, and with `PEER` set copies the peer's page every second.
 pub fn app_root(dir: &Path) {
