@@ -10,11 +10,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use zos_types::capacity::{GIB, MIB};
 use zos_types::contract::{Contract, ContractKind, ContractState, NodeEvent};
+use zos_types::deployment::WorkloadId;
 use zos_types::deployment::{
     ContractId, Deployment, ResultState, SignatureRequest, SignatureRequirement, Workload,
 };
 use zos_types::node_api::ErrorKind;
-use zos_types::workload::WorkloadType;
+use zos_types::workload::{WorkloadData, WorkloadType};
 use zos_types::{Capacity, Identity, PublicKey, TwinId};
 
 use super::*;
@@ -934,4 +935,78 @@ mod network {
         );
         assert!(nb.net.public_ips().await.unwrap().is_empty());
     }
+}
+
+/// A zmachine manager that records the flist each machine it provisions names.
+#[derive(Default)]
+struct SeenFlists(Mutex<Vec<String>>);
+
+impl Manager for SeenFlists {
+    fn provision<'a>(
+        &'a self,
+        t: Target<'a>,
+    ) -> BoxFuture<'a, Result<serde_json::Value, ManagerError>> {
+        if let WorkloadData::Zmachine(m) = t.data {
+            self.0.lock().unwrap().push(m.flist.clone());
+        }
+        Box::pin(async { Ok(json!({})) })
+    }
+    fn deprovision<'a>(&'a self, _id: &'a WorkloadId) -> BoxFuture<'a, Result<(), ManagerError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test]
+async fn a_hub_reference_reaches_managers_as_the_hub_url_and_stays_signed() {
+    struct NoHosts;
+    impl zos_mounts::FarmFlistHosts for NoHosts {
+        fn hosts(&self) -> BoxFuture<'_, Result<Vec<String>, String>> {
+            Box::pin(async { Ok(vec![]) })
+        }
+    }
+    let b = bed();
+    let seen = Arc::new(SeenFlists::default());
+    let policy =
+        zos_mounts::FlistUrlPolicy::new("http://10.9.0.1:8080", Arc::new(NoHosts)).unwrap();
+    let engine = Arc::new(
+        Engine::new(
+            Arc::new(Store::memory().unwrap()),
+            HashMap::from([(WorkloadType::Zmachine, seen.clone() as Arc<dyn Manager>)]),
+            b.grid.clone(),
+            watch::channel(Some(NODE)).1,
+            b.engine.config().clone(),
+        )
+        .with_flist_policy(policy),
+    );
+    tokio::spawn(engine.clone().run(b.stop.clone()));
+    let machine = |flist: &str| {
+        json!({"flist": flist, "network": {"interfaces": [{"network": "lan", "ip": "10.20.2.2"}]},
+               "compute_capacity": {"cpu": 1, "memory": 256 * MIB}})
+    };
+    let mut d = deployment(1);
+    d.workloads = vec![
+        workload("own", WorkloadType::Zmachine, machine("web.fl")),
+        workload("other", WorkloadType::Zmachine, machine("1/web.fl")),
+    ];
+    b.contract_and_sign(&mut d, NODE);
+    engine.deploy(7, d).await.unwrap();
+    for _ in 0..200 {
+        if seen.0.lock().unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut got = seen.0.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "http://10.9.0.1:8080/api/v1/hub/flists/1/web.fl",
+            "http://10.9.0.1:8080/api/v1/hub/flists/7/web.fl"
+        ]
+    );
+    // The node keeps the deployment as it was signed.
+    let kept = engine.get(7, 1).unwrap();
+    assert_eq!(kept.workloads[0].data["flist"], "web.fl");
+    assert_eq!(kept.workloads[1].data["flist"], "1/web.fl");
 }
