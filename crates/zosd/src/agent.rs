@@ -1,6 +1,6 @@
 //! The node agent: brings the subsystems up in order and runs until told to stop.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use std::collections::HashMap;
@@ -10,13 +10,15 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use zos_client::GridClient;
+use zos_types::registry::NodeRegistration;
 use zos_types::workload::WorkloadType;
+use zos_types::{Identity, TwinId};
 
 use crate::api::NodeApi;
 use crate::client_view::ClientView;
 use crate::config::NodeConfig;
 use crate::identity;
-use crate::registrar::{Registrar, RegistrarConfig, StorageFacts, registration};
+use crate::registrar::{Registrar, RegistrarConfig, RegistrarStatus, StorageFacts, registration};
 use crate::system::System;
 use crate::uplink::Uplink;
 use crate::version::VERSION;
@@ -29,7 +31,7 @@ use zos_provision::{
     ZmachineManager, volume_manager, zmount_manager,
 };
 use zos_runtime::error_chain;
-use zos_storage::{BtrfsStorage, StorageConfig};
+use zos_storage::{BtrfsStorage, StorageConfig, StorageStart};
 use zos_vmm::{QemuVmm, Vmm, VmmConfig};
 
 /// How often the cache quota follows the cache's usage.
@@ -114,13 +116,137 @@ async fn follow_public_config<N: Networker>(
     }
 }
 
-/// Runs the node until `stop` is cancelled.
+/// Runs the node until `stop` is cancelled: storage, the grid registration, the network, flist
+/// mounts, virtual machines, the deployment engine, then the tasks that follow the grid.
 pub async fn run(
     cfg: NodeConfig,
     system: Arc<dyn System>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     info!(farm = cfg.farm_id, runmode = %cfg.runmode, grid = %cfg.grid, prefix = %cfg.prefix, version = VERSION, "zosd starting");
+    let (pools, started) = start_storage(&cfg).await?;
+    let (state_dir, identity) = open_state(&cfg, &started)?;
+    let mut tasks = tokio::task::JoinSet::new();
+    // Uptime reports carry what the workloads use, once the engine exists.
+    let engine_cell: Arc<std::sync::OnceLock<Arc<Engine>>> = Arc::default();
+    let (facts, status) = start_registrar(
+        &cfg,
+        system,
+        &started,
+        &identity,
+        engine_cell.clone(),
+        &mut tasks,
+        &stop,
+    )?;
+    let pools = Arc::new(pools);
+    tasks.spawn(adjust_cache(pools.clone(), stop.clone()));
+    let net = start_network(&cfg, &state_dir, &identity).await?;
+    let flist_policy = flist_url_policy(&cfg)?;
+    let flists = start_flists(&cfg, &state_dir, flist_policy.clone()).await?;
+    let vmm = start_vmm(&cfg, &state_dir).await?;
+    let parts = Subsystems {
+        pools,
+        net,
+        flists,
+        vmm,
+    };
+    let zmachine = zmachine_config(&cfg, &state_dir, &parts.flists, &mut tasks, &stop);
+
+    // Provisioning: the store, the managers, the engine and its worker.
+    let store = open_store(&state_dir)?;
+    let view = Arc::new(ClientView::new(
+        GridClient::new(&cfg.grid)?.with_identity(identity.clone()),
+    ));
+    let (node_tx, node_rx) = watch::channel(None);
+    let managers = managers(&parts, &view, zmachine);
+    let engine = engine(store, managers, &view, node_rx, &facts, flist_policy);
+    let _ = engine_cell.set(engine.clone());
+    let pending = engine
+        .reconcile()
+        .context("queueing the reconciliation of stored deployments")?;
+    info!(deployments = pending, "reconciling stored deployments");
+    tasks.spawn(engine.clone().run(stop.clone()));
+    let api = node_api(&parts, &engine, &status);
+    let public_changed = Arc::new(tokio::sync::Notify::new());
+    tasks.spawn(follow_public_config_task(
+        GridClient::new(&cfg.grid)?,
+        cfg.public_iface.clone(),
+        parts.net,
+        public_changed.clone(),
+        status.clone(),
+        stop.clone(),
+    ));
+    let (grid_url, pool) = (cfg.grid.clone(), crate::uplink::PoolLimits::default());
+    tasks.spawn(async move {
+        let Some(twin) = registered_twin(status, node_tx, &stop).await else {
+            return;
+        };
+        let uplink = Uplink {
+            grid_url,
+            identity,
+            twin,
+            api,
+            engine,
+            view,
+            public_config_changed: public_changed,
+            pool,
+        };
+        uplink.run(stop).await;
+    });
+    join(tasks).await;
+    info!("zosd stopped");
+    Ok(())
+}
+
+/// Waits for every task; one that panicked is logged.
+async fn join(mut tasks: tokio::task::JoinSet<()>) {
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r {
+            warn!(error = %e, "a zosd task ended abnormally");
+        }
+    }
+}
+
+/// The node's state directory (the configured one, or the one storage keeps) and the node's
+/// identity stored in it.
+fn open_state(cfg: &NodeConfig, started: &StorageStart) -> anyhow::Result<(PathBuf, Identity)> {
+    let state_dir = cfg
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| started.state_dir.clone());
+    // Every secret of the node and its tenants lives below: root only.
+    zos_runtime::private::create_dir(&state_dir)
+        .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+    let identity = identity::load_or_create(&state_dir)?;
+    Ok((state_dir, identity))
+}
+
+/// The deployment store in the state directory.
+fn open_store(state_dir: &Path) -> anyhow::Result<Arc<Store>> {
+    let store =
+        Store::open(&state_dir.join("provision.sqlite")).context("opening the deployment store")?;
+    Ok(Arc::new(store))
+}
+
+/// The node's command API over the engine and the subsystems.
+fn node_api(
+    parts: &Subsystems,
+    engine: &Arc<Engine>,
+    status: &watch::Receiver<RegistrarStatus>,
+) -> Arc<NodeApi<BtrfsStorage, LinuxNetworker>> {
+    Arc::new(
+        NodeApi::new(
+            engine.clone(),
+            parts.pools.clone(),
+            parts.net.clone(),
+            status.clone(),
+        )
+        .with_consoles(parts.vmm.clone()),
+    )
+}
+
+/// Starts the storage pools on the configured disks (all of the host's, when none is named).
+async fn start_storage(cfg: &NodeConfig) -> anyhow::Result<(BtrfsStorage, StorageStart)> {
     let storage_cfg = if cfg.disks.is_empty() {
         StorageConfig {
             prefix: cfg.prefix.clone(),
@@ -139,14 +265,21 @@ pub async fn run(
     if let Some(why) = &started.limited {
         warn!(reason = %why, "node runs limited: it takes no deployments");
     }
-    let state_dir = cfg
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| started.state_dir.clone());
-    // Every secret of the node and its tenants lives below: root only.
-    zos_runtime::private::create_dir(&state_dir)
-        .with_context(|| format!("creating state directory {}", state_dir.display()))?;
-    let identity = identity::load_or_create(&state_dir)?;
+    Ok((pools, started))
+}
+
+/// Reads what the machine offers and spawns the registrar, whose uptime reports carry the
+/// workloads' usage once the engine is in `engine_cell`; answers the registered capacity and
+/// the registration status to follow.
+fn start_registrar(
+    cfg: &NodeConfig,
+    system: Arc<dyn System>,
+    started: &StorageStart,
+    identity: &Identity,
+    engine_cell: Arc<std::sync::OnceLock<Arc<Engine>>>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    stop: &CancellationToken,
+) -> anyhow::Result<(NodeRegistration, watch::Receiver<RegistrarStatus>)> {
     let storage = StorageFacts {
         sru: started.capacity.sru,
         hru: started.capacity.hru,
@@ -164,40 +297,43 @@ pub async fn run(
     // What the engine may hand out: the machine as registered, less what the system keeps.
     let facts =
         registration(system.as_ref(), &reg_cfg).context("reading the machine's capacity")?;
-    // Uptime reports carry what the workloads use, once the engine exists.
-    let engine_cell: Arc<std::sync::OnceLock<Arc<Engine>>> = Arc::default();
-    let usage = {
-        let cell = engine_cell.clone();
-        Arc::new(move || cell.get().and_then(|e| e.usage().ok()).map(|u| u.workloads))
-    };
+    let usage = Arc::new(move || {
+        engine_cell
+            .get()
+            .and_then(|e| e.usage().ok())
+            .map(|u| u.workloads)
+    });
     let registrar = Registrar::new(&cfg.grid, identity.clone(), system, reg_cfg)
         .context("preparing the grid client")?
         .with_usage(usage);
     let status = registrar.subscribe();
-    let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(registrar.run(stop.clone()));
+    Ok((facts, status))
+}
 
-    let pools = Arc::new(pools);
-    {
-        let (pools, stop) = (pools.clone(), stop.clone());
-        tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(CACHE_ADJUST_EVERY) => {}
-                }
-                if let Err(e) = pools.cache_adjust().await {
-                    warn!(error = %error_chain(&e), "cannot adjust the cache quota");
-                }
-            }
-        });
+/// Keeps the cache quota following the cache's usage until `stop`.
+async fn adjust_cache(pools: Arc<BtrfsStorage>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(CACHE_ADJUST_EVERY) => {}
+        }
+        if let Err(e) = pools.cache_adjust().await {
+            warn!(error = %error_chain(&e), "cannot adjust the cache quota");
+        }
     }
+}
 
-    // Network: what the state file records comes back first (tunnels are adopted, not remade),
-    // then the node's own setup with the public config it had.
+/// Opens the network: what the state file records comes back first (tunnels are adopted, not
+/// remade), then the node's own setup with the public config it had.
+async fn start_network(
+    cfg: &NodeConfig,
+    state_dir: &Path,
+    identity: &Identity,
+) -> anyhow::Result<Arc<LinuxNetworker>> {
     let net_cfg = NetworkConfig::new(
         &cfg.prefix,
-        state_dir.clone(),
+        state_dir.to_path_buf(),
         state_dir.join("wireguard"),
         &identity.public_key().to_string(),
     );
@@ -221,21 +357,32 @@ pub async fn run(
     for f in &report.failed {
         warn!(what = %f, "not brought back");
     }
+    Ok(net)
+}
 
-    // Flists and virtual machines: mounts and VMs that outlived the last zosd are adopted.
-    // Flist URLs (of deployments, and the routes inside flists): the hub or the farm's hosts.
-    let flist_policy = FlistUrlPolicy::new(
+/// Which flist URLs (of deployments, and the routes inside flists) the node mounts: the hub's
+/// or the farm's hosts.
+fn flist_url_policy(cfg: &NodeConfig) -> anyhow::Result<FlistUrlPolicy> {
+    FlistUrlPolicy::new(
         &cfg.grid,
         Arc::new(GridFarmHosts {
             client: GridClient::new(&cfg.grid)?,
             farm: cfg.farm_id,
         }),
     )
-    .map_err(anyhow::Error::msg)?;
+    .map_err(anyhow::Error::msg)
+}
+
+/// Opens the flist state; mounts that outlived the last zosd are adopted.
+async fn start_flists(
+    cfg: &NodeConfig,
+    state_dir: &Path,
+    policy: FlistUrlPolicy,
+) -> anyhow::Result<Arc<ProcessFlists>> {
     let flists = Arc::new(
-        ProcessFlists::new(FlistConfig::new(&state_dir, &cfg.grid, &cfg.prefix))
+        ProcessFlists::new(FlistConfig::new(state_dir, &cfg.grid, &cfg.prefix))
             .context("opening the flist state")?
-            .with_url_policy(flist_policy.clone()),
+            .with_url_policy(policy),
     );
     match flists.reconcile().await {
         Ok(r) => info!(
@@ -246,13 +393,18 @@ pub async fn run(
         ),
         Err(e) => warn!(error = %error_chain(&e), "cannot bring flist mounts back"),
     }
+    Ok(flists)
+}
+
+/// Opens the virtual machine state; machines that outlived the last zosd are adopted.
+async fn start_vmm(cfg: &NodeConfig, state_dir: &Path) -> anyhow::Result<Arc<QemuVmm>> {
     let vm_run = if cfg.prefix.is_empty() {
         PathBuf::from("/run/zos-vmm")
     } else {
         PathBuf::from(format!("/run/zos-vmm-{}", cfg.prefix))
     };
     let vmm = Arc::new(
-        QemuVmm::open(VmmConfig::new(&cfg.prefix, state_dir.clone(), vm_run))
+        QemuVmm::open(VmmConfig::new(&cfg.prefix, state_dir.to_path_buf(), vm_run))
             .context("opening the virtual machine state")?,
     );
     let vms = vmm
@@ -269,8 +421,19 @@ pub async fn run(
     for f in &vms.failed {
         warn!(what = %f, "not brought back");
     }
-    // The guest image: the operator's own directory, or files of the guest flist, which the
-    // zmachine manager copies out without following links (`guest_mount`).
+    Ok(vmm)
+}
+
+/// The zmachine manager's settings, with the guest image in the operator's own directory, or
+/// in files of the guest flist (mounted by a spawned task), which the manager copies out without
+/// following links.
+fn zmachine_config(
+    cfg: &NodeConfig,
+    state_dir: &Path,
+    flists: &Arc<ProcessFlists>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    stop: &CancellationToken,
+) -> ZmachineConfig {
     let (guest, guest_mount) = match (&cfg.guest_dir, &cfg.guest_flist) {
         (Some(dir), _) => (dir.clone(), None),
         (None, Some(url)) => {
@@ -288,13 +451,64 @@ pub async fn run(
             )
         }
     };
+    ZmachineConfig {
+        kernel: guest.join("vmlinux"),
+        initramfs: guest.join("initramfs.cpio"),
+        guest_mount,
+        state_dir: state_dir.join("zmachine"),
+        nameservers: DEFAULT_NAMESERVERS
+            .iter()
+            .map(|a| a.parse().expect("valid address"))
+            .collect(),
+    }
+}
 
-    // Provisioning: the store, the managers, the engine and its worker.
-    let store = Arc::new(
-        Store::open(&state_dir.join("provision.sqlite")).context("opening the deployment store")?,
-    );
-    let client = GridClient::new(&cfg.grid)?.with_identity(identity.clone());
-    let view = Arc::new(ClientView::new(client));
+/// The node's subsystems, up, with what outlived the last zosd adopted.
+struct Subsystems {
+    pools: Arc<BtrfsStorage>,
+    net: Arc<LinuxNetworker>,
+    flists: Arc<ProcessFlists>,
+    vmm: Arc<QemuVmm>,
+}
+
+/// The deployment engine over `store`, handing out the registered capacity less what the system
+/// keeps.
+fn engine(
+    store: Arc<Store>,
+    managers: HashMap<WorkloadType, Arc<dyn Manager>>,
+    view: &Arc<ClientView>,
+    node: watch::Receiver<Option<zos_types::NodeId>>,
+    facts: &NodeRegistration,
+    flist_policy: FlistUrlPolicy,
+) -> Arc<Engine> {
+    Arc::new(
+        Engine::new(
+            store,
+            managers,
+            view.clone(),
+            node,
+            EngineConfig {
+                total: facts.capacity,
+                reserved: facts.reserved,
+                limited: facts.limited.clone(),
+            },
+        )
+        .with_flist_policy(flist_policy),
+    )
+}
+
+/// The engine's manager of each workload type.
+fn managers(
+    parts: &Subsystems,
+    view: &Arc<ClientView>,
+    zmachine: ZmachineConfig,
+) -> HashMap<WorkloadType, Arc<dyn Manager>> {
+    let Subsystems {
+        pools,
+        net,
+        flists,
+        vmm,
+    } = parts;
     let mut managers: HashMap<WorkloadType, Arc<dyn Manager>> = HashMap::new();
     managers.insert(
         WorkloadType::Zmount,
@@ -322,108 +536,71 @@ pub async fn run(
             pools.clone(),
             flists.clone(),
             vmm.clone(),
-            ZmachineConfig {
-                kernel: guest.join("vmlinux"),
-                initramfs: guest.join("initramfs.cpio"),
-                guest_mount,
-                state_dir: state_dir.join("zmachine"),
-                nameservers: DEFAULT_NAMESERVERS
-                    .iter()
-                    .map(|a| a.parse().expect("valid address"))
-                    .collect(),
-            },
+            zmachine,
         )),
     );
-    let (node_tx, node_rx) = watch::channel(None);
-    let engine = Arc::new(
-        Engine::new(
-            store,
-            managers,
-            view.clone(),
-            node_rx,
-            EngineConfig {
-                total: facts.capacity,
-                reserved: facts.reserved,
-                limited: facts.limited.clone(),
-            },
-        )
-        .with_flist_policy(flist_policy),
-    );
-    let _ = engine_cell.set(engine.clone());
-    let pending = engine
-        .reconcile()
-        .context("queueing the reconciliation of stored deployments")?;
-    info!(deployments = pending, "reconciling stored deployments");
-    tasks.spawn(engine.clone().run(stop.clone()));
-    let api = Arc::new(
-        NodeApi::new(engine.clone(), pools.clone(), net.clone(), status.clone())
-            .with_consoles(vmm.clone()),
-    );
-    let public_changed = Arc::new(tokio::sync::Notify::new());
+    managers
+}
 
-    // The public config follows what the farmer set on the grid.
-    {
-        let (stop, mut status) = (stop.clone(), status.clone());
-        let (net, changed) = (net.clone(), public_changed.clone());
-        let client = GridClient::new(&cfg.grid)?;
-        let iface = cfg.public_iface.clone();
-        tasks.spawn(async move {
-            let node = loop {
-                if let Some(id) = status.borrow_and_update().node_id {
-                    break id;
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    r = status.changed() => if r.is_err() { return },
-                }
-            };
-            loop {
-                follow_public_config(&client, node, iface.as_deref(), net.as_ref()).await;
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = changed.notified() => {}
-                    _ = tokio::time::sleep(PUBLIC_CONFIG_EVERY) => {}
-                }
-            }
-        });
-    }
-
-    // The uplink starts once the node knows its twin; the engine learns its node id.
-    {
-        let (stop, mut status) = (stop.clone(), status.clone());
-        let grid_url = cfg.grid.clone();
-        tasks.spawn(async move {
-            let twin = loop {
-                let s = status.borrow_and_update().clone();
-                if let Some(id) = s.node_id {
-                    let _ = node_tx.send(Some(id));
-                }
-                if let (Some(twin), Some(_)) = (s.twin_id, s.node_id) {
-                    break twin;
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    r = status.changed() => if r.is_err() { return },
-                }
-            };
-            let uplink = Uplink {
-                grid_url,
-                identity,
-                twin,
-                api,
-                engine,
-                view,
-                public_config_changed: public_changed,
-                pool: crate::uplink::PoolLimits::default(),
-            };
-            uplink.run(stop).await;
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        if let Err(e) = r {
-            warn!(error = %e, "a zosd task ended abnormally");
+/// Waits until the node is registered; `None` when told to stop (or the registrar is gone)
+/// first.
+async fn registered_node(
+    status: &mut watch::Receiver<RegistrarStatus>,
+    stop: &CancellationToken,
+) -> Option<zos_types::NodeId> {
+    loop {
+        if let Some(id) = status.borrow_and_update().node_id {
+            return Some(id);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            r = status.changed() => if r.is_err() { return None },
         }
     }
-    info!("zosd stopped");
-    Ok(())
+}
+
+/// The public config follows what the farmer set on the grid: read again on `changed` and
+/// every [`PUBLIC_CONFIG_EVERY`], once the node is registered.
+async fn follow_public_config_task(
+    client: GridClient,
+    iface: Option<String>,
+    net: Arc<LinuxNetworker>,
+    changed: Arc<tokio::sync::Notify>,
+    mut status: watch::Receiver<RegistrarStatus>,
+    stop: CancellationToken,
+) {
+    let Some(node) = registered_node(&mut status, &stop).await else {
+        return;
+    };
+    loop {
+        follow_public_config(&client, node, iface.as_deref(), net.as_ref()).await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(PUBLIC_CONFIG_EVERY) => {}
+        }
+    }
+}
+
+/// Waits until the node knows its twin (the uplink starts then), telling the engine its node id
+/// on `node_tx` as soon as it is known; `None` when told to stop (or the registrar is gone)
+/// first.
+async fn registered_twin(
+    mut status: watch::Receiver<RegistrarStatus>,
+    node_tx: watch::Sender<Option<zos_types::NodeId>>,
+    stop: &CancellationToken,
+) -> Option<TwinId> {
+    loop {
+        let s = status.borrow_and_update().clone();
+        if let Some(id) = s.node_id {
+            let _ = node_tx.send(Some(id));
+        }
+        if let (Some(twin), Some(_)) = (s.twin_id, s.node_id) {
+            return Some(twin);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            r = status.changed() => if r.is_err() { return None },
+        }
+    }
 }
