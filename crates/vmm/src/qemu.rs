@@ -34,6 +34,7 @@ use super::cgroup::Cgroups;
 use super::qmp::Qmp;
 use super::state::{self, Desired, STATE_DIR, STATE_VERSION, VmRecord};
 use super::{Boot, Result, VmInfo, VmSpec, VmStatus, VmmError, VmmReconcile};
+use zos_guest_init::seed::Seed;
 use zos_runtime::find_program;
 
 /// Which accelerator QEMU uses.
@@ -452,10 +453,9 @@ impl Inner {
         Ok(())
     }
 
+    /// QEMU's command line for `spec`: the machine, the kernel it boots (if any), then its
+    /// shares, disks and NICs; `paused` starts it stopped.
     fn qemu_args(&self, spec: &VmSpec, paused: bool) -> Result<Vec<String>> {
-        let name = spec.name.as_str();
-        let run = self.run_dir(name);
-        let mib = spec.memory_mib();
         let kernel_mode = matches!(spec.boot, Boot::Kernel { .. });
         // microvm has no firmware that boots disks; VM mode uses q35 and PCI devices.
         let (machine, bus) = if kernel_mode {
@@ -463,6 +463,27 @@ impl Inner {
         } else {
             ("q35", "pci")
         };
+        let mut a = self.machine_args(spec, machine, paused);
+        if let Boot::Kernel {
+            kernel,
+            initramfs,
+            cmdline,
+            seed,
+        } = &spec.boot
+        {
+            a.extend(self.kernel_args(&spec.name, kernel, initramfs, cmdline, seed.as_deref())?);
+        }
+        a.extend(self.share_args(spec, bus));
+        a.extend(disk_args(spec, bus, kernel_mode));
+        a.extend(nic_args(spec, bus, kernel_mode));
+        Ok(a)
+    }
+
+    /// The machine itself: its name, memory, accelerator, CPUs, the serial console into the
+    /// console log and the QMP socket.
+    fn machine_args(&self, spec: &VmSpec, machine: &str, paused: bool) -> Vec<String> {
+        let name = spec.name.as_str();
+        let mib = spec.memory_mib();
         let mut a: Vec<String> = Vec::new();
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|x| x.to_string()));
         push(&["-name", &format!("{}zos-vm-{name}", self.cfg.prefix)]);
@@ -500,89 +521,72 @@ impl Inner {
         if paused {
             push(&["-S"]);
         }
-        match &spec.boot {
-            Boot::Kernel {
-                kernel,
-                initramfs,
-                cmdline,
-                seed,
-            } => {
-                let initrd = match seed {
-                    Some(seed) => {
-                        let p = run.join("initrd");
-                        super::cpio::append_seed(initramfs, &p, seed)
-                            .map_err(io_err("write the initramfs with the seed", &p))?;
-                        p
-                    }
-                    None => initramfs.clone(),
-                };
-                let mut append = "console=ttyS0 panic=-1 quiet".to_string();
-                // Under TCG, calibrating the TSC against microvm's PIT fails when the host is
-                // busy, and the guest hangs without a clock; the guest's TSC is the host's.
-                if !self.kvm
-                    && let Some(khz) = host_tsc_khz()
-                {
-                    append.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
-                }
-                append.push(' ');
-                append.push_str(cmdline);
-                push(&[
-                    "-kernel",
-                    &kernel.display().to_string(),
-                    "-initrd",
-                    &initrd.display().to_string(),
-                    "-append",
-                    append.trim(),
-                ]);
-                push(&[
-                    "-device",
-                    "virtio-serial-device,id=vs",
-                    "-chardev",
-                    &format!(
-                        "socket,id=ctl,path={},server=on,wait=off",
-                        self.control_path(name).display()
-                    ),
-                    "-device",
-                    "virtconsole,bus=vs.0,chardev=ctl",
-                ]);
+        a
+    }
+
+    /// A direct kernel boot: the kernel, its initramfs (with the seed appended, written into
+    /// the machine's run directory), the command line, and the control console.
+    fn kernel_args(
+        &self,
+        name: &str,
+        kernel: &Path,
+        initramfs: &Path,
+        cmdline: &str,
+        seed: Option<&Seed>,
+    ) -> Result<Vec<String>> {
+        let initrd = match seed {
+            Some(seed) => {
+                let p = self.run_dir(name).join("initrd");
+                super::cpio::append_seed(initramfs, &p, seed)
+                    .map_err(io_err("write the initramfs with the seed", &p))?;
+                p
             }
-            Boot::Disk => {}
+            None => initramfs.to_path_buf(),
+        };
+        let mut append = "console=ttyS0 panic=-1 quiet".to_string();
+        // Under TCG, calibrating the TSC against microvm's PIT fails when the host is
+        // busy, and the guest hangs without a clock; the guest's TSC is the host's.
+        if !self.kvm
+            && let Some(khz) = host_tsc_khz()
+        {
+            append.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
         }
+        append.push(' ');
+        append.push_str(cmdline);
+        Ok(vec![
+            "-kernel".into(),
+            kernel.display().to_string(),
+            "-initrd".into(),
+            initrd.display().to_string(),
+            "-append".into(),
+            append.trim().to_string(),
+            "-device".into(),
+            "virtio-serial-device,id=vs".into(),
+            "-chardev".into(),
+            format!(
+                "socket,id=ctl,path={},server=on,wait=off",
+                self.control_path(name).display()
+            ),
+            "-device".into(),
+            "virtconsole,bus=vs.0,chardev=ctl".into(),
+        ])
+    }
+
+    /// One virtio-fs device per share, served by its virtiofsd socket.
+    fn share_args(&self, spec: &VmSpec, bus: &str) -> Vec<String> {
+        let mut a = Vec::new();
         for (i, s) in spec.shares.iter().enumerate() {
-            push(&[
-                "-chardev",
-                &format!(
+            a.extend([
+                "-chardev".into(),
+                format!(
                     "socket,id=fs{i},path={}",
-                    self.share_sock(name, i).display()
+                    self.share_sock(&spec.name, i).display()
                 ),
-                "-device",
-                &format!("vhost-user-fs-{bus},chardev=fs{i},tag={}", s.tag),
+                "-device".into(),
+                format!("vhost-user-fs-{bus},chardev=fs{i},tag={}", s.tag),
             ]);
         }
-        for (i, d) in spec.disks.iter().enumerate() {
-            let ro = if d.read_only { ",readonly=on" } else { "" };
-            let boot = if !kernel_mode && i == 0 {
-                ",bootindex=0"
-            } else {
-                ""
-            };
-            push(&[
-                "-drive",
-                &format!("file={},if=none,id=d{i},format=raw{ro}", d.path.display()),
-                "-device",
-                &format!("virtio-blk-{bus},drive=d{i},serial={}{boot}", d.serial),
-            ]);
-        }
-        for (i, n) in spec.nics.iter().enumerate() {
-            let rom = if kernel_mode { "" } else { ",romfile=" };
-            push(&[
-                "-netdev",
-                &format!("tap,id=n{i},ifname={},script=no,downscript=no", n.tap),
-                "-device",
-                &format!("virtio-net-{bus},netdev=n{i},mac={}{rom}", n.mac),
-            ]);
-        }
-        Ok(a)
+        a
     }
 
     /// Asks the guest to power off and waits up to `timeout` for QEMU to end; kills it after.
@@ -1039,6 +1043,42 @@ impl super::Vmm for QemuVmm {
         }
         Ok(report)
     }
+}
+
+/// One virtio block device per disk; without a kernel, the first disk boots.
+fn disk_args(spec: &VmSpec, bus: &str, kernel_mode: bool) -> Vec<String> {
+    let mut a = Vec::new();
+    for (i, d) in spec.disks.iter().enumerate() {
+        let ro = if d.read_only { ",readonly=on" } else { "" };
+        let boot = if !kernel_mode && i == 0 {
+            ",bootindex=0"
+        } else {
+            ""
+        };
+        a.extend([
+            "-drive".into(),
+            format!("file={},if=none,id=d{i},format=raw{ro}", d.path.display()),
+            "-device".into(),
+            format!("virtio-blk-{bus},drive=d{i},serial={}{boot}", d.serial),
+        ]);
+    }
+    a
+}
+
+/// One virtio NIC per tap; without a kernel, with no option ROM (the firmware does not boot
+/// from the network).
+fn nic_args(spec: &VmSpec, bus: &str, kernel_mode: bool) -> Vec<String> {
+    let mut a = Vec::new();
+    for (i, n) in spec.nics.iter().enumerate() {
+        let rom = if kernel_mode { "" } else { ",romfile=" };
+        a.extend([
+            "-netdev".into(),
+            format!("tap,id=n{i},ifname={},script=no,downscript=no", n.tap),
+            "-device".into(),
+            format!("virtio-net-{bus},netdev=n{i},mac={}{rom}", n.mac),
+        ]);
+    }
+    a
 }
 
 #[cfg(test)]
