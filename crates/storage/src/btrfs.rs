@@ -435,105 +435,12 @@ impl BtrfsStorage {
     /// Disks holding anything else are reported and never written to. Only a bad
     /// configuration or an unusable mount root is an error; a disk that fails is reported.
     pub async fn start(cfg: StorageConfig) -> Result<(BtrfsStorage, StorageStart)> {
-        if !cfg
-            .prefix
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            || cfg.prefix.len() > 16
-        {
-            return Err(StorageError::Config(format!(
-                "prefix {:?} may only hold a-z, 0-9 and '-'",
-                cfg.prefix
-            )));
-        }
-        if !cfg.mount_root.is_absolute() {
-            return Err(StorageError::Config(format!(
-                "mount root {} is not an absolute path",
-                cfg.mount_root.display()
-            )));
-        }
+        check_config(&cfg)?;
         std::fs::create_dir_all(&cfg.mount_root)
             .map_err(StorageError::io("creating", &cfg.mount_root))?;
-
-        let overrides: BTreeMap<PathBuf, DiskKind> = cfg
-            .kind_overrides
-            .iter()
-            .map(|(p, k)| (p.canonicalize().unwrap_or_else(|_| p.clone()), *k))
-            .collect();
-
         let mut disks = Vec::new();
-        let mut candidates: Vec<BlockDevice> = Vec::new();
-        match &cfg.devices {
-            Devices::Discover => {
-                for dev in discovery::scan_sysfs(&cfg.sysfs)? {
-                    match discovery::skip_reason(&dev) {
-                        Some(reason) => disks.push(DiskReport {
-                            device: dev.path.clone(),
-                            size: dev.size,
-                            rotational: dev.rotational,
-                            state: DiskState::Skipped { reason },
-                        }),
-                        None => candidates.push(dev),
-                    }
-                }
-            }
-            Devices::Only(list) => {
-                for path in list {
-                    match discovery::sysfs_device(&cfg.sysfs, path) {
-                        Ok(dev) => {
-                            if !candidates.iter().any(|c| c.path == dev.path) {
-                                candidates.push(dev);
-                            }
-                        }
-                        Err(e) => disks.push(DiskReport {
-                            device: path.clone(),
-                            size: 0,
-                            rotational: false,
-                            state: DiskState::Failed {
-                                error: error_chain(&e),
-                            },
-                        }),
-                    }
-                }
-            }
-        }
-
-        let mut pools: Vec<Pool> = Vec::new();
-        for dev in candidates {
-            let kind = overrides.get(&dev.path).copied();
-            let state = match adopt(&cfg, &dev, kind, &pools).await {
-                Ok((pool, created)) => {
-                    let state = DiskState::Pool {
-                        pool: pool.label.clone(),
-                        kind: pool.kind,
-                        created,
-                    };
-                    info!(device = %dev.path.display(), pool = %pool.label, kind = %pool.kind,
-                          size = pool.size, created, "storage pool ready");
-                    pools.push(pool);
-                    state
-                }
-                Err(Adopt::Foreign(reason)) => {
-                    warn!(device = %dev.path.display(), reason = %reason,
-                          "disk holds data that is not ours; left untouched");
-                    DiskState::Foreign { reason }
-                }
-                Err(Adopt::Failed(e)) => {
-                    warn!(device = %dev.path.display(), error = %error_chain(&e), "disk not usable");
-                    DiskState::Failed {
-                        error: error_chain(&e),
-                    }
-                }
-            };
-            disks.push(DiskReport {
-                device: dev.path.clone(),
-                size: dev.size,
-                rotational: dev.rotational,
-                state,
-            });
-        }
-        pools.sort_by(|a, b| a.label.cmp(&b.label));
-
+        let candidates = candidates(&cfg, &mut disks)?;
+        let pools = make_pools(&cfg, candidates, &mut disks).await;
         let (cache, limited) = prepare_cache(&cfg, &pools).await?;
         let storage = BtrfsStorage {
             cfg,
@@ -644,46 +551,7 @@ async fn adopt(
     kind_override: Option<DiskKind>,
     pools: &[Pool],
 ) -> std::result::Result<(Pool, bool), Adopt> {
-    let detected = kind_override.unwrap_or(if dev.rotational {
-        DiskKind::Hdd
-    } else {
-        DiskKind::Ssd
-    });
-    let (label, created) = match discovery::probe_content(dev).await? {
-        DiskContent::Foreign(reason) => return Err(Adopt::Foreign(reason)),
-        DiskContent::Btrfs { label } if owns_label(&cfg.prefix, &label) => {
-            if let Some(other) = pools.iter().find(|p| p.label == label) {
-                return Err(Adopt::Foreign(format!(
-                    "btrfs pool {label} has the same label as the pool on {} (a copy?)",
-                    other.device.display()
-                )));
-            }
-            (label, false)
-        }
-        DiskContent::Btrfs { label } if is_zos_label(&label) => {
-            return Err(Adopt::Foreign(format!(
-                "holds pool {label} of another zos node"
-            )));
-        }
-        DiskContent::Btrfs { label } => {
-            return Err(Adopt::Foreign(format!(
-                "holds a btrfs file system labelled {label:?}"
-            )));
-        }
-        DiskContent::Empty => {
-            check_unclaimed(&dev.path)?;
-            let random =
-                random_u64().map_err(StorageError::io("reading", Path::new("/dev/urandom")))?;
-            let label = pool_label(&cfg.prefix, random);
-            info!(device = %dev.path.display(), pool = %label, size = dev.size, "making a pool on an empty disk");
-            run(
-                "mkfs.btrfs",
-                &[os("-q"), os("-L"), os(&label), dev.path.as_os_str()],
-            )
-            .await?;
-            (label, true)
-        }
-    };
+    let (label, created) = claim(cfg, dev, pools).await?;
     let path = cfg.mount_root.join(&label);
     let mounted_now = mount_btrfs(&dev.path, &path)?;
     // Read what the pool is before changing anything in it: a pool this build cannot read
@@ -698,19 +566,7 @@ async fn adopt(
         }
     };
     btrfs(&[os("quota"), os("enable"), path.as_os_str()]).await?;
-    let kind = match meta {
-        Some(meta) => {
-            if kind_override.is_some_and(|k| k != meta.kind) {
-                warn!(pool = %label, kept = %meta.kind, asked = %detected,
-                      "a pool keeps the kind it was made with; override ignored");
-            }
-            meta.kind
-        }
-        None => {
-            PoolMeta::new(detected).store(&path)?;
-            detected
-        }
-    };
+    let kind = pool_kind(&path, &label, meta, dev, kind_override)?;
     let shown = btrfs(&[os("filesystem"), os("show"), os("--raw"), path.as_os_str()]).await?;
     let size = parse_fs_size(&shown).ok_or_else(|| StorageError::Device {
         device: dev.path.clone(),
@@ -726,6 +582,190 @@ async fn adopt(
         },
         created,
     ))
+}
+
+/// The label of the pool on `dev`: one of ours found again (and not a copy of one in
+/// `pools`), or a new pool made on an empty disk (answered with `true`); anything else is
+/// foreign.
+async fn claim(
+    cfg: &StorageConfig,
+    dev: &BlockDevice,
+    pools: &[Pool],
+) -> std::result::Result<(String, bool), Adopt> {
+    match discovery::probe_content(dev).await? {
+        DiskContent::Foreign(reason) => Err(Adopt::Foreign(reason)),
+        DiskContent::Btrfs { label } if owns_label(&cfg.prefix, &label) => {
+            if let Some(other) = pools.iter().find(|p| p.label == label) {
+                return Err(Adopt::Foreign(format!(
+                    "btrfs pool {label} has the same label as the pool on {} (a copy?)",
+                    other.device.display()
+                )));
+            }
+            Ok((label, false))
+        }
+        DiskContent::Btrfs { label } if is_zos_label(&label) => Err(Adopt::Foreign(format!(
+            "holds pool {label} of another zos node"
+        ))),
+        DiskContent::Btrfs { label } => Err(Adopt::Foreign(format!(
+            "holds a btrfs file system labelled {label:?}"
+        ))),
+        DiskContent::Empty => {
+            check_unclaimed(&dev.path)?;
+            let random =
+                random_u64().map_err(StorageError::io("reading", Path::new("/dev/urandom")))?;
+            let label = pool_label(&cfg.prefix, random);
+            info!(device = %dev.path.display(), pool = %label, size = dev.size, "making a pool on an empty disk");
+            run(
+                "mkfs.btrfs",
+                &[os("-q"), os("-L"), os(&label), dev.path.as_os_str()],
+            )
+            .await?;
+            Ok((label, true))
+        }
+    }
+}
+
+/// The kind of the pool at `path`: the one it was made with (an override that differs is
+/// ignored), or, for a pool without metadata yet, the override or what the device reports,
+/// stored in the pool.
+fn pool_kind(
+    path: &Path,
+    label: &str,
+    meta: Option<PoolMeta>,
+    dev: &BlockDevice,
+    kind_override: Option<DiskKind>,
+) -> Result<DiskKind> {
+    let detected = kind_override.unwrap_or(if dev.rotational {
+        DiskKind::Hdd
+    } else {
+        DiskKind::Ssd
+    });
+    match meta {
+        Some(meta) => {
+            if kind_override.is_some_and(|k| k != meta.kind) {
+                warn!(pool = %label, kept = %meta.kind, asked = %detected,
+                      "a pool keeps the kind it was made with; override ignored");
+            }
+            Ok(meta.kind)
+        }
+        None => {
+            PoolMeta::new(detected).store(path)?;
+            Ok(detected)
+        }
+    }
+}
+
+/// Refuses a prefix other than a-z, 0-9 and '-' (at most 16 bytes) and a relative mount root.
+fn check_config(cfg: &StorageConfig) -> Result<()> {
+    if !cfg
+        .prefix
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        || cfg.prefix.len() > 16
+    {
+        return Err(StorageError::Config(format!(
+            "prefix {:?} may only hold a-z, 0-9 and '-'",
+            cfg.prefix
+        )));
+    }
+    if !cfg.mount_root.is_absolute() {
+        return Err(StorageError::Config(format!(
+            "mount root {} is not an absolute path",
+            cfg.mount_root.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The devices the node may make pools on: the discovered ones it does not skip, or the
+/// configured ones (once each); the skipped and the unreadable are reported in `disks`.
+fn candidates(cfg: &StorageConfig, disks: &mut Vec<DiskReport>) -> Result<Vec<BlockDevice>> {
+    let mut candidates: Vec<BlockDevice> = Vec::new();
+    match &cfg.devices {
+        Devices::Discover => {
+            for dev in discovery::scan_sysfs(&cfg.sysfs)? {
+                match discovery::skip_reason(&dev) {
+                    Some(reason) => disks.push(DiskReport {
+                        device: dev.path.clone(),
+                        size: dev.size,
+                        rotational: dev.rotational,
+                        state: DiskState::Skipped { reason },
+                    }),
+                    None => candidates.push(dev),
+                }
+            }
+        }
+        Devices::Only(list) => {
+            for path in list {
+                match discovery::sysfs_device(&cfg.sysfs, path) {
+                    Ok(dev) => {
+                        if !candidates.iter().any(|c| c.path == dev.path) {
+                            candidates.push(dev);
+                        }
+                    }
+                    Err(e) => disks.push(DiskReport {
+                        device: path.clone(),
+                        size: 0,
+                        rotational: false,
+                        state: DiskState::Failed {
+                            error: error_chain(&e),
+                        },
+                    }),
+                }
+            }
+        }
+    }
+    Ok(candidates)
+}
+
+/// Adopts each candidate as a pool (in label order), reporting every device in `disks`: a
+/// pool, foreign data left untouched, or a failure.
+async fn make_pools(
+    cfg: &StorageConfig,
+    candidates: Vec<BlockDevice>,
+    disks: &mut Vec<DiskReport>,
+) -> Vec<Pool> {
+    let overrides: BTreeMap<PathBuf, DiskKind> = cfg
+        .kind_overrides
+        .iter()
+        .map(|(p, k)| (p.canonicalize().unwrap_or_else(|_| p.clone()), *k))
+        .collect();
+    let mut pools: Vec<Pool> = Vec::new();
+    for dev in candidates {
+        let kind = overrides.get(&dev.path).copied();
+        let state = match adopt(cfg, &dev, kind, &pools).await {
+            Ok((pool, created)) => {
+                let state = DiskState::Pool {
+                    pool: pool.label.clone(),
+                    kind: pool.kind,
+                    created,
+                };
+                info!(device = %dev.path.display(), pool = %pool.label, kind = %pool.kind,
+                      size = pool.size, created, "storage pool ready");
+                pools.push(pool);
+                state
+            }
+            Err(Adopt::Foreign(reason)) => {
+                warn!(device = %dev.path.display(), reason = %reason,
+                      "disk holds data that is not ours; left untouched");
+                DiskState::Foreign { reason }
+            }
+            Err(Adopt::Failed(e)) => {
+                warn!(device = %dev.path.display(), error = %error_chain(&e), "disk not usable");
+                DiskState::Failed {
+                    error: error_chain(&e),
+                }
+            }
+        };
+        disks.push(DiskReport {
+            device: dev.path.clone(),
+            size: dev.size,
+            rotational: dev.rotational,
+            state,
+        });
+    }
+    pools.sort_by(|a, b| a.label.cmp(&b.label));
+    pools
 }
 
 /// Finds the cache subvolume again, or makes one on the SSD pool with the most room, or falls
