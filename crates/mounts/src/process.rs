@@ -288,6 +288,28 @@ impl ProcessFlists {
         }
         detach_leftovers(e);
         std::fs::create_dir_all(mp).map_err(io("cannot create mount point", mp))?;
+        let flist = self.fetch_recorded_flist(name, e).await?;
+        let mut cmd = self.mount_command(name, e, &flist).await;
+        let log_path = self.log_path(name);
+        Detach::new(&log_path)
+            .keep_stdout()
+            .apply(cmd.as_std_mut())
+            .map_err(io("cannot open log", &log_path))?;
+        cmd.stdout(Stdio::piped()).kill_on_drop(false);
+        let mut child = cmd.spawn().map_err(|e| FlistError::Process {
+            name: name.into(),
+            detail: format!("cannot start {}: {e}", self.config.mount_binary.display()),
+        })?;
+        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        self.await_ready(name, e, &mut child, &log_path).await?;
+        // The child runs on alone; tokio reaps it if it ends while we run.
+        drop(child);
+        Ok((pid, false))
+    }
+
+    /// The flist file of `e`, fetched again when it is not kept; content that no longer
+    /// matches the recorded hash is refused.
+    async fn fetch_recorded_flist(&self, name: &str, e: &Entry) -> Result<PathBuf, FlistError> {
         let flist = self.flist_file(&e.sha256);
         if !flist.is_file() {
             let f = fetch_flist(&e.url, &self.flists_dir(), self.config.max_flist_bytes)
@@ -305,15 +327,21 @@ impl ProcessFlists {
                 });
             }
         }
+        Ok(flist)
+    }
+
+    /// The mount process's command line for `e`: the flist, the cache, the stores, the
+    /// writable layer and the name /proc/mounts shows.
+    async fn mount_command(&self, name: &str, e: &Entry, flist: &Path) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.config.mount_binary);
         cmd.arg("--flist")
-            .arg(&flist)
+            .arg(flist)
             .arg("--cache")
             .arg(self.cache_dir())
             .arg("--cache-size")
             .arg(self.config.cache_bytes.to_string());
         if !self.config.stores.is_empty() {
-            for s in self.stores_for(&flist).await {
+            for s in self.stores_for(flist).await {
                 cmd.arg("--store").arg(s);
             }
         }
@@ -325,20 +353,21 @@ impl ProcessFlists {
             "flist:{}",
             super::global_name(&self.config.prefix, name)
         ));
-        cmd.arg(mp);
-        let log_path = self.log_path(name);
-        Detach::new(&log_path)
-            .keep_stdout()
-            .apply(cmd.as_std_mut())
-            .map_err(io("cannot open log", &log_path))?;
-        cmd.stdout(Stdio::piped()).kill_on_drop(false);
-        let mut child = cmd.spawn().map_err(|e| FlistError::Process {
-            name: name.into(),
-            detail: format!("cannot start {}: {e}", self.config.mount_binary.display()),
-        })?;
-        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        cmd.arg(&e.mountpoint);
+        cmd
+    }
+
+    /// Waits for the mount process to say it serves the mount point; one that ends first or
+    /// is not ready in time is killed, its leftovers detached, and the error names its log.
+    async fn await_ready(
+        &self,
+        name: &str,
+        e: &Entry,
+        child: &mut tokio::process::Child,
+        log_path: &Path,
+    ) -> Result<(), FlistError> {
         let stdout = child.stdout.take().expect("stdout is piped");
-        let want = format!("ready {}", mp.display());
+        let want = format!("ready {}", e.mountpoint.display());
         let ready = tokio::time::timeout(self.config.ready_timeout, async {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
@@ -349,29 +378,23 @@ impl ProcessFlists {
             false
         })
         .await;
-        match ready {
-            Ok(true) => {
-                // The child runs on alone; tokio reaps it if it ends while we run.
-                drop(child);
-                Ok((pid, false))
-            }
-            outcome => {
-                let _ = child.start_kill();
-                let status = child.wait().await.ok();
-                detach_leftovers(e);
-                let why = match outcome {
-                    Err(_) => format!("not ready after {} s", self.config.ready_timeout.as_secs()),
-                    _ => match status {
-                        Some(s) => format!("exited ({s}) before mounting"),
-                        None => "exited before mounting".into(),
-                    },
-                };
-                Err(FlistError::Process {
-                    name: name.into(),
-                    detail: format!("{why}; log {}: {}", log_path.display(), log_tail(&log_path)),
-                })
-            }
+        if let Ok(true) = ready {
+            return Ok(());
         }
+        let _ = child.start_kill();
+        let status = child.wait().await.ok();
+        detach_leftovers(e);
+        let why = match ready {
+            Err(_) => format!("not ready after {} s", self.config.ready_timeout.as_secs()),
+            _ => match status {
+                Some(s) => format!("exited ({s}) before mounting"),
+                None => "exited before mounting".into(),
+            },
+        };
+        Err(FlistError::Process {
+            name: name.into(),
+            detail: format!("{why}; log {}: {}", log_path.display(), log_tail(log_path)),
+        })
     }
 
     /// The node's stores, then the flist's own route URLs that a mount process can open.
