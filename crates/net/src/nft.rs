@@ -37,19 +37,40 @@ fn replace_table(out: &mut String, family: &str, name: &str, body: &str) {
 /// router advertisements, ICMPv6 redirects, or DHCP / DHCPv6 server replies (UDP from port 67
 /// or 547) from a workload, on the public bridge or any other.
 pub fn host_ruleset(table: &str, host_dmz: &str, wg_ports: &[u16], ports: &[PortFilter]) -> String {
-    let mut inet = String::new();
+    let mut inet = wg_ports_set(wg_ports);
+    inet.push_str(&host_inet_chains(host_dmz));
+    let mut bridge = port_maps(ports);
+    for p in ports {
+        bridge.push_str(&port_in_chain(p));
+        bridge.push_str(&port_out_chain(p));
+    }
+    bridge.push_str(BRIDGE_HOOKS);
+    let mut out = String::new();
+    replace_table(&mut out, "inet", table, &inet);
+    replace_table(&mut out, "bridge", table, &bridge);
+    out
+}
+
+/// The set of the UDP ports WireGuard listens on, which the host's input accepts.
+fn wg_ports_set(wg_ports: &[u16]) -> String {
+    let mut out = String::new();
     let ports_list = wg_ports
         .iter()
         .map(u16::to_string)
         .collect::<Vec<_>>()
         .join(", ");
-    let _ = writeln!(inet, "  set wg_ports {{\n    type inet_service");
+    let _ = writeln!(out, "  set wg_ports {{\n    type inet_service");
     if !wg_ports.is_empty() {
-        let _ = writeln!(inet, "    elements = {{ {ports_list} }}");
+        let _ = writeln!(out, "    elements = {{ {ports_list} }}");
     }
-    let _ = writeln!(inet, "  }}");
-    let _ = write!(
-        inet,
+    let _ = writeln!(out, "  }}");
+    out
+}
+
+/// The host's inet chains: input protection (nothing new from `ndmz`), forwarding into `ndmz`
+/// only for established traffic, and NAT egress of the workloads.
+fn host_inet_chains(host_dmz: &str) -> String {
+    format!(
         "  chain input {{
     type filter hook input priority 0; policy accept;
     iifname \"{host_dmz}\" drop
@@ -71,83 +92,95 @@ pub fn host_ruleset(table: &str, host_dmz: &str, wg_ports: &[u16], ports: &[Port
   }}
 ",
         space = names::ndmz_space()
-    );
+    )
+}
 
-    let mut bridge = String::new();
+/// The maps from a VM port's interface to its own chain, one per direction.
+fn port_maps(ports: &[PortFilter]) -> String {
+    let mut out = String::new();
     for (map, dir) in [("ports_in", "in"), ("ports_out", "out")] {
-        let _ = writeln!(bridge, "  map {map} {{\n    type ifname : verdict");
+        let _ = writeln!(out, "  map {map} {{\n    type ifname : verdict");
         if !ports.is_empty() {
             let elems = ports
                 .iter()
                 .map(|p| format!("\"{}\" : jump {dir}_{}", p.ifname, chain_id(&p.ifname)))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let _ = writeln!(bridge, "    elements = {{ {elems} }}");
+            let _ = writeln!(out, "    elements = {{ {elems} }}");
         }
-        let _ = writeln!(bridge, "  }}");
+        let _ = writeln!(out, "  }}");
     }
-    for p in ports {
-        let id = chain_id(&p.ifname);
-        let mac = mac_string(&p.mac);
-        let _ = writeln!(bridge, "  chain in_{id} {{");
-        let _ = writeln!(bridge, "    ether saddr != {mac} drop");
-        let _ = writeln!(bridge, "    ether type arp arp saddr ether != {mac} drop");
-        match p.ipv4 {
-            Some(ip) => {
-                let _ = writeln!(bridge, "    ether type arp arp saddr ip != {ip} drop");
-                let _ = writeln!(bridge, "    ether type ip ip saddr != {ip} drop");
-            }
-            None => {
-                let _ = writeln!(bridge, "    ether type {{ arp, ip }} drop");
-            }
-        }
-        let v6 = p.ipv6.map(|a| format!(", {a}")).unwrap_or_default();
-        let _ = writeln!(
-            bridge,
-            "    ether type ip6 ip6 saddr != {{ ::, fe80::/10{v6} }} drop"
-        );
-        let _ = writeln!(bridge, "    ether type != {{ arp, ip, ip6 }} drop");
-        // A workload is never the router or the DHCP server of the segment it sits on.
-        let _ = writeln!(
-            bridge,
-            "    icmpv6 type {{ nd-router-advert, nd-redirect }} drop"
-        );
-        let _ = writeln!(bridge, "    udp sport {{ 67, 547 }} drop");
-        let _ = writeln!(bridge, "  }}");
-        let _ = writeln!(bridge, "  chain out_{id} {{");
-        match p.ipv4 {
-            Some(ip) => {
-                let _ = writeln!(bridge, "    ether type arp arp daddr ip != {ip} drop");
-                let _ = writeln!(bridge, "    ether type ip ip daddr != {ip} drop");
-            }
-            None => {
-                let _ = writeln!(bridge, "    ether type {{ arp, ip }} drop");
-            }
-        }
-        let _ = writeln!(
-            bridge,
-            "    ether type ip6 ip6 daddr != {{ fe80::/10, ff00::/8{v6} }} drop"
-        );
-        let _ = writeln!(bridge, "  }}");
-    }
-    let _ = write!(
-        bridge,
-        "  chain prerouting {{
-    type filter hook prerouting priority 0; policy accept;
-    iifname vmap @ports_in
-  }}
-  chain postrouting {{
-    type filter hook postrouting priority 0; policy accept;
-    oifname vmap @ports_out
-  }}
-"
-    );
-
-    let mut out = String::new();
-    replace_table(&mut out, "inet", table, &inet);
-    replace_table(&mut out, "bridge", table, &bridge);
     out
 }
+
+/// What a VM port may send: only its own MAC, IPv4 and IPv6 sources, only ARP, IPv4 and
+/// IPv6, and no router advertisements, ICMPv6 redirects or DHCP / DHCPv6 server replies.
+fn port_in_chain(p: &PortFilter) -> String {
+    let mut out = String::new();
+    let id = chain_id(&p.ifname);
+    let mac = mac_string(&p.mac);
+    let _ = writeln!(out, "  chain in_{id} {{");
+    let _ = writeln!(out, "    ether saddr != {mac} drop");
+    let _ = writeln!(out, "    ether type arp arp saddr ether != {mac} drop");
+    match p.ipv4 {
+        Some(ip) => {
+            let _ = writeln!(out, "    ether type arp arp saddr ip != {ip} drop");
+            let _ = writeln!(out, "    ether type ip ip saddr != {ip} drop");
+        }
+        None => {
+            let _ = writeln!(out, "    ether type {{ arp, ip }} drop");
+        }
+    }
+    let v6 = p.ipv6.map(|a| format!(", {a}")).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "    ether type ip6 ip6 saddr != {{ ::, fe80::/10{v6} }} drop"
+    );
+    let _ = writeln!(out, "    ether type != {{ arp, ip, ip6 }} drop");
+    // A workload is never the router or the DHCP server of the segment it sits on.
+    let _ = writeln!(
+        out,
+        "    icmpv6 type {{ nd-router-advert, nd-redirect }} drop"
+    );
+    let _ = writeln!(out, "    udp sport {{ 67, 547 }} drop");
+    let _ = writeln!(out, "  }}");
+    out
+}
+
+/// What a VM port may receive: only traffic for its own IPv4 and IPv6 addresses (and IPv6
+/// link-local and multicast).
+fn port_out_chain(p: &PortFilter) -> String {
+    let mut out = String::new();
+    let id = chain_id(&p.ifname);
+    let _ = writeln!(out, "  chain out_{id} {{");
+    match p.ipv4 {
+        Some(ip) => {
+            let _ = writeln!(out, "    ether type arp arp daddr ip != {ip} drop");
+            let _ = writeln!(out, "    ether type ip ip daddr != {ip} drop");
+        }
+        None => {
+            let _ = writeln!(out, "    ether type {{ arp, ip }} drop");
+        }
+    }
+    let v6 = p.ipv6.map(|a| format!(", {a}")).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "    ether type ip6 ip6 daddr != {{ fe80::/10, ff00::/8{v6} }} drop"
+    );
+    let _ = writeln!(out, "  }}");
+    out
+}
+
+/// The bridge hooks that send each port's traffic through its chains.
+const BRIDGE_HOOKS: &str = "  chain prerouting {
+    type filter hook prerouting priority 0; policy accept;
+    iifname vmap @ports_in
+  }
+  chain postrouting {
+    type filter hook postrouting priority 0; policy accept;
+    oifname vmap @ports_out
+  }
+";
 
 /// `ndmz`: network resources reach the host (and through it the outside), never each other,
 /// never `ndmz` itself, and never an SMTP server.

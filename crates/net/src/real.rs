@@ -108,6 +108,9 @@ impl LinuxNetworker {
 
     // ---- node ----
 
+    /// Sets the node's own network up: forwarding in the host, the ndmz namespace and its
+    /// link to the host, then the public namespace as `public` says; records it and rewrites
+    /// the host's rules.
     async fn setup_node_locked(&self, st: &mut State, public: Option<PublicSetup>) -> Result<()> {
         rules::check_public_change(st, public.as_ref())?;
         let old_exit = st
@@ -116,29 +119,54 @@ impl LinuxNetworker {
             .and_then(|n| n.public.as_ref())
             .map(|p| p.exit_iface.clone());
         if let Some(p) = &public {
-            p.config
-                .validate()
-                .map_err(|e| NetworkError::Invalid(format!("public config: {e}")))?;
-            let exit = p.exit_iface.clone();
-            let present = netns::in_netns(&self.host(), move |h| async move {
-                Ok(link::get(&h, &exit).await?.is_some())
-            })
-            .await?;
-            if !present {
-                return Err(NetworkError::NoLink(p.exit_iface.clone()));
-            }
+            self.check_public(p).await?;
         }
-        let host = self.host();
-        netns::sysctl(&host, "ipv4/ip_forward", "1").await?;
+        netns::sysctl(&self.host(), "ipv4/ip_forward", "1").await?;
+        self.ndmz_up().await?;
+        match &public {
+            Some(p) => {
+                if let Some(old) = old_exit.filter(|o| *o != p.exit_iface) {
+                    netns::in_netns(&self.host(), move |h| async move {
+                        link::set_nomaster(&h, &old).await
+                    })
+                    .await?;
+                }
+                self.public_up(p).await?
+            }
+            None => self.public_down().await?,
+        }
+        st.node = Some(NodeRecord { public });
+        self.save(st)?;
+        self.host_rules(st).await?;
+        tracing::info!(prefix = %self.cfg.prefix, "node network set up");
+        Ok(())
+    }
 
-        // ndmz and its link to the host.
+    /// Refuses an invalid public config, or one whose exit interface the host does not have.
+    async fn check_public(&self, p: &PublicSetup) -> Result<()> {
+        p.config
+            .validate()
+            .map_err(|e| NetworkError::Invalid(format!("public config: {e}")))?;
+        let exit = p.exit_iface.clone();
+        let present = netns::in_netns(&self.host(), move |h| async move {
+            Ok(link::get(&h, &exit).await?.is_some())
+        })
+        .await?;
+        if !present {
+            return Err(NetworkError::NoLink(p.exit_iface.clone()));
+        }
+        Ok(())
+    }
+
+    /// Makes (or repairs) the ndmz namespace, its link to the host and its rules.
+    async fn ndmz_up(&self) -> Result<()> {
         let ndmz_name = self.names.ndmz_ns();
         let made = netns::create(&ndmz_name).await?;
         let ndmz = Ns::Named(ndmz_name);
         netns::sysctl(&ndmz, "ipv4/ip_forward", "1").await?;
         let (dmz, dmzp) = (self.names.host_dmz(), self.names.host_dmz_peer());
         let ndmz_ns = ndmz.clone();
-        netns::in_netns(&host, move |h| async move {
+        netns::in_netns(&self.host(), move |h| async move {
             if made {
                 link::delete(&h, &dmz).await?;
             }
@@ -183,26 +211,7 @@ impl LinuxNetworker {
             .await
         })
         .await?;
-        nft::apply(&ndmz, &self.cfg.nft, &nft::ndmz_ruleset()).await?;
-
-        match &public {
-            Some(p) => {
-                if let Some(old) = old_exit.filter(|o| *o != p.exit_iface) {
-                    netns::in_netns(
-                        &host,
-                        move |h| async move { link::set_nomaster(&h, &old).await },
-                    )
-                    .await?;
-                }
-                self.public_up(p).await?
-            }
-            None => self.public_down().await?,
-        }
-        st.node = Some(NodeRecord { public });
-        self.save(st)?;
-        self.host_rules(st).await?;
-        tracing::info!(prefix = %self.cfg.prefix, "node network set up");
-        Ok(())
+        nft::apply(&ndmz, &self.cfg.nft, &nft::ndmz_ruleset()).await
     }
 
     async fn public_up(&self, p: &PublicSetup) -> Result<()> {
@@ -279,24 +288,29 @@ impl LinuxNetworker {
     /// Makes (or repairs) the network resource of `rec` and configures its WireGuard; `force`
     /// sends the key and port again even when they look applied.
     async fn build_nr(&self, rec: &mut NrRecord, force: bool) -> Result<WgOutcome> {
-        let host = self.host();
-        let id = rec.netid.clone();
-        let nr_name = self.names.nr_ns(&id);
+        let nr_name = self.names.nr_ns(&rec.netid);
         let made = netns::create(&nr_name).await?;
         let nr = Ns::Named(nr_name);
         netns::sysctl(&nr, "ipv4/ip_forward", "1").await?;
-        let net = rec.network.clone();
-        let gw = names::nr_gateway(net.subnet);
-        let transit = names::slot_address(rec.slot);
+        self.nr_bridge_link(&rec.netid, &nr, made).await?;
+        self.nr_ndmz_link(rec, &nr, made).await?;
+        let has_wg = nr_inside(rec, &nr).await?;
+        nft::apply(&nr, &self.cfg.nft, &nft::nr_ruleset()).await?;
+        let outcome = self.nr_wireguard(rec, &nr, has_wg, force).await?;
+        nr_wg_routes(rec, &nr).await?;
+        Ok(outcome)
+    }
 
-        // The bridge in the host and the resource's gateway interface on it.
+    /// The bridge in the host and the resource's gateway interface on it; `made` (a new
+    /// namespace) makes the host's end again.
+    async fn nr_bridge_link(&self, id: &NetId, nr: &Ns, made: bool) -> Result<()> {
         let (bridge, lan, lan_peer) = (
-            self.names.nr_bridge(&id),
-            self.names.nr_lan_host(&id),
-            self.names.nr_lan_peer(&id),
+            self.names.nr_bridge(id),
+            self.names.nr_lan_host(id),
+            self.names.nr_lan_peer(id),
         );
         let target = nr.clone();
-        netns::in_netns(&host, move |h| async move {
+        netns::in_netns(&self.host(), move |h| async move {
             link::ensure_bridge(&h, &bridge).await?;
             if made {
                 link::delete(&h, &lan).await?;
@@ -310,10 +324,15 @@ impl LinuxNetworker {
             link::set_master(&h, &lan, &bridge).await?;
             link::set_up(&h, &lan).await
         })
-        .await?;
+        .await
+    }
 
-        // The link to ndmz.
-        let (up, up_peer) = (inner::ndmz_nr(&id), inner::ndmz_nr_peer(&id));
+    /// The resource's link to ndmz, with the route to its transit address there; `made` (a
+    /// new namespace) makes ndmz's end again.
+    async fn nr_ndmz_link(&self, rec: &NrRecord, nr: &Ns, made: bool) -> Result<()> {
+        let id = &rec.netid;
+        let transit = names::slot_address(rec.slot);
+        let (up, up_peer) = (inner::ndmz_nr(id), inner::ndmz_nr_peer(id));
         let target = nr.clone();
         netns::in_netns(&Ns::Named(self.names.ndmz_ns()), move |h| async move {
             if made {
@@ -341,50 +360,23 @@ impl LinuxNetworker {
             )
             .await
         })
-        .await?;
+        .await
+    }
 
-        // Inside the resource.
-        let subnet = net.subnet;
-        let wg_if = rec.wg_ifname.clone();
-        let has_wg = netns::in_netns(&nr, move |h| async move {
-            link::set_addrs(
-                &h,
-                inner::NR_LAN,
-                &[IpNet::V4(
-                    Ipv4Net::new(gw, subnet.prefix_len()).expect("valid"),
-                )],
-            )
-            .await?;
-            link::set_up(&h, inner::NR_LAN).await?;
-            link::set_addrs(
-                &h,
-                inner::NR_DMZ,
-                &[IpNet::V4(Ipv4Net::new(transit, 32).expect("valid"))],
-            )
-            .await?;
-            link::set_up(&h, inner::NR_DMZ).await?;
-            link::ensure_route(
-                &h,
-                inner::NR_DMZ,
-                Route::dev(Ipv4Net::new(names::NDMZ_GATEWAY, 32).expect("valid")),
-            )
-            .await?;
-            link::ensure_route(
-                &h,
-                inner::NR_DMZ,
-                Route::via(Ipv4Net::default(), names::NDMZ_GATEWAY),
-            )
-            .await?;
-            Ok(link::get(&h, &wg_if).await?.is_some())
-        })
-        .await?;
-        nft::apply(&nr, &self.cfg.nft, &nft::nr_ruleset()).await?;
-
-        // WireGuard.
-        let outcome = self.ensure_wg(rec, &nr, has_wg).await?;
+    /// Configures the resource's WireGuard interface (made or restarted first when needed);
+    /// `force` sends the key and port again even when they look applied.
+    async fn nr_wireguard(
+        &self,
+        rec: &mut NrRecord,
+        nr: &Ns,
+        has_wg: bool,
+        force: bool,
+    ) -> Result<WgOutcome> {
+        let net = rec.network.clone();
+        let outcome = self.ensure_wg(rec, nr, has_wg).await?;
         let key_changed = rec.applied_key.as_deref() != Some(net.wireguard_private_key.as_str());
         let ops = wireguard::sync(
-            &nr,
+            nr,
             &self.cfg.wg,
             rec.backend,
             &rec.wg_ifname,
@@ -395,38 +387,8 @@ impl LinuxNetworker {
         .await?;
         rec.applied_key = Some(net.wireguard_private_key.clone());
         if !ops.is_empty() {
-            tracing::debug!(netid = %id, changes = ops.len(), "wireguard configured");
+            tracing::debug!(netid = %rec.netid, changes = ops.len(), "wireguard configured");
         }
-
-        // Its address and routes: the whole network (from the gateway's address) and any
-        // other space a peer carries (access peers).
-        let wg_if = rec.wg_ifname.clone();
-        let mut want: Vec<Route> = vec![Route::dev(net.ip_range).src(gw)];
-        for p in &net.peers {
-            for a in &p.allowed_ips {
-                if let IpNet::V4(v4) = a.trunc()
-                    && !net.ip_range.contains(&v4)
-                    && !names::wg_space().contains(&v4)
-                    && !want.iter().any(|r| r.dest == v4)
-                {
-                    want.push(Route::dev(v4));
-                }
-            }
-        }
-        netns::in_netns(&nr, move |h| async move {
-            link::set_addrs(&h, &wg_if, &[IpNet::V4(names::wg_address(subnet))]).await?;
-            link::set_up(&h, &wg_if).await?;
-            for stale in link::routes(&h, &wg_if).await? {
-                if !want.iter().any(|r| r.dest == stale) {
-                    link::delete_route(&h, &wg_if, stale).await?;
-                }
-            }
-            for r in want {
-                link::ensure_route(&h, &wg_if, r).await?;
-            }
-            Ok(())
-        })
-        .await?;
         Ok(outcome)
     }
 
@@ -1049,4 +1011,80 @@ impl Networker for LinuxNetworker {
         status.public_key = wireguard::public_key(&rec.network.wireguard_private_key)?;
         Ok(status)
     }
+}
+
+/// Inside the resource: the gateway address on its LAN, its transit address towards ndmz and
+/// the default route there; answers whether its WireGuard interface exists.
+async fn nr_inside(rec: &NrRecord, nr: &Ns) -> Result<bool> {
+    let subnet = rec.network.subnet;
+    let gw = names::nr_gateway(subnet);
+    let transit = names::slot_address(rec.slot);
+    let wg_if = rec.wg_ifname.clone();
+    netns::in_netns(nr, move |h| async move {
+        link::set_addrs(
+            &h,
+            inner::NR_LAN,
+            &[IpNet::V4(
+                Ipv4Net::new(gw, subnet.prefix_len()).expect("valid"),
+            )],
+        )
+        .await?;
+        link::set_up(&h, inner::NR_LAN).await?;
+        link::set_addrs(
+            &h,
+            inner::NR_DMZ,
+            &[IpNet::V4(Ipv4Net::new(transit, 32).expect("valid"))],
+        )
+        .await?;
+        link::set_up(&h, inner::NR_DMZ).await?;
+        link::ensure_route(
+            &h,
+            inner::NR_DMZ,
+            Route::dev(Ipv4Net::new(names::NDMZ_GATEWAY, 32).expect("valid")),
+        )
+        .await?;
+        link::ensure_route(
+            &h,
+            inner::NR_DMZ,
+            Route::via(Ipv4Net::default(), names::NDMZ_GATEWAY),
+        )
+        .await?;
+        Ok(link::get(&h, &wg_if).await?.is_some())
+    })
+    .await
+}
+
+/// The WireGuard interface's address and routes: the whole network (from the gateway's
+/// address) and any other space a peer carries (access peers); stale routes go.
+async fn nr_wg_routes(rec: &NrRecord, nr: &Ns) -> Result<()> {
+    let net = &rec.network;
+    let subnet = net.subnet;
+    let gw = names::nr_gateway(subnet);
+    let wg_if = rec.wg_ifname.clone();
+    let mut want: Vec<Route> = vec![Route::dev(net.ip_range).src(gw)];
+    for p in &net.peers {
+        for a in &p.allowed_ips {
+            if let IpNet::V4(v4) = a.trunc()
+                && !net.ip_range.contains(&v4)
+                && !names::wg_space().contains(&v4)
+                && !want.iter().any(|r| r.dest == v4)
+            {
+                want.push(Route::dev(v4));
+            }
+        }
+    }
+    netns::in_netns(nr, move |h| async move {
+        link::set_addrs(&h, &wg_if, &[IpNet::V4(names::wg_address(subnet))]).await?;
+        link::set_up(&h, &wg_if).await?;
+        for stale in link::routes(&h, &wg_if).await? {
+            if !want.iter().any(|r| r.dest == stale) {
+                link::delete_route(&h, &wg_if, stale).await?;
+            }
+        }
+        for r in want {
+            link::ensure_route(&h, &wg_if, r).await?;
+        }
+        Ok(())
+    })
+    .await
 }
