@@ -601,7 +601,6 @@ where
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::path::Path;
 
     use base64::Engine;
     use zos_types::capacity::{GIB, MIB};
@@ -669,15 +668,20 @@ mod tests {
         let flists = Arc::new(MemoryFlists::new(dir.path().join("flists"), "t"));
         let vmm = Arc::new(MemoryVmm::new());
         let images = Arc::new(RecordingImages::default());
+        // The guest image: real files, as the VMM (fake or real) wants them.
+        let guest = dir.path().join("guest");
+        std::fs::create_dir(&guest).unwrap();
+        std::fs::write(guest.join("vmlinux"), "kernel").unwrap();
+        std::fs::write(guest.join("initramfs.cpio"), "initramfs").unwrap();
         let mgr = ZmachineManager::new(
             net.clone(),
             storage.clone(),
             flists.clone(),
             vmm.clone(),
             ZmachineConfig {
-                kernel: "/guest/vmlinux".into(),
+                kernel: guest.join("vmlinux"),
                 guest_mount: guest_mount.map(str::to_string),
-                initramfs: "/guest/initramfs.cpio".into(),
+                initramfs: guest.join("initramfs.cpio"),
                 state_dir: dir.path().join("zmachine"),
                 nameservers: vec!["1.1.1.1".parse().unwrap()],
             },
@@ -770,7 +774,7 @@ mod tests {
         let Boot::Kernel { seed, kernel, .. } = &vm.spec.boot else {
             panic!("not container mode");
         };
-        assert_eq!(kernel, Path::new("/guest/vmlinux"));
+        assert_eq!(kernel, &b.dir.path().join("guest/vmlinux"));
         let seed = seed.as_ref().unwrap();
         assert_eq!(seed.hostname, "vm-1");
         assert_eq!(seed.ssh_keys, ["ssh-ed25519 AAA a", "ssh-ed25519 BBB b"]);

@@ -6,14 +6,15 @@
 //! VM, another spec under its name is `Exists`; pause, resume, shutdown and start move it between
 //! running, paused and stopped (a stopped VM has no process), pausing or resuming a stopped VM
 //! is a `State` error; every call on a VM that does not exist is `NotFound` except `info`
-//! (`None`) and `delete` (succeeds); an invalid spec is refused and leaves nothing; `reconcile`
+//! (`None`) and `delete` (succeeds); an invalid spec, or a kernel or initramfs that is not a
+//! file, is refused and leaves nothing; `reconcile`
 //! on a VMM that already supervises its VMs changes nothing. That is the whole seam: disk
 //! preparation is the images module's. The real implementation is the reference. Compiled
 //! only with the `conformance` feature.
 
 use std::time::Duration;
 
-use crate::{VmInfo, VmSpec, VmStatus, Vmm, VmmError};
+use crate::{Boot, VmInfo, VmSpec, VmStatus, Vmm, VmmError};
 
 /// How long the suite lets a guest power off before it is killed.
 const SHUTDOWN: Duration = Duration::from_secs(10);
@@ -88,7 +89,38 @@ pub async fn check_invalid<V: Vmm>(vmm: &V, spec: &VmSpec) {
         let r = vmm.create(bad.clone()).await;
         assert!(matches!(r, Err(VmmError::Invalid { .. })), "{bad:?}: {r:?}");
     }
+    check_missing_boot_files(vmm, spec).await;
     assert_eq!(names(vmm).await, before, "a refused create left a vm");
+}
+
+/// A kernel boot whose kernel or initramfs is not a file is `Invalid` on that field.
+async fn check_missing_boot_files<V: Vmm>(vmm: &V, spec: &VmSpec) {
+    let Boot::Kernel {
+        kernel, initramfs, ..
+    } = &spec.boot
+    else {
+        panic!("the conformance spec boots a kernel");
+    };
+    for (field, path) in [("boot.kernel", kernel), ("boot.initramfs", initramfs)] {
+        assert!(path.is_file(), "the suite's {field} must exist: {path:?}");
+        let mut bad = spec.clone();
+        if let Boot::Kernel {
+            kernel, initramfs, ..
+        } = &mut bad.boot
+        {
+            let target = if field == "boot.kernel" {
+                kernel
+            } else {
+                initramfs
+            };
+            *target = path.with_extension("missing");
+        }
+        let r = vmm.create(bad).await;
+        assert!(
+            matches!(&r, Err(VmmError::Invalid { field: f, .. }) if f == field),
+            "{field} missing: {r:?}"
+        );
+    }
 }
 
 /// Create runs the VM; the same spec again is the same VM, another spec is `Exists`.

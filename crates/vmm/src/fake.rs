@@ -80,6 +80,7 @@ fn virtiofsd_pids(spec: &VmSpec, boot: i32) -> Vec<i32> {
 impl Vmm for MemoryVmm {
     async fn create(&self, spec: VmSpec) -> Result<VmInfo> {
         spec.validate()?;
+        spec.check_boot_files()?;
         self.failing("create")?;
         let mut vms = self.vms.lock().unwrap();
         if let Some(v) = vms.get(&spec.name) {
@@ -182,11 +183,29 @@ impl Vmm for MemoryVmm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Boot;
 
     #[tokio::test]
     async fn same_rules_as_the_real_one() {
         let v = MemoryVmm::new();
-        let spec = crate::tests::spec();
+        let guest = tempfile::tempdir().unwrap();
+        let mut spec = crate::tests::spec();
+        // Like the real VMM, the fake refuses a kernel that is not there.
+        let missing = v.create(spec.clone()).await;
+        assert!(
+            matches!(&missing, Err(VmmError::Invalid { field, .. }) if field == "boot.kernel"),
+            "{missing:?}"
+        );
+        assert!(v.list().await.unwrap().is_empty());
+        if let Boot::Kernel {
+            kernel, initramfs, ..
+        } = &mut spec.boot
+        {
+            *kernel = guest.path().join("vmlinux");
+            *initramfs = guest.path().join("initramfs.cpio");
+            std::fs::write(&*kernel, "kernel").unwrap();
+            std::fs::write(&*initramfs, "initramfs").unwrap();
+        }
         let a = v.create(spec.clone()).await.unwrap();
         assert_eq!(v.create(spec.clone()).await.unwrap(), a);
         let mut other = spec.clone();

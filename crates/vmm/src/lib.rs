@@ -169,6 +169,30 @@ fn word(field: &str, v: &str, max: usize) -> Result<()> {
 }
 
 impl VmSpec {
+    /// Refuses a kernel boot whose kernel or initramfs is not a file on this host (the node's
+    /// guest image is not there, or not yet): every VMM checks it before it makes anything.
+    pub fn check_boot_files(&self) -> Result<()> {
+        let Boot::Kernel {
+            kernel, initramfs, ..
+        } = &self.boot
+        else {
+            return Ok(());
+        };
+        for (field, path) in [("boot.kernel", kernel), ("boot.initramfs", initramfs)] {
+            if !path.is_file() {
+                return Err(VmmError::Invalid {
+                    field: field.into(),
+                    reason: format!(
+                        "{} does not exist: the node's guest image is not there (yet); \
+                         see guest_flist= and scripts/build-guest.sh",
+                        path.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the spec; what passes is safe to put on a QEMU command line.
     pub fn validate(&self) -> Result<()> {
         word("name", &self.name, 64)?;

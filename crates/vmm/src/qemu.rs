@@ -848,23 +848,7 @@ impl QemuVmm {
 impl super::Vmm for QemuVmm {
     async fn create(&self, spec: VmSpec) -> Result<VmInfo> {
         spec.validate()?;
-        if let Boot::Kernel {
-            kernel, initramfs, ..
-        } = &spec.boot
-        {
-            for (field, path) in [("boot.kernel", kernel), ("boot.initramfs", initramfs)] {
-                if !path.is_file() {
-                    return Err(VmmError::Invalid {
-                        field: field.into(),
-                        reason: format!(
-                            "{} does not exist: the node's guest image is not there (yet); \
-                             see guest_flist= and scripts/build-guest.sh",
-                            path.display()
-                        ),
-                    });
-                }
-            }
-        }
+        spec.check_boot_files()?;
         let inner = &self.inner;
         let mut vms = inner.vms.lock().await;
         if let Some(m) = vms.get(&spec.name) {

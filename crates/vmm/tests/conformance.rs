@@ -45,12 +45,12 @@ fn spec(name: &str, kernel_dir: &Path, root: &Path) -> VmSpec {
 
 #[tokio::test]
 async fn fake_keeps_the_vmm_contract() {
+    // The fake, like the real VMM, wants the kernel and initramfs to be files.
+    let guest = tempfile::tempdir().unwrap();
+    std::fs::write(guest.path().join("vmlinux"), "kernel").unwrap();
+    std::fs::write(guest.path().join("initramfs.cpio"), "initramfs").unwrap();
     let vmm = MemoryVmm::new();
-    conformance::run(
-        &vmm,
-        &spec("1-9-conform", Path::new("/guest"), Path::new("/root")),
-    )
-    .await;
+    conformance::run(&vmm, &spec("1-9-conform", guest.path(), Path::new("/root"))).await;
 }
 
 /// Deletes the suite's VM through a fresh VMM when the test ends, also when it failed.
