@@ -14,7 +14,7 @@ use super::rules;
 use super::state::{NodeRecord, NrRecord, PortTarget, State, WlRef};
 use super::wireguard::{self, PeerStatus, WgBackend, WgStatus};
 use super::{
-    Attachment, InterfaceInfo, NetworkError, NetworkInfo, Networker, PublicIpRequest, PublicSetup,
+    Attachment, Interface, NetworkError, NetworkInfo, Networker, PublicIpRequest, PublicSetup,
     ReconcileReport, Result, VmLink,
 };
 
@@ -336,11 +336,11 @@ impl Networker for RecordingNetworker {
         Ok(v)
     }
 
-    async fn interfaces(&self) -> Result<Vec<InterfaceInfo>> {
+    async fn interfaces(&self) -> Result<Vec<Interface>> {
         let g = self.begin("interfaces", None)?;
         let mut out = Vec::new();
         if let Some(p) = g.state.node.as_ref().and_then(|n| n.public.as_ref()) {
-            out.push(InterfaceInfo {
+            out.push(Interface {
                 name: super::names::inner::PUBLIC_IF.into(),
                 namespace: self.names.public_ns(),
                 mac: None,

@@ -41,11 +41,13 @@ use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use zos_runtime::find_program;
 use zos_types::TwinId;
 use zos_types::deployment::WorkloadId;
+pub use zos_types::node_api::Interface;
+use zos_types::node_api::NetworkResource;
 use zos_types::registry::{FarmIp, PublicConfig};
 use zos_types::workload::Network;
 
@@ -174,6 +176,32 @@ pub struct NetworkInfo {
     pub pid: Option<i32>,
 }
 
+impl NetworkInfo {
+    /// The resource as the node's API shows it: the same facts, with the id and the backend
+    /// as text.
+    pub fn resource(&self) -> NetworkResource {
+        NetworkResource {
+            netid: self.netid.to_string(),
+            twin: self.twin,
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            bridge: self.bridge.clone(),
+            wg_ifname: self.wg_ifname.clone(),
+            wg_public_key: self.wg_public_key.clone(),
+            listen_port: self.listen_port,
+            backend: match self.backend {
+                WgBackend::Kernel => "kernel",
+                WgBackend::Userspace => "userspace",
+            }
+            .into(),
+            ip_range: self.ip_range,
+            subnet: self.subnet,
+            gateway: self.gateway,
+            pid: self.pid,
+        }
+    }
+}
+
 /// A VM's interface on one of the node's bridges and what the VM must configure on it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
@@ -203,16 +231,6 @@ impl Attachment {
 pub struct PublicIpRequest {
     pub v4: Option<FarmIp>,
     pub v6: bool,
-}
-
-/// An interface of the node with its addresses.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InterfaceInfo {
-    pub name: String,
-    /// `host` or the namespace's name.
-    pub namespace: String,
-    pub mac: Option<String>,
-    pub addrs: Vec<IpNet>,
 }
 
 /// What [`Networker::reconcile`] found and did.
@@ -332,7 +350,7 @@ pub trait Networker: Send + Sync {
     fn public_ips(&self) -> impl Future<Output = Result<Vec<Ipv4Addr>>> + Send;
 
     /// The node's interfaces and addresses (host and `public`).
-    fn interfaces(&self) -> impl Future<Output = Result<Vec<InterfaceInfo>>> + Send;
+    fn interfaces(&self) -> impl Future<Output = Result<Vec<Interface>>> + Send;
 
     /// Peers and transfer counters of the WireGuard interface of `(twin, network)`.
     fn wireguard_status(

@@ -19,8 +19,8 @@ use super::rules;
 use super::state::{NodeRecord, NrRecord, PortRecord, PortTarget, STATE_FILE, State, WlRef};
 use super::wireguard::{self, WgBackend, WgStatus};
 use super::{
-    Attachment, InterfaceInfo, NetworkConfig, NetworkError, NetworkInfo, Networker,
-    PublicIpRequest, PublicSetup, ReconcileReport, Result, VmLink,
+    Attachment, Interface, NetworkConfig, NetworkError, NetworkInfo, Networker, PublicIpRequest,
+    PublicSetup, ReconcileReport, Result, VmLink,
 };
 
 /// How long a WireGuard process gets to stop on SIGTERM.
@@ -964,12 +964,12 @@ impl Networker for LinuxNetworker {
         Ok(v)
     }
 
-    async fn interfaces(&self) -> Result<Vec<InterfaceInfo>> {
+    async fn interfaces(&self) -> Result<Vec<Interface>> {
         async fn collect(
             ns: Ns,
             label: String,
             only: Option<&'static str>,
-        ) -> Result<Vec<InterfaceInfo>> {
+        ) -> Result<Vec<Interface>> {
             netns::in_netns(&ns, move |h| async move {
                 let mut addrs = link::all_addrs(&h).await?;
                 let mut out = Vec::new();
@@ -977,7 +977,7 @@ impl Networker for LinuxNetworker {
                     if l.name == "lo" || only.is_some_and(|o| o != l.name) {
                         continue;
                     }
-                    out.push(InterfaceInfo {
+                    out.push(Interface {
                         addrs: addrs.remove(&l.index).unwrap_or_default(),
                         mac: l.mac.as_ref().map(names::mac_string),
                         name: l.name,

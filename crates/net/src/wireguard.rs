@@ -19,6 +19,7 @@ use base64::Engine;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use zos_runtime::supervise::{self, Detach, Marker};
+pub use zos_types::node_api::{PeerStatus, WgStatus};
 use zos_types::workload::Network;
 
 use super::NetworkError;
@@ -84,38 +85,6 @@ pub fn public_key(private_b64: &str) -> Result<String, NetworkError> {
     let secret = x25519_dalek::StaticSecret::from(bytes);
     let public = x25519_dalek::PublicKey::from(&secret);
     Ok(base64::engine::general_purpose::STANDARD.encode(public.as_bytes()))
-}
-
-/// What `wg show <if> dump` says about one peer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerStatus {
-    pub public_key: String,
-    pub endpoint: Option<String>,
-    pub allowed_ips: Vec<String>,
-    /// Unix seconds of the last handshake, 0 for none (userspace reports it unreliably).
-    pub latest_handshake: u64,
-    pub rx_bytes: u64,
-    pub tx_bytes: u64,
-    /// Seconds, when set.
-    pub persistent_keepalive: Option<u16>,
-}
-
-/// What `wg show <if> dump` says about an interface.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WgStatus {
-    pub ifname: String,
-    pub public_key: String,
-    pub listen_port: u16,
-    pub peers: Vec<PeerStatus>,
-}
-
-impl WgStatus {
-    /// Bytes received and sent through all peers.
-    pub fn totals(&self) -> (u64, u64) {
-        self.peers
-            .iter()
-            .fold((0, 0), |(r, t), p| (r + p.rx_bytes, t + p.tx_bytes))
-    }
 }
 
 /// Parses `wg show <if> dump`.

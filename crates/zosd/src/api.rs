@@ -276,14 +276,6 @@ fn answer<C: NodeCommand>(a: C::Answer) -> Result<Value, ApiError> {
     serde_json::to_value(&a).map_err(|e| ApiError::Internal(format!("{}: {e}", C::NAME)))
 }
 
-/// A node-side value read as command `C`'s answer type (they share their JSON shape).
-fn answer_from<C: NodeCommand>(v: &impl Serialize) -> Result<Value, ApiError> {
-    let a: C::Answer = serde_json::to_value(v)
-        .and_then(serde_json::from_value)
-        .map_err(|e| ApiError::Internal(format!("{} answer: {e}", C::NAME)))?;
-    answer::<C>(a)
-}
-
 /// Runs commands against the node's modules.
 pub struct NodeApi<S, N> {
     engine: Arc<Engine>,
@@ -362,7 +354,7 @@ impl<S: Storage + 'static, N: Networker + 'static> NodeApi<S, N> {
                 )),
             },
             Command::Interfaces => {
-                answer_from::<p::Interfaces>(&self.net.interfaces().await.map_err(net_err)?)
+                answer::<p::Interfaces>(self.net.interfaces().await.map_err(net_err)?)
             }
             Command::PublicIps => {
                 answer::<p::PublicIps>(self.net.public_ips().await.map_err(net_err)?)
@@ -455,9 +447,10 @@ impl<S: Storage + 'static, N: Networker + 'static> NodeApi<S, N> {
             .wireguard_status(source, &name)
             .await
             .map_err(net_err)?;
-        let both = serde_json::json!({"network": info, "status": status});
-        serde_json::from_value(both)
-            .map_err(|e| ApiError::Internal(format!("{}: {e}", p::Wireguard::NAME)))
+        Ok(WireguardAnswer {
+            network: info.resource(),
+            status,
+        })
     }
 
     /// A page of `source`'s deployments, by contract id; only the page's are read.

@@ -384,16 +384,26 @@ pub struct WgStatus {
     pub peers: Vec<PeerStatus>,
 }
 
+impl WgStatus {
+    /// Bytes received and sent through all peers.
+    pub fn totals(&self) -> (u64, u64) {
+        self.peers
+            .iter()
+            .fold((0, 0), |(r, t), p| (r + p.rx_bytes, t + p.tx_bytes))
+    }
+}
+
 /// What WireGuard says about one peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerStatus {
     pub public_key: String,
     pub endpoint: Option<String>,
     pub allowed_ips: Vec<String>,
-    /// Unix seconds of the last handshake, 0 for none.
+    /// Unix seconds of the last handshake, 0 for none (userspace reports it unreliably).
     pub latest_handshake: u64,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// Seconds, when set.
     pub persistent_keepalive: Option<u16>,
 }
 
