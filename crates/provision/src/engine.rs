@@ -30,10 +30,35 @@ use zos_mounts::{FlistUrlError, FlistUrlPolicy};
 
 /// What the engine asks the grid.
 pub trait GridView: Send + Sync {
-    /// The public key of a twin, `None` when the twin does not exist.
-    fn twin_key(&self, twin: TwinId) -> BoxFuture<'_, Result<Option<PublicKey>, String>>;
-    /// A contract, `None` when it does not exist.
-    fn contract(&self, id: ContractId) -> BoxFuture<'_, Result<Option<Contract>, String>>;
+    /// The public key of a twin; [`GridViewError::NotFound`] when the twin does not exist.
+    fn twin_key(&self, twin: TwinId) -> BoxFuture<'_, Result<PublicKey, GridViewError>>;
+    /// A contract; [`GridViewError::NotFound`] when it does not exist.
+    fn contract(&self, id: ContractId) -> BoxFuture<'_, Result<Contract, GridViewError>>;
+}
+
+/// Why the grid view has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum GridViewError {
+    /// The grid says `what` (`twin 7`, `contract 12`) does not exist.
+    #[error("the grid has no {what}")]
+    NotFound { what: String },
+    /// The grid could not be asked about `what`, or failed to answer.
+    #[error("cannot reach the grid to check {what}")]
+    Unavailable {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl GridViewError {
+    /// The protocol's kind of this error: what the sender can do about it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::Unavailable { .. } => ErrorKind::Unavailable,
+        }
+    }
 }
 
 /// Why a request was refused; each maps to a clear answer for the sender ([`Self::kind`]).
@@ -64,6 +89,9 @@ pub enum EngineError {
     Capacity(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The grid could not answer a check.
+    #[error(transparent)]
+    Grid(#[from] GridViewError),
     /// The store refused the request (the deployment exists, is missing, a name is taken).
     #[error(transparent)]
     Store(StoreError),
@@ -85,6 +113,7 @@ impl EngineError {
             Self::NotFound(_) | Self::Store(StoreError::NotFound(_)) => ErrorKind::NotFound,
             Self::Conflict(_) | Self::Capacity(_) | Self::Store(_) => ErrorKind::Conflict,
             Self::StoreFailed(_) => ErrorKind::Internal,
+            Self::Grid(e) => e.kind(),
         }
     }
 
@@ -342,14 +371,16 @@ impl Engine {
     /// The deployment's contract: the sender's, for this node, active, with the deployment's
     /// hash. Answers the number of public IPs it reserved.
     async fn check_contract(&self, d: &Deployment, node: u32) -> Result<u32, EngineError> {
-        let contract = self
-            .grid
-            .contract(d.contract_id)
-            .await
-            .map_err(EngineError::Unavailable)?
-            .ok_or_else(|| {
-                EngineError::Forbidden(format!("contract {} does not exist", d.contract_id))
-            })?;
+        let contract = match self.grid.contract(d.contract_id).await {
+            Ok(c) => c,
+            Err(GridViewError::NotFound { .. }) => {
+                return Err(EngineError::Forbidden(format!(
+                    "contract {} does not exist",
+                    d.contract_id
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
         if contract.twin_id != d.twin_id {
             return Err(EngineError::Forbidden(format!(
                 "contract {} belongs to twin {}",
@@ -394,13 +425,13 @@ impl Engine {
     async fn check_signatures(&self, d: &Deployment, node: u32) -> Result<(), EngineError> {
         let mut keys = HashMap::new();
         for s in &d.signature_requirement.signatures {
-            let key = self
-                .grid
-                .twin_key(s.twin_id)
-                .await
-                .map_err(EngineError::Unavailable)?;
-            if let Some(k) = key {
-                keys.insert(s.twin_id, k);
+            // A signer the grid does not know has no key: its signature does not count.
+            match self.grid.twin_key(s.twin_id).await {
+                Ok(k) => {
+                    keys.insert(s.twin_id, k);
+                }
+                Err(GridViewError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
             }
         }
         d.verify_signatures(node, |t| keys.get(&t).copied())

@@ -12,6 +12,7 @@ use zos_types::node_api::ErrorKind;
 use zos_types::workload::WorkloadType;
 use zos_vmm::VmmError;
 
+use crate::engine::GridViewError;
 use crate::images::ImageError;
 
 /// Why a manager could not do what it was asked.
@@ -53,6 +54,8 @@ pub enum ManagerError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     State(#[from] zos_runtime::StateError),
+    #[error(transparent)]
+    Grid(#[from] GridViewError),
 }
 
 impl ManagerError {
@@ -95,6 +98,7 @@ impl ManagerError {
             Self::Vmm(e) => vmm_kind(e),
             Self::Flist(e) => flist_kind(e),
             Self::Image(e) => e.kind(),
+            Self::Grid(e) => e.kind(),
         }
     }
 }

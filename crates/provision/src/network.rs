@@ -21,7 +21,7 @@ use zos_types::node_api::results::{IpResult, NetworkResult};
 pub use zos_types::workload::NETWORK_RESOURCE_COST;
 use zos_types::workload::WorkloadData;
 
-use super::engine::GridView;
+use super::engine::{GridView, GridViewError};
 use super::managers::{Manager, ManagerError, Target, to_data};
 use zos_net::{
     Attachment, NetworkError, NetworkInfo, Networker, PublicIpRequest, WgBackend, pick_public_ipv4,
@@ -163,19 +163,19 @@ impl<N: Networker + 'static> IpManager<N> {
             return Ok(ip_result(&a));
         }
         let v4 = if want.v4 {
-            let contract = self
-                .grid
-                .contract(t.id.contract)
-                .await
-                .map_err(|e| {
-                    ManagerError::Unavailable(format!(
-                        "cannot read contract {}: {e}",
+            let contract = match self.grid.contract(t.id.contract).await {
+                Ok(c) => c,
+                Err(GridViewError::NotFound { .. }) => {
+                    return Err(ManagerError::Invalid(format!(
+                        "contract {} does not exist",
                         t.id.contract
-                    ))
-                })?
-                .ok_or_else(|| {
-                    ManagerError::Invalid(format!("contract {} does not exist", t.id.contract))
-                })?;
+                    )));
+                }
+                Err(e) => {
+                    return Err(ManagerError::from(e)
+                        .context(format!("cannot read contract {}", t.id.contract)));
+                }
+            };
             let ContractKind::Node {
                 public_ips_list, ..
             } = &contract.kind

@@ -29,18 +29,35 @@ struct FakeGrid {
     contracts: Mutex<HashMap<ContractId, Contract>>,
     /// Twin keys asked for.
     key_lookups: std::sync::atomic::AtomicUsize,
+    /// Every question fails as if the grid could not be reached.
+    unreachable: std::sync::atomic::AtomicBool,
+}
+
+impl FakeGrid {
+    /// The grid's answer about `what`, or `Unavailable` while the grid is unreachable.
+    fn answer<T>(&self, what: String, found: Option<T>) -> Result<T, GridViewError> {
+        if self.unreachable.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(GridViewError::Unavailable {
+                what,
+                source: Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+            });
+        }
+        found.ok_or(GridViewError::NotFound { what })
+    }
 }
 
 impl GridView for FakeGrid {
-    fn twin_key(&self, twin: TwinId) -> BoxFuture<'_, Result<Option<PublicKey>, String>> {
+    fn twin_key(&self, twin: TwinId) -> BoxFuture<'_, Result<PublicKey, GridViewError>> {
         self.key_lookups
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let k = self.twins.lock().unwrap().get(&twin).copied();
-        Box::pin(async move { Ok(k) })
+        let answer = self.answer(format!("twin {twin}"), k);
+        Box::pin(async move { answer })
     }
-    fn contract(&self, id: ContractId) -> BoxFuture<'_, Result<Option<Contract>, String>> {
+    fn contract(&self, id: ContractId) -> BoxFuture<'_, Result<Contract, GridViewError>> {
         let c = self.contracts.lock().unwrap().get(&id).cloned();
-        Box::pin(async move { Ok(c) })
+        let answer = self.answer(format!("contract {id}"), c);
+        Box::pin(async move { answer })
     }
 }
 
@@ -347,6 +364,35 @@ async fn signers_of_a_deployment_without_its_contract_are_never_looked_up() {
         .key_lookups
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(used, 0, "{used} twin keys looked up for refused contracts");
+}
+
+/// A grid the node cannot reach makes a deployment `Unavailable` (try again), naming what it
+/// could not check and why; a contract the grid does not have stays a refusal.
+#[tokio::test]
+async fn an_unreachable_grid_is_unavailable_and_a_missing_contract_forbidden() {
+    let b = bed();
+    let mut d = deployment(12);
+    b.contract_and_sign(&mut d, NODE);
+    b.grid
+        .unreachable
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let err = b.engine.deploy(7, d.clone()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{}", err.message());
+    assert!(
+        err.message()
+            .starts_with("cannot reach the grid to check contract 12: "),
+        "{}",
+        err.message()
+    );
+    assert!(b.engine.store().get(12).unwrap().is_none());
+    b.grid
+        .unreachable
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut missing = deployment(13);
+    missing.sign(NODE, 7, &b.user).unwrap();
+    let err = b.engine.deploy(7, missing).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Forbidden, "{}", err.message());
+    b.engine.deploy(7, d).await.unwrap();
 }
 
 #[tokio::test]

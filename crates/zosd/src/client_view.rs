@@ -12,13 +12,12 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use lru::LruCache;
-use zos_client::GridClient;
-use zos_runtime::error_chain;
+use zos_client::{ClientError, GridClient};
 use zos_types::contract::Contract;
 use zos_types::deployment::ContractId;
 use zos_types::{PublicKey, TwinId};
 
-use zos_provision::GridView;
+use zos_provision::{GridView, GridViewError};
 
 /// How long a twin's key is trusted from the cache.
 const KEY_TTL: Duration = Duration::from_secs(600);
@@ -81,7 +80,9 @@ impl ClientView {
         self.cached(twin).flatten()
     }
 
-    pub(crate) async fn key(&self, twin: TwinId) -> Result<Option<PublicKey>, String> {
+    /// `twin`'s key (cached, or asked of the grid), `None` when the grid says it has no such
+    /// twin.
+    pub(crate) async fn key(&self, twin: TwinId) -> Result<Option<PublicKey>, GridViewError> {
         if let Some(k) = self.cached(twin) {
             return Ok(k);
         }
@@ -94,28 +95,38 @@ impl ClientView {
                 lock(&self.unknown).put(twin, Instant::now());
                 Ok(None)
             }
-            Err(e) => Err(format!(
-                "cannot reach the grid to check twin {twin}: {}",
-                error_chain(&e)
-            )),
+            Err(e) => Err(unavailable(format!("twin {twin}"), e)),
         }
     }
 }
 
+/// The grid could not answer about `what`; the client's error is the cause.
+fn unavailable(what: String, e: ClientError) -> GridViewError {
+    GridViewError::Unavailable {
+        what,
+        source: Box::new(e),
+    }
+}
+
 impl GridView for ClientView {
-    fn twin_key(&self, twin: TwinId) -> BoxFuture<'_, Result<Option<PublicKey>, String>> {
-        Box::pin(self.key(twin))
+    fn twin_key(&self, twin: TwinId) -> BoxFuture<'_, Result<PublicKey, GridViewError>> {
+        Box::pin(async move {
+            self.key(twin)
+                .await?
+                .ok_or_else(|| GridViewError::NotFound {
+                    what: format!("twin {twin}"),
+                })
+        })
     }
 
-    fn contract(&self, id: ContractId) -> BoxFuture<'_, Result<Option<Contract>, String>> {
+    fn contract(&self, id: ContractId) -> BoxFuture<'_, Result<Contract, GridViewError>> {
         Box::pin(async move {
             match self.client.get_contract(id).await {
-                Ok(c) => Ok(Some(c)),
-                Err(e) if e.is_not_found() => Ok(None),
-                Err(e) => Err(format!(
-                    "cannot reach the grid to check contract {id}: {}",
-                    error_chain(&e)
-                )),
+                Ok(c) => Ok(c),
+                Err(e) if e.is_not_found() => Err(GridViewError::NotFound {
+                    what: format!("contract {id}"),
+                }),
+                Err(e) => Err(unavailable(format!("contract {id}"), e)),
             }
         })
     }

@@ -395,7 +395,7 @@ impl<S: Storage + 'static, N: Networker + 'static> Responder<S, N> {
                 return None;
             }
             Err(e) => {
-                warn!(source = env.source, error = %e, "cannot check an envelope's sender");
+                warn!(source = env.source, error = %error_chain(&e), "cannot check an envelope's sender");
                 return None;
             }
         };

@@ -3,8 +3,9 @@
 //! signers costs one lookup per twin, and both caches stay bounded.
 
 use zos_client::GridClient;
-use zos_provision::GridView;
+use zos_provision::{GridView, GridViewError};
 use zos_types::Identity;
+use zos_types::node_api::ErrorKind;
 use zosd::client_view::ClientView;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -29,21 +30,27 @@ async fn unknown_signer_flood_is_looked_up_once_and_the_caches_stay_bounded() {
     // 300 signers nobody knows, and a real twin, each looked up on the grid once.
     let unknown: Vec<u32> = (1_000_000..1_000_300).collect();
     for t in &unknown {
-        assert_eq!(view.twin_key(*t).await.unwrap(), None);
+        let e = view.twin_key(*t).await.unwrap_err();
+        assert!(matches!(e, GridViewError::NotFound { .. }), "{e:?}");
     }
-    assert_eq!(view.twin_key(twin).await.unwrap(), Some(alice.public_key()));
+    assert_eq!(view.twin_key(twin).await.unwrap(), alice.public_key());
 
     // Without the grid, what is cached still answers: the real twin's key and the last 100
     // unknown twins (the cache holds 100); older ones were let go and need the grid again.
     grid.shutdown().await.unwrap();
-    assert_eq!(view.twin_key(twin).await.unwrap(), Some(alice.public_key()));
+    assert_eq!(view.twin_key(twin).await.unwrap(), alice.public_key());
     for t in &unknown[200..] {
-        assert_eq!(
-            view.twin_key(*t).await,
-            Ok(None),
-            "twin {t} was looked up again"
+        let e = view.twin_key(*t).await.unwrap_err();
+        assert!(
+            matches!(e, GridViewError::NotFound { .. }),
+            "twin {t} was looked up again: {e:?}"
         );
     }
     let e = view.twin_key(unknown[0]).await.unwrap_err();
-    assert!(e.contains("cannot reach the grid"), "{e}");
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e:?}");
+    let message = zos_runtime::error_chain(&e);
+    assert!(
+        message.contains("cannot reach the grid to check twin"),
+        "{message}"
+    );
 }
