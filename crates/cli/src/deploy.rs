@@ -122,7 +122,8 @@ pub async fn deploy(file: &Path, node: NodeId, wait: Duration, g: &Global) -> an
     let mut progress = Progress::new(g.json);
     let (networks, _) = crate::network::store(g).await?;
     let record = |name: &str| networks.load(name);
-    workflow::pick_ips(&c, node, &mut d, record, &mut |e| progress.deploy(e)).await?;
+    zos_client::workflow::network::pick_ips(&c, node, &mut d, record, &mut |e| progress.deploy(e))
+        .await?;
     let done = workflow::deploy(&c, node, d, wait, &mut |e| progress.deploy(e)).await;
     let done = done.inspect_err(|_| progress.abandon())?;
     finish(node, &done.deployment, g)

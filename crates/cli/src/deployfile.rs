@@ -13,7 +13,7 @@
 //!
 //! A machine's interface may leave its `ip` out (`interfaces: [{ network: lan }]`): `zos deploy`
 //! then picks a free address of that network on the target node before signing
-//! (`zos_client::workflow::deploy::pick_ips`). The file is checked here with a stand-in address in
+//! (`zos_client::workflow::network::pick_ips`). The file is checked here with a stand-in address in
 //! its place; the deployment parsed keeps the `ip` out until it is picked.
 
 use anyhow::{Context, bail};

@@ -10,7 +10,7 @@ use zos_client::GridClient;
 use zos_devnet::{self as devnet, DevnetOptions, DevnetState, DiskPlan};
 use zos_types::registry::NodeFilter;
 
-use crate::global::Global;
+use crate::global::{Global, devnet_dir};
 use crate::output::{self, Table, fields};
 
 #[derive(Debug, Subcommand)]
@@ -46,18 +46,6 @@ pub enum DevnetCmd {
         #[arg(long, default_value = "zdn")]
         name: String,
     },
-}
-
-/// Where the devnet called `name` keeps its state.
-pub fn devnet_dir(name: &str) -> PathBuf {
-    crate::global::state_dir().join("devnet").join(name)
-}
-
-/// The default devnet's state, when one is up.
-pub fn running_default() -> Option<DevnetState> {
-    DevnetState::load(&devnet_dir("zdn"))
-        .ok()
-        .filter(DevnetState::grid_running)
 }
 
 fn beside_me(name: &str) -> anyhow::Result<PathBuf> {

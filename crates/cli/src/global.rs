@@ -57,12 +57,24 @@ pub fn load_key(g: &Global) -> anyhow::Result<Identity> {
     Ok(zos_client::keyfile::load_identity(&path)?)
 }
 
+/// Where the devnet called `name` keeps its state.
+pub fn devnet_dir(name: &str) -> PathBuf {
+    state_dir().join("devnet").join(name)
+}
+
+/// The default devnet's state, when one is up.
+pub fn running_default() -> Option<zos_devnet::DevnetState> {
+    zos_devnet::DevnetState::load(&devnet_dir("zdn"))
+        .ok()
+        .filter(zos_devnet::DevnetState::grid_running)
+}
+
 /// The grid URL: --grid, $ZOS_GRID, or the running devnet.
 pub fn grid_url(g: &Global) -> anyhow::Result<String> {
     if let Some(u) = &g.grid {
         return Ok(u.clone());
     }
-    if let Some(state) = crate::devnet::running_default() {
+    if let Some(state) = running_default() {
         return Ok(state.grid_url);
     }
     bail!("no grid: pass --grid URL, set ZOS_GRID, or start one with `zos devnet up` (as root)")

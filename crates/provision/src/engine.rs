@@ -24,6 +24,7 @@ use zos_types::node_api::ErrorKind;
 use zos_types::workload::{WorkloadData, WorkloadType};
 use zos_types::{Capacity, NodeId, PublicKey, TwinId};
 
+use super::error::GridViewError;
 use super::managers::{Manager, Target, Unsupported};
 use super::store::{Job, LogEntry, Store, StoreError};
 use zos_mounts::{FlistUrlError, FlistUrlPolicy};
@@ -34,31 +35,6 @@ pub trait GridView: Send + Sync {
     fn twin_key(&self, twin: TwinId) -> BoxFuture<'_, Result<PublicKey, GridViewError>>;
     /// A contract; [`GridViewError::NotFound`] when it does not exist.
     fn contract(&self, id: ContractId) -> BoxFuture<'_, Result<Contract, GridViewError>>;
-}
-
-/// Why the grid view has no answer.
-#[derive(Debug, thiserror::Error)]
-pub enum GridViewError {
-    /// The grid says `what` (`twin 7`, `contract 12`) does not exist.
-    #[error("the grid has no {what}")]
-    NotFound { what: String },
-    /// The grid could not be asked about `what`, or failed to answer.
-    #[error("cannot reach the grid to check {what}")]
-    Unavailable {
-        what: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-}
-
-impl GridViewError {
-    /// The protocol's kind of this error: what the sender can do about it.
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            Self::NotFound { .. } => ErrorKind::NotFound,
-            Self::Unavailable { .. } => ErrorKind::Unavailable,
-        }
-    }
 }
 
 /// Why a request was refused; each maps to a clear answer for the sender ([`Self::kind`]).

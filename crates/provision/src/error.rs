@@ -12,7 +12,6 @@ use zos_types::node_api::ErrorKind;
 use zos_types::workload::WorkloadType;
 use zos_vmm::VmmError;
 
-use crate::engine::GridViewError;
 use crate::images::ImageError;
 
 /// Why a manager could not do what it was asked.
@@ -213,5 +212,30 @@ mod tests {
             ManagerError::Unsupported(WorkloadType::Zdb).kind(),
             ErrorKind::Invalid
         );
+    }
+}
+
+/// Why the grid view has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum GridViewError {
+    /// The grid says `what` (`twin 7`, `contract 12`) does not exist.
+    #[error("the grid has no {what}")]
+    NotFound { what: String },
+    /// The grid could not be asked about `what`, or failed to answer.
+    #[error("cannot reach the grid to check {what}")]
+    Unavailable {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl GridViewError {
+    /// The protocol's kind of this error: what the sender can do about it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::Unavailable { .. } => ErrorKind::Unavailable,
+        }
     }
 }

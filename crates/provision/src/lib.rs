@@ -8,7 +8,8 @@ pub mod network;
 pub mod store;
 pub mod zmachine;
 
-pub use engine::{Engine, EngineConfig, EngineError, GridView, GridViewError, Usage};
+pub use engine::{Engine, EngineConfig, EngineError, GridView, Usage};
+pub use error::GridViewError;
 pub use images::{DiskImages, DiskPrep, HostImages, ImageError, OpenedFile};
 pub use managers::{
     Manager, ManagerError, SizedManager, Target, Unsupported, volume_manager, zmount_manager,

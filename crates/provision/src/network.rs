@@ -21,7 +21,8 @@ use zos_types::node_api::results::{IpResult, NetworkResult};
 pub use zos_types::workload::NETWORK_RESOURCE_COST;
 use zos_types::workload::WorkloadData;
 
-use super::engine::{GridView, GridViewError};
+use super::engine::GridView;
+use super::error::GridViewError;
 use super::managers::{Manager, ManagerError, Target, to_data};
 use zos_net::{
     Attachment, NetworkError, NetworkInfo, Networker, PublicIpRequest, WgBackend, pick_public_ipv4,

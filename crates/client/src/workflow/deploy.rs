@@ -5,8 +5,8 @@
 //! made (and the public addresses it reserved) before it fails. An update changes only the
 //! workloads whose data changed ([`next_version`]) and follows only those.
 //!
-//! A machine's interface may leave its `ip` out before the deployment is signed: [`pick_ips`]
-//! fills in a free address of that network on the target node, as `zos network free-ip` does.
+//! A machine's interface may leave its `ip` out before the deployment is signed:
+//! [`pick_ips`](super::network::pick_ips) fills it in first.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -18,7 +18,6 @@ use zos_types::node_api::{self, ChangesBody, ContractBody, ErrorKind, LogEntry};
 use zos_types::{NodeId, TwinId};
 
 use super::POLL;
-use super::network::{self, NetworkError, NetworkRecord};
 use crate::{ClientError, GridClient};
 
 /// What a deployment workflow reports while it runs.
@@ -79,13 +78,6 @@ pub enum DeployError {
     },
     #[error("node {node} is offline: pick an online node (`zos node list --online`)")]
     Offline { node: NodeId },
-    #[error("workload {workload:?}: picking an address in network {network:?}")]
-    PickIp {
-        workload: String,
-        network: String,
-        #[source]
-        source: Box<NetworkError>,
-    },
     #[error("creating the node contract")]
     CreateContract(#[source] ClientError),
     #[error("node {node} refused the deployment; contract {contract} cancelled")]
@@ -184,54 +176,6 @@ pub async fn changes(
         cursor: None,
     };
     c.node(twin).all::<node_api::Changes>(body).await
-}
-
-/// Fills in the address of every machine interface of `d` that leaves `ip` out: a free address
-/// of that network on `node` (not one used there, nor one picked for another interface here),
-/// from the network's local record as `record(name)` answers it. Reports each pick; `d` is
-/// unchanged when it fails. Run before [`deploy`] signs `d`.
-pub async fn pick_ips(
-    c: &GridClient,
-    node: NodeId,
-    d: &mut Deployment,
-    record: impl Fn(&str) -> Result<NetworkRecord, NetworkError>,
-    on: &mut (impl FnMut(DeployEvent) + Send),
-) -> Result<(), DeployError> {
-    let mut picked: Vec<(usize, usize, String, Ipv4Addr)> = Vec::new();
-    for (wi, w) in d.workloads.iter().enumerate() {
-        if w.kind != zos_types::workload::WorkloadType::Zmachine {
-            continue;
-        }
-        let nics = w.data["network"]["interfaces"].as_array();
-        for (ni, nic) in nics.into_iter().flatten().enumerate() {
-            if nic.get("ip").is_some() {
-                continue;
-            }
-            let net = nic["network"].as_str().unwrap_or_default().to_string();
-            let fail = |source| DeployError::PickIp {
-                workload: w.name.clone(),
-                network: net.clone(),
-                source: Box::new(source),
-            };
-            let rec = record(&net).map_err(fail)?;
-            let taken: Vec<Ipv4Addr> = picked.iter().map(|p| p.3).collect();
-            let (ip, _) = network::free_ip_besides(c, &rec, node, &taken)
-                .await
-                .map_err(fail)?;
-            picked.push((wi, ni, net, ip));
-        }
-    }
-    for (wi, ni, network, ip) in picked {
-        let w = &mut d.workloads[wi];
-        w.data["network"]["interfaces"][ni]["ip"] = serde_json::json!(ip);
-        tracing::debug!(workload = %w.name, network, %ip, "address picked");
-        on(DeployEvent::IpPicked {
-            workload: w.name.clone(),
-            network,
-            ip,
-        });
-    }
-    Ok(())
 }
 
 /// Makes the contract of `d` on `node`, signs and sends `d`, and follows it until every

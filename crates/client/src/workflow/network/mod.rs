@@ -13,6 +13,7 @@
 //! `plan` checks a request and picks the subnets, ports, endpoints and keys; `record` is what
 //! follows from the plan alone (workloads, deployments, the `wg-quick` file) and the store.
 
+mod pick;
 mod plan;
 mod record;
 
@@ -26,6 +27,7 @@ use zos_types::deployment::{ContractId, DeploymentError, ResultState};
 use zos_types::node_api::{self, PrivateIpsBody};
 use zos_types::{NodeId, TwinId};
 
+pub use pick::pick_ips;
 pub use plan::{CreateRequest, PORTS, plan};
 pub use record::{
     Access, FILE_VERSION, NetworkRecord, NetworkStore, NodePart, dot_one, grid_id, valid_name,
@@ -60,6 +62,13 @@ pub enum NetworkEvent {
 pub enum NetworkError {
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error("workload {workload:?}: picking an address in network {network:?}")]
+    PickIp {
+        workload: String,
+        network: String,
+        #[source]
+        source: Box<NetworkError>,
+    },
     #[error(transparent)]
     State(#[from] StateError),
     #[error("network name {name:?} must be 1 to 32 of a-z, A-Z, 0-9, '_' and '-'")]
