@@ -5,6 +5,9 @@
 # Usage, as root (or with sudo): scripts/devnet.sh [NODES]
 # Stop it with: target/release/zos devnet down (as root too); running it again after that starts
 # a fresh devnet.
+# ZOS_PROFILE=debug (opt-in; default release) builds only the workspace's binaries in the debug
+# profile and runs target/debug/zos instead: CI uses it after its test build, so the devnet
+# costs no second full build.
 set -euo pipefail
 # Root is needed (namespaces, links, loop devices, packages): as root this runs as it is; as
 # another user it runs itself again through sudo, when there is one.
@@ -16,20 +19,27 @@ if [[ $(id -u) -ne 0 ]]; then
   # The caller's Rust toolchain, wherever rustup put it (sudo sets HOME to root's).
   [[ -d ${CARGO_HOME:-$HOME/.cargo} ]] && export CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
   [[ -d ${RUSTUP_HOME:-$HOME/.rustup} ]] && export RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}"
-  exec sudo --preserve-env=PATH,CARGO_HOME,RUSTUP_HOME "$0" "$@"
+  exec sudo --preserve-env=PATH,CARGO_HOME,RUSTUP_HOME,ZOS_PROFILE "$0" "$@"
 fi
 cd "$(dirname "$0")/.."
 nodes="${1:-2}"
+profile="${ZOS_PROFILE:-release}"
+case $profile in
+  release) profile_flag=--release ;;
+  debug) profile_flag= ;;
+  *) echo "$0: ZOS_PROFILE must be release or debug, not $profile" >&2; exit 2 ;;
+esac
+zos="target/$profile/zos"
 scripts/install-deps.sh
-cargo build --release --workspace --bins
-target/release/zos devnet up --nodes "$nodes"
+cargo build $profile_flag --workspace --bins
+"$zos" devnet up --nodes "$nodes"
 state="${XDG_STATE_HOME:-$HOME/.local/state}/zos/devnet/zdn"
-grid=$(target/release/zos devnet status --json | sed -n 's/.*"grid_url": *"\([^"]*\)".*/\1/p' | head -n 1)
+grid=$("$zos" devnet status --json | sed -n 's/.*"grid_url": *"\([^"]*\)".*/\1/p' | head -n 1)
 echo "publishing the guest image on the devnet's hub (as the farmer)"
-ZOS_GRID="$grid" ZOS_KEY="$state/farmer.key" ZOS_BIN=target/release/zos \
+ZOS_GRID="$grid" ZOS_KEY="$state/farmer.key" ZOS_BIN="$zos" \
   scripts/build-guest.sh --flist "$state/zos-guest.fl" --hub --push zos-guest.fl >/dev/null
 echo "publishing the sample web application on the devnet's hub (as the farmer)"
-ZOS_GRID="$grid" ZOS_KEY="$state/farmer.key" ZOS_BIN=target/release/zos \
+ZOS_GRID="$grid" ZOS_KEY="$state/farmer.key" ZOS_BIN="$zos" \
   scripts/build-sample.sh --flist "$state/web.fl" --push web.fl >/dev/null
 echo
-target/release/zos node list
+"$zos" node list

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole check: install what is missing, format, lint, build and run every test (as root, or
-# through sudo).
+# The whole check: install what is missing, format, lint, build, run every test, then play
+# README.md's quick start (scripts/readme-check.sh); as root, or through sudo.
 set -euo pipefail
 # Root is needed (namespaces, links, loop devices, packages): as root this runs as it is; as
 # another user it runs itself again through sudo, when there is one.
@@ -21,3 +21,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 # Integration tests start the workspace's binaries (zosd, zos-grid): build them first.
 cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast "$@"
+# Last, alone (the devnet uses default names and ports, and routes a network's range on this
+# machine): README's quick start, played as written, on the debug binaries just built.
+ZOS_PROFILE=debug scripts/readme-check.sh
