@@ -49,52 +49,7 @@ pub fn detach(device: &Path) -> io::Result<()> {
     command("losetup", &["-d".as_ref(), device.as_os_str()]).map(drop)
 }
 
-/// One mount this process sees.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
-    pub mount_point: PathBuf,
-    pub fstype: String,
-    pub source: PathBuf,
-}
-
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The mounts of this process's mount namespace (`/proc/self/mountinfo`).
-pub fn mounts() -> io::Result<Vec<Mount>> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
-    Ok(text
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let point = left.split(' ').nth(4)?;
-            let mut r = right.split(' ');
-            let fstype = r.next()?.to_string();
-            let source = r.next()?;
-            Some(Mount {
-                mount_point: unescape(point).into(),
-                fstype,
-                source: unescape(source).into(),
-            })
-        })
-        .collect())
-}
+pub use zos_runtime::mounts::{Mount, mounts};
 
 /// Mount points at or below `dir`, deepest first.
 pub fn mounts_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
@@ -159,17 +114,4 @@ pub fn unmount_prefixed(prefix: &str) -> io::Result<()> {
     Err(io::Error::other(format!(
         "mounts at {prefix}* keep coming back"
     )))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape("/tmp/a\\040b"), "/tmp/a b");
-        assert_eq!(unescape("/plain"), "/plain");
-        let all = mounts().unwrap();
-        assert!(all.iter().any(|m| m.mount_point == Path::new("/")));
-    }
 }

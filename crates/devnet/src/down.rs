@@ -30,15 +30,9 @@ fn remove_prefixed(dir: &Path, prefix: &str) {
 /// The cgroup directories VMs' cgroups are made in (v1 controllers, or the v2 root).
 fn cgroup_roots() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for line in info.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(dash) = fields.iter().position(|f| *f == "-") else {
-            continue;
-        };
-        let fstype = fields.get(dash + 1).copied().unwrap_or("");
-        if fstype == "cgroup" || fstype == "cgroup2" {
-            out.push(PathBuf::from(fields[4]));
+    for m in zos_runtime::mounts::mounts().unwrap_or_default() {
+        if m.fstype == "cgroup" || m.fstype == "cgroup2" {
+            out.push(m.mount_point);
         }
     }
     out

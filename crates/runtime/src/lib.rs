@@ -11,6 +11,7 @@
 //! It has no dependency on any other zos crate, so every crate can use it.
 
 pub mod host;
+pub mod mounts;
 pub mod private;
 pub mod state;
 pub mod supervise;

@@ -161,56 +161,12 @@ pub fn sysfs_device(sysfs: &Path, device: &Path) -> Result<BlockDevice, StorageE
     Ok(dev)
 }
 
-/// One line of `/proc/self/mountinfo`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct MountEntry {
-    pub mount_point: PathBuf,
-    pub fstype: String,
-    pub source: String,
-}
-
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-pub(crate) fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    text.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mount_point = left.split(' ').nth(4)?;
-            let mut r = right.split(' ');
-            let fstype = r.next()?;
-            let source = r.next()?;
-            Some(MountEntry {
-                mount_point: PathBuf::from(unescape(mount_point)),
-                fstype: fstype.to_string(),
-                source: unescape(source),
-            })
-        })
-        .collect()
-}
-
 /// The mounts this process sees.
-pub(crate) fn read_mountinfo() -> Result<Vec<MountEntry>, StorageError> {
-    let path = Path::new("/proc/self/mountinfo");
-    let text = std::fs::read_to_string(path).map_err(StorageError::io("reading", path))?;
-    Ok(parse_mountinfo(&text))
+pub(crate) fn read_mountinfo() -> Result<Vec<zos_runtime::mounts::Mount>, StorageError> {
+    zos_runtime::mounts::mounts().map_err(StorageError::io(
+        "reading",
+        Path::new("/proc/self/mountinfo"),
+    ))
 }
 
 /// True when a mount's source is this device.
@@ -394,19 +350,6 @@ mod tests {
             Some("zram* devices are not disks")
         );
         assert!(skip("nvme0c0n1").unwrap().starts_with("hidden"));
-    }
-
-    #[test]
-    fn mountinfo_lines() {
-        let text = "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
-                    90 22 0:45 / /tmp/a\\040b rw - btrfs /dev/loop3 rw,space_cache=v2\n\
-                    91 22 0:46 / /mnt/c rw - tmpfs tmpfs rw,size=1024k\n";
-        let m = parse_mountinfo(text);
-        assert_eq!(m.len(), 3);
-        assert_eq!(m[1].mount_point, PathBuf::from("/tmp/a b"));
-        assert_eq!(m[1].fstype, "btrfs");
-        assert_eq!(m[1].source, "/dev/loop3");
-        assert_eq!(m[2].source, "tmpfs");
     }
 
     #[test]

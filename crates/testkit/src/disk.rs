@@ -102,7 +102,10 @@ impl LoopDisk {
     /// Detaches the file and attaches it again, as a reboot would: the device may change.
     /// Unmount what was mounted from it first.
     pub fn reattach(&mut self) -> io::Result<()> {
-        if let Some(m) = mounts()?.iter().find(|m| m.source == self.device) {
+        if let Some(m) = mounts()?
+            .iter()
+            .find(|m| Path::new(&m.source) == self.device)
+        {
             return Err(io::Error::other(format!(
                 "{} is still mounted at {}",
                 self.device.display(),
@@ -120,7 +123,7 @@ impl Drop for LoopDisk {
         if let Ok(ms) = mounts() {
             let mut points: Vec<PathBuf> = ms
                 .into_iter()
-                .filter(|m| m.source == self.device)
+                .filter(|m| Path::new(&m.source) == self.device)
                 .map(|m| m.mount_point)
                 .collect();
             points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
@@ -270,7 +273,10 @@ pub fn sweep_stale() -> io::Result<()> {
 }
 
 fn unmount_device(device: &Path) -> io::Result<()> {
-    for m in mounts()?.into_iter().filter(|m| m.source == device) {
+    for m in mounts()?
+        .into_iter()
+        .filter(|m| Path::new(&m.source) == device)
+    {
         unmount(&m.mount_point)?;
     }
     Ok(())
