@@ -542,7 +542,10 @@ async fn disks_that_hold_anything_else_are_left_untouched() {
         );
         assert_eq!(disk::blkid(dev).unwrap(), id, "{n} changed");
         assert!(
-            !disk::mounts().unwrap().iter().any(|m| Path::new(&m.source) == dev),
+            !disk::mounts()
+                .unwrap()
+                .iter()
+                .any(|m| Path::new(&m.source) == dev),
             "{n} is mounted"
         );
     }
@@ -715,7 +718,10 @@ async fn a_pool_written_by_a_newer_zosd_is_left_as_it_was() {
     assert!(s.limited.is_some());
     let dev = disks.disk("ssd").device();
     assert!(
-        !disk::mounts().unwrap().iter().any(|m| Path::new(&m.source) == dev),
+        !disk::mounts()
+            .unwrap()
+            .iter()
+            .any(|m| Path::new(&m.source) == dev),
         "the pool was left mounted"
     );
     drop(storage);
