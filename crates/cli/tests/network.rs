@@ -98,7 +98,7 @@ fn laptop(ns: &Netns, conf: &str, ifname: &str, dir: &Path) -> ProcessGuard {
     }
     let conf_file = dir.join("laptop.conf");
     std::fs::write(&conf_file, setconf).unwrap();
-    let bt = zos_node_find("boringtun-cli");
+    let bt = zos_runtime::find_program("boringtun-cli");
     let mut cmd = ns.command(&bt);
     cmd.args([
         "--foreground",
@@ -131,21 +131,6 @@ fn laptop(ns: &Netns, conf: &str, ifname: &str, dir: &Path) -> ProcessGuard {
         .unwrap();
     run(&["ip", "route", "replace", range, "dev", ifname]);
     guard
-}
-
-fn zos_node_find(name: &str) -> String {
-    for dir in [
-        "/root/.cargo/bin",
-        "/usr/local/bin",
-        "/usr/bin",
-        "/usr/sbin",
-    ] {
-        let p = Path::new(dir).join(name);
-        if p.is_file() {
-            return p.display().to_string();
-        }
-    }
-    name.to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
