@@ -2,7 +2,7 @@
 //!
 //! This crate does no I/O. It holds identities and signatures ([`identity`]), the signed-request
 //! scheme of the grid API ([`auth`]), capacity units ([`capacity`]) and the objects of the
-//! registry API ([`registry`]), how a machine names its flist ([`flistref`]), and the node protocol ([`node_api`]): every command a node answers
+//! registry API ([`registry`]), node OS releases ([`release`]), how a machine names its flist ([`flistref`]), and the node protocol ([`node_api`]): every command a node answers
 //! over the relay, with its body, answer and error types.
 
 pub mod auth;
@@ -16,6 +16,7 @@ pub mod node_api;
 pub mod policy;
 pub mod registry;
 pub mod relay;
+pub mod release;
 pub mod workload;
 
 pub use capacity::Capacity;

@@ -6,9 +6,7 @@
 //! which take precedence.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use zos_types::FarmId;
@@ -19,8 +17,8 @@ use zos_types::registry::AdmissionToken;
 pub enum ConfigError {
     #[error("farmer_id {0:?} is not a farm id (a positive number)")]
     FarmId(String),
-    #[error("runmode {0:?} is not one of dev, qa, test, prod")]
-    RunMode(String),
+    #[error(transparent)]
+    RunMode(#[from] zos_types::release::UnknownRunMode),
     #[error(
         "no grid URL: boot with grid=URL on the kernel command line, or pass --grid / ZOS_GRID"
     )]
@@ -37,39 +35,7 @@ pub enum ConfigError {
     Admission(#[source] zos_types::policy::AdmissionError),
 }
 
-/// Which grid a node belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RunMode {
-    Dev,
-    Qa,
-    Test,
-    #[default]
-    Prod,
-}
-
-impl FromStr for RunMode {
-    type Err = ConfigError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "dev" | "development" => Ok(Self::Dev),
-            "qa" => Ok(Self::Qa),
-            "test" | "testing" => Ok(Self::Test),
-            "prod" | "production" => Ok(Self::Prod),
-            other => Err(ConfigError::RunMode(other.to_string())),
-        }
-    }
-}
-
-impl fmt::Display for RunMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Dev => "dev",
-            Self::Qa => "qa",
-            Self::Test => "test",
-            Self::Prod => "prod",
-        })
-    }
-}
+pub use zos_types::release::RunMode;
 
 /// Settings from the kernel command line, parsed as the kernel does (`key=value` or bare flags).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
