@@ -16,6 +16,7 @@ packages=(
   libseccomp-dev libcap-ng-dev  # cargo install virtiofsd
   extlinux syslinux-common fdisk # bootable raw image of the VM-mode test (sfdisk)
   genisoimage     # NoCloud (cidata) seed images of VM-mode machines
+  dnsmasq-base    # DHCP server of the zos-init DHCP client test
 )
 
 missing=()
