@@ -82,14 +82,14 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiFailure> {
 
 /// What a request claims before its body is read: method, target and parsed header, with the
 /// timestamp already checked against the window.
-struct Claim {
-    method: String,
-    target: String,
-    auth: RequestAuth,
+pub(crate) struct Claim {
+    pub(crate) method: String,
+    pub(crate) target: String,
+    pub(crate) auth: RequestAuth,
 }
 
 impl Claim {
-    fn of(req: &Request, now: i64) -> Result<Self, ApiFailure> {
+    pub(crate) fn of(req: &Request, now: i64) -> Result<Self, ApiFailure> {
         let header = req
             .headers()
             .get(auth::HEADER)

@@ -23,6 +23,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod boot;
 pub mod clock;
 pub mod contracts;
 pub mod error;
@@ -74,6 +75,8 @@ pub struct GridConfig {
     pub relay: relay::RelayConfig,
     /// Where and how the hub keeps blocks and flists.
     pub hub: hub::HubConfig,
+    /// The boot service: release keys per runmode, the URL written into boot scripts.
+    pub boot: boot::BootConfig,
 }
 
 impl GridConfig {
@@ -89,6 +92,7 @@ impl GridConfig {
             admin: None,
             relay: relay::RelayConfig::default(),
             hub: hub::HubConfig::default(),
+            boot: boot::BootConfig::default(),
         }
     }
 
@@ -112,6 +116,8 @@ pub enum GridError {
     Store(#[from] StoreError),
     #[error("cannot open the hub")]
     Hub(#[from] hub::HubError),
+    #[error("cannot open the boot service")]
+    Boot(#[from] boot::BootError),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -137,6 +143,7 @@ pub struct RunningGrid {
     addr: SocketAddr,
     store: Arc<dyn Store>,
     relay: Arc<relay::Relay>,
+    boot: Arc<boot::Boot>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<io::Result<()>>>,
 }
@@ -167,8 +174,19 @@ pub async fn start(config: GridConfig) -> Result<RunningGrid, GridError> {
             .await
             .map_err(GridError::Task)??
     };
+    let boot = {
+        let (dir, boot_config) = (config.data_dir.clone(), config.boot.clone());
+        Arc::new(
+            tokio::task::spawn_blocking(move || boot::Boot::open(&dir, boot_config))
+                .await
+                .map_err(GridError::Task)??,
+        )
+    };
+    let hub = Arc::new(hub);
     let relay = state.relay().clone();
-    let app = api::router(state.clone()).merge(hub::router(state, Arc::new(hub)));
+    let app = api::router(state.clone())
+        .merge(hub::router(state.clone(), hub.clone()))
+        .merge(boot::router(state, boot.clone(), hub));
     let (stop, stopped) = oneshot::channel::<()>();
     let (stop_all, _) = tokio::sync::watch::channel(false);
     let mut servers = Vec::new();
@@ -199,6 +217,7 @@ pub async fn start(config: GridConfig) -> Result<RunningGrid, GridError> {
         addr,
         store,
         relay,
+        boot,
         stop: Some(stop),
         task: Some(task),
     })
@@ -230,6 +249,11 @@ impl RunningGrid {
     /// The grid's store (tests use it to dump the database).
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The boot service (tests ask it which boot files were fetched).
+    pub fn boot(&self) -> &Arc<boot::Boot> {
+        &self.boot
     }
 
     /// Closes the uplinks, stops accepting connections, lets requests in flight finish (at most

@@ -46,7 +46,53 @@ enum Command {
         admin_twin: Option<u32>,
         #[command(flatten)]
         limits: Limits,
+        #[command(flatten)]
+        boot: BootArgs,
     },
+}
+
+/// The boot service (see docs/boot.md).
+#[derive(Debug, Args)]
+struct BootArgs {
+    /// Release keys of a runmode: RUNMODE=FILE, FILE holding `{"keys":[hex…],"threshold":N}`.
+    /// Releases of that runmode must be signed by N of them, and only they may publish. Repeat
+    /// for each runmode served; runmodes without keys serve and take nothing.
+    #[arg(long, value_name = "RUNMODE=FILE")]
+    release_keys: Vec<String>,
+    /// The grid's URL as nodes reach it, written into boot scripts (default: the URL the node
+    /// asked).
+    #[arg(long, env = "ZOS_GRID_BOOT_URL")]
+    boot_url: Option<String>,
+    /// Largest boot file (kernel, initramfs) publishers may upload, in bytes.
+    #[arg(long, default_value_t = zos_grid::boot::DEFAULT_MAX_FILE_BYTES)]
+    max_boot_file_bytes: u64,
+}
+
+impl BootArgs {
+    fn apply(&self, config: &mut GridConfig) -> anyhow::Result<()> {
+        for spec in &self.release_keys {
+            let (mode, file) = spec
+                .split_once('=')
+                .with_context(|| format!("--release-keys {spec:?}: write RUNMODE=FILE"))?;
+            let mode: zos_types::release::RunMode = mode
+                .parse()
+                .with_context(|| format!("--release-keys {spec:?}"))?;
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("--release-keys: cannot read {file}"))?;
+            let keys: zos_types::release::ReleaseKeys = serde_json::from_str(&text)
+                .with_context(|| format!("--release-keys: {file} is not release keys JSON"))?;
+            keys.validate()
+                .with_context(|| format!("--release-keys: {file}"))?;
+            config.boot.release_keys.insert(mode, keys);
+        }
+        config.boot.grid_url = self.boot_url.clone();
+        anyhow::ensure!(
+            self.max_boot_file_bytes > 0,
+            "--max-boot-file-bytes must be at least 1"
+        );
+        config.boot.max_file_bytes = self.max_boot_file_bytes;
+        Ok(())
+    }
 }
 
 /// What one party may hold of the grid's memory and connections (see docs/registry.md).
@@ -144,7 +190,8 @@ async fn main() -> anyhow::Result<()> {
             ready_file,
             admin_twin,
             limits,
-        } => serve(listen, data_dir, ready_file, admin_twin, limits).await,
+            boot,
+        } => serve(listen, data_dir, ready_file, admin_twin, limits, boot).await,
     }
 }
 
@@ -154,6 +201,7 @@ async fn serve(
     ready_file: Option<PathBuf>,
     admin_twin: Option<u32>,
     limits: Limits,
+    boot: BootArgs,
 ) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -164,6 +212,7 @@ async fn serve(
     config.also_listen = rest.to_vec();
     config.admin = admin_twin;
     limits.apply(&mut config)?;
+    boot.apply(&mut config)?;
     let grid = start(config).await?;
     let url = grid.url();
     if let Some(path) = &ready_file {

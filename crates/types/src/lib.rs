@@ -6,6 +6,7 @@
 //! over the relay, with its body, answer and error types.
 
 pub mod auth;
+pub mod boot;
 pub mod capacity;
 pub mod contract;
 pub mod deployment;

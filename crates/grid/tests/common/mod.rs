@@ -88,6 +88,11 @@ impl TestGrid {
         self.grid.as_ref().unwrap().store().dump().unwrap()
     }
 
+    /// How many times the boot service served the boot file with this SHA-256.
+    pub fn boot_fetches(&self, sha256: &str) -> u64 {
+        self.grid.as_ref().unwrap().boot().fetches(sha256)
+    }
+
     /// An anonymous client.
     pub fn client(&self) -> GridClient {
         GridClient::new(&self.url()).unwrap()

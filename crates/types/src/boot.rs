@@ -1,0 +1,267 @@
+//! The iPXE scripts of the grid's boot service (a farm's script) and of a farm's bootloader
+//! (the script that fetches it), and the few values they may carry.
+//!
+//! iPXE scripts expand `${…}`, split on blanks and treat `||`, `&&`, `#` and newlines as syntax,
+//! so nothing reaches a script unchecked: the farm id is a number, the runmode one of four words,
+//! hashes are lowercase hex, the version is digits and dots, and the grid's URL is a
+//! [`GridUrl`], whose characters exclude everything iPXE reads as syntax.
+
+use std::fmt;
+
+use crate::FarmId;
+use crate::release::{Release, RunMode, Version, is_sha256_hex};
+
+/// The longest grid URL a script carries.
+pub const MAX_URL_LEN: usize = 200;
+
+/// The grid's base URL as nodes reach it: `http://` or `https://`, then a host (name, IPv4, or
+/// IPv6 in brackets), an optional port and an optional path, all of `A-Z a-z 0-9 . - _ : / [ ]`.
+/// No trailing `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GridUrl(String);
+
+/// Why a grid URL cannot go into a boot script.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "grid URL {0:?} cannot go into a boot script: it must be http:// or https:// followed by \
+     at most {MAX_URL_LEN} of A-Z a-z 0-9 . - _ : / [ ] (no query, spaces, $, # or &)"
+)]
+pub struct BadGridUrl(pub String);
+
+impl GridUrl {
+    pub fn parse(raw: &str) -> Result<Self, BadGridUrl> {
+        let bad = || BadGridUrl(raw.chars().take(MAX_URL_LEN + 20).collect());
+        let trimmed = raw.trim_end_matches('/');
+        let rest = trimmed
+            .strip_prefix("http://")
+            .or_else(|| trimmed.strip_prefix("https://"))
+            .ok_or_else(bad)?;
+        let host = rest.split('/').next().unwrap_or("");
+        let ok_chars = rest.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'/' | b'[' | b']')
+        });
+        if !ok_chars || host.is_empty() || trimmed.len() > MAX_URL_LEN || rest.contains("//") {
+            return Err(bad());
+        }
+        Ok(Self(trimmed.to_string()))
+    }
+
+    /// The URL from a request's `Host` header (`name[:port]`), over plain HTTP.
+    pub fn from_host(host: &str) -> Result<Self, BadGridUrl> {
+        if host.contains('/') {
+            return Err(BadGridUrl(host.chars().take(MAX_URL_LEN).collect()));
+        }
+        Self::parse(&format!("http://{host}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for GridUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The kernel command line of a farm's nodes (the contract of docs/boot.md).
+pub fn kernel_cmdline(farm: FarmId, runmode: RunMode, grid: &GridUrl) -> String {
+    format!("farmer_id={farm} runmode={runmode} grid={grid} console=ttyS0 console=tty0")
+}
+
+/// Renders the script of `farm` for `release`. The release must have passed
+/// [`Release::validate`] (its hashes are hex); anything else is refused here too.
+pub fn render(
+    farm: FarmId,
+    runmode: RunMode,
+    grid: &GridUrl,
+    release: &Release,
+) -> Result<String, String> {
+    let version: Version = release.version().map_err(|e| e.to_string())?;
+    for (what, hash) in [
+        ("kernel", &release.kernel.sha256),
+        ("initramfs", &release.initramfs.sha256),
+    ] {
+        if !is_sha256_hex(hash) {
+            return Err(format!("the release's {what} hash is not hex"));
+        }
+    }
+    let file = |sha: &str| format!("{grid}/boot/files/{sha}");
+    let script = format!(
+        "#!ipxe\n\
+         # zos boot script of farm {farm}, runmode {runmode}, release {version}\n\
+         :start\n\
+         echo zos: farm {farm}, runmode {runmode}, release {version}, grid {grid}\n\
+         kernel {kernel} initrd=initramfs {cmdline} || goto retry\n\
+         initrd --name initramfs {initramfs} || goto retry\n\
+         boot || goto retry\n\
+         :retry\n\
+         echo zos: booting failed, trying again in 10 seconds\n\
+         sleep 10\n\
+         imgfree\n\
+         goto start\n",
+        kernel = file(&release.kernel.sha256),
+        initramfs = file(&release.initramfs.sha256),
+        cmdline = kernel_cmdline(farm, runmode, grid),
+    );
+    Ok(script)
+}
+
+/// The script a bootloader embeds: it fetches the farm's script from the grid, and retries
+/// until it gets one.
+pub fn chain_script(farm: FarmId, runmode: RunMode, grid: &GridUrl) -> String {
+    format!(
+        "#!ipxe\n\
+         # zos bootloader of farm {farm}, runmode {runmode}\n\
+         :start\n\
+         echo zos: farm {farm}, runmode {runmode}: bringing up the network\n\
+         dhcp || goto retry\n\
+         echo zos: fetching {grid}/boot/{runmode}/farms/{farm}.ipxe\n\
+         chain {grid}/boot/{runmode}/farms/{farm}.ipxe || goto retry\n\
+         :retry\n\
+         echo zos: no boot script from the grid yet, trying again in 10 seconds\n\
+         sleep 10\n\
+         goto start\n"
+    )
+}
+
+/// One published release as `GET /releases?runmode=R` lists it: the manifest's fields and
+/// who signed it (signatures are not checked by the listing; nodes check them).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseSummary {
+    pub release: Release,
+    pub signers: Vec<crate::identity::PublicKey>,
+}
+
+/// The answer to `PUT /boot/files/{sha256}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredFile {
+    pub sha256: String,
+    pub size: u64,
+    /// False when the grid had it already.
+    pub stored: bool,
+}
+
+/// The answer to `PUT /releases/{runmode}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Published {
+    pub runmode: RunMode,
+    pub version: String,
+    /// False when this exact release was the current one already.
+    pub published: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::release::{Artifact, RuntimeFlist};
+
+    fn release() -> Release {
+        Release {
+            version: "1.2.3".into(),
+            runmode: RunMode::Dev,
+            created: 1,
+            kernel: Artifact {
+                sha256: "a".repeat(64),
+                size: 10,
+            },
+            initramfs: Artifact {
+                sha256: "b".repeat(64),
+                size: 20,
+            },
+            flists: vec![RuntimeFlist {
+                name: "zos".into(),
+                sha256: "c".repeat(64),
+                size: 30,
+            }],
+        }
+    }
+
+    #[test]
+    fn the_script_chains_kernel_and_initramfs_by_hash_with_the_farms_command_line() {
+        let grid = GridUrl::parse("http://10.0.2.2:8080/").unwrap();
+        let script = render(7, RunMode::Dev, &grid, &release()).unwrap();
+        assert!(script.starts_with("#!ipxe\n"), "{script}");
+        let kernel = script.lines().find(|l| l.starts_with("kernel ")).unwrap();
+        assert_eq!(
+            kernel,
+            format!(
+                "kernel http://10.0.2.2:8080/boot/files/{} initrd=initramfs farmer_id=7 \
+                 runmode=dev grid=http://10.0.2.2:8080 console=ttyS0 console=tty0 || goto retry",
+                "a".repeat(64)
+            )
+        );
+        let initrd = script.lines().find(|l| l.starts_with("initrd ")).unwrap();
+        assert_eq!(
+            initrd,
+            format!(
+                "initrd --name initramfs http://10.0.2.2:8080/boot/files/{} || goto retry",
+                "b".repeat(64)
+            )
+        );
+        assert!(script.contains("\nboot || goto retry\n"));
+        // Nothing expands: the only `$` would come from an interpolated value.
+        assert!(!script.contains('$'));
+        let prod = render(4294967295, RunMode::Prod, &grid, &release()).unwrap();
+        assert!(prod.contains("farmer_id=4294967295 runmode=prod "));
+    }
+
+    #[test]
+    fn urls_with_script_syntax_are_refused() {
+        for bad in [
+            "ftp://grid",
+            "http://",
+            "http:///x",
+            "http://grid x",
+            "http://grid\nshell",
+            "http://${net0/ip}",
+            "http://grid#x",
+            "http://grid?a=1&&shell",
+            "http://grid||shell",
+            "http://gr\u{e9}d",
+            "http://grid//x",
+            "grid:8080",
+        ] {
+            assert!(GridUrl::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(GridUrl::parse(&format!("http://{}", "a".repeat(MAX_URL_LEN))).is_err());
+        for good in [
+            "http://grid.example.com",
+            "https://grid.example.com/zos",
+            "http://[fd00::1]:8080",
+            "http://10.0.2.2:34567",
+        ] {
+            assert_eq!(GridUrl::parse(good).unwrap().as_str(), good);
+        }
+        assert!(GridUrl::from_host("evil/x").is_err());
+        assert!(GridUrl::from_host("evil$x").is_err());
+        assert_eq!(
+            GridUrl::from_host("127.0.0.1:80").unwrap().as_str(),
+            "http://127.0.0.1:80"
+        );
+    }
+
+    #[test]
+    fn a_release_with_a_non_hex_hash_is_not_rendered() {
+        let grid = GridUrl::parse("http://grid").unwrap();
+        let mut r = release();
+        r.kernel.sha256 = format!("{}${{x}}", "a".repeat(60));
+        assert!(render(1, RunMode::Dev, &grid, &r).is_err());
+        let mut r = release();
+        r.version = "1.2.3 || shell".into();
+        assert!(render(1, RunMode::Dev, &grid, &r).is_err());
+    }
+
+    #[test]
+    fn the_bootloader_script_chains_the_farms_script() {
+        let grid = GridUrl::parse("http://10.0.2.2:8080").unwrap();
+        let s = chain_script(12, RunMode::Test, &grid);
+        assert!(s.starts_with("#!ipxe\n"));
+        assert!(s.contains("\ndhcp || goto retry\n"));
+        assert!(s.contains("\nchain http://10.0.2.2:8080/boot/test/farms/12.ipxe || goto retry\n"));
+    }
+}
