@@ -17,6 +17,7 @@ packages=(
   extlinux syslinux-common fdisk # bootable raw image of the VM-mode test (sfdisk)
   genisoimage     # NoCloud (cidata) seed images of VM-mode machines
   dnsmasq-base    # DHCP server of the zos-init DHCP client test
+  zstd kmod binutils  # node image (scripts/build-node.sh): initramfs compression, depmod, readelf
 )
 
 missing=()

@@ -1,0 +1,326 @@
+#!/usr/bin/env bash
+# Builds the zos node image (docs/boot.md) from Debian packages and our own binaries:
+#
+#   <out>/vmlinuz              Debian's kernel (what linux-image-amd64 depends on), as packaged
+#   <out>/initramfs.cpio.zst   newc, zstd: zos-init as /init (and its libraries if it is dynamic),
+#                              the modules the node needs under /usr/lib/modules/<release> with
+#                              modules.dep (depmod), /etc/zos/release-keys.json
+#   <out>/kernel.version       the kernel release, like 6.1.0-57-amd64
+#   <out>/zos-base.fl          runtime flist: the Debian userland zosd runs (QEMU, virtiofsd,
+#                              btrfs-progs, nftables, iproute2, WireGuard tools, e2fsprogs, xfsprogs,
+#                              util-linux, genisoimage) with their libraries, usr-merged, no shell
+#   <out>/zos.fl               runtime flist: zosd and zos-flist-mount in usr/bin
+#   <out>/blocks/              the block store of both flists (dir:// store, content addressed)
+#   <out>/packages.txt         the Debian packages (name version) the image is made of
+#   <out>/sizes.txt            sizes of the pieces
+#
+# Usage: scripts/build-node.sh [options] [out-dir]   (default: ${CARGO_TARGET_DIR:-target}/node)
+#   --init PATH          zos-init binary for /init (default: built from crates/init, static)
+#   --release-keys FILE  the release keys the node trusts (ReleaseKeys JSON); the default trusts
+#                        none ({"keys":[],"threshold":1}), so such a node accepts no release
+#
+# Nothing is downloaded but Debian packages (apt-get download into ${ZOS_CACHE:-~/.cache/zos}/debs,
+# extracted with dpkg-deb, never installed, no maintainer script run). No shell, getty, login,
+# su, sshd or busybox is in any output: they are deleted from the trees and the build fails if
+# one is left. The result is cached: when the package versions, our binaries, the keys and this
+# script did not change, nothing is rebuilt. Prints the output directory on its last line.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+init_bin="" keys_file=""
+while [[ ${1:-} == --* ]]; do
+  case $1 in
+    --init) init_bin=${2:?--init needs a path}; shift 2 ;;
+    --release-keys) keys_file=${2:?--release-keys needs a file}; shift 2 ;;
+    *) echo "build-node: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+target_dir=${CARGO_TARGET_DIR:-$repo/target}
+out=${1:-$target_dir/node}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+cache=${ZOS_CACHE:-$HOME/.cache/zos}
+debs=$cache/debs
+mkdir -p "$debs"
+exec 9>"$out/.lock"
+flock 9
+log() { echo "build-node: $*" >&2; }
+die() { echo "build-node: $*" >&2; exit 1; }
+
+# The userland of zos-base: what zosd runs (crates/*/src: find_program and Command::new).
+base_packages=(
+  qemu-system-x86  # qemu-system-x86_64; qemu-system-common brings /usr/lib/qemu/virtiofsd
+  btrfs-progs nftables wireguard-tools iproute2 e2fsprogs xfsprogs util-linux genisoimage
+)
+# Dependencies left out: package tooling, interpreters and data only maintainer scripts or
+# tools zosd does not run use (libicu72 is xfs_scrub's only; xfs_scrub is left out).
+skip_packages=(
+  adduser cdebconf debconf dpkg install-info passwd tar logsave readline-common
+  perl perl-base perl-modules-5.36 libperl5.36
+  python3 python3-minimal python3.11 python3.11-minimal libpython3-stdlib libpython3.11-minimal
+  libpython3.11-stdlib mailcap mime-support media-types iso-codes
+  libdebian-installer4 libnewt0.52 libslang2 libtextwrap1 libelogind0
+  libpam-modules libpam-modules-bin libsemanage-common libsemanage2 libgdbm-compat4 libgdbm6
+  libdb5.3 libicu72
+  bash dash busybox busybox-static login sudo openssh-server
+)
+# No file of these names may be in the image: shells, logins and remote access.
+forbidden=(sh bash dash ash busybox zsh ksh mksh rbash csh tcsh fish login getty agetty mingetty
+  sshd dropbear su sulogin runuser)
+# Modules the node needs; their dependencies are added from each module's modinfo.
+modules=(
+  virtio_pci virtio_net virtio_blk virtio_scsi virtio_console virtio_rng virtio_balloon
+  ahci nvme sd_mod loop
+  e1000 e1000e igb ixgbe i40e r8169 tg3 bnx2
+  fuse overlay btrfs ext4 xfs vfat
+  tun tap macvtap bridge br_netfilter veth macvlan ipvlan vxlan 8021q dummy wireguard
+  nf_tables nf_conntrack nf_nat nft_chain_nat nft_nat nft_masq nft_redir nft_ct nft_reject_inet
+  nft_fib_inet nft_limit nft_compat
+  vhost_net vhost_vsock kvm_intel kvm_amd
+)
+
+# 1. Our binaries.
+build_flags=(--quiet --release)
+export CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=true
+if [[ -z $init_bin ]]; then
+  [[ -d $repo/crates/init ]] || die "no crates/init in this tree: pass --init PATH (a zos-init binary)"
+  log "building zos-init (static)"
+  (cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$target_dir" \
+    cargo build "${build_flags[@]}" -p zos-init --bin zos-init --target x86_64-unknown-linux-gnu)
+  init_bin=$target_dir/x86_64-unknown-linux-gnu/release/zos-init
+fi
+[[ -f $init_bin && -x $init_bin ]] || die "$init_bin is not an executable (zos-init for /init)"
+init_bin=$(cd "$(dirname "$init_bin")" && pwd)/$(basename "$init_bin")
+log "building zosd and zos-flist-mount"
+(cd "$repo" && CARGO_TARGET_DIR="$target_dir" \
+  cargo build "${build_flags[@]}" -p zosd -p zos-flist --bin zosd --bin zos-flist-mount)
+zosd=$target_dir/release/zosd
+mounter=$target_dir/release/zos-flist-mount
+zos=${ZOS_BIN:-$target_dir/release/zos}
+if [[ -z ${ZOS_BIN:-} ]]; then
+  (cd "$repo" && CARGO_TARGET_DIR="$target_dir" cargo build "${build_flags[@]}" -p zos-cli --bin zos)
+fi
+if [[ -n $keys_file ]]; then
+  [[ -f $keys_file ]] || die "--release-keys $keys_file: no such file"
+  keys=$(cat "$keys_file")
+else
+  keys='{"keys":[],"threshold":1}'
+fi
+
+# 2. The packages: the kernel and the closure of base_packages' dependencies, minus skip_packages.
+kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+[[ -n $kpkg ]] || die "apt knows no linux-image-amd64 (run apt-get update)"
+mapfile -t closure < <(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts \
+  --no-breaks --no-replaces --no-enhances "${base_packages[@]}" 2>/dev/null |
+  grep -v '^[ <]' | LC_ALL=C sort -u | grep -vxF -f <(printf '%s\n' "${skip_packages[@]}"))
+((${#closure[@]} > 10)) || die "apt could not resolve ${base_packages[*]} (run apt-get update)"
+pkgs=("$kpkg" "${closure[@]}")
+# name=version for each, as apt would download it now.
+mapfile -t versions < <(apt-cache policy "${pkgs[@]}" | awk '
+  /^[^ ]/ { sub(":$", "", $1); name = $1 }
+  /Candidate:/ { print name " " $2 }')
+((${#versions[@]} == ${#pkgs[@]})) || die "apt-cache policy gave ${#versions[@]} versions for ${#pkgs[@]} packages"
+deb_of() { # name version -> cached .deb path (apt's file name: epoch colon as %3a)
+  local v=${2//:/%3a}
+  ls "$debs/${1}_${v}_"*.deb 2>/dev/null | head -n1
+}
+missing=()
+for nv in "${versions[@]}"; do
+  read -r n v <<<"$nv"
+  [[ $v != "(none)" ]] || die "package $n has no installable version"
+  [[ -n $(deb_of "$n" "$v") ]] || missing+=("$n=$v")
+done
+if ((${#missing[@]})); then
+  log "downloading ${#missing[@]} Debian packages into $debs"
+  (cd "$debs" && apt-get download -qq -o APT::Sandbox::User=root "${missing[@]}")
+fi
+
+key=$( {
+  cat "$0" "$init_bin" "$zosd" "$mounter"
+  printf '%s\n' "$keys" "${versions[@]}"
+} | sha256sum | cut -c1-64)
+if [[ -f $out/stamp && $(cat "$out/stamp") == "$key" && -f $out/initramfs.cpio.zst &&
+  -f $out/zos-base.fl && -f $out/zos.fl ]]; then
+  log "up to date ($kpkg, ${#closure[@]} packages)"
+  cat "$out/sizes.txt" >&2
+  echo "$out"
+  exit 0
+fi
+
+work=$(mktemp -d "$out/work.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+rm -f "$out/stamp"
+
+# Files or links named like a shell or a login anywhere under $1.
+forbidden_in() {
+  local args=() n root=$1
+  shift
+  for n in "${forbidden[@]}"; do args+=(-o -name "$n"); done
+  find "$root" \( -false "${args[@]}" \) \( -type f -o -type l \) "$@"
+}
+
+# Every ELF file under $1 finds its DT_NEEDED libraries in $1's library directories.
+check_needed() {
+  local root=$1 f lib bad=0
+  local dirs=("$root/usr/lib/x86_64-linux-gnu" "$root/usr/lib" "$root/usr/lib64"
+    "$root/usr/lib/x86_64-linux-gnu/gconv") # gconv modules find their helpers by $ORIGIN
+  declare -A need=()
+  while IFS= read -r -d '' f; do
+    [[ $(head -c4 "$f" | od -An -c | tr -d ' ') == '177ELF' ]] || continue
+    while IFS= read -r lib; do need[$lib]+="${f#"$root"} "; done < <(readelf -d "$f" 2>/dev/null |
+      sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
+  done < <(find "$root" -type f \( -perm -u+x -o -name '*.so*' \) -print0)
+  for lib in "${!need[@]}"; do
+    local found=""
+    for d in "${dirs[@]}"; do [[ -e $d/$lib || -L $d/$lib ]] && found=1 && break; done
+    if [[ -z $found ]]; then
+      echo "build-node: $lib (needed by ${need[$lib]}) is in no package of the image" >&2
+      bad=1
+    fi
+  done
+  return $bad
+}
+
+# 3. The kernel and its modules.
+kdeb=$(deb_of "$kpkg" "$(awk -v n="$kpkg" '$1 == n {print $2}' < <(printf '%s\n' "${versions[@]}"))")
+log "extracting $(basename "$kdeb")"
+dpkg-deb -x "$kdeb" "$work/kernel"
+release=$(ls "$work/kernel/lib/modules" | head -n1)
+moddir=$work/kernel/lib/modules/$release
+declare -A path_of=() seen=()
+while IFS= read -r f; do
+  n=$(basename "${f%%.ko*}")
+  path_of[${n//-/_}]=$f
+done < <(cd "$moddir" && find kernel -name '*.ko*')
+builtin=$(sed -n 's#.*/\([^/]*\)\.ko$#\1#p' "$moddir/modules.builtin" | tr - _)
+unpack_ko() {
+  case $1 in
+    *.ko.xz) xz -dc "$1" ;;
+    *.ko.zst) zstd -qdc "$1" ;;
+    *.ko.gz) gzip -dc "$1" ;;
+    *) cat "$1" ;;
+  esac
+}
+selected=()
+visit() {
+  local name=${1//-/_} path d
+  [[ -n ${seen[$name]:-} ]] && return
+  seen[$name]=1
+  path=${path_of[$name]:-}
+  if [[ -z $path ]]; then
+    grep -qx "$name" <<<"$builtin" || die "no module $name in $release"
+    return
+  fi
+  for d in $(unpack_ko "$moddir/$path" | LC_ALL=C grep -aoP 'depends=[^\x00]*' | head -n1 | cut -d= -f2 | tr , ' '); do
+    visit "$d"
+  done
+  selected+=("$path")
+}
+for m in "${modules[@]}"; do visit "$m"; done
+
+init=$work/initramfs
+mkdir -p "$init"/{dev,proc,sys,run,tmp,root,etc/zos,usr/bin,usr/sbin,usr/lib/modules/"$release",usr/lib64}
+for d in bin sbin lib lib64; do ln -s "usr/$d" "$init/$d"; done
+for path in "${selected[@]}"; do
+  dest=$init/usr/lib/modules/$release/${path%.ko*}.ko
+  mkdir -p "$(dirname "$dest")"
+  unpack_ko "$moddir/$path" >"$dest"
+done
+cp "$moddir"/modules.{builtin,builtin.modinfo,order} "$init/usr/lib/modules/$release/"
+# (The package's System.map is a stub, so depmod cannot check symbols; the closure over each
+# module's depends= above is what makes the set complete.)
+depmod_err=$(depmod -b "$init/usr" "$release" 2>&1) || die "depmod failed: $depmod_err"
+[[ -s $init/usr/lib/modules/$release/modules.dep ]] || die "depmod wrote no modules.dep"
+cp "$init_bin" "$init/init"
+chmod 755 "$init/init"
+printf '%s\n' "$keys" >"$init/etc/zos/release-keys.json"
+
+# 4. zos-base: the packages' trees merged, usr-merged, without shells, docs or package metadata.
+base=$work/zos-base
+mkdir -p "$base"
+log "extracting ${#closure[@]} packages for zos-base"
+for nv in "${versions[@]:1}"; do
+  read -r n v <<<"$nv"
+  dpkg-deb -x "$(deb_of "$n" "$v")" "$base"
+done
+for d in bin sbin lib lib64; do
+  [[ -d $base/$d && ! -L $base/$d ]] || continue
+  mkdir -p "$base/usr/$d"
+  while IFS= read -r -d '' f; do
+    rel=${f#"$base/$d/"}
+    if [[ -e $base/usr/$d/$rel && ! -d $base/usr/$d/$rel ]]; then
+      die "/$d/$rel and /usr/$d/$rel both exist: cannot usr-merge"
+    fi
+  done < <(find "$base/$d" ! -type d -print0)
+  cp -a "$base/$d/." "$base/usr/$d/"
+  rm -rf "${base:?}/$d"
+done
+rm -rf "$base"/usr/share/{doc,man,info,locale,lintian,bug,bash-completion,zsh} \
+  "$base"/usr/sbin/xfs_scrub "$base"/usr/sbin/xfs_scrub_all "$base"/usr/lib/x86_64-linux-gnu/xfsprogs \
+  "$base"/usr/sbin/arpd "$base"/usr/lib/x86_64-linux-gnu/sasl2/libsasldb.so* \
+  "$base"/usr/lib/x86_64-linux-gnu/tc/q_atm.so \
+  "$base"/etc/init.d "$base"/etc/cron.* "$base"/usr/lib/systemd "$base"/lib/systemd
+forbidden_in "$base" -print -delete | sed "s#^$base#build-node: deleted #" >&2
+# What zosd runs must be there.
+for p in usr/bin/qemu-system-x86_64 usr/lib/qemu/virtiofsd usr/bin/btrfs usr/sbin/mkfs.btrfs \
+  usr/sbin/nft usr/bin/wg usr/bin/ip usr/sbin/mkfs.ext4 usr/sbin/mkfs.xfs usr/sbin/blkid \
+  usr/bin/genisoimage usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so; do
+  [[ -e $base/$p ]] || die "zos-base has no /$p"
+done
+check_needed "$base" || die "zos-base is missing libraries (add their packages, or drop them from skip_packages)"
+
+# 5. zos: our binaries; they are dynamically linked against zos-base's glibc.
+zt=$work/zos
+mkdir -p "$zt/usr/bin"
+cp "$zosd" "$mounter" "$zt/usr/bin/"
+mkdir -p "$work/check/usr/lib"
+ln -s "$base/usr/lib/x86_64-linux-gnu" "$work/check/usr/lib/x86_64-linux-gnu"
+cp -a "$zt/usr/bin" "$work/check/usr/"
+check_needed "$work/check" || die "zosd needs libraries zos-base does not have"
+rm -rf "$work/check"
+
+# The initramfs: zos-init's own libraries (from the same Debian packages) when it is dynamic.
+if readelf -l "$init/init" 2>/dev/null | grep -q 'Requesting program interpreter'; then
+  log "zos-init is dynamic: adding its libraries from libc6 and friends"
+  mapfile -t libs < <(readelf -d "$init/init" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
+  mkdir -p "$init/usr/lib/x86_64-linux-gnu"
+  for lib in "${libs[@]}" ld-linux-x86-64.so.2; do
+    src=$base/usr/lib/x86_64-linux-gnu/$lib
+    [[ -e $src ]] || die "zos-init needs $lib, which no package of the image has"
+    cp -L "$src" "$init/usr/lib/x86_64-linux-gnu/$lib"
+  done
+  ln -s ../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$init/usr/lib64/ld-linux-x86-64.so.2"
+  check_needed "$init" || die "zos-init's libraries need more libraries"
+fi
+
+for t in "$init" "$base" "$zt"; do
+  left=$(forbidden_in "$t")
+  [[ -z $left ]] || die "a shell or login is left in the image: $left"
+done
+
+# 6. Pack: the initramfs as compressed newc, the runtime trees as flists in one block store.
+log "packing the initramfs"
+(cd "$init" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) | zstd -q -19 -T0 >"$work/initramfs.cpio.zst"
+mkdir -p "$out/blocks"
+for name in zos-base zos; do
+  log "packing $name"
+  "$zos" flist pack "$work/$name" -o "$work/$name.fl" --store "dir://$out/blocks" \
+    --tag "kernel=$release" >/dev/null
+done
+
+cp "$work/kernel/boot/vmlinuz-$release" "$work/vmlinuz"
+mv "$work/vmlinuz" "$work/initramfs.cpio.zst" "$work/zos-base.fl" "$work/zos.fl" "$out/"
+echo "$release" >"$out/kernel.version"
+printf '%s\n' "${versions[@]}" >"$out/packages.txt"
+kib() { du -sk --apparent-size "$1" | cut -f1; }
+{
+  echo "kernel $release: vmlinuz $(kib "$out/vmlinuz") KiB"
+  echo "initramfs: $(kib "$out/initramfs.cpio.zst") KiB compressed, $(kib "$init") KiB unpacked, ${#selected[@]} modules"
+  echo "zos-base: $(kib "$base") KiB in $(find "$base" | wc -l) entries from ${#closure[@]} packages, flist $(kib "$out/zos-base.fl") KiB"
+  echo "zos: $(kib "$zt") KiB, flist $(kib "$out/zos.fl") KiB"
+  echo "blocks: $(find "$out/blocks" -type f | wc -l) blocks, $(du -sk "$out/blocks" | cut -f1) KiB"
+} >"$out/sizes.txt"
+echo "$key" >"$out/stamp"
+log "built:"
+cat "$out/sizes.txt" >&2
+echo "$out"
