@@ -1,56 +1,54 @@
 //! The boot sequence of PID 1, step by step (see the crate documentation for the order).
+//!
+//! Every step that depends on the outside (the network, the grid, the release) is retried with
+//! backoff, saying on the console why it failed; nothing is started from a release that was
+//! refused. From the first line on, SIGCHLD and the stop signals are blocked and taken with
+//! `sigtimedwait` (see [`supervise`]): a power-off asked during boot stops what runs, syncs and
+//! powers off.
+//!
+//! `zos-init --supervise SERVICES.json [--events FILE] [--backoff-ms MIN,MAX] [--grace-ms N]`
+//! runs only the supervisor, as PID 1 of a PID namespace, and returns instead of powering off:
+//! the mode tests run it in.
 
-use std::path::Path;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
+use nix::mount::{MntFlags, umount2};
 use nix::sys::reboot::{RebootMode, reboot, set_cad_enabled};
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, sigaction};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
+use zos_runtime::error_chain;
+use zos_runtime::supervise::Backoff;
+use zos_types::release::Release;
 
-use crate::{cmdline, console, modules, mounts};
+use crate::{clock, cmdline, console, dhcp, http, modules, mounts, release, supervise};
 
-/// The last stop signal received (0: none).
-static STOP: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_stop(sig: libc::c_int) {
-    STOP.store(sig, Ordering::SeqCst);
-}
-
-/// The signals that ask PID 1 to power off: SIGPWR (the kernel's and an ACPI daemon's way),
+/// The signals that ask PID 1 to power off: SIGPWR (what the power button watcher sends),
 /// SIGTERM, and SIGINT (ctrl-alt-del, which the kernel sends to PID 1 once
 /// [`set_cad_enabled`]`(false)` told it not to reboot at once).
 pub const STOP_SIGNALS: [Signal; 3] = [Signal::SIGPWR, Signal::SIGTERM, Signal::SIGINT];
 
-/// Installs the stop handlers (without `SA_RESTART`, so a blocking `waitpid` returns `EINTR`).
-pub fn install_stop_handlers() {
-    let action = SigAction::new(
-        SigHandler::Handler(on_stop),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for s in STOP_SIGNALS {
-        // SAFETY: the handler only stores to an atomic.
-        let _ = unsafe { sigaction(s, &action) };
-    }
-}
+/// Where the runtime lives in the root tmpfs.
+pub const RUNTIME_DIR: &str = "/run/zos";
+/// The flist mounter in the initramfs.
+pub const FLIST_MOUNTER: &str = "/sbin/zos-flist-mount";
+/// The service list, in the runtime (`zos` flist).
+pub const SERVICES: &str = "/usr/share/zos/services.json";
+/// The size limit of the block cache of the runtime flists, in RAM.
+pub const RUNTIME_CACHE_BYTES: u64 = 1 << 30;
+/// Grace of a service after SIGTERM on power-off.
+pub const GRACE: Duration = Duration::from_secs(10);
 
-/// The stop signal received since the last call, if any.
-pub fn stop_requested() -> Option<Signal> {
-    match STOP.swap(0, Ordering::SeqCst) {
-        0 => None,
-        s => Signal::try_from(s).ok(),
-    }
-}
-
-/// Runs the node: never returns.
+/// Runs the node (or the supervisor alone, see the module doc): never returns.
 pub fn main() -> ! {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--supervise") {
+        std::process::exit(supervise_only(&args[1..]));
+    }
     if std::process::id() != 1 {
         eprintln!("zos-init is the node's PID 1 and runs only from the node image's initramfs");
         std::process::exit(2);
     }
+    supervise::block_signals();
     let early = mounts::apply(Path::new("/"), &mounts::early());
     console::attach();
     console::init_logging();
@@ -59,17 +57,10 @@ pub fn main() -> ! {
         tracing::warn!(%target, error = %e, "early mount failed");
     }
     let _ = set_cad_enabled(false);
-    install_stop_handlers();
-
-    let params = loop {
-        match cmdline::read(Path::new(cmdline::PROC_CMDLINE)) {
-            Ok(p) => break p,
-            Err(e) => {
-                tracing::error!("{}: cannot boot", zos_runtime::error_chain(&e));
-                idle(Duration::from_secs(60));
-            }
-        }
-    };
+    cgroups();
+    let params = retry("kernel command line", Duration::from_secs(60), || {
+        cmdline::read(Path::new(cmdline::PROC_CMDLINE)).map_err(|e| error_chain(&e))
+    });
     for n in &params.notices {
         tracing::warn!("{n}");
     }
@@ -80,20 +71,117 @@ pub fn main() -> ! {
         debug = params.debug,
         "boot parameters"
     );
-
     load_modules();
 
-    for step in [
-        "network (dhcp)",
-        "clock",
-        "release",
-        "runtime mounts",
-        "services",
-    ] {
-        tracing::warn!("{step}: not yet");
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => fatal(&format!("cannot start the async runtime: {e}")),
+    };
+    let lease = retry("network", Duration::from_secs(5), || rt.block_on(network()));
+    tracing::info!(
+        interface = %lease.interface,
+        address = %format!("{}/{}", lease.address, lease.prefix_len),
+        router = ?lease.router,
+        "network up"
+    );
+    let client = match http::client() {
+        Ok(c) => c,
+        Err(e) => fatal(&format!("cannot make an HTTP client: {e}")),
+    };
+    let synced = retry("clock", Duration::from_secs(2), || {
+        rt.block_on(clock::sync(&client, &params.grid, &mut clock::SystemClock))
+            .map_err(|e| error_chain(&e))
+    });
+    tracing::info!(?synced, "clock");
+    let keys = retry("release keys", Duration::from_secs(60), || {
+        release::load_keys(Path::new(release::KEYS_PATH)).map_err(|e| error_chain(&e))
+    });
+    let services = retry("runtime", Duration::from_secs(5), || {
+        let r = rt
+            .block_on(release::current(
+                &client,
+                &params.grid,
+                &keys,
+                params.runmode,
+            ))
+            .map_err(|e| error_chain(&e))?;
+        tracing::info!(version = %r.version, flists = r.flists.len(), "release verified");
+        runtime(&rt, &client, &params.grid, &r)
+    });
+    drop(rt);
+    let mut services = services;
+    if params.debug {
+        debug_shell(&mut services);
     }
-    idle(Duration::MAX);
-    power_off()
+    supervise::run(
+        services,
+        supervise::Options {
+            grace: GRACE,
+            events: Some(Path::new(RUNTIME_DIR).join("services.jsonl")),
+            ..supervise::Options::default()
+        },
+    );
+    finish()
+}
+
+/// Mounts the cgroups the kernel has.
+fn cgroups() {
+    let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    let cg = std::fs::read_to_string("/proc/cgroups").unwrap_or_default();
+    match mounts::cgroup_plan(&fs, &cg) {
+        Some(plan) => match mounts::apply_cgroups(Path::new("/"), &plan) {
+            Ok(()) => tracing::info!(?plan, "cgroups"),
+            Err(e) => tracing::error!("{e}"),
+        },
+        None => tracing::error!("the kernel has no cgroups: workloads will run without limits"),
+    }
+}
+
+/// Calls `f` until it succeeds, saying why it failed and waiting with backoff (from
+/// `min` up to 60 s) in between; a power-off request during the wait is honoured.
+fn retry<T>(what: &str, min: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let mut backoff = Backoff::new(min, Duration::from_secs(60).max(min));
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => {
+                let delay = backoff.failed(Instant::now());
+                tracing::error!("{what}: {e}; trying again in {}s", delay.as_secs());
+                pause(delay);
+            }
+        }
+    }
+}
+
+/// Waits `d`, reaping children; a stop signal powers off.
+fn pause(d: Duration) {
+    let set = supervise::handled_signals();
+    let deadline = Instant::now() + d;
+    loop {
+        supervise::reap_orphans();
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match supervise::wait_signal(&set, left) {
+            Some(Signal::SIGCHLD) | None => {}
+            Some(s) => {
+                tracing::info!(signal = %s, "power-off requested");
+                supervise::stop_everything(GRACE);
+                finish();
+            }
+        }
+    }
+}
+
+fn fatal(msg: &str) -> ! {
+    tracing::error!("{msg}: cannot go on; power the node off and report this");
+    loop {
+        pause(Duration::from_secs(3600));
+    }
 }
 
 /// Loads the modules of the initramfs (see [`modules`]).
@@ -102,12 +190,12 @@ fn load_modules() {
     let db = match modules::ModuleDb::read(&dir) {
         Ok(db) => db,
         Err(e) => {
-            tracing::warn!("{}: no modules loaded", zos_runtime::error_chain(&e));
+            tracing::warn!("{}: no modules loaded", error_chain(&e));
             return;
         }
     };
     let order = modules::wanted(Path::new(modules::WANTED_LIST), &db)
-        .map_err(|e| zos_runtime::error_chain(&e))
+        .map_err(|e| error_chain(&e))
         .and_then(|w| db.load_order(&w).map_err(|e| e.to_string()));
     match order {
         Ok(order) => {
@@ -123,38 +211,142 @@ fn load_modules() {
     }
 }
 
-/// Reaps orphans for `limit` or until a stop signal; a stop signal powers off.
-fn idle(limit: Duration) {
-    let deadline = Instant::now().checked_add(limit);
-    loop {
-        if let Some(sig) = stop_requested() {
-            tracing::info!(signal = %sig, "power-off requested");
-            power_off();
+/// Brings up the wired interfaces and takes a lease on the first that gets one.
+async fn network() -> Result<dhcp::Lease, String> {
+    let (conn, h, _) = rtnetlink::new_connection().map_err(|e| format!("netlink: {e}"))?;
+    let task = tokio::spawn(conn);
+    let r = async {
+        let _ = dhcp::link_up(&h, "lo").await;
+        let nics = dhcp::candidates(Path::new("/sys/class/net"));
+        if nics.is_empty() {
+            return Err("no network interface (is its driver in the initramfs?)".to_string());
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return;
-        }
-        match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => {
-                std::thread::sleep(Duration::from_millis(200))
+        for nic in &nics {
+            if let Err(e) = dhcp::link_up(&h, nic).await {
+                tracing::warn!(interface = nic, "{e}");
             }
-            _ => {}
         }
+        let mut errors = Vec::new();
+        for nic in &nics {
+            let mac = match dhcp::link_mac(&h, nic).await {
+                Ok(m) => m,
+                Err(e) => {
+                    errors.push(e.to_string());
+                    continue;
+                }
+            };
+            let name = nic.clone();
+            let got = tokio::task::spawn_blocking(move || {
+                dhcp::obtain(&name, mac, &dhcp::Config::default())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            match got {
+                Ok(lease) => {
+                    dhcp::apply(&h, &lease).await.map_err(|e| e.to_string())?;
+                    if !lease.dns.is_empty()
+                        && let Err(e) =
+                            dhcp::write_resolv_conf(Path::new("/etc/resolv.conf"), &lease)
+                    {
+                        tracing::warn!("cannot write /etc/resolv.conf: {e}");
+                    }
+                    return Ok(lease);
+                }
+                Err(e) => errors.push(error_chain(&e)),
+            }
+        }
+        Err(errors.join("; "))
     }
+    .await;
+    task.abort();
+    r
 }
 
-/// Stops every process (SIGTERM, SIGKILL after 10 s), syncs, unmounts and powers off.
-pub fn power_off() -> ! {
-    let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-            Err(Errno::ECHILD) => break,
-            Ok(WaitStatus::StillAlive) if Instant::now() >= deadline => {
-                let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
-            }
-            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(50)),
-            _ => {}
+/// Fetches, mounts and stacks the runtime flists of `r` and reads its service list. Anything
+/// refused or broken leaves nothing mounted.
+fn runtime(
+    rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    grid: &str,
+    r: &Release,
+) -> Result<Vec<supervise::Service>, String> {
+    let base = Path::new(RUNTIME_DIR);
+    let mounter = mounts::FlistMounter {
+        binary: PathBuf::from(FLIST_MOUNTER),
+        cache: base.join("cache"),
+        cache_bytes: RUNTIME_CACHE_BYTES,
+        stores: vec![format!("{}/api/v1/hub", grid.trim_end_matches('/'))],
+        ready_timeout: Duration::from_secs(60),
+    };
+    let mut mounted: Vec<mounts::FlistMount> = Vec::new();
+    let result = (|| {
+        for f in &r.flists {
+            let file = rt
+                .block_on(release::fetch_flist(client, grid, f, &base.join("flists")))
+                .map_err(|e| error_chain(&e))?;
+            let m = mounts::mount_flist(&mounter, &f.name, &file, &base.join("mnt").join(&f.name))?;
+            tracing::info!(flist = %f.name, sha256 = %f.sha256, "runtime flist mounted");
+            mounted.push(m);
+        }
+        // Later flists lie above earlier ones; the initramfs's own /usr (its modules) is last.
+        let mut layers: Vec<PathBuf> = mounted
+            .iter()
+            .rev()
+            .map(|m| m.mountpoint.join("usr"))
+            .collect();
+        layers.push(PathBuf::from("/usr"));
+        mounts::overlay_ro(&layers, Path::new("/usr"))?;
+        let services = match std::fs::read(SERVICES) {
+            Ok(json) => supervise::parse_list(&json).map_err(|e| format!("{SERVICES}: {e}"))?,
+            Err(e) => return Err(format!("the runtime has no service list {SERVICES}: {e}")),
+        };
+        // Every program to start is read whole through the mount first: a block that fails
+        // its hash is found here, before anything of the release runs.
+        for s in &services {
+            mounts::read_through(Path::new(&s.exec[0]))
+                .map_err(|e| format!("runtime check failed for service {}: {e}", s.name))?;
+        }
+        Ok(services)
+    })();
+    if result.is_err() {
+        let _ = umount2("/usr", MntFlags::MNT_DETACH);
+        for m in mounted.iter().rev() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(m.pid), Signal::SIGTERM);
+            let _ = umount2(&m.mountpoint, MntFlags::MNT_DETACH);
+        }
+    }
+    result
+}
+
+/// Adds a console shell on runmode `dev` with `zos-debug`, when the image has one.
+fn debug_shell(services: &mut Vec<supervise::Service>) {
+    let Some(sh) = ["/usr/bin/sh", "/bin/sh"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        tracing::warn!("zos-debug: this image has no shell; nothing to open");
+        return;
+    };
+    tracing::warn!("zos-debug: opening a shell on the console (runmode dev)");
+    services.push(supervise::Service {
+        name: "debug-shell".into(),
+        exec: vec![sh.into()],
+        env: [("TERM".to_string(), "linux".to_string())].into(),
+        log: None,
+    });
+}
+
+/// After everything stopped: sync, unmount, power off.
+pub fn finish() -> ! {
+    nix::unistd::sync();
+    let table = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    for point in table
+        .lines()
+        .rev()
+        .filter_map(|l| l.split_whitespace().nth(1))
+    {
+        if !matches!(point, "/" | "/proc" | "/sys" | "/dev") {
+            let _ = umount2(point, MntFlags::MNT_DETACH);
         }
     }
     nix::unistd::sync();
@@ -163,4 +355,50 @@ pub fn power_off() -> ! {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// The supervisor alone (see the module doc); answers the exit code.
+fn supervise_only(args: &[String]) -> i32 {
+    console::init_logging();
+    let usage = "usage: zos-init --supervise SERVICES.json [--events FILE] [--backoff-ms MIN,MAX] [--grace-ms N]";
+    let Some(list) = args.first() else {
+        eprintln!("{usage}");
+        return 2;
+    };
+    let mut options = supervise::Options {
+        power_button: false,
+        ..supervise::Options::default()
+    };
+    let mut rest = args[1..].iter();
+    while let Some(a) = rest.next() {
+        let v = rest.next();
+        let ms = |s: &str| s.parse::<u64>().ok().map(Duration::from_millis);
+        match (a.as_str(), v) {
+            ("--events", Some(v)) => options.events = Some(PathBuf::from(v)),
+            ("--grace-ms", Some(v)) if ms(v).is_some() => options.grace = ms(v).unwrap_or(GRACE),
+            ("--backoff-ms", Some(v)) => match v.split_once(',').map(|(a, b)| (ms(a), ms(b))) {
+                Some((Some(a), Some(b))) => (options.backoff_min, options.backoff_max) = (a, b),
+                _ => {
+                    eprintln!("{usage}");
+                    return 2;
+                }
+            },
+            _ => {
+                eprintln!("{usage}");
+                return 2;
+            }
+        }
+    }
+    let services = match std::fs::read(list)
+        .map_err(|e| e.to_string())
+        .and_then(|j| supervise::parse_list(&j).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{list}: {e}");
+            return 2;
+        }
+    };
+    supervise::run(services, options);
+    0
 }

@@ -290,6 +290,7 @@ pub fn mount_flist(
     cmd.arg(mountpoint)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped());
+    crate::supervise::own_session_default_signals(&mut cmd);
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", m.binary.display()))?;
@@ -327,4 +328,10 @@ pub fn mount_flist(
         mountpoint: mountpoint.to_owned(),
         pid,
     })
+}
+
+/// Reads `path` to its end (through a flist mount every block is checked on the way).
+pub fn read_through(path: &Path) -> std::io::Result<u64> {
+    let mut f = std::fs::File::open(path)?;
+    std::io::copy(&mut f, &mut std::io::sink())
 }

@@ -3,7 +3,8 @@
 //!
 //! The loop runs on one thread with SIGCHLD and the stop signals blocked and taken with
 //! `sigtimedwait`, so no signal is lost between a check and a wait. Each service runs in its
-//! own session (its process group is signalled as a whole) with an empty signal mask.
+//! own session (its process group is signalled as a whole) with an empty signal mask and the
+//! default signal dispositions.
 //!
 //! Power-off is asked by SIGPWR, SIGTERM or SIGINT (ctrl-alt-del: the kernel sends SIGINT to
 //! PID 1 once zos-init disabled the immediate reboot), or by the ACPI power button: a thread
@@ -191,8 +192,8 @@ pub fn handled_signals() -> SigSet {
     set
 }
 
-/// Waits up to `timeout` for one of `set`; answers it.
-fn wait_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
+/// Waits up to `timeout` for one of `set` (blocked); answers it.
+pub fn wait_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
     let ts = libc::timespec {
         tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
@@ -271,13 +272,7 @@ impl Supervisor {
                 }
             }
         }
-        // SAFETY: setsid is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid().map_err(std::io::Error::from)?;
-                Ok(())
-            });
-        }
+        own_session_default_signals(&mut cmd);
         let now = Instant::now();
         match cmd.spawn() {
             Ok(child) => {
@@ -437,6 +432,55 @@ fn is_our_process(pid: i32) -> bool {
     File::open(format!("/proc/{pid}/cmdline"))
         .and_then(|mut f| f.read_to_string(&mut s))
         .is_ok_and(|n| n > 0)
+}
+
+/// Makes `cmd` start in its own session with no signal blocked and every signal at its default
+/// disposition: the mask and ignored signals survive exec, and PID 1 blocks the ones it takes
+/// with `sigtimedwait` (and may have inherited ignored ones).
+pub fn own_session_default_signals(cmd: &mut Command) {
+    // SAFETY: setsid, sigemptyset, sigprocmask and signal are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            let mut none = std::mem::zeroed::<libc::sigset_t>();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            for sig in 1..libc::SIGRTMIN() {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Stops every process but this one (SIGTERM, SIGKILL after `grace`) and reaps them: the
+/// power-off path when no service was started yet.
+pub fn stop_everything(grace: Duration) {
+    let mut sup = Supervisor {
+        services: Vec::new(),
+        options: Options {
+            grace,
+            ..Options::default()
+        },
+        events: None,
+        log: Vec::new(),
+    };
+    sup.sweep();
+}
+
+/// Reaps every child that has ended (outside the supervisor loop); answers how many.
+pub fn reap_orphans() -> usize {
+    let mut n = 0;
+    loop {
+        match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return n,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return n,
+            Ok(_) => n += 1,
+        }
+    }
 }
 
 /// Blocks the signals the loop takes, in the calling thread (and threads it starts later).
