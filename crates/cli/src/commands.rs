@@ -12,6 +12,7 @@ use zos_types::capacity::{human_bytes, parse_bytes};
 use zos_types::registry::{AddFarmIp, AdmissionToken, Farm, Node, NodeAdmission, NodeFilter};
 
 use crate::global::{Global, client, key_path, load_key, signed_client};
+use crate::output::outln;
 use crate::output::{self, Table, fields};
 
 #[derive(Debug, Subcommand)]
@@ -131,6 +132,8 @@ pub enum NodeCmd {
         /// Minimum free HDD, e.g. 1T.
         #[arg(long, value_parser = size)]
         free_hru: Option<u64>,
+        #[command(flatten)]
+        watch: output::Watch,
     },
     /// Show one node.
     Show { id: u32 },
@@ -179,7 +182,7 @@ pub async fn key(cmd: KeyCmd, g: &Global) -> anyhow::Result<()> {
         KeyCmd::New { .. } => {
             let id = Identity::generate()?;
             zos_client::keyfile::save_identity(&path, &id, 0o600)?;
-            if g.json {
+            if g.structured() {
                 output::json(
                     &json!({"public_key": id.public_key(), "path": path, "mnemonic": id.mnemonic().as_str()}),
                 )
@@ -187,11 +190,11 @@ pub async fn key(cmd: KeyCmd, g: &Global) -> anyhow::Result<()> {
                 fields(&[
                     ("public key", id.public_key().to_string()),
                     ("stored in", path.display().to_string()),
-                ]);
-                println!(
+                ])?;
+                outln!(
                     "\nThese 24 words restore the key (`zos key restore`). Write them down and keep them secret:\n"
-                );
-                println!("  {}\n", id.mnemonic().as_str());
+                )?;
+                outln!("  {}\n", id.mnemonic().as_str())?;
                 Ok(())
             }
         }
@@ -203,20 +206,20 @@ pub async fn key(cmd: KeyCmd, g: &Global) -> anyhow::Result<()> {
             let id =
                 Identity::from_mnemonic(&words).context("these are not 24 valid BIP-39 words")?;
             zos_client::keyfile::save_identity(&path, &id, 0o600)?;
-            if g.json {
+            if g.structured() {
                 output::json(&json!({"public_key": id.public_key(), "path": path}))
             } else {
                 fields(&[
                     ("public key", id.public_key().to_string()),
                     ("stored in", path.display().to_string()),
-                ]);
+                ])?;
                 Ok(())
             }
         }
         KeyCmd::Show { mnemonic } => {
             let id = load_key(g)?;
             let words = mnemonic.then(|| id.mnemonic().to_string());
-            if g.json {
+            if g.structured() {
                 output::json(
                     &json!({"public_key": id.public_key(), "path": path, "mnemonic": words}),
                 )
@@ -224,9 +227,9 @@ pub async fn key(cmd: KeyCmd, g: &Global) -> anyhow::Result<()> {
                 fields(&[
                     ("public key", id.public_key().to_string()),
                     ("stored in", path.display().to_string()),
-                ]);
+                ])?;
                 if let Some(w) = words {
-                    println!("\n  {w}");
+                    outln!("\n  {w}")?;
                 }
                 Ok(())
             }
@@ -255,18 +258,19 @@ pub async fn twin(cmd: TwinCmd, g: &Global) -> anyhow::Result<()> {
                 })?
         }
     };
-    if g.json {
+    if g.structured() {
         return output::json(&twin);
     }
     fields(&[
         ("twin", twin.id.to_string()),
         ("public key", twin.public_key.to_string()),
         ("relay", twin.relay.clone().unwrap_or_else(|| "-".into())),
-    ]);
+        ("created", output::when(twin.created_at)),
+    ])?;
     Ok(())
 }
 
-fn print_farms(farms: &[Farm]) {
+fn print_farms(farms: &[Farm]) -> std::io::Result<()> {
     let mut t = Table::new(&["ID", "NAME", "FARMER", "PUBLIC IPS", "FREE IPS"]);
     for f in farms {
         let free = f
@@ -282,41 +286,42 @@ fn print_farms(farms: &[Farm]) {
             free.to_string(),
         ]);
     }
-    t.print();
+    t.print()
 }
 
 pub async fn farm(cmd: FarmCmd, g: &Global) -> anyhow::Result<()> {
     match cmd {
         FarmCmd::Create { name } => {
             let farm = signed_client(g).await?.create_farm(&name).await?;
-            if g.json {
+            if g.structured() {
                 output::json(&farm)
             } else {
-                println!("farm {} created with id {}", farm.name, farm.id);
+                outln!("farm {} created with id {}", farm.name, farm.id)?;
                 Ok(())
             }
         }
         FarmCmd::Show { farm } => {
             let f = find_farm(&client(g)?, &farm).await?;
-            if g.json {
+            if g.structured() {
                 return output::json(&f);
             }
             fields(&[
                 ("farm", f.id.to_string()),
                 ("name", f.name.clone()),
                 ("farmer twin", f.twin_id.to_string()),
-            ]);
-            print_policy(&f);
-            println!();
-            print_ips(&f);
+                ("created", output::when(f.created_at)),
+            ])?;
+            print_policy(&f)?;
+            outln!()?;
+            print_ips(&f)?;
             Ok(())
         }
         FarmCmd::List => {
             let farms = client(g)?.list_farms().await?;
-            if g.json {
+            if g.structured() {
                 output::json(&farms)
             } else {
-                print_farms(&farms);
+                print_farms(&farms)?;
                 Ok(())
             }
         }
@@ -339,10 +344,10 @@ pub async fn farm(cmd: FarmCmd, g: &Global) -> anyhow::Result<()> {
                 p.flist_hosts.clear();
             }
             let f = c.set_farm_policy(f.id, &p).await?;
-            if g.json {
+            if g.structured() {
                 return output::json(&f.policy);
             }
-            print_policy(&f);
+            print_policy(&f)?;
             Ok(())
         }
         FarmCmd::Admission { farm, days } => {
@@ -358,13 +363,13 @@ pub async fn farm(cmd: FarmCmd, g: &Global) -> anyhow::Result<()> {
             let now = c.health().await?.time;
             let expires = now.saturating_add(i64::from(days) * 86_400);
             let token = AdmissionToken::sign(&load_key(g)?, f.id, expires);
-            println!("{token}");
+            outln!("{token}")?;
             Ok(())
         }
     }
 }
 
-fn print_policy(f: &Farm) {
+fn print_policy(f: &Farm) -> std::io::Result<()> {
     let hosts = if f.policy.flist_hosts.is_empty() {
         "(the grid's hub only)".to_string()
     } else {
@@ -377,10 +382,10 @@ fn print_policy(f: &Farm) {
         ),
         ("rentable", f.policy.rentable.to_string()),
         ("flist hosts", hosts),
-    ]);
+    ])
 }
 
-fn print_ips(f: &Farm) {
+fn print_ips(f: &Farm) -> std::io::Result<()> {
     let mut t = Table::new(&["IP", "GATEWAY", "CONTRACT"]);
     for ip in &f.public_ips {
         t.row(vec![
@@ -389,7 +394,7 @@ fn print_ips(f: &Farm) {
             ip.contract_id.map_or("-".into(), |c| c.to_string()),
         ]);
     }
-    t.print();
+    t.print()
 }
 
 async fn farm_ip(cmd: FarmIpCmd, g: &Global) -> anyhow::Result<()> {
@@ -406,14 +411,14 @@ async fn farm_ip(cmd: FarmIpCmd, g: &Global) -> anyhow::Result<()> {
         }
         FarmIpCmd::List { farm } => find_farm(&client(g)?, &farm).await?,
     };
-    if g.json {
+    if g.structured() {
         return output::json(&farm.public_ips);
     }
-    print_ips(&farm);
+    print_ips(&farm)?;
     Ok(())
 }
 
-fn print_nodes(nodes: &[Node]) {
+fn print_nodes(nodes: &[Node]) -> std::io::Result<()> {
     let mut t = Table::new(&[
         "ID", "FARM", "TWIN", "STATE", "CRU", "MRU", "SRU", "HRU", "FREE MRU", "VERSION",
     ]);
@@ -436,7 +441,7 @@ fn print_nodes(nodes: &[Node]) {
             n.zos_version.clone(),
         ]);
     }
-    t.print();
+    t.print()
 }
 
 pub async fn node(cmd: NodeCmd, g: &Global) -> anyhow::Result<()> {
@@ -450,6 +455,7 @@ pub async fn node(cmd: NodeCmd, g: &Global) -> anyhow::Result<()> {
             free_mru,
             free_sru,
             free_hru,
+            watch,
         } => {
             let farm_id = match farm {
                 Some(f) => Some(find_farm(&c, &f).await?.id),
@@ -465,13 +471,16 @@ pub async fn node(cmd: NodeCmd, g: &Global) -> anyhow::Result<()> {
                 limit: Some(NodeFilter::MAX_LIMIT),
                 ..NodeFilter::default()
             };
-            let nodes = c.list_nodes(&filter).await?;
-            if g.json {
-                output::json(&nodes)
-            } else {
-                print_nodes(&nodes);
-                Ok(())
-            }
+            let (c, filter) = (&c, &filter);
+            output::watch(watch, "zos node list", || async move {
+                let nodes = c.list_nodes(filter).await?;
+                if g.structured() {
+                    output::json(&nodes)
+                } else {
+                    Ok(print_nodes(&nodes)?)
+                }
+            })
+            .await
         }
         NodeCmd::PublicConfig {
             id,
@@ -493,13 +502,14 @@ pub async fn node(cmd: NodeCmd, g: &Global) -> anyhow::Result<()> {
                 .set_public_config(id, &config)
                 .await
                 .with_context(|| format!("setting the public config of node {id}"))?;
-            if g.json {
+            if g.structured() {
                 return output::json(&n);
             }
-            println!(
+            outln!(
                 "node {id}: public config {} via {} set; the node applies it within seconds",
-                config.ipv4, config.gw4
-            );
+                config.ipv4,
+                config.gw4
+            )?;
             Ok(())
         }
         NodeCmd::Stats { id } => {
@@ -509,7 +519,7 @@ pub async fn node(cmd: NodeCmd, g: &Global) -> anyhow::Result<()> {
                 .node(n.twin_id)
                 .call::<zos_types::node_api::GetStatistics>(&())
                 .await?;
-            if g.json {
+            if g.structured() {
                 return output::json(&s);
             }
             fields(&[
@@ -519,12 +529,12 @@ pub async fn node(cmd: NodeCmd, g: &Global) -> anyhow::Result<()> {
                 ("system", s.system.to_string()),
                 ("deployments", s.users.deployments.to_string()),
                 ("workloads", s.users.workloads.to_string()),
-            ]);
+            ])?;
             Ok(())
         }
         NodeCmd::Show { id } => {
             let n = c.get_node(id).await?;
-            if g.json {
+            if g.structured() {
                 return output::json(&n);
             }
             let free = n.free();
@@ -544,10 +554,13 @@ pub async fn node(cmd: NodeCmd, g: &Global) -> anyhow::Result<()> {
                 ("virtualized", n.hardware.virtualized.to_string()),
                 ("uptime", format!("{} s", n.uptime_secs)),
                 ("report period", format!("{} s", n.report_interval_secs)),
-            ]);
+                ("last seen", output::when_opt(n.last_seen)),
+                ("registered", output::when(n.created_at)),
+                ("updated", output::when(n.updated_at)),
+            ])?;
             for nic in &n.interfaces {
                 let ips: Vec<String> = nic.ips.iter().map(|i| i.to_string()).collect();
-                println!("interface {:<10} {}  {}", nic.name, nic.mac, ips.join(" "));
+                outln!("interface {:<10} {}  {}", nic.name, nic.mac, ips.join(" "))?;
             }
             Ok(())
         }

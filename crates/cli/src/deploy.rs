@@ -17,12 +17,17 @@ use zos_types::node_api::{self, ConsoleBody};
 use crate::deployfile;
 use crate::global::{Global, signed_client};
 use crate::output::{self, Table, fields};
+use crate::output::{out, outln};
 use crate::progress::Progress;
 
 #[derive(Debug, Subcommand)]
 pub enum DeploymentCmd {
     /// Show a deployment with the state of each workload.
-    Get { contract: ContractId },
+    Get {
+        contract: ContractId,
+        #[command(flatten)]
+        watch: output::Watch,
+    },
     /// List your deployments (node contracts that are not cancelled).
     List,
     /// The full result log of a deployment.
@@ -56,13 +61,13 @@ fn read_file(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
-fn print_deployment(d: &Deployment) {
+fn print_deployment(d: &Deployment) -> std::io::Result<()> {
     fields(&[
         ("contract", d.contract_id.to_string()),
         ("version", d.version.to_string()),
         ("description", d.description.clone()),
-    ]);
-    println!();
+    ])?;
+    outln!()?;
     let mut t = Table::new(&["NAME", "TYPE", "STATE", "MESSAGE"]);
     for w in &d.workloads {
         let (state, msg) = w
@@ -73,7 +78,7 @@ fn print_deployment(d: &Deployment) {
             });
         t.row(vec![w.name.clone(), w.kind.to_string(), state, msg]);
     }
-    t.print();
+    t.print()
 }
 
 fn summary(node: NodeId, d: &Deployment) -> Value {
@@ -93,10 +98,10 @@ fn summary(node: NodeId, d: &Deployment) -> Value {
 }
 
 fn finish(node: NodeId, d: &Deployment, g: &Global) -> anyhow::Result<()> {
-    if g.json {
+    if g.structured() {
         output::json(&summary(node, d))?;
     } else {
-        print_deployment(d);
+        print_deployment(d)?;
     }
     let failed: Vec<&str> = d
         .workloads
@@ -119,7 +124,7 @@ pub async fn deploy(file: &Path, node: NodeId, wait: Duration, g: &Global) -> an
     let c = signed_client(g).await?;
     let me = c.twin_id().context("no twin")?;
     let mut d = deployfile::parse(&read_file(file)?, me)?;
-    let mut progress = Progress::new(g.json);
+    let mut progress = Progress::new(g.structured());
     let (networks, _) = crate::network::store(g).await?;
     let record = |name: &str| networks.load(name);
     zos_client::workflow::network::pick_ips(&c, node, &mut d, record, &mut |e| progress.deploy(e))
@@ -133,15 +138,19 @@ pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
     let c = signed_client(g).await?;
     let me = c.twin_id().context("no twin")?;
     match cmd {
-        DeploymentCmd::Get { contract } => {
+        DeploymentCmd::Get { contract, watch } => {
             let (node, twin) = node_of(&c, contract).await?;
-            let d = fetch(&c, twin, contract).await?;
-            if g.json {
-                output::json(&summary(node, &d))
-            } else {
-                print_deployment(&d);
-                Ok(())
-            }
+            let c = &c;
+            let what = format!("zos deployment get {contract}");
+            output::watch(watch, &what, || async move {
+                let d = fetch(c, twin, contract).await?;
+                if g.structured() {
+                    output::json(&summary(node, &d))
+                } else {
+                    Ok(print_deployment(&d)?)
+                }
+            })
+            .await
         }
         DeploymentCmd::List => {
             let contracts = c
@@ -156,10 +165,10 @@ pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
                     k.state != ContractState::Deleted && matches!(k.kind, ContractKind::Node { .. })
                 })
                 .collect();
-            if g.json {
+            if g.structured() {
                 return output::json(&live);
             }
-            let mut t = Table::new(&["CONTRACT", "NODE", "STATE", "PUBLIC IPS"]);
+            let mut t = Table::new(&["CONTRACT", "NODE", "STATE", "PUBLIC IPS", "CREATED"]);
             for k in &live {
                 if let ContractKind::Node {
                     node_id,
@@ -172,16 +181,17 @@ pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
                         node_id.to_string(),
                         format!("{:?}", k.state).to_lowercase(),
                         public_ips.to_string(),
+                        output::when(k.created_at),
                     ]);
                 }
             }
-            t.print();
+            t.print()?;
             Ok(())
         }
         DeploymentCmd::Changes { contract } => {
             let (_, twin) = node_of(&c, contract).await?;
             let log = changes(&c, twin, contract).await?;
-            if g.json {
+            if g.structured() {
                 return output::json(&log);
             }
             let mut t = Table::new(&["SEQ", "NAME", "TYPE", "VERSION", "STATE", "MESSAGE"]);
@@ -195,7 +205,7 @@ pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
                     e.result.message.clone(),
                 ]);
             }
-            t.print();
+            t.print()?;
             Ok(())
         }
         DeploymentCmd::Update {
@@ -205,7 +215,7 @@ pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
         } => {
             let desired = deployfile::parse(&read_file(&file)?, me)?;
             deployfile::require_ips(&desired)?;
-            let mut progress = Progress::new(g.json);
+            let mut progress = Progress::new(g.structured());
             let wait = Duration::from_secs(wait);
             let done =
                 workflow::update(&c, contract, &desired, wait, &mut |e| progress.deploy(e)).await;
@@ -226,23 +236,21 @@ pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
                     bytes: Some(bytes),
                 })
                 .await?;
-            if g.json {
+            if g.structured() {
                 return output::json(&v);
             }
-            print!("{}", v.console);
+            out!("{}", v.console)?;
             Ok(())
         }
         DeploymentCmd::Cancel { contract, wait } => {
-            let mut progress = Progress::new(g.json);
+            let mut progress = Progress::new(g.structured());
             let wait = Duration::from_secs(wait);
             let node = workflow::cancel(&c, contract, wait, &mut |e| progress.deploy(e)).await;
             let node = node.inspect_err(|_| progress.abandon())?;
-            if g.json {
+            if g.structured() {
                 output::json(&json!({"contract_id": contract, "cancelled": true}))
             } else {
-                println!(
-                    "contract {contract} cancelled and its workloads removed from node {node}"
-                );
+                outln!("contract {contract} cancelled and its workloads removed from node {node}")?;
                 Ok(())
             }
         }

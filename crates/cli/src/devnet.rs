@@ -11,6 +11,7 @@ use zos_devnet::{self as devnet, DevnetOptions, DevnetState, DiskPlan};
 use zos_types::registry::NodeFilter;
 
 use crate::global::{Global, devnet_dir};
+use crate::output::outln;
 use crate::output::{self, Table, fields};
 
 #[derive(Debug, Subcommand)]
@@ -93,29 +94,29 @@ pub async fn run(cmd: DevnetCmd, g: &Global) -> anyhow::Result<()> {
                 wait: Duration::from_secs(120),
                 disks,
             };
-            if !g.json {
+            if !g.structured() {
                 eprintln!(
                     "starting devnet {:?}: grid, farm and {} node(s); waiting for every node to come online…",
                     opts.name, opts.nodes
                 );
             }
             let state = devnet::up(&opts).await?;
-            if g.json {
+            if g.structured() {
                 return output::json(&state);
             }
             status_print(&state).await?;
-            println!("\nexport ZOS_GRID={}", state.grid_url);
-            println!(
+            outln!("\nexport ZOS_GRID={}", state.grid_url)?;
+            outln!(
                 "farmer key: {}    stop it with: zos devnet down --name {}",
                 state.farmer_key.display(),
                 state.name
-            );
+            )?;
             Ok(())
         }
         DevnetCmd::Down { name } => down(&name, g).await,
         DevnetCmd::Status { name } => {
             let state = DevnetState::load(&devnet_dir(&name))?;
-            if g.json {
+            if g.structured() {
                 return output::json(&state);
             }
             status_print(&state).await
@@ -140,25 +141,25 @@ async fn down(name: &str, g: &Global) -> anyhow::Result<()> {
         // No state: nothing to stop by record, but a devnet whose state was lost may have left
         // namespaces and bridges under its name.
         let removed = devnet::down_leftovers(name)?;
-        if g.json {
+        if g.structured() {
             return output::json(&json!({"name": name, "removed": true, "was_up": false,
                 "leftovers": removed}));
         }
         if removed.is_empty() {
-            println!("devnet {name} is not up: nothing to remove");
+            outln!("devnet {name} is not up: nothing to remove")?;
         } else {
-            println!("devnet {name} had no state; removed {}", removed.join(", "));
+            outln!("devnet {name} had no state; removed {}", removed.join(", "))?;
         }
         return Ok(());
     };
-    if g.json {
+    if g.structured() {
         return output::json(&json!({"name": name, "removed": true, "was_up": true,
             "already_gone": missing}));
     }
     if !missing.is_empty() {
         eprintln!("already gone: {}", missing.join(", "));
     }
-    println!("devnet {name} removed: {nodes} node(s), grid, namespaces, links and its data");
+    outln!("devnet {name} removed: {nodes} node(s), grid, namespaces, links and its data")?;
     Ok(())
 }
 
@@ -177,7 +178,7 @@ async fn status_print(state: &DevnetState) -> anyhow::Result<()> {
             format!("{} (farmer twin {})", state.farm_id, state.farmer_twin),
         ),
         ("state", state.dir.display().to_string()),
-    ]);
+    ])?;
     let client = GridClient::new(&state.grid_url)?;
     let listed = client
         .list_nodes(&NodeFilter {
@@ -205,8 +206,8 @@ async fn status_print(state: &DevnetState) -> anyhow::Result<()> {
             },
         ]);
     }
-    println!();
-    t.print();
+    outln!()?;
+    t.print()?;
     Ok(())
 }
 

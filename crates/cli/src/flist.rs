@@ -16,6 +16,7 @@ use zos_flist::{BlockStore, Kind};
 use zos_types::capacity::{human_bytes, parse_bytes};
 
 use crate::global::{Global, grid_url, signed_client};
+use crate::output::outln;
 use crate::output::{self, Table, fields};
 
 #[derive(Debug, Subcommand)]
@@ -26,9 +27,10 @@ pub enum FlistCmd {
     Pack {
         /// The directory or tarball.
         source: PathBuf,
-        /// The flist file to write.
-        #[arg(short, long)]
-        output: PathBuf,
+        /// The flist file to write. (Here `-o/--output` names this file, not the output format:
+        /// use --json for a summary scripts read.)
+        #[arg(short, long, id = "output", value_hint = clap::ValueHint::FilePath)]
+        output: String,
         /// Block store URL: dir:///path, http(s)://… (an rfs or hub block URL), s3://….
         #[arg(long)]
         store: Option<String>,
@@ -107,7 +109,7 @@ pub async fn run(cmd: FlistCmd, g: &Global) -> anyhow::Result<()> {
             store,
             hub,
             tags,
-        } => pack_cmd(&source, &output, store, hub, tags, g).await,
+        } => pack_cmd(&source, Path::new(&output), store, hub, tags, g).await,
         FlistCmd::Inspect { flist } => inspect_cmd(&flist, g),
         FlistCmd::Mount {
             flist,
@@ -149,7 +151,7 @@ async fn signed_hub(g: &Global) -> anyhow::Result<HubClient> {
 }
 
 fn progress_bar(g: &Global) -> ProgressBar {
-    if g.json {
+    if g.structured() {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(0);
@@ -217,7 +219,7 @@ async fn pack_cmd(
     let summary = result.with_context(|| format!("packing {}", source.display()))?;
     let secs = started.elapsed().as_secs_f64();
     let sha256 = sha256_hex(&std::fs::read(output).context("reading the packed flist")?);
-    if g.json {
+    if g.structured() {
         return output::json(&json!({
             "flist": output,
             "sha256": sha256,
@@ -252,7 +254,7 @@ async fn pack_cmd(
             "time",
             format!("{secs:.2} s ({}/s)", human_bytes(rate as u64)),
         ),
-    ]);
+    ])?;
     Ok(())
 }
 
@@ -339,7 +341,7 @@ pub(crate) fn tree_lines(entries: &[EntryInfo]) -> Vec<String> {
 
 fn inspect_cmd(path: &Path, g: &Global) -> anyhow::Result<()> {
     let i: Inspection = zos_flist::inspect(path)?;
-    if g.json {
+    if g.structured() {
         return output::json(&i);
     }
     let t = &i.totals;
@@ -368,16 +370,16 @@ fn inspect_cmd(path: &Path, g: &Global) -> anyhow::Result<()> {
             "blocks",
             format!("{} ({} distinct)", t.blocks, t.unique_blocks),
         ),
-    ]);
+    ])?;
     for (k, v) in &i.tags {
-        println!("tag       {k} = {v}");
+        outln!("tag       {k} = {v}")?;
     }
     for r in &i.routes {
-        println!("route     {:02x}-{:02x} {}", r.start, r.end, r.url);
+        outln!("route     {:02x}-{:02x} {}", r.start, r.end, r.url)?;
     }
-    println!();
+    outln!()?;
     for line in tree_lines(&i.entries) {
-        println!("{line}");
+        outln!("{line}")?;
     }
     Ok(())
 }
@@ -561,7 +563,7 @@ async fn mount_background(
             tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
         );
     }
-    if g.json {
+    if g.structured() {
         return output::json(&json!({ "pid": pid, "mountpoint": dir, "log": log }));
     }
     fields(&[
@@ -572,7 +574,7 @@ async fn mount_background(
             "stop with",
             format!("kill {pid}   (or umount {})", dir.display()),
         ),
-    ]);
+    ])?;
     Ok(())
 }
 
@@ -595,7 +597,7 @@ async fn push_cmd(
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let hub = signed_hub(g).await?;
     let pushed = hub.push(&name, bytes, replace).await?;
-    if g.json {
+    if g.structured() {
         return output::json(&json!({
             "outcome": pushed.outcome,
             "previous_sha256": pushed.previous_sha256,
@@ -613,9 +615,9 @@ async fn push_cmd(
         ("sha256", f.sha256.clone()),
         ("url", hub.url_of(&f.path())),
         ("this content", hub.url_of(&f.hash_path())),
-    ]);
+    ])?;
     if let Some(prev) = &pushed.previous_sha256 {
-        println!("replaced content {prev} (still reachable by hash)");
+        outln!("replaced content {prev} (still reachable by hash)")?;
     }
     Ok(())
 }
@@ -627,7 +629,7 @@ async fn list_cmd(twin: Option<u32>, g: &Global) -> anyhow::Result<()> {
     };
     let hub = HubClient::new(&grid_url(g)?)?;
     let flists: Vec<FlistInfo> = hub.list(twin).await?;
-    if g.json {
+    if g.structured() {
         return output::json(&flists);
     }
     let mut t = Table::new(&["NAME", "CONTENT", "BLOCKS", "FILE", "SHA256", "UPDATED"]);
@@ -638,22 +640,11 @@ async fn list_cmd(twin: Option<u32>, g: &Global) -> anyhow::Result<()> {
             f.blocks.to_string(),
             human_bytes(f.size),
             f.sha256[..16].to_string(),
-            ago(zos_types::auth::unix_now() - f.updated),
+            output::when(f.updated),
         ]);
     }
-    t.print();
+    t.print()?;
     Ok(())
-}
-
-/// "12 s ago", "3 min ago", "5 h ago", "2 d ago".
-fn ago(secs: i64) -> String {
-    let s = secs.max(0);
-    match s {
-        0..60 => format!("{s} s ago"),
-        60..3600 => format!("{} min ago", s / 60),
-        3600..86400 => format!("{} h ago", s / 3600),
-        _ => format!("{} d ago", s / 86400),
-    }
 }
 
 #[cfg(test)]
@@ -702,15 +693,6 @@ mod tests {
                 "    └── x"
             ]
         );
-    }
-
-    #[test]
-    fn ages() {
-        assert_eq!(ago(-3), "0 s ago");
-        assert_eq!(ago(59), "59 s ago");
-        assert_eq!(ago(61), "1 min ago");
-        assert_eq!(ago(7200), "2 h ago");
-        assert_eq!(ago(3 * 86400), "3 d ago");
     }
 
     #[test]

@@ -1,19 +1,22 @@
 //! `zos`: the command line of zos users and farmers.
 
 mod commands;
+mod context;
 mod deploy;
 mod deployfile;
 mod devnet;
+mod exit;
 mod flist;
 mod global;
 mod join;
 mod network;
 mod output;
 mod progress;
+mod shell;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::global::Global;
 
@@ -63,10 +66,16 @@ enum Command {
     /// Private networks across nodes: create, join from this machine, show, delete.
     #[command(subcommand)]
     Network(network::NetworkCmd),
+    /// Named grids, each with its key: add, use, list, show, remove.
+    #[command(subcommand)]
+    Context(context::ContextCmd),
+    #[command(flatten)]
+    Shell(shell::ShellCmd),
 }
 
 fn main() {
     let cli = Cli::parse();
+    output::set_format(cli.global.format());
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
     tracing_subscriber::fmt()
@@ -102,10 +111,16 @@ fn main() {
                 .await
             }
             Command::Deployment(c) => deploy::deployment(c, &cli.global).await,
+            Command::Shell(c) => shell::run(c, Cli::command()),
+            Command::Context(c) => context::run(c, &cli.global).await,
         }
     });
     if let Err(e) = result {
+        if output::is_broken_pipe(&e) {
+            // Whoever read our output has seen enough (`zos node list | head -1`).
+            std::process::exit(0);
+        }
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(exit::code(&e));
     }
 }

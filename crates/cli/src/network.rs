@@ -21,6 +21,7 @@ use zos_types::NodeId;
 
 use crate::global::{Global, signed_client, state_dir};
 use crate::output::{self, Table, fields};
+use crate::output::{out, outln};
 use crate::progress::Progress;
 
 #[derive(Debug, Subcommand)]
@@ -109,7 +110,7 @@ pub async fn run(cmd: NetworkCmd, g: &Global) -> anyhow::Result<()> {
             if rec.access.is_some() {
                 return print_file(&rec, g);
             }
-            let mut progress = Progress::new(g.json);
+            let mut progress = Progress::new(g.structured());
             let wait = Duration::from_secs(wait);
             let rec =
                 workflow::add_access(&c, &store, &name, wait, &mut |e| progress.network(e)).await;
@@ -122,15 +123,15 @@ pub async fn run(cmd: NetworkCmd, g: &Global) -> anyhow::Result<()> {
             let rec = store.load(&name)?;
             rec.part(node)?;
             let (ip, subnet) = workflow::free_ip(&c, &rec, node).await?;
-            if g.json {
+            if g.structured() {
                 output::json(&json!({"ip": ip, "subnet": subnet, "node_id": node}))
             } else {
-                println!("{ip}");
+                outln!("{ip}")?;
                 Ok(())
             }
         }
         NetworkCmd::WgConfig { name } => {
-            print!("{}", store(g).await?.0.load(&name)?.wg_config()?);
+            out!("{}", store(g).await?.0.load(&name)?.wg_config()?)?;
             Ok(())
         }
         NetworkCmd::Join { name } => join(&name, g).await,
@@ -151,7 +152,7 @@ async fn join(name: &str, g: &Global) -> anyhow::Result<()> {
     let (store, _) = store(g).await?;
     let rec = store.load(name)?;
     let (j, made) = crate::join::join(&store, &rec).await?;
-    if g.json {
+    if g.structured() {
         return output::json(&json!({"name": name, "joined": true, "new": made,
             "interface": j.ifname, "backend": j.backend, "address": j.address,
             "route": j.route, "pid": j.pid}));
@@ -161,10 +162,12 @@ async fn join(name: &str, g: &Global) -> anyhow::Result<()> {
         None => "kernel WireGuard".to_string(),
     };
     let verb = if made { "joined" } else { "already joined" };
-    println!(
+    outln!(
         "{verb} network {name}: {} on {} ({how}), {} routed through it; `zos network leave {name}` undoes it",
-        j.address, j.ifname, j.route
-    );
+        j.address,
+        j.ifname,
+        j.route
+    )?;
     Ok(())
 }
 
@@ -173,13 +176,13 @@ async fn leave(name: &str, g: &Global) -> anyhow::Result<()> {
     let (store, _) = store(g).await?;
     zos_client::workflow::network::valid_name(name)?;
     let left = crate::join::leave(&store, name).await?;
-    if g.json {
+    if g.structured() {
         return output::json(&json!({"name": name, "left": left.is_some(),
             "interface": left.as_ref().map(|j| j.ifname.clone())}));
     }
     match left {
-        Some(j) => println!("left network {name}: {} and its route removed", j.ifname),
-        None => println!("this machine had not joined network {name}: nothing to remove"),
+        Some(j) => outln!("left network {name}: {} and its route removed", j.ifname)?,
+        None => outln!("this machine had not joined network {name}: nothing to remove")?,
     }
     Ok(())
 }
@@ -209,7 +212,7 @@ async fn create(req: &CreateRequest, wait: Duration, g: &Global) -> anyhow::Resu
     }
     let (store, c) = store(g).await?;
     req.check(&store)?;
-    let mut progress = Progress::new(g.json);
+    let mut progress = Progress::new(g.structured());
     let rec = workflow::create(&c, &store, req, wait, &mut |e| progress.network(e)).await;
     print_file(&rec.inspect_err(|_| progress.abandon())?, g)
 }
@@ -231,19 +234,19 @@ fn flag_error(e: NetworkError) -> anyhow::Error {
 async fn delete(name: &str, wait: Duration, g: &Global) -> anyhow::Result<()> {
     let (store, c) = store(g).await?;
     store.load(name)?;
-    let mut progress = Progress::new(g.json);
+    let mut progress = Progress::new(g.structured());
     let rec = workflow::delete(&c, &store, name, wait, &mut |e| progress.network(e)).await;
     let rec = rec.inspect_err(|_| progress.abandon())?;
-    if g.json {
+    if g.structured() {
         output::json(&json!({"name": name, "deleted": true}))
     } else {
-        println!("network {name} removed from {} node(s)", rec.nodes.len());
+        outln!("network {name} removed from {} node(s)", rec.nodes.len())?;
         Ok(())
     }
 }
 
 fn print_file(f: &NetworkRecord, g: &Global) -> anyhow::Result<()> {
-    if g.json {
+    if g.structured() {
         return output::json(&json!({
             "name": f.name,
             "ip_range": f.ip_range,
@@ -272,8 +275,8 @@ fn print_file(f: &NetworkRecord, g: &Global) -> anyhow::Result<()> {
                 )
             }),
         ),
-    ]);
-    println!();
+    ])?;
+    outln!()?;
     let mut t = Table::new(&["NODE", "CONTRACT", "SUBNET", "GATEWAY", "ENDPOINT"]);
     for n in &f.nodes {
         t.row(vec![
@@ -284,7 +287,7 @@ fn print_file(f: &NetworkRecord, g: &Global) -> anyhow::Result<()> {
             n.endpoint.clone(),
         ]);
     }
-    t.print();
+    t.print()?;
     Ok(())
 }
 
@@ -304,7 +307,7 @@ async fn show(name: &str, g: &Global) -> anyhow::Result<()> {
             (state, s)
         })
         .collect();
-    if g.json {
+    if g.structured() {
         return output::json(&json!({
             "name": f.name, "ip_range": f.ip_range,
             "nodes": rows.iter().map(|(state, s)| {
@@ -336,13 +339,13 @@ async fn show(name: &str, g: &Global) -> anyhow::Result<()> {
                 .join(" "),
         ]);
     }
-    t.print();
+    t.print()?;
     Ok(())
 }
 
 async fn list(g: &Global) -> anyhow::Result<()> {
     let files = store(g).await?.0.list();
-    if g.json {
+    if g.structured() {
         let v: Vec<Value> = files
             .iter()
             .map(|f| {
@@ -366,7 +369,7 @@ async fn list(g: &Global) -> anyhow::Result<()> {
             if f.access.is_some() { "yes" } else { "no" }.into(),
         ]);
     }
-    t.print();
+    t.print()?;
     Ok(())
 }
 
