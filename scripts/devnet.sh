@@ -32,6 +32,7 @@ esac
 zos="target/$profile/zos"
 scripts/install-deps.sh
 cargo build $profile_flag --workspace --bins
+scripts/install-cli.sh "$zos"   # shell completion and man pages of zos
 "$zos" devnet up --nodes "$nodes"
 state="${XDG_STATE_HOME:-$HOME/.local/state}/zos/devnet/zdn"
 grid=$("$zos" devnet status --json | sed -n 's/.*"grid_url": *"\([^"]*\)".*/\1/p' | head -n 1)

@@ -11,6 +11,7 @@ use zos_types::Identity;
 use zos_types::capacity::{human_bytes, parse_bytes};
 use zos_types::registry::{AddFarmIp, AdmissionToken, Farm, Node, NodeAdmission, NodeFilter};
 
+use crate::exit::{Failure, Kind};
 use crate::global::{Global, client, key_path, load_key, signed_client};
 use crate::output::outln;
 use crate::output::{self, Table, fields};
@@ -165,9 +166,13 @@ async fn find_farm(c: &GridClient, farm: &str) -> anyhow::Result<Farm> {
     if let Ok(id) = farm.parse::<u32>() {
         return Ok(c.get_farm(id).await?);
     }
-    c.farm_by_name(farm)
-        .await?
-        .with_context(|| format!("no farm named {farm:?}"))
+    c.farm_by_name(farm).await?.ok_or_else(|| {
+        Failure::new(
+            Kind::NotFound,
+            format!("no farm named {farm:?}: `zos farm list` shows the farms"),
+        )
+        .into()
+    })
 }
 
 pub async fn key(cmd: KeyCmd, g: &Global) -> anyhow::Result<()> {
@@ -243,7 +248,14 @@ pub async fn twin(cmd: TwinCmd, g: &Global) -> anyhow::Result<()> {
             let id = load_key(g)?;
             let c = client(g)?.with_identity(id.clone());
             if let Some(t) = c.twin_by_key(&id.public_key()).await? {
-                bail!("key {} already has twin {}", id.public_key(), t.id);
+                bail!(Failure::new(
+                    Kind::Refused,
+                    format!(
+                        "key {} already has twin {}: `zos twin show` shows it",
+                        id.public_key(),
+                        t.id
+                    )
+                ));
             }
             c.create_twin(relay).await?
         }
@@ -253,8 +265,11 @@ pub async fn twin(cmd: TwinCmd, g: &Global) -> anyhow::Result<()> {
             client(g)?
                 .twin_by_key(&id.public_key())
                 .await?
-                .with_context(|| {
-                    format!("key {} has no twin: run `zos twin create`", id.public_key())
+                .ok_or_else(|| {
+                    Failure::new(
+                        Kind::NotFound,
+                        format!("key {} has no twin: run `zos twin create`", id.public_key()),
+                    )
                 })?
         }
     };

@@ -123,7 +123,8 @@ fn finish(node: NodeId, d: &Deployment, g: &Global) -> anyhow::Result<()> {
 pub async fn deploy(file: &Path, node: NodeId, wait: Duration, g: &Global) -> anyhow::Result<()> {
     let c = signed_client(g).await?;
     let me = c.twin_id().context("no twin")?;
-    let mut d = deployfile::parse(&read_file(file)?, me)?;
+    let mut d = deployfile::parse(&read_file(file)?, me)
+        .map_err(|e| crate::exit::tag(crate::exit::Kind::Refused, e))?;
     let mut progress = Progress::new(g.structured());
     let (networks, _) = crate::network::store(g).await?;
     let record = |name: &str| networks.load(name);
@@ -213,7 +214,8 @@ pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
             file,
             wait,
         } => {
-            let desired = deployfile::parse(&read_file(&file)?, me)?;
+            let desired = deployfile::parse(&read_file(&file)?, me)
+                .map_err(|e| crate::exit::tag(crate::exit::Kind::Refused, e))?;
             deployfile::require_ips(&desired)?;
             let mut progress = Progress::new(g.structured());
             let wait = Duration::from_secs(wait);

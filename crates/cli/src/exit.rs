@@ -41,6 +41,69 @@ impl Failure {
     }
 }
 
+/// `e` with the exit code of `kind`, its message unchanged (for errors of other types, e.g. a
+/// deployment file that does not parse: refused).
+pub fn tag(kind: Kind, e: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(Tagged { kind, inner: e })
+}
+
+#[derive(Debug)]
+struct Tagged {
+    kind: Kind,
+    inner: anyhow::Error,
+}
+
+impl std::fmt::Display for Tagged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.inner)
+    }
+}
+
+impl std::error::Error for Tagged {}
+
+/// What `zos` prints for `e` on stderr: `error: ` and what failed on the first line, then, when
+/// the message does not already say it, a `hint: ` line with what to do next.
+pub fn render(e: &anyhow::Error) -> String {
+    let transport = e
+        .chain()
+        .find_map(|c| match c.downcast_ref::<ClientError>() {
+            Some(ClientError::Transport { url, .. }) => Some(url.clone()),
+            _ => None,
+        });
+    if let Some(url) = transport {
+        // reqwest's chain says the same thing four times; its root cause says it best.
+        let origin = url.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
+        return format!(
+            "error: cannot reach the grid at {origin}: {}\n\
+             hint: check that the grid is up, and that --grid, ZOS_GRID or the context \
+             (`zos context show`) point at it",
+            e.root_cause()
+        );
+    }
+    let text = format!("{e:#}");
+    let says_what_next = ["`zos ", "pass --", "--force", "retry", "run `"]
+        .iter()
+        .any(|h| text.contains(h));
+    let hint = match (says_what_next, e.chain().find_map(kind)) {
+        (true, _) => None,
+        (false, Some(Kind::NotFound)) => Some(
+            "check the name or id: `zos node list`, `zos farm list`, `zos deployment list` and \
+             `zos network list` show what exists",
+        ),
+        (false, Some(Kind::Unavailable)) => {
+            Some("retry later; `zos node list --online` shows the nodes that are up")
+        }
+        (false, Some(Kind::Refused)) => {
+            Some("change the request as the message says and run it again")
+        }
+        _ => None,
+    };
+    match hint {
+        Some(h) => format!("error: {text}\nhint: {h}"),
+        None => format!("error: {text}"),
+    }
+}
+
 /// The exit code for `e`: the kind of the outermost error in its chain that has one.
 pub fn code(e: &anyhow::Error) -> i32 {
     e.chain().find_map(kind).unwrap_or(Kind::Failure) as i32
@@ -49,6 +112,9 @@ pub fn code(e: &anyhow::Error) -> i32 {
 fn kind(e: &(dyn std::error::Error + 'static)) -> Option<Kind> {
     if let Some(f) = e.downcast_ref::<Failure>() {
         return Some(f.kind);
+    }
+    if let Some(t) = e.downcast_ref::<Tagged>() {
+        return Some(t.kind);
     }
     if let Some(c) = e.downcast_ref::<ClientError>() {
         return client_kind(c);

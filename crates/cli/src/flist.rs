@@ -340,7 +340,16 @@ pub(crate) fn tree_lines(entries: &[EntryInfo]) -> Vec<String> {
 }
 
 fn inspect_cmd(path: &Path, g: &Global) -> anyhow::Result<()> {
-    let i: Inspection = zos_flist::inspect(path)?;
+    if !path.exists() {
+        // Let the open fail as it does: not found.
+        zos_flist::inspect(path)?;
+    }
+    let i: Inspection = zos_flist::inspect(path).map_err(|e| {
+        crate::exit::Failure::new(
+            crate::exit::Kind::Refused,
+            format!("{e:#}: give a flist file made by `zos flist pack`"),
+        )
+    })?;
     if g.structured() {
         return output::json(&i);
     }

@@ -107,7 +107,13 @@ pub fn load_key(g: &Global) -> anyhow::Result<Identity> {
             )
         ));
     }
-    Ok(zos_client::keyfile::load_identity(&path)?)
+    zos_client::keyfile::load_identity(&path).map_err(|e| {
+        anyhow::Error::new(e).context(format!(
+            "the key file {} cannot be used: restore it from its 24 words with \
+             `zos key restore --force`, or pass --key FILE",
+            path.display()
+        ))
+    })
 }
 
 /// Where the devnet called `name` keeps its state.

@@ -120,7 +120,7 @@ fn main() {
             // Whoever read our output has seen enough (`zos node list | head -1`).
             std::process::exit(0);
         }
-        eprintln!("error: {e:#}");
+        eprintln!("{}", exit::render(&e));
         std::process::exit(exit::code(&e));
     }
 }
