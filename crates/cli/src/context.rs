@@ -129,6 +129,10 @@ fn missing(name: &str) -> anyhow::Error {
 /// The context in effect: `--context`/`ZOS_CONTEXT`, or the current one; none when neither is
 /// set. A name given that is not a context is an error.
 pub fn selected(g: &Global) -> anyhow::Result<Option<(String, Ctx)>> {
+    // Without HOME nor XDG_CONFIG_HOME there is no contexts file: none is current.
+    if g.context.is_none() && config_dir().is_err() {
+        return Ok(None);
+    }
     let all = Contexts::load()?;
     let name = match (&g.context, &all.current) {
         (Some(n), _) => n.clone(),

@@ -114,7 +114,13 @@ fn finish(node: NodeId, d: &Deployment, g: &Global) -> anyhow::Result<()> {
         .map(|w| w.name.as_str())
         .collect();
     if !failed.is_empty() {
-        bail!("workloads in error: {}", failed.join(", "));
+        bail!(
+            "workloads in error: {}; fix the file and `zos deployment update {} FILE`, or \
+             `zos deployment cancel {}`",
+            failed.join(", "),
+            d.contract_id,
+            d.contract_id
+        );
     }
     Ok(())
 }

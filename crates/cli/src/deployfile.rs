@@ -78,7 +78,9 @@ fn sizes(v: &mut Value) -> anyhow::Result<()> {
 pub fn parse(text: &str, twin: TwinId) -> anyhow::Result<Deployment> {
     let file: File = serde_saphyr::from_str(text).context("the deployment file is not valid")?;
     if file.workloads.is_empty() {
-        bail!("the deployment file lists no workloads");
+        bail!(
+            "the deployment file lists no workloads: list them under `workloads:` (see examples/)"
+        );
     }
     let mut workloads = Vec::new();
     for w in file.workloads {

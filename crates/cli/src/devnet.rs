@@ -67,7 +67,10 @@ fn beside_me(name: &str) -> anyhow::Result<PathBuf> {
 
 pub async fn run(cmd: DevnetCmd, g: &Global) -> anyhow::Result<()> {
     if !nix_is_root() {
-        bail!("a devnet makes network namespaces and links: run it as root (or with sudo)");
+        bail!(crate::exit::Failure::new(
+            crate::exit::Kind::Refused,
+            "a devnet makes network namespaces and links: run it as root (or with sudo)",
+        ));
     }
     match cmd {
         DevnetCmd::Up {

@@ -175,7 +175,13 @@ async fn pack_cmd(
     g: &Global,
 ) -> anyhow::Result<()> {
     if !source.exists() {
-        bail!("{} does not exist", source.display());
+        bail!(crate::exit::Failure::new(
+            crate::exit::Kind::NotFound,
+            format!(
+                "{} does not exist: give the directory or tarball to pack",
+                source.display()
+            ),
+        ));
     }
     let store: Arc<dyn BlockStore> = match (store_url, hub) {
         (_, true) => Arc::new(signed_hub(g).await?.block_store()?),

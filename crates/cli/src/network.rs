@@ -142,7 +142,10 @@ pub async fn run(cmd: NetworkCmd, g: &Global) -> anyhow::Result<()> {
 
 fn need_root(what: &str) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        anyhow::bail!("{what} makes a network interface: run it as root (or with sudo)");
+        anyhow::bail!(crate::exit::Failure::new(
+            crate::exit::Kind::Refused,
+            format!("{what} makes a network interface: run it as root (or with sudo)"),
+        ));
     }
     Ok(())
 }
@@ -219,14 +222,20 @@ async fn create(req: &CreateRequest, wait: Duration, g: &Global) -> anyhow::Resu
 
 /// A refused create request, worded with the flags that made it.
 fn flag_error(e: NetworkError) -> anyhow::Error {
+    use crate::exit::{Kind, tag};
     match e {
-        NetworkError::EndpointNotMember { node } => {
-            anyhow::anyhow!("--endpoint names node {node}, which is not in --nodes")
-        }
-        NetworkError::Range { range } => {
-            anyhow::anyhow!("--ip-range must be a private /16, like 10.20.0.0/16; {range} is not")
-        }
-        NetworkError::Nodes => anyhow::anyhow!("--nodes must list each node once"),
+        NetworkError::EndpointNotMember { node } => tag(
+            Kind::Usage,
+            anyhow::anyhow!("--endpoint names node {node}, which is not in --nodes"),
+        ),
+        NetworkError::Range { range } => tag(
+            Kind::Usage,
+            anyhow::anyhow!("--ip-range must be a private /16, like 10.20.0.0/16; {range} is not"),
+        ),
+        NetworkError::Nodes => tag(
+            Kind::Usage,
+            anyhow::anyhow!("--nodes must list each node once"),
+        ),
         e => e.into(),
     }
 }

@@ -610,6 +610,9 @@ async fn errors_say_what_failed_with_documented_exit_codes() {
     let no_key = dir.join("nokey").display().to_string();
     let bad_key = file("badkey", "garbage");
     let down = "http://127.0.0.1:1".to_string();
+    let empty = file("empty.yaml", "workloads: []\n");
+    let out_fl = dir.join("out.fl").display().to_string();
+    let store = format!("dir://{}", dir.join("store").display());
 
     let cases: Vec<Case> = vec![
         (
@@ -716,6 +719,24 @@ async fn errors_say_what_failed_with_documented_exit_codes() {
             "error: no context named \"nosuch\"",
         ),
         (vec!["twin", "create"], None, 4, "error: key "),
+        (
+            vec!["deploy", &empty, "--node", "1"],
+            None,
+            4,
+            "error: the deployment file lists no workloads",
+        ),
+        (
+            vec!["flist", "pack", &missing, "-o", &out_fl, "--store", &store],
+            None,
+            3,
+            "error: ",
+        ),
+        (
+            vec!["network", "create", "n", "--nodes", "1,1"],
+            None,
+            2,
+            "error: --nodes must list each node once",
+        ),
         (
             vec!["farm", "create", "x"],
             None,
