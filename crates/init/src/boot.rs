@@ -29,8 +29,9 @@ pub const STOP_SIGNALS: [Signal; 3] = [Signal::SIGPWR, Signal::SIGTERM, Signal::
 
 /// Where the runtime lives in the root tmpfs.
 pub const RUNTIME_DIR: &str = "/run/zos";
-/// The flist mounter in the initramfs.
-pub const FLIST_MOUNTER: &str = "/sbin/zos-flist-mount";
+/// Where the flist mounter (`zos-flist-mount`, static or with its libraries) may be in the
+/// initramfs; the first that exists is used.
+pub const FLIST_MOUNTERS: [&str; 2] = ["/usr/bin/zos-flist-mount", "/usr/sbin/zos-flist-mount"];
 /// The service list, in the runtime (`zos` flist).
 pub const SERVICES: &str = "/usr/share/zos/services.json";
 /// The size limit of the block cache of the runtime flists, in RAM.
@@ -271,8 +272,18 @@ fn runtime(
     r: &Release,
 ) -> Result<Vec<supervise::Service>, String> {
     let base = Path::new(RUNTIME_DIR);
+    let binary = FLIST_MOUNTERS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!(
+                "the initramfs has no flist mounter ({}): the node image must carry it",
+                FLIST_MOUNTERS.join(" or ")
+            )
+        })?;
     let mounter = mounts::FlistMounter {
-        binary: PathBuf::from(FLIST_MOUNTER),
+        binary,
         cache: base.join("cache"),
         cache_bytes: RUNTIME_CACHE_BYTES,
         stores: vec![format!("{}/api/v1/hub", grid.trim_end_matches('/'))],

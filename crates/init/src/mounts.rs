@@ -335,3 +335,61 @@ pub fn read_through(path: &Path) -> std::io::Result<u64> {
     let mut f = std::fs::File::open(path)?;
     std::io::copy(&mut f, &mut std::io::sink())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FS: &str = "nodev\tsysfs\nnodev\ttmpfs\nnodev\tcgroup\nnodev\tcgroup2\n\text4\n";
+    const CG: &str = "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpuset\t0\t1\t1\ncpu\t0\t1\t1\nmemory\t0\t1\t1\npids\t0\t1\t1\nhugetlb\t0\t1\t1\nrdma\t0\t1\t0\n";
+
+    #[test]
+    fn cgroup_v2_is_taken_when_the_kernel_has_it() {
+        assert_eq!(
+            cgroup_plan(FS, CG),
+            Some(CgroupPlan::V2 {
+                controllers: vec![
+                    "cpuset".into(),
+                    "cpu".into(),
+                    "memory".into(),
+                    "pids".into()
+                ]
+            })
+        );
+        let v1_only = FS.replace("nodev\tcgroup2\n", "");
+        assert_eq!(
+            cgroup_plan(&v1_only, CG),
+            Some(CgroupPlan::V1 {
+                controllers: vec![
+                    "cpuset".into(),
+                    "cpu".into(),
+                    "memory".into(),
+                    "pids".into(),
+                    "hugetlb".into()
+                ]
+            })
+        );
+        assert_eq!(cgroup_plan("nodev\tproc\n", CG), None);
+    }
+
+    #[test]
+    fn overlay_layers_are_checked() {
+        assert_eq!(
+            lowerdir(&[PathBuf::from("/a/usr"), PathBuf::from("/b/usr")]).unwrap(),
+            "lowerdir=/a/usr:/b/usr"
+        );
+        for bad in ["relative", "/a,upperdir=/x", "/a:b", "/a\\b"] {
+            assert!(lowerdir(&[PathBuf::from(bad)]).is_err(), "{bad}");
+        }
+        assert!(lowerdir(&[]).is_err());
+    }
+
+    #[test]
+    fn early_mounts_come_in_dependency_order() {
+        let targets: Vec<&str> = early().iter().map(|m| m.target).collect();
+        let pos = |t: &str| targets.iter().position(|x| *x == t).unwrap();
+        assert!(pos("/dev") < pos("/dev/pts"));
+        assert!(pos("/dev") < pos("/dev/shm"));
+        assert_eq!(targets[0], "/proc");
+    }
+}
