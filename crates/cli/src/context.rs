@@ -26,10 +26,10 @@ pub enum ContextCmd {
     Add {
         name: String,
         /// The grid's base URL, e.g. http://10.0.0.1:8080.
-        #[arg(long, id = "grid")]
+        #[arg(long, id = "grid", value_name = "URL")]
         grid: String,
         /// The key file to use on this grid (default: ~/.config/zos/key).
-        #[arg(long, id = "key", value_hint = clap::ValueHint::FilePath)]
+        #[arg(long, id = "key", value_name = "FILE", value_hint = clap::ValueHint::FilePath)]
         key: Option<PathBuf>,
         /// Make it the current context too.
         #[arg(long = "use")]

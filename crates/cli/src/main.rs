@@ -20,9 +20,17 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::global::Global;
 
+/// What `zos --help` and `man zos` say about exit codes and the environment (docs/cli.md).
+const EXIT_CODES: &str = "\
+Exit codes: 0 success, 1 failure, 2 usage (the command line is wrong), 3 not found, \
+4 refused (invalid, forbidden or in conflict), 5 unavailable (retry later).
+
+Environment: ZOS_GRID, ZOS_KEY and ZOS_CONTEXT stand for --grid, --key and --context; \
+NO_COLOR turns colours off; contexts are kept in ~/.config/zos/contexts.yaml (see `zos context`).";
+
 /// Command line of zos: keys, twins, farms, nodes and local devnets.
 #[derive(Debug, Parser)]
-#[command(name = "zos", version, propagate_version = true)]
+#[command(name = "zos", version, propagate_version = true, after_long_help = EXIT_CODES)]
 struct Cli {
     #[command(flatten)]
     global: Global,

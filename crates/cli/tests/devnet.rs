@@ -89,7 +89,16 @@ async fn devnet_nodes_register_with_real_capacity_and_listen_nowhere() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let listed: Vec<Node> = serde_json::from_slice(&out.stdout).unwrap();
+    // zos prints times as RFC 3339 (docs/cli.md); the rest is the registry's Node.
+    let mut listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    for n in &mut listed {
+        for t in ["created_at", "updated_at", "last_seen"] {
+            let text = n[t].as_str().unwrap_or_else(|| panic!("{t} of {n}"));
+            assert!(text.ends_with('Z'), "{t} {text} is not RFC 3339 UTC");
+            n[t] = 0.into();
+        }
+    }
+    let listed: Vec<Node> = serde_json::from_value(listed.into()).unwrap();
     let ours: Vec<&Node> = listed.iter().filter(|n| n.farm_id == s.farm_id).collect();
     assert_eq!(ours.len(), 2);
     for n in ours {
