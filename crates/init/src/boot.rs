@@ -32,7 +32,7 @@ pub const RUNTIME_DIR: &str = "/run/zos";
 /// Where the flist mounter (`zos-flist-mount`, static or with its libraries) may be in the
 /// initramfs; the first that exists is used.
 pub const FLIST_MOUNTERS: [&str; 2] = ["/usr/bin/zos-flist-mount", "/usr/sbin/zos-flist-mount"];
-/// The service list, in the runtime (`zos` flist).
+/// The service list, in the runtime (`zos` flist); without it, [`default_services`].
 pub const SERVICES: &str = "/usr/share/zos/services.json";
 /// The size limit of the block cache of the runtime flists, in RAM.
 pub const RUNTIME_CACHE_BYTES: u64 = 1 << 30;
@@ -309,7 +309,8 @@ fn runtime(
         mounts::overlay_ro(&layers, Path::new("/usr"))?;
         let services = match std::fs::read(SERVICES) {
             Ok(json) => supervise::parse_list(&json).map_err(|e| format!("{SERVICES}: {e}"))?,
-            Err(e) => return Err(format!("the runtime has no service list {SERVICES}: {e}")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => default_services(),
+            Err(e) => return Err(format!("cannot read the service list {SERVICES}: {e}")),
         };
         // Every program to start is read whole through the mount first: a block that fails
         // its hash is found here, before anything of the release runs.
@@ -329,6 +330,17 @@ fn runtime(
     result
 }
 
+/// The services when the runtime has no list: zosd alone (it reads the kernel command line).
+pub fn default_services() -> Vec<supervise::Service> {
+    vec![supervise::Service {
+        name: "zosd".into(),
+        exec: vec!["/usr/bin/zosd".into()],
+        env: Default::default(),
+        log: None,
+        console: false,
+    }]
+}
+
 /// Adds a console shell on runmode `dev` with `zos-debug`, when the image has one.
 fn debug_shell(services: &mut Vec<supervise::Service>) {
     let Some(sh) = ["/usr/bin/sh", "/bin/sh"]
@@ -344,6 +356,7 @@ fn debug_shell(services: &mut Vec<supervise::Service>) {
         exec: vec![sh.into()],
         env: [("TERM".to_string(), "linux".to_string())].into(),
         log: None,
+        console: true,
     });
 }
 

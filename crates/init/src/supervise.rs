@@ -43,6 +43,9 @@ pub struct Service {
     /// Where its output goes (appended); the console when absent.
     #[serde(default)]
     pub log: Option<PathBuf>,
+    /// Runs on the console as its controlling terminal, input included (the debug shell).
+    #[serde(default)]
+    pub console: bool,
 }
 
 /// The most services a list may hold.
@@ -273,6 +276,28 @@ impl Supervisor {
             }
         }
         own_session_default_signals(&mut cmd);
+        if s.console {
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/console")
+            {
+                Ok(c) => {
+                    if let (Ok(a), Ok(b)) = (c.try_clone(), c.try_clone()) {
+                        cmd.stdin(a).stdout(b).stderr(c);
+                    }
+                    // SAFETY: ioctl is async-signal-safe; fd 0 is the console, the child leads
+                    // its own session (set up just before).
+                    unsafe {
+                        cmd.pre_exec(|| {
+                            libc::ioctl(0, libc::TIOCSCTTY, 1);
+                            Ok(())
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!(service = s.name, error = %e, "cannot open /dev/console"),
+            }
+        }
         let now = Instant::now();
         match cmd.spawn() {
             Ok(child) => {
