@@ -82,6 +82,18 @@ pub fn main() -> ! {
         Err(e) => fatal(&format!("cannot start the async runtime: {e}")),
     };
     let lease = retry("network", Duration::from_secs(5), || rt.block_on(network()));
+    match rt.block_on(async {
+        let (conn, h, _) = rtnetlink::new_connection().map_err(|e| e.to_string())?;
+        let task = tokio::spawn(conn);
+        let mac = dhcp::link_mac(&h, &lease.interface)
+            .await
+            .map_err(|e| e.to_string());
+        task.abort();
+        mac
+    }) {
+        Ok(mac) => dhcp::keep(lease.clone(), mac),
+        Err(e) => tracing::error!("the lease will not be renewed: {e}"),
+    }
     tracing::info!(
         interface = %lease.interface,
         address = %format!("{}/{}", lease.address, lease.prefix_len),

@@ -9,8 +9,8 @@
 //! clients' traffic, malformed packets) is skipped. A NAK starts over with a DISCOVER. A lease
 //! must name a usable unicast address and a contiguous netmask, or it is refused.
 //!
-//! Not done: renewing the lease at T1. zos-init keeps the address it was given; the node's
-//! network module takes the interface over once zosd runs.
+//! [`keep`] renews the lease at half its time (RENEWING: a REQUEST from the leased address,
+//! unicast to the server, then broadcast if it does not answer), for as long as the node runs.
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::OwnedFd;
@@ -248,10 +248,14 @@ fn open_socket(interface: &str) -> Result<UdpSocket, DhcpError> {
 }
 
 fn send(sock: &UdpSocket, interface: &str, m: &Message) -> Result<(), DhcpError> {
+    send_to(sock, interface, m, Ipv4Addr::BROADCAST)
+}
+
+fn send_to(sock: &UdpSocket, interface: &str, m: &Message, to: Ipv4Addr) -> Result<(), DhcpError> {
     let mut buf = Vec::with_capacity(576);
     m.encode(&mut Encoder::new(&mut buf))
         .map_err(|e| DhcpError::Encode(e.to_string()))?;
-    sock.send_to(&buf, SocketAddrV4::new(Ipv4Addr::BROADCAST, SERVER_PORT))
+    sock.send_to(&buf, SocketAddrV4::new(to, SERVER_PORT))
         .map_err(|source| DhcpError::Io {
             what: "cannot send a DHCP message",
             interface: interface.to_string(),
@@ -403,6 +407,108 @@ pub fn obtain(interface: &str, mac: [u8; 6], config: &Config) -> Result<Lease, D
         }
     }
     Err(last)
+}
+
+/// The REQUEST that renews `lease` (RENEWING state: from its address, no server named).
+pub fn renewal(xid: u32, mac: [u8; 6], lease: &Lease) -> Message {
+    let mut m = Message::new_with_id(
+        xid,
+        lease.address,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        &mac,
+    );
+    let o = m.opts_mut();
+    o.insert(DhcpOption::MessageType(MessageType::Request));
+    o.insert(client_id(mac));
+    o.insert(wanted_options());
+    o.insert(DhcpOption::MaxMessageSize(1500));
+    m
+}
+
+/// Renews `lease`: a REQUEST unicast to its server, then broadcast if it does not answer.
+/// Answers the renewed lease (the server may change its options, not its address).
+pub fn renew(lease: &Lease, mac: [u8; 6], config: &Config) -> Result<Lease, DhcpError> {
+    let sock = open_socket(&lease.interface)?;
+    let interface = lease.interface.as_str();
+    for (i, to) in [
+        lease.server,
+        lease.server,
+        Ipv4Addr::BROADCAST,
+        Ipv4Addr::BROADCAST,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let xid = random_xid(i as u32);
+        if to.is_unspecified() {
+            continue;
+        }
+        send_to(&sock, interface, &renewal(xid, mac, lease), to)?;
+        let types = [MessageType::Ack, MessageType::Nak];
+        match receive(&sock, interface, xid, mac, &types, config.wait)? {
+            Some(m) if m.opts().has_msg_type(MessageType::Ack) => {
+                let renewed = lease_from_ack(interface, &m)?;
+                if renewed.address != lease.address {
+                    return Err(DhcpError::BadLease {
+                        interface: interface.to_string(),
+                        reason: format!(
+                            "the renewal grants {} instead of {}",
+                            renewed.address, lease.address
+                        ),
+                    });
+                }
+                return Ok(renewed);
+            }
+            Some(_) => {
+                return Err(DhcpError::Nak {
+                    interface: interface.to_string(),
+                    server: lease.server,
+                });
+            }
+            None => continue,
+        }
+    }
+    Err(DhcpError::Timeout {
+        expected: "renewal",
+        interface: interface.to_string(),
+        waited: config.wait * 4,
+    })
+}
+
+/// When to renew a lease of `secs` seconds: at half of it (T1), at least a minute apart;
+/// `None` for an infinite lease.
+pub fn renew_after(secs: u32) -> Option<Duration> {
+    (secs != u32::MAX && secs != 0).then(|| Duration::from_secs((secs / 2).max(60) as u64))
+}
+
+/// Keeps `lease` for as long as the process runs: renews it at T1 on a thread of its own, says
+/// on the console when a renewal fails, and tries again a minute later.
+pub fn keep(lease: Lease, mac: [u8; 6]) {
+    let spawned = std::thread::Builder::new()
+        .name("dhcp-renew".into())
+        .spawn(move || {
+            let mut lease = lease;
+            let mut wait = renew_after(lease.lease_secs);
+            while let Some(d) = wait {
+                std::thread::sleep(d);
+                match renew(&lease, mac, &Config::default()) {
+                    Ok(l) => {
+                        tracing::debug!(interface = %l.interface, address = %l.address, secs = l.lease_secs, "lease renewed");
+                        wait = renew_after(l.lease_secs);
+                        lease = l;
+                    }
+                    Err(e) => {
+                        tracing::error!("{}: trying again in a minute", zos_runtime::error_chain(&e));
+                        wait = Some(Duration::from_secs(60));
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the lease renewal: {e}");
+    }
 }
 
 fn random_xid(attempt: u32) -> u32 {
@@ -704,6 +810,27 @@ mod tests {
         assert_eq!(prefix_len(Ipv4Addr::new(255, 255, 240, 0)), Some(20));
         assert_eq!(prefix_len(Ipv4Addr::new(0, 0, 0, 0)), Some(0));
         assert_eq!(prefix_len(Ipv4Addr::new(255, 255, 255, 255)), Some(32));
+    }
+
+    #[test]
+    fn renewals_come_at_half_the_lease() {
+        assert_eq!(renew_after(3600), Some(Duration::from_secs(1800)));
+        assert_eq!(renew_after(10), Some(Duration::from_secs(60)));
+        assert_eq!(renew_after(u32::MAX), None);
+        let lease = Lease {
+            interface: "eth0".into(),
+            address: Ipv4Addr::new(10, 0, 0, 50),
+            prefix_len: 24,
+            router: None,
+            dns: vec![],
+            server: Ipv4Addr::new(10, 0, 0, 1),
+            lease_secs: 3600,
+        };
+        let r = roundtrip(&renewal(5, MAC, &lease));
+        assert_eq!(r.ciaddr(), lease.address);
+        assert!(!r.flags().broadcast());
+        assert!(r.opts().get(OptionCode::ServerIdentifier).is_none());
+        assert!(r.opts().get(OptionCode::RequestedIpAddress).is_none());
     }
 
     #[test]

@@ -89,6 +89,20 @@ fn the_client_takes_a_lease_from_dnsmasq_and_applies_it() {
                 .unwrap()
                 .unwrap_or_else(|e| panic!("{}", zos_runtime::error_chain(&e)));
             dhcp::apply(&h, &lease).await.unwrap();
+            // Renewing from the leased address keeps it (unicast to the server, ACK back).
+            let (l2, config) = (
+                lease.clone(),
+                dhcp::Config {
+                    wait: Duration::from_secs(2),
+                    attempts: 1,
+                },
+            );
+            let renewed = tokio::task::spawn_blocking(move || dhcp::renew(&l2, mac, &config))
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{}", zos_runtime::error_chain(&e)));
+            assert_eq!(renewed.address, lease.address);
+            assert_eq!(renewed.lease_secs, 3600);
             dhcp::write_resolv_conf(&resolv2, &lease).unwrap();
             task.abort();
             (lease, mac)
