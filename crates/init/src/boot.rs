@@ -298,7 +298,7 @@ fn runtime(
         binary,
         cache: base.join("cache"),
         cache_bytes: RUNTIME_CACHE_BYTES,
-        stores: vec![format!("{}/api/v1/hub", grid.trim_end_matches('/'))],
+        stores: vec![release::hub_blocks_url(grid)],
         ready_timeout: Duration::from_secs(60),
     };
     let mut mounted: Vec<mounts::FlistMount> = Vec::new();

@@ -138,6 +138,11 @@ pub fn flist_url(grid: &str, sha256: &str) -> String {
     )
 }
 
+/// The grid hub's block store, as `zos-flist-mount --store` takes it.
+pub fn hub_blocks_url(grid: &str) -> String {
+    format!("{}/api/v1/hub/blocks", grid.trim_end_matches('/'))
+}
+
 fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
     let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
@@ -239,6 +244,18 @@ pub async fn fetch_flist(
 mod tests {
     use super::*;
     use zos_types::identity::Identity;
+
+    #[test]
+    fn grid_urls() {
+        assert_eq!(
+            flist_url("http://g:8080/", &"a".repeat(64)),
+            format!("http://g:8080/api/v1/hub/flists/by-hash/{}", "a".repeat(64))
+        );
+        assert_eq!(
+            hub_blocks_url("http://g:8080"),
+            "http://g:8080/api/v1/hub/blocks"
+        );
+    }
 
     #[test]
     fn pinned_keys_must_be_usable() {
