@@ -84,6 +84,9 @@ pub enum FarmCmd {
         #[arg(long, default_value_t = 30)]
         days: u32,
     },
+    /// Make the farm's bootloader (farmers): an ISO or USB image holding only iPXE and the
+    /// farm's parameters, or the iPXE script itself; nodes fetch the rest from the grid.
+    Bootloader(crate::bootloader::BootloaderArgs),
 }
 
 fn parse_admission(s: &str) -> Result<NodeAdmission, String> {
@@ -306,6 +309,7 @@ fn print_farms(farms: &[Farm]) -> std::io::Result<()> {
 
 pub async fn farm(cmd: FarmCmd, g: &Global) -> anyhow::Result<()> {
     match cmd {
+        FarmCmd::Bootloader(a) => crate::bootloader::bootloader(a, g).await,
         FarmCmd::Create { name } => {
             let farm = signed_client(g).await?.create_farm(&name).await?;
             if g.structured() {

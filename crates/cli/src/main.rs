@@ -1,5 +1,6 @@
 //! `zos`: the command line of zos users and farmers.
 
+mod bootloader;
 mod commands;
 mod context;
 mod deploy;
@@ -12,6 +13,7 @@ mod join;
 mod network;
 mod output;
 mod progress;
+mod release;
 mod shell;
 
 use std::path::PathBuf;
@@ -79,6 +81,9 @@ enum Command {
     Context(context::ContextCmd),
     #[command(flatten)]
     Shell(shell::ShellCmd),
+    /// Node OS releases (publishers): release keys, publish, list.
+    #[command(subcommand)]
+    Release(release::ReleaseCmd),
 }
 
 fn main() {
@@ -109,6 +114,7 @@ fn main() {
             Command::Devnet(c) => devnet::run(c, &cli.global).await,
             Command::Flist(c) => flist::run(c, &cli.global).await,
             Command::Network(c) => network::run(c, &cli.global).await,
+            Command::Release(c) => release::release(c, &cli.global).await,
             Command::Deploy { file, node, wait } => {
                 deploy::deploy(
                     &file,

@@ -65,9 +65,10 @@ impl fmt::Display for GridUrl {
     }
 }
 
-/// The kernel command line of a farm's nodes (the contract of docs/boot.md).
+/// The kernel command line of a farm's nodes (the contract of docs/boot.md). The last
+/// `console=` is `/dev/console`, where zos-init writes: the serial port.
 pub fn kernel_cmdline(farm: FarmId, runmode: RunMode, grid: &GridUrl) -> String {
-    format!("farmer_id={farm} runmode={runmode} grid={grid} console=ttyS0 console=tty0")
+    format!("farmer_id={farm} runmode={runmode} grid={grid} console=tty0 console=ttyS0")
 }
 
 /// Renders the script of `farm` for `release`. The release must have passed
@@ -191,7 +192,7 @@ mod tests {
             kernel,
             format!(
                 "kernel http://10.0.2.2:8080/boot/files/{} initrd=initramfs farmer_id=7 \
-                 runmode=dev grid=http://10.0.2.2:8080 console=ttyS0 console=tty0 || goto retry",
+                 runmode=dev grid=http://10.0.2.2:8080 console=tty0 console=ttyS0 || goto retry",
                 "a".repeat(64)
             )
         );
