@@ -7,8 +7,9 @@
 //! powers off.
 //!
 //! `zos-init --supervise SERVICES.json [--events FILE] [--backoff-ms MIN,MAX] [--grace-ms N]`
-//! runs only the supervisor, as PID 1 of a PID namespace, and returns instead of powering off:
-//! the mode tests run it in.
+//! runs only the supervisor, as PID 1 of a PID namespace, and returns instead of powering off;
+//! `zos-init --boot-test CONFIG.json` runs the whole sequence with the paths of a [`Boot`] and
+//! without the steps that would change the host. Those are the modes tests run it in.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -39,28 +40,139 @@ pub const RUNTIME_CACHE_BYTES: u64 = 1 << 30;
 /// Grace of a service after SIGTERM on power-off.
 pub const GRACE: Duration = Duration::from_secs(10);
 
-/// Runs the node (or the supervisor alone, see the module doc): never returns.
+/// Where things are and which system-wide steps run: [`Boot::node`] on a node; tests run the
+/// same sequence with their own paths and without the steps that would change the host
+/// (`zos-init --boot-test CONFIG.json`, as PID 1 of PID, mount and network namespaces).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    /// The kernel command line.
+    pub cmdline: PathBuf,
+    /// The pinned release keys.
+    pub keys: PathBuf,
+    /// The kernel modules' root (`/lib/modules`); none: no module is loaded.
+    pub modules_root: Option<PathBuf>,
+    /// Early mounts, console, ctrl-alt-del and cgroups.
+    pub system: bool,
+    /// Set the system clock (else the skew is only reported).
+    pub set_clock: bool,
+    /// Where the runtime's flists, mounts and cache go.
+    pub runtime_dir: PathBuf,
+    /// The runtime's target, whose own content is the bottom layer (`/usr`).
+    pub usr: PathBuf,
+    /// Where the flist mounter may be.
+    pub mounters: Vec<PathBuf>,
+    /// Where the name servers are written.
+    pub resolv_conf: PathBuf,
+    /// Where the network interfaces are listed.
+    pub sys_class_net: PathBuf,
+    /// The interfaces to ask for a lease; empty: every wired one of `sys_class_net`.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    /// Power off at the end (else exit 0).
+    pub power_off: bool,
+    /// Watch the ACPI power button.
+    pub power_button: bool,
+    /// Grace of a service after SIGTERM, in milliseconds.
+    pub grace_ms: u64,
+}
+
+impl Boot {
+    /// The node's own.
+    pub fn node() -> Self {
+        Self {
+            cmdline: PathBuf::from(cmdline::PROC_CMDLINE),
+            keys: PathBuf::from(release::KEYS_PATH),
+            modules_root: Some(PathBuf::from(modules::MODULES_ROOT)),
+            system: true,
+            set_clock: true,
+            runtime_dir: PathBuf::from(RUNTIME_DIR),
+            usr: PathBuf::from("/usr"),
+            mounters: FLIST_MOUNTERS.iter().map(PathBuf::from).collect(),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            sys_class_net: PathBuf::from("/sys/class/net"),
+            interfaces: Vec::new(),
+            power_off: true,
+            power_button: true,
+            grace_ms: GRACE.as_millis() as u64,
+        }
+    }
+
+    /// The service list in the runtime.
+    pub fn services(&self) -> PathBuf {
+        self.usr.join("share/zos/services.json")
+    }
+}
+
+static POWER_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// A clock that is read but never set (tests).
+struct ReadOnlyClock;
+
+impl clock::Clock for ReadOnlyClock {
+    fn now(&self) -> std::time::SystemTime {
+        std::time::SystemTime::now()
+    }
+    fn set(&mut self, _: std::time::SystemTime) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs the node (or the supervisor alone, or a test boot, see the module doc): never returns.
 pub fn main() -> ! {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--supervise") {
-        std::process::exit(supervise_only(&args[1..]));
+    match args.first().map(String::as_str) {
+        Some("--supervise") => std::process::exit(supervise_only(&args[1..])),
+        Some("--boot-test") => {
+            let cfg = args
+                .get(1)
+                .ok_or_else(|| "usage: zos-init --boot-test CONFIG.json".to_string())
+                .and_then(|p| std::fs::read(p).map_err(|e| format!("{p}: {e}")))
+                .and_then(|j| serde_json::from_slice::<Boot>(&j).map_err(|e| e.to_string()));
+            match cfg {
+                Ok(cfg) if std::process::id() == 1 => run(&cfg),
+                Ok(_) => {
+                    eprintln!("zos-init --boot-test runs as PID 1 of a PID namespace");
+                    std::process::exit(2)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(2)
+                }
+            }
+        }
+        _ => {}
     }
     if std::process::id() != 1 {
         eprintln!("zos-init is the node's PID 1 and runs only from the node image's initramfs");
         std::process::exit(2);
     }
+    run(&Boot::node())
+}
+
+/// The boot sequence with `cfg`.
+pub fn run(cfg: &Boot) -> ! {
+    POWER_OFF.store(cfg.power_off, std::sync::atomic::Ordering::SeqCst);
     supervise::block_signals();
-    let early = mounts::apply(Path::new("/"), &mounts::early());
-    console::attach();
+    let early = if cfg.system {
+        mounts::apply(Path::new("/"), &mounts::early())
+    } else {
+        Vec::new()
+    };
+    if cfg.system {
+        console::attach();
+    }
     console::init_logging();
     tracing::info!("zos-init {} starting", env!("CARGO_PKG_VERSION"));
     for (target, e) in early {
         tracing::warn!(%target, error = %e, "early mount failed");
     }
-    let _ = set_cad_enabled(false);
-    cgroups();
+    if cfg.system {
+        let _ = set_cad_enabled(false);
+        cgroups();
+    }
     let params = retry("kernel command line", Duration::from_secs(60), || {
-        cmdline::read(Path::new(cmdline::PROC_CMDLINE)).map_err(|e| error_chain(&e))
+        cmdline::read(&cfg.cmdline).map_err(|e| error_chain(&e))
     });
     for n in &params.notices {
         tracing::warn!("{n}");
@@ -72,7 +184,9 @@ pub fn main() -> ! {
         debug = params.debug,
         "boot parameters"
     );
-    load_modules();
+    if let Some(root) = &cfg.modules_root {
+        load_modules(root);
+    }
 
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -81,19 +195,10 @@ pub fn main() -> ! {
         Ok(rt) => rt,
         Err(e) => fatal(&format!("cannot start the async runtime: {e}")),
     };
-    let lease = retry("network", Duration::from_secs(5), || rt.block_on(network()));
-    match rt.block_on(async {
-        let (conn, h, _) = rtnetlink::new_connection().map_err(|e| e.to_string())?;
-        let task = tokio::spawn(conn);
-        let mac = dhcp::link_mac(&h, &lease.interface)
-            .await
-            .map_err(|e| e.to_string());
-        task.abort();
-        mac
-    }) {
-        Ok(mac) => dhcp::keep(lease.clone(), mac),
-        Err(e) => tracing::error!("the lease will not be renewed: {e}"),
-    }
+    let (lease, mac) = retry("network", Duration::from_secs(5), || {
+        rt.block_on(network(cfg))
+    });
+    dhcp::keep(lease.clone(), mac);
     tracing::info!(
         interface = %lease.interface,
         address = %format!("{}/{}", lease.address, lease.prefix_len),
@@ -105,12 +210,17 @@ pub fn main() -> ! {
         Err(e) => fatal(&format!("cannot make an HTTP client: {e}")),
     };
     let synced = retry("clock", Duration::from_secs(2), || {
-        rt.block_on(clock::sync(&client, &params.grid, &mut clock::SystemClock))
+        let clock: &mut dyn clock::Clock = if cfg.set_clock {
+            &mut clock::SystemClock
+        } else {
+            &mut ReadOnlyClock
+        };
+        rt.block_on(clock::sync(&client, &params.grid, clock))
             .map_err(|e| error_chain(&e))
     });
     tracing::info!(?synced, "clock");
     let keys = retry("release keys", Duration::from_secs(60), || {
-        release::load_keys(Path::new(release::KEYS_PATH)).map_err(|e| error_chain(&e))
+        release::load_keys(&cfg.keys).map_err(|e| error_chain(&e))
     });
     let services = retry("runtime", Duration::from_secs(5), || {
         let r = rt
@@ -122,18 +232,19 @@ pub fn main() -> ! {
             ))
             .map_err(|e| error_chain(&e))?;
         tracing::info!(version = %r.version, flists = r.flists.len(), "release verified");
-        runtime(&rt, &client, &params.grid, &r)
+        runtime(cfg, &rt, &client, &params.grid, &r)
     });
     drop(rt);
     let mut services = services;
     if params.debug {
-        debug_shell(&mut services);
+        debug_shell(&cfg.usr, &mut services);
     }
     supervise::run(
         services,
         supervise::Options {
-            grace: GRACE,
-            events: Some(Path::new(RUNTIME_DIR).join("services.jsonl")),
+            grace: Duration::from_millis(cfg.grace_ms),
+            events: Some(cfg.runtime_dir.join("services.jsonl")),
+            power_button: cfg.power_button,
             ..supervise::Options::default()
         },
     );
@@ -198,8 +309,8 @@ fn fatal(msg: &str) -> ! {
 }
 
 /// Loads the modules of the initramfs (see [`modules`]).
-fn load_modules() {
-    let dir = modules::kernel_dir(Path::new(modules::MODULES_ROOT));
+fn load_modules(root: &Path) {
+    let dir = modules::kernel_dir(root);
     let db = match modules::ModuleDb::read(&dir) {
         Ok(db) => db,
         Err(e) => {
@@ -225,12 +336,16 @@ fn load_modules() {
 }
 
 /// Brings up the wired interfaces and takes a lease on the first that gets one.
-async fn network() -> Result<dhcp::Lease, String> {
+async fn network(cfg: &Boot) -> Result<(dhcp::Lease, [u8; 6]), String> {
     let (conn, h, _) = rtnetlink::new_connection().map_err(|e| format!("netlink: {e}"))?;
     let task = tokio::spawn(conn);
     let r = async {
         let _ = dhcp::link_up(&h, "lo").await;
-        let nics = dhcp::candidates(Path::new("/sys/class/net"));
+        let nics = if cfg.interfaces.is_empty() {
+            dhcp::candidates(&cfg.sys_class_net)
+        } else {
+            cfg.interfaces.clone()
+        };
         if nics.is_empty() {
             return Err("no network interface (is its driver in the initramfs?)".to_string());
         }
@@ -258,12 +373,11 @@ async fn network() -> Result<dhcp::Lease, String> {
                 Ok(lease) => {
                     dhcp::apply(&h, &lease).await.map_err(|e| e.to_string())?;
                     if !lease.dns.is_empty()
-                        && let Err(e) =
-                            dhcp::write_resolv_conf(Path::new("/etc/resolv.conf"), &lease)
+                        && let Err(e) = dhcp::write_resolv_conf(&cfg.resolv_conf, &lease)
                     {
-                        tracing::warn!("cannot write /etc/resolv.conf: {e}");
+                        tracing::warn!("cannot write {}: {e}", cfg.resolv_conf.display());
                     }
-                    return Ok(lease);
+                    return Ok((lease, mac));
                 }
                 Err(e) => errors.push(error_chain(&e)),
             }
@@ -278,20 +392,26 @@ async fn network() -> Result<dhcp::Lease, String> {
 /// Fetches, mounts and stacks the runtime flists of `r` and reads its service list. Anything
 /// refused or broken leaves nothing mounted.
 fn runtime(
+    cfg: &Boot,
     rt: &tokio::runtime::Runtime,
     client: &reqwest::Client,
     grid: &str,
     r: &Release,
 ) -> Result<Vec<supervise::Service>, String> {
-    let base = Path::new(RUNTIME_DIR);
-    let binary = FLIST_MOUNTERS
+    let base = cfg.runtime_dir.as_path();
+    let binary = cfg
+        .mounters
         .iter()
-        .map(PathBuf::from)
         .find(|p| p.is_file())
+        .cloned()
         .ok_or_else(|| {
             format!(
                 "the initramfs has no flist mounter ({}): the node image must carry it",
-                FLIST_MOUNTERS.join(" or ")
+                cfg.mounters
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
             )
         })?;
     let mounter = mounts::FlistMounter {
@@ -317,12 +437,20 @@ fn runtime(
             .rev()
             .map(|m| m.mountpoint.join("usr"))
             .collect();
-        layers.push(PathBuf::from("/usr"));
-        mounts::overlay_ro(&layers, Path::new("/usr"))?;
-        let services = match std::fs::read(SERVICES) {
-            Ok(json) => supervise::parse_list(&json).map_err(|e| format!("{SERVICES}: {e}"))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => default_services(),
-            Err(e) => return Err(format!("cannot read the service list {SERVICES}: {e}")),
+        layers.push(cfg.usr.clone());
+        mounts::overlay_ro(&layers, &cfg.usr)?;
+        let list = cfg.services();
+        let services = match std::fs::read(&list) {
+            Ok(json) => {
+                supervise::parse_list(&json).map_err(|e| format!("{}: {e}", list.display()))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => default_services(&cfg.usr),
+            Err(e) => {
+                return Err(format!(
+                    "cannot read the service list {}: {e}",
+                    list.display()
+                ));
+            }
         };
         // Every program to start is read whole through the mount first: a block that fails
         // its hash is found here, before anything of the release runs.
@@ -333,7 +461,7 @@ fn runtime(
         Ok(services)
     })();
     if result.is_err() {
-        let _ = umount2("/usr", MntFlags::MNT_DETACH);
+        let _ = umount2(&cfg.usr, MntFlags::MNT_DETACH);
         for m in mounted.iter().rev() {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(m.pid), Signal::SIGTERM);
             let _ = umount2(&m.mountpoint, MntFlags::MNT_DETACH);
@@ -343,10 +471,10 @@ fn runtime(
 }
 
 /// The services when the runtime has no list: zosd alone (it reads the kernel command line).
-pub fn default_services() -> Vec<supervise::Service> {
+pub fn default_services(usr: &Path) -> Vec<supervise::Service> {
     vec![supervise::Service {
         name: "zosd".into(),
-        exec: vec!["/usr/bin/zosd".into()],
+        exec: vec![usr.join("bin/zosd").display().to_string()],
         env: Default::default(),
         log: None,
         console: false,
@@ -354,10 +482,11 @@ pub fn default_services() -> Vec<supervise::Service> {
 }
 
 /// Adds a console shell on runmode `dev` with `zos-debug`, when the image has one.
-fn debug_shell(services: &mut Vec<supervise::Service>) {
-    let Some(sh) = ["/usr/bin/sh", "/bin/sh"]
+fn debug_shell(usr: &Path, services: &mut Vec<supervise::Service>) {
+    let Some(sh) = ["bin/sh", "bin/bash"]
         .into_iter()
-        .find(|p| Path::new(p).exists())
+        .map(|p| usr.join(p))
+        .find(|p| p.exists())
     else {
         tracing::warn!("zos-debug: this image has no shell; nothing to open");
         return;
@@ -365,7 +494,7 @@ fn debug_shell(services: &mut Vec<supervise::Service>) {
     tracing::warn!("zos-debug: opening a shell on the console (runmode dev)");
     services.push(supervise::Service {
         name: "debug-shell".into(),
-        exec: vec![sh.into()],
+        exec: vec![sh.display().to_string()],
         env: [("TERM".to_string(), "linux".to_string())].into(),
         log: None,
         console: true,
@@ -375,6 +504,10 @@ fn debug_shell(services: &mut Vec<supervise::Service>) {
 /// After everything stopped: sync, unmount, power off.
 pub fn finish() -> ! {
     nix::unistd::sync();
+    if !POWER_OFF.load(std::sync::atomic::Ordering::SeqCst) {
+        tracing::info!("stopped (test boot: no power-off)");
+        std::process::exit(0);
+    }
     let table = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     for point in table
         .lines()
