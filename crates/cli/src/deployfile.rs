@@ -123,7 +123,7 @@ pub fn parse(text: &str, twin: TwinId) -> anyhow::Result<Deployment> {
     Ok(d)
 }
 
-/// Machine interfaces of `d` that leave `ip` out: (workload, network).
+/// Machine interfaces of `d` that leave `ip` out (or null): (workload, network).
 fn missing_ips(d: &Deployment) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     for (wi, w) in d.workloads.iter().enumerate() {
@@ -132,7 +132,7 @@ fn missing_ips(d: &Deployment) -> Vec<(usize, usize)> {
         }
         let nics = w.data["network"]["interfaces"].as_array();
         for (ni, nic) in nics.into_iter().flatten().enumerate() {
-            if nic.is_object() && nic.get("ip").is_none() {
+            if nic.is_object() && zos_client::workflow::network::leaves_ip_out(nic) {
                 out.push((wi, ni));
             }
         }
@@ -208,6 +208,9 @@ mod tests {
         );
         let e = require_ips(&d).unwrap_err().to_string();
         assert!(e.contains("network.interfaces[0].ip is needed"), "{e}");
+        // `ip: ~` leaves it out too.
+        let d = parse(&machine("{ network: lan, ip: ~ }"), 4).unwrap();
+        assert_eq!(missing_ips(&d), vec![(0, 0)]);
         let d = parse(&machine("{ network: lan, ip: 10.20.3.2 }"), 4).unwrap();
         assert!(missing_ips(&d).is_empty());
         require_ips(&d).unwrap();

@@ -51,11 +51,15 @@ impl Progress {
             } => {
                 if let Some(bar) = &self.bar {
                     bar.set_position(settled as u64);
-                    bar.set_message(if errors > 0 {
-                        format!("({errors} in error)")
-                    } else {
-                        String::new()
-                    });
+                    // Otherwise the message stays what a starting workload shows last.
+                    if errors > 0 {
+                        bar.set_message(format!("({errors} in error)"));
+                    }
+                }
+            }
+            DeployEvent::Starting { name, message } => {
+                if let Some(bar) = &self.bar {
+                    bar.set_message(format!("({name} starting: {message})"));
                 }
             }
             DeployEvent::Cancelled { node, contract } if !self.quiet => {

@@ -28,6 +28,7 @@ use nix::kmod::{ModuleInitFlags, finit_module};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sys::reboot::{RebootMode, reboot, set_cad_enabled};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, sigaction};
+use nix::sys::termios;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
@@ -519,14 +520,20 @@ pub fn environment(seed: &Seed) -> BTreeMap<String, String> {
     env
 }
 
-/// The node's control channel: a virtio console port (`/dev/hvc0`). The line `poweroff` asks for
-/// a clean stop: SIGTERM to the entrypoint's session, SIGKILL 10 s later if it is still there;
-/// when the entrypoint has ended, the machine powers off as usual.
+/// The node's control channel: a virtio console port (`/dev/hvc0`), made raw (no echo, no line
+/// editing). Started once the entrypoint runs, it answers `status` with `ready`. The line
+/// `poweroff` asks for a clean stop: SIGTERM to the entrypoint's session, SIGKILL 10 s later if
+/// it is still there; when the entrypoint has ended, the machine powers off as usual.
 fn control_channel(main: Pid) {
+    use crate::control::{POWEROFF, READY, STATUS};
     std::thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(3);
         let port = loop {
-            match fs::File::open(CONTROL_PORT) {
+            match fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(CONTROL_PORT)
+            {
                 Ok(f) => break f,
                 Err(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50))
@@ -537,15 +544,39 @@ fn control_channel(main: Pid) {
                 }
             }
         };
+        match termios::tcgetattr(&port) {
+            Ok(mut t) => {
+                termios::cfmakeraw(&mut t);
+                if let Err(e) = termios::tcsetattr(&port, termios::SetArg::TCSANOW, &t) {
+                    log!("cannot make {CONTROL_PORT} raw: {e}");
+                }
+            }
+            Err(e) => log!("cannot read {CONTROL_PORT}'s settings: {e}"),
+        }
+        let mut answers = match port.try_clone() {
+            Ok(f) => f,
+            Err(e) => {
+                log!("control channel {CONTROL_PORT}: {e}");
+                return;
+            }
+        };
         let mut lines = std::io::BufRead::lines(std::io::BufReader::new(port));
         while let Some(Ok(line)) = lines.next() {
-            if line.trim() == "poweroff" {
-                log!("poweroff asked by the node: SIGTERM to the entrypoint");
-                TERMINATE.store(true, Ordering::SeqCst);
-                let _ = kill(Pid::from_raw(-main.as_raw()), Signal::SIGTERM);
-                std::thread::sleep(Duration::from_secs(10));
-                let _ = kill(Pid::from_raw(-main.as_raw()), Signal::SIGKILL);
-                return;
+            match line.trim() {
+                STATUS => {
+                    // The node may have gone already: the answer is then dropped, as it should.
+                    let _ =
+                        std::io::Write::write_all(&mut answers, format!("{READY}\n").as_bytes());
+                }
+                POWEROFF => {
+                    log!("poweroff asked by the node: SIGTERM to the entrypoint");
+                    TERMINATE.store(true, Ordering::SeqCst);
+                    let _ = kill(Pid::from_raw(-main.as_raw()), Signal::SIGTERM);
+                    std::thread::sleep(Duration::from_secs(10));
+                    let _ = kill(Pid::from_raw(-main.as_raw()), Signal::SIGKILL);
+                    return;
+                }
+                _ => {}
             }
         }
     });

@@ -15,6 +15,7 @@ pub struct MemoryFlists {
     prefix: String,
     mounts: Mutex<BTreeMap<String, MountInfo>>,
     fail: Mutex<Option<String>>,
+    fail_of: Mutex<Option<(String, String)>>,
 }
 
 impl MemoryFlists {
@@ -25,12 +26,24 @@ impl MemoryFlists {
             prefix: prefix.into(),
             mounts: Mutex::new(BTreeMap::new()),
             fail: Mutex::new(None),
+            fail_of: Mutex::new(None),
         }
+    }
+
+    /// Where the mount `name` is (or would be).
+    pub fn mountpoint(&self, name: &str) -> PathBuf {
+        self.root.join(super::global_name(&self.prefix, name))
     }
 
     /// Makes the next mount fail with `message` (as a fetch failure of its URL would).
     pub fn fail_next_mount(&self, message: &str) {
         *self.fail.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.into());
+    }
+
+    /// Makes the next mount named `name` fail with `message`.
+    pub fn fail_next_mount_of(&self, name: &str, message: &str) {
+        *self.fail_of.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((name.into(), message.into()));
     }
 
     fn mounts(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, MountInfo>> {
@@ -47,7 +60,12 @@ impl MemoryFlists {
         if let Some(rw) = rw_dir {
             super::process::check_rw_dir(name, rw)?;
         }
-        if let Some(message) = self.fail.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let mut fail_of = self.fail_of.lock().unwrap_or_else(|e| e.into_inner());
+        let this = fail_of.take_if(|(n, _)| n == name).map(|(_, m)| m);
+        drop(fail_of);
+        if let Some(message) =
+            this.or_else(|| self.fail.lock().unwrap_or_else(|e| e.into_inner()).take())
+        {
             return Err(FlistError::Process {
                 name: name.into(),
                 detail: message,
@@ -68,7 +86,7 @@ impl MemoryFlists {
             name: name.into(),
             url: url.into(),
             sha256: zos_flist::hub::sha256_hex(url.as_bytes()),
-            mountpoint: self.root.join(super::global_name(&self.prefix, name)),
+            mountpoint: self.mountpoint(name),
             rw_dir: rw_dir.map(Path::to_path_buf),
             pid: None,
         };

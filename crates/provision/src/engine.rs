@@ -9,8 +9,9 @@
 //! provisioned again (managers are idempotent), so what should exist does. Losing contact with
 //! the grid never deletes anything: removal happens only on a cancellation event.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use tokio::sync::{Notify, watch};
@@ -18,14 +19,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use zos_types::contract::{Contract, ContractKind, ContractState, NodeEvent};
 use zos_types::deployment::{
-    ContractId, Deployment, DeploymentError, ResultState, Workload, WorkloadResult,
+    ContractId, Deployment, DeploymentError, ResultState, Workload, WorkloadId, WorkloadResult,
 };
 use zos_types::node_api::ErrorKind;
 use zos_types::workload::{WorkloadData, WorkloadType};
 use zos_types::{Capacity, NodeId, PublicKey, TwinId};
 
 use super::error::GridViewError;
-use super::managers::{Manager, Target, Unsupported};
+use super::managers::{Manager, Readiness, Target, Unsupported};
 use super::store::{Job, LogEntry, Store, StoreError};
 use zos_mounts::{FlistUrlError, FlistUrlPolicy};
 
@@ -195,6 +196,31 @@ pub struct Engine {
     wake: Notify,
     /// Which flist URLs deployments may name (none: not checked, for tests of other rules).
     flist_policy: Option<FlistUrlPolicy>,
+    /// How long a workload may stay `starting` before it is an error.
+    ready_wait: Duration,
+    /// The `starting` workloads (contract, name), with when they must be up.
+    starting: std::sync::Mutex<BTreeMap<(ContractId, String), Instant>>,
+}
+
+/// How long a workload may take to come up (a machine's guest to boot) by default.
+pub const READY_WAIT: Duration = Duration::from_secs(300);
+
+/// How often `starting` workloads are looked at.
+const READY_EVERY: Duration = Duration::from_secs(1);
+
+/// The last line of `console` with something on it, as a `starting` workload's message.
+fn last_line(console: &str) -> String {
+    let line = console
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let mut end = line.len().min(200);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    line[..end].to_string()
 }
 
 impl std::fmt::Debug for Engine {
@@ -243,7 +269,15 @@ impl Engine {
             cfg,
             wake: Notify::new(),
             flist_policy: None,
+            ready_wait: READY_WAIT,
+            starting: std::sync::Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The same engine, giving workloads `wait` to come up before they are errors.
+    pub fn with_ready_wait(mut self, wait: Duration) -> Self {
+        self.ready_wait = wait;
+        self
     }
 
     /// The same engine, refusing deployments whose flists are not on hosts `policy` allows.
@@ -486,7 +520,12 @@ impl Engine {
                 let state = w.result.as_ref().map(|r| r.state);
                 if matches!(
                     state,
-                    Some(ResultState::Init | ResultState::Ok | ResultState::Paused)
+                    Some(
+                        ResultState::Init
+                            | ResultState::Ok
+                            | ResultState::Starting
+                            | ResultState::Paused
+                    )
                 ) {
                     active = true;
                     u.workload_count += 1;
@@ -582,11 +621,127 @@ impl Engine {
                     error!(error = %zos_runtime::error_chain(&e), "cannot read the job queue")
                 }
             }
+            let waiting = !self.starting_now().is_empty();
+            if waiting {
+                self.check_starting().await;
+            }
+            let every = if waiting {
+                READY_EVERY
+            } else {
+                Duration::from_secs(5)
+            };
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                _ = tokio::time::sleep(every) => {}
             }
+        }
+    }
+
+    fn starting_now(&self) -> Vec<((ContractId, String), Instant)> {
+        let s = self.starting.lock().unwrap_or_else(|e| e.into_inner());
+        s.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    fn done_starting(&self, contract: ContractId, name: &str) {
+        let mut s = self.starting.lock().unwrap_or_else(|e| e.into_inner());
+        s.remove(&(contract, name.to_string()));
+    }
+
+    /// Looks at each `starting` workload: up ones become `ok`; those past their deadline, or
+    /// that will never come up, are removed and become errors saying why.
+    async fn check_starting(&self) {
+        for ((contract, name), deadline) in self.starting_now() {
+            if let Err(e) = self.check_one(contract, &name, deadline).await {
+                error!(contract, workload = %name, error = %e.message(), "cannot look at a starting workload");
+                self.done_starting(contract, &name);
+            }
+        }
+    }
+
+    async fn check_one(
+        &self,
+        contract: ContractId,
+        name: &str,
+        deadline: Instant,
+    ) -> Result<(), EngineError> {
+        let d = self.store.get(contract)?;
+        let Some((d, w)) = d.and_then(|d| {
+            let w = d.workloads.iter().find(|w| w.name == name)?.clone();
+            Some((d, w))
+        }) else {
+            self.done_starting(contract, name);
+            return Ok(());
+        };
+        let Some(cur) = w
+            .result
+            .clone()
+            .filter(|r| r.state == ResultState::Starting)
+        else {
+            self.done_starting(contract, name);
+            return Ok(());
+        };
+        let id = d.workload_id(name);
+        let r = match self.manager(w.kind).readiness(&id).await {
+            Ok(Readiness::Ready) => {
+                info!(workload = %id, kind = %w.kind, "workload up");
+                result(ResultState::Ok, "", cur.data)
+            }
+            Ok(Readiness::Starting { console }) if Instant::now() >= deadline => {
+                let why = format!(
+                    "not up within {}s; its console ends with:\n{}",
+                    self.ready_wait.as_secs(),
+                    console.trim_end()
+                );
+                self.give_up(&id, w.kind, &why).await
+            }
+            Ok(Readiness::Starting { console }) => {
+                let message = last_line(&console);
+                if message == cur.message {
+                    return Ok(());
+                }
+                result(ResultState::Starting, message, cur.data)
+            }
+            Err(e) => self.give_up(&id, w.kind, &e.message()).await,
+        };
+        if r.state != ResultState::Starting {
+            self.done_starting(contract, name);
+        }
+        Ok(self.store.record(contract, &w, &r)?)
+    }
+
+    /// Removes a workload that will not come up, and the error result that says why.
+    async fn give_up(&self, id: &WorkloadId, kind: WorkloadType, why: &str) -> WorkloadResult {
+        warn!(workload = %id, %kind, reason = %why, "workload did not come up: removing it");
+        let mut message = why.to_string();
+        if let Err(e) = self.manager(kind).deprovision(id).await {
+            message.push_str(&format!("\n(and removing it failed: {})", e.message()));
+        }
+        result(ResultState::Error, message, serde_json::Value::Null)
+    }
+
+    /// The result of a workload just provisioned with `out`: `ok` when it is up, `starting`
+    /// (and watched) while it comes up, an error when it never will.
+    async fn settle(
+        &self,
+        d: &Deployment,
+        w: &Workload,
+        id: &WorkloadId,
+        out: serde_json::Value,
+    ) -> WorkloadResult {
+        match self.manager(w.kind).readiness(id).await {
+            Ok(Readiness::Ready) => {
+                info!(workload = %id, kind = %w.kind, "workload ok");
+                result(ResultState::Ok, "", out)
+            }
+            Ok(Readiness::Starting { console }) => {
+                info!(workload = %id, kind = %w.kind, "workload starting");
+                let mut s = self.starting.lock().unwrap_or_else(|e| e.into_inner());
+                s.entry((d.contract_id, w.name.clone()))
+                    .or_insert_with(|| Instant::now() + self.ready_wait);
+                result(ResultState::Starting, last_line(&console), out)
+            }
+            Err(e) => self.give_up(id, w.kind, &e.message()).await,
         }
     }
 
@@ -702,7 +857,9 @@ impl Engine {
         };
         for w in ordered(&d.workloads, pause) {
             let Some(cur) = &w.result else { continue };
-            if cur.state != from {
+            // A machine still booting is paused as a running one is.
+            let starting = pause && cur.state == ResultState::Starting;
+            if cur.state != from && !starting {
                 continue;
             }
             let id = d.workload_id(&w.name);
@@ -724,7 +881,10 @@ impl Engine {
     /// Makes one workload exist: new ones (`init`) and, on reconciliation, ok ones.
     async fn provision(&self, d: &Deployment, w: &Workload) -> Result<(), EngineError> {
         let state = w.result.as_ref().map(|r| r.state);
-        if !matches!(state, Some(ResultState::Init | ResultState::Ok)) {
+        if !matches!(
+            state,
+            Some(ResultState::Init | ResultState::Ok | ResultState::Starting)
+        ) {
             return Ok(());
         }
         let id = d.workload_id(&w.name);
@@ -747,13 +907,21 @@ impl Engine {
             .await;
         let r = match outcome {
             Ok(out) => {
-                if state == Some(ResultState::Ok)
-                    && w.result.as_ref().is_some_and(|r| r.data == out)
-                {
-                    return Ok(());
+                if state == Some(ResultState::Ok) {
+                    if w.result.as_ref().is_some_and(|r| r.data == out) {
+                        return Ok(());
+                    }
+                    info!(workload = %id, kind = %w.kind, "workload ok");
+                    result(ResultState::Ok, "", out)
+                } else {
+                    let r = self.settle(d, w, &id, out).await;
+                    if w.result.as_ref().is_some_and(|c| {
+                        (c.state, &c.message, &c.data) == (r.state, &r.message, &r.data)
+                    }) {
+                        return Ok(());
+                    }
+                    r
                 }
-                info!(workload = %id, kind = %w.kind, "workload ok");
-                result(ResultState::Ok, "", out)
             }
             Err(e) => {
                 warn!(workload = %id, kind = %w.kind, error = %e.message(), "workload failed");

@@ -28,6 +28,16 @@ pub struct Target<'a> {
     pub data: &'a WorkloadData,
 }
 
+/// Whether a provisioned workload is up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// Made, and still coming up (a guest booting), with the end of what it printed so far.
+    Starting {
+        console: String,
+    },
+}
+
 /// What each workload type does.
 pub trait Manager: Send + Sync {
     /// Makes the workload exist (or finds it existing) and answers its result data.
@@ -44,6 +54,14 @@ pub trait Manager: Send + Sync {
         Box::pin(async move {
             Err(ManagerError::Invalid(format!("{kind} workloads cannot be updated")).unchanged())
         })
+    }
+    /// Whether the provisioned workload is up. Most are once provisioned; a machine is once its
+    /// guest says so. An error means it will never be up (its reason says why).
+    fn readiness<'a>(
+        &'a self,
+        _id: &'a WorkloadId,
+    ) -> BoxFuture<'a, Result<Readiness, ManagerError>> {
+        Box::pin(async { Ok(Readiness::Ready) })
     }
     /// Removes the workload; succeeds when it is already gone.
     fn deprovision<'a>(&'a self, id: &'a WorkloadId) -> BoxFuture<'a, Result<(), ManagerError>>;

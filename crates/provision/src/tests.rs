@@ -1056,3 +1056,170 @@ async fn a_hub_reference_reaches_managers_as_the_hub_url_and_stays_signed() {
     assert_eq!(kept.workloads[0].data["flist"], "web.fl");
     assert_eq!(kept.workloads[1].data["flist"], "1/web.fl");
 }
+
+/// A zmachine manager whose guests come up when the test says (`up`), printing `console`
+/// meanwhile; it counts the machines it removes.
+#[derive(Default)]
+struct BootingMachines {
+    up: std::sync::atomic::AtomicBool,
+    console: Mutex<String>,
+    removed: std::sync::atomic::AtomicUsize,
+}
+
+impl Manager for BootingMachines {
+    fn provision<'a>(
+        &'a self,
+        _t: Target<'a>,
+    ) -> BoxFuture<'a, Result<serde_json::Value, ManagerError>> {
+        Box::pin(async { Ok(json!({"ip": "10.20.2.2"})) })
+    }
+    fn readiness<'a>(
+        &'a self,
+        _id: &'a WorkloadId,
+    ) -> BoxFuture<'a, Result<crate::managers::Readiness, ManagerError>> {
+        let r = if self.up.load(std::sync::atomic::Ordering::SeqCst) {
+            crate::managers::Readiness::Ready
+        } else {
+            crate::managers::Readiness::Starting {
+                console: self.console.lock().unwrap().clone(),
+            }
+        };
+        Box::pin(async move { Ok(r) })
+    }
+    fn deprovision<'a>(&'a self, _id: &'a WorkloadId) -> BoxFuture<'a, Result<(), ManagerError>> {
+        self.removed
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// An engine running only `machines` as the zmachine manager, with `wait` for guests to be up,
+/// and one machine deployed as contract 1.
+async fn booting_bed(machines: Arc<BootingMachines>, wait: Duration) -> (Bed, Arc<Engine>) {
+    let b = bed();
+    let engine = Arc::new(
+        Engine::new(
+            Arc::new(Store::memory().unwrap()),
+            HashMap::from([(WorkloadType::Zmachine, machines as Arc<dyn Manager>)]),
+            b.grid.clone(),
+            watch::channel(Some(NODE)).1,
+            b.engine.config().clone(),
+        )
+        .with_ready_wait(wait),
+    );
+    tokio::spawn(engine.clone().run(b.stop.clone()));
+    let mut d = deployment(1);
+    d.workloads = vec![workload(
+        "web",
+        WorkloadType::Zmachine,
+        json!({"flist": "https://hub/web.fl",
+               "network": {"interfaces": [{"network": "lan", "ip": "10.20.2.2"}]},
+               "compute_capacity": {"cpu": 1, "memory": 256 * MIB}}),
+    )];
+    b.contract_and_sign(&mut d, NODE);
+    engine.deploy(7, d).await.unwrap();
+    (b, engine)
+}
+
+/// Waits (up to 5 s) until the machine `web` of contract 1 is in `state`, and answers its result.
+async fn web_in(engine: &Engine, state: ResultState) -> zos_types::deployment::WorkloadResult {
+    for _ in 0..500 {
+        let d = engine.get(7, 1).unwrap();
+        if let Some(r) = &d.workloads[0].result
+            && r.state == state
+        {
+            return r.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "web never became {state}: {:?}",
+        engine.get(7, 1).unwrap().workloads[0].result
+    );
+}
+
+#[tokio::test]
+async fn a_machine_is_starting_with_its_console_last_line_until_its_guest_is_up() {
+    let machines = Arc::new(BootingMachines::default());
+    *machines.console.lock().unwrap() =
+        "[    0.1] Linux version 6.1\nguest-init: mounting the root\n\n".into();
+    let (_b, engine) = booting_bed(machines.clone(), Duration::from_secs(60)).await;
+
+    let r = web_in(&engine, ResultState::Starting).await;
+    assert_eq!(r.message, "guest-init: mounting the root");
+    assert_eq!(
+        r.data["ip"], "10.20.2.2",
+        "a starting machine shows its address"
+    );
+    assert_eq!(
+        engine.usage().unwrap().workloads.cru,
+        1,
+        "a starting machine holds its capacity"
+    );
+
+    // What it prints next becomes the message.
+    *machines.console.lock().unwrap() += "guest-init: entrypoint starting\n";
+    for _ in 0..300 {
+        if engine.get(7, 1).unwrap().workloads[0]
+            .result
+            .as_ref()
+            .unwrap()
+            .message
+            == "guest-init: entrypoint starting"
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let now = web_in(&engine, ResultState::Starting).await;
+    assert_eq!(now.message, "guest-init: entrypoint starting");
+
+    machines.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = web_in(&engine, ResultState::Ok).await;
+    assert_eq!(r.data["ip"], "10.20.2.2");
+    assert_eq!(
+        machines.removed.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    // The log tells the story: init, starting (twice), ok.
+    let states: Vec<ResultState> = engine
+        .changes(7, 1)
+        .unwrap()
+        .iter()
+        .map(|e| e.result.state)
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ResultState::Init,
+            ResultState::Starting,
+            ResultState::Starting,
+            ResultState::Ok
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_machine_whose_guest_never_comes_up_is_an_error_with_its_console_and_is_removed() {
+    let machines = Arc::new(BootingMachines::default());
+    *machines.console.lock().unwrap() =
+        "Kernel panic - not syncing: VFS: Unable to mount root fs\n".into();
+    let (_b, engine) = booting_bed(machines.clone(), Duration::from_millis(300)).await;
+    web_in(&engine, ResultState::Starting).await;
+    let r = web_in(&engine, ResultState::Error).await;
+    assert!(r.message.contains("not up within"), "{}", r.message);
+    assert!(
+        r.message.contains("Unable to mount root fs"),
+        "{}",
+        r.message
+    );
+    assert_eq!(
+        machines.removed.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert_eq!(
+        engine.usage().unwrap().workloads.cru,
+        0,
+        "an error holds nothing"
+    );
+}

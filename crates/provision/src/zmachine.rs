@@ -34,6 +34,7 @@ pub mod plan;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -42,8 +43,8 @@ use zos_types::workload::{WorkloadData, Zmachine};
 
 use super::error::Context as _;
 use super::images::{DiskImages, DiskPrep, HostImages, OpenedFile};
-use super::managers::{Manager, ManagerError, Target, to_data};
-use zos_mounts::FlistManager;
+use super::managers::{Manager, ManagerError, Readiness, Target, to_data};
+use zos_mounts::{FlistManager, MountInfo};
 use zos_net::{Attachment, NetworkError, Networker, VmLink};
 use zos_runtime::error_chain;
 use zos_runtime::{StateFile, Versioned};
@@ -54,6 +55,17 @@ pub use plan::{
     BootPlan, FlistMode, FormatPlan, MachinePlan, MountItem, NodeFacts, ROOT_TAG, Resolved,
     RootPlan, hostname,
 };
+
+/// How long a machine waits, by default, for the guest image to be mountable (a node that has
+/// just started, or a hub the image is still being published to).
+pub const GUEST_WAIT: Duration = Duration::from_secs(60);
+
+/// How much of a console a starting machine reports (its last line is the state's message, the
+/// whole of it the error's when the guest never comes up).
+pub const CONSOLE_TAIL: usize = 2048;
+
+/// Deaths of a machine's QEMU before its guest was ever up after which it is an error.
+pub const CRASHES_BEFORE_READY: u32 = 3;
 
 /// Version of the manager's per-machine record.
 pub const RECORD_VERSION: u32 = 1;
@@ -72,6 +84,11 @@ pub struct ZmachineConfig {
     /// flist, opened without following links ([`FlistManager::open_file`]), and QEMU boots the
     /// copies: it never opens a path inside a flist.
     pub guest_mount: Option<String>,
+    /// The guest image flist's URL: when `guest_mount` is not mounted yet, the first machine
+    /// that needs it mounts it there, retrying for up to `guest_wait`.
+    pub guest_flist: Option<String>,
+    /// How long a machine waits for the guest image to become mountable before failing.
+    pub guest_wait: Duration,
     /// Per-machine records and NoCloud seed images.
     pub state_dir: PathBuf,
     /// Resolvers the machines are given.
@@ -245,6 +262,73 @@ where
         Ok(out)
     }
 
+    /// Whether the machine's guest is up (see [`Vmm::guest_ready`]); a guest that died
+    /// [`CRASHES_BEFORE_READY`] times before it was ever up will not be.
+    async fn guest_readiness(&self, id: &WorkloadId) -> Result<Readiness, ManagerError> {
+        let vm = id.to_string();
+        if self.vmm.guest_ready(&vm).await.context("the machine")? {
+            return Ok(Readiness::Ready);
+        }
+        let console = self
+            .vmm
+            .console(&vm, CONSOLE_TAIL)
+            .await
+            .context("the machine's console")?;
+        let restarts = self
+            .vmm
+            .info(&vm)
+            .await
+            .context("the machine")?
+            .map_or(0, |i| i.restarts);
+        if restarts >= CRASHES_BEFORE_READY {
+            return Err(ManagerError::Failed(format!(
+                "the machine stopped {restarts} times before its guest was up; its console \
+                 ends with:\n{}",
+                console.trim_end()
+            )));
+        }
+        Ok(Readiness::Starting { console })
+    }
+
+    /// The guest image's mount `name`: the one there, or mounted now from `guest_flist`,
+    /// retrying with backoff while the hub cannot serve it, for up to `guest_wait`.
+    async fn guest_mounted(&self, name: &str) -> Result<MountInfo, ManagerError> {
+        if let Some(info) = self.flists.get(name).await.context("the guest image")? {
+            return Ok(info);
+        }
+        let Some(url) = &self.cfg.guest_flist else {
+            return Err(ManagerError::Unavailable(
+                "this node has no guest image (its operator sets guest_flist= on the kernel \
+                 command line or --guest-flist): deploy a flist with an image.raw, or use \
+                 another node"
+                    .into(),
+            ));
+        };
+        let deadline = tokio::time::Instant::now() + self.cfg.guest_wait;
+        let mut delay = Duration::from_millis(250);
+        loop {
+            let e = match self.flists.mount(name, url).await {
+                Ok(info) => {
+                    tracing::info!(url = %url, sha256 = %info.sha256, "guest image mounted for a machine");
+                    return Ok(info);
+                }
+                Err(e) => e,
+            };
+            tracing::warn!(url = %url, error = %error_chain(&e), "cannot mount the guest image yet");
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(ManagerError::Unavailable(format!(
+                    "the guest image {url} could not be mounted within {}s ({}): try again once \
+                     it is published on the hub",
+                    self.cfg.guest_wait.as_secs(),
+                    error_chain(&e)
+                )));
+            }
+            tokio::time::sleep(delay.min(deadline - now)).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
     /// The kernel and initramfs container-mode machines boot: the configured files, or the
     /// node's copies of those of the guest image flist (made once per flist, under
     /// `<state_dir>/guest/<sha256>/`).
@@ -257,17 +341,7 @@ where
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         });
-        let info = self
-            .flists
-            .get(mount)
-            .await
-            .context("the guest image")?
-            .ok_or_else(|| {
-                ManagerError::Unavailable(
-                    "the guest image flist is not mounted yet on this node: try again shortly"
-                        .into(),
-                )
-            })?;
+        let info = self.guest_mounted(mount).await?;
         let dir = self.cfg.state_dir.join("guest").join(&info.sha256);
         let paths = names.clone().map(|n| dir.join(n));
         let _one_copy_at_a_time = self.guest_lock.lock().await;
@@ -589,6 +663,13 @@ where
         Box::pin(self.remove(id))
     }
 
+    fn readiness<'a>(
+        &'a self,
+        id: &'a WorkloadId,
+    ) -> BoxFuture<'a, Result<Readiness, ManagerError>> {
+        Box::pin(self.guest_readiness(id))
+    }
+
     fn pause<'a>(&'a self, id: &'a WorkloadId) -> BoxFuture<'a, Result<(), ManagerError>> {
         Box::pin(async move { self.vmm.pause(&id.to_string()).await.context("pause") })
     }
@@ -646,6 +727,12 @@ mod tests {
     }
 
     async fn bed_with(guest_mount: Option<&str>) -> Bed {
+        bed_guest(guest_mount, None).await
+    }
+
+    /// A bed whose guest image is the mount `guest_mount`, mounted from `guest_flist` on demand
+    /// (waiting 800 ms at most).
+    async fn bed_guest(guest_mount: Option<&str>, guest_flist: Option<&str>) -> Bed {
         let dir = tempfile::tempdir().unwrap();
         let net = Arc::new(RecordingNetworker::new("t"));
         net.setup_node(None).await.unwrap();
@@ -681,6 +768,8 @@ mod tests {
             ZmachineConfig {
                 kernel: guest.join("vmlinux"),
                 guest_mount: guest_mount.map(str::to_string),
+                guest_flist: guest_flist.map(str::to_string),
+                guest_wait: Duration::from_millis(800),
                 initramfs: guest.join("initramfs.cpio"),
                 state_dir: dir.path().join("zmachine"),
                 nameservers: vec!["1.1.1.1".parse().unwrap()],
@@ -1046,7 +1135,7 @@ mod tests {
     async fn guest_kernel_linking_to_a_host_file_is_refused_and_real_files_are_copied() {
         let b = bed_with(Some("zos-guest")).await;
         let m = err(provision(&b, "early", &machine()).await);
-        assert!(m.contains("not mounted yet"), "{m}");
+        assert!(m.contains("no guest image"), "{m}");
         let guest = b
             .flists
             .mount("zos-guest", "https://hub/guest.fl")
@@ -1077,6 +1166,40 @@ mod tests {
         assert_eq!(kernel, &copies.join("vmlinux"));
         assert_eq!(std::fs::read_to_string(kernel).unwrap(), "kernel");
         assert_eq!(std::fs::read_to_string(initramfs).unwrap(), "initramfs");
+    }
+
+    #[tokio::test]
+    async fn a_guest_image_not_mounted_yet_is_mounted_by_the_first_machine_that_needs_it() {
+        let url = "https://hub/guest.fl";
+        let b = bed_guest(Some("zos-guest"), Some(url)).await;
+        // The hub cannot serve it at first (still being published); the machine waits.
+        b.flists.fail_next_mount_of("zos-guest", "hub answered 404");
+        let mountpoint = b.flists.mountpoint("zos-guest");
+        std::fs::create_dir_all(&mountpoint).unwrap();
+        std::fs::write(mountpoint.join("vmlinux"), "kernel").unwrap();
+        std::fs::write(mountpoint.join("initramfs.cpio"), "initramfs").unwrap();
+        provision(&b, "first", &machine()).await.unwrap();
+        let guest = b.flists.get("zos-guest").await.unwrap().expect("mounted");
+        assert_eq!(guest.url, url);
+        let vm = b.vmm.info("7-1-first").await.unwrap().unwrap();
+        let Boot::Kernel { kernel, .. } = &vm.spec.boot else {
+            panic!("{:?}", vm.spec.boot);
+        };
+        let copies = b.dir.path().join("zmachine/guest").join(&guest.sha256);
+        assert_eq!(kernel, &copies.join("vmlinux"));
+        assert_eq!(std::fs::read_to_string(kernel).unwrap(), "kernel");
+    }
+
+    #[tokio::test]
+    async fn a_guest_image_that_never_becomes_mountable_fails_the_machine_after_the_wait() {
+        let b = bed_guest(Some("zos-guest"), Some("ftp://hub/guest.fl")).await;
+        let m = err(provision(&b, "late", &machine()).await);
+        assert!(
+            m.contains("could not be mounted within") && m.contains("ftp://hub/guest.fl"),
+            "{m}"
+        );
+        assert!(b.vmm.info("7-1-late").await.unwrap().is_none());
+        assert!(b.flists.get("zos-guest").await.unwrap().is_none());
     }
 
     #[tokio::test]

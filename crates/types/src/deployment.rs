@@ -107,6 +107,8 @@ impl<'de> Deserialize<'de> for DeploymentHash {
 pub enum ResultState {
     /// Accepted and stored, not applied yet.
     Init,
+    /// Applied, and coming up (a machine's guest booting); the message is what it shows last.
+    Starting,
     Ok,
     Error,
     Deleted,
@@ -126,6 +128,7 @@ impl fmt::Display for ResultState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Init => "init",
+            Self::Starting => "starting",
             Self::Ok => "ok",
             Self::Error => "error",
             Self::Deleted => "deleted",

@@ -13,11 +13,32 @@ pub struct MemoryVmm {
     vms: Mutex<BTreeMap<String, VmInfo>>,
     next_pid: Mutex<i32>,
     fail: Mutex<Option<&'static str>>,
+    /// While set, kernel-booted guests made from then on are not up until [`Self::guest_up`].
+    holding: Mutex<bool>,
+    held: Mutex<std::collections::BTreeSet<String>>,
+    consoles: Mutex<BTreeMap<String, String>>,
 }
 
 impl MemoryVmm {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Kernel-booted guests created from now on (`true`) stay not ready, as a guest still
+    /// booting does, until [`Self::guest_up`].
+    pub fn hold_guests(&self, hold: bool) {
+        *self.holding.lock().unwrap() = hold;
+    }
+
+    /// The held guest `name` becomes ready.
+    pub fn guest_up(&self, name: &str) {
+        self.held.lock().unwrap().remove(name);
+    }
+
+    /// Appends `text` to the console of `name`, as its guest printing it.
+    pub fn print(&self, name: &str, text: &str) {
+        let mut c = self.consoles.lock().unwrap();
+        c.entry(name.to_string()).or_default().push_str(text);
     }
 
     /// Makes the next call of `op` (`create`, `delete`, `pause`, `resume`) fail.
@@ -100,6 +121,9 @@ impl Vmm for MemoryVmm {
             pid: Some(1000 + *pid),
             restarts: 0,
         };
+        if *self.holding.lock().unwrap() && matches!(info.spec.boot, super::Boot::Kernel { .. }) {
+            self.held.lock().unwrap().insert(info.spec.name.clone());
+        }
         vms.insert(info.spec.name.clone(), info.clone());
         Ok(info)
     }
@@ -107,6 +131,8 @@ impl Vmm for MemoryVmm {
     async fn delete(&self, name: &str) -> Result<()> {
         self.failing("delete")?;
         self.vms.lock().unwrap().remove(name);
+        self.held.lock().unwrap().remove(name);
+        self.consoles.lock().unwrap().remove(name);
         Ok(())
     }
 
@@ -165,12 +191,28 @@ impl Vmm for MemoryVmm {
         Ok(v.clone())
     }
 
-    async fn console(&self, name: &str, _max: usize) -> Result<String> {
-        if self.vms.lock().unwrap().contains_key(name) {
-            Ok(String::new())
-        } else {
-            Err(VmmError::NotFound(name.to_string()))
+    async fn guest_ready(&self, name: &str) -> Result<bool> {
+        let status = self
+            .vms
+            .lock()
+            .unwrap()
+            .get(name)
+            .map(|v| v.status)
+            .ok_or_else(|| VmmError::NotFound(name.to_string()))?;
+        Ok(status == VmStatus::Running && !self.held.lock().unwrap().contains(name))
+    }
+
+    async fn console(&self, name: &str, max: usize) -> Result<String> {
+        if !self.vms.lock().unwrap().contains_key(name) {
+            return Err(VmmError::NotFound(name.to_string()));
         }
+        let c = self.consoles.lock().unwrap();
+        let text = c.get(name).map(String::as_str).unwrap_or_default();
+        let mut from = text.len().saturating_sub(max);
+        while !text.is_char_boundary(from) {
+            from += 1;
+        }
+        Ok(text[from..].to_string())
     }
 
     /// The fake supervises every VM it has from the moment it makes it, as the real VMM does

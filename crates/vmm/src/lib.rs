@@ -357,6 +357,12 @@ pub trait Vmm: Send + Sync {
     /// Starts a stopped VM.
     fn start(&self, name: &str) -> impl Future<Output = Result<VmInfo>> + Send;
 
+    /// Whether the guest is up. A kernel-booted (container-mode) guest is up once its
+    /// `guest-init` answers `ready` on the control channel (its entrypoint started); a
+    /// disk-booted guest, which has no such agent, once QEMU runs. A VM that is not running
+    /// (restarting, stopped, paused) is not up.
+    fn guest_ready(&self, name: &str) -> impl Future<Output = Result<bool>> + Send;
+
     /// The last `max` bytes of the VM's console log.
     fn console(&self, name: &str, max: usize) -> impl Future<Output = Result<String>> + Send;
 

@@ -24,7 +24,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
@@ -34,6 +34,7 @@ use super::cgroup::Cgroups;
 use super::qmp::Qmp;
 use super::state::{self, Desired, STATE_DIR, STATE_VERSION, VmRecord};
 use super::{Boot, Result, VmInfo, VmSpec, VmStatus, VmmError, VmmReconcile};
+use zos_guest_init::control;
 use zos_guest_init::seed::Seed;
 use zos_runtime::find_program;
 
@@ -124,6 +125,9 @@ fn host_tsc_khz() -> Option<u64> {
 
 /// Default of [`VmmConfig::console_max`].
 pub const CONSOLE_MAX: u64 = 16 << 20;
+
+/// How long the guest has to answer a `status` request on its control channel.
+const STATUS_WAIT: Duration = Duration::from_secs(1);
 
 /// The previous part of a console log: `<name>.log.1`.
 fn console_old(log: &Path) -> PathBuf {
@@ -222,6 +226,8 @@ struct Machine {
     supervised: bool,
     /// When a dead VM is due to start again.
     restart: Backoff,
+    /// The QEMU process whose guest answered `ready` (a restarted guest must answer again).
+    ready: Option<i32>,
 }
 
 #[derive(Debug)]
@@ -627,10 +633,31 @@ impl Inner {
         let mut s = tokio::net::UnixStream::connect(&p)
             .await
             .map_err(|e| format!("cannot connect to {}: {e}", p.display()))?;
-        s.write_all(b"poweroff\n")
+        s.write_all(format!("{}\n", control::POWEROFF).as_bytes())
             .await
             .map_err(|e| format!("write: {e}"))?;
         s.flush().await.map_err(|e| format!("write: {e}"))
+    }
+
+    /// Asks `guest-init` whether the entrypoint runs: `status` on the control channel, and
+    /// `ready` back within [`STATUS_WAIT`]. No answer (the guest is still booting, or QEMU has
+    /// not opened its end yet) is not ready.
+    async fn control_ready(&self, name: &str) -> bool {
+        let p = self.control_path(name);
+        let ask = async {
+            let mut s = tokio::net::UnixStream::connect(&p).await.ok()?;
+            s.write_all(format!("{}\n", control::STATUS).as_bytes())
+                .await
+                .ok()?;
+            let mut lines = tokio::io::BufReader::new(s).lines();
+            while let Some(line) = lines.next_line().await.ok()? {
+                if line.trim() == control::READY {
+                    return Some(());
+                }
+            }
+            None
+        };
+        matches!(tokio::time::timeout(STATUS_WAIT, ask).await, Ok(Some(())))
     }
 
     async fn qmp(&self, name: &str, command: &str) -> Result<()> {
@@ -776,6 +803,7 @@ impl QemuVmm {
                     rec,
                     supervised: false,
                     restart: Backoff::new(cfg.backoff_min, cfg.backoff_max),
+                    ready: None,
                 };
                 (m.rec.spec.name.clone(), m)
             })
@@ -882,6 +910,7 @@ impl super::Vmm for QemuVmm {
             },
             supervised: true,
             restart: Backoff::new(inner.cfg.backoff_min, inner.cfg.backoff_max),
+            ready: None,
         };
         // A console log of an earlier VM of the same name is not this one's.
         {
@@ -968,6 +997,30 @@ impl super::Vmm for QemuVmm {
         }
         m.supervised = true;
         Ok(inner.info(m))
+    }
+
+    async fn guest_ready(&self, name: &str) -> Result<bool> {
+        let inner = &self.inner;
+        let (info, known) = {
+            let vms = inner.vms.lock().await;
+            let m = vms
+                .get(name)
+                .ok_or_else(|| VmmError::NotFound(name.to_string()))?;
+            (inner.info(m), m.ready)
+        };
+        if info.status != VmStatus::Running {
+            return Ok(false);
+        }
+        if matches!(info.spec.boot, Boot::Disk) || (known.is_some() && known == info.pid) {
+            return Ok(true);
+        }
+        if !inner.control_ready(name).await {
+            return Ok(false);
+        }
+        if let Some(m) = inner.vms.lock().await.get_mut(name) {
+            m.ready = info.pid;
+        }
+        Ok(true)
     }
 
     async fn console(&self, name: &str, max: usize) -> Result<String> {

@@ -347,6 +347,18 @@ fn container_vm_serves_mounts_pauses_and_leaves_nothing() {
     let pid = info.pid.unwrap();
     assert_eq!(info.virtiofsd.len(), 2);
 
+    // Up means guest-init answered `ready` on the control channel: its entrypoint started.
+    let ready = |rt: &tokio::runtime::Runtime| rt.block_on(vmm.guest_ready(name)).unwrap();
+    wait_until(Duration::from_secs(180), "the guest is ready", || {
+        ready(&rt).then_some(())
+    });
+    eprintln!("create to guest ready: {:?}", t0.elapsed());
+    let console = rt.block_on(vmm.console(name, 1 << 20)).unwrap();
+    assert!(
+        console.contains("started as pid"),
+        "ready before the entrypoint: {console}"
+    );
+
     // The service answers through the tap, with the seed's hostname and environment.
     let body = wait_http(&net, "/", "hello from box1");
     eprintln!("create to service answering: {:?}", t0.elapsed());
@@ -400,9 +412,11 @@ fn container_vm_serves_mounts_pauses_and_leaves_nothing() {
         VmStatus::Paused
     );
     assert!(http_get(net.ns.name(), &net.guest_ip, "/", Duration::from_secs(2)).is_err());
+    assert!(!ready(&rt), "a paused guest is not up");
     rt.block_on(vmm.resume(name)).unwrap();
     assert_eq!(rt.block_on(vmm.qmp_status(name)).unwrap(), "running");
     wait_http(&net, "/", "hello from box1");
+    assert!(ready(&rt));
 
     // Creating it again with the same spec answers it; with another spec is refused.
     let again = rt.block_on(vmm.create(spec.clone())).unwrap();
@@ -420,6 +434,7 @@ fn container_vm_serves_mounts_pauses_and_leaves_nothing() {
     let stopped = rt.block_on(vmm.info(name)).unwrap().unwrap();
     assert_eq!(stopped.status, VmStatus::Stopped);
     assert_eq!(stopped.restarts, 0);
+    assert!(!ready(&rt), "a stopped guest is not up");
     let console = rt.block_on(vmm.console(name, 1 << 20)).unwrap();
     assert!(
         console.contains("poweroff asked by the node") && console.contains("powering off"),
@@ -428,6 +443,12 @@ fn container_vm_serves_mounts_pauses_and_leaves_nothing() {
     let started = rt.block_on(vmm.start(name)).unwrap();
     assert_eq!(started.status, VmStatus::Running);
     wait_http(&net, "/", "boot=2");
+    // The new QEMU's guest answers for itself.
+    wait_until(
+        Duration::from_secs(60),
+        "the restarted guest is ready",
+        || ready(&rt).then_some(()),
+    );
     let info = started;
 
     // Delete: a clean poweroff through guest-init, then nothing is left.

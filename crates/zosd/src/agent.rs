@@ -455,6 +455,8 @@ fn zmachine_config(
         kernel: guest.join("vmlinux"),
         initramfs: guest.join("initramfs.cpio"),
         guest_mount,
+        guest_flist: cfg.guest_flist.clone().filter(|_| cfg.guest_dir.is_none()),
+        guest_wait: zos_provision::zmachine::GUEST_WAIT,
         state_dir: state_dir.join("zmachine"),
         nameservers: DEFAULT_NAMESERVERS
             .iter()

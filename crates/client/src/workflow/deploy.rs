@@ -8,7 +8,7 @@
 //! A machine's interface may leave its `ip` out before the deployment is signed:
 //! [`pick_ips`](super::network::pick_ips) fills it in first.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,11 @@ pub enum DeployEvent {
     },
     /// Following starts: `total` workloads must settle.
     Following { contract: ContractId, total: usize },
-    /// One followed workload settled (a result other than `init`), reported once per workload.
+    /// A followed workload is applied and coming up (a machine's guest booting); `message` is
+    /// what it shows last. Reported again each time the message changes.
+    Starting { name: String, message: String },
+    /// One followed workload settled (a result other than `init` or `starting`), reported once
+    /// per workload.
     Workload {
         name: String,
         state: ResultState,
@@ -305,7 +309,7 @@ pub async fn cancel(
     Ok(node)
 }
 
-/// Waits until each of `names` has a settled result (not `init`) in the log after sequence
+/// Waits until each of `names` has a settled result (not `init` or `starting`) in the log after sequence
 /// number `since` (0 for a new deployment, the log's last entry before an update), reporting
 /// the progress. A change the node refused (`unchanged`) fails with its reasons.
 async fn follow(
@@ -321,12 +325,25 @@ async fn follow(
     let total = names.len();
     on(DeployEvent::Following { contract, total });
     let mut reported = BTreeSet::new();
+    let mut shown: BTreeMap<String, String> = BTreeMap::new();
     loop {
         let log = changes(c, twin, contract).await?;
         let new: Vec<&LogEntry> = log.iter().filter(|e| e.seq > since).collect();
         for e in &new {
-            let followed = names.contains(&e.name);
-            if followed && e.result.state != ResultState::Init && reported.insert(e.name.clone()) {
+            if !names.contains(&e.name) || reported.contains(&e.name) {
+                continue;
+            }
+            if e.result.state == ResultState::Starting {
+                if shown.get(&e.name) != Some(&e.result.message) {
+                    shown.insert(e.name.clone(), e.result.message.clone());
+                    on(DeployEvent::Starting {
+                        name: e.name.clone(),
+                        message: e.result.message.clone(),
+                    });
+                }
+                continue;
+            }
+            if e.result.state != ResultState::Init && reported.insert(e.name.clone()) {
                 on(DeployEvent::Workload {
                     name: e.name.clone(),
                     state: e.result.state,

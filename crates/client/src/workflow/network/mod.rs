@@ -27,7 +27,7 @@ use zos_types::deployment::{ContractId, DeploymentError, ResultState};
 use zos_types::node_api::{self, PrivateIpsBody};
 use zos_types::{NodeId, TwinId};
 
-pub use pick::pick_ips;
+pub use pick::{leaves_ip_out, pick_ips};
 pub use plan::{CreateRequest, PORTS, plan};
 pub use record::{
     Access, FILE_VERSION, NetworkRecord, NetworkStore, NodePart, dot_one, grid_id, valid_name,

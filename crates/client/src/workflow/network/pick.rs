@@ -10,7 +10,8 @@ use super::{NetworkError, NetworkRecord, free_ip_besides};
 use crate::GridClient;
 use crate::workflow::deploy::DeployEvent;
 
-/// Fills in the address of every machine interface of `d` that leaves `ip` out: a free address
+/// Fills in the address of every machine interface of `d` that leaves `ip` out (or sets it to
+/// null, `ip: ~` in YAML): a free address
 /// of that network on `node` (not one used there, nor one picked for another interface here),
 /// from the network's local record as `record(name)` answers it. Reports each pick; `d` is
 /// unchanged when it fails. Run before [`deploy`](super::deploy::deploy) signs `d`.
@@ -28,7 +29,7 @@ pub async fn pick_ips(
         }
         let nics = w.data["network"]["interfaces"].as_array();
         for (ni, nic) in nics.into_iter().flatten().enumerate() {
-            if nic.get("ip").is_some() {
+            if !leaves_ip_out(nic) {
                 continue;
             }
             let net = nic["network"].as_str().unwrap_or_default().to_string();
@@ -54,4 +55,25 @@ pub async fn pick_ips(
         });
     }
     Ok(())
+}
+
+/// Whether a machine interface leaves its address to be picked: no `ip`, or a null one.
+pub fn leaves_ip_out(nic: &serde_json::Value) -> bool {
+    nic.get("ip").is_none_or(serde_json::Value::is_null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::leaves_ip_out;
+
+    #[test]
+    fn an_interface_without_an_address_or_with_a_null_one_gets_one_picked() {
+        let nics = [
+            serde_json::json!({"network": "lan"}),
+            serde_json::json!({"network": "lan", "ip": null}),
+            serde_json::json!({"network": "lan", "ip": "10.20.2.5"}),
+        ];
+        let left: Vec<bool> = nics.iter().map(leaves_ip_out).collect();
+        assert_eq!(left, [true, true, false]);
+    }
 }
