@@ -1,9 +1,10 @@
 //! The whole boot sequence of zos-init, as PID 1 of its own PID, mount and network namespaces
 //! (`zos-init --boot-test`): a lease from dnsmasq across a veth pair, the clock and a release
 //! from a grid stand-in on the other side, a release signed by an unknown key refused and
-//! retried, the runtime flists fetched by hash, mounted by real `zos-flist-mount` processes
-//! from the grid's blocks and stacked read-only, the service from the runtime started, and a
-//! clean stop on SIGTERM.
+//! retried, a runtime flist with other bytes than the release names refused, a tampered block
+//! of the service's program found before it runs, then the runtime flists fetched by hash,
+//! mounted by real `zos-flist-mount` processes from the grid's blocks and stacked read-only,
+//! the service from the runtime started, and a clean stop on SIGTERM.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -328,7 +329,43 @@ fn a_node_boots_from_the_grid_through_every_step() {
         console()
     );
     assert!(!marker.exists(), "nothing runs from a refused release");
-    routes.lock().unwrap().insert("/releases/dev".into(), good);
+    // Then the good release, but the hub serves other bytes for zos-base than it names.
+    let base_path = format!("/api/v1/hub/flists/by-hash/{}", sha(&base_fl));
+    let mut other = base_fl.clone();
+    let last = other.len() - 1;
+    other[last] ^= 0x55;
+    {
+        let mut r = routes.lock().unwrap();
+        r.insert("/releases/dev".into(), good);
+        r.insert(base_path.clone(), other);
+    }
+    wait_for("the flist refusal", &log, Duration::from_secs(120), || {
+        console().contains("runtime flist zos-base refused: its SHA-256 is")
+    });
+    assert!(!marker.exists(), "nothing runs from a refused runtime");
+    // Then the right flist, but a block of the service's program tampered with on the hub.
+    let fl = zos_flist::Flist::open(&p("zos.fl")).unwrap();
+    let mut ino = 1;
+    for name in ["usr", "bin", "fake-zosd"] {
+        ino = fl.lookup(ino, name.as_bytes()).unwrap().ino;
+    }
+    let block_path = format!(
+        "/api/v1/hub/blocks/{}",
+        fl.get(ino).unwrap().blocks[0].id.to_hex()
+    );
+    let block = routes.lock().unwrap()[&block_path].clone();
+    let mut tampered = block.clone();
+    tampered[10] ^= 0x55;
+    {
+        let mut r = routes.lock().unwrap();
+        r.insert(base_path, base_fl.clone());
+        r.insert(block_path.clone(), tampered);
+    }
+    wait_for("the block refusal", &log, Duration::from_secs(120), || {
+        console().contains("runtime check failed for service zosd")
+    });
+    assert!(!marker.exists(), "nothing runs from a tampered runtime");
+    routes.lock().unwrap().insert(block_path, block);
 
     wait_for(
         "the service from the runtime",
