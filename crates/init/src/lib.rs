@@ -8,10 +8,18 @@
 //! until power-off. [`boot`] strings the steps together; each step is a library function so it
 //! can be tested off PID 1.
 //!
-//! What the binary needs in the initramfs: glibc's `libc.so.6`, `libm.so.6`, `libgcc_s.so.1` and
-//! the loader (`ld-linux-x86-64.so.2`), the kernel modules with their `modules.dep`, and
-//! `/etc/zos/release-keys.json`. It runs no shell and no external program before the runtime is
-//! mounted.
+//! What the node image must carry for it (`scripts/build-node.sh`):
+//! - zos-init as `/init`, built static (`+crt-static`) or with glibc's `libc.so.6`, `libm.so.6`,
+//!   `libgcc_s.so.1` and `ld-linux-x86-64.so.2` beside it; it links no other native library
+//!   (TLS is rustls with ring);
+//! - `zos-flist-mount` in `/usr/bin` or `/usr/sbin` of the initramfs, static or with its
+//!   libraries: the runtime flists cannot be mounted by a program inside them;
+//! - the modules under `/lib/modules/<release>` with `modules.dep` (and `modules.builtin`),
+//!   among them the NIC drivers, `fuse`, `overlay`, and `button` and `evdev` for the power
+//!   button; `/etc/zos/modules` to load fewer than all of them;
+//! - `/etc/zos/release-keys.json`, and `/bin`, `/sbin`, `/lib`, `/lib64` as links into `/usr`.
+//!
+//! It runs no shell and no external program but the flist mounter and the services.
 
 pub mod boot;
 pub mod clock;
