@@ -14,9 +14,10 @@ use std::process::Command;
 use anyhow::{Context, bail, ensure};
 use clap::{Args, ValueEnum};
 use zos_types::boot::{GridUrl, chain_script};
+use zos_types::policy::{AdmissionToken, NodeAdmission};
 use zos_types::release::RunMode;
 
-use crate::global::{Global, client, grid_url};
+use crate::global::{Global, client, grid_url, load_key, signed_client};
 use crate::output::outln;
 
 /// Debian's `ipxe` package: iPXE as a Linux-kernel-format image.
@@ -50,6 +51,10 @@ pub struct BootloaderArgs {
     /// The grid's URL as the farm's nodes reach it (default: --grid).
     #[arg(long)]
     pub boot_url: Option<String>,
+    /// Days the bootloader's admission token admits nodes, for a farm that admits only signed
+    /// nodes (the token is signed with your key, which must be the farmer's).
+    #[arg(long, default_value_t = 365)]
+    pub admission_days: u32,
 }
 
 pub async fn bootloader(a: BootloaderArgs, g: &Global) -> anyhow::Result<()> {
@@ -61,7 +66,26 @@ pub async fn bootloader(a: BootloaderArgs, g: &Global) -> anyhow::Result<()> {
         .with_context(|| format!("farm {} on {grid}", a.farm))?;
     let boot_url = a.boot_url.clone().unwrap_or_else(|| grid.clone());
     let url = GridUrl::parse(&boot_url)?;
-    let script = chain_script(farm.id, a.runmode, &url);
+    let admission = match farm.policy.node_admission {
+        NodeAdmission::Open => None,
+        NodeAdmission::Signed => {
+            let c = signed_client(g).await.context(
+                "farm admits only signed nodes: its bootloader carries an admission token signed with the farmer's key (--key)",
+            )?;
+            if c.twin_id() != Some(farm.twin_id) {
+                bail!(
+                    "farm {} admits only signed nodes and belongs to twin {}: only its farmer's key makes its bootloader",
+                    farm.id,
+                    farm.twin_id
+                );
+            }
+            ensure!(a.admission_days > 0, "--admission-days must be at least 1");
+            let now = c.health().await?.time;
+            let expires = now.saturating_add(i64::from(a.admission_days) * 86_400);
+            Some(AdmissionToken::sign(&load_key(g)?, farm.id, expires))
+        }
+    };
+    let script = chain_script(farm.id, a.runmode, &url, admission.as_ref());
     match a.format {
         Format::Ipxe => write(&out, script.as_bytes())?,
         Format::Iso | Format::Usb => hybrid_image(&out, &script, farm.id, a.runmode, &url)?,

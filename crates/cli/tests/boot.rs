@@ -15,7 +15,9 @@ use zos_flist::hub::HubClient;
 use zos_flist::pack::{PackOptions, Progress, Source, pack};
 use zos_grid::{GridConfig, RunningGrid};
 use zos_types::Identity;
+use zos_types::auth::unix_now;
 use zos_types::boot::{GridUrl, ReleaseSummary, chain_script};
+use zos_types::policy::AdmissionToken;
 use zos_types::release::{ReleaseKeys, RunMode};
 
 const MARKER: &str = "ZOS-BOOT-TEST-MARKER";
@@ -52,6 +54,9 @@ struct Bed {
     grid: RunningGrid,
     keys: [PathBuf; 2],
     farm: u32,
+    /// The farmer's key file (the farm admits only signed nodes: its bootloader carries a token).
+    farmer_key: PathBuf,
+    farmer: Identity,
 }
 
 impl Bed {
@@ -84,9 +89,12 @@ impl Bed {
         let mut config = GridConfig::new("127.0.0.1:0".parse().unwrap(), work.path().join("grid"));
         config.boot.release_keys.insert(RunMode::Dev, release_keys);
         let grid = zos_grid::start(config).await.unwrap();
+        let farmer_id = Identity::generate().unwrap();
+        let farmer_key = work.path().join("farmer.key");
+        zos_client::keyfile::save_identity(&farmer_key, &farmer_id, 0o600).unwrap();
         let farmer = GridClient::new(&grid.url())
             .unwrap()
-            .with_identity(Identity::generate().unwrap());
+            .with_identity(farmer_id.clone());
         let twin = farmer.create_twin(None).await.unwrap();
         let farm = farmer
             .with_twin(twin.id)
@@ -98,6 +106,8 @@ impl Bed {
             grid,
             keys,
             farm: farm.id,
+            farmer_key,
+            farmer: farmer_id,
         }
     }
 
@@ -246,6 +256,7 @@ async fn releases_are_published_listed_and_bootloaders_made() {
     // The farm's iPXE script, and hybrid images holding iPXE and that script.
     let ipxe = bed.work.path().join("farm.ipxe");
     let farm = bed.farm.to_string();
+    let key = bed.farmer_key.to_str().unwrap();
     ok(
         &bed.url(),
         &[
@@ -259,10 +270,55 @@ async fn releases_are_published_listed_and_bootloaders_made() {
             "ipxe",
             "-o",
             ipxe.to_str().unwrap(),
+            "--key",
+            key,
         ],
     );
-    let want = chain_script(bed.farm, RunMode::Dev, &GridUrl::parse(&bed.url()).unwrap());
-    assert_eq!(std::fs::read_to_string(&ipxe).unwrap(), want);
+    // The farm admits only signed nodes (the default): the script carries the farmer's token.
+    let written = std::fs::read_to_string(&ipxe).unwrap();
+    let token: AdmissionToken = written
+        .split("?admission=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("an admission token in the script")
+        .parse()
+        .unwrap();
+    token
+        .check(bed.farm, &bed.farmer.public_key(), unix_now())
+        .unwrap();
+    let want = chain_script(
+        bed.farm,
+        RunMode::Dev,
+        &GridUrl::parse(&bed.url()).unwrap(),
+        Some(&token),
+    );
+    assert_eq!(written, want);
+    // Only the farmer makes it.
+    let stranger = bed.work.path().join("stranger.key");
+    ok(
+        &bed.url(),
+        &["key", "new", "--key", stranger.to_str().unwrap()],
+    );
+    ok(
+        &bed.url(),
+        &["twin", "create", "--key", stranger.to_str().unwrap()],
+    );
+    let err = fails(
+        &bed.url(),
+        &[
+            "farm",
+            "bootloader",
+            "--farm",
+            &farm,
+            "--format",
+            "ipxe",
+            "-o",
+            "/dev/null",
+            "--key",
+            stranger.to_str().unwrap(),
+        ],
+    );
+    assert!(err.contains("only its farmer's key"), "{err}");
     for format in ["iso", "usb"] {
         let img = bed.work.path().join(format!("farm.{format}"));
         ok(
@@ -278,12 +334,15 @@ async fn releases_are_published_listed_and_bootloaders_made() {
                 format,
                 "-o",
                 img.to_str().unwrap(),
+                "--key",
+                key,
             ],
         );
         let bytes = std::fs::read(&img).unwrap();
         assert_eq!(&bytes[510..512], &[0x55, 0xaa], "{format}: no MBR");
         assert_eq!(&bytes[0x8001..0x8006], b"CD001", "{format}: not ISO 9660");
-        let script = bytes.windows(want.len()).any(|w| w == want.as_bytes());
+        let head = want.split("?admission=").next().unwrap();
+        let script = bytes.windows(head.len()).any(|w| w == head.as_bytes());
         assert!(script, "{format}: the farm's script is not in the image");
     }
     let err = fails(
@@ -313,6 +372,8 @@ async fn releases_are_published_listed_and_bootloaders_made() {
             "/dev/null",
             "--boot-url",
             "http://grid$x",
+            "--key",
+            key,
         ],
     );
     assert!(err.contains("cannot go into a boot script"), "{err}");
@@ -448,9 +509,11 @@ async fn a_vm_boots_from_the_bootloader_iso_and_from_the_pxe_rom() {
             iso.to_str().unwrap(),
             "--boot-url",
             &seen_grid,
+            "--key",
+            bed.farmer_key.to_str().unwrap(),
         ],
     );
-    let check = |line: &str| {
+    let check = |line: &str, admitted: bool| {
         for want in [
             format!("farmer_id={farm}"),
             "runmode=dev".into(),
@@ -460,6 +523,18 @@ async fn a_vm_boots_from_the_bootloader_iso_and_from_the_pxe_rom() {
                 line.split_whitespace().any(|w| w == want),
                 "{want} missing in {line}"
             );
+        }
+        let token = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("admission="));
+        match token {
+            Some(t) if admitted => {
+                let t: AdmissionToken = t.parse().unwrap();
+                t.check(bed.farm, &bed.farmer.public_key(), unix_now())
+                    .unwrap();
+            }
+            None if !admitted => {}
+            other => panic!("admission {other:?} in {line}"),
         }
     };
 
@@ -481,7 +556,7 @@ async fn a_vm_boots_from_the_bootloader_iso_and_from_the_pxe_rom() {
         "booted from the ISO in {:.1} s: {line}",
         t.elapsed().as_secs_f64()
     );
-    check(&line);
+    check(&line, true);
     drop(vm);
     assert_eq!(bed.grid.boot().fetches(&kernel_sha), 1);
     assert_eq!(bed.grid.boot().fetches(&initramfs_sha), 1);
@@ -504,7 +579,7 @@ async fn a_vm_boots_from_the_bootloader_iso_and_from_the_pxe_rom() {
         "booted by PXE in {:.1} s: {line}",
         t.elapsed().as_secs_f64()
     );
-    check(&line);
+    check(&line, false);
     drop(vm);
     assert_eq!(bed.grid.boot().fetches(&kernel_sha), 2);
     assert_eq!(bed.grid.boot().fetches(&initramfs_sha), 2);

@@ -37,6 +37,7 @@ use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use zos_types::auth::Signer;
 use zos_types::boot::{GridUrl, Published, ReleaseSummary, StoredFile};
+use zos_types::policy::{AdmissionError, AdmissionToken};
 use zos_types::release::{
     MAX_MANIFEST_BYTES, MAX_SIGNATURES, Release, ReleaseError, ReleaseKeys, RunMode, SignedRelease,
     Version, is_sha256_hex,
@@ -302,11 +303,19 @@ fn sha_path(raw: &str) -> Result<String, ApiFailure> {
 
 // ---- scripts ----
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScriptQuery {
+    /// The farm's admission token, checked and then put on the command line.
+    admission: Option<String>,
+}
+
 async fn farm_script(
     State(app): State<AppState>,
     Extension(boot): Extension<Arc<Boot>>,
     headers: HeaderMap,
     ApiPath((mode, file)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<ScriptQuery>,
 ) -> Result<Response, ApiFailure> {
     let (mode, _) = served(&boot, &mode)?;
     let farm: FarmId = file
@@ -319,9 +328,26 @@ async fn farm_script(
                 file.chars().take(80).collect::<String>()
             ))
         })?;
-    if app.run(move |s| s.farm(farm)).await?.is_none() {
+    let Some(found) = app.run(move |s| s.farm(farm)).await? else {
         return Err(ApiFailure::NotFound(format!("farm {farm} does not exist")));
-    }
+    };
+    let admission = match query.admission {
+        None => None,
+        Some(raw) => {
+            let token: AdmissionToken = raw
+                .parse()
+                .map_err(|e: AdmissionError| ApiFailure::BadRequest(e.to_string()))?;
+            let farmer = found.twin_id;
+            let key = app
+                .run(move |s| s.twin_key(farmer))
+                .await?
+                .ok_or_else(|| ApiFailure::NotFound(format!("twin {farmer} does not exist")))?;
+            token
+                .check(farm, &key, app.now())
+                .map_err(|e| ApiFailure::Forbidden(format!("admission: {e}")))?;
+            Some(token)
+        }
+    };
     let current = boot.current(mode).ok_or_else(|| {
         ApiFailure::NotFound(format!(
             "no release of runmode {mode} is published yet: publish one (zos release publish)"
@@ -337,8 +363,10 @@ async fn farm_script(
             GridUrl::from_host(host).map_err(|e| ApiFailure::BadRequest(e.to_string()))?
         }
     };
-    let script = zos_types::boot::render(farm, mode, &grid, &current.release)
-        .map_err(|e| ApiFailure::internal("rendering a boot script", std::io::Error::other(e)))?;
+    let script = zos_types::boot::render(farm, mode, &grid, &current.release, admission.as_ref())
+        .map_err(|e| {
+        ApiFailure::internal("rendering a boot script", std::io::Error::other(e))
+    })?;
     tracing::info!(farm, runmode = %mode, release = %current.release.version, "boot script served");
     Ok((
         [(

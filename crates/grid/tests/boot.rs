@@ -610,3 +610,60 @@ async fn wrong_hashes_and_missing_files_are_refused() {
     );
     assert_eq!(g.stored_releases(), 0);
 }
+
+#[tokio::test]
+async fn admission_tokens_are_checked_before_they_reach_the_command_line() {
+    let g = BootGrid::start().await;
+    let (_, farm) = g.grid.farm("signed-farm").await;
+    let (_, other) = g.grid.farm("other-farm").await;
+    let r = g.release("1.0.0").await;
+    assert_eq!(
+        g.publish("dev", &r.sign(&[&g.dev[0], &g.dev[1]]).unwrap())
+            .await
+            .0,
+        201
+    );
+    let script = |token: String| format!("/boot/dev/farms/{}.ipxe?admission={token}", farm.id);
+
+    let token = g.grid.admission(farm.id);
+    let (s, body) = g.get(&script(token.to_string())).await;
+    assert_eq!(s, 200);
+    let body = String::from_utf8(body).unwrap();
+    let kernel = body.lines().find(|l| l.starts_with("kernel ")).unwrap();
+    assert!(
+        kernel.contains(&format!(" admission={token} console=")),
+        "{kernel}"
+    );
+
+    // Another farm's token, a forged one, a malformed one, script syntax, an unknown parameter.
+    let theirs = g.grid.admission(other.id);
+    let forged = zos_types::policy::AdmissionToken::sign(
+        &Identity::generate().unwrap(),
+        farm.id,
+        token.expires_at,
+    );
+    for (query, status, needle) in [
+        (script(theirs.to_string()), 403, "not farm"),
+        (
+            script(forged.to_string()),
+            403,
+            "not signed by the farm's farmer",
+        ),
+        (script("abc".into()), 400, "not an admission token"),
+        (script(format!("{token}$x")), 400, "not an admission token"),
+        (
+            format!("/boot/dev/farms/{}.ipxe?shell=1", farm.id),
+            400,
+            "invalid query",
+        ),
+    ] {
+        let (s, body) = g.get_json(&query).await;
+        assert_eq!(s, status, "{query}: {body}");
+        assert!(error_message(&body).contains(needle), "{query}: {body}");
+    }
+    // An expired token.
+    g.grid.clock.advance(2 * 86_400);
+    let (s, body) = g.get_json(&script(token.to_string())).await;
+    assert_eq!(s, 403, "{body}");
+    assert!(error_message(&body).contains("expired"), "{body}");
+}

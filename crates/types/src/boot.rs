@@ -9,6 +9,7 @@
 use std::fmt;
 
 use crate::FarmId;
+use crate::policy::AdmissionToken;
 use crate::release::{Release, RunMode, Version, is_sha256_hex};
 
 /// The longest grid URL a script carries.
@@ -66,9 +67,21 @@ impl fmt::Display for GridUrl {
 }
 
 /// The kernel command line of a farm's nodes (the contract of docs/boot.md). The last
-/// `console=` is `/dev/console`, where zos-init writes: the serial port.
-pub fn kernel_cmdline(farm: FarmId, runmode: RunMode, grid: &GridUrl) -> String {
-    format!("farmer_id={farm} runmode={runmode} grid={grid} console=tty0 console=ttyS0")
+/// `console=` is `/dev/console`, where zos-init writes: the serial port. An admission token
+/// (`FARM.EXPIRES.HEX`, digits, `-`, `.` and hex only) is added for farms that admit only signed
+/// nodes.
+pub fn kernel_cmdline(
+    farm: FarmId,
+    runmode: RunMode,
+    grid: &GridUrl,
+    admission: Option<&AdmissionToken>,
+) -> String {
+    let mut line = format!("farmer_id={farm} runmode={runmode} grid={grid}");
+    if let Some(token) = admission {
+        line.push_str(&format!(" admission={token}"));
+    }
+    line.push_str(" console=tty0 console=ttyS0");
+    line
 }
 
 /// Renders the script of `farm` for `release`. The release must have passed
@@ -78,6 +91,7 @@ pub fn render(
     runmode: RunMode,
     grid: &GridUrl,
     release: &Release,
+    admission: Option<&AdmissionToken>,
 ) -> Result<String, String> {
     let version: Version = release.version().map_err(|e| e.to_string())?;
     for (what, hash) in [
@@ -104,14 +118,23 @@ pub fn render(
          goto start\n",
         kernel = file(&release.kernel.sha256),
         initramfs = file(&release.initramfs.sha256),
-        cmdline = kernel_cmdline(farm, runmode, grid),
+        cmdline = kernel_cmdline(farm, runmode, grid, admission),
     );
     Ok(script)
 }
 
 /// The script a bootloader embeds: it fetches the farm's script from the grid, and retries
-/// until it gets one.
-pub fn chain_script(farm: FarmId, runmode: RunMode, grid: &GridUrl) -> String {
+/// until it gets one. With an admission token, the grid checks it and puts it on the nodes'
+/// command line.
+pub fn chain_script(
+    farm: FarmId,
+    runmode: RunMode,
+    grid: &GridUrl,
+    admission: Option<&AdmissionToken>,
+) -> String {
+    let query = admission
+        .map(|t| format!("?admission={t}"))
+        .unwrap_or_default();
     format!(
         "#!ipxe\n\
          # zos bootloader of farm {farm}, runmode {runmode}\n\
@@ -119,7 +142,7 @@ pub fn chain_script(farm: FarmId, runmode: RunMode, grid: &GridUrl) -> String {
          echo zos: farm {farm}, runmode {runmode}: bringing up the network\n\
          dhcp || goto retry\n\
          echo zos: fetching {grid}/boot/{runmode}/farms/{farm}.ipxe\n\
-         chain {grid}/boot/{runmode}/farms/{farm}.ipxe || goto retry\n\
+         chain {grid}/boot/{runmode}/farms/{farm}.ipxe{query} || goto retry\n\
          :retry\n\
          echo zos: no boot script from the grid yet, trying again in 10 seconds\n\
          sleep 10\n\
@@ -185,7 +208,7 @@ mod tests {
     #[test]
     fn the_script_chains_kernel_and_initramfs_by_hash_with_the_farms_command_line() {
         let grid = GridUrl::parse("http://10.0.2.2:8080/").unwrap();
-        let script = render(7, RunMode::Dev, &grid, &release()).unwrap();
+        let script = render(7, RunMode::Dev, &grid, &release(), None).unwrap();
         assert!(script.starts_with("#!ipxe\n"), "{script}");
         let kernel = script.lines().find(|l| l.starts_with("kernel ")).unwrap();
         assert_eq!(
@@ -207,7 +230,7 @@ mod tests {
         assert!(script.contains("\nboot || goto retry\n"));
         // Nothing expands: the only `$` would come from an interpolated value.
         assert!(!script.contains('$'));
-        let prod = render(4294967295, RunMode::Prod, &grid, &release()).unwrap();
+        let prod = render(4294967295, RunMode::Prod, &grid, &release(), None).unwrap();
         assert!(prod.contains("farmer_id=4294967295 runmode=prod "));
     }
 
@@ -251,18 +274,43 @@ mod tests {
         let grid = GridUrl::parse("http://grid").unwrap();
         let mut r = release();
         r.kernel.sha256 = format!("{}${{x}}", "a".repeat(60));
-        assert!(render(1, RunMode::Dev, &grid, &r).is_err());
+        assert!(render(1, RunMode::Dev, &grid, &r, None).is_err());
         let mut r = release();
         r.version = "1.2.3 || shell".into();
-        assert!(render(1, RunMode::Dev, &grid, &r).is_err());
+        assert!(render(1, RunMode::Dev, &grid, &r, None).is_err());
     }
 
     #[test]
     fn the_bootloader_script_chains_the_farms_script() {
         let grid = GridUrl::parse("http://10.0.2.2:8080").unwrap();
-        let s = chain_script(12, RunMode::Test, &grid);
+        let s = chain_script(12, RunMode::Test, &grid, None);
         assert!(s.starts_with("#!ipxe\n"));
         assert!(s.contains("\ndhcp || goto retry\n"));
         assert!(s.contains("\nchain http://10.0.2.2:8080/boot/test/farms/12.ipxe || goto retry\n"));
+        let farmer = crate::Identity::from_seed([1; 32]);
+        let token = AdmissionToken::sign(&farmer, 12, 1_900_000_000);
+        let s = chain_script(12, RunMode::Test, &grid, Some(&token));
+        assert!(s.contains(&format!(
+            "\nchain http://10.0.2.2:8080/boot/test/farms/12.ipxe?admission={token} || goto retry\n"
+        )));
+    }
+
+    #[test]
+    fn an_admission_token_goes_on_the_command_line_as_is() {
+        let grid = GridUrl::parse("http://grid").unwrap();
+        let farmer = crate::Identity::from_seed([2; 32]);
+        let token = AdmissionToken::sign(&farmer, 7, 1_900_000_000);
+        let script = render(7, RunMode::Prod, &grid, &release(), Some(&token)).unwrap();
+        let kernel = script.lines().find(|l| l.starts_with("kernel ")).unwrap();
+        assert!(
+            kernel.contains(&format!(" grid=http://grid admission={token} console=")),
+            "{kernel}"
+        );
+        let text = token.to_string();
+        assert!(
+            text.bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b'-'),
+            "{text}"
+        );
     }
 }
