@@ -107,12 +107,23 @@ impl TestHub {
         body: Vec<u8>,
         sign: Option<(&Identity, Signer, i64)>,
     ) -> (StatusCode, Vec<u8>) {
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.url()));
-        if let Some((id, signer, ts)) = sign {
-            let a = RequestAuth::sign(id, signer, method.as_str(), path, ts, &body);
-            req = req.header(HEADER, a.to_string());
+        let header = sign.map(|(id, signer, ts)| {
+            RequestAuth::sign(id, signer, method.as_str(), path, ts, &body).to_string()
+        });
+        self.send_header(method, path, body, header).await
+    }
+
+    /// A request with the `Authorization` header `header` as it is (to send one twice).
+    async fn send_header(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        header: Option<String>,
+    ) -> (StatusCode, Vec<u8>) {
+        let mut req = self.http.request(method, format!("{}{path}", self.url()));
+        if let Some(h) = header {
+            req = req.header(HEADER, h);
         }
         let resp = req.body(body).send().await.unwrap();
         let status = resp.status();
@@ -370,22 +381,19 @@ async fn hostile_block_requests_change_nothing() {
     // (A distinct timestamp, though the bare-key request above, which signed the same message,
     // was refused before the replay cache recorded anything: see tests/dos.rs.)
     let ts = unix_now() - 5;
+    let header =
+        RequestAuth::sign(&who.0, Signer::Twin(who.1), "PUT", &fpath, ts, &fresh.data).to_string();
     let (s, _) = hub
-        .send(
+        .send_header(
             Method::PUT,
             &fpath,
             fresh.data.clone(),
-            Some((&who.0, Signer::Twin(who.1), ts)),
+            Some(header.clone()),
         )
         .await;
     assert_eq!(s, StatusCode::CREATED);
     let (s, _) = hub
-        .send(
-            Method::PUT,
-            &fpath,
-            fresh.data.clone(),
-            Some((&who.0, Signer::Twin(who.1), ts)),
-        )
+        .send_header(Method::PUT, &fpath, fresh.data.clone(), Some(header))
         .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "a replay is refused");
 

@@ -3,12 +3,14 @@
 //! Every request that changes state carries one header:
 //!
 //! ```text
-//! Authorization: ZOS twin=<id>,ts=<unix seconds>,sig=<hex>
-//! Authorization: ZOS key=<hex public key>,ts=<unix seconds>,sig=<hex>   (only to create a twin)
+//! Authorization: ZOS twin=<id>,ts=<unix seconds>,nonce=<16 hex>,sig=<hex>
+//! Authorization: ZOS key=<hex public key>,ts=<unix seconds>,nonce=<16 hex>,sig=<hex>   (only to create a twin)
 //! ```
 //!
-//! The signature covers `METHOD \n PATH?QUERY \n TIMESTAMP \n hex(sha256(body))`, so it binds the
-//! request's target, its time and its exact body. The receiver accepts timestamps within
+//! The signature covers `METHOD \n PATH?QUERY \n TIMESTAMP \n NONCE \n hex(sha256(body))`
+//! (without the nonce line when a request carries none, as older clients sign), so it binds the
+//! request's target, its time and its exact body. The nonce, random per request, makes the same
+//! request sent twice in one second two requests rather than a replay. The receiver accepts timestamps within
 //! [`MAX_SKEW_SECS`] of its own clock and remembers signatures it has seen inside that window, so
 //! a captured request cannot be sent again.
 
@@ -51,13 +53,21 @@ pub enum AuthError {
 }
 
 /// The bytes a request signature covers.
-pub fn signing_message(method: &str, path_and_query: &str, timestamp: i64, body: &[u8]) -> Vec<u8> {
+pub fn signing_message(
+    method: &str,
+    path_and_query: &str,
+    timestamp: i64,
+    nonce: Option<u64>,
+    body: &[u8],
+) -> Vec<u8> {
     let digest = hex::encode(Sha256::digest(body));
+    let nonce = nonce.map(|n| format!("{n:016x}\n")).unwrap_or_default();
     format!(
-        "{}\n{}\n{}\n{}",
+        "{}\n{}\n{}\n{}{}",
         method.to_ascii_uppercase(),
         path_and_query,
         timestamp,
+        nonce,
         digest
     )
     .into_bytes()
@@ -68,11 +78,13 @@ pub fn signing_message(method: &str, path_and_query: &str, timestamp: i64, body:
 pub struct RequestAuth {
     pub signer: Signer,
     pub timestamp: i64,
+    /// Random per request (absent from older clients' headers).
+    pub nonce: Option<u64>,
     pub signature: Signature,
 }
 
 impl RequestAuth {
-    /// Signs a request.
+    /// Signs a request, with a fresh random nonce.
     pub fn sign(
         identity: &Identity,
         signer: Signer,
@@ -81,11 +93,17 @@ impl RequestAuth {
         timestamp: i64,
         body: &[u8],
     ) -> Self {
-        let signature = identity.sign(&signing_message(method, path_and_query, timestamp, body));
+        let mut b = [0u8; 8];
+        // The OS's generator only fails on systems zos does not run on; a nonce of zero is then
+        // still a valid (if repeatable) request.
+        let _ = getrandom::getrandom(&mut b);
+        let nonce = Some(u64::from_le_bytes(b));
+        let msg = signing_message(method, path_and_query, timestamp, nonce, body);
         Self {
             signer,
             timestamp,
-            signature,
+            nonce,
+            signature: identity.sign(&msg),
         }
     }
 
@@ -95,7 +113,7 @@ impl RequestAuth {
         let rest = value
             .strip_prefix("ZOS ")
             .ok_or_else(|| bad("expected the ZOS scheme"))?;
-        let (mut signer, mut ts, mut sig) = (None, None, None);
+        let (mut signer, mut ts, mut nonce, mut sig) = (None, None, None, None);
         for part in rest.split(',') {
             let (k, v) = part
                 .trim()
@@ -115,6 +133,13 @@ impl RequestAuth {
                 "ts" => ts
                     .replace(v.parse::<i64>().map_err(|_| bad("ts is not a number"))?)
                     .is_some(),
+                "nonce" if v.len() == 16 => nonce
+                    .replace(
+                        u64::from_str_radix(v, 16)
+                            .map_err(|_| bad("nonce is not 16 hex digits"))?,
+                    )
+                    .is_some(),
+                "nonce" => return Err(bad("nonce is not 16 hex digits")),
                 "sig" => sig
                     .replace(
                         v.parse::<Signature>()
@@ -130,6 +155,7 @@ impl RequestAuth {
         Ok(Self {
             signer: signer.ok_or_else(|| bad("twin or key is required"))?,
             timestamp: ts.ok_or_else(|| bad("ts is required"))?,
+            nonce,
             signature: sig.ok_or_else(|| bad("sig is required"))?,
         })
     }
@@ -149,7 +175,7 @@ impl RequestAuth {
                 now,
             });
         }
-        let msg = signing_message(method, path_and_query, self.timestamp, body);
+        let msg = signing_message(method, path_and_query, self.timestamp, self.nonce, body);
         key.verify(&msg, &self.signature)
             .map_err(|_| AuthError::BadSignature)
     }
@@ -161,7 +187,11 @@ impl fmt::Display for RequestAuth {
             Signer::Twin(id) => write!(f, "ZOS twin={id}")?,
             Signer::Key(k) => write!(f, "ZOS key={k}")?,
         }
-        write!(f, ",ts={},sig={}", self.timestamp, self.signature)
+        write!(f, ",ts={}", self.timestamp)?;
+        if let Some(n) = self.nonce {
+            write!(f, ",nonce={n:016x}")?;
+        }
+        write!(f, ",sig={}", self.signature)
     }
 }
 
@@ -198,6 +228,45 @@ mod tests {
         parsed
             .verify(&id.public_key(), "POST", "/api/v1/farms?x=1", b"{}", 1030)
             .unwrap();
+    }
+
+    #[test]
+    fn the_same_request_signed_twice_in_one_second_is_two_requests() {
+        let (id, a) = signed(b"{}");
+        let (_, b) = signed(b"{}");
+        assert_eq!(a.timestamp, b.timestamp);
+        assert_ne!(
+            a.signature, b.signature,
+            "a replay cache would refuse the second"
+        );
+        for auth in [&a, &b] {
+            let parsed = RequestAuth::parse(&auth.to_string()).unwrap();
+            parsed
+                .verify(&id.public_key(), "POST", "/api/v1/farms?x=1", b"{}", 1000)
+                .unwrap();
+        }
+        // The nonce is signed: another one breaks the signature.
+        let mut other = a.clone();
+        other.nonce = a.nonce.map(|n| n ^ 1);
+        assert_eq!(
+            other.verify(&id.public_key(), "POST", "/api/v1/farms?x=1", b"{}", 1000),
+            Err(AuthError::BadSignature)
+        );
+        // A header without a nonce (an older client) is signed without one.
+        let bare = RequestAuth {
+            nonce: None,
+            signature: id.sign(&signing_message("POST", "/p", 1000, None, b"")),
+            ..a.clone()
+        };
+        let parsed = RequestAuth::parse(&bare.to_string()).unwrap();
+        assert_eq!(parsed.nonce, None);
+        parsed
+            .verify(&id.public_key(), "POST", "/p", b"", 1000)
+            .unwrap();
+        for bad in ["12", "zzzzzzzzzzzzzzzz", "00000000000000001"] {
+            let h = format!("ZOS twin=3,ts=1000,nonce={bad},sig={}", a.signature);
+            assert!(RequestAuth::parse(&h).is_err(), "{bad}");
+        }
     }
 
     #[test]
