@@ -431,51 +431,79 @@ async fn get_file(
 }
 
 async fn put_file(
+    State(app): State<AppState>,
     Extension(boot): Extension<Arc<Boot>>,
     ApiPath(sha): ApiPath<String>,
-    publisher: Publisher,
+    req: Request,
 ) -> Result<(StatusCode, Json<StoredFile>), ApiFailure> {
+    use futures::StreamExt;
+    use sha2::Digest;
+    use tokio::io::AsyncWriteExt;
+
     let sha = sha_path(&sha)?;
-    let data = publisher.body;
-    if data.is_empty() {
+    // The signature covers the body's SHA-256, which the path names: it is checked before one
+    // byte of the body is read, and the body is then hashed as it streams to disk.
+    let key = publisher_key(&boot, &req, app.now())?;
+    let claim = Claim::of(&req, app.now())?;
+    let a = &claim.auth;
+    a.verify_digest(&key, &claim.method, &claim.target, &sha, app.now())?;
+    admit(&app, a)?;
+
+    let max = boot.config.max_file_bytes;
+    let internal = |e: std::io::Error| ApiFailure::internal("storing a boot file", e);
+    let (file, tmp) = tempfile::NamedTempFile::new_in(boot.dir.join("tmp"))
+        .map_err(internal)?
+        .into_parts();
+    let mut file = tokio::fs::File::from_std(file);
+    let mut hasher = sha2::Sha256::new();
+    let mut size = 0u64;
+    let mut body = req.into_body().into_data_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiFailure::BadRequest(format!("boot file {sha}: cannot read the body: {e}"))
+        })?;
+        size += chunk.len() as u64;
+        if size > max {
+            return Err(ApiFailure::TooLarge(
+                usize::try_from(max).unwrap_or(usize::MAX),
+            ));
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).await.map_err(internal)?;
+    }
+    if size == 0 {
         return Err(ApiFailure::BadRequest(format!(
             "boot file {sha}: the body is empty"
         )));
     }
-    let size = data.len() as u64;
+    let got = hex::encode(hasher.finalize());
+    if got != sha {
+        return Err(ApiFailure::BadRequest(format!(
+            "boot file {sha}: the body's SHA-256 is {got}; refused"
+        )));
+    }
     let dest = boot.file_path(&sha);
-    let tmp_dir = boot.dir.join("tmp");
-    let s = sha.clone();
-    let stored = tokio::task::spawn_blocking(move || -> Result<bool, ApiFailure> {
-        let got = zos_flist::hub::sha256_hex(&data);
-        if got != s {
-            return Err(ApiFailure::BadRequest(format!(
-                "boot file {s}: the body's SHA-256 is {got}; refused"
-            )));
-        }
-        if dest.exists() {
-            return Ok(false);
-        }
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir)?;
-            tmp.write_all(&data)?;
-            tmp.as_file().sync_all()?;
+    let stored = if tokio::fs::try_exists(&dest).await.unwrap_or(false) {
+        false
+    } else {
+        file.sync_all().await.map_err(internal)?;
+        drop(file);
+        let d = dest.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             use std::os::unix::fs::PermissionsExt;
-            tmp.as_file()
-                .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-            tmp.persist(&dest).map_err(|e| e.error)?;
-            if let Some(dir) = dest.parent() {
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+            tmp.persist(&d).map_err(|e| e.error)?;
+            if let Some(dir) = d.parent() {
                 std::fs::File::open(dir)?.sync_all()?;
             }
             Ok(())
-        };
-        write().map_err(|e| ApiFailure::internal("storing a boot file", e))?;
-        Ok(true)
-    })
-    .await
-    .map_err(|e| ApiFailure::internal("boot file task", e))??;
-    tracing::info!(sha256 = %sha, size, stored, key = %publisher.key, "boot file uploaded");
+        })
+        .await
+        .map_err(|e| ApiFailure::internal("boot file task", e))?
+        .map_err(internal)?;
+        true
+    };
+    tracing::info!(sha256 = %sha, size, stored, %key, "boot file uploaded");
     let status = if stored {
         StatusCode::CREATED
     } else {
@@ -689,6 +717,35 @@ struct Publisher {
     body: Bytes,
 }
 
+/// The release key that signed `req` (`key=`), which must be one of the grid's; checked before
+/// the body is read.
+fn publisher_key(boot: &Boot, req: &Request, now: i64) -> Result<PublicKey, ApiFailure> {
+    let claim = Claim::of(req, now)?;
+    let Signer::Key(key) = claim.auth.signer else {
+        return Err(ApiFailure::Unauthorized(
+            "publishing boot files and releases is signed with a release key (key=<release public key>), not a twin: use zos release publish --release-key FILE".into(),
+        ));
+    };
+    if !boot.publishers.contains(&key) {
+        return Err(ApiFailure::Forbidden(format!(
+            "key {key} is not one of this grid's release keys: only its release publishers may upload"
+        )));
+    }
+    Ok(key)
+}
+
+/// Records a checked signature in the replay cache (refusing one seen before).
+fn admit(app: &AppState, a: &zos_types::auth::RequestAuth) -> Result<(), ApiFailure> {
+    app.replay()
+        .admit_bare_key(&a.signature, a.timestamp, app.now())
+        .map_err(|e| match e {
+            Refusal::Seen => ApiFailure::from(zos_types::auth::AuthError::Replay),
+            _ => ApiFailure::Unavailable(
+                "the registry is receiving more key-signed requests than it can remember: try again in a minute".into(),
+            ),
+        })
+}
+
 impl FromRequest<AppState> for Publisher {
     type Rejection = ApiFailure;
 
@@ -700,17 +757,8 @@ impl FromRequest<AppState> for Publisher {
             .ok_or_else(|| {
                 ApiFailure::internal("boot routes", std::io::Error::other("no boot state"))
             })?;
+        let key = publisher_key(&boot, &req, state.now())?;
         let claim = Claim::of(&req, state.now())?;
-        let Signer::Key(key) = claim.auth.signer else {
-            return Err(ApiFailure::Unauthorized(
-                "publishing boot files and releases is signed with a release key (key=<release public key>), not a twin: use zos release publish --key FILE".into(),
-            ));
-        };
-        if !boot.publishers.contains(&key) {
-            return Err(ApiFailure::Forbidden(format!(
-                "key {key} is not one of this grid's release keys: only its release publishers may upload"
-            )));
-        }
         let limit = req
             .extensions()
             .get::<BodyLimitHint>()
@@ -725,15 +773,7 @@ impl FromRequest<AppState> for Publisher {
         })?;
         let a = &claim.auth;
         a.verify(&key, &claim.method, &claim.target, &body, state.now())?;
-        state
-            .replay()
-            .admit_bare_key(&a.signature, a.timestamp, state.now())
-            .map_err(|e| match e {
-                Refusal::Seen => ApiFailure::from(zos_types::auth::AuthError::Replay),
-                _ => ApiFailure::Unavailable(
-                    "the registry is receiving more key-signed requests than it can remember: try again in a minute".into(),
-                ),
-            })?;
+        admit(state, a)?;
         Ok(Publisher { key, body })
     }
 }

@@ -167,6 +167,13 @@ impl BootGrid {
             .count()
     }
 
+    /// Files left in the boot service's temporary directory (refused uploads leave none).
+    fn leftovers(&self) -> usize {
+        std::fs::read_dir(self.grid.data_dir().join("boot/tmp"))
+            .unwrap()
+            .count()
+    }
+
     fn stored_releases(&self) -> usize {
         std::fs::read_dir(self.grid.data_dir().join("boot/releases/dev"))
             .unwrap()
@@ -442,6 +449,7 @@ async fn oversize_uploads_are_refused_and_store_nothing() {
     let status = chunked_put(&g.url(), &path, &auth.to_string(), &big).await;
     assert_eq!(status, 413);
     assert_eq!(g.boot_dir_files(), files);
+    assert_eq!(g.leftovers(), 0);
 
     // A manifest over the limit (padded with JSON blanks, validly signed) is refused.
     let r = g.release("1.0.0").await;
@@ -563,8 +571,23 @@ async fn wrong_hashes_and_missing_files_are_refused() {
             b"two".to_vec(),
         )
         .await;
+    // The signature covers the body's hash, which is not the one the path names.
+    assert_eq!(s, 401, "{body}");
+    // Signed for the content the path names, but another body sent: hashed as it arrives.
+    let path = format!("/boot/files/{}", sha(b"one"));
+    let auth = RequestAuth::sign(
+        &g.dev[0],
+        Signer::Key(g.dev[0].public_key()),
+        "PUT",
+        &path,
+        unix_now(),
+        b"one",
+    )
+    .to_string();
+    let (s, body) = common::raw(&g.url(), "PUT", &path, b"two".to_vec(), Some(&auth)).await;
     assert_eq!(s, 400, "{body}");
     assert!(error_message(&body).contains(&sha(b"two")), "{body}");
+    assert_eq!(g.leftovers(), 0);
     let (s, _) = g
         .put_as(
             &g.dev[0],

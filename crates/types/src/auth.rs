@@ -61,6 +61,19 @@ pub fn signing_message(
     body: &[u8],
 ) -> Vec<u8> {
     let digest = hex::encode(Sha256::digest(body));
+    signing_message_for_digest(method, path_and_query, timestamp, nonce, &digest)
+}
+
+/// [`signing_message`] of a body known by its SHA-256 (lowercase hex) alone: a receiver that
+/// knows the digest a body must have (a content-addressed upload) checks the signature before
+/// reading the body, then the body against the digest.
+pub fn signing_message_for_digest(
+    method: &str,
+    path_and_query: &str,
+    timestamp: i64,
+    nonce: Option<u64>,
+    digest: &str,
+) -> Vec<u8> {
     let nonce = nonce.map(|n| format!("{n:016x}\n")).unwrap_or_default();
     format!(
         "{}\n{}\n{}\n{}{}",
@@ -176,6 +189,30 @@ impl RequestAuth {
             });
         }
         let msg = signing_message(method, path_and_query, self.timestamp, self.nonce, body);
+        key.verify(&msg, &self.signature)
+            .map_err(|_| AuthError::BadSignature)
+    }
+}
+
+impl RequestAuth {
+    /// [`RequestAuth::verify`] for a body known by its SHA-256 (lowercase hex): the body must
+    /// then be checked against `digest` by the caller.
+    pub fn verify_digest(
+        &self,
+        key: &PublicKey,
+        method: &str,
+        path_and_query: &str,
+        digest: &str,
+        now: i64,
+    ) -> Result<(), AuthError> {
+        if self.timestamp.abs_diff(now) > MAX_SKEW_SECS.unsigned_abs() {
+            return Err(AuthError::Stale {
+                ts: self.timestamp,
+                now,
+            });
+        }
+        let msg =
+            signing_message_for_digest(method, path_and_query, self.timestamp, self.nonce, digest);
         key.verify(&msg, &self.signature)
             .map_err(|_| AuthError::BadSignature)
     }
