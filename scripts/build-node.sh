@@ -15,7 +15,7 @@
 #   <out>/sizes.txt            sizes of the pieces
 #
 # Usage: scripts/build-node.sh [options] [out-dir]   (default: ${CARGO_TARGET_DIR:-target}/node)
-#   --init PATH          zos-init binary for /init (default: built from crates/init, static)
+#   --init PATH          zos-init binary for /init (default: built from crates/init)
 #   --release-keys FILE  the release keys the node trusts (ReleaseKeys JSON); the default trusts
 #                        none ({"keys":[],"threshold":1}), so such a node accepts no release
 #
@@ -67,8 +67,11 @@ skip_packages=(
 # No file of these names may be in the image: shells, logins and remote access.
 forbidden=(sh bash dash ash busybox zsh ksh mksh rbash csh tcsh fish login getty agetty mingetty
   sshd dropbear su sulogin runuser)
-# Modules the node needs; their dependencies are added from each module's modinfo.
+# Modules the node needs; their dependencies are added from each module's modinfo. The
+# checksum algorithms come first: they are soft dependencies (softdep=pre: crc32c, xxhash64,
+# blake2b-256, by alias) of libcrc32c, ext4 and btrfs, which zos-init loads in this order.
 modules=(
+  crc32c_generic crc32c_intel xxhash_generic blake2b_generic sha256_generic
   virtio_pci virtio_net virtio_blk virtio_scsi virtio_console virtio_rng virtio_balloon
   ahci nvme sd_mod loop
   e1000 e1000e igb ixgbe i40e r8169 tg3 bnx2
@@ -84,10 +87,9 @@ build_flags=(--quiet --release)
 export CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=true
 if [[ -z $init_bin ]]; then
   [[ -d $repo/crates/init ]] || die "no crates/init in this tree: pass --init PATH (a zos-init binary)"
-  log "building zos-init (static)"
-  (cd "$repo" && RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$target_dir" \
-    cargo build "${build_flags[@]}" -p zos-init --bin zos-init --target x86_64-unknown-linux-gnu)
-  init_bin=$target_dir/x86_64-unknown-linux-gnu/release/zos-init
+  log "building zos-init"
+  (cd "$repo" && CARGO_TARGET_DIR="$target_dir" cargo build "${build_flags[@]}" -p zos-init --bin zos-init)
+  init_bin=$target_dir/release/zos-init
 fi
 [[ -f $init_bin && -x $init_bin ]] || die "$init_bin is not an executable (zos-init for /init)"
 init_bin=$(cd "$(dirname "$init_bin")" && pwd)/$(basename "$init_bin")
@@ -234,6 +236,8 @@ depmod_err=$(depmod -b "$init/usr" "$release" 2>&1) || die "depmod failed: $depm
 cp "$init_bin" "$init/init"
 chmod 755 "$init/init"
 printf '%s\n' "$keys" >"$init/etc/zos/release-keys.json"
+# What zos-init loads (with their dependencies, from modules.dep).
+printf '%s\n' "# the modules zos-init loads at boot (scripts/build-node.sh)" "${modules[@]}" >"$init/etc/zos/modules"
 
 # 4. zos-base: the packages' trees merged, usr-merged, without shells, docs or package metadata.
 base=$work/zos-base
