@@ -2,7 +2,8 @@
 # Builds the zos node image (docs/boot.md) from Debian packages and our own binaries:
 #
 #   <out>/vmlinuz              Debian's kernel (what linux-image-amd64 depends on), as packaged
-#   <out>/initramfs.cpio.zst   newc, zstd: zos-init as /init (and its libraries if it is dynamic),
+#   <out>/initramfs.cpio.zst   newc, zstd: zos-init as /init, zos-flist-mount in /usr/bin (and
+#                              their libraries when they are dynamic),
 #                              the modules the node needs under /usr/lib/modules/<release> with
 #                              modules.dep (depmod), /etc/zos/release-keys.json
 #   <out>/kernel.version       the kernel release, like 6.1.0-57-amd64
@@ -80,6 +81,7 @@ modules=(
   nf_tables nf_conntrack nf_nat nft_chain_nat nft_nat nft_masq nft_redir nft_ct nft_reject_inet
   nft_fib_inet nft_limit nft_compat
   vhost_net vhost_vsock kvm_intel kvm_amd
+  button evdev  # the ACPI power button zos-init listens to
 )
 
 # 1. Our binaries.
@@ -283,19 +285,32 @@ cp -a "$zt/usr/bin" "$work/check/usr/"
 check_needed "$work/check" || die "zosd needs libraries zos-base does not have"
 rm -rf "$work/check"
 
-# The initramfs: zos-init's own libraries (from the same Debian packages) when it is dynamic.
-if readelf -l "$init/init" 2>/dev/null | grep -q 'Requesting program interpreter'; then
-  log "zos-init is dynamic: adding its libraries from libc6 and friends"
-  mapfile -t libs < <(readelf -d "$init/init" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
-  mkdir -p "$init/usr/lib/x86_64-linux-gnu"
-  for lib in "${libs[@]}" ld-linux-x86-64.so.2; do
+# The initramfs: zos-flist-mount (zos-init mounts the runtime flists with it), and the libraries
+# of both (from the same Debian packages) when they are dynamic.
+cp "$mounter" "$init/usr/bin/zos-flist-mount"
+declare -A copied=()
+copy_libs() { # the DT_NEEDED of $1, and theirs, into the initramfs
+  local lib src
+  while IFS= read -r lib; do
+    [[ -z ${copied[$lib]:-} ]] || continue
+    copied[$lib]=1
     src=$base/usr/lib/x86_64-linux-gnu/$lib
-    [[ -e $src ]] || die "zos-init needs $lib, which no package of the image has"
+    [[ -e $src ]] || die "$(basename "$1") needs $lib, which no package of the image has"
+    mkdir -p "$init/usr/lib/x86_64-linux-gnu"
     cp -L "$src" "$init/usr/lib/x86_64-linux-gnu/$lib"
-  done
-  ln -s ../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$init/usr/lib64/ld-linux-x86-64.so.2"
-  check_needed "$init" || die "zos-init's libraries need more libraries"
-fi
+    copy_libs "$init/usr/lib/x86_64-linux-gnu/$lib"
+  done < <(readelf -d "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
+}
+for bin in "$init/init" "$init/usr/bin/zos-flist-mount"; do
+  readelf -l "$bin" 2>/dev/null | grep -q 'Requesting program interpreter' || continue
+  log "$(basename "$bin") is dynamic: adding its libraries from libc6 and friends"
+  copy_libs "$bin"
+  if [[ ! -e $init/usr/lib64/ld-linux-x86-64.so.2 ]]; then
+    cp -L "$base/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" "$init/usr/lib/x86_64-linux-gnu/"
+    ln -s ../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$init/usr/lib64/ld-linux-x86-64.so.2"
+  fi
+done
+check_needed "$init" || die "the initramfs's binaries need libraries it lacks"
 
 for t in "$init" "$base" "$zt"; do
   left=$(forbidden_in "$t")

@@ -115,7 +115,15 @@ fn the_node_image_has_no_shell_and_holds_what_the_node_runs() {
         Vec::<&str>::new()
     );
     let set: BTreeSet<&str> = paths.iter().map(String::as_str).collect();
-    for p in ["init", "etc/zos/release-keys.json", "dev", "proc", "sys"] {
+    for p in [
+        "init",
+        "usr/bin/zos-flist-mount",
+        "etc/zos/release-keys.json",
+        "etc/zos/modules",
+        "dev",
+        "proc",
+        "sys",
+    ] {
         assert!(set.contains(p), "no /{p} in the initramfs");
     }
     let moddir = format!("usr/lib/modules/{release}");
@@ -148,6 +156,8 @@ fn the_node_image_has_no_shell_and_holds_what_the_node_runs() {
         "macvlan",
         "vxlan",
         "nf_tables",
+        "button",
+        "evdev",
     ] {
         assert!(names.contains(m), "module {m} is not in modules.dep");
     }
