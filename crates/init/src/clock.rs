@@ -17,14 +17,8 @@ const MAX_BODY: usize = 64 * 1024;
 /// Why the clock could not be checked.
 #[derive(Debug, thiserror::Error)]
 pub enum ClockError {
-    #[error("cannot ask the grid for its time at {url}")]
-    Http {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    #[error("the grid answered {status} at {url}")]
-    Status { url: String, status: u16 },
+    #[error(transparent)]
+    Fetch(#[from] crate::http::FetchError),
     #[error("the grid's health answer at {url} is not usable: {reason}")]
     Answer { url: String, reason: String },
     #[error("cannot set the system clock")]
@@ -94,27 +88,8 @@ pub async fn grid_time(
 ) -> Result<(i64, Duration), ClockError> {
     let url = format!("{}/api/v1/health", grid.trim_end_matches('/'));
     let asked = Instant::now();
-    let resp = client
-        .get(&url)
-        .send()
-        .await
-        .map_err(|source| ClockError::Http {
-            url: url.clone(),
-            source,
-        })?;
+    let body = crate::http::get_limited(client, &url, MAX_BODY).await?;
     let rtt = asked.elapsed();
-    if !resp.status().is_success() {
-        return Err(ClockError::Status {
-            url,
-            status: resp.status().as_u16(),
-        });
-    }
-    let body = crate::http::read_limited(resp, MAX_BODY)
-        .await
-        .map_err(|reason| ClockError::Answer {
-            url: url.clone(),
-            reason,
-        })?;
     let health: Health = serde_json::from_slice(&body).map_err(|e| ClockError::Answer {
         url: url.clone(),
         reason: e.to_string(),

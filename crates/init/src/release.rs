@@ -36,14 +36,8 @@ pub enum Error {
     },
     #[error("the pinned release keys {path} are unusable: {reason}")]
     Keys { path: PathBuf, reason: String },
-    #[error("cannot fetch {url}")]
-    Http {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    #[error("the grid answered {status} at {url}")]
-    Status { url: String, status: u16 },
+    #[error(transparent)]
+    Fetch(#[from] crate::http::FetchError),
     #[error("the answer at {url} is not a signed release: {reason}")]
     Answer { url: String, reason: String },
     #[error("release refused")]
@@ -93,26 +87,7 @@ pub async fn fetch(
     runmode: RunMode,
 ) -> Result<SignedRelease, Error> {
     let url = format!("{}/releases/{runmode}", grid.trim_end_matches('/'));
-    let resp = client
-        .get(&url)
-        .send()
-        .await
-        .map_err(|source| Error::Http {
-            url: url.clone(),
-            source,
-        })?;
-    if resp.status() != reqwest::StatusCode::OK {
-        return Err(Error::Status {
-            url,
-            status: resp.status().as_u16(),
-        });
-    }
-    let body = crate::http::read_limited(resp, MAX_RELEASE_BYTES)
-        .await
-        .map_err(|reason| Error::Answer {
-            url: url.clone(),
-            reason,
-        })?;
+    let body = crate::http::get_limited(client, &url, MAX_RELEASE_BYTES).await?;
     serde_json::from_slice(&body).map_err(|e| Error::Answer {
         url,
         reason: e.to_string(),
@@ -179,20 +154,7 @@ pub async fn fetch_flist(
         });
     }
     let url = flist_url(grid, &flist.sha256);
-    let mut resp = client
-        .get(&url)
-        .send()
-        .await
-        .map_err(|source| Error::Http {
-            url: url.clone(),
-            source,
-        })?;
-    if resp.status() != reqwest::StatusCode::OK {
-        return Err(Error::Status {
-            url,
-            status: resp.status().as_u16(),
-        });
-    }
+    let mut resp = crate::http::get_ok(client, &url).await?;
     let too_large = |got| Error::FlistSize {
         name: flist.name.clone(),
         expected: flist.size,
@@ -208,10 +170,14 @@ pub async fn fetch_flist(
     let mut hasher = Sha256::new();
     let mut len = 0u64;
     let result = async {
-        while let Some(chunk) = resp.chunk().await.map_err(|source| Error::Http {
-            url: url.clone(),
-            source,
-        })? {
+        while let Some(chunk) =
+            resp.chunk()
+                .await
+                .map_err(|source| crate::http::FetchError::Http {
+                    url: url.clone(),
+                    source,
+                })?
+        {
             len += chunk.len() as u64;
             if len > flist.size {
                 return Err(too_large(len));
