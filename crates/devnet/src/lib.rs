@@ -23,6 +23,7 @@ pub mod netns;
 pub mod process;
 mod run;
 pub mod state;
+pub mod vmnode;
 
 pub use down::{DownReport, down, down_leftovers};
 pub use error::DevnetError;
