@@ -5,6 +5,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 use zos_grid::{GridConfig, start};
+use zos_testkit::cli::ZosCli;
 
 struct User<'a> {
     grid: &'a str,
@@ -20,7 +21,9 @@ impl<'a> User<'a> {
             key: home.join(format!("{name}.key")).display().to_string(),
         }
     }
+}
 
+impl ZosCli for User<'_> {
     fn run(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_zos"))
             .args(args)
@@ -30,28 +33,6 @@ impl<'a> User<'a> {
             .env_remove("ZOS_KEY")
             .output()
             .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "zos {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        serde_json::from_str(&self.ok(&all)).unwrap()
-    }
-
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(!out.status.success(), "zos {args:?} should fail");
-        String::from_utf8(out.stderr).unwrap()
     }
 }
 

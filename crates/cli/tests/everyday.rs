@@ -7,6 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+use zos_testkit::cli::ZosCli;
 use zos_testkit::devnet::DevnetGuard;
 use zos_testkit::require_root;
 
@@ -49,26 +50,6 @@ impl Zos {
         c
     }
 
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "zos {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        serde_json::from_str(&self.ok(&all)).unwrap()
-    }
-
     /// Runs `args` with a stdout whose reader is already gone: every write fails with EPIPE.
     fn closed_stdout(&self, args: &[&str]) -> Output {
         let mut child = self
@@ -79,6 +60,12 @@ impl Zos {
             .unwrap();
         drop(child.stdout.take());
         child.wait_with_output().unwrap()
+    }
+}
+
+impl ZosCli for Zos {
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
     }
 }
 

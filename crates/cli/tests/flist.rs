@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use zos_grid::{GridConfig, start};
+use zos_testkit::cli::ZosCli;
 
 struct User {
     grid: String,
@@ -27,31 +27,11 @@ impl User {
             .env_remove("ZOS_KEY");
         c
     }
+}
 
+impl ZosCli for User {
     fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "zos {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        serde_json::from_str(&self.ok(&all)).unwrap()
-    }
-
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(!out.status.success(), "zos {args:?} should fail");
-        String::from_utf8(out.stderr).unwrap()
     }
 }
 
