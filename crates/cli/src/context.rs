@@ -6,18 +6,15 @@
 //! `ZOS_KEY`), then the context of `--context NAME` (or `ZOS_CONTEXT`) or else the current one,
 //! then the defaults (the running devnet, `~/.config/zos/key`).
 
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::contexts::{Contexts, Ctx, file, selected};
 use crate::exit::{Failure, Kind};
-use crate::global::{Global, config_dir};
+use crate::global::Global;
 use crate::output::{self, Table, fields, outln};
 
 #[derive(Debug, Subcommand)]
@@ -44,112 +41,6 @@ pub enum ContextCmd {
     Show,
     /// Remove a context (the key file stays).
     Remove { name: String },
-}
-
-/// One context.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Ctx {
-    pub grid: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<PathBuf>,
-}
-
-/// The contexts file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Contexts {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current: Option<String>,
-    #[serde(default)]
-    pub contexts: BTreeMap<String, Ctx>,
-}
-
-/// Where the contexts are kept.
-pub fn file() -> anyhow::Result<PathBuf> {
-    Ok(config_dir()?.join("contexts.yaml"))
-}
-
-impl Contexts {
-    /// The contexts file, or none when there is no file.
-    pub fn load() -> anyhow::Result<Self> {
-        let path = file()?;
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        serde_saphyr::from_str(&text).with_context(|| {
-            format!(
-                "{} is not a contexts file: fix it, or remove it and add the contexts again",
-                path.display()
-            )
-        })
-    }
-
-    /// Writes the file (mode 0600, in a directory of mode 0700), replacing it atomically.
-    fn save(&self) -> anyhow::Result<()> {
-        let path = file()?;
-        let dir = path
-            .parent()
-            .context("the contexts file has no directory")?;
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).with_context(|| format!("making {}", dir.display()))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
-        let tmp = dir.join(".contexts.yaml.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(serde_saphyr::to_string(self)?.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-        Ok(())
-    }
-
-    fn get(&self, name: &str) -> anyhow::Result<&Ctx> {
-        self.contexts.get(name).ok_or_else(|| missing(name))
-    }
-}
-
-fn missing(name: &str) -> anyhow::Error {
-    Failure::new(
-        Kind::NotFound,
-        format!(
-            "no context named {name:?}: `zos context list` shows them, `zos context add` makes one"
-        ),
-    )
-    .into()
-}
-
-/// The context in effect: `--context`/`ZOS_CONTEXT`, or the current one; none when neither is
-/// set. A name given that is not a context is an error.
-pub fn selected(g: &Global) -> anyhow::Result<Option<(String, Ctx)>> {
-    // Without HOME nor XDG_CONFIG_HOME there is no contexts file: none is current.
-    if g.context.is_none() && config_dir().is_err() {
-        return Ok(None);
-    }
-    let all = Contexts::load()?;
-    let name = match (&g.context, &all.current) {
-        (Some(n), _) => n.clone(),
-        (None, Some(n)) => n.clone(),
-        (None, None) => return Ok(None),
-    };
-    let ctx = all.get(&name).with_context(|| {
-        if g.context.is_some() {
-            "given by --context or ZOS_CONTEXT".to_string()
-        } else {
-            format!(
-                "the current context, in {}",
-                file().map(|p| p.display().to_string()).unwrap_or_default()
-            )
-        }
-    })?;
-    Ok(Some((name, ctx.clone())))
 }
 
 fn check_name(name: &str) -> anyhow::Result<()> {
@@ -272,7 +163,7 @@ pub async fn run(cmd: ContextCmd, g: &Global) -> anyhow::Result<()> {
             Ok(t.print()?)
         }
         ContextCmd::Show => {
-            let ctx = selected(g)?;
+            let ctx = selected(g.context.as_deref())?;
             let (grid, grid_from) = crate::global::grid_source(g, ctx.as_ref().map(|c| &c.1));
             let (key, key_from) = crate::global::key_source(g, ctx.as_ref().map(|c| &c.1))?;
             let name = ctx.as_ref().map(|c| c.0.clone());

@@ -3,14 +3,15 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
 use zos_client::GridClient;
 use zos_types::Identity;
 
-use crate::context::Ctx;
+use crate::contexts::Ctx;
 use crate::exit::{Failure, Kind};
 use crate::output::Format;
+pub use crate::paths::{config_dir, state_dir};
 
 /// Options every command takes.
 #[derive(Debug, Clone, Args)]
@@ -54,26 +55,6 @@ impl Global {
     }
 }
 
-/// Where `zos` keeps its local state: `$XDG_STATE_HOME/zos`, or `~/.local/state/zos`.
-pub fn state_dir() -> PathBuf {
-    let base = match std::env::var_os("XDG_STATE_HOME") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-            .join(".local/state"),
-    };
-    base.join("zos")
-}
-
-/// Where `zos` keeps its configuration: `$XDG_CONFIG_HOME/zos`, or `~/.config/zos`.
-pub fn config_dir() -> anyhow::Result<PathBuf> {
-    let base = match std::env::var_os("XDG_CONFIG_HOME") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => PathBuf::from(std::env::var_os("HOME").context("HOME is not set: pass --key FILE")?)
-            .join(".config"),
-    };
-    Ok(base.join("zos"))
-}
-
 /// The key file to use and where that choice comes from: --key (or $ZOS_KEY), the context's,
 /// or ~/.config/zos/key.
 pub fn key_source(g: &Global, ctx: Option<&Ctx>) -> anyhow::Result<(PathBuf, &'static str)> {
@@ -91,7 +72,7 @@ pub fn key_path(g: &Global) -> anyhow::Result<PathBuf> {
     if let Some(k) = &g.key {
         return Ok(k.clone());
     }
-    let ctx = crate::context::selected(g)?;
+    let ctx = crate::contexts::selected(g.context.as_deref())?;
     Ok(key_source(g, ctx.as_ref().map(|c| &c.1))?.0)
 }
 
@@ -148,7 +129,7 @@ pub fn grid_url(g: &Global) -> anyhow::Result<String> {
     if let Some(u) = &g.grid {
         return Ok(u.clone());
     }
-    let ctx = crate::context::selected(g)?;
+    let ctx = crate::contexts::selected(g.context.as_deref())?;
     match grid_source(g, ctx.as_ref().map(|c| &c.1)).0 {
         Some(u) => Ok(u),
         None => bail!(Failure::new(

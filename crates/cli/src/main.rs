@@ -3,6 +3,7 @@
 mod bootloader;
 mod commands;
 mod context;
+mod contexts;
 mod deploy;
 mod deployfile;
 mod devnet;
@@ -12,6 +13,7 @@ mod global;
 mod join;
 mod network;
 mod output;
+mod paths;
 mod progress;
 mod release;
 mod shell;

@@ -23,11 +23,6 @@ use zos_types::release::Release;
 
 use crate::{clock, cmdline, console, dhcp, http, modules, mounts, release, supervise};
 
-/// The signals that ask PID 1 to power off: SIGPWR (what the power button watcher sends),
-/// SIGTERM, and SIGINT (ctrl-alt-del, which the kernel sends to PID 1 once
-/// [`set_cad_enabled`]`(false)` told it not to reboot at once).
-pub const STOP_SIGNALS: [Signal; 3] = [Signal::SIGPWR, Signal::SIGTERM, Signal::SIGINT];
-
 /// Where the runtime lives in the root tmpfs.
 pub const RUNTIME_DIR: &str = "/run/zos";
 /// Where the flist mounter (`zos-flist-mount`, static or with its libraries) may be in the

@@ -185,11 +185,16 @@ fn describe(status: &WaitStatus) -> String {
     }
 }
 
+/// The signals that ask PID 1 to power off: SIGPWR (what the power button watcher sends),
+/// SIGTERM, and SIGINT (ctrl-alt-del, which the kernel sends to PID 1 once
+/// `set_cad_enabled(false)` told it not to reboot at once).
+pub const STOP_SIGNALS: [Signal; 3] = [Signal::SIGPWR, Signal::SIGTERM, Signal::SIGINT];
+
 /// The signals the loop takes with `sigtimedwait`.
 pub fn handled_signals() -> SigSet {
     let mut set = SigSet::empty();
     set.add(Signal::SIGCHLD);
-    for s in crate::boot::STOP_SIGNALS {
+    for s in STOP_SIGNALS {
         set.add(s);
     }
     set
