@@ -650,13 +650,19 @@ impl Engine {
 
     /// Looks at each `starting` workload: up ones become `ok`; those past their deadline, or
     /// that will never come up, are removed and become errors saying why.
+    /// The workloads are looked at together: a guest that does not answer costs its own wait
+    /// (up to a second), not one for each machine before it.
     async fn check_starting(&self) {
-        for ((contract, name), deadline) in self.starting_now() {
-            if let Err(e) = self.check_one(contract, &name, deadline).await {
-                error!(contract, workload = %name, error = %e.message(), "cannot look at a starting workload");
-                self.done_starting(contract, &name);
-            }
-        }
+        let checks = self
+            .starting_now()
+            .into_iter()
+            .map(|((contract, name), deadline)| async move {
+                if let Err(e) = self.check_one(contract, &name, deadline).await {
+                    error!(contract, workload = %name, error = %e.message(), "cannot look at a starting workload");
+                    self.done_starting(contract, &name);
+                }
+            });
+        futures::future::join_all(checks).await;
     }
 
     async fn check_one(
