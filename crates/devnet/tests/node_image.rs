@@ -1,15 +1,15 @@
 //! The node image of `scripts/build-node.sh` (cached in `<target>/node`): what is in its
 //! initramfs and runtime flists (no shell, no login; zos-init, the modules, QEMU and zosd are
-//! there), the blocks it shares with the VM guest image, and a boot of its kernel and initramfs
-//! under QEMU.
+//! there), and a boot of its kernel and initramfs under QEMU. Its sizes and the blocks it shares
+//! with the VM guest image are measured by `cargo bench -p zos-devnet --bench node_image`.
 
 use std::collections::{BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use zos_flist::{BlockId, DirStore, Flist, Kind};
-use zos_testkit::guest::{build_guest, target_dir};
+use zos_testkit::guest::build_node;
 use zos_testkit::process::ProcessGuard;
 
 /// Names no file of the node image may have: shells, logins, remote access.
@@ -17,31 +17,6 @@ const FORBIDDEN: &[&str] = &[
     "sh", "bash", "dash", "ash", "busybox", "zsh", "ksh", "mksh", "rbash", "csh", "tcsh", "fish",
     "login", "getty", "agetty", "mingetty", "sshd", "dropbear", "su", "sulogin", "runuser",
 ];
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Runs `scripts/build-node.sh` (cached); answers the output directory.
-fn build_node() -> PathBuf {
-    let out = Command::new(repo().join("scripts/build-node.sh"))
-        .env("CARGO_TARGET_DIR", target_dir())
-        .output()
-        .expect("running scripts/build-node.sh");
-    assert!(
-        out.status.success(),
-        "build-node.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap()
-            .trim(),
-    )
-}
 
 /// `cpio ARGS` over the decompressed initramfs.
 fn cpio(out: &Path, args: &[&str]) -> std::process::Output {
@@ -213,51 +188,6 @@ fn the_node_image_has_no_shell_and_holds_what_the_node_runs() {
         entries > 1000,
         "only {entries} entries in the runtime flists"
     );
-}
-
-/// Figures for docs/benchmarks.md: sizes, and the blocks the runtime flists share with the VM
-/// guest image flist (both content addressed). Prints them; asserts only that they were measured.
-#[test]
-fn node_image_sizes_and_blocks_shared_with_the_guest_image() {
-    let out = build_node();
-    let work = tempfile::tempdir().unwrap();
-    let guest_fl = work.path().join("guest.fl");
-    let store = format!("dir://{}", work.path().join("blocks").display());
-    build_guest(
-        &["--flist", guest_fl.to_str().unwrap(), "--store", &store],
-        &[],
-    );
-    let guest = block_ids(&Flist::open(&guest_fl).unwrap());
-    let mut node = HashSet::new();
-    for name in ["zos-base", "zos"] {
-        let fl = Flist::open(&out.join(format!("{name}.fl"))).unwrap();
-        let ids = block_ids(&fl);
-        let bytes: u64 = fl
-            .walk()
-            .iter()
-            .filter(|(_, n)| n.attrs.kind() == Kind::File)
-            .map(|(_, n)| n.attrs.size)
-            .sum();
-        eprintln!(
-            "{name}: {} entries, {} MiB of files, {} blocks, {} shared with the guest image",
-            fl.len(),
-            bytes >> 20,
-            ids.len(),
-            ids.intersection(&guest).count()
-        );
-        node.extend(ids);
-    }
-    let shared = node.intersection(&guest).count();
-    eprintln!(
-        "guest image flist: {} blocks; node runtime: {} blocks; shared: {shared}",
-        guest.len(),
-        node.len()
-    );
-    eprintln!(
-        "{}",
-        std::fs::read_to_string(out.join("sizes.txt")).unwrap()
-    );
-    assert!(!guest.is_empty() && !node.is_empty());
 }
 
 /// Boots the node's kernel and initramfs directly (`-kernel`/`-initrd`) under QEMU (TCG, 2 GiB,

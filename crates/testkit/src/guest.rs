@@ -23,19 +23,21 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Runs `scripts/build-guest.sh ARGS` (cached); answers the output directory.
-pub fn build_guest(args: &[&str], env: &[(&str, &str)]) -> PathBuf {
-    let out = Command::new(repo().join("scripts/build-guest.sh"))
+/// Runs `scripts/NAME ARGS` with `env` (the script caches its output by the hash of its
+/// inputs); answers the output directory, the last line it prints.
+pub fn build_with(name: &str, args: &[&str], env: &[(&str, &str)]) -> PathBuf {
+    let out = Command::new(repo().join("scripts").join(name))
         .args(args)
         .env("CARGO_TARGET_DIR", target_dir())
         .envs(env.iter().copied())
         .output()
-        .expect("running scripts/build-guest.sh");
+        .unwrap_or_else(|e| panic!("running scripts/{name}: {e}"));
     assert!(
         out.status.success(),
-        "build-guest.sh failed: {}",
+        "{name} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     PathBuf::from(
         String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -43,6 +45,16 @@ pub fn build_guest(args: &[&str], env: &[(&str, &str)]) -> PathBuf {
             .unwrap()
             .trim(),
     )
+}
+
+/// Runs `scripts/build-guest.sh ARGS` (cached); answers the output directory.
+pub fn build_guest(args: &[&str], env: &[(&str, &str)]) -> PathBuf {
+    build_with("build-guest.sh", args, env)
+}
+
+/// Runs `scripts/build-node.sh` (cached in `<target>/node`); answers the output directory.
+pub fn build_node() -> PathBuf {
+    build_with("build-node.sh", &[], &[])
 }
 
 /// A devnet whose nodes have the guest image, and a user with an application flist on the
