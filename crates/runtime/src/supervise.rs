@@ -214,16 +214,33 @@ pub fn stop_blocking(pid: i32, marker: &Marker, grace: Duration) -> Stopped {
     if !grace.is_zero() {
         let _ = kill(p, Signal::SIGTERM);
         if gone_within(pid, marker, grace) {
+            reap(pid);
             return Stopped::Terminated;
         }
         tracing::warn!(pid, "process ignored SIGTERM: killing it");
     }
     let _ = kill(p, Signal::SIGKILL);
     if gone_within(pid, marker, KILL_WAIT) {
+        reap(pid);
         return Stopped::Killed;
     }
     tracing::warn!(pid, "process still there after SIGKILL");
     Stopped::Stuck
+}
+
+/// Reaps `pid` when it is an exited child of this process. A process seen dead (a zombie in
+/// `/proc`) may not be waitable yet for a moment; without this a child stopped here would stay a
+/// zombie of ours. Anything else (not our child, already reaped) returns at once.
+fn reap(pid: i32) {
+    let deadline = Instant::now() + KILL_WAIT;
+    while let Ok(nix::sys::wait::WaitStatus::StillAlive) =
+        waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG))
+    {
+        if Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(POLL);
+    }
 }
 
 fn gone_within(pid: i32, marker: &Marker, limit: Duration) -> bool {
