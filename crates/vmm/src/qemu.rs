@@ -24,7 +24,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
@@ -128,6 +128,8 @@ pub const CONSOLE_MAX: u64 = 16 << 20;
 
 /// How long the guest has to answer a `status` request on its control channel.
 const STATUS_WAIT: Duration = Duration::from_secs(1);
+/// The most bytes read from the guest's side of the control channel for one `status`.
+const STATUS_MAX: u64 = 4096;
 
 /// The previous part of a console log: `<name>.log.1`.
 fn console_old(log: &Path) -> PathBuf {
@@ -649,7 +651,9 @@ impl Inner {
             s.write_all(format!("{}\n", control::STATUS).as_bytes())
                 .await
                 .ok()?;
-            let mut lines = tokio::io::BufReader::new(s).lines();
+            // What the guest writes is the tenant's: read a bounded amount, not a line of any
+            // length.
+            let mut lines = tokio::io::BufReader::new(s.take(STATUS_MAX)).lines();
             while let Some(line) = lines.next_line().await.ok()? {
                 if line.trim() == control::READY {
                     return Some(());
