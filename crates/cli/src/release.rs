@@ -216,13 +216,17 @@ impl Grid {
         serde_json::from_slice(&bytes).with_context(|| format!("{what}: unexpected answer"))
     }
 
+    /// Sends `req`; an error only when the grid cannot be reached.
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        req.send()
+            .await
+            .with_context(|| format!("cannot reach the grid at {}", self.base))
+    }
+
     async fn get_json<T: serde::de::DeserializeOwned>(&self, route: &str) -> anyhow::Result<T> {
         let resp = self
-            .http
-            .get(format!("{}{route}", self.base))
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the grid at {}", self.base))?;
+            .send(self.http.get(format!("{}{route}", self.base)))
+            .await?;
         Self::answer(&format!("GET {route}"), resp).await
     }
 
@@ -232,11 +236,8 @@ impl Grid {
         route: &str,
     ) -> anyhow::Result<Option<T>> {
         let resp = self
-            .http
-            .get(format!("{}{route}", self.base))
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the grid at {}", self.base))?;
+            .send(self.http.get(format!("{}{route}", self.base)))
+            .await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -245,11 +246,8 @@ impl Grid {
 
     async fn has(&self, route: &str) -> anyhow::Result<bool> {
         let resp = self
-            .http
-            .head(format!("{}{route}", self.base))
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the grid at {}", self.base))?;
+            .send(self.http.head(format!("{}{route}", self.base)))
+            .await?;
         Ok(resp.status().is_success())
     }
 
@@ -268,14 +266,12 @@ impl Grid {
             unix_now(),
             &body,
         );
-        let resp = self
+        let req = self
             .http
             .put(format!("{}{route}", self.base))
             .header(zos_types::auth::HEADER, auth.to_string())
-            .body(body)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the grid at {}", self.base))?;
+            .body(body);
+        let resp = self.send(req).await?;
         Self::answer(&format!("PUT {route}"), resp).await
     }
 }
