@@ -28,6 +28,7 @@
 
 pub mod keyfile;
 mod node;
+pub mod release;
 pub mod uplink;
 pub mod workflow;
 

@@ -525,10 +525,7 @@ pub async fn fetch_flist(url: &str, dir: &Path, max_bytes: u64) -> Result<Fetche
     })
 }
 
-/// SHA-256 of some bytes, lower-case hex.
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
+pub use zos_types::release::sha256_hex;
 
 #[cfg(test)]
 mod tests {

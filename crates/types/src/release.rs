@@ -208,6 +208,12 @@ impl fmt::Display for Version {
     }
 }
 
+/// SHA-256 of some bytes, as releases write it (lower-case hex).
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
 /// Whether `s` is a SHA-256 as releases write it.
 pub fn is_sha256_hex(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
