@@ -108,6 +108,13 @@ pub struct Publish<'a> {
     pub version: Option<String>,
 }
 
+/// The fields of a manifest the client reads, whatever upgrade terms it also carries.
+#[derive(Debug, serde::Deserialize)]
+struct ManifestHead {
+    version: String,
+    runmode: RunMode,
+}
+
 /// What happened to one boot file while publishing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Upload {
@@ -200,7 +207,7 @@ impl ReleaseClient {
         signed: &SignedRelease,
         key: &Identity,
     ) -> Result<Published, ClientError> {
-        let release: Release =
+        let release: ManifestHead =
             serde_json::from_str(&signed.manifest).map_err(|source| ClientError::Decode {
                 url: "release manifest".into(),
                 source: DecodeError::Json(source),
@@ -229,13 +236,13 @@ impl ReleaseClient {
             }
             None => match self.current(p.runmode).await? {
                 Some(c) => {
-                    let r: Release = serde_json::from_str(&c.manifest).map_err(|source| {
+                    let r: ManifestHead = serde_json::from_str(&c.manifest).map_err(|source| {
                         ClientError::Decode {
                             url: format!("{}/releases/{}", self.base, p.runmode),
                             source: DecodeError::Json(source),
                         }
                     })?;
-                    let v = r.version()?;
+                    let v = r.version.parse::<Version>()?;
                     Version(v.0, v.1, v.2 + 1).to_string()
                 }
                 None => "0.1.0".into(),

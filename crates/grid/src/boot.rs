@@ -220,9 +220,8 @@ fn load_release(path: &Path, version: &str) -> Result<Stored, BootError> {
     };
     let text = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
     let signed: SignedRelease = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
-    let release: Release =
-        serde_json::from_str(&signed.manifest).map_err(|e| bad(e.to_string()))?;
-    release.validate().map_err(|e| bad(e.to_string()))?;
+    let (release, _) =
+        zos_types::release::terms::decode(&signed.manifest).map_err(|e| bad(e.to_string()))?;
     if release.version != version {
         return Err(bad(format!("it holds version {}", release.version)));
     }

@@ -9,6 +9,14 @@
 //! release keys and a threshold ([`ReleaseKeys`]); `zos-init` accepts a release only when that
 //! many distinct pinned keys signed `"zos-release-v1:" ‖ manifest bytes`, and then checks each
 //! runtime flist against the hash the manifest names before mounting it.
+//!
+//! A manifest may also carry upgrade [`terms::Terms`]: the oldest version it upgrades from, an
+//! expiry, and a [`rollout::Policy`] (test farms, waves, `safe`).
+
+pub mod rollout;
+pub mod root;
+pub mod terms;
+mod upgrade;
 
 use std::fmt;
 use std::str::FromStr;
@@ -176,6 +184,32 @@ pub enum ReleaseError {
     },
     #[error("the trusted release keys are unusable: threshold {threshold} of {keys} keys")]
     BadKeys { threshold: usize, keys: usize },
+    #[error("rollout policy: {0}")]
+    Rollout(#[from] rollout::PolicyError),
+    #[error("min_from {min_from} must be older than the release's own version {version}")]
+    MinFrom { min_from: Version, version: Version },
+    #[error("the release expires at {expires}, not after it was created at {created}")]
+    ExpiresBeforeCreated { expires: i64, created: i64 },
+    #[error(
+        "release {version} expired at {expires} (Unix seconds, now {now}): refused; its publishers must publish a new release"
+    )]
+    Expired {
+        version: String,
+        expires: i64,
+        now: i64,
+    },
+    #[error(
+        "release {version} is not newer than {current}, the version already known: a downgrade or the replay of an older release is refused"
+    )]
+    NotNewer { version: Version, current: Version },
+    #[error(
+        "release {version} upgrades only from {min_from} or later, this node runs {current}: take a release in between first"
+    )]
+    TooOld {
+        version: Version,
+        min_from: Version,
+        current: Version,
+    },
 }
 
 /// A release version, compared as numbers.
@@ -262,11 +296,20 @@ impl Release {
         self.version.parse()
     }
 
-    /// Signs the manifest with each of `keys`.
+    /// Signs the manifest with each of `keys`, with no upgrade terms.
     pub fn sign(&self, keys: &[&Identity]) -> Result<SignedRelease, ReleaseError> {
+        self.sign_with(&terms::Terms::default(), keys)
+    }
+
+    /// Signs the manifest, with upgrade `terms`, with each of `keys`.
+    pub fn sign_with(
+        &self,
+        terms: &terms::Terms,
+        keys: &[&Identity],
+    ) -> Result<SignedRelease, ReleaseError> {
         self.validate()?;
-        let manifest =
-            serde_json::to_string(self).map_err(|e| ReleaseError::Malformed(e.to_string()))?;
+        terms.validate(self)?;
+        let manifest = terms::encode(self, terms)?;
         let message = signing_message(&manifest);
         let signatures = keys
             .iter()
@@ -307,7 +350,16 @@ impl ReleaseKeys {
 impl SignedRelease {
     /// Verifies the signatures against `trusted`, then parses and validates the manifest.
     /// Signatures by keys not in `trusted`, bad signatures and repeated keys do not count.
+    /// The upgrade terms are checked for shape but not applied (see [`Self::verify_for`]).
     pub fn verify(&self, trusted: &ReleaseKeys) -> Result<Release, ReleaseError> {
+        self.verify_terms(trusted).map(|(release, _)| release)
+    }
+
+    /// [`Self::verify`], answering the upgrade terms too.
+    pub fn verify_terms(
+        &self,
+        trusted: &ReleaseKeys,
+    ) -> Result<(Release, terms::Terms), ReleaseError> {
         trusted.validate()?;
         if self.manifest.len() > MAX_MANIFEST_BYTES {
             return Err(ReleaseError::TooLarge(self.manifest.len()));
@@ -332,26 +384,36 @@ impl SignedRelease {
                 unknown,
             });
         }
-        let release: Release = serde_json::from_str(&self.manifest)
-            .map_err(|e| ReleaseError::Malformed(e.to_string()))?;
-        release.validate()?;
-        Ok(release)
+        terms::decode(&self.manifest)
     }
 
-    /// [`SignedRelease::verify`], and the release must be for `runmode`.
+    /// [`SignedRelease::verify`], and the release must be for `runmode` and not expired by the
+    /// system clock (which zos-init sets from the grid before it fetches a release).
     pub fn verify_for(
         &self,
         trusted: &ReleaseKeys,
         runmode: RunMode,
     ) -> Result<Release, ReleaseError> {
-        let release = self.verify(trusted)?;
+        let now = crate::auth::unix_now();
+        self.verify_at(trusted, runmode, now).map(|(r, _)| r)
+    }
+
+    /// Signatures, runmode and expiry at `now` (Unix seconds).
+    pub fn verify_at(
+        &self,
+        trusted: &ReleaseKeys,
+        runmode: RunMode,
+        now: i64,
+    ) -> Result<(Release, terms::Terms), ReleaseError> {
+        let (release, terms) = self.verify_terms(trusted)?;
         if release.runmode != runmode {
             return Err(ReleaseError::RunMode {
                 want: runmode,
                 got: release.runmode,
             });
         }
-        Ok(release)
+        terms.check_expiry(&release.version, now)?;
+        Ok((release, terms))
     }
 }
 
@@ -463,6 +525,114 @@ mod tests {
         ));
         let unknown_field = r#"{"manifest":"{}","signatures":[],"extra":1}"#;
         assert!(serde_json::from_str::<SignedRelease>(unknown_field).is_err());
+    }
+
+    fn terms() -> terms::Terms {
+        terms::Terms {
+            min_from: Some("1.0.0".into()),
+            expires: Some(1_700_100_000),
+            rollout: Some(rollout::Policy {
+                test_farms: vec![3],
+                waves: vec![10, 100],
+                safe: false,
+                halt_percent: 25,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_release_without_terms_signs_the_same_manifest_as_before_terms_existed() {
+        let a = Identity::generate().unwrap();
+        let signed = release().sign(&[&a]).unwrap();
+        // The manifest is the release's own JSON: older readers parse it unchanged.
+        assert_eq!(signed.manifest, serde_json::to_string(&release()).unwrap());
+        let (r, t) = signed.verify_terms(&keys(&[&a], 1)).unwrap();
+        assert_eq!((r, t), (release(), terms::Terms::default()));
+    }
+
+    #[test]
+    fn terms_are_signed_with_the_release_and_come_back_verified() {
+        let a = Identity::generate().unwrap();
+        let signed = release().sign_with(&terms(), &[&a]).unwrap();
+        assert!(signed.manifest.contains("\"min_from\":\"1.0.0\""));
+        let (r, t) = signed
+            .verify_at(&keys(&[&a], 1), RunMode::Dev, 1_700_000_001)
+            .unwrap();
+        assert_eq!((r, t.clone()), (release(), terms()));
+        assert_eq!(t.policy().test_farms, vec![3]);
+        assert_eq!(t.min_from().unwrap(), Some(Version(1, 0, 0)));
+        // Changing a term after signing breaks the signatures.
+        let mut changed = signed.clone();
+        changed.manifest = changed.manifest.replace("\"safe\":false", "\"safe\":true");
+        assert_ne!(changed.manifest, signed.manifest);
+        assert!(matches!(
+            changed.verify(&keys(&[&a], 1)),
+            Err(ReleaseError::NotTrusted { good: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn an_expired_release_is_refused_with_its_expiry() {
+        let a = Identity::generate().unwrap();
+        let signed = release().sign_with(&terms(), &[&a]).unwrap();
+        let e = signed
+            .verify_at(&keys(&[&a], 1), RunMode::Dev, 1_700_100_000)
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            ReleaseError::Expired {
+                expires: 1_700_100_000,
+                ..
+            }
+        ));
+        let msg = e.to_string();
+        assert!(msg.contains("release 1.2.3 expired at 1700100000"), "{msg}");
+        // verify_for reads the system clock, long past this expiry.
+        assert!(matches!(
+            signed.verify_for(&keys(&[&a], 1), RunMode::Dev),
+            Err(ReleaseError::Expired { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_terms_are_refused_at_signing_and_at_reading() {
+        let a = Identity::generate().unwrap();
+        let bad = |f: fn(&mut terms::Terms)| {
+            let mut t = terms();
+            f(&mut t);
+            release().sign_with(&t, &[&a]).unwrap_err()
+        };
+        assert!(matches!(
+            bad(|t| t.min_from = Some("1.2.3".into())),
+            ReleaseError::MinFrom { .. }
+        ));
+        assert!(matches!(
+            bad(|t| t.min_from = Some("1.x".into())),
+            ReleaseError::Version(_)
+        ));
+        assert!(matches!(
+            bad(|t| t.expires = Some(1_600_000_000)),
+            ReleaseError::ExpiresBeforeCreated { .. }
+        ));
+        assert!(matches!(
+            bad(|t| t.rollout.as_mut().unwrap().waves = vec![]),
+            ReleaseError::Rollout(_)
+        ));
+        // An unknown field in a signed manifest is refused, signatures or not.
+        let mut r = release().sign(&[&a]).unwrap();
+        r.manifest = r.manifest.replacen('{', "{\"surprise\":1,", 1);
+        let msg = r.manifest.clone();
+        let r = SignedRelease {
+            signatures: vec![ReleaseSignature {
+                key: a.public_key(),
+                signature: a.sign(&signing_message(&msg)),
+            }],
+            manifest: msg,
+        };
+        assert!(matches!(
+            r.verify(&keys(&[&a], 1)),
+            Err(ReleaseError::Malformed(_))
+        ));
     }
 
     #[test]
