@@ -1,6 +1,8 @@
 //! `zos release`: release keys, and publishing and listing the node OS releases a grid serves
 //! (docs/boot.md). Publishing signs with release keys (`key=` requests), not with a twin.
 
+mod root;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -60,11 +62,15 @@ pub enum ReleaseCmd {
         #[arg(long)]
         runmode: RunMode,
     },
+    /// The root of trust of a runmode's releases: show it, rotate it.
+    #[command(subcommand)]
+    Root(root::RootCmd),
 }
 
 pub async fn release(cmd: ReleaseCmd, g: &Global) -> anyhow::Result<()> {
     match cmd {
         ReleaseCmd::Keygen { output } => keygen(Path::new(&output), g),
+        ReleaseCmd::Root(cmd) => root::root(cmd, g).await,
         ReleaseCmd::Keys { keys, threshold } => {
             let keys = ReleaseKeys {
                 keys: keys

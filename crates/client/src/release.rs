@@ -12,6 +12,7 @@ use zos_types::Identity;
 use zos_types::auth::{self, RequestAuth, Signer};
 use zos_types::boot::{Published, ReleaseSummary, StoredFile};
 use zos_types::registry::ApiError;
+use zos_types::release::root::{RootChain, Rotated, SignedRoot};
 use zos_types::release::{
     Artifact, Release, RunMode, RuntimeFlist, SignedRelease, Version, is_sha256_hex, sha256_hex,
 };
@@ -181,6 +182,28 @@ impl ReleaseClient {
     pub async fn list(&self, runmode: RunMode) -> Result<Vec<ReleaseSummary>, ClientError> {
         self.request(Method::GET, &format!("/releases?runmode={runmode}"), None)
             .await
+    }
+
+    /// The runmode's root of trust and the signed rotations that led to it.
+    pub async fn root(&self, runmode: RunMode) -> Result<RootChain, ClientError> {
+        self.request(Method::GET, &format!("/releases/{runmode}/root"), None)
+            .await
+    }
+
+    /// Sends the next root of `runmode`, signed with `key` (a key of the current root).
+    pub async fn put_root(
+        &self,
+        runmode: RunMode,
+        next: &SignedRoot,
+        key: &Identity,
+    ) -> Result<Rotated, ClientError> {
+        let body = serde_json::to_vec(next).expect("roots serialize");
+        self.request(
+            Method::PUT,
+            &format!("/releases/{runmode}/root"),
+            Some((body, key)),
+        )
+        .await
     }
 
     /// Whether the grid has the boot file `sha256`.
@@ -356,7 +379,7 @@ impl ReleaseClient {
 
     /// Sends a request to `route` (signed with `body.1` when there is a body) and decodes the
     /// JSON answer.
-    async fn request<T: DeserializeOwned>(
+    pub(crate) async fn request<T: DeserializeOwned>(
         &self,
         method: Method,
         route: &str,

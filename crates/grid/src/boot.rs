@@ -10,10 +10,11 @@
 //! | `GET /releases/{runmode}/{version}` | none | that version |
 //! | `GET /releases?runmode=R` | none | every release of `R`, newest first ([`ReleaseSummary`]) |
 //! | `PUT /releases/{runmode}` | a release key of `runmode` | publish a [`SignedRelease`] |
+//! | `GET`/`PUT /releases/{runmode}/root` | none / a key of the current root | the root of trust and its rotations ([`roots`]) |
 //!
 //! Who may publish: the grid's operator configures, per runmode, the release keys and threshold
 //! the grid checks releases against ([`BootConfig::release_keys`], `zos-grid serve
-//! --release-keys RUNMODE=FILE`). A publishing request is signed (the registry's scheme) with
+//! --release-keys RUNMODE=FILE`): that is root 1; a signed rotation replaces it ([`roots`]). A publishing request is signed (the registry's scheme) with
 //! `key=` one of those keys: no twin is involved, and a runmode without keys takes nothing. A
 //! release is then taken only when it verifies against that runmode's keys and threshold, is
 //! newer than the current one, and names a kernel and initramfs already uploaded here and runtime
@@ -23,7 +24,9 @@
 //! Storage: `boot/files/<sha256>` and `boot/releases/<runmode>/<version>.json` in the grid's data
 //! directory. Old files and releases are kept (no garbage collection yet).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+mod roots;
+
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -97,6 +100,8 @@ pub enum BootError {
     },
     #[error("boot service: {0}")]
     Url(#[from] zos_types::boot::BadGridUrl),
+    #[error("release root of runmode {runmode}: {message}")]
+    Root { runmode: RunMode, message: String },
 }
 
 /// A stored release: what was published and its parsed manifest.
@@ -112,7 +117,7 @@ pub struct Boot {
     dir: PathBuf,
     config: BootConfig,
     grid_url: Option<GridUrl>,
-    publishers: BTreeSet<PublicKey>,
+    roots: Mutex<BTreeMap<RunMode, roots::Chain>>,
     releases: Mutex<BTreeMap<RunMode, BTreeMap<Version, Stored>>>,
     publishing: tokio::sync::Mutex<()>,
     fetches: Mutex<HashMap<String, u64>>,
@@ -137,14 +142,13 @@ impl Boot {
             })?;
         }
         mk(&tmp)?;
-        let mut publishers = BTreeSet::new();
         for (runmode, keys) in &config.release_keys {
             keys.validate().map_err(|source| BootError::Keys {
                 runmode: *runmode,
                 source,
             })?;
-            publishers.extend(keys.keys.iter().copied());
         }
+        let roots = roots::load(&dir, &config.release_keys)?;
         let mut releases = BTreeMap::new();
         for runmode in RunMode::ALL {
             let rdir = dir.join("releases").join(runmode.as_str());
@@ -175,7 +179,7 @@ impl Boot {
             dir,
             config,
             grid_url,
-            publishers,
+            roots: Mutex::new(roots),
             releases: Mutex::new(releases),
             publishing: tokio::sync::Mutex::new(()),
             fetches: Mutex::new(HashMap::new()),
@@ -242,6 +246,13 @@ pub fn router(state: AppState, boot: Arc<Boot>, hub: Arc<Hub>) -> Router {
             "/releases/{runmode}",
             limited(get(current_release).put(put_release), MAX_RELEASE_BODY),
         )
+        .route(
+            "/releases/{runmode}/root",
+            limited(
+                get(roots::get_root).put(roots::put_root),
+                roots::MAX_ROOT_BODY,
+            ),
+        )
         .route("/releases/{runmode}/{version}", get(release_version))
         .method_not_allowed_fallback(wrong_method)
         .layer(Extension(boot))
@@ -281,7 +292,7 @@ fn runmode(raw: &str) -> Result<RunMode, ApiFailure> {
 /// The runmode of a path, and the keys this grid checks its releases with.
 fn served(boot: &Boot, raw: &str) -> Result<(RunMode, ReleaseKeys), ApiFailure> {
     let mode = runmode(raw)?;
-    let keys = boot.config.release_keys.get(&mode).cloned().ok_or_else(|| {
+    let keys = boot.root(mode).map(|r| r.release_keys()).ok_or_else(|| {
         ApiFailure::NotFound(format!(
             "this grid serves no releases of runmode {mode} (its operator configured no release keys for it)"
         ))
@@ -725,7 +736,7 @@ fn publisher_key(boot: &Boot, req: &Request, now: i64) -> Result<PublicKey, ApiF
             "publishing boot files and releases is signed with a release key (key=<release public key>), not a twin: use zos release publish --release-key FILE".into(),
         ));
     };
-    if !boot.publishers.contains(&key) {
+    if !boot.is_publisher(&key) {
         return Err(ApiFailure::Forbidden(format!(
             "key {key} is not one of this grid's release keys: only its release publishers may upload"
         )));

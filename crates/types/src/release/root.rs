@@ -53,6 +53,16 @@ pub struct RootChain {
     pub chain: Vec<SignedRoot>,
 }
 
+/// The answer to `PUT /releases/{runmode}/root`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rotated {
+    pub runmode: RunMode,
+    pub version: u64,
+    /// False when the grid had this root already.
+    pub rotated: bool,
+}
+
 /// Why a root is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RootError {
