@@ -13,6 +13,7 @@ use zos_types::auth::{self, RequestAuth, Signer};
 use zos_types::boot::{Published, ReleaseSummary, StoredFile};
 use zos_types::registry::ApiError;
 use zos_types::release::root::{RootChain, Rotated, SignedRoot};
+use zos_types::release::terms::Terms;
 use zos_types::release::{
     Artifact, Release, RunMode, RuntimeFlist, SignedRelease, Version, is_sha256_hex, sha256_hex,
 };
@@ -251,6 +252,16 @@ impl ReleaseClient {
         p: &Publish<'_>,
         progress: &dyn Fn(&Upload),
     ) -> Result<Published, PublishError> {
+        self.publish_with(p, &Terms::default(), progress).await
+    }
+
+    /// [`Self::publish`] with upgrade terms (minimum version, expiry, rollout policy).
+    pub async fn publish_with(
+        &self,
+        p: &Publish<'_>,
+        terms: &Terms,
+        progress: &dyn Fn(&Upload),
+    ) -> Result<Published, PublishError> {
         let uploader = p.keys.first().ok_or(PublishError::NoKeys)?;
         let version = match &p.version {
             Some(v) => {
@@ -287,7 +298,7 @@ impl ReleaseClient {
             initramfs,
             flists,
         };
-        let signed = release.sign(&p.keys.iter().collect::<Vec<_>>())?;
+        let signed = release.sign_with(terms, &p.keys.iter().collect::<Vec<_>>())?;
         Ok(self.put_release(&signed, uploader).await?)
     }
 

@@ -11,6 +11,7 @@
 //! | `GET /releases?runmode=R` | none | every release of `R`, newest first ([`ReleaseSummary`]) |
 //! | `PUT /releases/{runmode}` | a release key of `runmode` | publish a [`SignedRelease`] |
 //! | `GET`/`PUT /releases/{runmode}/root` | none / a key of the current root | the root of trust and its rotations ([`roots`]) |
+//! | `GET /releases/{runmode}/status`, `/for-node/{id}`, `PUT /{version}/rollout`, `POST /api/v1/nodes/{id}/upgrade` | see [`rollout`] | staged rollouts and what nodes report |
 //!
 //! Who may publish: the grid's operator configures, per runmode, the release keys and threshold
 //! the grid checks releases against ([`BootConfig::release_keys`], `zos-grid serve
@@ -24,6 +25,7 @@
 //! Storage: `boot/files/<sha256>` and `boot/releases/<runmode>/<version>.json` in the grid's data
 //! directory. Old files and releases are kept (no garbage collection yet).
 
+mod rollout;
 mod roots;
 
 use std::collections::{BTreeMap, HashMap};
@@ -43,7 +45,7 @@ use zos_types::boot::{GridUrl, Published, ReleaseSummary, StoredFile};
 use zos_types::policy::{AdmissionError, AdmissionToken};
 use zos_types::release::{
     MAX_MANIFEST_BYTES, MAX_SIGNATURES, Release, ReleaseError, ReleaseKeys, RunMode, SignedRelease,
-    Version, is_sha256_hex,
+    Version, is_sha256_hex, terms::Terms,
 };
 use zos_types::{FarmId, PublicKey};
 
@@ -109,6 +111,7 @@ pub enum BootError {
 struct Stored {
     signed: SignedRelease,
     release: Release,
+    terms: Terms,
 }
 
 /// The boot service's state.
@@ -118,6 +121,8 @@ pub struct Boot {
     config: BootConfig,
     grid_url: Option<GridUrl>,
     roots: Mutex<BTreeMap<RunMode, roots::Chain>>,
+    rollouts: Mutex<BTreeMap<(RunMode, Version), rollout::Record>>,
+    rollout_io: tokio::sync::Mutex<()>,
     releases: Mutex<BTreeMap<RunMode, BTreeMap<Version, Stored>>>,
     publishing: tokio::sync::Mutex<()>,
     fetches: Mutex<HashMap<String, u64>>,
@@ -169,6 +174,7 @@ impl Boot {
             }
             releases.insert(runmode, versions);
         }
+        let rollouts = rollout::load(&dir, &releases)?;
         let grid_url = config.grid_url.as_deref().map(GridUrl::parse).transpose()?;
         tracing::info!(
             dir = %dir.display(),
@@ -180,6 +186,8 @@ impl Boot {
             config,
             grid_url,
             roots: Mutex::new(roots),
+            rollouts: Mutex::new(rollouts),
+            rollout_io: tokio::sync::Mutex::new(()),
             releases: Mutex::new(releases),
             publishing: tokio::sync::Mutex::new(()),
             fetches: Mutex::new(HashMap::new()),
@@ -224,12 +232,16 @@ fn load_release(path: &Path, version: &str) -> Result<Stored, BootError> {
     };
     let text = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
     let signed: SignedRelease = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
-    let (release, _) =
+    let (release, terms) =
         zos_types::release::terms::decode(&signed.manifest).map_err(|e| bad(e.to_string()))?;
     if release.version != version {
         return Err(bad(format!("it holds version {}", release.version)));
     }
-    Ok(Stored { signed, release })
+    Ok(Stored {
+        signed,
+        release,
+        terms,
+    })
 }
 
 /// The boot service's routes, ready to merge into the grid's router.
@@ -254,6 +266,16 @@ pub fn router(state: AppState, boot: Arc<Boot>, hub: Arc<Hub>) -> Router {
             ),
         )
         .route("/releases/{runmode}/{version}", get(release_version))
+        .route("/releases/{runmode}/status", get(rollout::status))
+        .route("/releases/{runmode}/for-node/{id}", get(rollout::for_node))
+        .route(
+            "/releases/{runmode}/{version}/rollout",
+            limited(axum::routing::put(rollout::change), 8 * 1024),
+        )
+        .route(
+            &format!("{}/nodes/{{id}}/upgrade", zos_types::registry::API_PREFIX),
+            limited(axum::routing::post(rollout::report), 8 * 1024),
+        )
         .method_not_allowed_fallback(wrong_method)
         .layer(Extension(boot))
         .layer(Extension(hub))
@@ -596,6 +618,7 @@ fn refused(e: ReleaseError) -> ApiFailure {
 }
 
 async fn put_release(
+    State(app): State<AppState>,
     Extension(boot): Extension<Arc<Boot>>,
     Extension(hub): Extension<Arc<Hub>>,
     ApiPath(mode): ApiPath<String>,
@@ -609,7 +632,7 @@ async fn put_release(
         )));
     }
     let signed: SignedRelease = crate::auth::parse_json(&publisher.body)?;
-    let release = signed.verify_for(&keys, mode).map_err(refused)?;
+    let (release, terms) = signed.verify_at(&keys, mode, app.now()).map_err(refused)?;
     let version = release.version().map_err(refused)?;
 
     // The files it names must be here, with the sizes it says.
@@ -696,16 +719,16 @@ async fn put_release(
         .await
         .map_err(|e| ApiFailure::internal("release store task", e))?
         .map_err(|e| ApiFailure::internal("storing a release", e))?;
-    {
-        let mut r = boot.releases();
-        r.entry(mode).or_default().insert(
-            version,
-            Stored {
-                signed,
-                release: release.clone(),
-            },
-        );
-    }
+    let stored = Stored {
+        signed,
+        release: release.clone(),
+        terms,
+    };
+    boot.start_rollout((mode, version), &stored).await?;
+    boot.releases()
+        .entry(mode)
+        .or_default()
+        .insert(version, stored);
     tracing::info!(runmode = %mode, %version, key = %publisher.key, "release published");
     Ok((
         StatusCode::CREATED,
@@ -738,7 +761,7 @@ fn publisher_key(boot: &Boot, req: &Request, now: i64) -> Result<PublicKey, ApiF
     };
     if !boot.is_publisher(&key) {
         return Err(ApiFailure::Forbidden(format!(
-            "key {key} is not one of this grid's release keys: only its release publishers may upload"
+            "key {key} is not one of this grid's release keys: only its release publishers may upload, publish or steer rollouts"
         )));
     }
     Ok(key)
