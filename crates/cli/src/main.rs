@@ -83,7 +83,7 @@ enum Command {
     Context(context::ContextCmd),
     #[command(flatten)]
     Shell(shell::ShellCmd),
-    /// Node OS releases (publishers): release keys, publish, list.
+    /// Node OS releases (publishers): release keys, publish, list, rollouts (status, halt, advance), root rotation.
     #[command(subcommand)]
     Release(release::ReleaseCmd),
 }

@@ -1,6 +1,7 @@
 //! `zos release`: release keys, and publishing and listing the node OS releases a grid serves
 //! (docs/boot.md). Publishing signs with release keys (`key=` requests), not with a twin.
 
+mod rollout;
 mod root;
 
 use std::path::{Path, PathBuf};
@@ -56,6 +57,8 @@ pub enum ReleaseCmd {
         /// The release's version (default: the current one's next patch, or 0.1.0).
         #[arg(long, value_name = "X.Y.Z")]
         release_version: Option<String>,
+        #[command(flatten)]
+        terms: rollout::TermsArgs,
     },
     /// The releases of a runmode on the grid, newest first.
     List {
@@ -65,12 +68,15 @@ pub enum ReleaseCmd {
     /// The root of trust of a runmode's releases: show it, rotate it.
     #[command(subcommand)]
     Root(root::RootCmd),
+    #[command(flatten)]
+    Rollout(rollout::RolloutCmd),
 }
 
 pub async fn release(cmd: ReleaseCmd, g: &Global) -> anyhow::Result<()> {
     match cmd {
         ReleaseCmd::Keygen { output } => keygen(Path::new(&output), g),
         ReleaseCmd::Root(cmd) => root::root(cmd, g).await,
+        ReleaseCmd::Rollout(cmd) => rollout::rollout(cmd, g).await,
         ReleaseCmd::Keys { keys, threshold } => {
             let keys = ReleaseKeys {
                 keys: keys
@@ -89,6 +95,7 @@ pub async fn release(cmd: ReleaseCmd, g: &Global) -> anyhow::Result<()> {
             flists,
             release_keys,
             release_version,
+            terms,
         } => {
             let keys = release_keys
                 .iter()
@@ -104,6 +111,7 @@ pub async fn release(cmd: ReleaseCmd, g: &Global) -> anyhow::Result<()> {
                 &flists,
                 &keys,
                 release_version,
+                &terms.terms()?,
             )
             .await
         }
@@ -190,9 +198,10 @@ async fn publish(
     flists: &[FlistSpec],
     keys: &[Identity],
     version: Option<String>,
+    terms: &zos_types::release::terms::Terms,
 ) -> anyhow::Result<()> {
     let published = grid
-        .publish(
+        .publish_with(
             &Publish {
                 runmode,
                 kernel,
@@ -201,6 +210,7 @@ async fn publish(
                 keys,
                 version,
             },
+            terms,
             &|u| match u {
                 Upload::Present { what, sha256, size } => {
                     eprintln!("{what} {sha256} ({size} bytes) is on the grid already")
