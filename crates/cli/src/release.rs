@@ -131,6 +131,7 @@ pub async fn release(cmd: ReleaseCmd, g: &Global) -> anyhow::Result<()> {
                 "INITRAMFS",
                 "FLISTS",
                 "SIGNERS",
+                "TERMS",
             ]);
             for s in &list {
                 let r = &s.release;
@@ -145,6 +146,7 @@ pub async fn release(cmd: ReleaseCmd, g: &Global) -> anyhow::Result<()> {
                         .collect::<Vec<_>>()
                         .join(","),
                     s.signers.len().to_string(),
+                    rollout::describe(&s.terms),
                 ]);
             }
             if list.is_empty() {

@@ -346,6 +346,13 @@ async fn a_staged_rollout_is_published_watched_advanced_and_halted() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    let list = ok(&url, &["release", "list", "--runmode", "dev"]);
+    assert!(
+        list.contains("from 1.0.0, expires ")
+            && list.contains(&format!("waves 50%/100%, test farms {test_farm}")),
+        "{list}"
+    );
+
     // The test farm's node takes it and reports; the other waits for safe.
     t.report_upgrade(
         t_id,

@@ -6,7 +6,7 @@
 //! | `GET /boot/{runmode}/farms/{farm}.ipxe` | none | the farm's iPXE script for the current release; 404 for an unknown farm or no release |
 //! | `GET /boot/files/{sha256}` (and `HEAD`) | none | a boot file by its SHA-256 |
 //! | `PUT /boot/files/{sha256}` | a release key | store a boot file; the body must hash to the path, at most `max_file_bytes` |
-//! | `GET /releases/{runmode}` | none | the current [`SignedRelease`] |
+//! | `GET /releases/{runmode}` | none | the current [`SignedRelease`]: the newest whose rollout is not halted |
 //! | `GET /releases/{runmode}/{version}` | none | that version |
 //! | `GET /releases?runmode=R` | none | every release of `R`, newest first ([`ReleaseSummary`]) |
 //! | `PUT /releases/{runmode}` | a release key of `runmode` | publish a [`SignedRelease`] |
@@ -380,7 +380,7 @@ async fn farm_script(
             Some(token)
         }
     };
-    let current = boot.current(mode).ok_or_else(|| {
+    let current = boot.serving(mode).ok_or_else(|| {
         ApiFailure::NotFound(format!(
             "no release of runmode {mode} is published yet: publish one (zos release publish)"
         ))
@@ -558,7 +558,7 @@ async fn current_release(
     ApiPath(mode): ApiPath<String>,
 ) -> Result<Json<SignedRelease>, ApiFailure> {
     let (mode, _) = served(&boot, &mode)?;
-    boot.current(mode).map(|s| Json(s.signed)).ok_or_else(|| {
+    boot.serving(mode).map(|s| Json(s.signed)).ok_or_else(|| {
         ApiFailure::NotFound(format!("no release of runmode {mode} is published yet"))
     })
 }
@@ -601,6 +601,7 @@ async fn list_releases(
                 .map(|s| ReleaseSummary {
                     release: s.release.clone(),
                     signers: s.signed.signatures.iter().map(|g| g.key).collect(),
+                    terms: s.terms.clone(),
                 })
                 .collect()
         })

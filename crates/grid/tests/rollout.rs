@@ -16,6 +16,7 @@ use zos_flist::BlockStore;
 use zos_flist::hub::HubClient;
 use zos_flist::pack::{PackOptions, Progress, Source, pack};
 use zos_grid::GridConfig;
+use zos_grid::clock::Clock;
 use zos_types::auth::{Signer, unix_now};
 use zos_types::release::fleet::{RolloutChange, RolloutStatus, UpgradeReport, UpgradeState};
 use zos_types::release::rollout::{Policy, bucket};
@@ -66,13 +67,17 @@ impl Bed {
     }
 
     async fn publish(&self, version: &str, rollout: Option<Policy>) {
-        let r = Release {
-            version: version.into(),
-            ..self.base.clone()
-        };
         let terms = Terms {
             rollout,
             ..Terms::default()
+        };
+        self.publish_terms(version, terms).await
+    }
+
+    async fn publish_terms(&self, version: &str, terms: Terms) {
+        let r = Release {
+            version: version.into(),
+            ..self.base.clone()
         };
         let signed = r.sign_with(&terms, &[&self.key]).unwrap();
         let p = self
@@ -148,6 +153,15 @@ async fn flist(grid: &TestGrid) -> RuntimeFlist {
         sha256: pushed.flist.sha256,
         size: pushed.flist.size,
     }
+}
+
+/// The version of `GET /releases/dev`, what a booting node is given.
+async fn served_version(bed: &Bed) -> String {
+    let current = bed.releases().current(RunMode::Dev).await.unwrap().unwrap();
+    zos_types::release::terms::decode(&current.manifest)
+        .unwrap()
+        .0
+        .version
 }
 
 fn report(version: &str, state: UpgradeState, reason: Option<&str>) -> UpgradeReport {
@@ -342,6 +356,8 @@ async fn too_many_rollbacks_halt_the_rollout_and_nodes_go_back() {
         .unwrap()
         .why;
     assert!(why.contains("1.1.0 is halted"), "{why}");
+    // A booting node (not known yet) is given the release before the halted one too.
+    assert_eq!(served_version(&bed).await, "1.0.0");
     let s = bed
         .change(
             "1.1.0",
@@ -352,6 +368,7 @@ async fn too_many_rollbacks_halt_the_rollout_and_nodes_go_back() {
         )
         .await;
     assert!(s.halted.is_none());
+    assert_eq!(served_version(&bed).await, "1.1.0");
     let told = bed.told(&ids).await;
     assert_eq!(told[&ids[5]], "1.1.0");
     assert_eq!(told[&ids[1]], "1.0.0");
@@ -510,4 +527,66 @@ async fn hostile_reports_and_changes_are_refused_and_change_nothing() {
     assert_eq!(s, 404);
 
     assert_eq!(bed.status(None).await, before);
+}
+
+#[tokio::test]
+async fn nodes_too_old_for_a_release_take_one_in_between_and_expired_releases_are_skipped() {
+    let bed = Bed::start().await;
+    let (_, farm) = bed.grid.farm("steps").await;
+    let nodes = bed.nodes(farm.id, 3).await;
+    let ids: Vec<NodeId> = nodes.iter().map(|n| n.1).collect();
+    bed.publish("1.0.0", None).await;
+    bed.publish("1.1.0", None).await;
+    bed.publish_terms(
+        "1.2.0",
+        Terms {
+            min_from: Some("1.1.0".into()),
+            ..Terms::default()
+        },
+    )
+    .await;
+    let committed = |v: &str| report(v, UpgradeState::Committed, None);
+    nodes[0]
+        .0
+        .report_upgrade(ids[0], &committed("1.0.0"))
+        .await
+        .unwrap();
+    nodes[1]
+        .0
+        .report_upgrade(ids[1], &committed("1.1.0"))
+        .await
+        .unwrap();
+
+    let told = bed.told(&ids).await;
+    assert_eq!(told[&ids[0]], "1.1.0", "1.0.0 takes the release in between");
+    assert_eq!(told[&ids[1]], "1.2.0");
+    assert_eq!(
+        told[&ids[2]], "1.2.0",
+        "a node that never reported checks min_from itself"
+    );
+    let why = bed
+        .releases()
+        .for_node(RunMode::Dev, ids[0])
+        .await
+        .unwrap()
+        .why;
+    assert!(why.contains("1.2.0 upgrades only from 1.1.0"), "{why}");
+    let s = bed.status(None).await;
+    let running: Vec<Option<String>> = s.nodes.iter().map(|n| n.running.clone()).collect();
+    assert_eq!(running, [Some("1.0.0".into()), Some("1.1.0".into()), None]);
+
+    // An expired release is given to no node.
+    bed.publish_terms(
+        "1.3.0",
+        Terms {
+            expires: Some(bed.grid.clock.now() + 600),
+            ..Terms::default()
+        },
+    )
+    .await;
+    assert_eq!(bed.told(&ids[1..2]).await[&ids[1]], "1.3.0");
+    bed.grid.clock.advance(601);
+    let f = bed.releases().for_node(RunMode::Dev, ids[1]).await.unwrap();
+    assert_eq!(f.version, "1.2.0");
+    assert!(f.why.contains("1.3.0 expired at"), "{}", f.why);
 }

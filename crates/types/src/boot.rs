@@ -157,6 +157,9 @@ pub fn chain_script(
 pub struct ReleaseSummary {
     pub release: Release,
     pub signers: Vec<crate::identity::PublicKey>,
+    /// Its upgrade terms (none for a release that names none).
+    #[serde(default)]
+    pub terms: crate::release::terms::Terms,
 }
 
 /// The answer to `PUT /boot/files/{sha256}`.

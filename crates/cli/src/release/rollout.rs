@@ -68,6 +68,32 @@ impl TermsArgs {
     }
 }
 
+/// Upgrade terms in a few words, for `zos release list`.
+pub fn describe(t: &Terms) -> String {
+    let mut parts = Vec::new();
+    if let Some(v) = &t.min_from {
+        parts.push(format!("from {v}"));
+    }
+    if let Some(e) = t.expires {
+        parts.push(format!("expires {e}"));
+    }
+    if let Some(p) = &t.rollout {
+        let waves: Vec<String> = p.waves.iter().map(|w| format!("{w}%")).collect();
+        parts.push(format!("waves {}", waves.join("/")));
+        if !p.test_farms.is_empty() {
+            let farms: Vec<String> = p.test_farms.iter().map(|f| f.to_string()).collect();
+            parts.push(format!("test farms {}", farms.join(",")));
+        }
+        if p.safe {
+            parts.push("safe".into());
+        }
+    }
+    match parts.is_empty() {
+        true => "-".into(),
+        false => parts.join(", "),
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum RolloutCmd {
     /// Each node's version and upgrade state, and the open wave's progress.

@@ -14,9 +14,11 @@
 //! (`by: grid`). The nodes counted are the grid's registered nodes (the registry does not record
 //! a node's runmode: a grid serving several runmodes counts every node in each).
 //!
-//! Which release a node runs: the newest release of the runmode that is not halted, that the
-//! node did not roll back, whose stage admits the node, and whose `min_from` the node's running
-//! version meets; otherwise the release it committed last, otherwise the oldest release.
+//! Which release a node runs: the newest release of the runmode that the node runs already
+//! (it reported `committed`), or that is not halted, not expired, not rolled back by the node,
+//! whose stage admits the node and whose `min_from` the node's running version meets;
+//! otherwise the oldest release. A booting node, not known yet, is given the newest release
+//! whose rollout is not halted (boot scripts, `GET /releases/{runmode}`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -150,6 +152,26 @@ impl Boot {
             .map_err(|e| ApiFailure::internal("storing a rollout", e))?;
         self.rollouts().insert(key, record);
         Ok(())
+    }
+
+    /// The release a booting node is given (boot scripts, `GET /releases/{runmode}`): the newest
+    /// whose rollout is not halted, else the newest. A booting node is not known yet, so waves
+    /// and test farms do not apply here; a halt does.
+    pub(super) fn serving(&self, mode: RunMode) -> Option<Stored> {
+        let versions = self.versions(mode);
+        let rollouts = self.rollouts();
+        versions
+            .iter()
+            .rev()
+            .find(|s| {
+                s.release
+                    .version()
+                    .ok()
+                    .and_then(|v| rollouts.get(&(mode, v)))
+                    .is_none_or(|r| r.halted.is_none())
+            })
+            .or(versions.last())
+            .cloned()
     }
 
     /// The stored releases of `mode`, oldest first.
@@ -458,6 +480,12 @@ pub(super) async fn for_node(
         }
         if let Some(h) = &record.halted {
             skipped.push(format!("{v} is halted ({})", h.reason));
+            continue;
+        }
+        if let Some(expires) = s.terms.expires
+            && expires <= now
+        {
+            skipped.push(format!("{v} expired at {expires}"));
             continue;
         }
         if let Some(r) = record.nodes.get(&id)
