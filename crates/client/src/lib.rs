@@ -29,7 +29,7 @@
 pub mod keyfile;
 mod node;
 pub mod release;
-mod rollout;
+pub mod rollout;
 pub mod uplink;
 pub mod workflow;
 

@@ -590,3 +590,103 @@ async fn nodes_too_old_for_a_release_take_one_in_between_and_expired_releases_ar
     assert_eq!(f.version, "1.2.0");
     assert!(f.why.contains("1.3.0 expired at"), "{}", f.why);
 }
+
+#[tokio::test]
+async fn a_node_walks_the_roots_and_verifies_the_release_it_is_told() {
+    use zos_client::rollout::{Decision, UpgradeError};
+    use zos_types::release::ReleaseError;
+    use zos_types::release::root::Root;
+
+    let bed = Bed::start().await;
+    let (_, farm) = bed.grid.farm("checks").await;
+    let id = bed.nodes(farm.id, 1).await[0].1;
+    bed.publish("1.0.0", None).await;
+    let pinned = Root::initial(
+        RunMode::Dev,
+        &ReleaseKeys {
+            keys: vec![bed.key.public_key()],
+            threshold: 1,
+        },
+    )
+    .unwrap();
+    let rc = bed.releases();
+    let v = |s: &str| s.parse::<Version>().unwrap();
+
+    // A node that runs nothing takes 1.0.0; one that runs it stays.
+    let (root, d) = rc
+        .check_upgrade(&pinned, id, None, unix_now())
+        .await
+        .unwrap();
+    assert_eq!(root, pinned);
+    assert!(
+        matches!(&d, Decision::Upgrade { release, .. } if release.version == "1.0.0"),
+        "{d:?}"
+    );
+    let (_, d) = rc
+        .check_upgrade(&pinned, id, Some(v("1.0.0")), unix_now())
+        .await
+        .unwrap();
+    assert!(matches!(d, Decision::Stay { .. }), "{d:?}");
+
+    // The keys rotate; 1.1.0 is signed by the new key only.
+    let new = Identity::generate().unwrap();
+    let r2 = Root {
+        runmode: RunMode::Dev,
+        version: 2,
+        keys: vec![new.public_key()],
+        threshold: 1,
+    };
+    let link = r2.sign(&[&bed.key, &new]).unwrap();
+    rc.put_root(RunMode::Dev, &link, &bed.key).await.unwrap();
+    let r = Release {
+        version: "1.1.0".into(),
+        ..bed.base.clone()
+    };
+    rc.put_release(&r.sign(&[&new]).unwrap(), &new)
+        .await
+        .unwrap();
+
+    // The node pinning root 1 reaches root 2 through the chain and takes 1.1.0 ...
+    let (root, d) = rc
+        .check_upgrade(&pinned, id, Some(v("1.0.0")), unix_now())
+        .await
+        .unwrap();
+    assert_eq!(root, r2);
+    assert!(
+        matches!(&d, Decision::Upgrade { release, .. } if release.version == "1.1.0"),
+        "{d:?}"
+    );
+    // ... which root 1 alone would refuse.
+    let told = rc.for_node(RunMode::Dev, id).await.unwrap();
+    assert!(matches!(
+        told.release
+            .verify_upgrade(&pinned, Some(v("1.0.0")), unix_now()),
+        Err(ReleaseError::NotTrusted { good: 0, .. })
+    ));
+
+    // 1.2.0 is halted: the grid points at 1.1.0; a node on 1.2.0 refuses the downgrade and
+    // stays.
+    let r = Release {
+        version: "1.2.0".into(),
+        ..bed.base.clone()
+    };
+    rc.put_release(&r.sign(&[&new]).unwrap(), &new)
+        .await
+        .unwrap();
+    let halt = RolloutChange {
+        halt: Some("regression".into()),
+        ..Default::default()
+    };
+    rc.change_rollout(RunMode::Dev, v("1.2.0"), &halt, &new)
+        .await
+        .unwrap();
+    let e = rc
+        .check_upgrade(&root, id, Some(v("1.2.0")), unix_now())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, UpgradeError::Release(ReleaseError::NotNewer { .. })),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("a downgrade or the replay"), "{e}");
+}
