@@ -376,6 +376,10 @@ async fn a_staged_rollout_is_published_watched_advanced_and_halted() {
         "{table}"
     );
     assert!(table.contains("on probation"), "{table}");
+    assert!(
+        table.contains("RELEASE") && table.contains("1.0.0"),
+        "{table}"
+    );
     assert!(table.contains("no: its farm is not a test farm"), "{table}");
 
     // Marked safe, then the next wave: every node.

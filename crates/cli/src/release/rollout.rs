@@ -232,7 +232,9 @@ fn print(s: &RolloutStatus) -> anyhow::Result<()> {
         pr.waiting,
         p.halt_percent
     )?;
-    let mut t = Table::new(&["NODE", "FARM", "RUNNING", "STATE", "REASON", "ADMITTED"]);
+    let mut t = Table::new(&[
+        "NODE", "FARM", "RELEASE", "ZOSD", "STATE", "REASON", "ADMITTED",
+    ]);
     for n in &s.nodes {
         let (state, reason) = match &n.report {
             Some(r) => (r.state.to_string(), r.reason.clone().unwrap_or_default()),
@@ -242,6 +244,7 @@ fn print(s: &RolloutStatus) -> anyhow::Result<()> {
             n.node.to_string(),
             n.farm.to_string(),
             n.running.clone().unwrap_or_else(|| "-".into()),
+            n.zos_version.clone(),
             state,
             reason,
             match n.admitted {

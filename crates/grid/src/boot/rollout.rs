@@ -255,6 +255,7 @@ fn status_of(
             node: n.id,
             farm: n.farm_id,
             running: running(boot, mode, n.id).map(|v| v.to_string()),
+            zos_version: n.zos_version.clone(),
             report,
             admitted: a.admitted(),
             why: a.to_string(),

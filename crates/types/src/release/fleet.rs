@@ -171,6 +171,9 @@ pub struct NodeUpgrade {
     /// The newest release of the runmode it reported committed, if any.
     #[serde(default)]
     pub running: Option<String>,
+    /// The version zosd registered with.
+    #[serde(default)]
+    pub zos_version: String,
     /// Its last report for this release.
     #[serde(default)]
     pub report: Option<NodeReport>,
