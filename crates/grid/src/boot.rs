@@ -25,6 +25,8 @@
 //! Storage: `boot/files/<sha256>` and `boot/releases/<runmode>/<version>.json` in the grid's data
 //! directory. Old files and releases are kept (no garbage collection yet).
 
+mod for_node;
+mod reports;
 mod rollout;
 mod roots;
 
@@ -267,14 +269,14 @@ pub fn router(state: AppState, boot: Arc<Boot>, hub: Arc<Hub>) -> Router {
         )
         .route("/releases/{runmode}/{version}", get(release_version))
         .route("/releases/{runmode}/status", get(rollout::status))
-        .route("/releases/{runmode}/for-node/{id}", get(rollout::for_node))
+        .route("/releases/{runmode}/for-node/{id}", get(for_node::for_node))
         .route(
             "/releases/{runmode}/{version}/rollout",
             limited(axum::routing::put(rollout::change), 8 * 1024),
         )
         .route(
             &format!("{}/nodes/{{id}}/upgrade", zos_types::registry::API_PREFIX),
-            limited(axum::routing::post(rollout::report), 8 * 1024),
+            limited(axum::routing::post(reports::report), 8 * 1024),
         )
         .method_not_allowed_fallback(wrong_method)
         .layer(Extension(boot))

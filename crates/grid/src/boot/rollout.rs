@@ -4,10 +4,10 @@
 //!
 //! | route | auth | what |
 //! |---|---|---|
-//! | `POST /api/v1/nodes/{id}/upgrade` | the node's twin | report its [`UpgradeReport`]; may halt the rollout (fleet safety) |
+//! | `POST /api/v1/nodes/{id}/upgrade` | the node's twin | report its [`UpgradeReport`](zos_types::release::fleet::UpgradeReport); may halt the rollout ([`super::reports`]) |
 //! | `GET /releases/{runmode}/status[?version=V]` | none | [`RolloutStatus`] of V (default: the current release) |
 //! | `PUT /releases/{runmode}/{version}/rollout` | a key of the runmode's current root | [`RolloutChange`]: open a wave, mark safe, halt, resume |
-//! | `GET /releases/{runmode}/for-node/{id}` | none | [`ForNode`]: the release the node should run |
+//! | `GET /releases/{runmode}/for-node/{id}` | none | the release the node should run ([`super::for_node`]) |
 //!
 //! Fleet safety: after each `rolled_back` report, when more than the policy's `halt_percent`
 //! of the nodes the open stage admits reported `rolled_back`, the grid halts the rollout itself
@@ -27,17 +27,16 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
+use zos_types::NodeId;
 use zos_types::registry::{Node, NodeFilter};
 use zos_types::release::fleet::{
-    ForNode, Halt, NodeReport, NodeUpgrade, Progress, RolloutChange, RolloutStatus, UpgradeReport,
-    UpgradeState, should_halt,
+    Halt, NodeReport, NodeUpgrade, Progress, RolloutChange, RolloutStatus, UpgradeState,
 };
 use zos_types::release::rollout::{Stage, admission};
 use zos_types::release::{ReleaseError, RunMode, Version};
-use zos_types::{NodeId, TwinId};
 
 use super::{Boot, BootError, Publisher, Stored, served};
-use crate::auth::{ApiPath, ApiQuery, Signed};
+use crate::auth::{ApiPath, ApiQuery};
 use crate::error::ApiFailure;
 use crate::state::AppState;
 
@@ -109,7 +108,7 @@ pub(super) fn load(
 }
 
 impl Boot {
-    fn rollouts(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Record>> {
+    pub(super) fn rollouts(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Record>> {
         self.rollouts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -175,7 +174,7 @@ impl Boot {
     }
 
     /// The stored releases of `mode`, oldest first.
-    fn versions(&self, mode: RunMode) -> Vec<Stored> {
+    pub(super) fn versions(&self, mode: RunMode) -> Vec<Stored> {
         let r = self.releases();
         r.get(&mode)
             .map(|m| m.values().cloned().collect())
@@ -184,7 +183,7 @@ impl Boot {
 }
 
 /// Every registered node (up to [`MAX_NODES`]).
-async fn all_nodes(app: &AppState) -> Result<Vec<Node>, ApiFailure> {
+pub(super) async fn all_nodes(app: &AppState) -> Result<Vec<Node>, ApiFailure> {
     let now = app.now();
     app.run(move |s| {
         let mut out = Vec::new();
@@ -210,7 +209,7 @@ async fn all_nodes(app: &AppState) -> Result<Vec<Node>, ApiFailure> {
 }
 
 /// The newest release of `mode` node `id` reported committed.
-fn running(boot: &Boot, mode: RunMode, id: NodeId) -> Option<Version> {
+pub(super) fn running(boot: &Boot, mode: RunMode, id: NodeId) -> Option<Version> {
     let r = boot.rollouts();
     r.iter()
         .rev()
@@ -223,7 +222,7 @@ fn running(boot: &Boot, mode: RunMode, id: NodeId) -> Option<Version> {
         .map(|((_, v), _)| *v)
 }
 
-fn version_of(s: &Stored) -> Result<Version, ApiFailure> {
+pub(super) fn version_of(s: &Stored) -> Result<Version, ApiFailure> {
     s.release
         .version()
         .map_err(|e| ApiFailure::internal("stored release", std::io::Error::other(e)))
@@ -273,7 +272,11 @@ fn status_of(
     })
 }
 
-fn stored_version(boot: &Boot, mode: RunMode, v: Option<Version>) -> Result<Stored, ApiFailure> {
+pub(super) fn stored_version(
+    boot: &Boot,
+    mode: RunMode,
+    v: Option<Version>,
+) -> Result<Stored, ApiFailure> {
     let found = match v {
         Some(v) => boot.releases().get(&mode).and_then(|m| m.get(&v).cloned()),
         None => boot.current(mode),
@@ -369,160 +372,4 @@ pub(super) async fn change(
     .await?;
     tracing::info!(runmode = %mode, version = %v, key = %publisher.key, change = ?c, "rollout changed");
     Ok(Json(status_now(&app, &boot, mode, &stored).await?))
-}
-
-pub(super) async fn report(
-    State(app): State<AppState>,
-    Extension(boot): Extension<Arc<Boot>>,
-    ApiPath(id): ApiPath<NodeId>,
-    signed: Signed,
-) -> Result<Json<NodeReport>, ApiFailure> {
-    let twin: TwinId = signed.twin()?;
-    let now = app.now();
-    let node = app
-        .run(move |s| s.node(id, now))
-        .await?
-        .ok_or_else(|| ApiFailure::NotFound(format!("node {id} does not exist")))?;
-    if node.twin_id != twin {
-        return Err(ApiFailure::Forbidden(format!(
-            "twin {twin} is not node {id} (its twin is {})",
-            node.twin_id
-        )));
-    }
-    let body: UpgradeReport = signed.json()?;
-    let v = body
-        .validate()
-        .map_err(|e| ApiFailure::BadRequest(e.to_string()))?;
-    let (mode, _) = served(&boot, body.runmode.as_str())?;
-    let stored = stored_version(&boot, mode, Some(v))?;
-    let policy = stored.terms.policy();
-    // The wave's nodes are read before the record is locked.
-    let nodes = if body.state == UpgradeState::RolledBack {
-        all_nodes(&app).await?
-    } else {
-        Vec::new()
-    };
-    let report = NodeReport {
-        state: body.state,
-        reason: body.reason.clone(),
-        at: now,
-    };
-    let stored_report = report.clone();
-    let halted = boot
-        .update_rollout((mode, v), move |r| {
-            r.nodes.insert(id, stored_report);
-            if body.state != UpgradeState::RolledBack || r.halted.is_some() {
-                return Ok(None);
-            }
-            let admitted: Vec<&Node> = nodes
-                .iter()
-                .filter(|n| admission(&policy, r.stage, n.id, n.farm_id).admitted())
-                .collect();
-            let back = admitted
-                .iter()
-                .filter(|n| {
-                    r.nodes
-                        .get(&n.id)
-                        .is_some_and(|x| x.state == UpgradeState::RolledBack)
-                })
-                .count();
-            if !should_halt(&policy, admitted.len(), back) {
-                return Ok(None);
-            }
-            let halt = Halt {
-                reason: format!(
-                    "{back} of the {} nodes of the open wave rolled back, more than {}%; the last, node {id}: {}",
-                    admitted.len(),
-                    policy.halt_percent,
-                    body.reason.as_deref().unwrap_or("")
-                ),
-                by: "grid".into(),
-                at: now,
-            };
-            r.halted = Some(halt.clone());
-            Ok(Some(halt))
-        })
-        .await?;
-    tracing::info!(node = id, runmode = %mode, version = %v, state = %report.state, reason = ?report.reason, "upgrade reported");
-    if let Some(h) = halted {
-        tracing::warn!(runmode = %mode, version = %v, reason = %h.reason, "rollout halted by the grid");
-    }
-    Ok(Json(report))
-}
-
-pub(super) async fn for_node(
-    State(app): State<AppState>,
-    Extension(boot): Extension<Arc<Boot>>,
-    ApiPath((mode, id)): ApiPath<(String, NodeId)>,
-) -> Result<Json<ForNode>, ApiFailure> {
-    let (mode, _) = served(&boot, &mode)?;
-    let now = app.now();
-    let node = app
-        .run(move |s| s.node(id, now))
-        .await?
-        .ok_or_else(|| ApiFailure::NotFound(format!("node {id} does not exist")))?;
-    let versions = boot.versions(mode);
-    let oldest = versions.first().cloned().ok_or_else(|| {
-        ApiFailure::NotFound(format!("no release of runmode {mode} is published yet"))
-    })?;
-    let current = running(&boot, mode, id);
-    let mut skipped = Vec::new();
-    for s in versions.iter().rev() {
-        let v = version_of(s)?;
-        let Some(record) = boot.rollouts().get(&(mode, v)).cloned() else {
-            continue;
-        };
-        if current == Some(v) {
-            let why = match skipped.is_empty() {
-                true => format!("release {v} is the newest and the node runs it"),
-                false => format!("the node runs {v}; newer: {}", skipped.join("; ")),
-            };
-            return Ok(Json(answer(s, why)));
-        }
-        if let Some(h) = &record.halted {
-            skipped.push(format!("{v} is halted ({})", h.reason));
-            continue;
-        }
-        if let Some(expires) = s.terms.expires
-            && expires <= now
-        {
-            skipped.push(format!("{v} expired at {expires}"));
-            continue;
-        }
-        if let Some(r) = record.nodes.get(&id)
-            && r.state == UpgradeState::RolledBack
-        {
-            skipped.push(format!("{v} was rolled back by this node"));
-            continue;
-        }
-        let a = admission(&s.terms.policy(), record.stage, id, node.farm_id);
-        if !a.admitted() {
-            skipped.push(format!("{v}: {a}"));
-            continue;
-        }
-        if let (Some(cur), Some(min)) = (current, s.terms.min_from().ok().flatten())
-            && cur < min
-        {
-            skipped.push(format!("{v} upgrades only from {min}"));
-            continue;
-        }
-        let mut why = format!("release {v}: {a}");
-        if !skipped.is_empty() {
-            why.push_str(&format!("; newer: {}", skipped.join("; ")));
-        }
-        return Ok(Json(answer(s, why)));
-    }
-    let why = format!(
-        "no release admits this node ({}); the oldest release",
-        skipped.join("; ")
-    );
-    Ok(Json(answer(&oldest, why)))
-}
-
-fn answer(s: &Stored, why: String) -> ForNode {
-    ForNode {
-        version: s.release.version.clone(),
-        why,
-        release: s.signed.clone(),
-    }
 }
