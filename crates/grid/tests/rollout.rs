@@ -451,6 +451,28 @@ async fn hostile_reports_and_changes_are_refused_and_change_nothing() {
             .await,
     );
     assert_eq!(s, 404);
+    assert_eq!(
+        bed.status(None).await,
+        before,
+        "refused reports change nothing"
+    );
+    // A node that rolled back a release does not take it up again.
+    let (c_back, id_back) = &nodes[1];
+    c_back
+        .report_upgrade(
+            *id_back,
+            &report("1.0.0", UpgradeState::RolledBack, Some("gate missed")),
+        )
+        .await
+        .unwrap();
+    let (s, m) = refused(
+        c_back
+            .report_upgrade(*id_back, &report("1.0.0", UpgradeState::Committed, None))
+            .await,
+    );
+    assert_eq!(s, 409, "{m}");
+    assert!(m.contains("does not retry it"), "{m}");
+    let before = bed.status(None).await;
 
     // Changes: a stranger's key, a wave that does not exist, halt and resume at once, an
     // unknown release, unsigned.

@@ -58,6 +58,14 @@ pub(super) async fn report(
     let stored_report = report.clone();
     let halted = boot
         .update_rollout((mode, v), move |r| {
+            if let Some(old) = r.nodes.get(&id)
+                && old.state == UpgradeState::RolledBack
+                && body.state != UpgradeState::RolledBack
+            {
+                return Err(ApiFailure::Conflict(format!(
+                    "node {id} rolled back release {v} and does not retry it: it reports only rolled_back for it"
+                )));
+            }
             r.nodes.insert(id, stored_report);
             if body.state != UpgradeState::RolledBack || r.halted.is_some() {
                 return Ok(None);
