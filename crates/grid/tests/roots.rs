@@ -212,3 +212,44 @@ async fn hostile_rotations_are_refused_and_change_nothing() {
     let (s, b) = raw(&g.url(), "GET", "/releases/qa/root", Vec::new(), None).await;
     assert_eq!(s, 404, "{b}");
 }
+
+#[test]
+fn stored_roots_that_do_not_follow_from_the_configured_keys_stop_the_grid() {
+    use std::collections::BTreeMap;
+    use zos_grid::boot::{Boot, BootConfig};
+
+    let (old, new) = (ids(1), ids(1));
+    let dir = tempfile::tempdir().unwrap();
+    let config = |keys: &[Identity]| BootConfig {
+        release_keys: BTreeMap::from([(
+            RunMode::Dev,
+            ReleaseKeys {
+                keys: keys.iter().map(|i| i.public_key()).collect(),
+                threshold: 1,
+            },
+        )]),
+        ..BootConfig::default()
+    };
+    Boot::open(dir.path(), config(&old)).unwrap();
+    let link = next(2, &new, 1).sign(&[&old[0], &new[0]]).unwrap();
+    let file = dir.path().join("boot/roots/dev/2.json");
+    std::fs::write(&file, serde_json::to_vec(&link).unwrap()).unwrap();
+    // From the keys it was rotated from, the stored root is walked; from others, refused.
+    Boot::open(dir.path(), config(&old)).unwrap();
+    let e = Boot::open(dir.path(), config(&ids(1)))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("2.json"), "{e}");
+    assert!(
+        e.contains("do not follow from the configured release keys"),
+        "{e}"
+    );
+    // A tampered stored root is refused too.
+    let mut tampered = link;
+    tampered.root = tampered.root.replace("\"threshold\":1", "\"threshold\":1 ");
+    std::fs::write(&file, serde_json::to_vec(&tampered).unwrap()).unwrap();
+    let e = Boot::open(dir.path(), config(&old))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("signed by 0 key(s) of root 1"), "{e}");
+}
