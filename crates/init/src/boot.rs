@@ -19,9 +19,10 @@ use nix::sys::reboot::{RebootMode, reboot, set_cad_enabled};
 use nix::sys::signal::Signal;
 use zos_runtime::error_chain;
 use zos_runtime::supervise::Backoff;
-use zos_types::release::Release;
+use zos_types::release::root::Root;
+use zos_types::release::{Release, RunMode};
 
-use crate::{clock, cmdline, console, dhcp, http, modules, mounts, release, supervise};
+use crate::{clock, cmdline, console, dhcp, http, modules, mounts, release, supervise, upgrade};
 
 /// Where the runtime lives in the root tmpfs.
 pub const RUNTIME_DIR: &str = "/run/zos";
@@ -70,6 +71,9 @@ pub struct Boot {
     pub power_button: bool,
     /// Grace of a service after SIGTERM, in milliseconds.
     pub grace_ms: u64,
+    /// The live upgrade's check period and health gate.
+    #[serde(default)]
+    pub upgrade: upgrade::Settings,
 }
 
 impl Boot {
@@ -90,6 +94,7 @@ impl Boot {
             power_off: true,
             power_button: true,
             grace_ms: GRACE.as_millis() as u64,
+            upgrade: upgrade::Settings::default(),
         }
     }
 
@@ -136,6 +141,7 @@ pub fn main() -> ! {
                 }
             }
         }
+        Some("--node-test") => std::process::exit(node_test(&args[1..])),
         _ => {}
     }
     if std::process::id() != 1 {
@@ -214,27 +220,66 @@ pub fn run(cfg: &Boot) -> ! {
             .map_err(|e| error_chain(&e))
     });
     tracing::info!(?synced, "clock");
+    node(
+        cfg,
+        &rt,
+        &client,
+        &params.grid,
+        params.runmode,
+        params.debug,
+    );
+    drop(rt);
+    finish()
+}
+
+/// From the release on: the verified release's runtime on `/usr`, then its services
+/// supervised with the upgrade agent beside them, until a stop signal.
+fn node(
+    cfg: &Boot,
+    rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    grid: &str,
+    runmode: RunMode,
+    debug: bool,
+) {
     let keys = retry("release keys", Duration::from_secs(60), || {
         release::load_keys(&cfg.keys).map_err(|e| error_chain(&e))
     });
-    let services = retry("runtime", Duration::from_secs(5), || {
+    let current = retry("runtime", Duration::from_secs(5), || {
         let r = rt
-            .block_on(release::current(
-                &client,
-                &params.grid,
-                &keys,
-                params.runmode,
-            ))
+            .block_on(release::current(client, grid, &keys, runmode))
             .map_err(|e| error_chain(&e))?;
         tracing::info!(version = %r.version, flists = r.flists.len(), "release verified");
-        runtime(cfg, &rt, &client, &params.grid, &r)
+        runtime(cfg, rt, client, grid, &r)
     });
-    drop(rt);
-    let mut services = services;
-    if params.debug {
+    let mut services = current.services.clone();
+    if debug {
         debug_shell(&cfg.usr, &mut services);
     }
-    supervise::run(
+    let control = match Root::initial(runmode, &keys) {
+        Ok(root) => {
+            match upgrade::Agent::spawn(
+                cfg.clone(),
+                grid.to_string(),
+                root,
+                current,
+                cfg.upgrade.clone(),
+            ) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!("{e}: this node will not upgrade live");
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(
+                "the pinned release keys make no root of trust ({e}): this node will not upgrade live"
+            );
+            None
+        }
+    };
+    supervise::run_with(
         services,
         supervise::Options {
             grace: Duration::from_millis(cfg.grace_ms),
@@ -242,8 +287,8 @@ pub fn run(cfg: &Boot) -> ! {
             power_button: cfg.power_button,
             ..supervise::Options::default()
         },
+        control,
     );
-    finish()
 }
 
 /// Mounts the cgroups the kernel has.
@@ -392,77 +437,14 @@ fn runtime(
     client: &reqwest::Client,
     grid: &str,
     r: &Release,
-) -> Result<Vec<supervise::Service>, String> {
-    let base = cfg.runtime_dir.as_path();
-    let binary = cfg
-        .mounters
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| {
-            format!(
-                "the initramfs has no flist mounter ({}): the node image must carry it",
-                cfg.mounters
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(" or ")
-            )
-        })?;
-    let mounter = mounts::FlistMounter {
-        binary,
-        cache: base.join("cache"),
-        cache_bytes: RUNTIME_CACHE_BYTES,
-        stores: vec![release::hub_blocks_url(grid)],
-        ready_timeout: Duration::from_secs(60),
-    };
-    let mut mounted: Vec<mounts::FlistMount> = Vec::new();
-    let result = (|| {
-        for f in &r.flists {
-            let file = rt
-                .block_on(release::fetch_flist(client, grid, f, &base.join("flists")))
-                .map_err(|e| error_chain(&e))?;
-            let m = mounts::mount_flist(&mounter, &f.name, &file, &base.join("mnt").join(&f.name))?;
-            tracing::info!(flist = %f.name, sha256 = %f.sha256, "runtime flist mounted");
-            mounted.push(m);
-        }
-        // Later flists lie above earlier ones; the initramfs's own /usr (its modules) is last.
-        let mut layers: Vec<PathBuf> = mounted
-            .iter()
-            .rev()
-            .map(|m| m.mountpoint.join("usr"))
-            .collect();
-        layers.push(cfg.usr.clone());
-        mounts::overlay_ro(&layers, &cfg.usr)?;
-        let list = cfg.services();
-        let services = match std::fs::read(&list) {
-            Ok(json) => {
-                supervise::parse_list(&json).map_err(|e| format!("{}: {e}", list.display()))?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => default_services(&cfg.usr),
-            Err(e) => {
-                return Err(format!(
-                    "cannot read the service list {}: {e}",
-                    list.display()
-                ));
-            }
-        };
-        // Every program to start is read whole through the mount first: a block that fails
-        // its hash is found here, before anything of the release runs.
-        for s in &services {
-            mounts::read_through(Path::new(&s.exec[0]))
-                .map_err(|e| format!("runtime check failed for service {}: {e}", s.name))?;
-        }
-        Ok(services)
-    })();
-    if result.is_err() {
-        let _ = umount2(&cfg.usr, MntFlags::MNT_DETACH);
-        for m in mounted.iter().rev() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(m.pid), Signal::SIGTERM);
-            let _ = umount2(&m.mountpoint, MntFlags::MNT_DETACH);
-        }
+) -> Result<crate::runtime::Runtime, String> {
+    let prepared = crate::runtime::prepare(cfg, rt, client, grid, r, &cfg.runtime_dir.join("mnt"))
+        .map_err(|e| e.to_string())?;
+    if let Err(e) = crate::runtime::overlay(&prepared, &cfg.usr) {
+        crate::runtime::unmount(&prepared);
+        return Err(e);
     }
-    result
+    Ok(prepared)
 }
 
 /// The services when the runtime has no list: zosd alone (it reads the kernel command line).
@@ -564,5 +546,54 @@ fn supervise_only(args: &[String]) -> i32 {
         }
     };
     supervise::run(services, options);
+    0
+}
+
+/// What `zos-init --node-test CONFIG.json` runs: a node from its release on, with zos-init as
+/// the supervisor but not PID 1 (in a mount namespace of its own): the grid and runmode are
+/// given instead of found by DHCP and the kernel command line.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeTest {
+    pub boot: Boot,
+    pub grid: String,
+    pub runmode: RunMode,
+}
+
+/// The node from its release on, off PID 1 (see [`NodeTest`]); answers the exit code.
+fn node_test(args: &[String]) -> i32 {
+    let cfg = args
+        .first()
+        .ok_or_else(|| "usage: zos-init --node-test CONFIG.json".to_string())
+        .and_then(|p| std::fs::read(p).map_err(|e| format!("{p}: {e}")))
+        .and_then(|j| serde_json::from_slice::<NodeTest>(&j).map_err(|e| e.to_string()));
+    let cfg = match cfg {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    POWER_OFF.store(false, std::sync::atomic::Ordering::SeqCst);
+    supervise::block_signals();
+    console::init_logging();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return 2;
+        }
+    };
+    let client = match http::client() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot make an HTTP client: {e}");
+            return 2;
+        }
+    };
+    node(&cfg.boot, &rt, &client, &cfg.grid, cfg.runmode, false);
     0
 }

@@ -175,6 +175,8 @@ struct Supervisor {
     options: Options,
     events: Option<File>,
     log: Vec<Event>,
+    /// How much of `log` was counted in the exits.
+    counted: usize,
 }
 
 fn describe(status: &WaitStatus) -> String {
@@ -380,6 +382,56 @@ impl Supervisor {
         }
     }
 
+    /// Adds the exits recorded since the last call to `exits`.
+    fn count_exits(&mut self, exits: &Exits) {
+        let mut counts = exits.lock().unwrap_or_else(|p| p.into_inner());
+        for e in &self.log[self.counted..] {
+            if let Event::Exited { service, .. } = e {
+                *counts.entry(service.clone()).or_default() += 1;
+            }
+        }
+        self.counted = self.log.len();
+    }
+
+    fn serve(&mut self, r: Request, exits: &Exits) {
+        match r {
+            Request::Replace {
+                services,
+                between,
+                reply,
+            } => {
+                self.count_exits(exits);
+                for i in (0..self.services.len()).rev() {
+                    if !self.services[i].service.console {
+                        self.stop_service(i);
+                    }
+                }
+                self.services.retain(|r| r.service.console);
+                let answer = between();
+                let first = self.services.len();
+                {
+                    let mut counts = exits.lock().unwrap_or_else(|p| p.into_inner());
+                    for s in &services {
+                        counts.insert(s.name.clone(), 0);
+                    }
+                }
+                for service in services {
+                    self.services.push(Running {
+                        service,
+                        pid: None,
+                        backoff: Backoff::new(self.options.backoff_min, self.options.backoff_max),
+                        due: None,
+                    });
+                }
+                for i in first..self.services.len() {
+                    self.spawn(i);
+                }
+                self.counted = self.log.len();
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
     fn stop_service(&mut self, i: usize) {
         let Some(pid) = self.services[i].pid else {
             return;
@@ -496,6 +548,7 @@ pub fn stop_everything(grace: Duration) {
         },
         events: None,
         log: Vec::new(),
+        counted: 0,
     };
     sup.sweep();
 }
@@ -521,6 +574,45 @@ pub fn block_signals() {
 /// Supervises `services` until a stop signal, then stops everything. Answers the events.
 /// Call [`block_signals`] first, before any thread is started.
 pub fn run(services: Vec<Service>, options: Options) -> Vec<Event> {
+    run_with(services, options, None)
+}
+
+/// A change asked of the running supervisor by another thread (the upgrade agent).
+pub enum Request {
+    /// Stops every service but the console ones (last started first: SIGTERM to its process
+    /// group, SIGKILL after the grace), runs `between`, then starts `services` in their place
+    /// (the console ones keep running). The services are started whatever `between` answers;
+    /// its answer is sent on `reply`.
+    Replace {
+        services: Vec<Service>,
+        between: Box<dyn FnOnce() -> Result<(), String> + Send>,
+        reply: std::sync::mpsc::Sender<Result<(), String>>,
+    },
+}
+
+/// How many times each service ended by itself since it was (re)placed.
+pub type Exits = std::sync::Arc<std::sync::Mutex<BTreeMap<String, u32>>>;
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Replace { services, .. } => f
+                .debug_struct("Replace")
+                .field("services", services)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// What another thread may ask of and learn from the supervisor.
+#[derive(Debug)]
+pub struct Control {
+    pub requests: std::sync::mpsc::Receiver<Request>,
+    pub exits: Exits,
+}
+
+/// [`run`], taking [`Request`]s from `control` between two turns of the loop.
+pub fn run_with(services: Vec<Service>, options: Options, control: Option<Control>) -> Vec<Event> {
     block_signals();
     let events = options.events.as_ref().and_then(|p| {
         std::fs::OpenOptions::new()
@@ -545,6 +637,7 @@ pub fn run(services: Vec<Service>, options: Options) -> Vec<Event> {
         options,
         events,
         log: Vec::new(),
+        counted: 0,
     };
     for i in 0..sup.services.len() {
         sup.spawn(i);
@@ -570,7 +663,17 @@ pub fn run(services: Vec<Service>, options: Options) -> Vec<Event> {
             .map(|d| d.saturating_duration_since(now))
             .min()
             .unwrap_or(Duration::from_secs(1))
-            .min(Duration::from_secs(1));
+            .min(if control.is_some() {
+                Duration::from_millis(250)
+            } else {
+                Duration::from_secs(1)
+            });
+        if let Some(c) = &control {
+            sup.count_exits(&c.exits);
+            while let Ok(r) = c.requests.try_recv() {
+                sup.serve(r, &c.exits);
+            }
+        }
         match wait_signal(&set, wake) {
             Some(Signal::SIGCHLD) | None => {}
             Some(s) => break s,

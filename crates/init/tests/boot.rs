@@ -293,6 +293,7 @@ fn a_node_boots_from_the_grid_through_every_step() {
         power_off: false,
         power_button: false,
         grace_ms: 2000,
+        upgrade: Default::default(),
     };
     std::fs::write(p("boot.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
     let log = p("console.log");
