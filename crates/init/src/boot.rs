@@ -549,9 +549,10 @@ fn supervise_only(args: &[String]) -> i32 {
     0
 }
 
-/// What `zos-init --node-test CONFIG.json` runs: a node from its release on, with zos-init as
-/// the supervisor but not PID 1 (in a mount namespace of its own): the grid and runmode are
-/// given instead of found by DHCP and the kernel command line.
+/// What `zos-init --node-test CONFIG.json` runs: a namespace node from its release on, with
+/// zos-init as its supervisor (not a machine's PID 1: PID 1 of a PID and mount namespace, in
+/// the host's network), the grid and runmode given instead of found by DHCP and the kernel
+/// command line.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeTest {
@@ -574,6 +575,11 @@ fn node_test(args: &[String]) -> i32 {
             return 2;
         }
     };
+    if std::process::id() != 1 {
+        // Its stop sweeps every process it can see: only inside a PID namespace of its own.
+        eprintln!("zos-init --node-test runs as PID 1 of a PID namespace");
+        return 2;
+    }
     POWER_OFF.store(false, std::sync::atomic::Ordering::SeqCst);
     supervise::block_signals();
     console::init_logging();
