@@ -255,6 +255,11 @@ while :; do sleep 1 & wait $!; done
             initramfs: self.initramfs.clone(),
             flists: vec![flist],
         };
+        std::fs::write(
+            self.p(&format!("release-{version}.json")),
+            serde_json::to_vec(&r).unwrap(),
+        )
+        .unwrap();
         let signed = r.sign(&[&self.key]).unwrap();
         let p = self
             .rt
@@ -266,6 +271,12 @@ while :; do sleep 1 & wait $!; done
             .unwrap();
         assert!(p.published);
         file
+    }
+
+    /// The release published as `version`.
+    fn release_of(&self, version: &str) -> Release {
+        serde_json::from_slice(&std::fs::read(self.p(&format!("release-{version}.json"))).unwrap())
+            .unwrap()
     }
 
     /// The node's last report for `version`.
@@ -370,6 +381,137 @@ fn alive(pid: &str, init: u32) -> bool {
     ns_pids.is_ok_and(|s| !s.contains(") Z "))
 }
 
+/// A node booted by zos-init from the release `grid` names, its zosd up.
+struct Booted {
+    node: Node,
+    init: u32,
+    log: PathBuf,
+    usr: PathBuf,
+    run: PathBuf,
+}
+
+impl Booted {
+    fn start(bed: &Bed, grid: &str, gate_secs: u64) -> Self {
+        let mounter = zos_testkit::workspace_binary("zos-flist-mount")
+            .expect("zos-flist-mount is not built: cargo build --workspace --bins");
+        let p = |s: &str| bed.p(s);
+        let (usr, run) = (p("usr"), p("run"));
+        std::fs::create_dir_all(usr.join("lib/modules")).unwrap();
+        std::fs::create_dir_all(&run).unwrap();
+        let cfg = NodeTest {
+            boot: Boot {
+                cmdline: p("cmdline"),
+                keys: p("release-keys.json"),
+                modules_root: None,
+                system: false,
+                set_clock: false,
+                runtime_dir: run.clone(),
+                usr: usr.clone(),
+                mounters: vec![mounter],
+                resolv_conf: p("resolv.conf"),
+                sys_class_net: PathBuf::from("/sys/class/net"),
+                interfaces: Vec::new(),
+                power_off: false,
+                power_button: false,
+                grace_ms: 2000,
+                upgrade: Settings {
+                    // Only zosd's asking (the uplink event) starts checks after the first.
+                    check_secs: 3600,
+                    gate_secs,
+                },
+            },
+            grid: grid.to_string(),
+            runmode: RunMode::Dev,
+        };
+        std::fs::write(p("node.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+        let log = p("console.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .arg(env!("CARGO_BIN_EXE_zos-init"))
+            .arg("--node-test")
+            .arg(p("node.json"))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let node = Node(child);
+        let init = init_pid(node.0.id());
+        let b = Self {
+            node,
+            init,
+            log,
+            usr,
+            run,
+        };
+        wait_for("zosd 1.0.0", &b.log, Duration::from_secs(120), || {
+            b.health_version() == "1.0.0"
+        });
+        b
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What the node's /usr shows, seen from inside its mount namespace.
+    fn usr_version(&self) -> String {
+        std::fs::read_to_string(format!(
+            "/proc/{}/root{}/share/version",
+            self.init,
+            self.usr.display()
+        ))
+        .unwrap_or_default()
+    }
+
+    fn health_version(&self) -> String {
+        std::fs::read_to_string(self.run.join("health.json"))
+            .ok()
+            .and_then(|h| serde_json::from_str::<serde_json::Value>(&h).ok())
+            .and_then(|h| h["version"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    /// What zosd does on an uplink event.
+    fn ask(&self) {
+        std::fs::write(self.run.join("check-release"), unix_now().to_string()).unwrap()
+    }
+
+    /// The services' starts and stops (orphans reaped, such as a stopped zosd's children, are
+    /// not the services').
+    fn services(&self) -> String {
+        std::fs::read_to_string(self.run.join("services.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.contains("\"reaped\""))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// SIGTERM stops zosd and everything else in the namespace.
+    fn stop(mut self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.init as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = self.node.0.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "zos-init did not stop:\n{}",
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(status.success(), "{status}:\n{}", self.console());
+    }
+}
+
 #[test]
 fn a_namespace_node_upgrades_live_rolls_back_bad_releases_and_refuses_tampered_ones() {
     if !zos_testkit::require_root(
@@ -381,71 +523,15 @@ fn a_namespace_node_upgrades_live_rolls_back_bad_releases_and_refuses_tampered_o
         Path::new("/dev/fuse").exists(),
         "/dev/fuse is missing (modprobe fuse)"
     );
-    let mounter = zos_testkit::workspace_binary("zos-flist-mount")
-        .expect("zos-flist-mount is not built: cargo build --workspace --bins");
     let bed = Bed::start();
-    let p = |s: &str| bed.p(s);
-    let usr = p("usr");
-    let run = p("run");
-    std::fs::create_dir_all(usr.join("lib/modules")).unwrap();
-    std::fs::create_dir_all(&run).unwrap();
     bed.publish("1.0.0", Zosd::Good);
-
     let gate_secs = 15;
-    let cfg = NodeTest {
-        boot: Boot {
-            cmdline: p("cmdline"),
-            keys: p("release-keys.json"),
-            modules_root: None,
-            system: false,
-            set_clock: false,
-            runtime_dir: run.clone(),
-            usr: usr.clone(),
-            mounters: vec![mounter],
-            resolv_conf: p("resolv.conf"),
-            sys_class_net: PathBuf::from("/sys/class/net"),
-            interfaces: Vec::new(),
-            power_off: false,
-            power_button: false,
-            grace_ms: 2000,
-            upgrade: Settings {
-                // Only zosd's asking (the uplink event) starts checks after the first.
-                check_secs: 3600,
-                gate_secs,
-            },
-        },
-        grid: bed.url.clone(),
-        runmode: RunMode::Dev,
-    };
-    std::fs::write(p("node.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
-    let log = p("console.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let child = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-        .arg(env!("CARGO_BIN_EXE_zos-init"))
-        .arg("--node-test")
-        .arg(p("node.json"))
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let mut node = Node(child);
-    let init = init_pid(node.0.id());
-    let console = || std::fs::read_to_string(&log).unwrap_or_default();
-    // What the node's /usr shows, seen from inside its mount namespace.
-    let usr_version = || {
-        std::fs::read_to_string(format!("/proc/{init}/root{}/share/version", usr.display()))
-            .unwrap_or_default()
-    };
-    let health_version = || {
-        std::fs::read_to_string(run.join("health.json"))
-            .ok()
-            .and_then(|h| serde_json::from_str::<serde_json::Value>(&h).ok())
-            .and_then(|h| h["version"].as_str().map(str::to_string))
-            .unwrap_or_default()
-    };
-    let ask = || std::fs::write(run.join("check-release"), unix_now().to_string()).unwrap();
+    let b = Booted::start(&bed, &bed.url, gate_secs);
+    let (init, run, log) = (b.init, b.run.clone(), b.log.clone());
+    let console = || b.console();
+    let usr_version = || b.usr_version();
+    let health_version = || b.health_version();
+    let ask = || b.ask();
     let state = |v: &str| {
         bed.report(v)
             .map(|r| (r.state, r.reason.unwrap_or_default()))
@@ -528,17 +614,7 @@ fn a_namespace_node_upgrades_live_rolls_back_bad_releases_and_refuses_tampered_o
     let mut bytes = std::fs::read(&stored[0]).unwrap();
     bytes[10] ^= 0x55;
     std::fs::write(&stored[0], bytes).unwrap();
-    // The services' starts and stops (orphans reaped, such as a stopped zosd's children, are
-    // not the services').
-    let services = || {
-        std::fs::read_to_string(run.join("services.jsonl"))
-            .unwrap()
-            .lines()
-            .filter(|l| !l.contains("\"reaped\""))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let before = services();
+    let before = b.services();
     ask();
     wait_for(
         "the refusal of 1.0.3",
@@ -552,7 +628,7 @@ fn a_namespace_node_upgrades_live_rolls_back_bad_releases_and_refuses_tampered_o
         "{why}"
     );
     assert_eq!(usr_version(), "1.0.0");
-    assert_eq!(services(), before, "nothing was stopped or started");
+    assert_eq!(b.services(), before, "nothing was stopped or started");
 
     // 1.1.0 is good: switched, the gate passed, committed; the workload keeps its PID.
     bed.publish("1.1.0", Zosd::Good);
@@ -586,23 +662,204 @@ fn a_namespace_node_upgrades_live_rolls_back_bad_releases_and_refuses_tampered_o
         assert!(text.contains(want), "{want:?} not in:\n{text}");
     }
 
-    // Power-off: SIGTERM stops zosd and everything else in the namespace.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(init as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = node.0.try_wait().unwrap() {
-            break s;
+    b.stop();
+}
+
+/// What the hostile front serves instead of the grid.
+#[derive(Default)]
+struct Overrides {
+    /// The body of `GET /releases/dev/for-node/{node}`.
+    for_node: Option<Vec<u8>>,
+    /// Bodies by path.
+    paths: std::collections::HashMap<String, Vec<u8>>,
+}
+
+/// A hostile front of the grid on loopback: what `overrides` holds, the real grid's answer for
+/// the rest (reports included, so they land in the grid). Answers its URL.
+fn front(bed: &Bed, overrides: Arc<std::sync::Mutex<Overrides>>) -> String {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    use axum::response::IntoResponse;
+    let grid = bed.url.clone();
+    let http = reqwest::Client::new();
+    let app = axum::Router::new().fallback(
+        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let (grid, http, o) = (grid.clone(), http.clone(), overrides.clone());
+            async move {
+                {
+                    let o = o.lock().unwrap();
+                    if uri.path().starts_with("/releases/dev/for-node/")
+                        && let Some(b) = &o.for_node
+                    {
+                        return (StatusCode::OK, b.clone()).into_response();
+                    }
+                    if let Some(b) = o.paths.get(uri.path()) {
+                        return (StatusCode::OK, b.clone()).into_response();
+                    }
+                }
+                let url = format!(
+                    "{grid}{}",
+                    uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+                );
+                let mut req = http.request(method, url).body(body);
+                for (k, v) in &headers {
+                    if k != "host" && k != "content-length" {
+                        req = req.header(k, v);
+                    }
+                }
+                match req.send().await {
+                    Ok(r) => {
+                        let status = StatusCode::from_u16(r.status().as_u16()).unwrap();
+                        let ct = r.headers().get("content-type").cloned();
+                        let bytes = r.bytes().await.unwrap_or_default();
+                        let mut resp = (status, bytes).into_response();
+                        if let Some(ct) = ct {
+                            resp.headers_mut().insert("content-type", ct);
+                        }
+                        resp
+                    }
+                    Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+                }
+            }
+        },
+    );
+    let listener = bed
+        .rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    bed.rt
+        .spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+#[test]
+fn each_refused_release_is_reported_and_changes_nothing() {
+    if !zos_testkit::require_root("each_refused_release_is_reported_and_changes_nothing") {
+        return;
+    }
+    let bed = Bed::start();
+    bed.publish("1.0.0", Zosd::Good);
+    let overrides = Arc::new(std::sync::Mutex::new(Overrides::default()));
+    let url = front(&bed, overrides.clone());
+    let b = Booted::start(&bed, &url, 15);
+    let workload = std::fs::read_to_string(b.run.join("workload.pid")).unwrap();
+    let before = b.services();
+    let first = bed.release_of("1.0.0");
+    let stranger = Identity::generate().unwrap();
+
+    // Each case: a version published on the grid (so the node's report lands there), and what
+    // the hostile front hands the node for it.
+    let mut refused = 0;
+    let mut check = |version: &str,
+                     hostile: zos_types::release::SignedRelease,
+                     paths: Vec<(String, Vec<u8>)>,
+                     want: &str| {
+        {
+            let mut o = overrides.lock().unwrap();
+            o.for_node = Some(
+                serde_json::to_vec(&serde_json::json!({
+                    "version": version,
+                    "why": "hostile front",
+                    "release": hostile,
+                }))
+                .unwrap(),
+            );
+            o.paths = paths.into_iter().collect();
         }
-        assert!(
-            Instant::now() < deadline,
-            "zos-init did not stop:\n{}",
-            console()
+        b.ask();
+        wait_for(
+            &format!("the refusal of {version}"),
+            &b.log,
+            Duration::from_secs(120),
+            || {
+                bed.report(version)
+                    .is_some_and(|r| r.state == UpgradeState::RolledBack)
+            },
         );
-        std::thread::sleep(Duration::from_millis(100));
+        let why = bed.report(version).unwrap().reason.unwrap();
+        assert!(
+            why.starts_with("refused: ") && why.contains(want),
+            "{version}: {why}"
+        );
+        assert!(b.console().contains(want), "{want:?} not in the node's log");
+        assert_eq!(b.usr_version(), "1.0.0");
+        assert_eq!(b.health_version(), "1.0.0");
+        assert_eq!(b.services(), before, "nothing was stopped or started");
+        refused += 1;
     };
-    assert!(status.success(), "{status}:\n{}", console());
+
+    bed.publish("2.0.1", Zosd::Good);
+    let r = bed.release_of("2.0.1");
+    check("2.0.1", r.sign(&[&stranger]).unwrap(), vec![], "1 needed");
+
+    bed.publish("2.0.2", Zosd::Good);
+    let mut unsigned = bed.release_of("2.0.2").sign(&[&bed.key]).unwrap();
+    unsigned.signatures.clear();
+    check(
+        "2.0.2",
+        unsigned,
+        vec![],
+        "signed by 0 trusted release key(s), 1 needed",
+    );
+
+    bed.publish("2.0.3", Zosd::Good);
+    let prod = Release {
+        runmode: RunMode::Prod,
+        ..bed.release_of("2.0.3")
+    };
+    check(
+        "2.0.3",
+        prod.sign(&[&bed.key]).unwrap(),
+        vec![],
+        "runmode prod",
+    );
+
+    bed.publish("2.0.4", Zosd::Good);
+    let expired = zos_types::release::terms::Terms {
+        expires: Some(unix_now() - 60),
+        ..Default::default()
+    };
+    let old = Release {
+        created: unix_now() - 3600,
+        ..bed.release_of("2.0.4")
+    };
+    let signed = old.sign_with(&expired, &[&bed.key]).unwrap();
+    check("2.0.4", signed, vec![], "expired");
+
+    // The replay of the signed release the node runs, under a newer version's name.
+    bed.publish("2.0.5", Zosd::Good);
+    check("2.0.5", first.sign(&[&bed.key]).unwrap(), vec![], "replay");
+
+    bed.publish("2.0.6", Zosd::Good);
+    let too_new = zos_types::release::terms::Terms {
+        min_from: Some("1.5.0".into()),
+        ..Default::default()
+    };
+    let signed = bed
+        .release_of("2.0.6")
+        .sign_with(&too_new, &[&bed.key])
+        .unwrap();
+    check("2.0.6", signed, vec![], "upgrades only from 1.5.0");
+
+    // A runtime flist with other bytes than the release names.
+    bed.publish("2.0.7", Zosd::Good);
+    let r = bed.release_of("2.0.7");
+    let path = format!("/api/v1/hub/flists/by-hash/{}", r.flists[0].sha256);
+    let mut bytes = std::fs::read(bed.p("zos-2.0.7.fl")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    check(
+        "2.0.7",
+        r.sign(&[&bed.key]).unwrap(),
+        vec![(path, bytes)],
+        "runtime flist zos refused: its SHA-256 is",
+    );
+    assert_eq!(refused, 7);
+
+    assert_eq!(
+        std::fs::read_to_string(b.run.join("workload.pid")).unwrap(),
+        workload
+    );
+    b.stop();
 }
