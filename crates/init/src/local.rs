@@ -16,51 +16,16 @@
 //! zos-init ignores fields it does not know; a file that is missing, oversize or malformed is
 //! "nothing known" with the reason logged, never a decision.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
-use zos_types::{NodeId, TwinId};
 
-/// Where zosd says who the node is.
-pub const NODE_FILE: &str = "node.json";
-/// Where zosd says how it is.
-pub const HEALTH_FILE: &str = "health.json";
-/// What zosd writes to ask zos-init to check the grid for a release now.
-pub const CHECK_FILE: &str = "check-release";
+pub use zos_types::release::channel::{CHECK_FILE, HEALTH_FILE, NODE_FILE};
 /// The largest file of the channel read.
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
 
-/// Who the node is (`node.json`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeFile {
-    pub node_id: NodeId,
-    pub twin_id: TwinId,
-    /// The node's key file (`zos_client::keyfile` format), root-only.
-    pub key: PathBuf,
-    /// The version of the zosd that wrote it.
-    pub version: String,
-}
-
-/// How zosd is (`health.json`).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Health {
-    /// The version of the zosd that wrote it.
-    pub version: String,
-    /// The grid has the node registered with this version.
-    #[serde(default)]
-    pub registered: bool,
-    /// The uplink to the grid is connected.
-    #[serde(default)]
-    pub uplink: bool,
-    /// The reconciliation of the stored deployments at start has finished.
-    #[serde(default)]
-    pub reconciled: bool,
-    /// The workloads that are `ok`, by id.
-    #[serde(default)]
-    pub ok: BTreeSet<String>,
-}
+pub use zos_types::release::channel::{Health, NodeFile};
 
 /// Why a file of the channel is not usable.
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +126,7 @@ pub fn write_atomic<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn the_files_are_read_and_hostile_ones_refused() {

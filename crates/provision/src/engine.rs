@@ -600,6 +600,30 @@ impl Engine {
         Ok(all.len())
     }
 
+    /// Whether jobs are queued (the reconciliation at start is finished once none is).
+    pub fn jobs_pending(&self) -> Result<bool, EngineError> {
+        Ok(self.store.next_job()?.is_some())
+    }
+
+    /// The workloads whose result is `ok`, by workload id (`twin-contract-name`).
+    pub fn ok_workloads(&self) -> Result<std::collections::BTreeSet<String>, EngineError> {
+        let mut ok = std::collections::BTreeSet::new();
+        for c in self.store.contracts(None)? {
+            let Some(d) = self.store.get(c)? else {
+                continue;
+            };
+            for w in &d.workloads {
+                if w.result
+                    .as_ref()
+                    .is_some_and(|r| r.state == ResultState::Ok)
+                {
+                    ok.insert(d.workload_id(&w.name).to_string());
+                }
+            }
+        }
+        Ok(ok)
+    }
+
     /// Runs jobs until `stop` is cancelled.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         loop {

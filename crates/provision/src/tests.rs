@@ -630,9 +630,23 @@ async fn a_restart_finishes_work_and_reconciles_without_duplicates() {
     drop(b);
 
     let b = bed_with(store.clone(), storage.clone(), grid, None);
+    assert!(b.engine.jobs_pending().unwrap(), "the job of the dead node");
+    assert!(b.engine.ok_workloads().unwrap().is_empty());
     b.engine.reconcile().unwrap();
     b.settled(1).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
+    // What zosd tells zos-init's health gate: reconcile finished, the ok workloads by id.
+    for _ in 0..500 {
+        if !b.engine.jobs_pending().unwrap() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!b.engine.jobs_pending().unwrap(), "the queue drained");
+    assert_eq!(
+        b.engine.ok_workloads().unwrap(),
+        ["7-1-disk".to_string(), "7-1-vol".to_string()].into()
+    );
     let log = b.engine.changes(7, 1).unwrap();
     for name in ["disk", "vol"] {
         let oks = log

@@ -13,6 +13,7 @@
 //! A manifest may also carry upgrade [`terms::Terms`]: the oldest version it upgrades from, an
 //! expiry, and a [`rollout::Policy`] (test farms, waves, `safe`).
 
+pub mod channel;
 pub mod fleet;
 pub mod rollout;
 pub mod root;

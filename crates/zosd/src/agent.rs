@@ -177,6 +177,19 @@ pub async fn run(
         stop.clone(),
     ));
     let (grid_url, pool) = (cfg.grid.clone(), crate::uplink::PoolLimits::default());
+    let (connected, uplink_rx) = watch::channel(false);
+    let channel = crate::health::Channel::new(
+        crate::health::run_dir(&cfg.prefix),
+        VERSION,
+        identity::key_path(&state_dir),
+    );
+    tasks.spawn(crate::health::follow(
+        channel,
+        status.clone(),
+        uplink_rx,
+        engine.clone(),
+        stop.clone(),
+    ));
     tasks.spawn(async move {
         let Some(twin) = registered_twin(status, node_tx, &stop).await else {
             return;
@@ -190,6 +203,7 @@ pub async fn run(
             view,
             public_config_changed: public_changed,
             pool,
+            connected,
         };
         uplink.run(stop).await;
     });

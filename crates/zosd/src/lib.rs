@@ -9,6 +9,7 @@ pub mod agent;
 pub mod api;
 pub mod client_view;
 pub mod config;
+pub mod health;
 pub mod identity;
 pub mod registrar;
 pub mod system;

@@ -182,6 +182,8 @@ pub struct Uplink<S, N> {
     /// Woken when the farmer changed this node's public config.
     pub public_config_changed: Arc<tokio::sync::Notify>,
     pub pool: PoolLimits,
+    /// Told whether the uplink is connected (zos-init's health gate reads it).
+    pub connected: tokio::sync::watch::Sender<bool>,
 }
 
 impl<S, N> std::fmt::Debug for Uplink<S, N> {
@@ -223,6 +225,7 @@ impl<S: Storage + 'static, N: Networker + 'static> Uplink<S, N> {
                 _ = stop.cancelled() => return,
                 r = self.session(&responder, &mut backoff) => r,
             };
+            self.connected.send_replace(false);
             let delay = backoff.next_delay();
             match outcome {
                 Ok(()) => info!(retry_in = ?delay, "uplink closed by the relay; reconnecting"),
@@ -248,6 +251,7 @@ impl<S: Storage + 'static, N: Networker + 'static> Uplink<S, N> {
             .await
             .map_err(|e| error_chain(&e))?;
         info!(twin = self.twin, events_after = after, "uplink connected");
+        self.connected.send_replace(true);
         backoff.reset();
         // Replies of the running requests; a request holds a slot, so at most `total` wait.
         let (replies, mut rx) = mpsc::channel::<Envelope>(self.pool.total.max(1) * 2);
