@@ -220,8 +220,15 @@ pub fn run(cfg: &Boot) -> ! {
             .map_err(|e| error_chain(&e))
     });
     tracing::info!(?synced, "clock");
+    let mut cfg = cfg.clone();
+    if let Some(g) = params.upgrade_gate {
+        cfg.upgrade.gate_secs = g;
+    }
+    if let Some(c) = params.upgrade_check {
+        cfg.upgrade.check_secs = c;
+    }
     node(
-        cfg,
+        &cfg,
         &rt,
         &client,
         &params.grid,

@@ -1,6 +1,8 @@
 //! The kernel command line: what the grid's iPXE script tells zos-init (see `docs/boot.md`).
 //!
-//! `farmer_id=N runmode=dev|qa|test|prod grid=URL [admission=TOKEN] [console=…] [zos-debug]`.
+//! `farmer_id=N runmode=dev|qa|test|prod grid=URL [admission=TOKEN] [console=…] [zos-debug]
+//! [zos-upgrade-gate=SECS] [zos-upgrade-check=SECS]` (the last two: the live upgrade's health
+//! gate and periodic check, shorter on devnets; see docs/upgrade.md).
 //! Keys zos-init does not know (the kernel's own, like `quiet` or `root=`) are ignored. A known
 //! key with a bad value, a required key missing, or one key given twice with different values is
 //! an error naming the key: the node cannot guess which farm or grid was meant. `zos-debug` is
@@ -15,7 +17,17 @@ pub const PROC_CMDLINE: &str = "/proc/cmdline";
 /// The longest command line read (the kernel's own limit on x86 is 2048 bytes).
 pub const MAX_CMDLINE: usize = 64 * 1024;
 /// The keys that take a value.
-const VALUED: [&str; 5] = ["farmer_id", "runmode", "grid", "admission", "console"];
+const VALUED: [&str; 7] = [
+    "farmer_id",
+    "runmode",
+    "grid",
+    "admission",
+    "console",
+    "zos-upgrade-gate",
+    "zos-upgrade-check",
+];
+/// The bounds of `zos-upgrade-gate=` and `zos-upgrade-check=`, in seconds.
+pub const UPGRADE_SECS: std::ops::RangeInclusive<u64> = 10..=86_400;
 /// The longest admission token accepted.
 pub const MAX_TOKEN: usize = 4096;
 
@@ -34,6 +46,10 @@ pub struct BootParams {
     pub debug: bool,
     /// Things to tell the console (an ignored `zos-debug`).
     pub notices: Vec<String>,
+    /// The live upgrade's health gate, in seconds, when set.
+    pub upgrade_gate: Option<u64>,
+    /// The live upgrade's periodic check, in seconds, when set.
+    pub upgrade_check: Option<u64>,
 }
 
 /// A command line zos-init cannot boot with.
@@ -140,6 +156,7 @@ pub fn parse(line: &str) -> Result<BootParams, CmdlineError> {
         return Err(CmdlineError::TooLong(line.len()));
     }
     let (mut farmer, mut runmode, mut grid, mut admission) = (None, None, None, None);
+    let (mut gate, mut check) = (None, None);
     let mut consoles = Vec::new();
     let mut debug_asked = false;
     for w in words(line)? {
@@ -153,6 +170,8 @@ pub fn parse(line: &str) -> Result<BootParams, CmdlineError> {
             ("grid", Some(v)) => set(&mut grid, "grid", v)?,
             ("admission", Some(v)) => set(&mut admission, "admission", v)?,
             ("console", Some(v)) => consoles.push(v.to_string()),
+            ("zos-upgrade-gate", Some(v)) => set(&mut gate, "zos-upgrade-gate", v)?,
+            ("zos-upgrade-check", Some(v)) => set(&mut check, "zos-upgrade-check", v)?,
             ("zos-debug", None | Some("1" | "yes" | "true")) => debug_asked = true,
             ("zos-debug", Some("0" | "no" | "false")) => debug_asked = false,
             ("zos-debug", Some(v)) => return Err(bad("zos-debug", v, "expected no value, 1 or 0")),
@@ -182,6 +201,23 @@ pub fn parse(line: &str) -> Result<BootParams, CmdlineError> {
             ));
         }
     }
+    let secs = |key: &'static str, v: Option<String>| -> Result<Option<u64>, CmdlineError> {
+        let Some(v) = v else { return Ok(None) };
+        match v.parse::<u64>() {
+            Ok(n) if UPGRADE_SECS.contains(&n) && !v.starts_with('+') => Ok(Some(n)),
+            _ => Err(bad(
+                key,
+                &v,
+                format!(
+                    "expected seconds from {} to {}",
+                    UPGRADE_SECS.start(),
+                    UPGRADE_SECS.end()
+                ),
+            )),
+        }
+    };
+    let upgrade_gate = secs("zos-upgrade-gate", gate)?;
+    let upgrade_check = secs("zos-upgrade-check", check)?;
     let mut notices = Vec::new();
     let debug = debug_asked && runmode == RunMode::Dev;
     if debug_asked && !debug {
@@ -197,6 +233,8 @@ pub fn parse(line: &str) -> Result<BootParams, CmdlineError> {
         consoles,
         debug,
         notices,
+        upgrade_gate,
+        upgrade_check,
     })
 }
 
@@ -227,6 +265,29 @@ mod tests {
     use super::*;
 
     const BASE: &str = "farmer_id=7 runmode=prod grid=http://10.0.0.1:8080/";
+
+    #[test]
+    fn the_upgrade_times_are_read_within_bounds() {
+        let p = parse(BASE).unwrap();
+        assert_eq!((p.upgrade_gate, p.upgrade_check), (None, None));
+        let p = parse(&format!("{BASE} zos-upgrade-gate=60 zos-upgrade-check=30")).unwrap();
+        assert_eq!((p.upgrade_gate, p.upgrade_check), (Some(60), Some(30)));
+        for bad in [
+            "zos-upgrade-gate=5",
+            "zos-upgrade-gate=99999999",
+            "zos-upgrade-gate=-1",
+            "zos-upgrade-gate=+60",
+            "zos-upgrade-check=soon",
+            "zos-upgrade-check",
+        ] {
+            let e = parse(&format!("{BASE} {bad}")).unwrap_err().to_string();
+            assert!(e.contains("zos-upgrade-"), "{bad}: {e}");
+        }
+        let e = parse(&format!("{BASE} zos-upgrade-gate=60 zos-upgrade-gate=70"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("twice"), "{e}");
+    }
 
     #[test]
     fn a_grid_boot_line_parses_and_kernel_keys_are_ignored() {
