@@ -661,7 +661,40 @@ fn a_namespace_node_upgrades_live_rolls_back_bad_releases_and_refuses_tampered_o
     ] {
         assert!(text.contains(want), "{want:?} not in:\n{text}");
     }
-
+    // The runtimes of 1.0.1 and 1.0.2 (rolled back) were released as nothing used them, and
+    // 1.0.3's (refused) unmounted: the flist mounts left are 1.1.0's and 1.0.0's, which the
+    // workload started from it still uses.
+    let mounted = || {
+        let mut out = std::collections::BTreeSet::new();
+        for e in std::fs::read_dir(format!("/proc/{init}/root/proc"))
+            .unwrap()
+            .flatten()
+        {
+            let Ok(c) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = c
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if args.first().is_some_and(|a| a.ends_with("zos-flist-mount"))
+                && let Some(i) = args.iter().position(|a| a == "--flist")
+            {
+                out.insert(args[i + 1].rsplit('/').next().unwrap().to_string());
+            }
+        }
+        out
+    };
+    let want: std::collections::BTreeSet<String> = ["1.0.0", "1.1.0"]
+        .iter()
+        .map(|v| format!("{}.fl", bed.release_of(v).flists[0].sha256))
+        .collect();
+    wait_for(
+        "the unused runtimes released",
+        &log,
+        Duration::from_secs(60),
+        || mounted() == want,
+    );
     b.stop();
 }
 
