@@ -4,7 +4,8 @@
 //! zos-init) and does, in order: the early mounts ([`mounts`]), the kernel command line
 //! ([`cmdline`]), the kernel modules ([`modules`]), the network by DHCP ([`dhcp`]), the clock from
 //! the grid ([`clock`]), the signed release ([`release`]), the runtime flists mounted and
-//! overlaid on `/usr` ([`mounts`]), then zosd and its services, supervised ([`supervise`]),
+//! overlaid on `/usr` ([`mounts`], [`runtime`]), then zosd and its services, supervised
+//! ([`supervise`]) with the live upgrade agent beside them ([`upgrade`], [`gate`], [`local`]),
 //! until power-off. [`boot`] strings the steps together; each step is a library function so it
 //! can be tested off PID 1.
 //!
