@@ -60,7 +60,7 @@ impl Default for Settings {
 }
 
 /// The longest reason sent to the grid (it takes 512 bytes of printable text).
-const MAX_REASON: usize = 500;
+pub const MAX_REASON: usize = 500;
 
 /// A reason the grid takes: printable, one line, at most [`MAX_REASON`] bytes.
 pub fn reason_text(s: &str) -> String {
