@@ -179,7 +179,7 @@ pub async fn run(
     let (grid_url, pool) = (cfg.grid.clone(), crate::uplink::PoolLimits::default());
     let (connected, uplink_rx) = watch::channel(false);
     let channel = crate::health::Channel::new(
-        crate::health::run_dir(&cfg.prefix),
+        crate::health::run_dir(&cfg.prefix, &state_dir),
         VERSION,
         identity::key_path(&state_dir),
     );

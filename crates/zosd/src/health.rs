@@ -19,12 +19,14 @@ use crate::registrar::RegistrarStatus;
 /// How often the facts are looked at, besides on a change of registration or uplink.
 pub const EVERY: Duration = Duration::from_secs(2);
 
-/// The runtime directory of a node with name prefix `prefix` (zos-init's on a real node).
-pub fn run_dir(prefix: &str) -> PathBuf {
+/// Where the channel is written: zos-init's runtime directory on a real node (no name
+/// prefix); a node with a prefix (a namespace node beside others on one host, which no zos-init
+/// upgrades) writes it in its state directory, so it goes when the node's state goes.
+pub fn run_dir(prefix: &str, state_dir: &Path) -> PathBuf {
     if prefix.is_empty() {
         PathBuf::from(RUN_DIR)
     } else {
-        PathBuf::from(format!("{RUN_DIR}-{prefix}"))
+        state_dir.join("run")
     }
 }
 
@@ -203,6 +205,15 @@ mod tests {
 
     fn health(dir: &Path) -> Health {
         serde_json::from_slice(&std::fs::read(dir.join(HEALTH_FILE)).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_real_node_writes_where_zos_init_reads() {
+        assert_eq!(run_dir("", Path::new("/var/x")), PathBuf::from("/run/zos"));
+        assert_eq!(
+            run_dir("zd1", Path::new("/var/x")),
+            PathBuf::from("/var/x/run")
+        );
     }
 
     #[test]
