@@ -36,6 +36,18 @@ pub enum DevnetCmd {
         /// Disks of each node (sparse files on loop devices), e.g. ssd:16G,ssd:16G,hdd:64G.
         #[arg(long, value_delimiter = ',', default_value = "ssd:16G,ssd:16G,hdd:64G")]
         disks: Vec<DiskPlan>,
+        /// Node VMs besides: real zos nodes booting the node image by network through the
+        /// grid's boot service (QEMU, KVM when the CPU has it, else TCG).
+        #[arg(long, default_value_t = 0)]
+        vm_nodes: usize,
+        /// The node image the VMs boot (`scripts/build-node.sh --release-keys KEYS DIR`, KEYS
+        /// naming --release-key); scripts/devnet.sh with ZOS_VM_NODES=N builds both.
+        #[arg(long, env = "ZOS_NODE_IMAGE", value_name = "DIR")]
+        node_image: Option<PathBuf>,
+        /// The devnet's release key (`zos release keygen`): it signs the release the VMs boot,
+        /// and the node image must trust it.
+        #[arg(long, env = "ZOS_DEVNET_RELEASE_KEY", value_name = "FILE")]
+        release_key: Option<PathBuf>,
     },
     /// Stop every process and remove every namespace and link of the devnet.
     Down {
@@ -80,7 +92,22 @@ pub async fn run(cmd: DevnetCmd, g: &Global) -> anyhow::Result<()> {
             zosd,
             grid_bin,
             disks,
+            vm_nodes,
+            node_image,
+            release_key,
         } => {
+            let vms = if vm_nodes == 0 {
+                None
+            } else {
+                let (Some(image), Some(key)) = (node_image, release_key) else {
+                    bail!(crate::exit::Failure::new(
+                        crate::exit::Kind::Usage,
+                        "--vm-nodes needs --node-image DIR and --release-key FILE: \
+                         `ZOS_VM_NODES=N scripts/devnet.sh` builds and passes both",
+                    ));
+                };
+                Some(devnet::VmOptions::new(vm_nodes, image, key))
+            };
             let opts = DevnetOptions {
                 dir: devnet_dir(&name),
                 name,
@@ -96,11 +123,14 @@ pub async fn run(cmd: DevnetCmd, g: &Global) -> anyhow::Result<()> {
                 },
                 wait: Duration::from_secs(120),
                 disks,
+                vms,
             };
             if !g.structured() {
                 eprintln!(
-                    "starting devnet {:?}: grid, farm and {} node(s); waiting for every node to come online…",
-                    opts.name, opts.nodes
+                    "starting devnet {:?}: grid, farm, {} node(s) and {} node VM(s); waiting for every node to come online…",
+                    opts.name,
+                    opts.nodes,
+                    opts.vms.as_ref().map_or(0, |v| v.count)
                 );
             }
             let state = devnet::up(&opts).await?;

@@ -82,6 +82,10 @@ pub fn down(state: &DevnetState) -> Result<DownReport> {
     for n in &state.nodes {
         remove_node(state, n, &mut problems);
     }
+    for vm in &state.vms {
+        crate::vms::remove_vm(state, vm, &mut problems);
+    }
+    crate::vms::stop_dhcp(state);
     if state.grid_pid > 0 {
         supervise::stop_blocking(
             state.grid_pid,
@@ -204,13 +208,17 @@ pub(crate) fn clear_data(dir: &Path) -> Result<()> {
     }
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let node_dir = name
-            .strip_prefix("node")
-            .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()));
+        let numbered = |prefix: &str| {
+            name.strip_prefix(prefix)
+                .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+        };
+        let node_dir = numbered("node") || numbered("vm");
         let p = e.path();
         let r = match name.as_str() {
             "grid" => std::fs::remove_dir_all(&p),
-            "grid.ready" | "farmer.key" => std::fs::remove_file(&p),
+            "grid.ready" | "farmer.key" | "release-keys.json" | "dnsmasq.leases" => {
+                std::fs::remove_file(&p)
+            }
             _ if node_dir && p.is_dir() => std::fs::remove_dir_all(&p),
             _ => Ok(()),
         };
@@ -234,6 +242,26 @@ pub fn down_leftovers(name: &str) -> Result<Vec<String>> {
         match netns::delete_netns(&ns) {
             Ok(()) => removed.push(format!("namespace {ns}")),
             Err(e) => problems.push(format!("namespace {ns}: {e}")),
+        }
+    }
+    // Node VMs (QEMU named `<name>-vm<i>`), their taps `<name>v<i>` and their dnsmasq.
+    let vm_procs = supervise::find(&supervise::Marker::containing(format!("{name}-vm")))
+        .into_iter()
+        .chain(supervise::find(
+            &supervise::Marker::program("dnsmasq").arg(format!("--interface={name}br")),
+        ));
+    for (pid, argv) in vm_procs {
+        supervise::stop_blocking(pid, &supervise::Marker::exact(argv), Duration::from_secs(5));
+        removed.push(format!("process {pid}"));
+    }
+    let tap = |l: &str| {
+        l.strip_prefix(&format!("{name}v"))
+            .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+    };
+    for link in netns::list_links().into_iter().filter(|l| tap(l)) {
+        match netns::delete_link(&link) {
+            Ok(()) => removed.push(format!("tap {link}")),
+            Err(e) => problems.push(format!("tap {link}: {e}")),
         }
     }
     for bridge in [format!("{name}br"), format!("{name}pb")] {

@@ -47,6 +47,24 @@ pub enum DevnetError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{what} the devnet's hub")]
+    Hub {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("the node image's {} is unusable: {reason} (rebuild it with scripts/build-node.sh)", .path.display())]
+    Image { path: PathBuf, reason: String },
+    #[error("publishing the node image as the devnet's release: {0}")]
+    Publish(String),
+    #[error(
+        "the node VMs did not all come online within {timeout:?}: see their serial consoles {}",
+        .serials.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    VmsNotOnline {
+        timeout: Duration,
+        serials: Vec<PathBuf>,
+    },
     #[error("finding a free port on 127.0.0.1")]
     Port(#[source] std::io::Error),
     #[error(transparent)]
@@ -112,6 +130,15 @@ impl DevnetError {
     ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { what, path, source }
+    }
+
+    pub(crate) fn hub<E: std::error::Error + Send + Sync + 'static>(
+        what: &'static str,
+    ) -> impl FnOnce(E) -> Self {
+        move |source| Self::Hub {
+            what,
+            source: Box::new(source),
+        }
     }
 }
 

@@ -24,6 +24,7 @@ pub mod process;
 mod run;
 pub mod state;
 pub mod vmnode;
+pub mod vms;
 
 pub use down::{DownReport, down, down_leftovers};
 pub use error::DevnetError;
@@ -31,4 +32,7 @@ pub use run::{
     GUEST_FLIST, PUBLIC_IPS, PUBLIC_NIC, SAMPLE_FLIST, guest_flist_url, start_grid, start_node,
     stop_grid, stop_node, up, wait_online,
 };
-pub use state::{DevnetDisk, DevnetNode, DevnetOptions, DevnetState, DiskPlan, STATE_VERSION};
+pub use state::{
+    DevnetDisk, DevnetNode, DevnetOptions, DevnetState, DevnetVm, DiskPlan, STATE_VERSION,
+    VmOptions,
+};

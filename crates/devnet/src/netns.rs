@@ -157,6 +157,17 @@ impl Drop for Bridge {
     }
 }
 
+/// Makes tap `name` (for a VM's NIC) on `bridge`, up.
+pub fn add_tap(name: &str, bridge: &str) -> Result<(), CmdError> {
+    delete_link(name)?;
+    ip(&["tuntap", "add", "dev", name, "mode", "tap"])?;
+    if let Err(e) = ip(&["link", "set", name, "master", bridge, "up"]) {
+        let _ = delete_link(name);
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// Picks a /24 inside 10.213.0.0/16 that no route of this machine uses yet.
 pub fn free_subnet() -> Result<u8, CmdError> {
     let routes = ip(&["-4", "route", "show", "table", "all"])?;
@@ -210,7 +221,18 @@ pub fn attach_bare(bridge: &str, ns: &str, host_if: &str, ifname: &str) -> Resul
     })
 }
 
-/// Names in `/run/netns`.
+/// The names of the links of the root namespace.
+pub fn list_links() -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The names of the network namespaces in `/run/netns`.
 pub fn list_netns() -> Vec<String> {
     std::fs::read_dir("/run/netns")
         .map(|d| {

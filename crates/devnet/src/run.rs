@@ -21,7 +21,7 @@ use crate::state::{
 };
 
 /// Starts `cmd` in its own process group with output to `log`, not waiting for it.
-fn spawn_detached(mut cmd: Command, log: &Path) -> Result<i32> {
+pub(crate) fn spawn_detached(mut cmd: Command, log: &Path) -> Result<i32> {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -55,8 +55,25 @@ fn free_port() -> Result<u16> {
 /// failure, whatever was made is removed again.
 pub async fn up(opts: &DevnetOptions) -> Result<DevnetState> {
     validate_name(&opts.name)?;
-    if !(1..=50).contains(&opts.nodes) {
-        return Err(DevnetError::NodeCount(opts.nodes));
+    let vms = opts.vms.as_ref().map_or(0, |v| v.count);
+    if opts.nodes > 50 || vms > 8 || opts.nodes + vms == 0 {
+        return Err(DevnetError::NodeCount(opts.nodes + vms));
+    }
+    if let Some(v) = &opts.vms {
+        for f in [
+            "vmlinuz",
+            "initramfs.cpio.zst",
+            "zos-base.fl",
+            "zos.fl",
+            "blocks",
+        ] {
+            if !v.image.join(f).exists() {
+                return Err(DevnetError::Image {
+                    path: v.image.join(f),
+                    reason: "it is missing".into(),
+                });
+            }
+        }
     }
     let bridge_name = format!("{}br", opts.name);
     if netns::link_exists(&bridge_name) || DevnetState::state_file(&opts.dir).exists() {
@@ -111,6 +128,9 @@ pub async fn up(opts: &DevnetOptions) -> Result<DevnetState> {
         farmer_twin: 0,
         farm_id: 0,
         nodes: Vec::new(),
+        vms: Vec::new(),
+        dnsmasq_pid: 0,
+        release_keys: None,
     };
     state.save()?;
     match build(&mut state, opts, &gateway).await {
@@ -125,6 +145,9 @@ pub async fn up(opts: &DevnetOptions) -> Result<DevnetState> {
 }
 
 async fn build(state: &mut DevnetState, opts: &DevnetOptions, gateway: &str) -> Result<()> {
+    if let Some(v) = &opts.vms {
+        crate::vms::write_release_keys(state, &v.release_key)?;
+    }
     start_grid(state).await?;
     state.save()?;
 
@@ -150,7 +173,20 @@ async fn build(state: &mut DevnetState, opts: &DevnetOptions, gateway: &str) -> 
     for i in 1..=opts.nodes {
         add_node(state, opts, gateway, i)?;
     }
-    public_addresses(state, opts).await
+    if let Some(v) = &opts.vms {
+        let version = crate::vms::publish_image(state, v).await?;
+        tracing::info!(%version, "node image published as the devnet's dev release");
+        crate::vms::start_dhcp(state)?;
+        state.save()?;
+        for i in 1..=v.count {
+            crate::vms::add_vm(state, v, i)?;
+        }
+    }
+    public_addresses(state, opts).await?;
+    if let Some(v) = &opts.vms {
+        crate::vms::wait_vms_online(state, v.wait).await?;
+    }
+    Ok(())
 }
 
 /// The farm's public IPs and each node's public config, on the public bridge (once every node
@@ -304,6 +340,10 @@ pub async fn start_grid(state: &mut DevnetState) -> Result<()> {
         .arg(&ready)
         // The farmer is the first twin of a devnet's fresh grid; it administers grace periods.
         .args(["--admin-twin", "1"]);
+    if let Some(keys) = &state.release_keys {
+        cmd.arg("--release-keys")
+            .arg(format!("dev={}", keys.display()));
+    }
     state.grid_pid = spawn_detached(cmd, &state.dir.join("grid.log"))?;
     // Our own child until it is reaped, so its PID alone names it here (before it executes the
     // grid, its command line is still ours).
@@ -420,15 +460,18 @@ pub async fn wait_online(state: &mut DevnetState, timeout: Duration) -> Result<(
         ..NodeFilter::default()
     };
     let want = state.nodes.len();
+    let snapshot = state.clone();
     let nodes = wait_until(timeout, Duration::from_millis(200), || {
-        let client = client.clone();
-        let filter = filter.clone();
+        let (client, filter, snapshot) = (client.clone(), filter.clone(), &snapshot);
         async move {
-            client
+            let nodes: Vec<_> = client
                 .list_nodes(&filter)
                 .await
-                .ok()
-                .filter(|n| n.len() >= want)
+                .ok()?
+                .into_iter()
+                .filter(|n| crate::vms::vm_of(snapshot, n).is_none())
+                .collect();
+            (nodes.len() >= want).then_some(nodes)
         }
     })
     .await;

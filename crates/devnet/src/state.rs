@@ -30,6 +30,41 @@ pub struct DevnetOptions {
     pub wait: Duration,
     /// The disks each node gets: sparse files on loop devices.
     pub disks: Vec<DiskPlan>,
+    /// Node VMs booting the node image beside the namespace nodes (none when None).
+    pub vms: Option<VmOptions>,
+}
+
+/// The node VMs of a devnet (`zos devnet up --vm-nodes N`): each boots the node image through
+/// the grid's boot service, as a server of a farm does.
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    pub count: usize,
+    /// The node image (`scripts/build-node.sh` output), built to trust `release_key`.
+    pub image: PathBuf,
+    /// The devnet's release key: it signs the release the VMs boot.
+    pub release_key: PathBuf,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    /// Sizes of each VM's sparse virtio disks.
+    pub disks: Vec<u64>,
+    /// How long to wait for every VM node to come online.
+    pub wait: Duration,
+}
+
+impl VmOptions {
+    /// `count` VMs of 2 GiB and 2 vCPUs with disks of 16 and 32 GiB.
+    pub fn new(count: usize, image: PathBuf, release_key: PathBuf) -> Self {
+        use zos_types::capacity::GIB;
+        Self {
+            count,
+            image,
+            release_key,
+            memory_mib: 2048,
+            vcpus: 2,
+            disks: vec![16 * GIB, 32 * GIB],
+            wait: Duration::from_secs(900),
+        }
+    }
 }
 
 /// One disk every node of a devnet gets.
@@ -119,6 +154,30 @@ pub struct DevnetNode {
     pub node_id: Option<NodeId>,
 }
 
+/// A node VM of a devnet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevnetVm {
+    pub index: usize,
+    /// QEMU's `-name`: it marks the VM's process.
+    pub name: String,
+    /// Its tap on the devnet bridge.
+    pub tap: String,
+    pub mac: String,
+    pub dir: PathBuf,
+    pub disks: Vec<PathBuf>,
+    /// The serial console, as a file.
+    pub serial: PathBuf,
+    /// QEMU's QMP socket (power button, state).
+    pub qmp: PathBuf,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    pub pid: i32,
+    #[serde(default)]
+    pub twin_id: Option<TwinId>,
+    #[serde(default)]
+    pub node_id: Option<NodeId>,
+}
+
 /// Everything a devnet made, written to `<dir>/devnet.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DevnetState {
@@ -145,6 +204,15 @@ pub struct DevnetState {
     pub farmer_twin: TwinId,
     pub farm_id: FarmId,
     pub nodes: Vec<DevnetNode>,
+    /// Node VMs (`--vm-nodes`).
+    #[serde(default)]
+    pub vms: Vec<DevnetVm>,
+    /// The DHCP server of the node VMs.
+    #[serde(default)]
+    pub dnsmasq_pid: i32,
+    /// The release keys the grid serves runmode dev with (when there are node VMs).
+    #[serde(default)]
+    pub release_keys: Option<PathBuf>,
 }
 
 impl DevnetState {
@@ -173,6 +241,24 @@ impl DevnetState {
     /// What the command line of `node`'s zosd shows: its program and its mount root.
     pub fn node_marker(&self, node: &DevnetNode) -> Marker {
         Marker::program(program_name(&self.zosd_bin)).arg(&node.mount_root)
+    }
+
+    /// What the command line of node VM `vm`'s QEMU shows: its name.
+    pub fn vm_marker(&self, vm: &DevnetVm) -> Marker {
+        Marker::program("qemu-system").arg(&vm.name)
+    }
+
+    /// Whether `vm`'s QEMU runs.
+    pub fn vm_running(&self, vm: &DevnetVm) -> bool {
+        vm.pid > 0 && zos_runtime::supervise::alive(vm.pid, &self.vm_marker(vm))
+    }
+
+    /// The devnet's dnsmasq: its program and its pid file.
+    pub fn dnsmasq_marker(&self) -> Marker {
+        Marker::program("dnsmasq").arg(format!(
+            "--pid-file={}",
+            self.dir.join("dnsmasq.pid").display()
+        ))
     }
 
     /// Whether the grid of this devnet runs (its recorded PID carries [`Self::grid_marker`]).

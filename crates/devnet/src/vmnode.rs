@@ -1,8 +1,8 @@
-//! Parts of the devnet's VM nodes (`zos devnet up --vm-nodes N`, issue 15; not wired into
-//! [`crate::up`] yet): the accelerator choice, each node VM's QEMU command line (2 GiB, two sparse
-//! virtio disks, a tap on the devnet bridge, network boot through QEMU's iPXE ROM, serial console
-//! to a file) and the command line of the `dnsmasq` that gives the VMs DHCP and the grid's iPXE
-//! script. See docs/devnet.md.
+//! Parts of the devnet's VM nodes (`zos devnet up --vm-nodes N`, put together by [`crate::vms`]):
+//! the accelerator choice, each node VM's QEMU command line (2 GiB, two sparse virtio disks, a tap
+//! on the devnet bridge, network boot through QEMU's iPXE ROM, serial console to a file) and the
+//! command line of the `dnsmasq` that gives the VMs DHCP and the grid's iPXE script. See
+//! docs/devnet.md.
 
 use std::path::{Path, PathBuf};
 
@@ -99,12 +99,17 @@ impl VmNode {
             "-no-reboot",
             "-boot",
             "order=n",
-            "-serial",
+            "-chardev",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        a.push(format!("file:{}", self.serial.display()));
+        // Appended: the log of every boot of the node stays.
+        a.push(format!(
+            "file,id=serial0,path={},append=on",
+            self.serial.display()
+        ));
+        a.extend(["-serial".into(), "chardev:serial0".into()]);
         a.extend([
             "-netdev".into(),
             format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap),
@@ -223,7 +228,9 @@ mod tests {
         let a = vm.qemu_args().join(" ");
         assert!(a.contains("-accel tcg -cpu max -m 2048 -smp 2"), "{a}");
         assert!(a.contains("-boot order=n"));
-        assert!(a.contains("-serial file:/d/serial.log"));
+        assert!(a.contains(
+            "-chardev file,id=serial0,path=/d/serial.log,append=on -serial chardev:serial0"
+        ));
         assert!(a.contains("tap,id=n0,ifname=devvt1,script=no,downscript=no"));
         assert!(!a.contains("vhost"));
         assert!(a.contains("file=/d/disk0.raw,if=none,id=d0,format=raw"));

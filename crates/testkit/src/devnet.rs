@@ -30,6 +30,15 @@ impl DevnetGuard {
     /// Brings up a devnet named after the test process with `nodes` nodes, using the binaries
     /// built beside the test executable.
     pub async fn up(nodes: usize, report_interval: Duration) -> anyhow::Result<Self> {
+        Self::up_with(nodes, report_interval, None).await
+    }
+
+    /// As [`Self::up`], with node VMs besides.
+    pub async fn up_with(
+        nodes: usize,
+        report_interval: Duration,
+        vms: Option<VmOptions>,
+    ) -> anyhow::Result<Self> {
         static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let bin = |b: &str| {
             crate::workspace_binary(b)
@@ -59,6 +68,7 @@ impl DevnetGuard {
                 zosd_bin: zosd_bin.clone(),
                 wait: Duration::from_secs(60),
                 disks: DiskPlan::defaults(),
+                vms: vms.clone(),
             };
             let guard_dir = tempfile_dir::TempDir(dir);
             match up(&opts).await {

@@ -52,9 +52,50 @@ pub fn build_guest(args: &[&str], env: &[(&str, &str)]) -> PathBuf {
     build_with("build-guest.sh", args, env)
 }
 
-/// Runs `scripts/build-node.sh` (cached in `<target>/node`); answers the output directory.
+/// The node image trusting the devnet release key ([`devnet_release_key`]), built by
+/// `scripts/build-node.sh` (cached in `<target>/node`); answers the output directory.
 pub fn build_node() -> PathBuf {
-    build_with("build-node.sh", &[], &[])
+    let (_, keys) = devnet_release_key();
+    let out = target_dir().join("node");
+    build_with(
+        "build-node.sh",
+        &[
+            "--release-keys",
+            keys.to_str().expect("utf-8 path"),
+            out.to_str().expect("utf-8 path"),
+        ],
+        &[],
+    )
+}
+
+/// The release key devnets sign their node releases with, made once per machine in
+/// `${ZOS_CACHE:-~/.cache/zos}/devnet/` (it signs runmode dev on loopback devnets only, so the
+/// node image trusting it can be cached), and the release keys JSON naming it.
+pub fn devnet_release_key() -> (PathBuf, PathBuf) {
+    let cache = std::env::var_os("ZOS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/zos")
+        })
+        .join("devnet");
+    std::fs::create_dir_all(&cache).expect("creating the devnet key directory");
+    let (key, keys) = (cache.join("release.key"), cache.join("release-keys.json"));
+    let lock = std::fs::File::create(cache.join(".lock")).expect("opening the key lock");
+    lock.lock().expect("locking the devnet key");
+    if !key.exists() {
+        let id = zos_types::Identity::generate().expect("randomness");
+        zos_client::keyfile::save_identity(&key, &id, 0o600).expect("saving the devnet key");
+    }
+    let id = zos_client::keyfile::load_identity(&key).expect("reading the devnet key");
+    let json = serde_json::to_vec_pretty(&zos_types::release::ReleaseKeys {
+        keys: vec![id.public_key()],
+        threshold: 1,
+    })
+    .expect("release keys serialize");
+    if std::fs::read(&keys).ok().as_deref() != Some(&json[..]) {
+        std::fs::write(&keys, json).expect("writing the devnet release keys");
+    }
+    (key, keys)
 }
 
 /// A devnet whose nodes have the guest image, and a user with an application flist on the

@@ -1,0 +1,376 @@
+//! The devnet's node VMs (`zos devnet up --vm-nodes N`): the node image published on the devnet's
+//! grid as a signed dev release, a `dnsmasq` on the devnet bridge answering their DHCP with the
+//! grid's iPXE script, and one QEMU per node booting by network (see [`crate::vmnode`] for the
+//! command lines, docs/devnet.md for the whole).
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use zos_client::GridClient;
+use zos_client::release::{FlistSource, FlistSpec, Publish, ReleaseClient};
+use zos_flist::hub::HubClient;
+use zos_flist::{BlockStore, DirStore, Flist};
+use zos_runtime::supervise;
+use zos_types::registry::{AdmissionToken, NodeFilter};
+use zos_types::release::{ReleaseKeys, RunMode, sha256_hex};
+
+use crate::error::{DevnetError, Result};
+use crate::netns;
+use crate::process::wait_until;
+use crate::run::spawn_detached;
+use crate::state::{DevnetState, DevnetVm, VmOptions};
+use crate::vmnode::{self, Dhcp, VmNode};
+
+/// The runtime flists of the node image, in the order they stack (later over earlier).
+pub const RUNTIME_FLISTS: [&str; 2] = ["zos-base", "zos"];
+
+/// Writes the release keys the devnet's grid trusts for runmode dev: the one devnet release key.
+pub fn write_release_keys(state: &mut DevnetState, key: &Path) -> Result<()> {
+    let id = zos_client::keyfile::load_identity(key)?;
+    let keys = ReleaseKeys {
+        keys: vec![id.public_key()],
+        threshold: 1,
+    };
+    let path = state.dir.join("release-keys.json");
+    let json = serde_json::to_vec_pretty(&keys).expect("release keys serialize");
+    std::fs::write(&path, json).map_err(DevnetError::io("writing", &path))?;
+    state.release_keys = Some(path);
+    Ok(())
+}
+
+/// Publishes the node image on the devnet's grid: the runtime flists' blocks and files on its
+/// hub (as the farmer), the kernel and initramfs as boot files, and a dev release naming them,
+/// signed with the devnet release key.
+pub async fn publish_image(state: &DevnetState, opts: &VmOptions) -> Result<String> {
+    let image = &opts.image;
+    let farmer = state.farmer()?;
+    let hub = HubClient::new(&state.grid_url)
+        .map_err(DevnetError::hub("connecting to the hub of"))?
+        .with_auth(farmer, state.farmer_twin);
+    let remote: Arc<dyn BlockStore> = Arc::new(
+        hub.block_store()
+            .map_err(DevnetError::hub("opening the block store of"))?,
+    );
+    let local = DirStore::new(image.join("blocks"));
+    let mut specs = Vec::new();
+    for name in RUNTIME_FLISTS {
+        let file = image.join(format!("{name}.fl"));
+        let flist = Flist::open(&file).map_err(|e| DevnetError::Image {
+            path: file.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut ids = Vec::new();
+        let mut seen = HashSet::new();
+        for (_, node) in flist.walk() {
+            for b in &node.blocks {
+                if seen.insert(b.id) {
+                    ids.push(b.id);
+                }
+            }
+        }
+        let missing = remote
+            .missing(&ids)
+            .await
+            .map_err(DevnetError::hub("asking which blocks are on"))?;
+        tracing::info!(
+            flist = name,
+            blocks = ids.len(),
+            missing = missing.len(),
+            "uploading"
+        );
+        futures::stream::iter(missing)
+            .map(|id| {
+                let (local, remote) = (&local, &remote);
+                async move {
+                    let data = local.get(&id).await?;
+                    remote.put(&id, &data).await
+                }
+            })
+            .buffer_unordered(8)
+            .try_collect::<()>()
+            .await
+            .map_err(DevnetError::hub("uploading the node image's blocks to"))?;
+        let bytes = std::fs::read(&file).map_err(DevnetError::io("reading", &file))?;
+        let sha256 = sha256_hex(&bytes);
+        hub.push(&format!("node-{name}.fl"), bytes, true)
+            .await
+            .map_err(DevnetError::hub("pushing the node image's flists to"))?;
+        specs.push(FlistSpec {
+            name: name.to_string(),
+            source: FlistSource::Hub,
+            sha256,
+        });
+    }
+    let key = zos_client::keyfile::load_identity(&opts.release_key)?;
+    let published = ReleaseClient::new(&state.grid_url)?
+        .publish(
+            &Publish {
+                runmode: RunMode::Dev,
+                kernel: &image.join("vmlinuz"),
+                initramfs: &image.join("initramfs.cpio.zst"),
+                flists: &specs,
+                keys: std::slice::from_ref(&key),
+                version: None,
+            },
+            &|u| tracing::debug!(?u, "boot file"),
+        )
+        .await
+        .map_err(|e| DevnetError::Publish(e.to_string()))?;
+    Ok(published.version)
+}
+
+/// The URL of the farm's iPXE script as the VMs reach it, with the farmer's admission token.
+pub fn ipxe_url(state: &DevnetState) -> Result<String> {
+    let token = AdmissionToken::sign(
+        &state.farmer()?,
+        state.farm_id,
+        zos_types::auth::unix_now() + 365 * 86_400,
+    );
+    Ok(format!(
+        "{}/boot/dev/farms/{}.ipxe?admission={token}",
+        state.grid_node_url, state.farm_id
+    ))
+}
+
+/// Starts the DHCP server of the node VMs on the devnet bridge.
+pub fn start_dhcp(state: &mut DevnetState) -> Result<()> {
+    let base = state
+        .subnet
+        .split_once('/')
+        .map_or(state.subnet.as_str(), |(a, _)| a)
+        .rsplit_once('.')
+        .map_or("", |(a, _)| a)
+        .to_string();
+    let dhcp = Dhcp {
+        bridge: state.bridge.clone(),
+        range: (format!("{base}.100"), format!("{base}.199")),
+        ipxe_script: ipxe_url(state)?,
+        pid_file: state.dir.join("dnsmasq.pid"),
+        lease_file: state.dir.join("dnsmasq.leases"),
+        log_file: state.dir.join("dnsmasq.log"),
+    };
+    let mut cmd = Command::new("dnsmasq");
+    cmd.args(dhcp.dnsmasq_args());
+    state.dnsmasq_pid = spawn_detached(cmd, &state.dir.join("dnsmasq.out"))?;
+    Ok(())
+}
+
+/// Makes node VM `index` (1-based): its disks and tap, then starts it.
+pub fn add_vm(state: &mut DevnetState, opts: &VmOptions, index: usize) -> Result<()> {
+    let dir = state.dir.join(format!("vm{index}"));
+    let disks = vmnode::make_disks(&dir, &opts.disks).map_err(DevnetError::io("creating", &dir))?;
+    let vm = DevnetVm {
+        index,
+        name: format!("{}-vm{index}", state.name),
+        tap: format!("{}v{index}", state.name),
+        mac: vmnode::node_mac(&state.name, index),
+        serial: dir.join("serial.log"),
+        qmp: dir.join("qmp.sock"),
+        dir,
+        disks,
+        memory_mib: opts.memory_mib,
+        vcpus: opts.vcpus,
+        pid: 0,
+        twin_id: None,
+        node_id: None,
+    };
+    netns::add_tap(&vm.tap, &state.bridge)?;
+    state.vms.push(vm);
+    state.save()?;
+    start_vm(state, index)
+}
+
+/// Where VM `index` is in `state.vms`.
+fn vm_at(state: &DevnetState, index: usize) -> Result<usize> {
+    state
+        .vms
+        .iter()
+        .position(|v| v.index == index)
+        .ok_or(DevnetError::NoNode(index))
+}
+
+/// Powers node VM `index` on (QEMU, booting by network).
+pub fn start_vm(state: &mut DevnetState, index: usize) -> Result<()> {
+    let at = vm_at(state, index)?;
+    if state.vm_running(&state.vms[at]) {
+        return Err(DevnetError::NodeRunning {
+            index,
+            pid: state.vms[at].pid,
+        });
+    }
+    let vm = &state.vms[at];
+    let _ = std::fs::remove_file(&vm.qmp);
+    let spec = VmNode {
+        name: vm.name.clone(),
+        accel: vmnode::accel(),
+        memory_mib: vm.memory_mib,
+        vcpus: vm.vcpus,
+        disks: vm.disks.clone(),
+        tap: vm.tap.clone(),
+        mac: vm.mac.clone(),
+        serial: vm.serial.clone(),
+    };
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(spec.qemu_args())
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", vm.qmp.display()));
+    let log = vm.dir.join("qemu.log");
+    let pid = spawn_detached(cmd, &log)?;
+    state.vms[at].pid = pid;
+    state.save()
+}
+
+/// Presses node VM `index`'s power button and waits up to `grace` for it to power off, then
+/// stops QEMU. Answers whether it powered off by itself.
+pub fn power_off(state: &mut DevnetState, index: usize, grace: Duration) -> Result<bool> {
+    let at = vm_at(state, index)?;
+    let vm = state.vms[at].clone();
+    if !state.vm_running(&vm) {
+        return Ok(true);
+    }
+    let pressed = qmp(&vm.qmp, "system_powerdown").is_ok();
+    let deadline = std::time::Instant::now() + grace;
+    while pressed && state.vm_running(&vm) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let clean = !state.vm_running(&vm);
+    supervise::stop_blocking(vm.pid, &state.vm_marker(&vm), Duration::from_secs(5));
+    state.vms[at].pid = 0;
+    state.save()?;
+    Ok(clean)
+}
+
+/// Sends one QMP command to QEMU at `socket`.
+fn qmp(socket: &Path, command: &str) -> std::io::Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut w = s;
+    let mut line = String::new();
+    r.read_line(&mut line)?; // the greeting
+    for c in ["qmp_capabilities", command] {
+        writeln!(w, "{{\"execute\":\"{c}\"}}")?;
+        line.clear();
+        r.read_line(&mut line)?;
+        if !line.contains("\"return\"") {
+            return Err(std::io::Error::other(format!("QMP {c}: {}", line.trim())));
+        }
+    }
+    Ok(())
+}
+
+/// Replaces node VM `index`'s disks by empty ones (it must be off): the next boot is a new node.
+pub fn wipe_disks(state: &DevnetState, index: usize) -> Result<()> {
+    let vm = &state.vms[vm_at(state, index)?];
+    if state.vm_running(vm) {
+        return Err(DevnetError::NodeRunning { index, pid: vm.pid });
+    }
+    for d in &vm.disks {
+        let size = std::fs::metadata(d)
+            .map_err(DevnetError::io("reading", d))?
+            .len();
+        std::fs::File::create(d)
+            .and_then(|f| f.set_len(size))
+            .map_err(DevnetError::io("wiping", d))?;
+    }
+    Ok(())
+}
+
+/// Whether a registered node is one of the devnet's VMs (by the MAC of one of its NICs).
+pub fn vm_of<'a>(state: &'a DevnetState, node: &zos_types::registry::Node) -> Option<&'a DevnetVm> {
+    state.vms.iter().find(|vm| {
+        node.interfaces
+            .iter()
+            .any(|i| i.mac.eq_ignore_ascii_case(&vm.mac))
+    })
+}
+
+/// Waits until every node VM is online and answers over the relay, and records their ids.
+pub async fn wait_vms_online(state: &mut DevnetState, timeout: Duration) -> Result<()> {
+    let client = GridClient::new(&state.grid_url)?;
+    let filter = NodeFilter {
+        farm_id: Some(state.farm_id),
+        online: Some(true),
+        ..NodeFilter::default()
+    };
+    let want = state.vms.len();
+    let snapshot = state.clone();
+    let nodes = wait_until(timeout, Duration::from_secs(1), || {
+        let (client, filter, snapshot) = (client.clone(), filter.clone(), &snapshot);
+        async move {
+            let nodes = client.list_nodes(&filter).await.ok()?;
+            let vms: Vec<_> = nodes
+                .into_iter()
+                .filter_map(|n| vm_of(snapshot, &n).map(|vm| (vm.index, n)))
+                .collect();
+            (vms.len() >= want).then_some(vms)
+        }
+    })
+    .await;
+    let Some(nodes) = nodes else {
+        return Err(DevnetError::VmsNotOnline {
+            timeout,
+            serials: state.vms.iter().map(|v| v.serial.clone()).collect(),
+        });
+    };
+    for (index, node) in nodes {
+        let at = vm_at(state, index)?;
+        state.vms[at].twin_id = Some(node.twin_id);
+        state.vms[at].node_id = Some(node.id);
+    }
+    state.save()?;
+    let farmer = state.farmer_client()?;
+    for vm in &state.vms {
+        let Some(twin) = vm.twin_id else { continue };
+        let answered = wait_until(timeout, Duration::from_secs(1), || {
+            let farmer = farmer.clone();
+            async move {
+                farmer
+                    .node(twin)
+                    .call::<zos_types::node_api::Version>(&())
+                    .await
+                    .ok()
+            }
+        })
+        .await;
+        if answered.is_none() {
+            return Err(DevnetError::NoAnswer {
+                index: vm.index,
+                timeout,
+                log: vm.serial.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Stops node VM `vm`'s QEMU and removes its tap and disks.
+pub(crate) fn remove_vm(state: &DevnetState, vm: &DevnetVm, problems: &mut Vec<String>) {
+    if vm.pid > 0 {
+        supervise::stop_blocking(vm.pid, &state.vm_marker(vm), Duration::from_secs(5));
+    }
+    if netns::link_exists(&vm.tap)
+        && let Err(e) = netns::delete_link(&vm.tap)
+    {
+        problems.push(format!("tap {}: {e}", vm.tap));
+    }
+    for d in &vm.disks {
+        let _ = std::fs::remove_file(d);
+    }
+}
+
+/// Stops the devnet's dnsmasq.
+pub(crate) fn stop_dhcp(state: &DevnetState) {
+    if state.dnsmasq_pid > 0 {
+        supervise::stop_blocking(
+            state.dnsmasq_pid,
+            &state.dnsmasq_marker(),
+            Duration::from_secs(5),
+        );
+    }
+}
