@@ -17,6 +17,8 @@
 #
 # Usage: scripts/build-node.sh [options] [out-dir]   (default: ${CARGO_TARGET_DIR:-target}/node)
 #   --init PATH          zos-init binary for /init (default: built from crates/init)
+#   --profile P          debug or release (default, or $ZOS_NODE_PROFILE): the cargo profile of
+#                        zos-init, zosd, zos-flist-mount and zos (debug ones are stripped)
 #   --release-keys FILE  the release keys the node trusts (ReleaseKeys JSON); the default trusts
 #                        none ({"keys":[],"threshold":1}), so such a node accepts no release
 #
@@ -28,11 +30,12 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-init_bin="" keys_file=""
+init_bin="" keys_file="" profile=${ZOS_NODE_PROFILE:-release}
 while [[ ${1:-} == --* ]]; do
   case $1 in
     --init) init_bin=${2:?--init needs a path}; shift 2 ;;
     --release-keys) keys_file=${2:?--release-keys needs a file}; shift 2 ;;
+    --profile) profile=${2:?--profile needs debug or release}; shift 2 ;;
     *) echo "build-node: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -79,31 +82,43 @@ modules=(
   fuse overlay btrfs ext4 xfs vfat
   tun tap macvtap bridge br_netfilter veth macvlan ipvlan vxlan 8021q dummy wireguard
   nf_tables nf_conntrack nf_nat nft_chain_nat nft_nat nft_masq nft_redir nft_ct nft_reject_inet
-  nft_fib_inet nft_limit nft_compat
+  nft_fib_inet nft_limit nft_compat nft_quota
+  # The bridge family's meta and reject (VM ports' filters): the node has no modprobe, so the
+  # kernel cannot load an nft expression on demand; every one zos uses is loaded at boot.
+  nft_meta_bridge nft_reject_bridge nf_conntrack_bridge
   vhost_net vhost_vsock kvm_intel kvm_amd
   button evdev  # the ACPI power button zos-init listens to
 )
 
-# 1. Our binaries.
-build_flags=(--quiet --release)
+# 1. Our binaries: release by default; debug (--profile debug) reuses a test build's binaries,
+# stripped when they are put in the image.
+case $profile in
+  release) build_flags=(--quiet --release) ;;
+  debug) build_flags=(--quiet) ;;
+  *) die "--profile must be debug or release, not $profile" ;;
+esac
 export CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=true
+build() { (cd "$repo" && CARGO_TARGET_DIR="$target_dir" cargo build "${build_flags[@]}" "$@"); }
+if [[ $profile == debug ]]; then
+  # The workspace's binaries as a test build makes them (the same features: nothing rebuilt).
+  log "building the workspace's binaries (debug)"
+  build --workspace --bins
+fi
 if [[ -z $init_bin ]]; then
   [[ -d $repo/crates/init ]] || die "no crates/init in this tree: pass --init PATH (a zos-init binary)"
-  log "building zos-init"
-  (cd "$repo" && CARGO_TARGET_DIR="$target_dir" cargo build "${build_flags[@]}" -p zos-init --bin zos-init)
-  init_bin=$target_dir/release/zos-init
+  [[ $profile == debug ]] || { log "building zos-init"; build -p zos-init --bin zos-init; }
+  init_bin=$target_dir/$profile/zos-init
 fi
 [[ -f $init_bin && -x $init_bin ]] || die "$init_bin is not an executable (zos-init for /init)"
 init_bin=$(cd "$(dirname "$init_bin")" && pwd)/$(basename "$init_bin")
-log "building zosd and zos-flist-mount"
-(cd "$repo" && CARGO_TARGET_DIR="$target_dir" \
-  cargo build "${build_flags[@]}" -p zosd -p zos-flist --bin zosd --bin zos-flist-mount)
-zosd=$target_dir/release/zosd
-mounter=$target_dir/release/zos-flist-mount
-zos=${ZOS_BIN:-$target_dir/release/zos}
-if [[ -z ${ZOS_BIN:-} ]]; then
-  (cd "$repo" && CARGO_TARGET_DIR="$target_dir" cargo build "${build_flags[@]}" -p zos-cli --bin zos)
+if [[ $profile == release ]]; then
+  log "building zosd and zos-flist-mount"
+  build -p zosd -p zos-flist --bin zosd --bin zos-flist-mount
+  [[ -n ${ZOS_BIN:-} ]] || build -p zos-cli --bin zos
 fi
+zosd=$target_dir/$profile/zosd
+mounter=$target_dir/$profile/zos-flist-mount
+zos=${ZOS_BIN:-$target_dir/$profile/zos}
 if [[ -n $keys_file ]]; then
   [[ -f $keys_file ]] || die "--release-keys $keys_file: no such file"
   keys=$(cat "$keys_file")
@@ -154,6 +169,13 @@ fi
 work=$(mktemp -d "$out/work.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 rm -f "$out/stamp"
+if [[ $profile == debug ]]; then
+  mkdir -p "$work/bin"
+  for b in init_bin zosd mounter; do
+    strip -o "$work/bin/$(basename "${!b}")" "${!b}"
+    printf -v "$b" '%s' "$work/bin/$(basename "${!b}")"
+  done
+fi
 
 # Files or links named like a shell or a login anywhere under $1.
 forbidden_in() {

@@ -169,7 +169,8 @@ async fn down(name: &str, g: &Global) -> anyhow::Result<()> {
         for net in crate::join::leave_grid(&root, &state.grid_url).await? {
             eprintln!("left network {net}");
         }
-        (state.nodes.len(), devnet::down(&state)?.missing)
+        let nodes = state.nodes.len() + state.vms.len();
+        (nodes, devnet::down(&state)?.missing)
     } else {
         // No state: nothing to stop by record, but a devnet whose state was lost may have left
         // namespaces and bridges under its name.
@@ -241,6 +242,42 @@ async fn status_print(state: &DevnetState) -> anyhow::Result<()> {
     }
     outln!()?;
     t.print()?;
+    if !state.vms.is_empty() {
+        let mut t = Table::new(&["VM", "NODE", "ADDRESS", "PID", "STATE", "CONSOLE"]);
+        for vm in &state.vms {
+            let node = vm
+                .node_id
+                .and_then(|id| listed.iter().find(|x| x.id == id))
+                .or_else(|| {
+                    listed
+                        .iter()
+                        .find(|n| devnet::vms::vm_of(state, n).is_some_and(|v| v.index == vm.index))
+                });
+            let address = node
+                .and_then(|n| {
+                    n.interfaces
+                        .iter()
+                        .find(|i| i.mac.eq_ignore_ascii_case(&vm.mac))
+                })
+                .and_then(|i| i.ips.first())
+                .map_or("-".into(), |ip| ip.addr().to_string());
+            t.row(vec![
+                vm.name.clone(),
+                node.map_or("-".into(), |n| n.id.to_string()),
+                address,
+                vm.pid.to_string(),
+                match (state.vm_running(vm), node.map(|n| n.online)) {
+                    (false, _) => "off".into(),
+                    (true, Some(true)) => "online".into(),
+                    (true, Some(false)) => "offline".into(),
+                    (true, None) => "booting".into(),
+                },
+                vm.serial.display().to_string(),
+            ]);
+        }
+        outln!()?;
+        t.print()?;
+    }
     Ok(())
 }
 

@@ -52,14 +52,16 @@ pub struct VmOptions {
 }
 
 impl VmOptions {
-    /// `count` VMs of 2 GiB and 2 vCPUs with disks of 16 and 32 GiB.
+    /// `count` VMs of 3 GiB and 2 vCPUs with disks of 16 GiB (an SSD) and 32 GiB (an HDD). A
+    /// node keeps max(10 %, 2 GiB) of its memory for itself, as v3 does: 2 GiB would leave
+    /// nothing for workloads (a network resource takes 32 MiB).
     pub fn new(count: usize, image: PathBuf, release_key: PathBuf) -> Self {
         use zos_types::capacity::GIB;
         Self {
             count,
             image,
             release_key,
-            memory_mib: 2048,
+            memory_mib: 3072,
             vcpus: 2,
             disks: vec![16 * GIB, 32 * GIB],
             wait: Duration::from_secs(900),

@@ -116,6 +116,9 @@ impl VmNode {
             "-device".into(),
             format!("virtio-net-pci,netdev=n0,mac={},bootindex=0", self.mac),
         ]);
+        // virtio-scsi, so each disk says whether it spins: the first is an SSD (rotation rate
+        // 1), the others HDDs, as storage sorts a server's disks.
+        a.extend(["-device".into(), "virtio-scsi-pci,id=scsi0".into()]);
         for (i, d) in self.disks.iter().enumerate() {
             a.extend([
                 "-drive".into(),
@@ -124,7 +127,10 @@ impl VmNode {
                     d.display()
                 ),
                 "-device".into(),
-                format!("virtio-blk-pci,drive=d{i},serial=zos-disk-{i}"),
+                format!(
+                    "scsi-hd,bus=scsi0.0,drive=d{i},serial=zos-disk-{i},rotation_rate={}",
+                    if i == 0 { 1 } else { 7200 }
+                ),
             ]);
         }
         a
@@ -234,7 +240,8 @@ mod tests {
         assert!(a.contains("tap,id=n0,ifname=devvt1,script=no,downscript=no"));
         assert!(!a.contains("vhost"));
         assert!(a.contains("file=/d/disk0.raw,if=none,id=d0,format=raw"));
-        assert!(a.contains("virtio-blk-pci,drive=d1,serial=zos-disk-1"));
+        assert!(a.contains("scsi-hd,bus=scsi0.0,drive=d0,serial=zos-disk-0,rotation_rate=1"));
+        assert!(a.contains("scsi-hd,bus=scsi0.0,drive=d1,serial=zos-disk-1,rotation_rate=7200"));
         assert!(a.contains("-no-reboot"));
     }
 

@@ -169,6 +169,11 @@ pub fn run(cfg: &Boot) -> ! {
         tracing::warn!(%target, error = %e, "early mount failed");
     }
     if cfg.system {
+        for (link, e) in mounts::dev_links(Path::new("/")) {
+            tracing::warn!(%link, error = %e, "cannot make a /dev link");
+        }
+    }
+    if cfg.system {
         let _ = set_cad_enabled(false);
         cgroups();
     }

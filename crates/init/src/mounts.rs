@@ -83,6 +83,27 @@ pub fn apply(root: &Path, mounts: &[Mount]) -> Vec<(String, Errno)> {
     failed
 }
 
+/// The links a devtmpfs lacks and programs expect (udev makes them elsewhere): `/dev/fd` and
+/// `/dev/stdin`, `/dev/stdout`, `/dev/stderr` into `/proc/self/fd` (`wg set … private-key
+/// /dev/stdin` reads a key through one). Links already there are kept.
+pub fn dev_links(root: &Path) -> Vec<(String, std::io::Error)> {
+    let mut failed = Vec::new();
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let link = root.join("dev").join(name);
+        match std::os::unix::fs::symlink(target, &link) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => failed.push((link.display().to_string(), e)),
+        }
+    }
+    failed
+}
+
 /// What the kernel offers for cgroups, from `/proc/filesystems` and `/proc/cgroups`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CgroupPlan {
@@ -391,5 +412,26 @@ mod tests {
         assert!(pos("/dev") < pos("/dev/pts"));
         assert!(pos("/dev") < pos("/dev/shm"));
         assert_eq!(targets[0], "/proc");
+    }
+
+    #[test]
+    fn dev_links_point_into_proc_self_fd_and_are_kept() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("dev")).unwrap();
+        std::os::unix::fs::symlink("/elsewhere", root.path().join("dev/stderr")).unwrap();
+        assert!(dev_links(root.path()).is_empty());
+        let link = |n: &str| std::fs::read_link(root.path().join("dev").join(n)).unwrap();
+        assert_eq!(link("fd"), Path::new("/proc/self/fd"));
+        assert_eq!(link("stdin"), Path::new("/proc/self/fd/0"));
+        assert_eq!(link("stdout"), Path::new("/proc/self/fd/1"));
+        assert_eq!(
+            link("stderr"),
+            Path::new("/elsewhere"),
+            "an existing link is kept"
+        );
+        assert!(
+            dev_links(root.path()).is_empty(),
+            "a second run changes nothing"
+        );
     }
 }

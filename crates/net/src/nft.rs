@@ -3,6 +3,9 @@
 //! Each table is replaced whole in one transaction (`add table` + `delete table` + the new
 //! definition), so what is loaded always equals what the state says; connections tracked by
 //! conntrack survive a replacement.
+//!
+//! Protocols are written as numbers (ICMP is 1, ICMPv6 58) where nft would otherwise look a name
+//! up in `/etc/protocols`, which a booted node does not have.
 
 use std::fmt::Write;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -76,7 +79,7 @@ fn host_inet_chains(host_dmz: &str) -> String {
     iifname \"{host_dmz}\" drop
     ct state established,related accept
     iif lo accept
-    meta l4proto {{ icmp, ipv6-icmp }} accept
+    meta l4proto {{ 1, 58 }} accept
     udp dport @wg_ports accept
     udp dport 68 accept
     ct state new drop
@@ -249,7 +252,7 @@ pub fn public_ruleset() -> String {
     type filter hook input priority 0; policy accept;
     ct state established,related accept
     iif lo accept
-    meta l4proto { icmp, ipv6-icmp } accept
+    meta l4proto { 1, 58 } accept
     ct state new drop
   }
 ",

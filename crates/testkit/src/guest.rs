@@ -53,13 +53,22 @@ pub fn build_guest(args: &[&str], env: &[(&str, &str)]) -> PathBuf {
 }
 
 /// The node image trusting the devnet release key ([`devnet_release_key`]), built by
-/// `scripts/build-node.sh` (cached in `<target>/node`); answers the output directory.
+/// `scripts/build-node.sh` from the binaries of the profile the tests run in (cached in
+/// `<target>/node-<profile>`); answers the output directory.
 pub fn build_node() -> PathBuf {
     let (_, keys) = devnet_release_key();
-    let out = target_dir().join("node");
+    let exe = std::env::current_exe().unwrap();
+    let profile = exe
+        .ancestors()
+        .nth(2)
+        .and_then(|p| p.file_name())
+        .map_or("debug".into(), |p| p.to_string_lossy().into_owned());
+    let out = target_dir().join(format!("node-{profile}"));
     build_with(
         "build-node.sh",
         &[
+            "--profile",
+            &profile,
             "--release-keys",
             keys.to_str().expect("utf-8 path"),
             out.to_str().expect("utf-8 path"),
