@@ -255,13 +255,47 @@ fn qmp(socket: &Path, command: &str) -> std::io::Result<()> {
     r.read_line(&mut line)?; // the greeting
     for c in ["qmp_capabilities", command] {
         writeln!(w, "{{\"execute\":\"{c}\"}}")?;
-        line.clear();
-        r.read_line(&mut line)?;
-        if !line.contains("\"return\"") {
-            return Err(std::io::Error::other(format!("QMP {c}: {}", line.trim())));
+        // The answer, after any events QEMU sends meanwhile (POWERDOWN may come first).
+        loop {
+            line.clear();
+            if r.read_line(&mut line)? == 0 {
+                return Err(std::io::Error::other(format!(
+                    "QMP {c}: QEMU closed the socket"
+                )));
+            }
+            if line.contains("\"return\"") {
+                break;
+            }
+            if line.contains("\"error\"") {
+                return Err(std::io::Error::other(format!("QMP {c}: {}", line.trim())));
+            }
         }
     }
     Ok(())
+}
+
+/// The serial console of node VM `vm` as text, its colours left out.
+pub fn console(vm: &DevnetVm) -> String {
+    plain(&std::fs::read(&vm.serial).unwrap_or_default())
+}
+
+/// `raw` console output as text without its escape sequences (ESC `[` … final letter).
+pub fn plain(raw: &[u8]) -> String {
+    let raw = String::from_utf8_lossy(raw);
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for e in chars.by_ref() {
+                if e.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Replaces node VM `index`'s disks by empty ones (it must be off): the next boot is a new node.
@@ -372,5 +406,14 @@ pub(crate) fn stop_dhcp(state: &DevnetState) {
             &state.dnsmasq_marker(),
             Duration::from_secs(5),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn consoles_lose_their_colours() {
+        let raw = b"\x1b[2m2026\x1b[0m \x1b[32m INFO\x1b[0m network ready \x1b[3mbackend\x1b[0m\x1b[2m=\x1b[0mKernel";
+        assert_eq!(super::plain(raw), "2026  INFO network ready backend=Kernel");
     }
 }

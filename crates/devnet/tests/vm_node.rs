@@ -81,24 +81,8 @@ fn open_ports(addr: Ipv4Addr, ports: std::ops::RangeInclusive<u16>) -> Vec<u16> 
     v
 }
 
-/// The serial console of the VM, as text without colours.
 fn console(vm: &DevnetVm) -> String {
-    let raw = String::from_utf8_lossy(&std::fs::read(&vm.serial).unwrap_or_default()).into_owned();
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // An escape sequence: ESC [ parameters, up to its final letter.
-            for e in chars.by_ref() {
-                if e.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    vms::console(vm)
 }
 
 /// Waits until the grid lists node VM 1 online again (after a power cycle), and answers its id.
@@ -245,7 +229,11 @@ async fn a_node_vm_boots_by_network_serves_workloads_exposes_no_port_and_keeps_i
 
     // Reboot: the power button, a clean stop, the same node with its workloads.
     let clean = vms::power_off(state, 1, Duration::from_secs(120)).unwrap();
-    assert!(clean, "the node powered off by itself on the power button");
+    assert!(
+        clean,
+        "the node powered off by itself on the power button: {}",
+        tail(&console(&first), 3000)
+    );
     let off = console(&first);
     assert!(
         off.contains("power button pressed") && off.contains("powering off"),

@@ -25,9 +25,9 @@ use tokio::sync::watch;
 use zos_types::TwinId;
 use zos_types::deployment::{ContractId, Deployment, MAX_DEPLOYMENT_BYTES};
 use zos_types::node_api::{
-    self as p, ConsoleAnswer, ConsoleBody, Diagnostics, ErrorKind, Modules, NetworkHealth,
-    NodeCommand, NodeError, Page, PoolType, ProvisionHealth, RegistrarHealth, Statistics,
-    StorageHealth, UserCounts, VersionAnswer, WireguardAnswer,
+    self as p, ConsoleAnswer, ConsoleBody, Diagnostics, ErrorKind, MemoryUse, Modules,
+    NetworkHealth, NodeCommand, NodeError, Page, PoolType, ProvisionHealth, RegistrarHealth,
+    Statistics, StorageHealth, UserCounts, VersionAnswer, WireguardAnswer,
 };
 use zos_types::workload::WorkloadType;
 
@@ -410,7 +410,11 @@ impl<S: Storage + 'static, N: Networker + 'static> NodeApi<S, N> {
         let network_ok = network.is_ok();
         let grid_ok = reg.last_error.is_none() && reg.node_id.is_some();
         let limited = self.engine.config().limited.clone();
+        let memory = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| MemoryUse::from_meminfo(&m));
         Diagnostics {
+            memory,
             healthy: storage_ok && grid_ok && network_ok && limited.is_none(),
             modules: Modules {
                 storage: StorageHealth {

@@ -297,6 +297,36 @@ pub struct VersionAnswer {
 pub struct Diagnostics {
     pub healthy: bool,
     pub modules: Modules,
+    /// The machine's memory as its kernel counts it (absent from older nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryUse>,
+}
+
+/// Memory of the machine, from `/proc/meminfo`: what the OS and workloads hold is
+/// `total - available`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryUse {
+    pub total: u64,
+    pub available: u64,
+}
+
+impl MemoryUse {
+    /// `MemTotal` and `MemAvailable` of a `/proc/meminfo` text.
+    pub fn from_meminfo(meminfo: &str) -> Option<Self> {
+        let field = |name: &str| -> Option<u64> {
+            let line = meminfo.lines().find(|l| l.starts_with(name))?;
+            let kib: u64 = line[name.len()..].split_whitespace().next()?.parse().ok()?;
+            kib.checked_mul(1024)
+        };
+        Some(Self {
+            total: field("MemTotal:")?,
+            available: field("MemAvailable:")?,
+        })
+    }
+
+    pub fn used(&self) -> u64 {
+        self.total.saturating_sub(self.available)
+    }
 }
 
 /// The modules [`Diagnostics`] reports on.

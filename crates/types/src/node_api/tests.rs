@@ -259,3 +259,15 @@ fn stored_workload_results_read_as_their_types() {
     );
     assert!(r(json!({"id": 5})).data_as::<VolumeResult>().is_err());
 }
+
+#[test]
+fn memory_use_reads_meminfo() {
+    let m = MemoryUse::from_meminfo(
+        "MemTotal:        3000000 kB\nMemFree:          100 kB\nMemAvailable:    2000000 kB\n",
+    )
+    .unwrap();
+    assert_eq!(m.total, 3_000_000 * 1024);
+    assert_eq!(m.used(), 1_000_000 * 1024);
+    assert!(MemoryUse::from_meminfo("MemTotal: 1 kB\n").is_none());
+    assert!(MemoryUse::from_meminfo("MemTotal: x kB\nMemAvailable: 1 kB\n").is_none());
+}
