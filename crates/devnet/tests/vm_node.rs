@@ -53,14 +53,14 @@ fn address(n: &Node, bridge_subnet: &str) -> Ipv4Addr {
 }
 
 /// Ports of `addr` in `ports` that accept a TCP connection from this machine (the devnet
-/// bridge). A node drops what it does not serve, so each closed port costs the timeout: 512 at
-/// a time.
+/// bridge). A node drops what it does not serve, so each closed port costs the timeout: 1024
+/// at a time.
 fn open_ports(addr: Ipv4Addr, ports: std::ops::RangeInclusive<u16>) -> Vec<u16> {
     let next = AtomicU32::new(u32::from(*ports.start()));
     let last = u32::from(*ports.end());
     let open = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
-        for _ in 0..512 {
+        for _ in 0..1024 {
             s.spawn(|| {
                 loop {
                     let port = next.fetch_add(1, Ordering::SeqCst);
@@ -248,7 +248,7 @@ async fn a_node_vm_boots_by_network_serves_workloads_exposes_no_port_and_keeps_i
         .as_array()
         .unwrap_or_else(|| panic!("{got}"))
         .iter()
-        .map(|w| &w["result"]["state"])
+        .map(|w| &w["state"])
         .collect();
     assert!(
         states.iter().all(|s| *s == "ok"),
