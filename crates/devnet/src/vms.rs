@@ -338,10 +338,19 @@ pub async fn wait_vms_online(state: &mut DevnetState, timeout: Duration) -> Resu
         let (client, filter, snapshot) = (client.clone(), filter.clone(), &snapshot);
         async move {
             let nodes = client.list_nodes(&filter).await.ok()?;
-            let vms: Vec<_> = nodes
-                .into_iter()
-                .filter_map(|n| vm_of(snapshot, &n).map(|vm| (vm.index, n)))
-                .collect();
+            // A VM whose disks were wiped registers as a new node with the same MAC, while its
+            // old record may still count as online: the newest registration is the VM's.
+            let mut vms: std::collections::BTreeMap<usize, zos_types::registry::Node> =
+                Default::default();
+            for n in nodes {
+                let Some(vm) = vm_of(snapshot, &n) else { continue };
+                let newer = vms
+                    .get(&vm.index)
+                    .is_none_or(|old| (n.created_at, n.id) > (old.created_at, old.id));
+                if newer {
+                    vms.insert(vm.index, n);
+                }
+            }
             (vms.len() >= want).then_some(vms)
         }
     })
