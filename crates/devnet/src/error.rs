@@ -58,7 +58,7 @@ pub enum DevnetError {
     #[error("publishing the node image as the devnet's release: {0}")]
     Publish(String),
     #[error(
-        "the node VMs did not all come online within {timeout:?}: see their serial consoles {}",
+        "the node VMs did not all come online and answer over the relay within {timeout:?}: see their serial consoles {}",
         .serials.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
     )]
     VmsNotOnline {

@@ -327,6 +327,7 @@ pub fn vm_of<'a>(state: &'a DevnetState, node: &zos_types::registry::Node) -> Op
 /// Waits until every node VM is online and answers over the relay, and records their ids.
 pub async fn wait_vms_online(state: &mut DevnetState, timeout: Duration) -> Result<()> {
     let client = GridClient::new(&state.grid_url)?;
+    let farmer = state.farmer_client()?;
     let filter = NodeFilter {
         farm_id: Some(state.farm_id),
         online: Some(true),
@@ -335,15 +336,20 @@ pub async fn wait_vms_online(state: &mut DevnetState, timeout: Duration) -> Resu
     let want = state.vms.len();
     let snapshot = state.clone();
     let nodes = wait_until(timeout, Duration::from_secs(1), || {
-        let (client, filter, snapshot) = (client.clone(), filter.clone(), &snapshot);
+        let (client, farmer, filter, snapshot) =
+            (client.clone(), farmer.clone(), filter.clone(), &snapshot);
         async move {
             let nodes = client.list_nodes(&filter).await.ok()?;
             // A VM whose disks were wiped registers as a new node with the same MAC, while its
-            // old record may still count as online: the newest registration is the VM's.
+            // old record may still count as online: the newest registration is the VM's, and it
+            // counts once it answers over the relay (a VM just powered on may not have
+            // registered its new self yet).
             let mut vms: std::collections::BTreeMap<usize, zos_types::registry::Node> =
                 Default::default();
             for n in nodes {
-                let Some(vm) = vm_of(snapshot, &n) else { continue };
+                let Some(vm) = vm_of(snapshot, &n) else {
+                    continue;
+                };
                 let newer = vms
                     .get(&vm.index)
                     .is_none_or(|old| (n.created_at, n.id) > (old.created_at, old.id));
@@ -351,7 +357,17 @@ pub async fn wait_vms_online(state: &mut DevnetState, timeout: Duration) -> Resu
                     vms.insert(vm.index, n);
                 }
             }
-            (vms.len() >= want).then_some(vms)
+            if vms.len() < want {
+                return None;
+            }
+            for n in vms.values() {
+                farmer
+                    .node(n.twin_id)
+                    .call::<zos_types::node_api::Version>(&())
+                    .await
+                    .ok()?;
+            }
+            Some(vms)
         }
     })
     .await;
@@ -366,30 +382,7 @@ pub async fn wait_vms_online(state: &mut DevnetState, timeout: Duration) -> Resu
         state.vms[at].twin_id = Some(node.twin_id);
         state.vms[at].node_id = Some(node.id);
     }
-    state.save()?;
-    let farmer = state.farmer_client()?;
-    for vm in &state.vms {
-        let Some(twin) = vm.twin_id else { continue };
-        let answered = wait_until(timeout, Duration::from_secs(1), || {
-            let farmer = farmer.clone();
-            async move {
-                farmer
-                    .node(twin)
-                    .call::<zos_types::node_api::Version>(&())
-                    .await
-                    .ok()
-            }
-        })
-        .await;
-        if answered.is_none() {
-            return Err(DevnetError::NoAnswer {
-                index: vm.index,
-                timeout,
-                log: vm.serial.clone(),
-            });
-        }
-    }
-    Ok(())
+    state.save()
 }
 
 /// Stops node VM `vm`'s QEMU and removes its tap and disks.
