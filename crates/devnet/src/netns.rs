@@ -223,7 +223,12 @@ pub fn attach_bare(bridge: &str, ns: &str, host_if: &str, ifname: &str) -> Resul
 
 /// The names of the links of the root namespace.
 pub fn list_links() -> Vec<String> {
-    std::fs::read_dir("/sys/class/net")
+    names_in("/sys/class/net")
+}
+
+/// The names of the entries of `dir` (none when it cannot be read).
+fn names_in(dir: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
         .map(|d| {
             d.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -234,11 +239,5 @@ pub fn list_links() -> Vec<String> {
 
 /// The names of the network namespaces in `/run/netns`.
 pub fn list_netns() -> Vec<String> {
-    std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    names_in("/run/netns")
 }

@@ -1,7 +1,12 @@
-//! Stopping processes and waiting for conditions, with the supervision of
-//! [`zos_runtime::supervise`] (SIGTERM, then SIGKILL; never a PID alone).
+//! Starting detached processes, stopping them and waiting for conditions, with the supervision
+//! of [`zos_runtime::supervise`] (SIGTERM, then SIGKILL; never a PID alone).
 
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
+
+use crate::error::{DevnetError, Result};
 
 use zos_runtime::supervise::{self, Marker};
 
@@ -40,4 +45,27 @@ where
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// Starts `cmd` in its own process group with output to `log`, not waiting for it.
+pub(crate) fn spawn_detached(mut cmd: Command, log: &Path) -> Result<i32> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(DevnetError::io("opening log", log))?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(
+            out.try_clone()
+                .map_err(DevnetError::io("opening log", log))?,
+        )
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .map_err(|source| DevnetError::Spawn {
+            program: format!("{:?}", cmd.get_program()),
+            source,
+        })?;
+    Ok(child.id() as i32)
 }

@@ -2,9 +2,7 @@
 //! them to check recovery).
 
 use std::fs::File;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use zos_client::GridClient;
@@ -15,33 +13,10 @@ use zos_types::{Identity, TwinId};
 use crate::down::down;
 use crate::error::{DevnetError, Result};
 use crate::netns::{self, Bridge, Netns};
-use crate::process::{alive, wait_until};
+use crate::process::{alive, spawn_detached, wait_until};
 use crate::state::{
     DevnetDisk, DevnetNode, DevnetOptions, DevnetState, STATE_VERSION, validate_name,
 };
-
-/// Starts `cmd` in its own process group with output to `log`, not waiting for it.
-pub(crate) fn spawn_detached(mut cmd: Command, log: &Path) -> Result<i32> {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(DevnetError::io("opening log", log))?;
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(
-            out.try_clone()
-                .map_err(DevnetError::io("opening log", log))?,
-        )
-        .stderr(out)
-        .process_group(0)
-        .spawn()
-        .map_err(|source| DevnetError::Spawn {
-            program: format!("{:?}", cmd.get_program()),
-            source,
-        })?;
-    Ok(child.id() as i32)
-}
 
 /// A port on 127.0.0.1 that is free right now.
 fn free_port() -> Result<u16> {

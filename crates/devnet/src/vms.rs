@@ -20,8 +20,7 @@ use zos_types::release::{ReleaseKeys, RunMode, sha256_hex};
 
 use crate::error::{DevnetError, Result};
 use crate::netns;
-use crate::process::wait_until;
-use crate::run::spawn_detached;
+use crate::process::{spawn_detached, wait_until};
 use crate::state::{DevnetState, DevnetVm, VmOptions};
 use crate::vmnode::{self, Dhcp, VmNode};
 

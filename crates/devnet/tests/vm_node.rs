@@ -198,8 +198,8 @@ async fn a_node_vm_boots_by_network_serves_workloads_exposes_no_port_and_keeps_i
         twin_id: state.vms[0].twin_id,
         ..ns_node.clone()
     };
-    let before = user
-        .call::<Wireguard>(
+    let wg_totals = || async {
+        user.call::<Wireguard>(
             &vm_node,
             &NetworkBody {
                 network_name: "lan".into(),
@@ -207,21 +207,14 @@ async fn a_node_vm_boots_by_network_serves_workloads_exposes_no_port_and_keeps_i
         )
         .await
         .status
-        .totals();
+        .totals()
+    };
+    let before = wg_totals().await;
     assert!(
         ping(&ns_side, "10.20.3.1", 5),
         "the namespace node's network resource reaches the VM node's across the tunnel"
     );
-    let after = user
-        .call::<Wireguard>(
-            &vm_node,
-            &NetworkBody {
-                network_name: "lan".into(),
-            },
-        )
-        .await
-        .status
-        .totals();
+    let after = wg_totals().await;
     assert!(
         after.0 > before.0 && after.1 > before.1,
         "the traffic crossed the VM node's WireGuard: {before:?} -> {after:?}"

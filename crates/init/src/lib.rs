@@ -6,7 +6,7 @@
 //! the grid ([`clock`]), the signed release ([`release`]), the runtime flists mounted and
 //! overlaid on `/usr` ([`mounts`], [`runtime`]), then zosd and its services, supervised
 //! ([`supervise`]) with the live upgrade agent beside them ([`upgrade`], [`gate`], [`local`]),
-//! until power-off. [`boot`] strings the steps together; each step is a library function so it
+//! until power-off. [`boot`] strings the steps together, with the paths of a [`config::Boot`]; each step is a library function so it
 //! can be tested off PID 1.
 //!
 //! What the node image must carry for it (`scripts/build-node.sh`):
@@ -25,6 +25,7 @@
 pub mod boot;
 pub mod clock;
 pub mod cmdline;
+pub mod config;
 pub mod console;
 pub mod dhcp;
 pub mod gate;

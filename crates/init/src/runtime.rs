@@ -12,7 +12,7 @@ use nix::sys::signal::Signal;
 use zos_runtime::error_chain;
 use zos_types::release::Release;
 
-use crate::boot::{Boot, RUNTIME_CACHE_BYTES};
+use crate::config::{Boot, RUNTIME_CACHE_BYTES};
 use crate::{mounts, release, supervise};
 
 /// Why a runtime was not prepared.
@@ -106,7 +106,7 @@ pub fn prepare(
             Ok(json) => supervise::parse_list(&json)
                 .map_err(|e| Refused(format!("{}: {e}", list.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                crate::boot::default_services(&cfg.usr)
+                crate::config::default_services(&cfg.usr)
             }
             Err(e) => {
                 return Err(Refused(format!(

@@ -34,30 +34,13 @@ use zos_types::release::fleet::{UpgradeReport, UpgradeState};
 use zos_types::release::root::Root;
 use zos_types::release::{Release, RunMode, Version};
 
-use crate::boot::Boot;
+use crate::config::Boot;
 use crate::gate::{self, Gate, Verdict};
 use crate::local::{self, NodeFile};
 use crate::runtime::{self, PrepareError, Runtime};
 use crate::supervise::{Control, Exits, Request};
 
-/// How often and how patiently a node upgrades.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// The periodic check, in seconds (±25 % jitter).
-    pub check_secs: u64,
-    /// The health gate's time, in seconds.
-    pub gate_secs: u64,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            check_secs: 900,
-            gate_secs: gate::DEFAULT_TIME.as_secs(),
-        }
-    }
-}
+pub use crate::config::UpgradeSettings as Settings;
 
 /// The longest reason sent to the grid (it takes 512 bytes of printable text).
 pub const MAX_REASON: usize = 500;
