@@ -603,6 +603,12 @@ async fn errors_say_what_failed_with_documented_exit_codes() {
 
     let cases: Vec<Case> = vec![
         (
+            vec!["devnet", "up", "--name", "zbad", "--vm-nodes", "1"],
+            None,
+            2,
+            "error: --vm-nodes needs --node-image DIR and --release-key FILE",
+        ),
+        (
             vec!["node", "show", "abc"],
             None,
             2,
