@@ -19,6 +19,8 @@
 #   --init PATH          zos-init binary for /init (default: built from crates/init)
 #   --profile P          debug or release (default, or $ZOS_NODE_PROFILE): the cargo profile of
 #                        zos-init, zosd, zos-flist-mount and zos (debug ones are stripped)
+#   --no-build           use the profile's binaries as they are (tests: the workspace is built
+#                        before them, and a build from inside a test run would not be reused)
 #   --release-keys FILE  the release keys the node trusts (ReleaseKeys JSON); the default trusts
 #                        none ({"keys":[],"threshold":1}), so such a node accepts no release
 #
@@ -30,12 +32,13 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-init_bin="" keys_file="" profile=${ZOS_NODE_PROFILE:-release}
+init_bin="" keys_file="" profile=${ZOS_NODE_PROFILE:-release} no_build=""
 while [[ ${1:-} == --* ]]; do
   case $1 in
     --init) init_bin=${2:?--init needs a path}; shift 2 ;;
     --release-keys) keys_file=${2:?--release-keys needs a file}; shift 2 ;;
     --profile) profile=${2:?--profile needs debug or release}; shift 2 ;;
+    --no-build) no_build=1; shift ;;
     *) echo "build-node: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -99,19 +102,19 @@ case $profile in
 esac
 export CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=true
 build() { (cd "$repo" && CARGO_TARGET_DIR="$target_dir" cargo build "${build_flags[@]}" "$@"); }
-if [[ $profile == debug ]]; then
-  # The workspace's binaries as a test build makes them (the same features: nothing rebuilt).
+if [[ $profile == debug && -z $no_build ]]; then
+  # The workspace's binaries as `cargo build --workspace --bins` makes them.
   log "building the workspace's binaries (debug)"
   build --workspace --bins
 fi
 if [[ -z $init_bin ]]; then
   [[ -d $repo/crates/init ]] || die "no crates/init in this tree: pass --init PATH (a zos-init binary)"
-  [[ $profile == debug ]] || { log "building zos-init"; build -p zos-init --bin zos-init; }
+  [[ $profile == debug || -n $no_build ]] || { log "building zos-init"; build -p zos-init --bin zos-init; }
   init_bin=$target_dir/$profile/zos-init
 fi
 [[ -f $init_bin && -x $init_bin ]] || die "$init_bin is not an executable (zos-init for /init)"
 init_bin=$(cd "$(dirname "$init_bin")" && pwd)/$(basename "$init_bin")
-if [[ $profile == release ]]; then
+if [[ $profile == release && -z $no_build ]]; then
   log "building zosd and zos-flist-mount"
   build -p zosd -p zos-flist --bin zosd --bin zos-flist-mount
   [[ -n ${ZOS_BIN:-} ]] || build -p zos-cli --bin zos
@@ -119,6 +122,9 @@ fi
 zosd=$target_dir/$profile/zosd
 mounter=$target_dir/$profile/zos-flist-mount
 zos=${ZOS_BIN:-$target_dir/$profile/zos}
+for b in "$zosd" "$mounter" "$zos"; do
+  [[ -x $b ]] || die "$b is missing: build the workspace's binaries first (cargo build --workspace --bins)"
+done
 if [[ -n $keys_file ]]; then
   [[ -f $keys_file ]] || die "--release-keys $keys_file: no such file"
   keys=$(cat "$keys_file")
