@@ -52,8 +52,8 @@ use zos_types::contract::{
 use zos_types::deployment::ContractId;
 use zos_types::envelope::{Envelope, Reply, Seal};
 use zos_types::registry::{
-    API_PREFIX, AddFarmIp, ApiError, CreateFarm, CreateTwin, Farm, FarmIp, FarmPolicy, Health,
-    Node, NodeFilter, NodeRegistration, PublicConfig, Twin, UptimeReport,
+    API_PREFIX, AddFarmIp, CreateFarm, CreateTwin, Farm, FarmIp, FarmPolicy, Health, Node,
+    NodeFilter, NodeRegistration, PublicConfig, Twin, UptimeReport,
 };
 use zos_types::{FarmId, Identity, NodeId, PublicKey, TwinId};
 
@@ -735,25 +735,7 @@ impl GridClient {
             }
         };
         if !status.is_success() {
-            let message = match serde_json::from_slice::<ApiError>(&text) {
-                Ok(e) => e.error,
-                Err(_) => {
-                    let raw = String::from_utf8_lossy(&text);
-                    let raw = raw.trim();
-                    if raw.is_empty() {
-                        status
-                            .canonical_reason()
-                            .unwrap_or("no message")
-                            .to_string()
-                    } else {
-                        raw.chars().take(512).collect()
-                    }
-                }
-            };
-            return Err(ClientError::Api {
-                status: status.as_u16(),
-                message,
-            });
+            return Err(release::api_error(status, &text));
         }
         let value = serde_json::from_slice(&text).map_err(|source| ClientError::Decode {
             url: url.to_string(),

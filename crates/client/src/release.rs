@@ -432,7 +432,7 @@ impl ReleaseClient {
 }
 
 /// The grid's error answer as a [`ClientError::Api`].
-fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+pub(crate) fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
     let message = match serde_json::from_slice::<ApiError>(body) {
         Ok(e) => e.error,
         Err(_) => {
