@@ -11,6 +11,7 @@ use nix::mount::{MntFlags, umount2};
 use nix::sys::signal::Signal;
 use zos_runtime::error_chain;
 use zos_types::release::Release;
+use zos_types::release::channel::VERSION_ENV;
 
 use crate::config::{Boot, RUNTIME_CACHE_BYTES};
 use crate::{mounts, release, supervise};
@@ -115,6 +116,10 @@ pub fn prepare(
                 )));
             }
         };
+        // Each service is told which release it belongs to (zosd reports it as its version).
+        for s in &mut runtime.services {
+            s.env.insert(VERSION_ENV.to_string(), r.version.clone());
+        }
         // Every program to start is read whole through the mount first: a block that fails
         // its hash is found here, before anything of the release runs.
         for s in &runtime.services {

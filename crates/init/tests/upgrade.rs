@@ -9,7 +9,9 @@
 //! `health.json` (the local channel, docs/upgrade.md), starts a workload process from the
 //! runtime (`/usr/bin/workload`, in its own session) or adopts the one running, and ends on
 //! SIGTERM. Each release's script behaves as the scenario needs: good, ending at start, or
-//! never showing its uplink up. The real zosd's health file is zosd's own to test.
+//! never showing its uplink up. Like the real zosd, it reports the version zos-init gives it
+//! (`ZOS_RELEASE_VERSION`), not one of its own: the gate passes only when zos-init told each
+//! release's services their version. The real zosd's health file is zosd's own to test.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -178,14 +180,14 @@ impl Bed {
 # zosd {version} (a stand-in, see the test's doc)
 trap 'exit 0' TERM
 {start}R={run}
-printf '{{"node_id":%s,"twin_id":%s,"key":"%s","version":"{version}"}}' "$NODE" "$TWIN" "$KEY" > $R/.node.tmp && mv $R/.node.tmp $R/node.json
+printf '{{"node_id":%s,"twin_id":%s,"key":"%s","version":"%s"}}' "$NODE" "$TWIN" "$KEY" "$ZOS_RELEASE_VERSION" > $R/.node.tmp && mv $R/.node.tmp $R/node.json
 if [ -f $R/workload.pid ] && kill -0 "$(cat $R/workload.pid)" 2>/dev/null; then
   echo "zosd {version}: workload $(cat $R/workload.pid) adopted"
 else
   setsid {usr}/bin/workload 100000 >/dev/null 2>&1 < /dev/null &
   echo $! > $R/workload.pid
 fi
-printf '{{"version":"{version}","registered":true,"uplink":{uplink},"reconciled":true,"ok":["w1"]}}' > $R/.health.tmp && mv $R/.health.tmp $R/health.json
+printf '{{"version":"%s","registered":true,"uplink":{uplink},"reconciled":true,"ok":["w1"]}}' "$ZOS_RELEASE_VERSION" > $R/.health.tmp && mv $R/.health.tmp $R/health.json
 while :; do sleep 1 & wait $!; done
 "#,
             usr = usr.display(),

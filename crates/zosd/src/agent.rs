@@ -21,7 +21,6 @@ use crate::identity;
 use crate::registrar::{Registrar, RegistrarConfig, RegistrarStatus, StorageFacts, registration};
 use crate::system::System;
 use crate::uplink::Uplink;
-use crate::version::VERSION;
 use zos_mounts::{
     FlistConfig, FlistError, FlistManager, FlistUrlPolicy, GridFarmHosts, ProcessFlists,
 };
@@ -123,7 +122,7 @@ pub async fn run(
     system: Arc<dyn System>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    info!(farm = cfg.farm_id, runmode = %cfg.runmode, grid = %cfg.grid, prefix = %cfg.prefix, version = VERSION, "zosd starting");
+    info!(farm = cfg.farm_id, runmode = %cfg.runmode, grid = %cfg.grid, prefix = %cfg.prefix, version = crate::version::running(), "zosd starting");
     let (pools, started) = start_storage(&cfg).await?;
     let (state_dir, identity) = open_state(&cfg, &started)?;
     let mut tasks = tokio::task::JoinSet::new();
@@ -180,7 +179,7 @@ pub async fn run(
     let (connected, uplink_rx) = watch::channel(false);
     let channel = crate::health::Channel::new(
         crate::health::run_dir(&cfg.prefix, &state_dir),
-        VERSION,
+        crate::version::running(),
         identity::key_path(&state_dir),
     );
     tasks.spawn(crate::health::follow(
@@ -304,7 +303,7 @@ fn start_registrar(
         farm_id: cfg.farm_id,
         admission: cfg.admission,
         report_interval: cfg.report_interval,
-        zos_version: VERSION.into(),
+        zos_version: crate::version::running().into(),
         storage,
         prefix: cfg.prefix.clone(),
     };

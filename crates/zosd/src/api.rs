@@ -338,7 +338,7 @@ impl<S: Storage + 'static, N: Networker + 'static> NodeApi<S, N> {
             Command::Statistics => answer::<p::GetStatistics>(self.statistics()?),
             Command::Pools => answer::<p::Pools>(self.pools().await?),
             Command::Version => answer::<p::Version>(VersionAnswer {
-                zos: crate::version::VERSION.to_string(),
+                zos: crate::version::running().to_string(),
             }),
             Command::Diagnostics => answer::<p::GetDiagnostics>(self.diagnostics().await),
             Command::WgPorts(page) => {

@@ -18,6 +18,10 @@ pub const HEALTH_FILE: &str = "health.json";
 pub const CHECK_FILE: &str = "check-release";
 /// The node's runtime directory.
 pub const RUN_DIR: &str = "/run/zos";
+/// The environment variable zos-init sets for every service of a release it starts: the
+/// release's version, which zosd reports as its own (its registration, `health.json`, its
+/// `version` answer) since the same zosd binary may ship in several releases.
+pub const VERSION_ENV: &str = "ZOS_RELEASE_VERSION";
 
 /// Who the node is (`node.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
