@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::acme::CertStatus;
 use crate::route::Route;
 use crate::server::Gateway;
 use crate::table::{Meter, RouteStatus};
@@ -43,6 +44,8 @@ pub enum Request {
     Metrics {},
     /// Each route with its backends' health.
     Status {},
+    /// The certificates ordered from the CA: when each expires, why an order failed.
+    Certificates {},
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +56,7 @@ pub enum Answer {
     Certificate { host: String, present: bool },
     Metrics { routes: BTreeMap<String, Meter> },
     Status { routes: Vec<RouteStatus> },
+    Certificates { hosts: Vec<CertStatus> },
     Error { message: String },
 }
 
@@ -101,6 +105,9 @@ impl Gateway {
             },
             Request::Status {} => Answer::Status {
                 routes: self.shared.status(),
+            },
+            Request::Certificates {} => Answer::Certificates {
+                hosts: self.acme.get().map(|a| a.status()).unwrap_or_default(),
             },
         }
     }

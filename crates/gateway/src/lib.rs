@@ -24,6 +24,7 @@
 //!
 //! See `docs/gateway.md`.
 
+pub mod acme;
 pub mod control;
 pub mod http;
 pub mod io;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
+use zos_gateway::acme::{Acme, AcmeOptions, Seal};
 use zos_gateway::{Gateway, Limits, control};
 
 #[derive(Debug, Parser)]
@@ -42,6 +43,31 @@ struct Cli {
     /// port 0, the ports taken).
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    #[command(flatten)]
+    acme: AcmeArgs,
+}
+
+/// Certificates from an ACME CA for the routes that end TLS here (HTTP-01 on the HTTP port).
+#[derive(Debug, clap::Args)]
+struct AcmeArgs {
+    /// The CA's directory URL; without it, certificates come from zosd only.
+    #[arg(long, requires_all = ["store", "seal_key"])]
+    acme_directory: Option<String>,
+    /// A root certificate (PEM) to trust for the CA's own HTTPS instead of the system's.
+    #[arg(long)]
+    acme_ca: Option<PathBuf>,
+    /// A contact of the ACME account (mailto:…); repeat for several.
+    #[arg(long)]
+    acme_contact: Vec<String>,
+    /// Where the ACME account and the certificates are kept, sealed (on the node's cache).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// A file of 32 bytes the stored keys are sealed with (zosd derives it from the node key).
+    #[arg(long)]
+    seal_key: Option<PathBuf>,
+    /// Renew a certificate this many days before it expires.
+    #[arg(long, default_value_t = 30)]
+    renew_days: u64,
 }
 
 #[tokio::main]
@@ -59,6 +85,34 @@ async fn main() -> anyhow::Result<()> {
         ..Limits::default()
     };
     let gateway = Gateway::new(limits);
+    let acme = match &cli.acme.acme_directory {
+        Some(directory) => {
+            let (Some(store), Some(seal_key)) = (&cli.acme.store, &cli.acme.seal_key) else {
+                anyhow::bail!("--acme-directory needs --store and --seal-key");
+            };
+            let acme = Acme::new(AcmeOptions {
+                directory: directory.clone(),
+                ca_root: cli.acme.acme_ca.clone(),
+                contact: cli.acme.acme_contact.clone(),
+                store: store.clone(),
+                seal: Seal::from_file(seal_key).map_err(anyhow::Error::msg)?,
+                renew_before: Duration::from_secs(cli.acme.renew_days * 86_400),
+                concurrency: 2,
+            })
+            .map_err(anyhow::Error::msg)?;
+            let loaded = acme.load(&gateway);
+            tracing::info!(loaded, "stored certificates");
+            let _ = gateway.acme.set(acme.clone());
+            Some(acme)
+        }
+        None => None,
+    };
+    let ordering = async {
+        match acme {
+            Some(a) => a.run(gateway.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
     let http = TcpListener::bind(cli.http)
         .await
         .with_context(|| format!("listening for HTTP on {}", cli.http))?;
@@ -85,6 +139,7 @@ async fn main() -> anyhow::Result<()> {
         r = gateway.clone().serve_https(https) => r.context("HTTPS listener")?,
         r = gateway.clone().serve_control(ctl) => r.context("control socket")?,
         () = gateway.clone().check_backends() => {}
+        () = ordering => {}
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
     }

@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::acme::{Acme, Challenges};
 use crate::http::{Conn, Upstream, upstream};
 use crate::io::{Counted, Idle, Rewind};
 use crate::route::Tls;
@@ -58,6 +59,10 @@ impl Default for Limits {
 pub struct Gateway {
     pub shared: Arc<Shared>,
     pub certs: Arc<Certificates>,
+    /// Pending HTTP-01 challenges, answered on plain HTTP.
+    pub challenges: Arc<Challenges>,
+    /// Certificates ordered from a CA, when the gateway has one.
+    pub acme: std::sync::OnceLock<Arc<Acme>>,
     limits: Limits,
     upstream: Upstream,
     tls: Arc<rustls::ServerConfig>,
@@ -97,6 +102,8 @@ impl Gateway {
         Arc::new(Self {
             shared: Arc::new(Shared::default()),
             certs,
+            challenges: Arc::new(Challenges::default()),
+            acme: std::sync::OnceLock::new(),
             slots: Arc::new(Semaphore::new(limits.connections)),
             limits,
             upstream: upstream(),
@@ -241,6 +248,7 @@ impl Gateway {
             sni,
             shared: self.shared.clone(),
             upstream: self.upstream.clone(),
+            challenges: self.challenges.clone(),
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
