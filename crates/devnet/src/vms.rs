@@ -45,6 +45,20 @@ pub fn write_release_keys(state: &mut DevnetState, key: &Path) -> Result<()> {
 /// hub (as the farmer), the kernel and initramfs as boot files, and a dev release naming them,
 /// signed with the devnet release key.
 pub async fn publish_image(state: &DevnetState, opts: &VmOptions) -> Result<String> {
+    publish_image_as(state, opts, None, None).await
+}
+
+/// Publishes the node image again as release `version` (by default the next patch), with
+/// `extra` (a directory packed as one more runtime flist, stacked over the image's own: its
+/// `usr` shadows theirs) when given. A live upgrade test publishes the same image under a new
+/// version for a good release, and with a broken zosd on top for a bad one. Answers the
+/// version published.
+pub async fn publish_image_as(
+    state: &DevnetState,
+    opts: &VmOptions,
+    version: Option<&str>,
+    extra: Option<&Path>,
+) -> Result<String> {
     let image = &opts.image;
     let farmer = state.farmer()?;
     let hub = HubClient::new(&state.grid_url)
@@ -58,51 +72,10 @@ pub async fn publish_image(state: &DevnetState, opts: &VmOptions) -> Result<Stri
     let mut specs = Vec::new();
     for name in RUNTIME_FLISTS {
         let file = image.join(format!("{name}.fl"));
-        let flist = Flist::open(&file).map_err(|e| DevnetError::Image {
-            path: file.clone(),
-            reason: e.to_string(),
-        })?;
-        let mut ids = Vec::new();
-        let mut seen = HashSet::new();
-        for (_, node) in flist.walk() {
-            for b in &node.blocks {
-                if seen.insert(b.id) {
-                    ids.push(b.id);
-                }
-            }
-        }
-        let missing = remote
-            .missing(&ids)
-            .await
-            .map_err(DevnetError::hub("asking which blocks are on"))?;
-        tracing::info!(
-            flist = name,
-            blocks = ids.len(),
-            missing = missing.len(),
-            "uploading"
-        );
-        futures::stream::iter(missing)
-            .map(|id| {
-                let (local, remote) = (&local, &remote);
-                async move {
-                    let data = local.get(&id).await?;
-                    remote.put(&id, &data).await
-                }
-            })
-            .buffer_unordered(8)
-            .try_collect::<()>()
-            .await
-            .map_err(DevnetError::hub("uploading the node image's blocks to"))?;
-        let bytes = std::fs::read(&file).map_err(DevnetError::io("reading", &file))?;
-        let sha256 = sha256_hex(&bytes);
-        hub.push(&format!("node-{name}.fl"), bytes, true)
-            .await
-            .map_err(DevnetError::hub("pushing the node image's flists to"))?;
-        specs.push(FlistSpec {
-            name: name.to_string(),
-            source: FlistSource::Hub,
-            sha256,
-        });
+        specs.push(push_flist(&hub, &remote, &local, name, &file).await?);
+    }
+    if let Some(dir) = extra {
+        specs.push(push_extra(state, &hub, &remote, dir).await?);
     }
     let key = zos_client::keyfile::load_identity(&opts.release_key)?;
     let published = ReleaseClient::new(&state.grid_url)?
@@ -113,13 +86,101 @@ pub async fn publish_image(state: &DevnetState, opts: &VmOptions) -> Result<Stri
                 initramfs: &image.join("initramfs.cpio.zst"),
                 flists: &specs,
                 keys: std::slice::from_ref(&key),
-                version: None,
+                version: version.map(str::to_string),
             },
             &|u| tracing::debug!(?u, "boot file"),
         )
         .await
         .map_err(|e| DevnetError::Publish(e.to_string()))?;
     Ok(published.version)
+}
+
+/// The name of the extra runtime flist of [`publish_image_as`].
+pub const EXTRA_FLIST: &str = "zos-extra";
+
+/// Packs `dir` straight into the hub's block store and pushes it as the extra runtime flist.
+async fn push_extra(
+    state: &DevnetState,
+    hub: &HubClient,
+    remote: &Arc<dyn BlockStore>,
+    dir: &Path,
+) -> Result<FlistSpec> {
+    use zos_flist::pack::{PackOptions, Source, pack};
+    let out = state.dir.join(format!("{EXTRA_FLIST}.fl"));
+    pack(
+        &Source::Dir(dir.to_path_buf()),
+        &out,
+        remote.clone(),
+        &PackOptions::default(),
+        &|_| {},
+    )
+    .await
+    .map_err(|e| DevnetError::Image {
+        path: dir.to_path_buf(),
+        reason: format!("cannot pack it as a runtime flist: {e}"),
+    })?;
+    let bytes = std::fs::read(&out).map_err(DevnetError::io("reading", &out))?;
+    let sha256 = sha256_hex(&bytes);
+    hub.push(&format!("node-{EXTRA_FLIST}-{sha256}.fl"), bytes, true)
+        .await
+        .map_err(DevnetError::hub("pushing the extra runtime flist to"))?;
+    Ok(FlistSpec {
+        name: EXTRA_FLIST.to_string(),
+        source: FlistSource::Hub,
+        sha256,
+    })
+}
+
+/// Uploads the blocks the hub lacks of the image's flist `file` and pushes the flist.
+async fn push_flist(
+    hub: &HubClient,
+    remote: &Arc<dyn BlockStore>,
+    local: &DirStore,
+    name: &str,
+    file: &Path,
+) -> Result<FlistSpec> {
+    let flist = Flist::open(file).map_err(|e| DevnetError::Image {
+        path: file.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let mut ids = Vec::new();
+    let mut seen = HashSet::new();
+    for (_, node) in flist.walk() {
+        for b in &node.blocks {
+            if seen.insert(b.id) {
+                ids.push(b.id);
+            }
+        }
+    }
+    let missing = remote
+        .missing(&ids)
+        .await
+        .map_err(DevnetError::hub("asking which blocks are on"))?;
+    tracing::info!(
+        flist = name,
+        blocks = ids.len(),
+        missing = missing.len(),
+        "uploading"
+    );
+    futures::stream::iter(missing)
+        .map(|id| async move {
+            let data = local.get(&id).await?;
+            remote.put(&id, &data).await
+        })
+        .buffer_unordered(8)
+        .try_collect::<()>()
+        .await
+        .map_err(DevnetError::hub("uploading the node image's blocks to"))?;
+    let bytes = std::fs::read(file).map_err(DevnetError::io("reading", file))?;
+    let sha256 = sha256_hex(&bytes);
+    hub.push(&format!("node-{name}.fl"), bytes, true)
+        .await
+        .map_err(DevnetError::hub("pushing the node image's flists to"))?;
+    Ok(FlistSpec {
+        name: name.to_string(),
+        source: FlistSource::Hub,
+        sha256,
+    })
 }
 
 /// The URL of the farm's iPXE script as the VMs reach it, with the farmer's admission token.

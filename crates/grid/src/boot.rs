@@ -733,6 +733,7 @@ async fn put_release(
         .or_default()
         .insert(version, stored);
     tracing::info!(runmode = %mode, %version, key = %publisher.key, "release published");
+    app.relay().release_changed(mode, &version.to_string());
     Ok((
         StatusCode::CREATED,
         Json(Published {

@@ -712,3 +712,91 @@ async fn a_node_walks_the_roots_and_verifies_the_release_it_is_told() {
     );
     assert!(e.to_string().contains("a downgrade or the replay"), "{e}");
 }
+
+#[tokio::test]
+async fn connected_nodes_are_told_when_a_release_is_published_or_its_rollout_moves() {
+    use zos_types::relay::UplinkFrame;
+    let bed = Bed::start().await;
+    let (_, farm) = bed.grid.farm("told").await;
+    let (node, registered) = bed.grid.node(farm.id).await;
+    let (user, user_twin) = bed.grid.twin().await;
+    let url = bed.grid.url();
+    let connect = |c: &GridClient, twin| {
+        let (url, id) = (url.clone(), c.identity().unwrap().clone());
+        async move { zos_client::uplink::connect(&url, &id, twin).await.unwrap() }
+    };
+    let mut link = connect(&node, registered.twin_id).await;
+    let mut user_link = connect(&user, user_twin.id).await;
+    // The next frame within `secs`, if any.
+    async fn next(link: &mut zos_client::uplink::Uplink, secs: u64) -> Option<UplinkFrame> {
+        match tokio::time::timeout(std::time::Duration::from_secs(secs), link.next()).await {
+            Ok(Some(Ok(f))) => Some(f),
+            Ok(other) => panic!("the uplink ended: {:?}", other.map(|r| r.err())),
+            Err(_) => None,
+        }
+    }
+    let told = |version: &str| UplinkFrame::Release {
+        runmode: RunMode::Dev,
+        version: version.into(),
+    };
+
+    // Published: the node is told; a twin that is no node is not.
+    bed.publish("1.0.0", None).await;
+    assert_eq!(next(&mut link, 10).await, Some(told("1.0.0")));
+    bed.publish(
+        "1.1.0",
+        Some(Policy {
+            test_farms: vec![],
+            waves: vec![50, 100],
+            safe: false,
+            halt_percent: 20,
+        }),
+    )
+    .await;
+    assert_eq!(next(&mut link, 10).await, Some(told("1.1.0")));
+    // A rollout moved (marked safe, the next wave): told; halted: not (no node moves down);
+    // resumed: told.
+    for (change, tell) in [
+        (
+            RolloutChange {
+                safe: Some(true),
+                ..Default::default()
+            },
+            true,
+        ),
+        (
+            RolloutChange {
+                halt: Some("looks wrong".into()),
+                ..Default::default()
+            },
+            false,
+        ),
+        (
+            RolloutChange {
+                resume: true,
+                ..Default::default()
+            },
+            true,
+        ),
+        (
+            RolloutChange {
+                wave: Some(1),
+                ..Default::default()
+            },
+            true,
+        ),
+    ] {
+        bed.change("1.1.0", change.clone()).await;
+        let want = tell.then(|| told("1.1.0"));
+        assert_eq!(
+            next(&mut link, if tell { 10 } else { 2 }).await,
+            want,
+            "{change:?}"
+        );
+    }
+    assert_eq!(
+        next(&mut user_link, 1).await,
+        None,
+        "a user's uplink is told nothing"
+    );
+}

@@ -12,6 +12,8 @@
 //!   404 when the destination is not connected, 504 when no reply came before the envelope
 //!   expired or [`MAX_WAIT_SECS`] passed, 413 when it is too large, 400 malformed or expired,
 //!   401 bad signature, 409 replayed.
+//! - When a release is published or its rollout moves, the relay tells every connected node
+//!   ([`UplinkFrame::Release`]); nodes of that runmode check for a release at once.
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +37,14 @@ pub enum UplinkFrame {
     EventsAfter { seq: u64 },
     /// Relay → node: events of this node, oldest first.
     Events { events: Vec<NodeEventRecord> },
+    /// Relay → node: a release of `runmode` was published, or its rollout moved (a wave
+    /// opened, marked safe, resumed): a node of that runmode asks the grid which release it
+    /// should run now instead of waiting for its periodic check. A hint only: the node
+    /// verifies whatever the grid then names (docs/upgrade.md, docs/security.md).
+    Release {
+        runmode: crate::release::RunMode,
+        version: String,
+    },
 }
 
 #[cfg(test)]
@@ -51,5 +61,15 @@ mod tests {
             serde_json::from_str::<UplinkFrame>(r#"{"type":"events_after","seq":4,"x":1}"#)
                 .is_err()
         );
+        let f = UplinkFrame::Release {
+            runmode: crate::release::RunMode::Dev,
+            version: "1.2.3".into(),
+        };
+        let text = serde_json::to_string(&f).unwrap();
+        assert_eq!(
+            text,
+            r#"{"type":"release","runmode":"dev","version":"1.2.3"}"#
+        );
+        assert_eq!(serde_json::from_str::<UplinkFrame>(&text).unwrap(), f);
     }
 }

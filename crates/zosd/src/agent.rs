@@ -175,17 +175,23 @@ pub async fn run(
         status.clone(),
         stop.clone(),
     ));
-    let (grid_url, pool) = (cfg.grid.clone(), crate::uplink::PoolLimits::default());
+    let (grid_url, pool, runmode) = (
+        cfg.grid.clone(),
+        crate::uplink::PoolLimits::default(),
+        cfg.runmode,
+    );
     let (connected, uplink_rx) = watch::channel(false);
     let channel = crate::health::Channel::new(
         crate::health::run_dir(&cfg.prefix, &state_dir),
         crate::version::running(),
         identity::key_path(&state_dir),
     );
+    let release_notice = Arc::new(tokio::sync::Notify::new());
     tasks.spawn(crate::health::follow(
         channel,
         status.clone(),
         uplink_rx,
+        release_notice.clone(),
         engine.clone(),
         stop.clone(),
     ));
@@ -203,6 +209,8 @@ pub async fn run(
             public_config_changed: public_changed,
             pool,
             connected,
+            runmode,
+            release_notice,
         };
         uplink.run(stop).await;
     });

@@ -1,7 +1,8 @@
 //! zosd's side of the local channel with zos-init (`zos_types::release::channel`,
 //! docs/upgrade.md): `node.json` once the node is registered, `health.json` whenever one of
 //! its facts changes (registered with this version, uplink up, reconcile finished, the `ok`
-//! workloads), and `check-release` when the uplink connects. Each file is written atomically
+//! workloads), and `check-release` when the uplink connects or the grid tells of a release of
+//! this node's runmode (at most every [`CHECK_GAP`]). Each file is written atomically
 //! (a temporary file renamed over it), so zos-init never reads half of one.
 
 use std::collections::BTreeSet;
@@ -18,6 +19,9 @@ use crate::registrar::RegistrarStatus;
 
 /// How often the facts are looked at, besides on a change of registration or uplink.
 pub const EVERY: Duration = Duration::from_secs(2);
+/// The least time between two `check-release` writes: a flood of release notices (which
+/// anyone on the path to the grid could send) makes at most one check this often.
+pub const CHECK_GAP: Duration = Duration::from_secs(10);
 
 /// Where the channel is written: zos-init's runtime directory on a real node (no name
 /// prefix); a node with a prefix (a namespace node beside others on one host, which no zos-init
@@ -79,6 +83,11 @@ pub struct Channel {
     uplink_was: bool,
     reconciled: bool,
     last: Option<Health>,
+    /// A check is wanted (the uplink connected, a release notice came).
+    check_wanted: bool,
+    /// When `check-release` was last written.
+    last_check: Option<std::time::Instant>,
+    check_gap: Duration,
 }
 
 impl Channel {
@@ -92,7 +101,16 @@ impl Channel {
             uplink_was: false,
             reconciled: false,
             last: None,
+            check_wanted: false,
+            last_check: None,
+            check_gap: CHECK_GAP,
         }
+    }
+
+    /// Asks zos-init for a release check (the grid told of a release): written at the next
+    /// [`Channel::update`], or once [`CHECK_GAP`] passed since the last one.
+    pub fn ask_check(&mut self) {
+        self.check_wanted = true;
     }
 
     /// Writes what changed, given the registration, the uplink and the engine.
@@ -117,13 +135,21 @@ impl Channel {
         }
         if uplink && !self.uplink_was {
             // An uplink (re)connected: a release may have come meanwhile.
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            write_atomic(&self.dir, CHECK_FILE, now.to_string().as_bytes())?;
+            self.check_wanted = true;
         }
         self.uplink_was = uplink;
+        let due = self
+            .last_check
+            .is_none_or(|t| t.elapsed() >= self.check_gap);
+        if self.check_wanted && due {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            write_atomic(&self.dir, CHECK_FILE, now.to_string().as_bytes())?;
+            self.check_wanted = false;
+            self.last_check = Some(std::time::Instant::now());
+        }
         if !self.reconciled {
             match engine.jobs_pending() {
                 Ok(pending) => self.reconciled = !pending,
@@ -158,6 +184,7 @@ pub async fn follow(
     mut channel: Channel,
     mut status: watch::Receiver<RegistrarStatus>,
     mut uplink: watch::Receiver<bool>,
+    release_notice: std::sync::Arc<tokio::sync::Notify>,
     engine: std::sync::Arc<dyn Workloads>,
     stop: CancellationToken,
 ) {
@@ -178,6 +205,7 @@ pub async fn follow(
             _ = stop.cancelled() => return,
             r = status.changed(), if status_open => status_open = r.is_ok(),
             r = uplink.changed(), if uplink_open => uplink_open = r.is_ok(),
+            _ = release_notice.notified() => channel.ask_check(),
             _ = tokio::time::sleep(EVERY) => {}
         }
     }
@@ -264,9 +292,28 @@ mod tests {
         c.update(&s, false, &engine).unwrap();
         let h = health(&dir);
         assert!(h.reconciled && !h.uplink);
-        // Up again: a new check asked.
+        // Up again: a new check asked, once the gap since the last passed.
+        c.update(&s, true, &engine).unwrap();
+        assert!(!dir.join(CHECK_FILE).exists(), "not sooner than the gap");
+        c.last_check = None;
         c.update(&s, true, &engine).unwrap();
         assert!(dir.join(CHECK_FILE).exists());
+
+        // A release notice asks for a check; a flood of them makes one check per gap.
+        let stamp = || std::fs::read_to_string(dir.join(CHECK_FILE)).unwrap();
+        let first = stamp();
+        c.ask_check();
+        c.update(&s, true, &engine).unwrap();
+        assert_eq!(stamp(), first, "not sooner than the gap");
+        c.check_gap = Duration::ZERO;
+        c.update(&s, true, &engine).unwrap();
+        let second = stamp();
+        assert_ne!(
+            second, first,
+            "the wanted check is written once the gap passed"
+        );
+        c.update(&s, true, &engine).unwrap();
+        assert_eq!(stamp(), second, "one notice, one check");
         // No temporary file is left behind.
         let names: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()

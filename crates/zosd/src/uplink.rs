@@ -184,6 +184,10 @@ pub struct Uplink<S, N> {
     pub pool: PoolLimits,
     /// Told whether the uplink is connected (zos-init's health gate reads it).
     pub connected: tokio::sync::watch::Sender<bool>,
+    /// This node's runmode: release notices of others are ignored.
+    pub runmode: zos_types::release::RunMode,
+    /// Woken when the grid tells of a release of this node's runmode (zos-init checks then).
+    pub release_notice: Arc<tokio::sync::Notify>,
 }
 
 impl<S, N> std::fmt::Debug for Uplink<S, N> {
@@ -275,6 +279,14 @@ impl<S: Storage + 'static, N: Networker + 'static> Uplink<S, N> {
                 }
                 UplinkFrame::EventsAfter { .. } => {
                     debug!("ignoring an events request sent to a node")
+                }
+                UplinkFrame::Release { runmode, version } => {
+                    if runmode == self.runmode {
+                        info!(%runmode, version = %version.chars().take(40).collect::<String>(), "the grid tells of a release: asking zos-init to check");
+                        self.release_notice.notify_one();
+                    } else {
+                        debug!(%runmode, "a release notice for another runmode");
+                    }
                 }
             }
         }

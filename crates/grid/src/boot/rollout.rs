@@ -371,5 +371,10 @@ pub(super) async fn change(
     })
     .await?;
     tracing::info!(runmode = %mode, version = %v, key = %publisher.key, change = ?c, "rollout changed");
+    if c.halt.is_none() {
+        // More nodes may take it now (a wave opened, marked safe, resumed): tell them. A halt
+        // moves no node (none goes down), so it is not told.
+        app.relay().release_changed(mode, &v.to_string());
+    }
     Ok(Json(status_now(&app, &boot, mode, &stored).await?))
 }

@@ -164,8 +164,19 @@ impl Session {
         let start = tokio::time::Instant::now() + cfg.ping_every;
         let mut ping = tokio::time::interval_at(start, cfg.ping_every);
         let mut last_heard = tokio::time::Instant::now();
+        // Only notices after the connection: a node checks for a release when it connects.
+        let mut release = self.relay.release.subscribe();
         let end = loop {
             tokio::select! {
+                r = release.changed() => {
+                    let notice = r.ok().and_then(|()| release.borrow_and_update().clone());
+                    if let (Some(n), Some(_)) = (notice, self.node) {
+                        let frame = UplinkFrame::Release { runmode: n.runmode, version: n.version };
+                        if let Err(end) = self.write(&mut socket, &frame).await {
+                            break end;
+                        }
+                    }
+                }
                 _ = self.relay.shutdown.cancelled() => break End::Shutdown,
                 _ = self.close.cancelled() => {
                     let replaced = lock(&self.relay.links).get(&self.twin).is_some_and(|l| l.conn != self.conn);
@@ -243,8 +254,8 @@ impl Session {
                 self.cursor = Some(seq);
                 self.send_events(socket).await
             }
-            Ok(UplinkFrame::Events { .. }) => {
-                tracing::debug!(twin = self.twin, "ignoring events sent by a node");
+            Ok(UplinkFrame::Events { .. } | UplinkFrame::Release { .. }) => {
+                tracing::debug!(twin = self.twin, "ignoring a relay frame sent by a node");
                 Ok(())
             }
             Err(e) => {

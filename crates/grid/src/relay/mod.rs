@@ -16,7 +16,8 @@
 //! source twin's key, its expiry, its size, that its destination is connected, and that its id
 //! was not seen before. Replies coming up an uplink must be signed by that uplink's twin and
 //! answer a request sent to it. Events of a node's log are pushed as the store records them (the
-//! store's [`EventHook`](crate::store::EventHook) wakes the uplink).
+//! store's [`EventHook`](crate::store::EventHook) wakes the uplink). When a release is published
+//! or its rollout moves, every connected node is told ([`Relay::release_changed`]).
 //!
 //! No one party can fill the relay's state, which is bounded per party and in all
 //! ([`RelayConfig`]):
@@ -41,9 +42,10 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use zos_types::envelope::Envelope;
+use zos_types::release::RunMode;
 use zos_types::{NodeId, PublicKey, TwinId};
 
 use crate::error::ApiFailure;
@@ -220,6 +222,16 @@ pub struct Relay {
     next_conn: AtomicU64,
     /// Cancelled when the grid shuts down: every uplink is closed.
     shutdown: CancellationToken,
+    /// The last release notice: each node's session sends the newest one it has not sent.
+    release: watch::Sender<Option<ReleaseNotice>>,
+}
+
+/// A release of a runmode was published or its rollout moved (see
+/// [`UplinkFrame::Release`](zos_types::relay::UplinkFrame::Release)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseNotice {
+    pub runmode: RunMode,
+    pub version: String,
 }
 
 /// Twin keys the relay remembers at most (it forgets them all when full).
@@ -241,7 +253,17 @@ impl Relay {
             keys: Mutex::default(),
             next_conn: AtomicU64::default(),
             shutdown: CancellationToken::new(),
+            release: watch::channel(None).0,
         }
+    }
+
+    /// Tells every connected node that a release of `runmode` was published or its rollout
+    /// moved. Notices coalesce: a session that is behind sends only the newest.
+    pub fn release_changed(&self, runmode: RunMode, version: &str) {
+        self.release.send_replace(Some(ReleaseNotice {
+            runmode,
+            version: version.to_string(),
+        }));
     }
 
     /// Its limits.
