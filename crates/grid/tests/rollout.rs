@@ -579,12 +579,34 @@ async fn nodes_too_old_for_a_release_take_one_in_between_and_expired_releases_ar
         .await
         .unwrap();
 
+    // Nodes that never reported: one registered with the release it runs (as zosd does under
+    // zos-init), one with a version that is no release version.
+    let mut regs = Vec::new();
+    for version in ["1.0.5", "a-dev-build"] {
+        let (c, _) = bed.grid.twin().await;
+        let reg = zos_types::registry::NodeRegistration {
+            zos_version: version.into(),
+            ..bed.grid.admitted(farm.id)
+        };
+        let (n, _) = c.register_node(&reg).await.unwrap();
+        regs.push(n.id);
+    }
+
     let told = bed.told(&ids).await;
     assert_eq!(told[&ids[0]], "1.1.0", "1.0.0 takes the release in between");
     assert_eq!(told[&ids[1]], "1.2.0");
     assert_eq!(
-        told[&ids[2]], "1.2.0",
-        "a node that never reported checks min_from itself"
+        told[&ids[2]], "1.1.0",
+        "a node that never reported is held to the version it registered (0.1.0)"
+    );
+    let told = bed.told(&regs).await;
+    assert_eq!(
+        told[&regs[0]], "1.1.0",
+        "registered 1.0.5: the release in between"
+    );
+    assert_eq!(
+        told[&regs[1]], "1.2.0",
+        "no version known: the node checks min_from itself"
     );
     let why = bed
         .releases()
@@ -595,7 +617,10 @@ async fn nodes_too_old_for_a_release_take_one_in_between_and_expired_releases_ar
     assert!(why.contains("1.2.0 upgrades only from 1.1.0"), "{why}");
     let s = bed.status(None).await;
     let running: Vec<Option<String>> = s.nodes.iter().map(|n| n.running.clone()).collect();
-    assert_eq!(running, [Some("1.0.0".into()), Some("1.1.0".into()), None]);
+    assert_eq!(
+        running,
+        [Some("1.0.0".into()), Some("1.1.0".into()), None, None, None]
+    );
 
     // An expired release is given to no node.
     bed.publish_terms(

@@ -1,7 +1,8 @@
 //! Which release a node runs (`GET /releases/{runmode}/for-node/{id}`): the newest release of
 //! the runmode that the node runs already (it reported `committed`), or that is not halted, not
 //! expired, not rolled back by the node, whose stage admits the node and whose `min_from` the
-//! node's running version meets; otherwise the oldest release. The node verifies the answer
+//! node's running version meets (the newest it committed, else the version it registered
+//! with); otherwise the oldest release. The node verifies the answer
 //! itself (`zos_client::rollout::ReleaseClient::check_upgrade`).
 
 use std::sync::Arc;
@@ -34,6 +35,11 @@ pub(super) async fn for_node(
         ApiFailure::NotFound(format!("no release of runmode {mode} is published yet"))
     })?;
     let current = running(&boot, mode, id);
+    // The version the node runs for `min_from`: the newest it committed, else the one it
+    // registered with (zosd registers its release's version; a value that is no version, or
+    // none, leaves `min_from` to the node's own check).
+    let registered = node.zos_version.parse::<zos_types::release::Version>().ok();
+    let at_least = current.or(registered);
     let mut skipped = Vec::new();
     for s in versions.iter().rev() {
         let v = version_of(s)?;
@@ -68,7 +74,7 @@ pub(super) async fn for_node(
             skipped.push(format!("{v}: {a}"));
             continue;
         }
-        if let (Some(cur), Some(min)) = (current, s.terms.min_from().ok().flatten())
+        if let (Some(cur), Some(min)) = (at_least, s.terms.min_from().ok().flatten())
             && cur < min
         {
             skipped.push(format!("{v} upgrades only from {min}"));
