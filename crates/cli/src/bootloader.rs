@@ -13,7 +13,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
 use clap::{Args, ValueEnum};
-use zos_types::boot::{GridUrl, chain_script};
+use zos_types::boot::{GridUrl, NodeArg, chain_script};
 use zos_types::policy::{AdmissionToken, NodeAdmission};
 use zos_types::release::RunMode;
 
@@ -55,10 +55,20 @@ pub struct BootloaderArgs {
     /// nodes (the token is signed with your key, which must be the farmer's).
     #[arg(long, default_value_t = 365)]
     pub admission_days: u32,
+    /// An extra kernel argument for the farm's nodes (repeatable): only `zos-debug` (a console
+    /// shell, honoured on runmode dev only), `zos-upgrade-gate=SECS` and
+    /// `zos-upgrade-check=SECS` (10 to 86400). The grid checks them again.
+    #[arg(long = "kernel-arg", value_name = "ARG")]
+    pub kernel_args: Vec<String>,
 }
 
 pub async fn bootloader(a: BootloaderArgs, g: &Global) -> anyhow::Result<()> {
     let out = PathBuf::from(&a.out);
+    for arg in &a.kernel_args {
+        arg.parse::<NodeArg>()
+            .with_context(|| format!("--kernel-arg {arg:?}"))?;
+    }
+    let node_args = NodeArg::parse_list(&a.kernel_args.join(",")).context("--kernel-arg")?;
     let grid = grid_url(g)?;
     let farm = client(g)?
         .get_farm(a.farm)
@@ -85,7 +95,7 @@ pub async fn bootloader(a: BootloaderArgs, g: &Global) -> anyhow::Result<()> {
             Some(AdmissionToken::sign(&load_key(g)?, farm.id, expires))
         }
     };
-    let script = chain_script(farm.id, a.runmode, &url, admission.as_ref());
+    let script = chain_script(farm.id, a.runmode, &url, admission.as_ref(), &node_args);
     match a.format {
         Format::Ipxe => write(&out, script.as_bytes())?,
         Format::Iso | Format::Usb => hybrid_image(&out, &script, farm.id, a.runmode, &url)?,

@@ -291,6 +291,7 @@ async fn releases_are_published_listed_and_bootloaders_made() {
         RunMode::Dev,
         &GridUrl::parse(&bed.url()).unwrap(),
         Some(&token),
+        &[],
     );
     assert_eq!(written, want);
     // Only the farmer makes it.
@@ -377,6 +378,57 @@ async fn releases_are_published_listed_and_bootloaders_made() {
         ],
     );
     assert!(err.contains("cannot go into a boot script"), "{err}");
+
+    // Extra kernel arguments: the known ones go into the chain URL, anything else is refused.
+    let with_args = bed.work.path().join("args.ipxe");
+    let bootloader = |extra: &[&str], out: &str| {
+        let mut args = vec![
+            "farm",
+            "bootloader",
+            "--farm",
+            &farm,
+            "--runmode",
+            "dev",
+            "--format",
+            "ipxe",
+            "-o",
+            out,
+            "--key",
+            key,
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let argv = bootloader(
+        &[
+            "--kernel-arg",
+            "zos-debug",
+            "--kernel-arg",
+            "zos-upgrade-gate=120",
+        ],
+        with_args.to_str().unwrap(),
+    );
+    ok(
+        &bed.url(),
+        &argv.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let written = std::fs::read_to_string(&with_args).unwrap();
+    assert!(
+        written.contains("&args=zos-debug,zos-upgrade-gate=120 || goto retry\n"),
+        "{written}"
+    );
+    for (bad, needle) in [
+        ("init=/bin/sh", "init=/bin/sh"),
+        ("zos-upgrade-check=5", "zos-upgrade-check=5"),
+        ("zos-debug,rd.break", "zos-debug,rd.break"),
+    ] {
+        let argv = bootloader(&["--kernel-arg", bad], "/dev/null");
+        let err = fails(
+            &bed.url(),
+            &argv.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        assert!(err.contains(needle), "{bad}: {err}");
+    }
 }
 
 /// A QEMU process, killed by PID when dropped.

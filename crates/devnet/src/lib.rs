@@ -33,6 +33,7 @@ pub use run::{
     stop_grid, stop_node, up, wait_online,
 };
 pub use state::{
-    DevnetDisk, DevnetNode, DevnetOptions, DevnetState, DevnetVm, DiskPlan, STATE_VERSION,
-    VmOptions,
+    DEVNET_NODE_ARGS, DevnetDisk, DevnetNode, DevnetOptions, DevnetState, DevnetVm, DiskPlan,
+    STATE_VERSION, VmOptions,
 };
+pub use zos_types::boot::NodeArg;

@@ -151,7 +151,7 @@ async fn build(state: &mut DevnetState, opts: &DevnetOptions, gateway: &str) -> 
     if let Some(v) = &opts.vms {
         let version = crate::vms::publish_image(state, v).await?;
         tracing::info!(%version, "node image published as the devnet's dev release");
-        crate::vms::start_dhcp(state)?;
+        crate::vms::start_dhcp(state, v)?;
         state.save()?;
         for i in 1..=v.count {
             crate::vms::add_vm(state, v, i)?;

@@ -4,10 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use zos_client::GridClient;
 use zos_runtime::supervise::Marker;
 use zos_runtime::{StateFile, Versioned};
+use zos_types::boot::NodeArg;
 use zos_types::{FarmId, Identity, NodeId, TwinId};
 
 use crate::error::{DevnetError, Result};
@@ -49,6 +52,12 @@ pub struct VmOptions {
     pub disks: Vec<u64>,
     /// How long to wait for every VM node to come online.
     pub wait: Duration,
+    /// Extra kernel arguments of every VM node: by default short upgrade timings (a 120 s
+    /// health gate, a check every 20 s), shorter on devnets than on farms.
+    pub node_args: Vec<NodeArg>,
+    /// Extra kernel arguments of single VMs (by 1-based index), over [`Self::node_args`]
+    /// (an argument given here replaces the same key there).
+    pub vm_args: BTreeMap<usize, Vec<NodeArg>>,
 }
 
 impl VmOptions {
@@ -65,9 +74,41 @@ impl VmOptions {
             vcpus: 2,
             disks: vec![16 * GIB, 32 * GIB],
             wait: Duration::from_secs(900),
+            node_args: DEVNET_NODE_ARGS.to_vec(),
+            vm_args: BTreeMap::new(),
         }
     }
+
+    /// VM `index` (1-based) boots with `args` besides the devnet's, e.g. `[NodeArg::Debug]`
+    /// for a debug shell on its console.
+    pub fn with_args(mut self, index: usize, args: &[NodeArg]) -> Self {
+        self.vm_args
+            .entry(index)
+            .or_default()
+            .extend_from_slice(args);
+        self
+    }
+
+    /// The extra kernel arguments of VM `index`.
+    pub fn args_of(&self, index: usize) -> Vec<NodeArg> {
+        let own = self.vm_args.get(&index).map_or(&[][..], Vec::as_slice);
+        let mut args: Vec<NodeArg> = self
+            .node_args
+            .iter()
+            .filter(|a| !own.iter().any(|o| o.key() == a.key()))
+            .copied()
+            .collect();
+        for a in own {
+            if !args.iter().any(|b| b.key() == a.key()) {
+                args.push(*a);
+            }
+        }
+        args
+    }
 }
+
+/// The extra kernel arguments every devnet VM node gets by default.
+pub const DEVNET_NODE_ARGS: [NodeArg; 2] = [NodeArg::UpgradeGate(120), NodeArg::UpgradeCheck(20)];
 
 /// One disk every node of a devnet gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -330,5 +371,25 @@ mod tests {
         std::fs::write(DevnetState::state_file(d.path()), r#"{"version": 9}"#).unwrap();
         let e = DevnetState::load(d.path()).unwrap_err();
         assert!(e.to_string().contains("upgrade zos"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod vm_args_tests {
+    use super::*;
+
+    #[test]
+    fn every_vm_gets_short_upgrade_timings_and_one_vm_its_own_arguments() {
+        let opts = VmOptions::new(2, "img".into(), "key".into())
+            .with_args(1, &[NodeArg::Debug, NodeArg::UpgradeGate(300)]);
+        assert_eq!(
+            opts.args_of(1),
+            [
+                NodeArg::UpgradeCheck(20),
+                NodeArg::Debug,
+                NodeArg::UpgradeGate(300)
+            ]
+        );
+        assert_eq!(opts.args_of(2), DEVNET_NODE_ARGS);
     }
 }

@@ -160,6 +160,12 @@ pub struct Dhcp {
     /// The grid's iPXE script for the farm, as nodes reach it
     /// (`{grid}/boot/{runmode}/farms/{farm}.ipxe`).
     pub ipxe_script: String,
+    /// The devnet's VMs by MAC, and the file of [`Self::tftp_root`] each boots (its bootloader
+    /// script, with its own node arguments).
+    pub hosts: Vec<(String, String)>,
+    pub tftp_root: PathBuf,
+    /// The bridge's address: the TFTP server the VMs ask.
+    pub server: String,
     pub pid_file: PathBuf,
     pub lease_file: PathBuf,
     pub log_file: PathBuf,
@@ -168,9 +174,24 @@ pub struct Dhcp {
 impl Dhcp {
     /// `dnsmasq` arguments: DHCP only (no DNS), on the bridge only; a client that is already
     /// iPXE (option 175) gets the grid's script, any other the script's URL as boot file too
-    /// (QEMU's ROM is iPXE, so it always is).
+    /// (QEMU's ROM is iPXE, so it always is). A VM of [`Self::hosts`] is tagged `vmN` by its MAC
+    /// and gets its own script over TFTP (read-only, from [`Self::tftp_root`], on the bridge
+    /// only); the other entries exclude those tags, so which entry a client gets does not
+    /// depend on dnsmasq's order. (dnsmasq cuts a boot file name at its first comma.)
     pub fn dnsmasq_args(&self) -> Vec<String> {
-        vec![
+        let tags: String = (1..=self.hosts.len())
+            .map(|i| format!("tag:!vm{i},"))
+            .collect();
+        let mut per_vm = Vec::new();
+        for (i, (mac, url)) in self.hosts.iter().enumerate() {
+            per_vm.push(format!("--dhcp-host={mac},set:vm{}", i + 1));
+            per_vm.push(format!(
+                "--dhcp-boot=tag:vm{},{url},,{}",
+                i + 1,
+                self.server
+            ));
+        }
+        let mut args: Vec<String> = vec![
             "--keep-in-foreground".into(),
             "--port=0".into(),
             "--bind-interfaces".into(),
@@ -185,10 +206,14 @@ impl Dhcp {
             format!("--log-facility={}", self.log_file.display()),
             "--log-dhcp".into(),
             "--dhcp-match=set:ipxe,175".into(),
-            format!("--dhcp-boot=tag:ipxe,{}", self.ipxe_script),
-            format!("--dhcp-boot={}", self.ipxe_script),
+            format!("--dhcp-boot=tag:ipxe,{tags}{}", self.ipxe_script),
+            format!("--dhcp-boot={tags}{}", self.ipxe_script),
             "--dhcp-authoritative".into(),
-        ]
+            "--enable-tftp".into(),
+            format!("--tftp-root={}", self.tftp_root.display()),
+        ];
+        args.extend(per_vm);
+        args
     }
 }
 
@@ -262,6 +287,9 @@ mod tests {
             bridge: "devbr".into(),
             range: ("10.213.5.100".into(), "10.213.5.199".into()),
             ipxe_script: "http://10.213.5.1:8080/boot/dev/farms/1.ipxe".into(),
+            hosts: vec![(node_mac("dev", 1), "vm1.ipxe".into())],
+            tftp_root: "/tmp".into(),
+            server: "10.213.5.1".into(),
             pid_file: "/d/dnsmasq.pid".into(),
             lease_file: "/d/leases".into(),
             log_file: "/d/dnsmasq.log".into(),
@@ -271,9 +299,16 @@ mod tests {
         assert!(a.contains(&"--interface=devbr".to_string()));
         assert!(a.contains(&"--bind-interfaces".to_string()));
         assert!(a.contains(&"--dhcp-match=set:ipxe,175".to_string()));
-        assert!(a.contains(
-            &"--dhcp-boot=tag:ipxe,http://10.213.5.1:8080/boot/dev/farms/1.ipxe".to_string()
-        ));
+        assert!(
+            a.contains(
+                &"--dhcp-boot=tag:ipxe,tag:!vm1,http://10.213.5.1:8080/boot/dev/farms/1.ipxe"
+                    .to_string()
+            )
+        );
+        // VM 1, by its MAC, gets its own script over TFTP.
+        assert!(a.contains(&format!("--dhcp-host={},set:vm1", node_mac("dev", 1))));
+        assert!(a.contains(&"--dhcp-boot=tag:vm1,vm1.ipxe,,10.213.5.1".to_string()));
+        assert!(a.contains(&"--tftp-root=/tmp".to_string()));
         // Debian's dnsmasq accepts them (its own syntax check; nothing is started).
         let check = std::process::Command::new("dnsmasq")
             .arg("--test")

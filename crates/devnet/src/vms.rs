@@ -15,6 +15,7 @@ use zos_client::release::{FlistSource, FlistSpec, Publish, ReleaseClient};
 use zos_flist::hub::HubClient;
 use zos_flist::{BlockStore, DirStore, Flist};
 use zos_runtime::supervise;
+use zos_types::boot::{GridUrl, chain_script, script_query};
 use zos_types::registry::{AdmissionToken, NodeFilter};
 use zos_types::release::{ReleaseKeys, RunMode, sha256_hex};
 
@@ -183,21 +184,46 @@ async fn push_flist(
     })
 }
 
-/// The URL of the farm's iPXE script as the VMs reach it, with the farmer's admission token.
-pub fn ipxe_url(state: &DevnetState) -> Result<String> {
-    let token = AdmissionToken::sign(
+/// The farmer's admission token the VMs boot with.
+fn admission(state: &DevnetState) -> Result<AdmissionToken> {
+    Ok(AdmissionToken::sign(
         &state.farmer()?,
         state.farm_id,
         zos_types::auth::unix_now() + 365 * 86_400,
-    );
-    Ok(format!(
-        "{}/boot/dev/farms/{}.ipxe?admission={token}",
-        state.grid_node_url, state.farm_id
     ))
 }
 
-/// Starts the DHCP server of the node VMs on the devnet bridge.
-pub fn start_dhcp(state: &mut DevnetState) -> Result<()> {
+/// The URL of the farm's iPXE script as the VMs reach it, with the farmer's admission token.
+pub fn ipxe_url(state: &DevnetState) -> Result<String> {
+    Ok(format!(
+        "{}/boot/dev/farms/{}.ipxe{}",
+        state.grid_node_url,
+        state.farm_id,
+        script_query(Some(&admission(state)?), &[])
+    ))
+}
+
+/// The bootloader script of node VM `index`: what `zos farm bootloader --format ipxe` makes for
+/// the devnet's farm, with the farmer's token and the VM's node arguments.
+pub fn vm_chain_script(state: &DevnetState, opts: &VmOptions, index: usize) -> Result<String> {
+    let grid = GridUrl::parse(&state.grid_node_url).map_err(|e| DevnetError::Image {
+        path: state.dir.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(chain_script(
+        state.farm_id,
+        RunMode::Dev,
+        &grid,
+        Some(&admission(state)?),
+        &opts.args_of(index),
+    ))
+}
+
+/// Starts the DHCP server of the node VMs on the devnet bridge. Each VM, known by its MAC, gets
+/// `vmN.ipxe` from dnsmasq's TFTP: its bootloader script ([`vm_chain_script`]), which chains
+/// the grid's script with the VM's node arguments (a DHCP boot file name holds at most 255
+/// bytes, and the token alone takes 141).
+pub fn start_dhcp(state: &mut DevnetState, opts: &VmOptions) -> Result<()> {
     let base = state
         .subnet
         .split_once('/')
@@ -205,10 +231,23 @@ pub fn start_dhcp(state: &mut DevnetState) -> Result<()> {
         .rsplit_once('.')
         .map_or("", |(a, _)| a)
         .to_string();
+    let tftp = state.dir.join("tftp");
+    std::fs::create_dir_all(&tftp).map_err(DevnetError::io("creating", &tftp))?;
+    let mut hosts = Vec::new();
+    for i in 1..=opts.count {
+        let file = format!("vm{i}.ipxe");
+        let path = tftp.join(&file);
+        std::fs::write(&path, vm_chain_script(state, opts, i)?)
+            .map_err(DevnetError::io("writing", &path))?;
+        hosts.push((vmnode::node_mac(&state.name, i), file));
+    }
     let dhcp = Dhcp {
         bridge: state.bridge.clone(),
         range: (format!("{base}.100"), format!("{base}.199")),
         ipxe_script: ipxe_url(state)?,
+        hosts,
+        tftp_root: tftp,
+        server: format!("{base}.1"),
         pid_file: state.dir.join("dnsmasq.pid"),
         lease_file: state.dir.join("dnsmasq.leases"),
         log_file: state.dir.join("dnsmasq.log"),

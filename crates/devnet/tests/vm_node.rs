@@ -138,6 +138,14 @@ async fn a_node_vm_boots_by_network_serves_workloads_exposes_no_port_and_keeps_i
         "zos-init ran: {}",
         tail(&log, 2000)
     );
+    // The devnet's short upgrade timings reached zos-init through the grid's script.
+    assert!(
+        log.contains("upgrade_gate=Some(120) upgrade_check=Some(20)"),
+        "the devnet's node arguments: {:?}",
+        log.lines()
+            .filter(|l| l.contains("boot parameters") || l.contains("Command line"))
+            .collect::<Vec<_>>()
+    );
 
     // No login prompt on the console, no TCP port open on its address.
     let lower = log.to_ascii_lowercase();

@@ -3,7 +3,7 @@
 //!
 //! | route | auth | what |
 //! |---|---|---|
-//! | `GET /boot/{runmode}/farms/{farm}.ipxe` | none | the farm's iPXE script for the current release; 404 for an unknown farm or no release |
+//! | `GET /boot/{runmode}/farms/{farm}.ipxe` | none | the farm's iPXE script for the current release; 404 for an unknown farm or no release; `?admission=TOKEN` and `?args=A,B` (only `zos-debug`, `zos-upgrade-gate=SECS`, `zos-upgrade-check=SECS`; anything else is a 400) go on the kernel command line |
 //! | `GET /boot/files/{sha256}` (and `HEAD`) | none | a boot file by its SHA-256 |
 //! | `PUT /boot/files/{sha256}` | a release key | store a boot file; the body must hash to the path, at most `max_file_bytes` |
 //! | `GET /releases/{runmode}` | none | the current [`SignedRelease`]: the newest whose rollout is not halted |
@@ -43,7 +43,7 @@ use axum::routing::{MethodRouter, get};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use zos_types::auth::Signer;
-use zos_types::boot::{GridUrl, Published, ReleaseSummary, StoredFile};
+use zos_types::boot::{GridUrl, NodeArg, Published, ReleaseSummary, StoredFile};
 use zos_types::policy::{AdmissionError, AdmissionToken};
 use zos_types::release::{
     MAX_MANIFEST_BYTES, MAX_SIGNATURES, Release, ReleaseError, ReleaseKeys, RunMode, SignedRelease,
@@ -342,6 +342,9 @@ fn sha_path(raw: &str) -> Result<String, ApiFailure> {
 struct ScriptQuery {
     /// The farm's admission token, checked and then put on the command line.
     admission: Option<String>,
+    /// Extra node arguments ([`NodeArg`]), comma-separated, checked and then put on the
+    /// command line.
+    args: Option<String>,
 }
 
 async fn farm_script(
@@ -365,6 +368,8 @@ async fn farm_script(
     let Some(found) = app.run(move |s| s.farm(farm)).await? else {
         return Err(ApiFailure::NotFound(format!("farm {farm} does not exist")));
     };
+    let args = NodeArg::parse_list(query.args.as_deref().unwrap_or_default())
+        .map_err(|e| ApiFailure::BadRequest(e.to_string()))?;
     let admission = match query.admission {
         None => None,
         Some(raw) => {
@@ -397,11 +402,22 @@ async fn farm_script(
             GridUrl::from_host(host).map_err(|e| ApiFailure::BadRequest(e.to_string()))?
         }
     };
-    let script = zos_types::boot::render(farm, mode, &grid, &current.release, admission.as_ref())
-        .map_err(|e| {
-        ApiFailure::internal("rendering a boot script", std::io::Error::other(e))
-    })?;
-    tracing::info!(farm, runmode = %mode, release = %current.release.version, "boot script served");
+    let script = zos_types::boot::render(
+        farm,
+        mode,
+        &grid,
+        &current.release,
+        admission.as_ref(),
+        &args,
+    )
+    .map_err(|e| ApiFailure::internal("rendering a boot script", std::io::Error::other(e)))?;
+    tracing::info!(
+        farm,
+        runmode = %mode,
+        release = %current.release.version,
+        args = %NodeArg::join(&args),
+        "boot script served"
+    );
     Ok((
         [(
             header::CONTENT_TYPE,

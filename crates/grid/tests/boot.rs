@@ -684,6 +684,36 @@ async fn admission_tokens_are_checked_before_they_reach_the_command_line() {
         assert_eq!(s, status, "{query}: {body}");
         assert!(error_message(&body).contains(needle), "{query}: {body}");
     }
+    // Extra node arguments beside the token: the three known ones go on the command line,
+    // after the token; anything else is refused by name and changes nothing.
+    let (s, body) = g
+        .get(&format!(
+            "{}&args=zos-debug,zos-upgrade-gate=120,zos-upgrade-check=20",
+            script(token.to_string())
+        ))
+        .await;
+    assert_eq!(s, 200);
+    let body = String::from_utf8(body).unwrap();
+    let kernel = body.lines().find(|l| l.starts_with("kernel ")).unwrap();
+    assert!(
+        kernel.contains(&format!(
+            " admission={token} zos-debug zos-upgrade-gate=120 zos-upgrade-check=20 console="
+        )),
+        "{kernel}"
+    );
+    for (args, needle) in [
+        ("init=/bin/sh", "\"init=/bin/sh\""),
+        ("zos-debug,rd.break", "\"rd.break\""),
+        ("zos-upgrade-gate=1", "zos-upgrade-gate=1"),
+        ("zos-upgrade-check=99999999", "zos-upgrade-check=99999999"),
+        ("zos-debug,zos-debug", "twice"),
+    ] {
+        let query = format!("/boot/dev/farms/{}.ipxe?args={args}", farm.id);
+        let (s, body) = g.get_json(&query).await;
+        assert_eq!(s, 400, "{query}: {body}");
+        assert!(error_message(&body).contains(needle), "{query}: {body}");
+    }
+
     // An expired token.
     g.grid.clock.advance(2 * 86_400);
     let (s, body) = g.get_json(&script(token.to_string())).await;

@@ -112,6 +112,8 @@ pub fn run(cfg: &Boot) -> ! {
         runmode = %params.runmode,
         grid = %params.grid,
         debug = params.debug,
+        upgrade_gate = ?params.upgrade_gate,
+        upgrade_check = ?params.upgrade_check,
         "boot parameters"
     );
     if let Some(root) = &cfg.modules_root {

@@ -26,8 +26,9 @@ const VALUED: [&str; 7] = [
     "zos-upgrade-gate",
     "zos-upgrade-check",
 ];
-/// The bounds of `zos-upgrade-gate=` and `zos-upgrade-check=`, in seconds.
-pub const UPGRADE_SECS: std::ops::RangeInclusive<u64> = 10..=86_400;
+/// The bounds of `zos-upgrade-gate=` and `zos-upgrade-check=`, in seconds (the grid's boot
+/// service takes no others: [`zos_types::boot::NodeArg`]).
+pub const UPGRADE_SECS: std::ops::RangeInclusive<u64> = zos_types::boot::UPGRADE_SECS;
 /// The longest admission token accepted.
 pub const MAX_TOKEN: usize = 4096;
 
