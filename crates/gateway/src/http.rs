@@ -161,8 +161,8 @@ async fn proxy(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Body>
     let path = parts
         .uri
         .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+        .cloned()
+        .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/"));
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     if let Some(proto) = &upgrade {
@@ -186,8 +186,11 @@ async fn proxy(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Body>
     let retryable = body.is_end_stream();
     let mut body = Some(Counting::rx(body, live.counters.clone()).boxed());
     for backend in live.candidates() {
-        let uri: Uri = format!("http://{}{path}", backend.addr)
-            .parse()
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(backend.authority.clone())
+            .path_and_query(path.clone())
+            .build()
             .map_err(|_| text(StatusCode::BAD_REQUEST, "the request's path is not valid"))?;
         let b = body
             .take()

@@ -13,11 +13,14 @@ use tokio::time::{Instant, Sleep};
 
 use crate::table::Counters;
 
-/// A stream that fails with `TimedOut` once nothing moved either way for `limit`.
+/// A stream that fails with `TimedOut` once nothing moved either way for `limit`. Activity only
+/// stamps the time; the timer is moved when it fires early (a timer reset on every read and
+/// write would cost more than the I/O).
 #[derive(Debug)]
 pub struct Idle<S> {
     inner: S,
     limit: Duration,
+    last: Instant,
     timer: Pin<Box<Sleep>>,
 }
 
@@ -26,20 +29,25 @@ impl<S> Idle<S> {
         Self {
             inner,
             limit,
+            last: Instant::now(),
             timer: Box::pin(tokio::time::sleep(limit)),
         }
     }
 
-    fn moved(&mut self) {
-        self.timer.as_mut().reset(Instant::now() + self.limit);
-    }
-
+    /// Ready with the error once the limit passed since the last activity; re-arms the timer
+    /// to the real deadline when it fired before it.
     fn expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        ready!(self.timer.as_mut().poll(cx));
-        Poll::Ready(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("idle for {}s", self.limit.as_secs()),
-        ))
+        loop {
+            ready!(self.timer.as_mut().poll(cx));
+            let deadline = self.last + self.limit;
+            if Instant::now() >= deadline {
+                return Poll::Ready(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("idle for {}s", self.limit.as_secs()),
+                ));
+            }
+            self.timer.as_mut().reset(deadline);
+        }
     }
 }
 
@@ -54,7 +62,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Idle<S> {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
-                    this.moved();
+                    this.last = Instant::now();
                 }
                 Poll::Ready(r)
             }
@@ -73,12 +81,33 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Idle<S> {
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Ready(r) => {
                 if matches!(r, Ok(n) if n > 0) {
-                    this.moved();
+                    this.last = Instant::now();
                 }
                 Poll::Ready(r)
             }
             Poll::Pending => this.expired(cx).map(Err),
         }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => {
+                if matches!(r, Ok(n) if n > 0) {
+                    this.last = Instant::now();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => this.expired(cx).map(Err),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -188,6 +217,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

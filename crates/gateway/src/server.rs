@@ -99,6 +99,12 @@ impl Gateway {
             .with_no_client_auth()
             .with_cert_resolver(certs.clone());
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // Resumption: tickets (TLS 1.3 and 1.2) and a session cache, as browsers expect.
+        tls.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
+        match rustls::crypto::ring::Ticketer::new() {
+            Ok(t) => tls.ticketer = t,
+            Err(e) => tracing::warn!(error = %e, "no TLS session tickets"),
+        }
         Arc::new(Self {
             shared: Arc::new(Shared::default()),
             certs,

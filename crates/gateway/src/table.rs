@@ -48,6 +48,8 @@ impl Counters {
 #[derive(Debug)]
 pub struct Backend {
     pub addr: SocketAddr,
+    /// `addr` as a URI authority, made once.
+    pub authority: hyper::http::uri::Authority,
     healthy: AtomicBool,
     fails: AtomicU32,
 }
@@ -56,6 +58,10 @@ impl Backend {
     fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
+            authority: addr
+                .to_string()
+                .parse()
+                .expect("a socket address is an authority"),
             healthy: AtomicBool::new(true),
             fails: AtomicU32::new(0),
         }
