@@ -41,6 +41,16 @@ pub fn upstream() -> Upstream {
         .build(c)
 }
 
+thread_local! {
+    static UPSTREAM: Upstream = upstream();
+}
+
+/// This thread's client to backends: each worker keeps its own pool, so a request and its
+/// upstream connection stay on one thread.
+pub fn local_upstream() -> Upstream {
+    UPSTREAM.with(Clone::clone)
+}
+
 /// What the handler of one client connection knows.
 #[derive(Debug)]
 pub struct Conn {

@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::acme::{Acme, Challenges};
-use crate::http::{Conn, Upstream, upstream};
+use crate::http::{Conn, local_upstream};
 use crate::io::{Counted, Idle, Rewind};
 use crate::route::Tls;
 use crate::table::{Live, Shared};
@@ -64,7 +64,6 @@ pub struct Gateway {
     /// Certificates ordered from a CA, when the gateway has one.
     pub acme: std::sync::OnceLock<Arc<Acme>>,
     limits: Limits,
-    upstream: Upstream,
     tls: Arc<rustls::ServerConfig>,
     slots: Arc<Semaphore>,
     clients: Mutex<HashMap<IpAddr, usize>>,
@@ -112,7 +111,6 @@ impl Gateway {
             acme: std::sync::OnceLock::new(),
             slots: Arc::new(Semaphore::new(limits.connections)),
             limits,
-            upstream: upstream(),
             tls: Arc::new(tls),
             clients: Mutex::new(HashMap::new()),
         })
@@ -253,7 +251,7 @@ impl Gateway {
             peer,
             sni,
             shared: self.shared.clone(),
-            upstream: self.upstream.clone(),
+            upstream: local_upstream(),
             challenges: self.challenges.clone(),
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
