@@ -18,7 +18,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use zos_gateway::control::{ControlClient, Request as Control};
-use zos_gateway::{Route, Tls};
+use zos_gateway::{Route, Target, Tls};
 use zos_testkit::netns::Netns;
 
 const HOST: &str = "bench.gw.example";
@@ -248,7 +248,7 @@ fn main() {
                 id: "bench".into(),
                 host: HOST.into(),
                 tls: Tls::Terminate,
-                backends: vec![BACKEND.parse().unwrap()],
+                backends: vec![Target::here(BACKEND.parse().unwrap())],
             }],
         })
         .await

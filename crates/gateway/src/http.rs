@@ -17,9 +17,9 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::connect::Connector;
 use crate::io::Counted;
 use crate::route::Tls;
 use crate::table::{Counters, Live, Shared};
@@ -28,17 +28,14 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every body the gateway sends: a backend's, streamed, or its own short answers.
 pub type Body = BoxBody<Bytes, BoxError>;
 /// The pooled HTTP/1.1 client to backends.
-pub type Upstream = Client<HttpConnector, Body>;
+pub type Upstream = Client<Connector, Body>;
 
-/// The client to backends: 5 s to connect, idle connections kept 30 s.
+/// The client to backends (each in its namespace): idle connections kept 30 s.
 pub fn upstream() -> Upstream {
-    let mut c = HttpConnector::new();
-    c.set_connect_timeout(Some(Duration::from_secs(5)));
-    c.set_nodelay(true);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(64)
-        .build(c)
+        .build(Connector)
 }
 
 thread_local! {
@@ -217,19 +214,19 @@ async fn proxy(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Body>
             }
             Err(e) if e.is_connect() => {
                 backend.report(false);
-                tracing::warn!(route = live.route.id, backend = %backend.addr, error = %e, "backend refused the connection");
+                tracing::warn!(route = live.route.id, backend = %backend.target, error = chain(&e), "backend refused the connection");
                 if !retryable {
                     return Err(text(
                         StatusCode::BAD_GATEWAY,
-                        format!("backend {} cannot be reached", backend.addr),
+                        format!("backend {} cannot be reached", backend.target.addr),
                     ));
                 }
             }
             Err(e) => {
-                tracing::warn!(route = live.route.id, backend = %backend.addr, error = chain(&e), "backend failed");
+                tracing::warn!(route = live.route.id, backend = %backend.target, error = chain(&e), "backend failed");
                 return Err(text(
                     StatusCode::BAD_GATEWAY,
-                    format!("backend {} failed: {}", backend.addr, chain(&e)),
+                    format!("backend {} failed: {}", backend.target.addr, chain(&e)),
                 ));
             }
         }

@@ -25,6 +25,7 @@
 //! See `docs/gateway.md`.
 
 pub mod acme;
+pub mod connect;
 pub mod control;
 pub mod http;
 pub mod io;
@@ -33,5 +34,5 @@ pub mod server;
 pub mod table;
 pub mod tls;
 
-pub use route::{Route, Tls};
+pub use route::{Route, Target, Tls};
 pub use server::{Gateway, Limits};

@@ -25,6 +25,43 @@ pub enum Tls {
     Plain,
 }
 
+/// Where a backend is: its address, and the network namespace it is reached from (a tenant's
+/// network resource, `/run/netns/NAME`) when not the gateway's own. Two tenants' backends may
+/// have the same address in their own networks; they are different backends.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub addr: SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+}
+
+impl Target {
+    /// A backend in the gateway's own namespace.
+    pub fn here(addr: SocketAddr) -> Self {
+        Self { addr, netns: None }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.netns {
+            Some(ns) => write!(f, "{} in {ns}", self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
+/// Whether `name` can name a network namespace under `/run/netns` (no path tricks).
+pub fn valid_netns(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_ID
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// One host name and where its traffic goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,7 +73,7 @@ pub struct Route {
     pub tls: Tls,
     /// Where requests go (HTTP to them, or the TLS stream with [`Tls::Passthrough`]), each
     /// reachable from the gateway's namespace.
-    pub backends: Vec<SocketAddr>,
+    pub backends: Vec<Target>,
 }
 
 /// Why a route or a table of them is refused.
@@ -50,10 +87,12 @@ pub enum RouteError {
     Host(String),
     #[error("route {id}: needs 1 to {MAX_BACKENDS} backends, has {count}")]
     BackendCount { id: String, count: usize },
-    #[error("route {id}: backend {addr} is listed twice")]
-    DuplicateBackend { id: String, addr: SocketAddr },
-    #[error("route {id}: backend {addr} has port 0 or an unspecified address")]
-    Backend { id: String, addr: SocketAddr },
+    #[error("route {id}: backend {target} is listed twice")]
+    DuplicateBackend { id: String, target: Target },
+    #[error("route {id}: backend {target} has port 0 or an unspecified address")]
+    Backend { id: String, target: Target },
+    #[error("route {id}: {0:?} is not a network namespace name (1 to {MAX_ID} of a-z, A-Z, 0-9, '.', '_' and '-', not starting with '.')", .netns)]
+    Netns { id: String, netns: String },
     #[error("host {host} is routed twice (routes {first} and {second})")]
     DuplicateHost {
         host: String,
@@ -103,17 +142,25 @@ impl Route {
             });
         }
         let mut seen = HashSet::new();
-        for addr in &self.backends {
-            if addr.port() == 0 || addr.ip().is_unspecified() {
+        for t in &self.backends {
+            if t.addr.port() == 0 || t.addr.ip().is_unspecified() {
                 return Err(RouteError::Backend {
                     id: self.id.clone(),
-                    addr: *addr,
+                    target: t.clone(),
                 });
             }
-            if !seen.insert(addr) {
+            if let Some(ns) = &t.netns
+                && !valid_netns(ns)
+            {
+                return Err(RouteError::Netns {
+                    id: self.id.clone(),
+                    netns: ns.chars().take(80).collect(),
+                });
+            }
+            if !seen.insert(t) {
                 return Err(RouteError::DuplicateBackend {
                     id: self.id.clone(),
-                    addr: *addr,
+                    target: t.clone(),
                 });
             }
         }
@@ -153,7 +200,7 @@ mod tests {
             id: id.into(),
             host: host.into(),
             tls: Tls::Terminate,
-            backends: vec!["10.1.2.3:80".parse().unwrap()],
+            backends: vec![Target::here("10.1.2.3:80".parse().unwrap())],
         }
     }
 
@@ -193,15 +240,30 @@ mod tests {
             Err(RouteError::DuplicateId(_))
         ));
         let mut r = route("1", "a.example");
-        r.backends.push(r.backends[0]);
+        r.backends.push(r.backends[0].clone());
         assert!(matches!(
             r.validate(),
             Err(RouteError::DuplicateBackend { .. })
         ));
         r.backends = vec![];
         assert!(matches!(r.validate(), Err(RouteError::BackendCount { .. })));
-        r.backends = vec!["0.0.0.0:80".parse().unwrap()];
+        r.backends = vec![Target::here("0.0.0.0:80".parse().unwrap())];
         assert!(matches!(r.validate(), Err(RouteError::Backend { .. })));
+        // The same address in two namespaces: two backends. A namespace name is no path.
+        let addr = "10.1.2.3:80".parse().unwrap();
+        let ns = |n: &str| Target {
+            addr,
+            netns: Some(n.into()),
+        };
+        r.backends = vec![ns("n-a"), ns("n-b"), Target::here(addr)];
+        assert!(r.validate().is_ok());
+        for bad in ["../x", "a/b", ".hidden", "", "a b"] {
+            r.backends = vec![ns(bad)];
+            assert!(
+                matches!(r.validate(), Err(RouteError::Netns { .. })),
+                "{bad}"
+            );
+        }
         assert!(matches!(
             route("a/b", "a.example").validate(),
             Err(RouteError::Id(_))

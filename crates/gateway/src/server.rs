@@ -218,20 +218,15 @@ impl Gateway {
             .rx
             .fetch_add(hello.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for backend in live.candidates() {
-            let tcp =
-                tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(backend.addr))
-                    .await
-                    .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()));
-            let mut tcp = match tcp {
+            let mut tcp = match crate::connect::connect(&backend.target).await {
                 Ok(t) => t,
                 Err(e) => {
                     backend.report(false);
-                    tracing::warn!(route = live.route.id, backend = %backend.addr, error = %e, "backend refused the connection");
+                    tracing::warn!(route = live.route.id, backend = %backend.target, error = %e, "backend refused the connection");
                     continue;
                 }
             };
             backend.report(true);
-            let _ = tcp.set_nodelay(true);
             tcp.write_all(&hello).await?;
             let mut client = Counted::new(client, live.counters.clone());
             tokio::io::copy_bidirectional(&mut client, &mut tcp).await?;
@@ -281,9 +276,7 @@ impl Gateway {
         loop {
             every.tick().await;
             let checks = self.shared.backends().into_iter().map(|b| async move {
-                let ok = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(b.addr))
-                    .await
-                    .is_ok_and(|r| r.is_ok());
+                let ok = crate::connect::connect(&b.target).await.is_ok();
                 b.report(ok);
             });
             futures::future::join_all(checks).await;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::route::{Route, RouteError, validate_table};
+use crate::route::{Route, RouteError, Target, validate_table};
 
 /// Failed checks in a row after which a backend leaves the rotation.
 pub const FAILS_TO_DOWN: u32 = 2;
@@ -44,24 +44,22 @@ impl Counters {
     }
 }
 
-/// One backend address and whether it takes traffic.
+/// One backend and whether it takes traffic.
 #[derive(Debug)]
 pub struct Backend {
-    pub addr: SocketAddr,
-    /// `addr` as a URI authority, made once.
+    pub target: Target,
+    /// `target` as the URI authority the backend client connects by (see
+    /// [`crate::connect::authority`]), made once.
     pub authority: hyper::http::uri::Authority,
     healthy: AtomicBool,
     fails: AtomicU32,
 }
 
 impl Backend {
-    fn new(addr: SocketAddr) -> Self {
+    fn new(target: Target) -> Self {
         Self {
-            addr,
-            authority: addr
-                .to_string()
-                .parse()
-                .expect("a socket address is an authority"),
+            authority: crate::connect::authority(&target),
+            target,
             healthy: AtomicBool::new(true),
             fails: AtomicU32::new(0),
         }
@@ -77,12 +75,12 @@ impl Backend {
         if ok {
             self.fails.store(0, Ordering::Relaxed);
             if !self.healthy.swap(true, Ordering::Relaxed) {
-                tracing::info!(backend = %self.addr, "backend is back");
+                tracing::info!(backend = %self.target, "backend is back");
             }
         } else if self.fails.fetch_add(1, Ordering::Relaxed) + 1 >= FAILS_TO_DOWN
             && self.healthy.swap(false, Ordering::Relaxed)
         {
-            tracing::warn!(backend = %self.addr, "backend is down: out of the rotation");
+            tracing::warn!(backend = %self.target, "backend is down: out of the rotation");
         }
     }
 }
@@ -123,6 +121,8 @@ pub struct RouteStatus {
 #[serde(deny_unknown_fields)]
 pub struct BackendStatus {
     pub addr: SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
     pub healthy: bool,
 }
 
@@ -131,7 +131,7 @@ pub struct BackendStatus {
 pub struct Shared {
     hosts: RwLock<Arc<HashMap<String, Arc<Live>>>>,
     counters: Mutex<HashMap<String, Arc<Counters>>>,
-    backends: Mutex<HashMap<SocketAddr, Arc<Backend>>>,
+    backends: Mutex<HashMap<Target, Arc<Backend>>>,
 }
 
 impl Shared {
@@ -146,10 +146,10 @@ impl Shared {
             let live_backends = route
                 .backends
                 .iter()
-                .map(|a| {
+                .map(|t| {
                     backends
-                        .entry(*a)
-                        .or_insert_with(|| Arc::new(Backend::new(*a)))
+                        .entry(t.clone())
+                        .or_insert_with(|| Arc::new(Backend::new(t.clone())))
                         .clone()
                 })
                 .collect();
@@ -163,11 +163,11 @@ impl Shared {
                 }),
             );
         }
-        let used: std::collections::HashSet<SocketAddr> = hosts
+        let used: std::collections::HashSet<&Target> = hosts
             .values()
-            .flat_map(|l| l.route.backends.iter().copied())
+            .flat_map(|l| l.route.backends.iter())
             .collect();
-        backends.retain(|a, _| used.contains(a));
+        backends.retain(|t, _| used.contains(t));
         let count = hosts.len();
         *self.hosts.write().unwrap() = Arc::new(hosts);
         tracing::info!(routes = count, "routing table replaced");
@@ -212,7 +212,8 @@ impl Shared {
                     .backends
                     .iter()
                     .map(|b| BackendStatus {
-                        addr: b.addr,
+                        addr: b.target.addr,
+                        netns: b.target.netns.clone(),
                         healthy: b.healthy(),
                     })
                     .collect(),
@@ -234,7 +235,10 @@ mod tests {
             id: id.into(),
             host: host.into(),
             tls: Tls::Plain,
-            backends: backends.iter().map(|b| b.parse().unwrap()).collect(),
+            backends: backends
+                .iter()
+                .map(|b| Target::here(b.parse().unwrap()))
+                .collect(),
         }
     }
 
@@ -254,7 +258,7 @@ mod tests {
         assert!(!live.backends[1].healthy());
         // The healthy one first, every time.
         for _ in 0..3 {
-            assert_eq!(live.candidates()[0].addr, live.backends[0].addr);
+            assert_eq!(live.candidates()[0].target, live.backends[0].target);
         }
         // A refused table leaves the old one.
         let dup = vec![route("w1", "a.example", &["10.0.0.1:80"]); 2];

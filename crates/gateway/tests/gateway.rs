@@ -339,3 +339,104 @@ async fn wait_closed(gw: &Gw) {
     })
     .await;
 }
+
+/// A backend named `name` on `addr` inside network namespace `ns`, on a thread of its own.
+fn backend_in(ns: &str, name: &'static str, addr: SocketAddr) {
+    let path = format!("/run/netns/{ns}");
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+            ready_tx.send(()).unwrap();
+            // Ends with the namespace: the test deletes it when done.
+            let _ = axum::serve(listener, app(name)).await;
+        });
+    });
+    ready.recv().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backends_in_tenants_namespaces_with_the_same_address_stay_apart() {
+    if !zos_testkit::require_root("backends_in_tenants_namespaces_with_the_same_address_stay_apart")
+    {
+        return;
+    }
+    let gw = Gw::start(&[]).await;
+    let id = std::process::id();
+    let a = zos_testkit::netns::Netns::create(&format!("zgw-a-{id}")).unwrap();
+    let b = zos_testkit::netns::Netns::create(&format!("zgw-b-{id}")).unwrap();
+    // Both tenants' backends have the same address, each in its own network.
+    let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    backend_in(a.name(), "tenant-a", addr);
+    backend_in(b.name(), "tenant-b", addr);
+    let t = |ns: &str| zos_gateway::Target {
+        addr,
+        netns: Some(ns.to_string()),
+    };
+    let gone = format!("zgw-gone-{id}");
+    gw.routes(vec![
+        zos_gateway::Route {
+            id: "ta".into(),
+            host: "a.gw.example".into(),
+            tls: Tls::Plain,
+            backends: vec![t(a.name())],
+        },
+        zos_gateway::Route {
+            id: "tb".into(),
+            host: "b.gw.example".into(),
+            tls: Tls::Plain,
+            backends: vec![t(b.name())],
+        },
+        zos_gateway::Route {
+            id: "tg".into(),
+            host: "gone.gw.example".into(),
+            tls: Tls::Plain,
+            backends: vec![t(&gone)],
+        },
+    ])
+    .await;
+    let port = gw.http.port();
+    // Kept-alive pooled connections included: each name always reaches its own tenant.
+    for _ in 0..3 {
+        for (host, want) in [("a.gw.example", "tenant-a"), ("b.gw.example", "tenant-b")] {
+            let r = curl(&format!("http://{host}:{port}/echo"), (host, port), &[]).await;
+            assert_eq!(r.status, 200, "{host}: {}", r.body);
+            assert_eq!(json(&r.body)["backend"], want);
+        }
+    }
+    // A namespace that does not exist: 502, and nothing else is reached.
+    let r = curl(
+        &format!("http://gone.gw.example:{port}/echo"),
+        ("gone.gw.example", port),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(
+        r.body.contains("no backend of gone.gw.example"),
+        "{}",
+        r.body
+    );
+    let s = gw.status().await;
+    let ta = s.iter().find(|r| r.id == "ta").unwrap();
+    assert_eq!(ta.backends[0].netns.as_deref(), Some(a.name()));
+    // Namespace names are not paths.
+    let e = gw
+        .call(Request::SetRoutes {
+            routes: vec![zos_gateway::Route {
+                id: "tx".into(),
+                host: "x.gw.example".into(),
+                tls: Tls::Plain,
+                backends: vec![t("../../proc/1/ns/net")],
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("network namespace name"), "{e}");
+}

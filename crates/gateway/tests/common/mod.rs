@@ -12,7 +12,7 @@ use axum::http::HeaderMap;
 use axum::routing::{any, get};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use zos_gateway::control::{Answer, ControlClient, ControlError, Request};
-use zos_gateway::{Route, Tls};
+use zos_gateway::{Route, Target, Tls};
 
 /// A running `zos-gateway`, killed on drop.
 pub struct Gw {
@@ -108,13 +108,13 @@ pub fn route(id: &str, host: &str, tls: Tls, backends: &[SocketAddr]) -> Route {
         id: id.into(),
         host: host.into(),
         tls,
-        backends: backends.to_vec(),
+        backends: backends.iter().map(|a| Target::here(*a)).collect(),
     }
 }
 
-/// An HTTP backend named `name`: `/echo` answers what it was sent (headers, body length),
+/// The routes of a backend named `name`: `/echo` answers what it was sent (headers, body length),
 /// `/big` sends 1 MiB, `/ws` echoes WebSocket messages.
-pub async fn backend(name: &'static str) -> SocketAddr {
+pub fn app(name: &'static str) -> axum::Router {
     async fn echo(name: &'static str, headers: HeaderMap, body: axum::body::Bytes) -> String {
         let h = |k: &str| {
             headers
@@ -133,7 +133,7 @@ pub async fn backend(name: &'static str) -> SocketAddr {
         })
         .to_string()
     }
-    let app = axum::Router::new()
+    axum::Router::new()
         .route(
             "/echo",
             any(move |headers: HeaderMap, body: axum::body::Bytes| echo(name, headers, body)),
@@ -156,7 +156,12 @@ pub async fn backend(name: &'static str) -> SocketAddr {
                 })
             }),
         )
-        .layer(axum::extract::DefaultBodyLimit::disable());
+        .layer(axum::extract::DefaultBodyLimit::disable())
+}
+
+/// An HTTP backend named `name` (see [`app`]) on loopback.
+pub async fn backend(name: &'static str) -> SocketAddr {
+    let app = app(name);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
