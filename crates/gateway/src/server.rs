@@ -136,42 +136,46 @@ impl Gateway {
         })
     }
 
-    /// Accepts plain HTTP connections until the task is dropped.
-    pub async fn serve_http(self: Arc<Self>, listener: TcpListener) -> io::Result<()> {
+    /// Accepts connections on `listener` until the task is dropped, each under the limits and
+    /// served by `serve` in a task of its own.
+    async fn accept<F, Fut>(self: Arc<Self>, listener: TcpListener, serve: F) -> io::Result<()>
+    where
+        F: Fn(Arc<Self>, TcpStream, SocketAddr) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         loop {
             let (tcp, peer) = listener.accept().await?;
             let Some(admitted) = self.admit(peer.ip()) else {
                 tracing::debug!(%peer, "connection refused: too many open");
                 continue;
             };
-            let g = self.clone();
+            let _ = tcp.set_nodelay(true);
+            let served = serve(self.clone(), tcp, peer);
             tokio::spawn(async move {
                 let _admitted = admitted;
-                let _ = tcp.set_nodelay(true);
-                let io = Idle::new(tcp, g.limits.idle);
-                g.serve_conn(io, peer, None).await;
+                served.await;
             });
         }
+    }
+
+    /// Accepts plain HTTP connections until the task is dropped.
+    pub async fn serve_http(self: Arc<Self>, listener: TcpListener) -> io::Result<()> {
+        self.accept(listener, |g, tcp, peer| async move {
+            let io = Idle::new(tcp, g.limits.idle);
+            g.serve_conn(io, peer, None).await;
+        })
+        .await
     }
 
     /// Accepts TLS connections until the task is dropped: each client's hello is read, and its
     /// server name picks the route: TLS ends here, or the stream goes to a backend as it is.
     pub async fn serve_https(self: Arc<Self>, listener: TcpListener) -> io::Result<()> {
-        loop {
-            let (tcp, peer) = listener.accept().await?;
-            let Some(admitted) = self.admit(peer.ip()) else {
-                tracing::debug!(%peer, "connection refused: too many open");
-                continue;
-            };
-            let g = self.clone();
-            tokio::spawn(async move {
-                let _admitted = admitted;
-                let _ = tcp.set_nodelay(true);
-                if let Err(e) = g.tls_conn(tcp, peer).await {
-                    tracing::debug!(%peer, error = %e, "TLS connection ended");
-                }
-            });
-        }
+        self.accept(listener, |g, tcp, peer| async move {
+            if let Err(e) = g.tls_conn(tcp, peer).await {
+                tracing::debug!(%peer, error = %e, "TLS connection ended");
+            }
+        })
+        .await
     }
 
     async fn tls_conn(self: &Arc<Self>, tcp: TcpStream, peer: SocketAddr) -> io::Result<()> {

@@ -44,6 +44,17 @@ async fn cert_of(gw: &Gw, host: &str) -> Option<CertStatus> {
     certificates(gw).await.into_iter().find(|c| c.host == host)
 }
 
+/// `GET /echo` of `host` over HTTPS from `gw`, checked against the root in file `root`.
+async fn get_tls(gw: &Gw, host: &str, root: &str) -> Curl {
+    let port = gw.https.port();
+    curl(
+        &format!("https://{host}:{port}/echo"),
+        (host, port),
+        &["--cacert", root],
+    )
+    .await
+}
+
 /// The gateway with ACME from `directory`, its store in `store`, sealed with `seal`.
 async fn gateway(directory: &str, ca: &Path, store: &Path, seal: &Path) -> Gw {
     let args = [
@@ -189,24 +200,13 @@ async fn certificates_come_from_the_ca_are_renewed_and_outlive_a_restart_sealed(
     assert_eq!(root.status, 200, "{}", root.stderr);
     std::fs::write(p("pebble-root.pem"), &root.body).unwrap();
     let root = p("pebble-root.pem").display().to_string();
-    let port = gw.https.port();
     for host in ["app.gw.example", "old.gw.example"] {
-        let r = curl(
-            &format!("https://{host}:{port}/echo"),
-            (host, port),
-            &["--cacert", &root],
-        )
-        .await;
+        let r = get_tls(&gw, host, &root).await;
         assert_eq!(r.status, 200, "{host}: {}", r.stderr);
         assert_eq!(json(&r.body)["proto"], "https");
     }
     // No certificate, no handshake, for the name the CA refused.
-    let r = curl(
-        &format!("https://nx.elsewhere.example:{port}/echo"),
-        ("nx.elsewhere.example", port),
-        &["--cacert", &root],
-    )
-    .await;
+    let r = get_tls(&gw, "nx.elsewhere.example", &root).await;
     assert_ne!(r.exit, 0);
 
     // The CA goes away; a restarted gateway serves from its sealed store.
@@ -215,13 +215,7 @@ async fn certificates_come_from_the_ca_are_renewed_and_outlive_a_restart_sealed(
     let gw = gateway(&directory, &p("test-ca.pem"), &store, &p("seal.key")).await;
     gw.routes(vec![route("w1", "app.gw.example", Tls::Terminate, &[a])])
         .await;
-    let port = gw.https.port();
-    let r = curl(
-        &format!("https://app.gw.example:{port}/echo"),
-        ("app.gw.example", port),
-        &["--cacert", &root],
-    )
-    .await;
+    let r = get_tls(&gw, "app.gw.example", &root).await;
     assert_eq!(r.status, 200, "{}", r.stderr);
     drop(gw);
 
@@ -231,13 +225,7 @@ async fn certificates_come_from_the_ca_are_renewed_and_outlive_a_restart_sealed(
     assert!(cert_of(&gw, "app.gw.example").await.is_none());
     gw.routes(vec![route("w1", "app.gw.example", Tls::Terminate, &[a])])
         .await;
-    let port = gw.https.port();
-    let r = curl(
-        &format!("https://app.gw.example:{port}/echo"),
-        ("app.gw.example", port),
-        &["--cacert", &root],
-    )
-    .await;
+    let r = get_tls(&gw, "app.gw.example", &root).await;
     assert_ne!(r.exit, 0, "served a certificate it cannot have opened");
     eventually("the failed order reported", || async {
         cert_of(&gw, "app.gw.example")
