@@ -107,7 +107,15 @@ pub async fn read_hello<S: tokio::io::AsyncRead + Unpin>(
                 format!("a TLS hello larger than {MAX_HELLO} bytes"),
             ));
         }
-        acceptor.read_tls(&mut &chunk[..n])?;
+        let mut rest = &chunk[..n];
+        while !rest.is_empty() {
+            if acceptor.read_tls(&mut rest)? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the TLS hello does not fit the acceptor's buffer",
+                ));
+            }
+        }
         match acceptor.accept() {
             Ok(Some(accepted)) => {
                 let name = accepted

@@ -200,6 +200,29 @@ async fn tls_ends_at_the_gateway_with_http2_and_checks_the_server_name() {
     .await;
     assert_eq!(r.status, 421, "{}", r.body);
 
+    // Garbage, and a "hello" larger than any real one, are dropped; the gateway serves on.
+    for junk in [b"GET / HTTP/1.1\r\n\r\n".to_vec(), {
+        // A TLS handshake record header announcing 48 KiB, then that much.
+        let mut v = vec![0x16, 0x03, 0x01, 0xc0, 0x00];
+        v.resize(5 + 48 * 1024, 0x01);
+        v
+    }] {
+        let mut tcp = tokio::net::TcpStream::connect(gw.https).await.unwrap();
+        let _ = tcp.write_all(&junk).await;
+        let n = tokio::time::timeout(Duration::from_secs(20), tcp.read(&mut [0u8; 64]))
+            .await
+            .expect("the gateway closes the connection")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "nothing is answered to junk");
+    }
+    let r = curl(
+        &url("app.gw.example"),
+        ("app.gw.example", port),
+        &["--cacert", &cafile],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+
     // No TLS for unknown names nor for plain-only routes: the handshake fails.
     for host in ["nobody.gw.example", "plain.gw.example"] {
         let r = curl(&url(host), (host, port), &["--cacert", &cafile]).await;
