@@ -106,14 +106,13 @@ pub struct Publish<'a> {
     pub initramfs: &'a Path,
     pub flists: &'a [FlistSpec],
     pub keys: &'a [Identity],
-    /// The version; by default the current release's next patch, or 0.1.0.
+    /// The version; by default the newest release's next patch (halted ones too), or 0.1.0.
     pub version: Option<String>,
 }
 
-/// The fields of a manifest the client reads, whatever upgrade terms it also carries.
+/// The field of a manifest the client reads, whatever else it carries.
 #[derive(Debug, serde::Deserialize)]
 struct ManifestHead {
-    version: String,
     runmode: RunMode,
 }
 
@@ -268,17 +267,16 @@ impl ReleaseClient {
                 v.parse::<Version>()?;
                 v.clone()
             }
-            None => match self.current(p.runmode).await? {
-                Some(c) => {
-                    let r: ManifestHead = serde_json::from_str(&c.manifest).map_err(|source| {
-                        ClientError::Decode {
-                            url: format!("{}/releases/{}", self.base, p.runmode),
-                            source: DecodeError::Json(source),
-                        }
-                    })?;
-                    let v = r.version.parse::<Version>()?;
-                    Version(v.0, v.1, v.2 + 1).to_string()
-                }
+            // The newest release's next patch: halted ones count (the current one the grid
+            // serves may be older than a halted one, and the grid takes only newer versions).
+            None => match self
+                .list(p.runmode)
+                .await?
+                .iter()
+                .filter_map(|r| r.release.version.parse::<Version>().ok())
+                .max()
+            {
+                Some(v) => Version(v.0, v.1, v.2 + 1).to_string(),
                 None => "0.1.0".into(),
             },
         };

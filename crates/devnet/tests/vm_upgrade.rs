@@ -13,7 +13,10 @@
 //!    times, goes back to the previous runtime by itself and reports `rolled_back` with the
 //!    reason, which the grid's release status shows (and the grid halts that rollout: the
 //!    only node that took it rolled back); the node runs the good version again with its
-//!    workloads `ok`, and never tries the bad one again.
+//!    workloads `ok`, and never tries the bad one again;
+//! 3. a release that fails the gate: one more runtime flist whose service list starts the real
+//!    zosd against a grid that is not there, so it never registers nor gets its uplink up: the
+//!    node waits out the gate, goes back and reports `rolled_back` with what was missing.
 //!
 //! One VM boot; under TCG here, so the test takes minutes. The figures it prints (publish to
 //! committed, how long zosd did not answer) are in docs/benchmarks.md.
@@ -279,10 +282,78 @@ async fn a_node_vm_upgrades_live_with_the_real_zosd_and_rolls_a_bad_release_back
     let (_, halted) = report(state, id, &bad).await;
     assert!(halted, "{status}");
     // Back on the good version, which it answers and registers, with its workloads.
-    let back = Instant::now() + Duration::from_secs(120);
+    back_on(state, twin, &good).await;
+    assert_eq!(listed_version(&user, id), good);
+    workloads_ok(&user, contract).unwrap_or_else(|got| panic!("after the rollback: {got}"));
+    assert!(
+        ping(&ns_side, "10.20.3.1", 5),
+        "the network still carries traffic after the rollback"
+    );
+    let tries = |log: &str, version: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains("release fetched and checked: switching")
+                    && l.contains(&format!("version={version}"))
+            })
+            .count()
+    };
+    let log = vms::console(&vm(state));
+    assert_eq!(tries(&log, &bad), 1, "{}", tail(&log, 4000));
+
+    // 3. A release that fails the gate: its service list runs the real zosd against a grid that
+    // is not there (`ZOS_GRID`), so it never registers and its uplink never comes up.
+    let gateless = dir.path().join("gateless");
+    std::fs::create_dir_all(gateless.join("usr/share/zos")).unwrap();
+    std::fs::write(
+        gateless.join("usr/share/zos/services.json"),
+        serde_json::json!([{
+            "name": "zosd",
+            "exec": ["/usr/bin/zosd"],
+            "env": {"ZOS_GRID": "http://127.0.0.1:9"},
+        }])
+        .to_string(),
+    )
+    .unwrap();
+    let missed = Instant::now();
+    let lost = vms::publish_image_as(state, &opts, None, Some(&gateless))
+        .await
+        .unwrap_or_else(|e| panic!("publishing the version that misses the gate: {e}"));
+    let r = wait_report(state, id, &lost, UpgradeState::RolledBack, 1200).await;
+    eprintln!(
+        "publish of a release that misses the gate to rolled back: {:?}",
+        missed.elapsed()
+    );
+    let reason = r.reason.unwrap_or_default();
+    assert!(
+        reason.contains("health gate missed") && reason.contains("uplink down"),
+        "{reason}"
+    );
+    back_on(state, twin, &good).await;
+    assert_eq!(listed_version(&user, id), good);
+    workloads_ok(&user, contract).unwrap_or_else(|got| panic!("after the second rollback: {got}"));
+    assert!(
+        ping(&ns_side, "10.20.3.1", 5),
+        "the network still carries traffic after the second rollback"
+    );
+
+    // Neither rolled-back release was tried again (the gate's wait spans several checks), and
+    // their reports stay.
+    let log = vms::console(&vm(state));
+    assert_eq!(tries(&log, &bad), 1, "{}", tail(&log, 4000));
+    assert_eq!(tries(&log, &lost), 1, "{}", tail(&log, 4000));
+    for v in [&bad, &lost] {
+        let (r, halted) = report(state, id, v).await;
+        assert_eq!(r.map(|r| r.state), Some(UpgradeState::RolledBack), "{v}");
+        assert!(halted, "{v}");
+    }
+}
+
+/// Waits until the node answers `version` over the relay with `good` again.
+async fn back_on(state: &DevnetState, twin: u32, good: &str) {
+    let back = Instant::now() + Duration::from_secs(180);
     loop {
-        if answered_version(state, twin).await.as_deref() == Ok(good.as_str()) {
-            break;
+        if answered_version(state, twin).await.as_deref() == Ok(good) {
+            return;
         }
         assert!(
             Instant::now() < back,
@@ -291,23 +362,4 @@ async fn a_node_vm_upgrades_live_with_the_real_zosd_and_rolls_a_bad_release_back
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    assert_eq!(listed_version(&user, id), good);
-    workloads_ok(&user, contract).unwrap_or_else(|got| panic!("after the rollback: {got}"));
-    assert!(
-        ping(&ns_side, "10.20.3.1", 5),
-        "the network still carries traffic after the rollback"
-    );
-    // It does not try the bad release again: another check passes, nothing is switched.
-    let log = vms::console(&vm(state));
-    let tries = |log: &str| {
-        log.lines()
-            .filter(|l| l.contains("release fetched and checked: switching") && l.contains(&bad))
-            .count()
-    };
-    assert_eq!(tries(&log), 1, "{}", tail(&log, 4000));
-    tokio::time::sleep(Duration::from_secs(90)).await;
-    let log = vms::console(&vm(state));
-    assert_eq!(tries(&log), 1, "{}", tail(&log, 4000));
-    let (r, _) = report(state, id, &bad).await;
-    assert_eq!(r.map(|r| r.state), Some(UpgradeState::RolledBack));
 }
