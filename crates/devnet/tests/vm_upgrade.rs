@@ -3,7 +3,7 @@
 //! volume and a private network shared with the namespace node), then:
 //!
 //! 1. the same node image published again as the next version: the node learns of it from the
-//!    grid's notice on its uplink (its periodic check may be long), zos-init
+//!    grid's notice on its uplink (its periodic check is an hour away), zos-init
 //!    fetches and checks it, stops zosd, re-points `/usr` and starts the new zosd, which adopts
 //!    the workloads and passes the health gate; the node reports `committed`, registers the
 //!    new version (what `zos node list` shows), answers it to `version`, keeps its node id, and
@@ -32,6 +32,7 @@ use zos_testkit::guest::{build_node, devnet_release_key};
 use zos_testkit::net::ping;
 use zos_testkit::require_root;
 use zos_testkit::user::{User, nr_netns};
+use zos_types::boot::NodeArg;
 use zos_types::release::RunMode;
 use zos_types::release::fleet::{NodeReport, UpgradeState};
 
@@ -162,7 +163,9 @@ async fn a_node_vm_upgrades_live_with_the_real_zosd_and_rolls_a_bad_release_back
     }
     let image = build_node();
     let (key, _) = devnet_release_key();
-    let opts = VmOptions::new(1, image, key);
+    // The devnet's short gate (120 s), and a periodic check an hour apart: the node learns of
+    // each release from the grid's notice on its uplink, or not in this test's time.
+    let opts = VmOptions::new(1, image, key).with_args(1, &[NodeArg::UpgradeCheck(3600)]);
     let started = Instant::now();
     let mut bed = DevnetGuard::up_with(1, Duration::from_secs(5), Some(opts.clone()))
         .await
