@@ -11,7 +11,10 @@
 #                              btrfs-progs, nftables, iproute2, WireGuard tools, e2fsprogs, xfsprogs,
 #                              util-linux, genisoimage) with their libraries, usr-merged, no shell
 #   <out>/zos.fl               runtime flist: zosd and zos-flist-mount in usr/bin
-#   <out>/blocks/              the block store of both flists (dir:// store, content addressed)
+#   <out>/debug.fl             the debug flist, for runmode dev nodes booted with zos-debug only:
+#                              Debian's busybox-static as bin/busybox with its applet links
+#                              (bin/sh …); not a runtime flist, outside the no-shell rule
+#   <out>/blocks/              the block store of the flists (dir:// store, content addressed)
 #   <out>/packages.txt         the Debian packages (name version) the image is made of
 #   <out>/sizes.txt            sizes of the pieces
 #
@@ -27,7 +30,8 @@
 # Nothing is downloaded but Debian packages (apt-get download into ${ZOS_CACHE:-~/.cache/zos}/debs,
 # extracted with dpkg-deb, never installed, no maintainer script run). No shell, getty, login,
 # su, sshd or busybox is in any output: they are deleted from the trees and the build fails if
-# one is left. The result is cached: when the package versions, our binaries, the keys and this
+# one is left (debug.fl, which is not a runtime flist and which releases of other runmodes than
+# dev cannot carry, is the one exception). The result is cached: when the package versions, our binaries, the keys and this
 # script did not change, nothing is rebuilt. Prints the output directory on its last line.
 set -euo pipefail
 
@@ -149,8 +153,11 @@ deb_of() { # name version -> cached .deb path (apt's file name: epoch colon as %
   local v=${2//:/%3a}
   ls "$debs/${1}_${v}_"*.deb 2>/dev/null | head -n1
 }
+# The debug flist's one package, apart from the image's.
+debug_version=$(apt-cache policy busybox-static | awk '/Candidate:/ {print $2}')
+[[ -n $debug_version && $debug_version != "(none)" ]] || die "apt knows no busybox-static (run apt-get update)"
 missing=()
-for nv in "${versions[@]}"; do
+for nv in "${versions[@]}" "busybox-static $debug_version"; do
   read -r n v <<<"$nv"
   [[ $v != "(none)" ]] || die "package $n has no installable version"
   [[ -n $(deb_of "$n" "$v") ]] || missing+=("$n=$v")
@@ -162,10 +169,10 @@ fi
 
 key=$( {
   cat "$0" "$init_bin" "$zosd" "$mounter"
-  printf '%s\n' "$keys" "${versions[@]}"
+  printf '%s\n' "$keys" "${versions[@]}" "busybox-static $debug_version"
 } | sha256sum | cut -c1-64)
 if [[ -f $out/stamp && $(cat "$out/stamp") == "$key" && -f $out/initramfs.cpio.zst &&
-  -f $out/zos-base.fl && -f $out/zos.fl ]]; then
+  -f $out/zos-base.fl && -f $out/zos.fl && -f $out/debug.fl ]]; then
   log "up to date ($kpkg, ${#closure[@]} packages)"
   cat "$out/sizes.txt" >&2
   echo "$out"
@@ -355,16 +362,31 @@ for name in zos-base zos; do
     --tag "kernel=$release" >/dev/null
 done
 
+# The debug flist: busybox and its applets, for a console shell on dev nodes in debug mode. It
+# is packed after the no-shell check on purpose, and only zos-init with zos-debug on runmode
+# dev mounts it (docs/boot.md).
+dbg=$work/debug
+mkdir -p "$work/debug-deb" "$dbg/bin"
+dpkg-deb -x "$(deb_of busybox-static "$debug_version")" "$work/debug-deb"
+cp "$work/debug-deb/bin/busybox" "$dbg/bin/busybox"
+for a in $("$dbg/bin/busybox" --list); do
+  [[ $a == busybox || -e $dbg/bin/$a ]] || ln -s busybox "$dbg/bin/$a"
+done
+[[ -L $dbg/bin/sh ]] || die "busybox-static $debug_version has no sh applet"
+log "packing debug"
+"$zos" flist pack "$dbg" -o "$work/debug.fl" --store "dir://$out/blocks" >/dev/null
+
 cp "$work/kernel/boot/vmlinuz-$release" "$work/vmlinuz"
-mv "$work/vmlinuz" "$work/initramfs.cpio.zst" "$work/zos-base.fl" "$work/zos.fl" "$out/"
+mv "$work/vmlinuz" "$work/initramfs.cpio.zst" "$work/zos-base.fl" "$work/zos.fl" "$work/debug.fl" "$out/"
 echo "$release" >"$out/kernel.version"
-printf '%s\n' "${versions[@]}" >"$out/packages.txt"
+printf '%s\n' "${versions[@]}" "busybox-static $debug_version (debug.fl only)" >"$out/packages.txt"
 kib() { du -sk --apparent-size "$1" | cut -f1; }
 {
   echo "kernel $release: vmlinuz $(kib "$out/vmlinuz") KiB"
   echo "initramfs: $(kib "$out/initramfs.cpio.zst") KiB compressed, $(kib "$init") KiB unpacked, ${#selected[@]} modules"
   echo "zos-base: $(kib "$base") KiB in $(find "$base" | wc -l) entries from ${#closure[@]} packages, flist $(kib "$out/zos-base.fl") KiB"
   echo "zos: $(kib "$zt") KiB, flist $(kib "$out/zos.fl") KiB"
+  echo "debug: $(kib "$dbg") KiB (busybox-static, dev debug mode only), flist $(kib "$out/debug.fl") KiB"
   echo "blocks: $(find "$out/blocks" -type f | wc -l) blocks, $(du -sk "$out/blocks" | cut -f1) KiB"
 } >"$out/sizes.txt"
 echo "$key" >"$out/stamp"

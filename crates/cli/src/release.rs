@@ -209,6 +209,7 @@ async fn publish(
                 kernel,
                 initramfs,
                 flists,
+                debug: None,
                 keys,
                 version,
             },

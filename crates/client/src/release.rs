@@ -105,6 +105,8 @@ pub struct Publish<'a> {
     pub kernel: &'a Path,
     pub initramfs: &'a Path,
     pub flists: &'a [FlistSpec],
+    /// The debug flist (runmode dev only; the grid refuses it elsewhere).
+    pub debug: Option<&'a FlistSpec>,
     pub keys: &'a [Identity],
     /// The version; by default the newest release's next patch (halted ones too), or 0.1.0.
     pub version: Option<String>,
@@ -284,6 +286,10 @@ impl ReleaseClient {
         for f in p.flists {
             flists.push(self.runtime_flist(f).await?);
         }
+        let debug = match p.debug {
+            Some(f) => Some(self.runtime_flist(f).await?),
+            None => None,
+        };
         let kernel = self.upload("kernel", p.kernel, uploader, progress).await?;
         let initramfs = self
             .upload("initramfs", p.initramfs, uploader, progress)
@@ -295,6 +301,7 @@ impl ReleaseClient {
             kernel,
             initramfs,
             flists,
+            debug,
         };
         let signed = release.sign_with(terms, &p.keys.iter().collect::<Vec<_>>())?;
         Ok(self.put_release(&signed, uploader).await?)

@@ -1,6 +1,6 @@
 //! Parts of the devnet's VM nodes (`zos devnet up --vm-nodes N`, put together by [`crate::vms`]):
 //! the accelerator choice, each node VM's QEMU command line (2 GiB, two sparse virtio disks, a tap
-//! on the devnet bridge, network boot through QEMU's iPXE ROM, serial console to a file) and the
+//! on the devnet bridge, network boot through QEMU's iPXE ROM, serial console to a file and a socket to type on) and the
 //! command line of the `dnsmasq` that gives the VMs DHCP and the grid's iPXE script. See
 //! docs/devnet.md.
 
@@ -104,9 +104,11 @@ impl VmNode {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        // Appended: the log of every boot of the node stays.
+        // A socket to type on (a debug shell's input), everything the node prints also
+        // appended to the log: the log of every boot of the node stays.
         a.push(format!(
-            "file,id=serial0,path={},append=on",
+            "socket,id=serial0,path={},server=on,wait=off,logfile={},logappend=on",
+            console_socket(&self.serial).display(),
             self.serial.display()
         ));
         a.extend(["-serial".into(), "chardev:serial0".into()]);
@@ -135,6 +137,11 @@ impl VmNode {
         }
         a
     }
+}
+
+/// The socket of a node VM's serial console, beside its log `serial`.
+pub fn console_socket(serial: &Path) -> PathBuf {
+    serial.with_extension("sock")
 }
 
 /// Makes sparse disk files (they cost only what the node writes).
@@ -260,7 +267,8 @@ mod tests {
         assert!(a.contains("-accel tcg -cpu max -m 2048 -smp 2"), "{a}");
         assert!(a.contains("-boot order=n"));
         assert!(a.contains(
-            "-chardev file,id=serial0,path=/d/serial.log,append=on -serial chardev:serial0"
+            "-chardev socket,id=serial0,path=/d/serial.sock,server=on,wait=off,\
+             logfile=/d/serial.log,logappend=on -serial chardev:serial0"
         ));
         assert!(a.contains("tap,id=n0,ifname=devvt1,script=no,downscript=no"));
         assert!(!a.contains("vhost"));

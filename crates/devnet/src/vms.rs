@@ -27,6 +27,9 @@ use crate::vmnode::{self, Dhcp, VmNode};
 
 /// The runtime flists of the node image, in the order they stack (later over earlier).
 pub const RUNTIME_FLISTS: [&str; 2] = ["zos-base", "zos"];
+/// The node image's debug flist (`debug.fl`): published in the devnet's dev releases, mounted
+/// only by VMs booted with `zos-debug`.
+pub const DEBUG_FLIST: &str = "debug";
 
 /// Writes the release keys the devnet's grid trusts for runmode dev: the one devnet release key.
 pub fn write_release_keys(state: &mut DevnetState, key: &Path) -> Result<()> {
@@ -78,6 +81,12 @@ pub async fn publish_image_as(
     if let Some(dir) = extra {
         specs.push(push_extra(state, &hub, &remote, dir).await?);
     }
+    // The debug flist (a console shell for VMs booted with zos-debug), when the image has one.
+    let debug_file = image.join(format!("{DEBUG_FLIST}.fl"));
+    let debug = match debug_file.is_file() {
+        true => Some(push_flist(&hub, &remote, &local, DEBUG_FLIST, &debug_file).await?),
+        false => None,
+    };
     let key = zos_client::keyfile::load_identity(&opts.release_key)?;
     let published = ReleaseClient::new(&state.grid_url)?
         .publish(
@@ -86,6 +95,7 @@ pub async fn publish_image_as(
                 kernel: &image.join("vmlinuz"),
                 initramfs: &image.join("initramfs.cpio.zst"),
                 flists: &specs,
+                debug: debug.as_ref(),
                 keys: std::slice::from_ref(&key),
                 version: version.map(str::to_string),
             },
@@ -371,6 +381,33 @@ fn qmp(socket: &Path, command: &str) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Types `text` on node VM `vm`'s serial console (what a debug shell reads; a node without
+/// one ignores it). What the node answers shows in [`console`].
+pub fn type_on_console(vm: &DevnetVm, text: &str) -> Result<()> {
+    use std::io::Write;
+    let socket = vmnode::console_socket(&vm.serial);
+    let mut s = std::os::unix::net::UnixStream::connect(&socket)
+        .map_err(DevnetError::io("connecting to the console", &socket))?;
+    // Slowly, as a person types: the emulated UART takes a few bytes at a time.
+    for chunk in text.as_bytes().chunks(4) {
+        s.write_all(chunk)
+            .map_err(DevnetError::io("typing on the console", &socket))?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Stay a moment so QEMU reads it all before the connection closes.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(())
+}
+
+/// Boots node VM `index` with `args` (beside the devnet's defaults) from its next power-on:
+/// rewrites the bootloader script dnsmasq hands it.
+pub fn set_vm_args(state: &DevnetState, opts: &VmOptions, index: usize) -> Result<()> {
+    vm_at(state, index)?;
+    let path = state.dir.join("tftp").join(format!("vm{index}.ipxe"));
+    std::fs::write(&path, vm_chain_script(state, opts, index)?)
+        .map_err(DevnetError::io("writing", &path))
 }
 
 /// The serial console of node VM `vm` as text, its colours left out.

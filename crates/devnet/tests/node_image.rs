@@ -188,6 +188,16 @@ fn the_node_image_has_no_shell_and_holds_what_the_node_runs() {
         entries > 1000,
         "only {entries} entries in the runtime flists"
     );
+    // The debug flist (not a runtime flist: only a dev node in debug mode mounts it) is the
+    // one place a shell is: busybox and its applets.
+    let debug = Flist::open(&out.join("debug.fl")).unwrap();
+    let walk = debug.walk();
+    for p in ["/bin/busybox", "/bin/sh", "/bin/ls"] {
+        assert!(walk.iter().any(|(q, _)| q == p), "debug.fl has no {p}");
+    }
+    for id in block_ids(&debug) {
+        assert!(store.path_of(&id).is_file(), "debug: block {id} missing");
+    }
 }
 
 /// Boots the node's kernel and initramfs directly (`-kernel`/`-initrd`) under QEMU (TCG, 2 GiB,

@@ -2,7 +2,9 @@
 //! the node image through the real path (QEMU's iPXE ROM, DHCP from the devnet's dnsmasq, the
 //! grid's iPXE script, kernel and initramfs by hash, zos-init as PID 1, the runtime flists from
 //! the devnet's hub), then serves workloads, exposes no port and keeps its identity across a
-//! reboot, while wiped disks make a new node. Under TCG here, so each boot takes minutes.
+//! reboot, while wiped disks make a new node, booted in debug mode: its console shell answers a
+//! typed command (no shell answers on the first boots). Under TCG here, so each boot takes
+//! minutes.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use zos_testkit::devnet::DevnetNode;
-use zos_testkit::devnet::{DevnetGuard, DevnetState, DevnetVm, VmOptions, vms};
+use zos_testkit::devnet::{DevnetGuard, DevnetState, DevnetVm, NodeArg, VmOptions, vms};
 use zos_testkit::guest::{build_node, devnet_release_key};
 use zos_testkit::net::ping;
 use zos_testkit::require_root;
@@ -110,13 +112,10 @@ async fn a_node_vm_boots_by_network_serves_workloads_exposes_no_port_and_keeps_i
     let image = build_node();
     let (key, _) = devnet_release_key();
     let started = Instant::now();
-    let mut bed = DevnetGuard::up_with(
-        1,
-        Duration::from_secs(5),
-        Some(VmOptions::new(1, image, key)),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("devnet with a node VM: {e:#}"));
+    let opts = VmOptions::new(1, image, key);
+    let mut bed = DevnetGuard::up_with(1, Duration::from_secs(5), Some(opts.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("devnet with a node VM: {e:#}"));
     eprintln!("devnet with a node VM online after {:?}", started.elapsed());
     let state = &mut bed.state;
     let first = vm(state);
@@ -152,6 +151,16 @@ async fn a_node_vm_boots_by_network_serves_workloads_exposes_no_port_and_keeps_i
     assert!(
         !lower.contains("login:") && !lower.contains("password:"),
         "a prompt on the console: {}",
+        tail(&log, 2000)
+    );
+    // No shell reads the console: a command typed on it is not run (the terminal may echo
+    // it, but nothing computes 6*7), and no debug flist was fetched.
+    vms::type_on_console(&first, "echo zos-$((6*7))\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let log = console(&first);
+    assert!(
+        !log.contains("zos-42") && !log.contains("zos-debug"),
+        "a shell answered on a node without zos-debug: {}",
         tail(&log, 2000)
     );
     let addr = address(&n, &state.subnet);
@@ -256,10 +265,30 @@ async fn a_node_vm_boots_by_network_serves_workloads_exposes_no_port_and_keeps_i
         "the workloads came back: {got}"
     );
 
-    // Wiped disks: a new node.
+    // Wiped disks: a new node. It boots in debug mode (zos-debug on the devnet's runmode dev):
+    // its console runs a shell from the release's debug flist, which answers what is typed.
     vms::power_off(state, 1, Duration::from_secs(120)).unwrap();
     vms::wipe_disks(state, 1).unwrap();
+    vms::set_vm_args(state, &opts.clone().with_args(1, &[NodeArg::Debug]), 1).unwrap();
+    let before = console(&first).len();
     vms::start_vm(state, 1).unwrap();
     let fresh = back_online(state, 900).await;
     assert_ne!(fresh, id, "wiped disks make a new node");
+    let log = console(&first);
+    assert!(
+        log[before..].contains("zos-debug: opening a shell on the console"),
+        "{}",
+        tail(&log, 3000)
+    );
+    vms::type_on_console(&first, "echo zos-$((6*7))\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !console(&first)[before..].contains("zos-42") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let log = console(&first);
+    assert!(
+        log[before..].contains("zos-42"),
+        "the debug shell answered on the console: {}",
+        tail(&log, 3000)
+    );
 }

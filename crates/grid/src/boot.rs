@@ -677,7 +677,7 @@ async fn put_release(
             }
         }
     }
-    for f in &release.flists {
+    for f in release.flists.iter().chain(release.debug.as_ref()) {
         let sha = f.sha256.clone();
         let h = hub.clone();
         let present = tokio::task::spawn_blocking(move || h.db().has_content(&sha))

@@ -149,6 +149,7 @@ impl BootGrid {
             kernel,
             initramfs,
             flists: vec![flist],
+            debug: None,
         }
     }
 
@@ -719,4 +720,68 @@ async fn admission_tokens_are_checked_before_they_reach_the_command_line() {
     let (s, body) = g.get_json(&script(token.to_string())).await;
     assert_eq!(s, 403, "{body}");
     assert!(error_message(&body).contains("expired"), "{body}");
+}
+
+#[tokio::test]
+async fn a_debug_flist_is_taken_on_dev_releases_only() {
+    let g = BootGrid::start().await;
+    let mut r = g.release("1.0.0").await;
+
+    // Not on the hub: refused like a runtime flist.
+    r.debug = Some(RuntimeFlist {
+        name: "debug".into(),
+        sha256: "d".repeat(64),
+        size: 10,
+    });
+    let (s, body) = g
+        .publish("dev", &r.sign(&[&g.dev[0], &g.dev[1]]).unwrap())
+        .await;
+    assert_eq!(s, 400, "{body}");
+    assert!(
+        error_message(&body).contains("not on this grid's hub"),
+        "{body}"
+    );
+
+    // On the hub: a dev release carries it, and nodes read it from the manifest.
+    r.debug = Some(g.flist("debug").await);
+    let (s, body) = g
+        .publish("dev", &r.sign(&[&g.dev[0], &g.dev[1]]).unwrap())
+        .await;
+    assert_eq!(s, 201, "{body}");
+    let (_, cur) = g.get_json("/releases/dev").await;
+    let cur: SignedRelease = serde_json::from_value(cur).unwrap();
+    let keys = ReleaseKeys {
+        keys: g.dev.iter().map(|i| i.public_key()).collect(),
+        threshold: 2,
+    };
+    assert_eq!(cur.verify_for(&keys, RunMode::Dev).unwrap().debug, r.debug);
+
+    // A prod release carrying one is refused, even signed by prod's key: its manifest is
+    // written and signed by hand, since signing checks it too.
+    let mut prod = g.release("1.0.0").await;
+    prod.runmode = RunMode::Prod;
+    prod.debug = r.debug.clone();
+    assert!(prod.sign(&[&g.prod]).is_err(), "signing checks the runmode");
+    let manifest = serde_json::to_string(&prod).unwrap();
+    let signed = SignedRelease {
+        signatures: vec![zos_types::release::ReleaseSignature {
+            key: g.prod.public_key(),
+            signature: g.prod.sign(&zos_types::release::signing_message(&manifest)),
+        }],
+        manifest,
+    };
+    let (s, body) = g
+        .put_as(
+            &g.prod,
+            "/releases/prod",
+            serde_json::to_vec(&signed).unwrap(),
+        )
+        .await;
+    assert_eq!(s, 400, "{body}");
+    assert!(
+        error_message(&body).contains("runmode prod carries a debug flist"),
+        "{body}"
+    );
+    let (s, _) = g.get_json("/releases/prod").await;
+    assert_eq!(s, 404, "nothing was published on prod");
 }

@@ -58,6 +58,7 @@ impl Bed {
                 size: initramfs.size,
             },
             flists: vec![flist],
+            debug: None,
         };
         Self { grid, key, base }
     }

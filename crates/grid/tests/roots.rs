@@ -80,6 +80,7 @@ fn release() -> Release {
             sha256: h('c'),
             size: 1,
         }],
+        debug: None,
     }
 }
 

@@ -183,16 +183,16 @@ fn node(
     let keys = retry("release keys", Duration::from_secs(60), || {
         release::load_keys(&cfg.keys).map_err(|e| error_chain(&e))
     });
-    let current = retry("runtime", Duration::from_secs(5), || {
+    let (current, debug_flist) = retry("runtime", Duration::from_secs(5), || {
         let r = rt
             .block_on(release::current(client, grid, &keys, runmode))
             .map_err(|e| error_chain(&e))?;
         tracing::info!(version = %r.version, flists = r.flists.len(), "release verified");
-        runtime(cfg, rt, client, grid, &r)
+        Ok((runtime(cfg, rt, client, grid, &r)?, r.debug))
     });
     let mut services = current.services.clone();
     if debug {
-        debug_shell(&cfg.usr, &mut services);
+        debug_shell(cfg, rt, client, grid, debug_flist.as_ref(), &mut services);
     }
     let control = match Root::initial(runmode, &keys) {
         Ok(root) => {
@@ -385,21 +385,47 @@ fn runtime(
     Ok(prepared)
 }
 
-/// Adds a console shell on runmode `dev` with `zos-debug`, when the image has one.
-fn debug_shell(usr: &Path, services: &mut Vec<supervise::Service>) {
-    let Some(sh) = ["bin/sh", "bin/bash"]
-        .into_iter()
-        .map(|p| usr.join(p))
-        .find(|p| p.exists())
-    else {
-        tracing::warn!("zos-debug: this image has no shell; nothing to open");
+/// Adds a console shell on runmode `dev` with `zos-debug` (the caller checked both): the
+/// release's debug flist, fetched and checked like the runtime flists, mounted outside `/usr`,
+/// its `sh` supervised as the console's service. Without a debug flist, or when it cannot be
+/// mounted, the node runs on without a shell and says why.
+fn debug_shell(
+    cfg: &Boot,
+    rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    grid: &str,
+    flist: Option<&zos_types::release::RuntimeFlist>,
+    services: &mut Vec<supervise::Service>,
+) {
+    let Some(flist) = flist else {
+        tracing::warn!("zos-debug: the release carries no debug flist; no shell to open");
         return;
     };
-    tracing::warn!("zos-debug: opening a shell on the console (runmode dev)");
+    let (mount, sh) = match crate::runtime::mount_debug(cfg, rt, client, grid, flist) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!("zos-debug: {e}; no shell opened");
+            return;
+        }
+    };
+    let bin = mount.mountpoint.join("bin");
+    tracing::warn!(
+        sha256 = %flist.sha256,
+        shell = %sh.display(),
+        "zos-debug: opening a shell on the console (runmode dev)"
+    );
     services.push(supervise::Service {
         name: "debug-shell".into(),
         exec: vec![sh.display().to_string()],
-        env: [("TERM".to_string(), "linux".to_string())].into(),
+        env: [
+            ("TERM".to_string(), "linux".to_string()),
+            ("HOME".to_string(), "/".to_string()),
+            (
+                "PATH".to_string(),
+                format!("/usr/sbin:/usr/bin:{}", bin.display()),
+            ),
+        ]
+        .into(),
         log: None,
         console: true,
     });

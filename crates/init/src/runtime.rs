@@ -10,8 +10,8 @@ use std::time::Duration;
 use nix::mount::{MntFlags, umount2};
 use nix::sys::signal::Signal;
 use zos_runtime::error_chain;
-use zos_types::release::Release;
 use zos_types::release::channel::VERSION_ENV;
+use zos_types::release::{Release, RuntimeFlist};
 
 use crate::config::{Boot, RUNTIME_CACHE_BYTES};
 use crate::{mounts, release, supervise};
@@ -50,31 +50,9 @@ pub fn prepare(
     r: &Release,
     mnt: &Path,
 ) -> Result<Runtime, PrepareError> {
-    use PrepareError::{Failed, Refused};
+    use PrepareError::Refused;
     let base = cfg.runtime_dir.as_path();
-    let binary = cfg
-        .mounters
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| {
-            format!(
-                "the initramfs has no flist mounter ({}): the node image must carry it",
-                cfg.mounters
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(" or ")
-            )
-        })
-        .map_err(Failed)?;
-    let mounter = mounts::FlistMounter {
-        binary,
-        cache: base.join("cache"),
-        cache_bytes: RUNTIME_CACHE_BYTES,
-        stores: vec![release::hub_blocks_url(grid)],
-        ready_timeout: Duration::from_secs(60),
-    };
+    let mounter = mounter(cfg, grid)?;
     let mut runtime = Runtime {
         version: r.version.clone(),
         mounts: Vec::new(),
@@ -83,16 +61,7 @@ pub fn prepare(
     };
     let result = (|| {
         for f in &r.flists {
-            let file = rt
-                .block_on(release::fetch_flist(client, grid, f, &base.join("flists")))
-                .map_err(|e| match e {
-                    release::Error::FlistHash { .. } | release::Error::FlistSize { .. } => {
-                        Refused(error_chain(&e))
-                    }
-                    e => Failed(error_chain(&e)),
-                })?;
-            let m = mounts::mount_flist(&mounter, &f.name, &file, &mnt.join(&f.name))
-                .map_err(Failed)?;
+            let m = fetch_and_mount(rt, client, grid, &mounter, base, f, &mnt.join(&f.name))?;
             tracing::info!(flist = %f.name, sha256 = %f.sha256, version = %r.version, "runtime flist mounted");
             runtime.mounts.push(m);
         }
@@ -138,6 +107,83 @@ pub fn prepare(
             Err(e)
         }
     }
+}
+
+/// Fetches the flist `f` by hash (refused when its hash or size is not the manifest's) and
+/// mounts it at `at`, every block checked against its hash as it is read.
+fn fetch_and_mount(
+    rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    grid: &str,
+    mounter: &mounts::FlistMounter,
+    base: &Path,
+    f: &RuntimeFlist,
+    at: &Path,
+) -> Result<mounts::FlistMount, PrepareError> {
+    use PrepareError::{Failed, Refused};
+    let file = rt
+        .block_on(release::fetch_flist(client, grid, f, &base.join("flists")))
+        .map_err(|e| match e {
+            release::Error::FlistHash { .. } | release::Error::FlistSize { .. } => {
+                Refused(error_chain(&e))
+            }
+            e => Failed(error_chain(&e)),
+        })?;
+    mounts::mount_flist(mounter, &f.name, &file, at).map_err(Failed)
+}
+
+/// Mounts a release's debug flist at `<runtime dir>/debug` (outside `/usr`: nothing of it is
+/// on the runtime's paths), fetched and checked like the runtime flists; answers its `bin/sh`,
+/// read whole through the mount (every block checked) before it runs.
+pub fn mount_debug(
+    cfg: &Boot,
+    rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    grid: &str,
+    f: &RuntimeFlist,
+) -> Result<(mounts::FlistMount, PathBuf), PrepareError> {
+    let mounter = mounter(cfg, grid)?;
+    let at = cfg.runtime_dir.join("debug");
+    let m = fetch_and_mount(rt, client, grid, &mounter, &cfg.runtime_dir, f, &at)?;
+    let sh = at.join("bin/sh");
+    if let Err(e) = mounts::read_through(&sh) {
+        let _ = umount2(&at, MntFlags::MNT_DETACH);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(m.pid), Signal::SIGTERM);
+        return Err(PrepareError::Refused(format!(
+            "the debug flist {} has no usable bin/sh: {e}",
+            f.sha256
+        )));
+    }
+    Ok((m, sh))
+}
+
+/// The flist mounter of the initramfs, reading blocks from the grid's hub.
+fn mounter(cfg: &Boot, grid: &str) -> Result<mounts::FlistMounter, PrepareError> {
+    use PrepareError::Failed;
+    let base = cfg.runtime_dir.as_path();
+    let binary = cfg
+        .mounters
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "the initramfs has no flist mounter ({}): the node image must carry it",
+                cfg.mounters
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )
+        })
+        .map_err(Failed)?;
+    Ok(mounts::FlistMounter {
+        binary,
+        cache: base.join("cache"),
+        cache_bytes: RUNTIME_CACHE_BYTES,
+        stores: vec![release::hub_blocks_url(grid)],
+        ready_timeout: Duration::from_secs(60),
+    })
 }
 
 /// Where `path` (a path under `usr`) is in the topmost flist layer that has it; `path` itself

@@ -186,6 +186,7 @@ fn a_node_boots_from_the_grid_through_every_step() {
                 size: zos_fl.len() as u64,
             },
         ],
+        debug: None,
     };
     let good = serde_json::to_vec(&release.sign(&[&key]).unwrap()).unwrap();
     let bad = serde_json::to_vec(&release.sign(&[&stranger]).unwrap()).unwrap();
@@ -376,7 +377,7 @@ fn a_node_boots_from_the_grid_through_every_step() {
     );
     let text = console();
     for want in [
-        "zos-debug: this image has no shell",
+        "zos-debug: the release carries no debug flist; no shell to open",
         "network up",
         "release verified",
         "runtime flist mounted flist=zos-base",

@@ -63,6 +63,7 @@ fn release(runmode: RunMode, flist: &[u8]) -> Release {
             sha256: sha(flist),
             size: flist.len() as u64,
         }],
+        debug: None,
     }
 }
 

@@ -256,6 +256,7 @@ while :; do sleep 1 & wait $!; done
             kernel: self.kernel.clone(),
             initramfs: self.initramfs.clone(),
             flists: vec![flist],
+            debug: None,
         };
         std::fs::write(
             self.p(&format!("release-{version}.json")),

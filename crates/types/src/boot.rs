@@ -331,6 +331,7 @@ mod tests {
                 sha256: "c".repeat(64),
                 size: 30,
             }],
+            debug: None,
         }
     }
 

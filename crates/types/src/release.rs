@@ -127,6 +127,12 @@ pub struct Release {
     pub kernel: Artifact,
     pub initramfs: Artifact,
     pub flists: Vec<RuntimeFlist>,
+    /// The debug flist (a console shell, busybox), for runmode `dev` only: zos-init mounts it,
+    /// checked like the runtime flists, only when booted with `zos-debug` on `dev`. It is not a
+    /// runtime flist (never on `/usr`, nothing of it runs otherwise). Absent from the manifest
+    /// when unset, so releases without one sign the same bytes as before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debug: Option<RuntimeFlist>,
 }
 
 /// A release as published and served: the manifest's exact JSON text and signatures over it.
@@ -169,6 +175,11 @@ pub enum ReleaseError {
     FlistName(String),
     #[error("runtime flist {0:?} is listed twice")]
     DuplicateFlist(String),
+    #[error(
+        "a release of runmode {0} carries a debug flist: only runmode dev releases may (a debug \
+         shell has no place on other grids); publish it without one"
+    )]
+    DebugFlist(RunMode),
     #[error("a release lists 1 to {MAX_FLISTS} runtime flists, this one {0}")]
     FlistCount(usize),
     #[error("a release carries at most {MAX_SIGNATURES} signatures, this one {0}")]
@@ -289,6 +300,12 @@ impl Release {
                 return Err(ReleaseError::DuplicateFlist(f.name.clone()));
             }
             check_hash(&format!("runtime flist {}", f.name), &f.sha256)?;
+        }
+        if let Some(d) = &self.debug {
+            if self.runmode != RunMode::Dev {
+                return Err(ReleaseError::DebugFlist(self.runmode));
+            }
+            check_hash("the debug flist", &d.sha256)?;
         }
         Ok(())
     }
@@ -445,6 +462,7 @@ mod tests {
                 sha256: hash('c'),
                 size: 30,
             }],
+            debug: None,
         }
     }
 
@@ -453,6 +471,34 @@ mod tests {
             keys: ids.iter().map(|i| i.public_key()).collect(),
             threshold,
         }
+    }
+
+    #[test]
+    fn a_debug_flist_is_for_dev_releases_only_and_absent_from_manifests_without_one() {
+        let a = Identity::generate().unwrap();
+        // Without one, the manifest has no `debug` key (older nodes read it as before).
+        let plain = release().sign(&[&a]).unwrap();
+        assert!(!plain.manifest.contains("debug"), "{}", plain.manifest);
+        let mut r = release();
+        r.debug = Some(RuntimeFlist {
+            name: "debug".into(),
+            sha256: "e".repeat(64),
+            size: 5,
+        });
+        let signed = r.sign(&[&a]).unwrap();
+        assert_eq!(signed.verify(&keys(&[&a], 1)).unwrap().debug, r.debug);
+        for mode in [RunMode::Qa, RunMode::Test, RunMode::Prod] {
+            let mut other = r.clone();
+            other.runmode = mode;
+            let e = other.sign(&[&a]).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("runmode {mode} carries a debug flist")),
+                "{e}"
+            );
+        }
+        let mut bad = r.clone();
+        bad.debug.as_mut().unwrap().sha256 = "x".into();
+        assert!(bad.validate().is_err());
     }
 
     #[test]

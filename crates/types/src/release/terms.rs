@@ -84,6 +84,8 @@ struct Wire {
     initramfs: Artifact,
     flists: Vec<RuntimeFlist>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    debug: Option<RuntimeFlist>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     min_from: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires: Option<i64>,
@@ -102,6 +104,7 @@ pub fn encode(release: &Release, terms: &Terms) -> Result<String, ReleaseError> 
         kernel: r.kernel,
         initramfs: r.initramfs,
         flists: r.flists,
+        debug: r.debug,
         min_from: t.min_from,
         expires: t.expires,
         rollout: t.rollout,
@@ -120,6 +123,7 @@ pub fn decode(manifest: &str) -> Result<(Release, Terms), ReleaseError> {
         kernel: w.kernel,
         initramfs: w.initramfs,
         flists: w.flists,
+        debug: w.debug,
     };
     let terms = Terms {
         min_from: w.min_from,

@@ -68,6 +68,7 @@ mod tests {
                 sha256: hash('c'),
                 size: 1,
             }],
+            debug: None,
         }
     }
 
