@@ -139,7 +139,12 @@ async fn proxy(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Body>
         && let Some(token) = req.uri().path().strip_prefix(crate::acme::CHALLENGE_PATH)
         && let Some(key_authorization) = conn.challenges.get(token)
     {
-        return Ok(text(StatusCode::OK, key_authorization));
+        // Exactly the key authorization, nothing appended (RFC 8555 §8.3).
+        let mut r = text(StatusCode::OK, "");
+        *r.body_mut() = Full::new(Bytes::from(key_authorization))
+            .map_err(|e| match e {})
+            .boxed();
+        return Ok(r);
     }
     let host = request_host(&req)
         .ok_or_else(|| text(StatusCode::BAD_REQUEST, "the request names no host"))?;
