@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -20,32 +20,10 @@ use instant_acme::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
+use crate::challenges::Challenges;
 use crate::route::Tls;
-use crate::server::Gateway;
-
-/// The tokens of pending HTTP-01 challenges and their key authorizations.
-#[derive(Debug, Default)]
-pub struct Challenges(RwLock<HashMap<String, String>>);
-
-/// The path prefix of HTTP-01 challenges.
-pub const CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
-
-impl Challenges {
-    pub fn get(&self, token: &str) -> Option<String> {
-        self.0.read().unwrap().get(token).cloned()
-    }
-
-    fn put(&self, token: &str, key_authorization: &str) {
-        self.0
-            .write()
-            .unwrap()
-            .insert(token.to_string(), key_authorization.to_string());
-    }
-
-    fn remove(&self, token: &str) {
-        self.0.write().unwrap().remove(token);
-    }
-}
+use crate::table::Shared;
+use crate::tls::Certificates;
 
 /// The key files on the cache are sealed with (XChaCha20-Poly1305; the file's name is bound in).
 pub struct Seal(XChaCha20Poly1305);
@@ -160,6 +138,15 @@ struct HostState {
     busy: bool,
 }
 
+/// What ordering certificates needs of the gateway: its routes, its certificates, and the
+/// challenges it answers on port 80.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub shared: Arc<Shared>,
+    pub certs: Arc<Certificates>,
+    pub challenges: Arc<Challenges>,
+}
+
 /// The ACME side of a gateway.
 pub struct Acme {
     opts: AcmeOptions,
@@ -222,7 +209,7 @@ impl Acme {
 
     /// Installs every stored certificate that opens and has not expired; answers how many.
     /// One that does not open (another node's key, or altered) is left alone and ordered anew.
-    pub fn load(&self, gateway: &Gateway) -> usize {
+    pub fn load(&self, certs: &Certificates) -> usize {
         let Ok(dir) = std::fs::read_dir(self.opts.store.join("certs")) else {
             return 0;
         };
@@ -242,11 +229,7 @@ impl Acme {
                 .and_then(|s| Ok((validity(&s.chain_pem)?, s)));
             match loaded {
                 Ok(((from, until), s)) if until > now() => {
-                    match gateway.certs.insert_pem(
-                        host,
-                        s.chain_pem.as_bytes(),
-                        s.key_pem.as_bytes(),
-                    ) {
+                    match certs.insert_pem(host, s.chain_pem.as_bytes(), s.key_pem.as_bytes()) {
                         Ok(()) => {
                             self.hosts
                                 .lock()
@@ -283,7 +266,7 @@ impl Acme {
 
     /// Orders and renews certificates for the routes that need them, every few seconds, until
     /// the task is dropped.
-    pub async fn run(self: Arc<Self>, gateway: Arc<Gateway>) {
+    pub async fn run(self: Arc<Self>, gateway: Served) {
         let mut every = tokio::time::interval(Duration::from_secs(2));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -309,7 +292,7 @@ impl Acme {
 
     /// The routed names that end TLS here and need a certificate: none yet (and none from
     /// zosd, such as the node domain's wildcard), or one of ours close to its expiry.
-    fn due(&self, gateway: &Gateway) -> Vec<String> {
+    fn due(&self, gateway: &Served) -> Vec<String> {
         let now = now();
         let mut hosts = self.hosts.lock().unwrap();
         let mut out = Vec::new();
@@ -331,7 +314,7 @@ impl Acme {
         out
     }
 
-    async fn order_for(&self, gateway: &Gateway, host: &str) {
+    async fn order_for(&self, gateway: &Served, host: &str) {
         tracing::info!(host, "ordering a certificate");
         let result = self.order(gateway, host).await;
         let mut hosts = self.hosts.lock().unwrap();
@@ -410,7 +393,7 @@ impl Acme {
 
     /// One order for `host` by HTTP-01; the certificate installed and stored. Answers its
     /// validity.
-    async fn order(&self, gateway: &Gateway, host: &str) -> Result<(i64, i64), String> {
+    async fn order(&self, gateway: &Served, host: &str) -> Result<(i64, i64), String> {
         let account = self.account().await?;
         let ids = [Identifier::Dns(host.to_string())];
         let mut order = account

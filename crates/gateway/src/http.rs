@@ -56,7 +56,7 @@ pub struct Conn {
     pub sni: Option<String>,
     pub shared: Arc<Shared>,
     pub upstream: Upstream,
-    pub challenges: Arc<crate::acme::Challenges>,
+    pub challenges: Arc<crate::challenges::Challenges>,
 }
 
 /// Headers that belong to one hop and are not forwarded (RFC 9110 §7.6.1).
@@ -136,7 +136,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 async fn proxy(conn: &Conn, mut req: Request<Incoming>) -> Result<Response<Body>, Response<Body>> {
     // The CA's HTTP-01 validation of a certificate ordered here (plain HTTP, any host).
     if conn.sni.is_none()
-        && let Some(token) = req.uri().path().strip_prefix(crate::acme::CHALLENGE_PATH)
+        && let Some(token) = req
+            .uri()
+            .path()
+            .strip_prefix(crate::challenges::CHALLENGE_PATH)
         && let Some(key_authorization) = conn.challenges.get(token)
     {
         // Exactly the key authorization, nothing appended (RFC 8555 §8.3).

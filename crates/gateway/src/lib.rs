@@ -25,6 +25,7 @@
 //! See `docs/gateway.md`.
 
 pub mod acme;
+pub mod challenges;
 pub mod connect;
 pub mod control;
 pub mod http;

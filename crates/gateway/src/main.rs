@@ -105,7 +105,7 @@ fn main() -> anyhow::Result<()> {
                 concurrency: 2,
             })
             .map_err(anyhow::Error::msg)?;
-            let loaded = acme.load(&gateway);
+            let loaded = acme.load(&gateway.certs);
             tracing::info!(loaded, "stored certificates");
             let _ = gateway.acme.set(acme.clone());
             Some(acme)
@@ -148,7 +148,7 @@ fn main() -> anyhow::Result<()> {
     let result = rt.block_on(async {
         let ordering = async {
             match acme {
-                Some(a) => a.run(gateway.clone()).await,
+                Some(a) => a.run(gateway.served()).await,
                 None => std::future::pending().await,
             }
         };

@@ -16,7 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::acme::{Acme, Challenges};
+use crate::acme::{Acme, Served};
+use crate::challenges::Challenges;
 use crate::http::{Conn, local_upstream};
 use crate::io::{Counted, Idle, Rewind};
 use crate::route::Tls;
@@ -125,6 +126,15 @@ impl Gateway {
             tls: Arc::new(tls),
             clients: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// What the ACME side needs of this gateway.
+    pub fn served(&self) -> Served {
+        Served {
+            shared: self.shared.clone(),
+            certs: self.certs.clone(),
+            challenges: self.challenges.clone(),
+        }
     }
 
     pub fn limits(&self) -> &Limits {
