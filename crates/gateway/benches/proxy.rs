@@ -50,21 +50,19 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The backend both proxies forward to, on a thread inside `ns`.
+/// The backend both proxies forward to: its socket made inside `ns`, served by a runtime of
+/// its own on one thread.
 fn backend(ns: &str) {
-    let path = format!("/run/netns/{ns}");
-    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let listener = zos_testkit::net::in_netns(ns, || std::net::TcpListener::bind(BACKEND).unwrap());
+    listener.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
-        let fd = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind(BACKEND).await.unwrap();
-            ready_tx.send(()).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
                 tokio::spawn(async move {
@@ -78,7 +76,6 @@ fn backend(ns: &str) {
             }
         });
     });
-    ready.recv().unwrap();
 }
 
 fn nginx_config(dir: &Path, http: u16, https: u16) -> String {

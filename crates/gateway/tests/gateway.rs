@@ -363,25 +363,13 @@ async fn wait_closed(gw: &Gw) {
     .await;
 }
 
-/// A backend named `name` on `addr` inside network namespace `ns`, on a thread of its own.
+/// A backend named `name` on `addr` inside network namespace `ns` (its listening socket made
+/// there; the test's runtime serves it).
 fn backend_in(ns: &str, name: &'static str, addr: SocketAddr) {
-    let path = format!("/run/netns/{ns}");
-    let (ready_tx, ready) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let fd = std::fs::File::open(&path).unwrap();
-        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-            ready_tx.send(()).unwrap();
-            // Ends with the namespace: the test deletes it when done.
-            let _ = axum::serve(listener, app(name)).await;
-        });
-    });
-    ready.recv().unwrap();
+    let listener = zos_testkit::net::in_netns(ns, || std::net::TcpListener::bind(addr).unwrap());
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    tokio::spawn(async move { axum::serve(listener, app(name)).await });
 }
 
 #[tokio::test(flavor = "multi_thread")]
