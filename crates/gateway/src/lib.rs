@@ -32,6 +32,7 @@ pub mod http;
 pub mod io;
 pub mod route;
 pub mod server;
+pub mod supervisor;
 pub mod table;
 pub mod tls;
 

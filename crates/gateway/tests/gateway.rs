@@ -363,15 +363,6 @@ async fn wait_closed(gw: &Gw) {
     .await;
 }
 
-/// A backend named `name` on `addr` inside network namespace `ns` (its listening socket made
-/// there; the test's runtime serves it).
-fn backend_in(ns: &str, name: &'static str, addr: SocketAddr) {
-    let listener = zos_testkit::net::in_netns(ns, || std::net::TcpListener::bind(addr).unwrap());
-    listener.set_nonblocking(true).unwrap();
-    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-    tokio::spawn(async move { axum::serve(listener, app(name)).await });
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn backends_in_tenants_namespaces_with_the_same_address_stay_apart() {
     if !zos_testkit::require_root("backends_in_tenants_namespaces_with_the_same_address_stay_apart")

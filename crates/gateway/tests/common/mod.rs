@@ -168,6 +168,15 @@ pub async fn backend(name: &'static str) -> SocketAddr {
     addr
 }
 
+/// A backend named `name` on `addr` inside network namespace `ns` (its listening socket made
+/// there; the test's runtime serves it).
+pub fn backend_in(ns: &str, name: &'static str, addr: SocketAddr) {
+    let listener = zos_testkit::net::in_netns(ns, || std::net::TcpListener::bind(addr).unwrap());
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    tokio::spawn(async move { axum::serve(listener, app(name)).await });
+}
+
 /// A loopback address nothing listens on.
 pub async fn dead_addr() -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
