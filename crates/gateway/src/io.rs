@@ -13,6 +13,19 @@ use tokio::time::{Instant, Sleep};
 
 use crate::table::Counters;
 
+/// The parts of `AsyncWrite` a wrapper hands to its `inner` stream unchanged.
+macro_rules! pass_flush_and_shutdown {
+    () => {
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        }
+    };
+}
+
 /// A stream that fails with `TimedOut` once nothing moved either way for `limit`. Activity only
 /// stamps the time; the timer is moved when it fires early (a timer reset on every read and
 /// write would cost more than the I/O).
@@ -113,13 +126,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Idle<S> {
         self.inner.is_write_vectored()
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
+    pass_flush_and_shutdown!();
 }
 
 /// A client's stream whose bytes are counted as the route's `rx` (read) and `tx` (written).
@@ -164,13 +171,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         Poll::Ready(r)
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
+    pass_flush_and_shutdown!();
 }
 
 /// A stream with bytes already read from it put back in front (a TLS hello read to learn its
@@ -234,13 +235,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
         self.inner.is_write_vectored()
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
+    pass_flush_and_shutdown!();
 }
 
 #[cfg(test)]
