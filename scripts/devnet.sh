@@ -5,7 +5,8 @@
 # Usage, as root (or with sudo): scripts/devnet.sh [NODES]
 # ZOS_VM_NODES=N adds N node VMs: real zos nodes booting the node image (scripts/build-node.sh,
 # trusting the machine's devnet release key ${ZOS_CACHE:-~/.cache/zos}/devnet/release.key, made
-# on first use) by network through the grid (docs/devnet.md, VM nodes).
+# on first use) by network through the grid (docs/devnet.md, VM nodes); ZOS_VM_BOOT=iso boots them
+# from the farm's bootloader ISO instead (zos devnet up --boot iso).
 # Stop it with: target/release/zos devnet down (as root too); running it again after that starts
 # a fresh devnet.
 # ZOS_PROFILE=debug (opt-in; default release) builds only the workspace's binaries in the debug
@@ -22,7 +23,7 @@ if [[ $(id -u) -ne 0 ]]; then
   # The caller's Rust toolchain, wherever rustup put it (sudo sets HOME to root's).
   [[ -d ${CARGO_HOME:-$HOME/.cargo} ]] && export CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
   [[ -d ${RUSTUP_HOME:-$HOME/.rustup} ]] && export RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}"
-  exec sudo --preserve-env=PATH,CARGO_HOME,RUSTUP_HOME,ZOS_PROFILE,ZOS_VM_NODES,ZOS_CACHE "$0" "$@"
+  exec sudo --preserve-env=PATH,CARGO_HOME,RUSTUP_HOME,ZOS_PROFILE,ZOS_VM_NODES,ZOS_VM_BOOT,ZOS_CACHE "$0" "$@"
 fi
 cd "$(dirname "$0")/.."
 nodes="${1:-2}"

@@ -9,23 +9,16 @@
 //! - `usb`: the same hybrid image, whose MBR boots from a USB stick (`dd if=FILE of=/dev/sdX`).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
 use clap::{Args, ValueEnum};
+use zos_client::bootloader::hybrid_image;
 use zos_types::boot::{GridUrl, NodeArg, chain_script};
 use zos_types::policy::{AdmissionToken, NodeAdmission};
 use zos_types::release::RunMode;
 
 use crate::global::{Global, client, grid_url, load_key, signed_client};
 use crate::output::outln;
-
-/// Debian's `ipxe` package: iPXE as a Linux-kernel-format image.
-const IPXE_LKRN: &str = "/usr/lib/ipxe/ipxe.lkrn";
-/// Debian's `isolinux` and `syslinux-common` packages.
-const ISOLINUX_BIN: &str = "/usr/lib/ISOLINUX/isolinux.bin";
-const ISOHYBRID_MBR: &str = "/usr/lib/ISOLINUX/isohdpfx.bin";
-const LDLINUX_C32: &str = "/usr/lib/syslinux/modules/bios/ldlinux.c32";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -124,71 +117,4 @@ pub async fn bootloader(a: BootloaderArgs, g: &Global) -> anyhow::Result<()> {
 
 fn write(out: &Path, data: &[u8]) -> anyhow::Result<()> {
     std::fs::write(out, data).with_context(|| format!("cannot write {}", out.display()))
-}
-
-fn need(path: &str, package: &str) -> anyhow::Result<()> {
-    if !Path::new(path).is_file() {
-        bail!("{path} is missing: install Debian's {package} package (apt-get install {package})");
-    }
-    Ok(())
-}
-
-/// An ISO 9660 image with an isohybrid MBR: ISOLINUX, `ipxe.lkrn` and the script as its initrd.
-fn hybrid_image(
-    out: &Path,
-    script: &str,
-    farm: u32,
-    runmode: RunMode,
-    url: &GridUrl,
-) -> anyhow::Result<()> {
-    need(IPXE_LKRN, "ipxe")?;
-    need(ISOLINUX_BIN, "isolinux")?;
-    need(ISOHYBRID_MBR, "isolinux")?;
-    need(LDLINUX_C32, "syslinux-common")?;
-    let dir = tempfile::tempdir().context("cannot make a temporary directory")?;
-    let root = dir.path().join("root");
-    std::fs::create_dir_all(root.join("isolinux"))?;
-    std::fs::create_dir_all(root.join("zos"))?;
-    let copy = |from: &str, to: &str| {
-        std::fs::copy(from, root.join(to)).with_context(|| format!("cannot copy {from}"))
-    };
-    copy(ISOLINUX_BIN, "isolinux/isolinux.bin")?;
-    copy(LDLINUX_C32, "isolinux/ldlinux.c32")?;
-    copy(IPXE_LKRN, "zos/ipxe.lkrn")?;
-    std::fs::write(root.join("zos/farm.ipxe"), script)?;
-    std::fs::write(
-        root.join("zos/farm.json"),
-        serde_json::to_string_pretty(&serde_json::json!({
-            "farm": farm, "runmode": runmode, "grid": url.as_str(),
-        }))?,
-    )?;
-    std::fs::write(
-        root.join("isolinux/isolinux.cfg"),
-        "DEFAULT zos\nPROMPT 0\nTIMEOUT 0\nLABEL zos\n  LINUX /zos/ipxe.lkrn\n  INITRD /zos/farm.ipxe\n",
-    )?;
-    let tmp = dir.path().join("out.iso");
-    let run = Command::new("xorriso")
-        .args(["-as", "mkisofs", "-quiet", "-R", "-J"])
-        .args(["-V", &format!("ZOS_FARM_{farm}")])
-        .args(["-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat"])
-        .args(["-no-emul-boot", "-boot-load-size", "4", "-boot-info-table"])
-        .args(["-isohybrid-mbr", ISOHYBRID_MBR, "-o"])
-        .arg(&tmp)
-        .arg(&root)
-        .output();
-    let run = match run {
-        Ok(r) => r,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("xorriso is not installed: apt-get install xorriso")
-        }
-        Err(e) => return Err(e).context("cannot run xorriso"),
-    };
-    ensure!(
-        run.status.success(),
-        "xorriso failed ({}): {}",
-        run.status,
-        String::from_utf8_lossy(&run.stderr).trim()
-    );
-    std::fs::copy(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
-    Ok(())
 }

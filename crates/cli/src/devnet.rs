@@ -48,6 +48,10 @@ pub enum DevnetCmd {
         /// and the node image must trust it.
         #[arg(long, env = "ZOS_DEVNET_RELEASE_KEY", value_name = "FILE")]
         release_key: Option<PathBuf>,
+        /// How the VMs boot: `pxe`, QEMU's iPXE ROM by network, or `iso`, the farm's
+        /// bootloader ISO (`zos farm bootloader --format iso`) as their CD-ROM.
+        #[arg(long, value_enum, default_value = "pxe", env = "ZOS_VM_BOOT")]
+        boot: BootArg,
     },
     /// Stop every process and remove every namespace and link of the devnet.
     Down {
@@ -95,6 +99,7 @@ pub async fn run(cmd: DevnetCmd, g: &Global) -> anyhow::Result<()> {
             vm_nodes,
             node_image,
             release_key,
+            boot,
         } => {
             let vms = if vm_nodes == 0 {
                 None
@@ -106,7 +111,12 @@ pub async fn run(cmd: DevnetCmd, g: &Global) -> anyhow::Result<()> {
                          `ZOS_VM_NODES=N scripts/devnet.sh` builds and passes both",
                     ));
                 };
-                Some(devnet::VmOptions::new(vm_nodes, image, key))
+                let mut opts = devnet::VmOptions::new(vm_nodes, image, key);
+                opts.boot = match boot {
+                    BootArg::Pxe => devnet::VmBoot::Pxe,
+                    BootArg::Iso => devnet::VmBoot::Iso,
+                };
+                Some(opts)
             };
             let opts = DevnetOptions {
                 dir: devnet_dir(&name),
@@ -283,4 +293,11 @@ async fn status_print(state: &DevnetState) -> anyhow::Result<()> {
 
 fn nix_is_root() -> bool {
     nix::unistd::geteuid().is_root()
+}
+
+/// `zos devnet up --boot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BootArg {
+    Pxe,
+    Iso,
 }

@@ -609,6 +609,12 @@ async fn errors_say_what_failed_with_documented_exit_codes() {
             "error: --vm-nodes needs --node-image DIR and --release-key FILE",
         ),
         (
+            vec!["devnet", "up", "--name", "zbad", "--boot", "floppy"],
+            None,
+            2,
+            "error: invalid value 'floppy'",
+        ),
+        (
             vec!["node", "show", "abc"],
             None,
             2,

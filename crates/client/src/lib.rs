@@ -26,6 +26,7 @@
 //! The user workflows built on these calls (deploy and follow, update, cancel, private networks
 //! across nodes) are in [`workflow`]; they report progress through callbacks and never print.
 
+pub mod bootloader;
 pub mod keyfile;
 mod node;
 pub mod release;

@@ -34,6 +34,6 @@ pub use run::{
 };
 pub use state::{
     DEVNET_NODE_ARGS, DevnetDisk, DevnetNode, DevnetOptions, DevnetState, DevnetVm, DiskPlan,
-    STATE_VERSION, VmOptions,
+    STATE_VERSION, VmBoot, VmOptions,
 };
 pub use zos_types::boot::NodeArg;

@@ -58,6 +58,20 @@ pub struct VmOptions {
     /// Extra kernel arguments of single VMs (by 1-based index), over [`Self::node_args`]
     /// (an argument given here replaces the same key there).
     pub vm_args: BTreeMap<usize, Vec<NodeArg>>,
+    /// How the VMs boot: QEMU's iPXE ROM by network (the default), or the farm's bootloader ISO.
+    pub boot: VmBoot,
+}
+
+/// How a devnet's node VMs boot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmBoot {
+    /// QEMU's iPXE ROM on the NIC, DHCP naming the VM's bootloader script.
+    #[default]
+    Pxe,
+    /// The farm's bootloader ISO (`zos farm bootloader --format iso`, with the VM's node
+    /// arguments) as a CD-ROM; DHCP still from the devnet's dnsmasq.
+    Iso,
 }
 
 impl VmOptions {
@@ -76,6 +90,7 @@ impl VmOptions {
             wait: Duration::from_secs(900),
             node_args: DEVNET_NODE_ARGS.to_vec(),
             vm_args: BTreeMap::new(),
+            boot: VmBoot::Pxe,
         }
     }
 
@@ -214,6 +229,9 @@ pub struct DevnetVm {
     pub qmp: PathBuf,
     pub memory_mib: u64,
     pub vcpus: u32,
+    /// The bootloader ISO it boots from, when it does not boot by network.
+    #[serde(default)]
+    pub iso: Option<PathBuf>,
     pub pid: i32,
     #[serde(default)]
     pub twin_id: Option<TwinId>,

@@ -68,6 +68,8 @@ pub struct VmNode {
     pub mac: String,
     /// Serial console log.
     pub serial: PathBuf,
+    /// A bootloader ISO to boot from instead of the network.
+    pub iso: Option<PathBuf>,
 }
 
 impl VmNode {
@@ -97,8 +99,6 @@ impl VmNode {
             "-display",
             "none",
             "-no-reboot",
-            "-boot",
-            "order=n",
             "-chardev",
         ]
         .iter()
@@ -112,11 +112,28 @@ impl VmNode {
             self.serial.display()
         ));
         a.extend(["-serial".into(), "chardev:serial0".into()]);
+        // Boot first: the NIC's iPXE ROM, or the ISO on the q35's AHCI (its iPXE then uses
+        // the NIC).
+        let nic_boot = match &self.iso {
+            None => ",bootindex=0",
+            Some(iso) => {
+                a.extend([
+                    "-drive".into(),
+                    format!(
+                        "file={},if=none,id=cd0,media=cdrom,readonly=on",
+                        iso.display()
+                    ),
+                    "-device".into(),
+                    "ide-cd,drive=cd0,bus=ide.0,bootindex=0".into(),
+                ]);
+                ""
+            }
+        };
         a.extend([
             "-netdev".into(),
             format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap),
             "-device".into(),
-            format!("virtio-net-pci,netdev=n0,mac={},bootindex=0", self.mac),
+            format!("virtio-net-pci,netdev=n0,mac={}{nic_boot}", self.mac),
         ]);
         // virtio-scsi, so each disk says whether it spins: the first is an SSD (rotation rate
         // 1), the others HDDs, as storage sorts a server's disks.
@@ -262,10 +279,26 @@ mod tests {
             tap: "devvt1".into(),
             mac: node_mac("dev", 1),
             serial: "/d/serial.log".into(),
+            iso: None,
         };
         let a = vm.qemu_args().join(" ");
         assert!(a.contains("-accel tcg -cpu max -m 2048 -smp 2"), "{a}");
-        assert!(a.contains("-boot order=n"));
+        assert!(a.contains(",bootindex=0"));
+        assert!(!a.contains("cdrom"));
+        let iso = VmNode {
+            iso: Some("/d/boot.iso".into()),
+            ..vm.clone()
+        }
+        .qemu_args()
+        .join(" ");
+        assert!(
+            iso.contains("file=/d/boot.iso,if=none,id=cd0,media=cdrom,readonly=on -device ide-cd,drive=cd0,bus=ide.0,bootindex=0"),
+            "{iso}"
+        );
+        assert!(
+            iso.contains(&format!("virtio-net-pci,netdev=n0,mac={} ", vm.mac)),
+            "{iso}"
+        );
         assert!(a.contains(
             "-chardev socket,id=serial0,path=/d/serial.sock,server=on,wait=off,\
              logfile=/d/serial.log,logappend=on -serial chardev:serial0"

@@ -22,7 +22,7 @@ use zos_types::release::{ReleaseKeys, RunMode, sha256_hex};
 use crate::error::{DevnetError, Result};
 use crate::netns;
 use crate::process::{spawn_detached, wait_until};
-use crate::state::{DevnetState, DevnetVm, VmOptions};
+use crate::state::{DevnetState, DevnetVm, VmBoot, VmOptions};
 use crate::vmnode::{self, Dhcp, VmNode};
 
 /// The runtime flists of the node image, in the order they stack (later over earlier).
@@ -283,6 +283,7 @@ pub fn add_vm(state: &mut DevnetState, opts: &VmOptions, index: usize) -> Result
         disks,
         memory_mib: opts.memory_mib,
         vcpus: opts.vcpus,
+        iso: None,
         pid: 0,
         twin_id: None,
         node_id: None,
@@ -290,6 +291,9 @@ pub fn add_vm(state: &mut DevnetState, opts: &VmOptions, index: usize) -> Result
     netns::add_tap(&vm.tap, &state.bridge)?;
     state.vms.push(vm);
     state.save()?;
+    if opts.boot == VmBoot::Iso {
+        use_iso(state, opts, index)?;
+    }
     start_vm(state, index)
 }
 
@@ -322,6 +326,7 @@ pub fn start_vm(state: &mut DevnetState, index: usize) -> Result<()> {
         tap: vm.tap.clone(),
         mac: vm.mac.clone(),
         serial: vm.serial.clone(),
+        iso: vm.iso.clone(),
     };
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(spec.qemu_args())
@@ -408,6 +413,38 @@ pub fn set_vm_args(state: &DevnetState, opts: &VmOptions, index: usize) -> Resul
     let path = state.dir.join("tftp").join(format!("vm{index}.ipxe"));
     std::fs::write(&path, vm_chain_script(state, opts, index)?)
         .map_err(DevnetError::io("writing", &path))
+}
+
+/// Makes node VM `index` boot from the farm's bootloader ISO from its next power-on: the image
+/// `zos farm bootloader --format iso` makes, with the VM's node arguments
+/// ([`vm_chain_script`]), written to `<dir>/vm<index>/bootloader.iso`.
+pub fn use_iso(state: &mut DevnetState, opts: &VmOptions, index: usize) -> Result<()> {
+    let at = vm_at(state, index)?;
+    let grid = GridUrl::parse(&state.grid_node_url).map_err(|e| DevnetError::Image {
+        path: state.dir.clone(),
+        reason: e.to_string(),
+    })?;
+    let iso = state.vms[at].dir.join("bootloader.iso");
+    zos_client::bootloader::hybrid_image(
+        &iso,
+        &vm_chain_script(state, opts, index)?,
+        state.farm_id,
+        RunMode::Dev,
+        &grid,
+    )
+    .map_err(|e| DevnetError::Image {
+        path: iso.clone(),
+        reason: format!("cannot make the bootloader ISO: {e}"),
+    })?;
+    state.vms[at].iso = Some(iso);
+    state.save()
+}
+
+/// Makes node VM `index` boot by network again from its next power-on.
+pub fn use_pxe(state: &mut DevnetState, index: usize) -> Result<()> {
+    let at = vm_at(state, index)?;
+    state.vms[at].iso = None;
+    state.save()
 }
 
 /// The serial console of node VM `vm` as text, its colours left out.

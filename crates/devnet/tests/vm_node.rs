@@ -2,7 +2,7 @@
 //! the node image through the real path (QEMU's iPXE ROM, DHCP from the devnet's dnsmasq, the
 //! grid's iPXE script, kernel and initramfs by hash, zos-init as PID 1, the runtime flists from
 //! the devnet's hub), then serves workloads, exposes no port and keeps its identity across a
-//! reboot, while wiped disks make a new node, booted in debug mode: its console shell answers a
+//! reboot (from the farm's bootloader ISO), while wiped disks make a new node, booted in debug mode: its console shell answers a
 //! typed command (no shell answers on the first boots). Under TCG here, so each boot takes
 //! minutes.
 
@@ -118,6 +118,7 @@ async fn a_node_vm_boots_by_network_serves_workloads_exposes_no_port_and_keeps_i
         .unwrap_or_else(|e| panic!("devnet with a node VM: {e:#}"));
     eprintln!("devnet with a node VM online after {:?}", started.elapsed());
     let state = &mut bed.state;
+    let state_dir = state.dir.clone();
     let first = vm(state);
     let id = first.node_id.expect("the VM node registered");
 
@@ -250,9 +251,29 @@ async fn a_node_vm_boots_by_network_serves_workloads_exposes_no_port_and_keeps_i
         "zos-init heard the button and powered off: {}",
         tail(&off, 2000)
     );
+    // It boots again from the farm's bootloader ISO (`--boot iso`) instead of its NIC's ROM:
+    // the ISO's iPXE takes DHCP from dnsmasq and chains the grid's script itself, so dnsmasq's
+    // TFTP sends no script for this boot.
+    let tftp_sent = || {
+        std::fs::read_to_string(state_dir.join("dnsmasq.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.contains("dnsmasq-tftp") && l.contains(" sent ") && l.contains("vm1.ipxe")
+            })
+            .count()
+    };
+    let sent_before = tftp_sent();
+    assert!(
+        sent_before > 0,
+        "the network boots fetched vm1.ipxe over TFTP"
+    );
+    vms::use_iso(state, &opts, 1).unwrap();
     vms::start_vm(state, 1).unwrap();
     let again = back_online(state, 900).await;
     assert_eq!(again, id, "a reboot keeps the node's identity");
+    assert_eq!(tftp_sent(), sent_before, "the VM booted from the ISO");
+    vms::use_pxe(state, 1).unwrap();
     let got = user.zos(&["deployment", "get", &contract.to_string(), "--json"]);
     let states: Vec<&Value> = got["workloads"]
         .as_array()
