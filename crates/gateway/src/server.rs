@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -300,11 +301,13 @@ impl Gateway {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            let checks = self.shared.backends().into_iter().map(|b| async move {
-                let ok = crate::connect::connect(&b.target).await.is_ok();
-                b.report(ok);
-            });
-            futures::future::join_all(checks).await;
+            // At most 32 at once: a check into a tenant's namespace is a thread of its own.
+            futures::stream::iter(self.shared.backends())
+                .for_each_concurrent(32, |b| async move {
+                    let ok = crate::connect::connect(&b.target).await.is_ok();
+                    b.report(ok);
+                })
+                .await;
         }
     }
 }
