@@ -50,6 +50,10 @@ pub enum ReleaseCmd {
         /// Repeat for each.
         #[arg(long = "flist", required = true, value_name = "NAME=URL@SHA256")]
         flists: Vec<FlistSpec>,
+        /// The debug flist, NAME=URL@SHA256 as --flist (runmode dev only: a console shell for
+        /// nodes booted with zos-debug; `scripts/build-node.sh` makes `debug.fl`).
+        #[arg(long, value_name = "NAME=URL@SHA256")]
+        debug_flist: Option<FlistSpec>,
         /// A release key file to sign with; repeat up to the grid's threshold. The first one
         /// signs the uploads.
         #[arg(long = "release-key", required = true, value_name = "FILE")]
@@ -93,6 +97,7 @@ pub async fn release(cmd: ReleaseCmd, g: &Global) -> anyhow::Result<()> {
             kernel,
             initramfs,
             flists,
+            debug_flist,
             release_keys,
             release_version,
             terms,
@@ -109,6 +114,7 @@ pub async fn release(cmd: ReleaseCmd, g: &Global) -> anyhow::Result<()> {
                 &kernel,
                 &initramfs,
                 &flists,
+                debug_flist.as_ref(),
                 &keys,
                 release_version,
                 &terms.terms()?,
@@ -198,6 +204,7 @@ async fn publish(
     kernel: &Path,
     initramfs: &Path,
     flists: &[FlistSpec],
+    debug: Option<&FlistSpec>,
     keys: &[Identity],
     version: Option<String>,
     terms: &zos_types::release::terms::Terms,
@@ -209,7 +216,7 @@ async fn publish(
                 kernel,
                 initramfs,
                 flists,
-                debug: None,
+                debug,
                 keys,
                 version,
             },

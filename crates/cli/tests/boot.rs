@@ -253,6 +253,23 @@ async fn releases_are_published_listed_and_bootloaders_made() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to name it"));
     assert_eq!(bed.releases().len(), 2);
 
+    // A dev release with a debug flist (here the same flist under another name).
+    let debug = format!("debug={}", flist.split_once('=').unwrap().1);
+    let out = bed.publish(&kernel, &initramfs, &flist, &["--debug-flist", &debug]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = bed.releases();
+    assert_eq!(list[0].release.version, "0.1.2");
+    let named = list[0].release.debug.as_ref().expect("a debug flist");
+    assert_eq!(
+        (named.name.as_str(), named.sha256.as_str()),
+        ("debug", list[0].release.flists[0].sha256.as_str())
+    );
+    assert_eq!(list[1].release.debug, None);
+
     // The farm's iPXE script, and hybrid images holding iPXE and that script.
     let ipxe = bed.work.path().join("farm.ipxe");
     let farm = bed.farm.to_string();
