@@ -130,13 +130,27 @@ async fn push_extra(
         path: dir.to_path_buf(),
         reason: format!("cannot pack it as a runtime flist: {e}"),
     })?;
-    let bytes = std::fs::read(&out).map_err(DevnetError::io("reading", &out))?;
+    push_file(hub, EXTRA_FLIST, &out, |sha| {
+        format!("node-{EXTRA_FLIST}-{sha}.fl")
+    })
+    .await
+}
+
+/// Pushes the flist file `file` to the hub under the name `hub_name` makes of its SHA-256; its
+/// spec in a release as runtime flist `name`.
+async fn push_file(
+    hub: &HubClient,
+    name: &str,
+    file: &Path,
+    hub_name: impl FnOnce(&str) -> String,
+) -> Result<FlistSpec> {
+    let bytes = std::fs::read(file).map_err(DevnetError::io("reading", file))?;
     let sha256 = sha256_hex(&bytes);
-    hub.push(&format!("node-{EXTRA_FLIST}-{sha256}.fl"), bytes, true)
+    hub.push(&hub_name(&sha256), bytes, true)
         .await
-        .map_err(DevnetError::hub("pushing the extra runtime flist to"))?;
+        .map_err(DevnetError::hub("pushing the node image's flists to"))?;
     Ok(FlistSpec {
-        name: EXTRA_FLIST.to_string(),
+        name: name.to_string(),
         source: FlistSource::Hub,
         sha256,
     })
@@ -182,16 +196,7 @@ async fn push_flist(
         .try_collect::<()>()
         .await
         .map_err(DevnetError::hub("uploading the node image's blocks to"))?;
-    let bytes = std::fs::read(file).map_err(DevnetError::io("reading", file))?;
-    let sha256 = sha256_hex(&bytes);
-    hub.push(&format!("node-{name}.fl"), bytes, true)
-        .await
-        .map_err(DevnetError::hub("pushing the node image's flists to"))?;
-    Ok(FlistSpec {
-        name: name.to_string(),
-        source: FlistSource::Hub,
-        sha256,
-    })
+    push_file(hub, name, file, |_| format!("node-{name}.fl")).await
 }
 
 /// The farmer's admission token the VMs boot with.

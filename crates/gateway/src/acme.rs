@@ -21,7 +21,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::challenges::Challenges;
-use crate::route::Tls;
 use crate::table::Shared;
 use crate::tls::Certificates;
 
@@ -296,18 +295,15 @@ impl Acme {
         let now = now();
         let mut hosts = self.hosts.lock().unwrap();
         let mut out = Vec::new();
-        for r in gateway.shared.status() {
-            if r.tls != Tls::Terminate {
-                continue;
-            }
-            let state = hosts.entry(r.host.clone()).or_default();
+        for host in gateway.shared.terminating_hosts() {
+            let state = hosts.entry(host.clone()).or_default();
             let needed = match state.validity {
                 Some((from, until)) => now >= renew_at(from, until, self.opts.renew_before),
-                None => gateway.certs.find(&r.host).is_none(),
+                None => gateway.certs.find(&host).is_none(),
             };
             let waiting = state.retry_at.is_some_and(|t| Instant::now() < t);
             if needed && !waiting && !state.busy {
-                out.push(r.host);
+                out.push(host);
             }
         }
         hosts.retain(|h, s| s.validity.is_some() || s.busy || gateway.shared.route(h).is_some());

@@ -138,10 +138,6 @@ impl Gateway {
         }
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
     /// A place for a connection from `ip`, or `None` when the client or the gateway is full.
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admitted> {
         let slot = self.slots.clone().try_acquire_owned().ok()?;

@@ -199,6 +199,16 @@ impl Shared {
         out
     }
 
+    /// The hosts of the routes that end TLS here.
+    pub fn terminating_hosts(&self) -> Vec<String> {
+        let hosts = self.hosts.read().unwrap().clone();
+        hosts
+            .values()
+            .filter(|l| l.route.tls == crate::route::Tls::Terminate)
+            .map(|l| l.route.host.clone())
+            .collect()
+    }
+
     /// Each route with its backends' health and its traffic, ordered by host.
     pub fn status(&self) -> Vec<RouteStatus> {
         let hosts = self.hosts.read().unwrap().clone();
