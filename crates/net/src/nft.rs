@@ -241,7 +241,8 @@ pub fn nr_ruleset() -> String {
     out
 }
 
-/// `public`: the node's public address answers pings and opens no port.
+/// `public`: the node's public address answers pings and opens only the web gateway's ports
+/// (80 and 443, tenant-facing; nothing of the node's management listens there).
 pub fn public_ruleset() -> String {
     let mut out = String::new();
     replace_table(
@@ -253,6 +254,7 @@ pub fn public_ruleset() -> String {
     ct state established,related accept
     iif lo accept
     meta l4proto { 1, 58 } accept
+    tcp dport { 80, 443 } accept
     ct state new drop
   }
 ",

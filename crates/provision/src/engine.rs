@@ -17,7 +17,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
-use zos_types::contract::{Contract, ContractKind, ContractState, NodeEvent};
+use zos_types::contract::{Contract, ContractFilter, ContractKind, ContractState, NodeEvent};
 use zos_types::deployment::{
     ContractId, Deployment, DeploymentError, ResultState, Workload, WorkloadId, WorkloadResult,
 };
@@ -36,6 +36,11 @@ pub trait GridView: Send + Sync {
     fn twin_key(&self, twin: TwinId) -> BoxFuture<'_, Result<PublicKey, GridViewError>>;
     /// A contract; [`GridViewError::NotFound`] when it does not exist.
     fn contract(&self, id: ContractId) -> BoxFuture<'_, Result<Contract, GridViewError>>;
+    /// The contracts `filter` selects (a twin's name contracts, for gateways).
+    fn contracts(
+        &self,
+        filter: ContractFilter,
+    ) -> BoxFuture<'_, Result<Vec<Contract>, GridViewError>>;
 }
 
 /// Why a request was refused; each maps to a clear answer for the sender ([`Self::kind`]).
@@ -738,6 +743,30 @@ impl Engine {
             self.done_starting(contract, name);
         }
         Ok(self.store.record(contract, &w, &r)?)
+    }
+
+    /// Takes down a live workload for a reason found while it runs (a gateway's name contract
+    /// cancelled): removes it and records an error result saying why. A workload that is gone
+    /// or already failed is left alone.
+    pub async fn fail(&self, id: &WorkloadId, why: &str) -> Result<(), EngineError> {
+        let Some(d) = self.store.get(id.contract)? else {
+            return Ok(());
+        };
+        let Some(w) = d.workloads.iter().find(|w| w.name == id.name) else {
+            return Ok(());
+        };
+        if w.result
+            .as_ref()
+            .is_some_and(|r| r.state != ResultState::Ok)
+        {
+            return Ok(());
+        }
+        let mut message = why.to_string();
+        if let Err(e) = self.manager(w.kind).deprovision(id).await {
+            message.push_str(&format!("\n(and removing it failed: {})", e.message()));
+        }
+        let r = result(ResultState::Error, message, serde_json::Value::Null);
+        Ok(self.store.record(id.contract, w, &r)?)
     }
 
     /// Removes a workload that will not come up, and the error result that says why.

@@ -2,6 +2,7 @@
 
 pub mod engine;
 pub mod error;
+pub mod gateway;
 pub mod images;
 pub mod managers;
 pub mod network;
@@ -10,6 +11,7 @@ pub mod zmachine;
 
 pub use engine::{Engine, EngineConfig, EngineError, GridView, Usage};
 pub use error::GridViewError;
+pub use gateway::{GatewayHost, GatewayManager, Resolver, SystemResolver};
 pub use images::{DiskImages, DiskPrep, HostImages, ImageError, OpenedFile};
 pub use managers::{
     Manager, ManagerError, SizedManager, Target, Unsupported, volume_manager, zmount_manager,

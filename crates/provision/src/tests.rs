@@ -59,6 +59,22 @@ impl GridView for FakeGrid {
         let answer = self.answer(format!("contract {id}"), c);
         Box::pin(async move { answer })
     }
+    fn contracts(
+        &self,
+        filter: zos_types::contract::ContractFilter,
+    ) -> BoxFuture<'_, Result<Vec<Contract>, GridViewError>> {
+        let all: Vec<Contract> = self
+            .contracts
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|c| filter.twin_id.is_none_or(|t| c.twin_id == t))
+            .filter(|c| filter.state.is_none_or(|s| c.state == s))
+            .cloned()
+            .collect();
+        let answer = self.answer("contracts".into(), Some(all));
+        Box::pin(async move { answer })
+    }
 }
 
 struct Bed {

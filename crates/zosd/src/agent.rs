@@ -26,8 +26,8 @@ use zos_mounts::{
 };
 use zos_net::{LinuxNetworker, NetworkConfig, Networker, PublicSetup};
 use zos_provision::{
-    Engine, EngineConfig, GridView, IpManager, Manager, NetworkManager, Store, ZmachineConfig,
-    ZmachineManager, volume_manager, zmount_manager,
+    Engine, EngineConfig, GatewayManager, GridView, IpManager, Manager, NetworkManager, Store,
+    ZmachineConfig, ZmachineManager, volume_manager, zmount_manager,
 };
 use zos_runtime::error_chain;
 use zos_storage::{BtrfsStorage, StorageConfig, StorageStart};
@@ -157,9 +157,21 @@ pub async fn run(
         GridClient::new(&cfg.grid)?.with_identity(identity.clone()),
     ));
     let (node_tx, node_rx) = watch::channel(None);
-    let managers = managers(&parts, &view, zmachine);
+    let gateways = gateway_manager(&cfg, &state_dir, &identity, &parts.net, &view)?;
+    let managers = managers(&parts, &view, zmachine, &gateways);
     let engine = engine(store, managers, &view, node_rx, &facts, flist_policy);
     let _ = engine_cell.set(engine.clone());
+    match gateways.restore().await {
+        Ok(0) => {}
+        Ok(n) => info!(routes = n, "web gateway routes served again"),
+        Err(e) => warn!(error = %error_chain(&e), "cannot serve the stored gateway routes"),
+    }
+    tasks.spawn(crate::gateway::recheck_names(
+        gateways.clone(),
+        engine.clone(),
+        cfg.name_recheck,
+        stop.clone(),
+    ));
     let pending = engine
         .reconcile()
         .context("queueing the reconciliation of stored deployments")?;
@@ -520,11 +532,41 @@ fn engine(
     )
 }
 
+/// The manager of gateway workloads, over the node's web gateway process.
+fn gateway_manager(
+    cfg: &NodeConfig,
+    state_dir: &Path,
+    identity: &Identity,
+    net: &Arc<LinuxNetworker>,
+    view: &Arc<ClientView>,
+) -> anyhow::Result<Arc<GatewayManager<LinuxNetworker>>> {
+    let host = crate::gateway::NodeGateway::new(
+        net.clone(),
+        zos_net::names::Names::new(&cfg.prefix).public_ns(),
+        state_dir,
+        crate::health::run_dir(&cfg.prefix, state_dir).join("gateway"),
+        cfg.acme.clone(),
+        *identity.seed(),
+    );
+    let resolver = crate::gateway::DnsResolver::new(&cfg.dns).map_err(anyhow::Error::msg)?;
+    Ok(Arc::new(
+        GatewayManager::new(
+            net.clone(),
+            view.clone() as Arc<dyn GridView>,
+            Arc::new(host),
+            Arc::new(resolver),
+            state_dir.join("gateway-routes.json"),
+        )
+        .context("opening the gateway table")?,
+    ))
+}
+
 /// The engine's manager of each workload type.
 fn managers(
     parts: &Subsystems,
     view: &Arc<ClientView>,
     zmachine: ZmachineConfig,
+    gateways: &Arc<GatewayManager<LinuxNetworker>>,
 ) -> HashMap<WorkloadType, Arc<dyn Manager>> {
     let Subsystems {
         pools,
@@ -562,6 +604,12 @@ fn managers(
             zmachine,
         )),
     );
+    for kind in [
+        WorkloadType::GatewayNameProxy,
+        WorkloadType::GatewayFqdnProxy,
+    ] {
+        managers.insert(kind, gateways.clone());
+    }
     managers
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use lru::LruCache;
 use zos_client::{ClientError, GridClient};
-use zos_types::contract::Contract;
+use zos_types::contract::{Contract, ContractFilter};
 use zos_types::deployment::ContractId;
 use zos_types::{PublicKey, TwinId};
 
@@ -128,6 +128,18 @@ impl GridView for ClientView {
                 }),
                 Err(e) => Err(unavailable(format!("contract {id}"), e)),
             }
+        })
+    }
+
+    fn contracts(
+        &self,
+        filter: ContractFilter,
+    ) -> BoxFuture<'_, Result<Vec<Contract>, GridViewError>> {
+        Box::pin(async move {
+            self.client
+                .list_contracts(&filter)
+                .await
+                .map_err(|e| unavailable("contracts".into(), e))
         })
     }
 }

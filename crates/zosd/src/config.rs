@@ -31,6 +31,8 @@ pub enum ConfigError {
     NoFarm,
     #[error("node prefix {0:?} may only hold a-z, 0-9 and '-', at most 8 characters")]
     Prefix(String),
+    #[error("dns=: {0}")]
+    Dns(String),
     #[error("admission: {0} (the farmer makes one with `zos farm admission FARM`)")]
     Admission(#[source] zos_types::policy::AdmissionError),
 }
@@ -121,6 +123,24 @@ pub struct NodeConfig {
     pub guest_flist: Option<String>,
     /// A local directory holding `vmlinux` and `initramfs.cpio` instead (development).
     pub guest_dir: Option<PathBuf>,
+    /// Where the web gateway gets certificates (`acme=` on the kernel command line, `none`
+    /// for none); Let's Encrypt by default, except in dev mode.
+    pub acme: crate::gateway::AcmeSettings,
+    /// DNS servers the node asks whether an FQDN points at it (`dns=IP[:PORT],…`); the
+    /// system's resolver when empty.
+    pub dns: Vec<std::net::SocketAddr>,
+    /// How often gateway name contracts are checked again.
+    pub name_recheck: Duration,
+}
+
+/// Let's Encrypt's production directory.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// `IP` or `IP:PORT` (port 53 by default).
+pub fn parse_dns_server(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+        .map_err(|_| format!("{s:?} is not a DNS server address (IP or IP:PORT)"))
 }
 
 impl NodeConfig {
@@ -192,6 +212,27 @@ impl NodeConfig {
                 .filter(|v| !v.is_empty())
                 .map(str::to_string),
             guest_dir: None,
+            acme: crate::gateway::AcmeSettings {
+                directory: match kernel.get("acme") {
+                    Some("none") => None,
+                    Some(url) if !url.is_empty() => Some(url.to_string()),
+                    _ if runmode == RunMode::Dev => None,
+                    _ => Some(LETS_ENCRYPT.to_string()),
+                },
+                ca: None,
+            },
+            dns: kernel
+                .get("dns")
+                .map(|v| {
+                    v.split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(parse_dns_server)
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()
+                .map_err(ConfigError::Dns)?
+                .unwrap_or_default(),
+            name_recheck: zos_provision::gateway::NAME_RECHECK,
         })
     }
 }

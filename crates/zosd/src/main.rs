@@ -58,6 +58,19 @@ struct Args {
     /// A directory holding the guest kernel and initramfs instead (`scripts/build-guest.sh`).
     #[arg(long, env = "ZOS_GUEST_DIR", conflicts_with = "guest_flist")]
     guest_dir: Option<PathBuf>,
+    /// The ACME directory the web gateway orders certificates from (overrides acme=; `none`
+    /// for none).
+    #[arg(long, env = "ZOS_ACME_DIRECTORY")]
+    acme_directory: Option<String>,
+    /// A root certificate (PEM) to trust for the ACME CA's HTTPS (a test CA such as pebble).
+    #[arg(long, env = "ZOS_ACME_CA")]
+    acme_ca: Option<PathBuf>,
+    /// DNS server that says where FQDNs point, IP or IP:PORT; repeat for more (overrides dns=).
+    #[arg(long = "dns", env = "ZOS_DNS", value_delimiter = ',', value_parser = zosd::config::parse_dns_server)]
+    dns: Vec<std::net::SocketAddr>,
+    /// How often gateway name contracts are checked again.
+    #[arg(long, env = "ZOS_NAME_RECHECK", value_parser = parse_duration)]
+    name_recheck: Option<Duration>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -116,6 +129,18 @@ fn main() -> anyhow::Result<()> {
         cfg.guest_flist = args.guest_flist;
     }
     cfg.guest_dir = args.guest_dir;
+    match args.acme_directory.as_deref() {
+        Some("none") => cfg.acme.directory = None,
+        Some(url) => cfg.acme.directory = Some(url.to_string()),
+        None => {}
+    }
+    cfg.acme.ca = args.acme_ca;
+    if !args.dns.is_empty() {
+        cfg.dns = args.dns;
+    }
+    if let Some(every) = args.name_recheck {
+        cfg.name_recheck = every;
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

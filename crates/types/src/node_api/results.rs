@@ -65,6 +65,16 @@ pub struct IpResult {
     pub mac: String,
 }
 
+/// Result data of a `gateway-name-proxy` or `gateway-fqdn-proxy` workload.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GatewayResult {
+    /// The host name the node's gateway serves for it (`NAME.<node domain>`, or the FQDN).
+    pub fqdn: String,
+    /// The node's public address the name must resolve to.
+    pub address: String,
+}
+
 impl WorkloadResult {
     /// Its data as `T` (one of this module's types); an error when the data has another shape.
     pub fn data_as<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
