@@ -193,7 +193,7 @@ async fn public_addresses(state: &mut DevnetState, opts: &DevnetOptions) -> Resu
                     gw4: addr(gw4.clone())?,
                     ipv6: None,
                     gw6: None,
-                    domain: None,
+                    domain: Some(n.domain(&state.name)),
                 },
             )
             .await
@@ -223,6 +223,7 @@ fn add_node(state: &mut DevnetState, opts: &DevnetOptions, gateway: &str, i: usi
         pid: 0,
         twin_id: None,
         node_id: None,
+        zosd_args: Vec::new(),
     };
     let ns = Netns::create(&node.netns)?;
     state.nodes.push(node);
@@ -385,6 +386,7 @@ pub fn start_node(state: &mut DevnetState, index: usize) -> Result<()> {
     if !node.public_if.is_empty() {
         cmd.args(["--public-iface", PUBLIC_NIC]);
     }
+    cmd.args(&node.zosd_args);
     // The guest image of container-mode VMs: the farmer's flist on the devnet's hub (publish it
     // with `scripts/build-guest.sh --flist F --hub --push zos-guest.fl` as the farmer).
     cmd.args(["--guest-flist", &guest_flist_url(&grid, farmer_twin)]);

@@ -210,6 +210,17 @@ pub struct DevnetNode {
     pub twin_id: Option<TwinId>,
     #[serde(default)]
     pub node_id: Option<NodeId>,
+    /// More arguments its zosd is started with (a test's ACME CA or DNS server), kept for
+    /// its restarts.
+    #[serde(default)]
+    pub zosd_args: Vec<String>,
+}
+
+impl DevnetNode {
+    /// The domain of its public config: gateway names are `NAME.<this>`.
+    pub fn domain(&self, devnet: &str) -> String {
+        format!("n{}.{devnet}.test", self.index)
+    }
 }
 
 /// A node VM of a devnet.

@@ -18,19 +18,11 @@ use zos_gateway::control::{Answer, Request};
 use zos_testkit::process::ProcessGuard;
 
 fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    zos_testkit::acme::free_port([127, 0, 0, 1].into(), false)
 }
 
 fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    zos_testkit::acme::free_port([127, 0, 0, 1].into(), true)
 }
 
 async fn certificates(gw: &Gw) -> Vec<CertStatus> {

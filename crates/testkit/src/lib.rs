@@ -4,6 +4,7 @@
 //!
 //! Tests that need root call [`require_root`] first: on a machine without it they skip loudly.
 
+pub mod acme;
 pub mod cli;
 pub mod devnet;
 pub mod disk;

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::routing::{any, get};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use zos_gateway::control::{Answer, ControlClient, ControlError, Request};
 use zos_gateway::{Route, Target, Tls};
 
@@ -239,20 +238,5 @@ pub async fn eventually<F: std::future::Future<Output = bool>>(
     }
 }
 
-/// A CA, and a certificate it signs for `names`: (CA PEM, chain PEM, key PEM).
-pub fn issue(names: &[&str]) -> (String, String, String) {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    // Not rcgen's default name, which the leaf has too: OpenSSL would take the leaf for
-    // self-signed.
-    ca.distinguished_name = rcgen::DistinguishedName::new();
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "zos gateway test CA");
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    (ca.pem(), leaf.pem(), key.serialize_pem())
-}
+#[allow(unused_imports)]
+pub use zos_testkit::acme::issue;
