@@ -136,6 +136,10 @@ pub enum NodeCmd {
         /// Minimum free HDD, e.g. 1T.
         #[arg(long, value_parser = size)]
         free_hru: Option<u64>,
+        /// Only nodes that can serve web gateways (a domain in their public config), with
+        /// their domain.
+        #[arg(long)]
+        gateway: bool,
         #[command(flatten)]
         watch: output::Watch,
     },
@@ -437,17 +441,52 @@ async fn farm_ip(cmd: FarmIpCmd, g: &Global) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_nodes(nodes: &[Node]) -> std::io::Result<()> {
-    let mut t = Table::new(&[
+/// The domain under which `n` serves gateway names (`NAME.<domain>`): the one in its public
+/// config, if any.
+fn gateway_domain(n: &Node) -> Option<&str> {
+    n.public_config.as_ref()?.domain.as_deref()
+}
+
+/// Every node that passes `filter`, page after page (the grid answers at most
+/// [`NodeFilter::MAX_LIMIT`] at a time), keeping those `keep` accepts.
+async fn nodes_where(
+    c: &GridClient,
+    filter: &NodeFilter,
+    keep: impl Fn(&Node) -> bool,
+) -> anyhow::Result<Vec<Node>> {
+    let mut kept = Vec::new();
+    let mut page = NodeFilter {
+        limit: Some(NodeFilter::MAX_LIMIT),
+        offset: Some(0),
+        ..filter.clone()
+    };
+    loop {
+        let nodes = c.list_nodes(&page).await?;
+        let full = nodes.len() >= NodeFilter::MAX_LIMIT as usize;
+        kept.extend(nodes.into_iter().filter(|n| keep(n)));
+        if !full {
+            return Ok(kept);
+        }
+        page.offset = Some(page.offset.unwrap_or(0) + NodeFilter::MAX_LIMIT);
+    }
+}
+
+/// The node table; with `domains`, a DOMAIN column (the gateway domain) at the end.
+fn print_nodes(nodes: &[Node], domains: bool) -> std::io::Result<()> {
+    let mut header = vec![
         "ID", "FARM", "TWIN", "STATE", "CRU", "MRU", "SRU", "HRU", "FREE MRU", "VERSION",
-    ]);
+    ];
+    if domains {
+        header.push("DOMAIN");
+    }
+    let mut t = Table::new(&header);
     for n in nodes {
         let state = match (n.online, &n.limited) {
             (false, _) => "offline",
             (true, Some(_)) => "limited",
             (true, None) => "online",
         };
-        t.row(vec![
+        let mut row = vec![
             n.id.to_string(),
             n.farm_id.to_string(),
             n.twin_id.to_string(),
@@ -458,7 +497,11 @@ fn print_nodes(nodes: &[Node]) -> std::io::Result<()> {
             human_bytes(n.capacity.hru),
             human_bytes(n.free().mru),
             n.zos_version.clone(),
-        ]);
+        ];
+        if domains {
+            row.push(gateway_domain(n).unwrap_or("-").to_string());
+        }
+        t.row(row);
     }
     t.print()
 }
@@ -474,6 +517,7 @@ pub async fn node(cmd: NodeCmd, g: &Global) -> anyhow::Result<()> {
             free_mru,
             free_sru,
             free_hru,
+            gateway,
             watch,
         } => {
             let farm_id = match farm {
@@ -492,11 +536,16 @@ pub async fn node(cmd: NodeCmd, g: &Global) -> anyhow::Result<()> {
             };
             let (c, filter) = (&c, &filter);
             output::watch(watch, "zos node list", || async move {
-                let nodes = c.list_nodes(filter).await?;
+                let nodes = if gateway {
+                    // The grid has no filter for it: every page, kept here.
+                    nodes_where(c, filter, |n| gateway_domain(n).is_some()).await?
+                } else {
+                    c.list_nodes(filter).await?
+                };
                 if g.structured() {
                     output::json(&nodes)
                 } else {
-                    Ok(print_nodes(&nodes)?)
+                    Ok(print_nodes(&nodes, gateway)?)
                 }
             })
             .await

@@ -11,6 +11,7 @@ mod exit;
 mod flist;
 mod global;
 mod join;
+mod name;
 mod network;
 mod output;
 mod paths;
@@ -69,6 +70,9 @@ enum Command {
     /// Your deployments: get, list, changes, update, cancel.
     #[command(subcommand)]
     Deployment(deploy::DeploymentCmd),
+    /// Gateway names (NAME.<node's domain>): create, list, cancel.
+    #[command(subcommand)]
+    Name(name::NameCmd),
     /// A whole grid with nodes on this machine, for development and tests (needs root).
     #[command(subcommand)]
     Devnet(devnet::DevnetCmd),
@@ -127,6 +131,7 @@ fn main() {
                 .await
             }
             Command::Deployment(c) => deploy::deployment(c, &cli.global).await,
+            Command::Name(c) => name::run(c, &cli.global).await,
             Command::Shell(c) => shell::run(c, Cli::command()),
             Command::Context(c) => context::run(c, &cli.global).await,
         }

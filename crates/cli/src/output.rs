@@ -168,7 +168,7 @@ fn paint(text: &str, padded: String) -> String {
     let code = match text {
         "online" | "ok" | "created" | "up" | "yes" => "32",
         "offline" | "error" | "deleted" | "down" => "31",
-        "limited" | "paused" | "init" | "gracePeriod" | "grace" => "33",
+        "limited" | "paused" | "init" | "gracePeriod" | "grace_period" | "grace" => "33",
         _ => return padded,
     };
     format!("\x1b[{code}m{padded}\x1b[0m")

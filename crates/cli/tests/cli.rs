@@ -36,6 +36,39 @@ impl ZosCli for User<'_> {
     }
 }
 
+/// A client of the grid at `url` with a fresh key and its own twin, as a node has.
+async fn node_twin(url: &str) -> zos_client::GridClient {
+    let node = zos_client::GridClient::new(url)
+        .unwrap()
+        .with_identity(zos_types::Identity::generate().unwrap());
+    let twin = node.create_twin(None).await.unwrap();
+    node.with_twin(twin.id)
+}
+
+/// What a small node of `farm_id` registers, without an admission token.
+fn registration(farm_id: u32) -> zos_types::registry::NodeRegistration {
+    zos_types::registry::NodeRegistration {
+        farm_id,
+        capacity: zos_types::Capacity {
+            cru: 2,
+            mru: 4 << 30,
+            sru: 0,
+            hru: 0,
+        },
+        reserved: zos_types::Capacity::ZERO,
+        hardware: zos_types::registry::Hardware {
+            serial: "x".into(),
+            virtualized: true,
+            cpu_model: "x".into(),
+        },
+        interfaces: vec![],
+        zos_version: "0.1.0".into(),
+        report_interval_secs: 60,
+        limited: None,
+        admission: None,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_twins_farms_and_ip_pools_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -231,35 +264,204 @@ async fn farm_policy_and_admission_tokens_from_the_command_line() {
     let token = alice.ok(&["farm", "admission", "policy-farm", "--days", "1"]);
     let token: zos_types::registry::AdmissionToken = token.trim().parse().unwrap();
     let farm_id = farm["id"].as_u64().unwrap() as u32;
-    let node = zos_client::GridClient::new(&url)
-        .unwrap()
-        .with_identity(zos_types::Identity::generate().unwrap());
-    let twin = node.create_twin(None).await.unwrap();
-    let node = node.with_twin(twin.id);
-    let mut reg = zos_types::registry::NodeRegistration {
-        farm_id,
-        capacity: zos_types::Capacity {
-            cru: 2,
-            mru: 4 << 30,
-            sru: 0,
-            hru: 0,
-        },
-        reserved: zos_types::Capacity::ZERO,
-        hardware: zos_types::registry::Hardware {
-            serial: "x".into(),
-            virtualized: true,
-            cpu_model: "x".into(),
-        },
-        interfaces: vec![],
-        zos_version: "0.1.0".into(),
-        report_interval_secs: 60,
-        limited: None,
-        admission: None,
-    };
+    let node = node_twin(&url).await;
+    let mut reg = registration(farm_id);
     let err = node.register_node(&reg).await.unwrap_err();
     assert_eq!(err.status(), Some(403), "{err}");
     reg.admission = Some(token);
     let (n, created) = node.register_node(&reg).await.unwrap();
     assert!(created && n.farm_id == farm_id);
+    grid.shutdown().await.unwrap();
+}
+
+/// A grid on loopback and two users with keys and twins, `alice` and `bob`, sharing `home`.
+async fn grid_with_two_users(dir: &Path) -> (zos_grid::RunningGrid, String) {
+    let grid = start(GridConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.join("grid"),
+    ))
+    .await
+    .unwrap();
+    let url = grid.url();
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    for name in ["alice", "bob"] {
+        let u = User::new(&url, &home, name);
+        u.ok(&["key", "new"]);
+        u.ok(&["twin", "create"]);
+    }
+    (grid, url)
+}
+
+/// Gateway names: taken by one twin, refused to another while it lives (in any case), listed,
+/// given up, then free for the other twin.
+#[tokio::test(flavor = "multi_thread")]
+async fn gateway_names_are_taken_listed_and_given_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (grid, url) = grid_with_two_users(dir.path()).await;
+    let home = dir.path().join("home");
+    let (alice, bob) = (
+        User::new(&url, &home, "alice"),
+        User::new(&url, &home, "bob"),
+    );
+    let alice_twin = alice.json(&["twin", "show"])["id"].clone();
+    let bob_twin = bob.json(&["twin", "show"])["id"].clone();
+
+    // Alice takes `web`; the table says the contract and how to use it.
+    let made = alice.ok(&["name", "create", "web"]);
+    let id = alice.json(&["name", "list"])[0]["id"].as_u64().unwrap();
+    assert!(made.contains(&format!("contract {id}")), "{made}");
+    assert!(made.contains("gateway-name-proxy"), "{made}");
+    assert!(made.contains("zos node list --gateway"), "{made}");
+    let shop = alice.json(&["name", "create", "shop"]);
+    assert_eq!(shop["type"], "name");
+    assert_eq!(shop["name"], "shop");
+    assert_eq!(shop["state"], "created");
+    assert_eq!(shop["twin_id"], alice_twin);
+
+    let listed = alice.json(&["name", "list"]);
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web", "shop"]);
+    let table = alice.ok(&["name", "list"]);
+    assert!(table.starts_with("CONTRACT"), "{table}");
+    assert!(table.lines().nth(1).unwrap().contains(" web "), "{table}");
+    assert!(table.contains("created"), "{table}");
+    assert_eq!(bob.json(&["name", "list"]), serde_json::json!([]));
+
+    // Nobody else can take it, in any case; its holder is told it is already theirs.
+    for taken in ["web", "WEB"] {
+        let out = bob.run(&["name", "create", taken]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{err}");
+        assert!(
+            err.starts_with(&format!("error: the name {taken:?} is taken")),
+            "{err}"
+        );
+    }
+    let err = alice.fails(&["name", "create", "web"]);
+    assert!(
+        err.contains(&format!(
+            "you already hold the name \"web\" (contract {id})"
+        )),
+        "{err}"
+    );
+    let out = alice.run(&["name", "create", "no.dots"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("\"no.dots\" is not a valid gateway name: 1 to 63 of"),
+        "{err}"
+    );
+
+    // Only its holder cancels it.
+    let out = bob.run(&["name", "cancel", "web"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("you hold no name \"web\""), "{err}");
+    assert!(err.contains("zos name list"), "{err}");
+    let cancelled = alice.json(&["name", "cancel", "web"]);
+    assert_eq!(cancelled["id"].as_u64(), Some(id));
+    assert_eq!(cancelled["state"], "deleted");
+    let listed = alice.json(&["name", "list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["name"], "shop");
+    let said = alice.ok(&["name", "cancel", "shop"]);
+    assert!(said.contains("name shop released"), "{said}");
+    assert_eq!(alice.json(&["name", "list"]), serde_json::json!([]));
+    assert!(
+        alice
+            .fails(&["name", "cancel", "web"])
+            .contains("you hold no name")
+    );
+
+    // The name is free again: Bob takes it.
+    let taken = bob.json(&["name", "create", "web"]);
+    assert_eq!(taken["twin_id"], bob_twin);
+    assert_ne!(taken["id"].as_u64(), Some(id));
+    let listed = bob.json(&["name", "list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["name"], "web");
+    assert!(alice.fails(&["name", "create", "web"]).contains("is taken"));
+    grid.shutdown().await.unwrap();
+}
+
+/// `zos node list --gateway` lists only nodes with a domain in their public config, and shows it.
+#[tokio::test(flavor = "multi_thread")]
+async fn node_list_gateway_keeps_nodes_with_a_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let (grid, url) = grid_with_two_users(dir.path()).await;
+    let home = dir.path().join("home");
+    let farmer = User::new(&url, &home, "alice");
+    let farm = farmer.json(&["farm", "create", "gw-farm"]);
+    farmer.ok(&["farm", "policy", "gw-farm", "--admission", "open"]);
+    let farm_id = farm["id"].as_u64().unwrap() as u32;
+
+    // Three nodes: one with a domain, one with a public config without one, one with none.
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (n, _) = node_twin(&url)
+            .await
+            .register_node(&registration(farm_id))
+            .await
+            .unwrap();
+        ids.push(n.id.to_string());
+    }
+    farmer.ok(&[
+        "node",
+        "public-config",
+        &ids[0],
+        "--ipv4",
+        "185.69.166.7/24",
+        "--gw4",
+        "185.69.166.1",
+        "--domain",
+        "gw.example.org",
+    ]);
+    farmer.ok(&[
+        "node",
+        "public-config",
+        &ids[1],
+        "--ipv4",
+        "185.69.166.8/24",
+        "--gw4",
+        "185.69.166.1",
+    ]);
+
+    assert_eq!(farmer.json(&["node", "list"]).as_array().unwrap().len(), 3);
+    let gateways = farmer.json(&["node", "list", "--gateway"]);
+    let gateways = gateways.as_array().unwrap();
+    assert_eq!(gateways.len(), 1, "{gateways:?}");
+    assert_eq!(gateways[0]["id"].to_string(), ids[0]);
+    assert_eq!(gateways[0]["public_config"]["domain"], "gw.example.org");
+
+    let table = farmer.ok(&["node", "list", "--gateway"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "{table}");
+    assert!(
+        lines[0].starts_with("ID") && lines[0].ends_with("DOMAIN"),
+        "{table}"
+    );
+    assert!(lines[1].starts_with(&ids[0]), "{table}");
+    assert!(lines[1].ends_with("gw.example.org"), "{table}");
+    let plain = farmer.ok(&["node", "list"]);
+    assert!(!plain.contains("DOMAIN"), "{plain}");
+
+    // With the other filters: none of the nodes is online (they never reported).
+    let online = farmer.json(&["node", "list", "--gateway", "--online"]);
+    assert_eq!(online, serde_json::json!([]));
+    let offline = farmer.json(&[
+        "node",
+        "list",
+        "--gateway",
+        "--offline",
+        "--farm",
+        "gw-farm",
+    ]);
+    assert_eq!(offline.as_array().unwrap().len(), 1);
     grid.shutdown().await.unwrap();
 }
