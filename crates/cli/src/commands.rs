@@ -620,6 +620,16 @@ pub async fn node(cmd: NodeCmd, g: &Global) -> anyhow::Result<()> {
                 ("cpu", n.hardware.cpu_model.clone()),
                 ("serial", n.hardware.serial.clone()),
                 ("virtualized", n.hardware.virtualized.to_string()),
+                (
+                    "public config",
+                    n.public_config
+                        .as_ref()
+                        .map_or("-".into(), |p| format!("{} via {}", p.ipv4, p.gw4)),
+                ),
+                (
+                    "gateway domain",
+                    gateway_domain(&n).unwrap_or("-").to_string(),
+                ),
                 ("uptime", format!("{} s", n.uptime_secs)),
                 ("report period", format!("{} s", n.report_interval_secs)),
                 ("last seen", output::when_opt(n.last_seen)),

@@ -450,6 +450,14 @@ async fn node_list_gateway_keeps_nodes_with_a_domain() {
     assert!(lines[1].ends_with("gw.example.org"), "{table}");
     let plain = farmer.ok(&["node", "list"]);
     assert!(!plain.contains("DOMAIN"), "{plain}");
+    let shown = farmer.ok(&["node", "show", &ids[0]]);
+    assert!(
+        shown.contains("public config   185.69.166.7/24 via 185.69.166.1"),
+        "{shown}"
+    );
+    assert!(shown.contains("gateway domain  gw.example.org"), "{shown}");
+    let shown = farmer.ok(&["node", "show", &ids[2]]);
+    assert!(shown.contains("gateway domain  -"), "{shown}");
 
     // With the other filters: none of the nodes is online (they never reported).
     let online = farmer.json(&["node", "list", "--gateway", "--online"]);
