@@ -356,6 +356,19 @@ fn inspect_cmd(path: &Path, g: &Global) -> anyhow::Result<()> {
             format!("{e:#}: give a flist file made by `zos flist pack`"),
         )
     })?;
+    if !i.damaged.is_empty() {
+        eprintln!(
+            "warning: {} file(s) of this flist cannot be read (their blocks do not cover their \
+             size; reading them fails with EIO, the rest mounts): {}",
+            i.damaged.len(),
+            i.damaged
+                .iter()
+                .take(10)
+                .map(|d| format!("{} ({})", d.path, d.reason))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if g.structured() {
         return output::json(&i);
     }
@@ -680,6 +693,7 @@ mod tests {
             hardlink_to: None,
             device: None,
             blocks: 0,
+            damaged: None,
         }
     }
 

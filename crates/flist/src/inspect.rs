@@ -32,6 +32,16 @@ pub struct EntryInfo {
     pub device: Option<(u32, u32)>,
     /// Number of blocks of a regular file.
     pub blocks: usize,
+    /// Why a regular file's content cannot be read (its blocks do not cover its size).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
+}
+
+/// A regular file whose content cannot be read; the rest of the flist can.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Damaged {
+    pub path: String,
+    pub reason: String,
 }
 
 /// Counts over a flist.
@@ -63,6 +73,8 @@ pub struct Inspection {
     pub totals: Totals,
     /// Every entry, parents first, siblings by name.
     pub entries: Vec<EntryInfo>,
+    /// Files whose content cannot be read (reading them fails with EIO), by path.
+    pub damaged: Vec<Damaged>,
 }
 
 /// Opens, validates and describes the flist at `path`.
@@ -113,6 +125,7 @@ pub fn describe(fl: &Flist) -> Inspection {
             device: matches!(kind, Kind::Char | Kind::Block)
                 .then(|| (libc::major(a.rdev), libc::minor(a.rdev))),
             blocks: n.blocks.len(),
+            damaged: n.damaged.clone(),
             path,
         });
     }
@@ -130,5 +143,10 @@ pub fn describe(fl: &Flist) -> Inspection {
             .collect(),
         totals,
         entries,
+        damaged: fl
+            .damaged()
+            .into_iter()
+            .map(|(path, reason)| Damaged { path, reason })
+            .collect(),
     }
 }

@@ -309,6 +309,10 @@ impl Filesystem for FlistFs {
         if n.attrs.kind() != Kind::File {
             return reply.error(Errno::EINVAL);
         }
+        if let Some(why) = &n.damaged {
+            tracing::warn!(path = %self.flist.path_of(n.ino), reason = %why, "read of a damaged file");
+            return reply.error(Errno::EIO);
+        }
         match self.do_read(fh.0, n, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(e),

@@ -310,7 +310,7 @@ impl<N: Networker + 'static> GatewayManager<N> {
             .iter()
             .find(|c| {
                 c.state != ContractState::Deleted
-                    && matches!(&c.kind, ContractKind::Name { name: n } if n == name)
+                    && matches!(&c.kind, ContractKind::Name { name: n } if n.eq_ignore_ascii_case(name))
             })
             .map(|c| c.id)
             .ok_or_else(|| {
@@ -813,7 +813,7 @@ mod tests {
             .contracts
             .lock()
             .unwrap()
-            .push(name_contract(50, TWIN, "shop"));
+            .push(name_contract(50, TWIN, "Shop"));
         let w = id(2, "gw");
         let out = provision(
             &b,
