@@ -49,6 +49,9 @@ pub trait GatewayHost: Send + Sync {
     fn apply(&self, routes: Vec<Route>) -> BoxFuture<'_, Result<(), String>>;
     /// Each route's traffic since the gateway started, by workload id.
     fn metrics(&self) -> BoxFuture<'_, Result<BTreeMap<String, Meter>, String>>;
+    /// Stops the running gateway (the node's public address changed): the next
+    /// [`Self::apply`] starts one on the address the node has then.
+    fn reset(&self) -> BoxFuture<'_, Result<(), String>>;
 }
 
 /// Answers the addresses a host name resolves to.
@@ -255,6 +258,13 @@ impl<N: Networker + 'static> GatewayManager<N> {
         }
         self.push(&table).await?;
         Ok(table.routes.len())
+    }
+
+    /// Starts the gateway again on the node's current public address (the farmer changed the
+    /// public config) and serves the stored table there.
+    pub async fn readdress(&self) -> Result<usize, ManagerError> {
+        self.host.reset().await.map_err(ManagerError::Failed)?;
+        self.restore().await
     }
 
     /// The workloads whose route is served.
@@ -677,6 +687,10 @@ mod tests {
         fn metrics(&self) -> BoxFuture<'_, Result<BTreeMap<String, Meter>, String>> {
             Box::pin(async { Ok(BTreeMap::new()) })
         }
+        fn reset(&self) -> BoxFuture<'_, Result<(), String>> {
+            *self.routes.lock().unwrap() = None;
+            Box::pin(async { Ok(()) })
+        }
     }
 
     impl Host {
@@ -1060,6 +1074,10 @@ mod tests {
         .unwrap();
         assert_eq!(again.restore().await.unwrap(), 1);
         assert_eq!(host.hosts(), vec!["blog.gw.example.org"]);
+        // A new public address: the gateway is started again and given the same table.
+        assert_eq!(again.readdress().await.unwrap(), 1);
+        assert_eq!(host.hosts(), vec!["blog.gw.example.org"]);
+        assert_eq!(host.pushes(), 2);
     }
 
     #[tokio::test]

@@ -73,18 +73,19 @@ async fn mount_guest(flists: Arc<ProcessFlists>, url: String, stop: Cancellation
 /// How often the public config is read again even without an event.
 const PUBLIC_CONFIG_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Applies the public config the grid holds for `node`, when it differs from the node's.
+/// Applies the public config the grid holds for `node`, when it differs from the node's;
+/// answers whether it changed.
 async fn follow_public_config<N: Networker>(
     client: &GridClient,
     node: zos_types::NodeId,
     iface: Option<&str>,
     net: &N,
-) {
+) -> bool {
     let config = match client.get_node(node).await {
         Ok(n) => n.public_config,
         Err(e) => {
             warn!(error = %error_chain(&e), "cannot read this node's public config");
-            return;
+            return false;
         }
     };
     let want = match (config, iface) {
@@ -102,16 +103,22 @@ async fn follow_public_config<N: Networker>(
         (None, _) => None,
     };
     match net.public_setup().await {
-        Ok(have) if have == want => return,
+        Ok(have) if have == want => return false,
         Ok(_) => {}
         Err(e) => {
             warn!(error = %error_chain(&e), "cannot read the node's public setup");
-            return;
+            return false;
         }
     }
     match net.setup_node(want.clone()).await {
-        Ok(()) => info!(public = ?want.map(|p| p.config), "public config applied"),
-        Err(e) => warn!(error = %error_chain(&e), "cannot apply the public config"),
+        Ok(()) => {
+            info!(public = ?want.map(|p| p.config), "public config applied");
+            true
+        }
+        Err(e) => {
+            warn!(error = %error_chain(&e), "cannot apply the public config");
+            false
+        }
     }
 }
 
@@ -183,6 +190,7 @@ pub async fn run(
         GridClient::new(&cfg.grid)?,
         cfg.public_iface.clone(),
         parts.net,
+        gateways,
         public_changed.clone(),
         status.clone(),
         stop.clone(),
@@ -636,6 +644,7 @@ async fn follow_public_config_task(
     client: GridClient,
     iface: Option<String>,
     net: Arc<LinuxNetworker>,
+    gateways: Arc<GatewayManager<LinuxNetworker>>,
     changed: Arc<tokio::sync::Notify>,
     mut status: watch::Receiver<RegistrarStatus>,
     stop: CancellationToken,
@@ -644,7 +653,15 @@ async fn follow_public_config_task(
         return;
     };
     loop {
-        follow_public_config(&client, node, iface.as_deref(), net.as_ref()).await;
+        if follow_public_config(&client, node, iface.as_deref(), net.as_ref()).await {
+            // The gateway listens on the node's public address: it moves with it.
+            match gateways.readdress().await {
+                Ok(n) => info!(routes = n, "web gateway follows the public config"),
+                Err(e) => {
+                    warn!(error = %error_chain(&e), "the web gateway cannot follow the public config")
+                }
+            }
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = changed.notified() => {}

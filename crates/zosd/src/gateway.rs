@@ -176,6 +176,22 @@ impl GatewayHost for NodeGateway {
         })
     }
 
+    fn reset(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let _one = self.lock.lock().await;
+            // Found by its run directory, whatever address it listens on.
+            let p = GatewayProcess {
+                run_dir: self.run_dir.clone(),
+                http: SocketAddr::from(([0, 0, 0, 0], 80)),
+                https: SocketAddr::from(([0, 0, 0, 0], 443)),
+                extra_args: Vec::new(),
+            };
+            let stopped = p.stop(Duration::from_secs(5));
+            info!(?stopped, "web gateway stopped for a new public address");
+            Ok(())
+        })
+    }
+
     fn metrics(&self) -> BoxFuture<'_, Result<BTreeMap<String, Meter>, String>> {
         Box::pin(async move {
             let p = self.process().await?;
