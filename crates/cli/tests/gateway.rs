@@ -22,6 +22,12 @@ use zos_testkit::require_root;
 use zos_testkit::user::User;
 use zos_types::node_api::{ContractBody, Get};
 
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
 fn workload<'a>(d: &'a Value, name: &str) -> &'a Value {
     d["workloads"]
         .as_array()
@@ -441,7 +447,11 @@ async fn web_gateways_serve_machines_of_private_networks_under_names_and_fqdns()
         },
     )
     .await;
-    assert!(down.is_some(), "the route of the cancelled name is down");
+    assert!(
+        down.is_some(),
+        "the route of the cancelled name is down; the node's log ends with:\n{}",
+        log_tail(&n1.log)
+    );
     let d = answers(contract).await.unwrap();
     let gw = d.workloads.iter().find(|w| w.name == "gw").unwrap();
     let r = gw.result.as_ref().unwrap();
