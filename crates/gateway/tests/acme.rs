@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -15,14 +14,10 @@ use rcgen::{CertificateParams, KeyPair};
 use zos_gateway::Tls;
 use zos_gateway::acme::{CertStatus, Seal, Stored};
 use zos_gateway::control::{Answer, Request};
-use zos_testkit::process::ProcessGuard;
+use zos_testkit::acme::TestCa;
 
 fn free_tcp_port() -> u16 {
     zos_testkit::acme::free_port([127, 0, 0, 1].into(), false)
-}
-
-fn free_udp_port() -> u16 {
-    zos_testkit::acme::free_port([127, 0, 0, 1].into(), true)
 }
 
 async fn certificates(gw: &Gw) -> Vec<CertStatus> {
@@ -47,8 +42,9 @@ async fn get_tls(gw: &Gw, host: &str, root: &str) -> Curl {
     .await
 }
 
-/// The gateway with ACME from `directory`, its store in `store`, sealed with `seal`.
-async fn gateway(directory: &str, ca: &Path, store: &Path, seal: &Path) -> Gw {
+/// The gateway with ACME from `directory`, its store in `store`, sealed with `seal`, its HTTP
+/// port `http`.
+async fn gateway(directory: &str, ca: &Path, store: &Path, seal: &Path, http: u16) -> Gw {
     let args = [
         "--acme-directory".to_string(),
         directory.to_string(),
@@ -60,42 +56,24 @@ async fn gateway(directory: &str, ca: &Path, store: &Path, seal: &Path) -> Gw {
         seal.display().to_string(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Gw::start(&args).await
+    Gw::start_at(&format!("127.0.0.1:{http}"), &args).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn certificates_come_from_the_ca_are_renewed_and_outlive_a_restart_sealed() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
-    // pebble's own HTTPS certificate, from a test CA the gateway is told to trust.
-    let (test_ca, chain, key) = issue(&["localhost"]);
-    std::fs::write(p("test-ca.pem"), &test_ca).unwrap();
-    std::fs::write(p("pebble-cert.pem"), &chain).unwrap();
-    std::fs::write(p("pebble-key.pem"), &key).unwrap();
-    let (acme_port, mgmt_port, tls_port, dns_port) = (
-        free_tcp_port(),
-        free_tcp_port(),
-        free_tcp_port(),
-        free_udp_port(),
-    );
-    let directory = format!("https://localhost:{acme_port}/dir");
-
-    // DNS for pebble: the test domain is this machine.
-    let mut dns = Command::new("dnsmasq");
-    dns.args([
-        "--keep-in-foreground",
-        "--conf-file=/dev/null",
-        "--no-resolv",
-        "--no-hosts",
-        "--listen-address=127.0.0.1",
-        "--bind-interfaces",
-        "--user=root",
-        "--log-facility=-",
-        "--pid-file=",
-        "--address=/gw.example/127.0.0.1",
-    ])
-    .arg(format!("--port={dns_port}"));
-    let _dns = ProcessGuard::spawn("dnsmasq", dns, &p("dnsmasq.log")).unwrap();
+    // The CA (pebble, validating HTTP-01 on the gateway's HTTP port) and its DNS server:
+    // the test domain is this machine.
+    let http = free_tcp_port();
+    let ca = TestCa::start(
+        dir.path(),
+        [127, 0, 0, 1].into(),
+        http,
+        &[("gw.example", [127, 0, 0, 1].into())],
+    )
+    .await;
+    let (directory, https_ca) = (ca.directory.clone(), ca.https_ca.clone());
 
     // A stored certificate for old.gw.example from the test CA, five minutes from its end.
     let store = p("store");
@@ -114,39 +92,11 @@ async fn certificates_come_from_the_ca_are_renewed_and_outlive_a_restart_sealed(
     )
     .unwrap();
 
-    let gw = gateway(&directory, &p("test-ca.pem"), &store, &p("seal.key")).await;
+    let gw = gateway(&directory, &https_ca, &store, &p("seal.key"), http).await;
     let old = cert_of(&gw, "old.gw.example")
         .await
         .expect("the stored one loaded");
     assert!(old.not_after.is_some());
-
-    // pebble validates HTTP-01 on the gateway's HTTP port.
-    let config = serde_json::json!({"pebble": {
-        "listenAddress": format!("127.0.0.1:{acme_port}"),
-        "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
-        "certificate": p("pebble-cert.pem"),
-        "privateKey": p("pebble-key.pem"),
-        "httpPort": gw.http.port(),
-        "tlsPort": tls_port,
-        "ocspResponderURL": "",
-        "externalAccountBindingRequired": false,
-    }});
-    std::fs::write(p("pebble.json"), config.to_string()).unwrap();
-    let mut cmd = Command::new("pebble");
-    cmd.arg("-config")
-        .arg(p("pebble.json"))
-        .arg("-dnsserver")
-        .arg(format!("127.0.0.1:{dns_port}"))
-        .env("PEBBLE_VA_NOSLEEP", "1")
-        .env("PEBBLE_WFE_NONCEREJECT", "0")
-        .stdin(Stdio::null());
-    let pebble = ProcessGuard::spawn("pebble", cmd, &p("pebble.log")).unwrap();
-    eventually("pebble listening", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", mgmt_port))
-            .await
-            .is_ok()
-    })
-    .await;
 
     let a = backend("a").await;
     gw.routes(vec![
@@ -171,7 +121,7 @@ async fn certificates_come_from_the_ca_are_renewed_and_outlive_a_restart_sealed(
             "certificates not ordered, renewed and refused: {:?}\n{}\n{}",
             certificates(&gw).await,
             gw.log(),
-            std::fs::read_to_string(p("pebble.log")).unwrap_or_default()
+            ca.log()
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -183,15 +133,7 @@ async fn certificates_come_from_the_ca_are_renewed_and_outlive_a_restart_sealed(
     );
 
     // Both names now chain to pebble's root (fetched from its management port).
-    let root = curl(
-        &format!("https://localhost:{mgmt_port}/roots/0"),
-        ("localhost", mgmt_port),
-        &["--cacert", &p("test-ca.pem").display().to_string()],
-    )
-    .await;
-    assert_eq!(root.status, 200, "{}", root.stderr);
-    std::fs::write(p("pebble-root.pem"), &root.body).unwrap();
-    let root = p("pebble-root.pem").display().to_string();
+    let root = ca.root().display().to_string();
     for host in ["app.gw.example", "old.gw.example"] {
         let r = get_tls(&gw, host, &root).await;
         assert_eq!(r.status, 200, "{host}: {}", r.stderr);
@@ -202,9 +144,9 @@ async fn certificates_come_from_the_ca_are_renewed_and_outlive_a_restart_sealed(
     assert_ne!(r.exit, 0);
 
     // The CA goes away; a restarted gateway serves from its sealed store.
-    drop(pebble);
+    drop(ca);
     drop(gw);
-    let gw = gateway(&directory, &p("test-ca.pem"), &store, &p("seal.key")).await;
+    let gw = gateway(&directory, &https_ca, &store, &p("seal.key"), http).await;
     gw.routes(vec![route("w1", "app.gw.example", Tls::Terminate, &[a])])
         .await;
     let r = get_tls(&gw, "app.gw.example", &root).await;
@@ -213,7 +155,7 @@ async fn certificates_come_from_the_ca_are_renewed_and_outlive_a_restart_sealed(
 
     // Another node's seal key opens nothing: no certificate, and the order fails (no CA).
     std::fs::write(p("other.key"), rand_key()).unwrap();
-    let gw = gateway(&directory, &p("test-ca.pem"), &store, &p("other.key")).await;
+    let gw = gateway(&directory, &https_ca, &store, &p("other.key"), http).await;
     assert!(cert_of(&gw, "app.gw.example").await.is_none());
     gw.routes(vec![route("w1", "app.gw.example", Tls::Terminate, &[a])])
         .await;

@@ -31,11 +31,16 @@ impl Drop for Gw {
 
 impl Gw {
     pub async fn start(extra: &[&str]) -> Gw {
+        Self::start_at("127.0.0.1:0", extra).await
+    }
+
+    /// A gateway with its HTTP listener on `http`.
+    pub async fn start_at(http: &str, extra: &[&str]) -> Gw {
         let dir = tempfile::tempdir().unwrap();
         let ready = dir.path().join("ready.json");
         let control = dir.path().join("control.sock");
         let child = Command::new(env!("CARGO_BIN_EXE_zos-gateway"))
-            .args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0"])
+            .args(["--http", http, "--https", "127.0.0.1:0"])
             .arg("--control")
             .arg(&control)
             .arg("--ready-file")
