@@ -19,6 +19,7 @@ packages=(
   dnsmasq-base    # DHCP server of the zos-init DHCP client test
   zstd kmod binutils  # node image (scripts/build-node.sh): initramfs compression, depmod, readelf
   curl            # HTTP/1.1, HTTP/2 and TLS client of the gateway tests
+  redis-tools     # redis-cli: drives the zdb server in its tests (crates/zdb/tests)
   pebble          # ACME test CA of the gateway's certificate tests
   openssl         # s_server: a TLS backend of the gateway passthrough test
   ipxe isolinux xorriso ipxe-qemu  # farm bootloaders (zos farm bootloader) and their QEMU boot test
