@@ -590,6 +590,10 @@ impl Store {
         let key: Bytes = match self.settings.mode {
             Mode::User if key.is_empty() => return Err(StoreError::KeyNeeded),
             Mode::User => Bytes::copy_from_slice(key),
+            // Ids are u32: the last one is never given out, so the next id always fits.
+            Mode::Seq if key.is_empty() && self.next_seq == u32::MAX => {
+                return Err(StoreError::NoSpace);
+            }
             Mode::Seq if key.is_empty() => Bytes::copy_from_slice(&self.next_seq.to_le_bytes()),
             Mode::Seq if existing.is_some() => Bytes::copy_from_slice(key),
             Mode::Seq => return Err(StoreError::OnlyUpdate),
