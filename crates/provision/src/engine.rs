@@ -746,8 +746,8 @@ impl Engine {
     }
 
     /// Takes down a live workload for a reason found while it runs (a gateway's name contract
-    /// cancelled): removes it and records an error result saying why. A workload that is gone
-    /// or already failed is left alone.
+    /// cancelled): removes it and records an error result saying why (a workload that failed
+    /// already keeps its result).
     pub async fn fail(&self, id: &WorkloadId, why: &str) -> Result<(), EngineError> {
         let Some(d) = self.store.get(id.contract)? else {
             return Ok(());
@@ -755,14 +755,17 @@ impl Engine {
         let Some(w) = d.workloads.iter().find(|w| w.name == id.name) else {
             return Ok(());
         };
+        // Removed whatever its result says: a workload that failed meanwhile may still hold
+        // what it had (removing is idempotent).
+        let removed = self.manager(w.kind).deprovision(id).await;
         if w.result
             .as_ref()
-            .is_some_and(|r| r.state != ResultState::Ok)
+            .is_some_and(|r| r.state == ResultState::Error)
         {
             return Ok(());
         }
         let mut message = why.to_string();
-        if let Err(e) = self.manager(w.kind).deprovision(id).await {
+        if let Err(e) = removed {
             message.push_str(&format!("\n(and removing it failed: {})", e.message()));
         }
         let r = result(ResultState::Error, message, serde_json::Value::Null);

@@ -513,7 +513,20 @@ impl<N: Networker + 'static> Manager for GatewayManager<N> {
         &'a self,
         t: Target<'a>,
     ) -> BoxFuture<'a, Result<serde_json::Value, ManagerError>> {
-        Box::pin(self.set(t))
+        Box::pin(async move {
+            match self.set(t).await {
+                // Provisioned again (a restart's reconciliation) and refused now (its name
+                // contract is gone): the workload becomes an error, so its route goes. A grid
+                // or gateway that cannot answer now takes nothing down.
+                Err(e @ ManagerError::Invalid(_)) => {
+                    if let Err(d) = self.deprovision(t.id).await {
+                        warn!(workload = %t.id, error = %zos_runtime::error_chain(&d), "cannot remove the route of a refused gateway");
+                    }
+                    Err(e)
+                }
+                r => r,
+            }
+        })
     }
 
     fn update<'a>(
@@ -1058,7 +1071,11 @@ mod tests {
         let lost = b.m.recheck().await;
         assert_eq!(lost.len(), 1);
         assert_eq!(lost[0].0, shop);
-        b.m.deprovision(&shop).await.unwrap();
+        // Provisioned again (a restart's reconciliation) without its name: refused, and its
+        // route goes with it.
+        let again = name_proxy("shop", &["http://10.20.2.5:80"], Some("mynet"));
+        assert!(provision(&b, &shop, &again).await.is_err());
+        assert_eq!(b.host.hosts(), vec!["blog.gw.example.org"]);
         b.m.deprovision(&shop).await.unwrap();
         assert_eq!(b.host.hosts(), vec!["blog.gw.example.org"]);
 
