@@ -52,6 +52,7 @@ fn main() -> anyhow::Result<()> {
     config.datafile_size = cli.datafile_size.max(4096);
     config.fsync = cli.fsync;
     config.limits.bulk = cli.max_value;
+    config.limits.request = cli.max_value.saturating_add(1024 * 1024);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

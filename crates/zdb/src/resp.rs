@@ -18,7 +18,9 @@ pub struct Limits {
     pub bulk: usize,
     /// The most arguments in one request, the command name included.
     pub args: usize,
-    /// The longest inline command line and the longest `*`/`$` header line.
+    /// The most bytes of all arguments of one request together.
+    pub request: usize,
+    /// The longest inline command line.
     pub line: usize,
 }
 
@@ -28,6 +30,8 @@ impl Default for Limits {
             bulk: 8 * 1024 * 1024,
             // MGET takes up to 1023 keys, plus its name.
             args: 1024,
+            // One largest value plus room for keys (MGET's 1023 keys of 255 bytes).
+            request: 9 * 1024 * 1024,
             line: 64 * 1024,
         }
     }
@@ -46,6 +50,8 @@ pub enum ProtocolError {
     TooManyArgs(usize, usize),
     #[error("argument of {0} bytes is over the limit of {1}")]
     BulkTooLarge(usize, usize),
+    #[error("request of more than {0} bytes")]
+    RequestTooLarge(usize),
     #[error("line longer than {0} bytes")]
     LineTooLong(usize),
     #[error("argument not followed by CRLF")]
@@ -115,6 +121,7 @@ fn parse_array(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Vec<Bytes>>
     // First pass: check that the whole request is here, without copying.
     let mut pos = end + 2;
     let mut spans = Vec::with_capacity(count.min(64));
+    let mut total = 0usize;
     for _ in 0..count {
         let Some(&b) = buf.get(pos) else {
             return Ok(None);
@@ -132,6 +139,10 @@ fn parse_array(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Vec<Bytes>>
         let len = len as usize;
         if len > limits.bulk {
             return Err(ProtocolError::BulkTooLarge(len, limits.bulk));
+        }
+        total += len;
+        if total > limits.request {
+            return Err(ProtocolError::RequestTooLarge(limits.request));
         }
         let start = end + 2;
         if buf.len() < start + len + 2 {
@@ -265,6 +276,7 @@ mod tests {
         Limits {
             bulk: 1024,
             args: 8,
+            request: 1500,
             line: 64,
         }
     }
@@ -350,6 +362,14 @@ mod tests {
         assert_eq!(
             parse(&mut buf, &limits()),
             Err(ProtocolError::BulkTooLarge(1025, 1024))
+        );
+        // Arguments each under the limit, together over it.
+        let mut buf = BytesMut::from(&b"*3\r\n$3\r\nSET\r\n$1000\r\n"[..]);
+        buf.extend_from_slice(&[b'x'; 1000]);
+        buf.extend_from_slice(b"\r\n$1000\r\n");
+        assert_eq!(
+            parse(&mut buf, &limits()),
+            Err(ProtocolError::RequestTooLarge(1500))
         );
         let mut buf = BytesMut::from(&b"*9\r\n"[..]);
         assert_eq!(

@@ -20,6 +20,11 @@ use crate::{Config, Error};
 const DEFAULT_NS: &str = "default";
 /// MGET's limit, as 0-db.
 const MGET_MAX: usize = 1023;
+/// The most value bytes one MGET answers with.
+const MGET_BYTES: u64 = 64 * 1024 * 1024;
+/// Replies are sent once this many bytes wait, even in the middle of a pipeline, so a client
+/// that pipelines many GETs of large values does not make the server buffer them all.
+const FLUSH_AT: usize = 1024 * 1024;
 /// Keys per SCAN answer.
 const SCAN_BATCH: usize = 100;
 
@@ -221,6 +226,10 @@ async fn connection(shared: &Arc<Shared>, mut stream: TcpStream) -> std::io::Res
                     let (reply, after) = session.run(&args);
                     reply.encode(&mut out);
                     match after {
+                        After::Continue if out.len() >= FLUSH_AT => {
+                            stream.write_all(&out).await?;
+                            out.clear();
+                        }
                         After::Continue => {}
                         After::Close => {
                             stream.write_all(&out).await?;
@@ -420,6 +429,18 @@ impl Session {
                     let store = self.ns.store();
                     keys.iter().map(|k| store.lookup(k)).collect()
                 };
+                if refs
+                    .iter()
+                    .flatten()
+                    .map(|v| u64::from(v.len()))
+                    .sum::<u64>()
+                    > MGET_BYTES
+                {
+                    return Reply::error(format!(
+                        "MGET answer over {} MiB; ask for fewer keys",
+                        MGET_BYTES >> 20
+                    ));
+                }
                 let mut out = Vec::with_capacity(refs.len());
                 for r in refs {
                     out.push(match r.map(|v| v.read()) {

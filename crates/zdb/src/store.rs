@@ -218,6 +218,14 @@ pub struct ValueRef {
 }
 
 impl ValueRef {
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     pub fn read(&self) -> io::Result<Bytes> {
         let mut buf = vec![0u8; self.len as usize];
         self.file.read_exact_at(&mut buf, self.offset)?;

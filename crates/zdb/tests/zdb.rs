@@ -654,3 +654,42 @@ fn kill9_during_write_loop_loses_nothing_acknowledged() {
         expect(&z, &[&format!("EXISTS k{last}")], &["(integer) 1"]);
     }
 }
+
+/// A client that pipelines GETs of a large value and reads nothing is held back by TCP: the
+/// server does not buffer the answers (200 MiB of them here) in memory.
+#[test]
+fn unread_pipelined_answers_are_not_buffered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let z = Zdb::start(tmp.path(), free_port(), None, &[]);
+    let mut c = Conn::open(z.port).unwrap();
+    let mib = vec![b'v'; 1 << 20];
+    assert_eq!(
+        c.cmd(&[b"SET", b"big", &mib]).unwrap(),
+        Resp::Bulk(Some(b"big".to_vec()))
+    );
+    let rss = |pid: u32| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    };
+    let before = rss(z.child.id());
+    let mut s = TcpStream::connect(("127.0.0.1", z.port)).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let req = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".repeat(200);
+    // The server stops reading once its answers back up, so this write may not finish.
+    let _ = s.write_all(&req);
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss(z.child.id());
+    assert!(
+        after < before + 64 * 1024 * 1024,
+        "server grew from {before} to {after} bytes"
+    );
+    drop(s);
+    // And it still serves.
+    assert_eq!(c.cmd(&[b"EXISTS", b"big"]).unwrap(), Resp::Int(1));
+}
