@@ -18,6 +18,8 @@ use crate::store::{Fsync, Mode, Pos, Settings, Store, StoreError, StoreOptions};
 use crate::{Config, Error};
 
 const DEFAULT_NS: &str = "default";
+/// Deleted namespaces' directories until their files are gone (not a valid namespace name).
+const DELETED_PREFIX: &str = ".deleted-";
 /// MGET's limit, as 0-db.
 const MGET_MAX: usize = 1023;
 /// The most value bytes one MGET answers with.
@@ -77,6 +79,13 @@ impl Server {
         for e in std::fs::read_dir(&dir).map_err(dir_err)? {
             let e = e.map_err(dir_err)?;
             let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(DELETED_PREFIX) {
+                tracing::info!(dir = %e.path().display(), "removing a deleted namespace's files");
+                if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                    tracing::warn!(dir = %e.path().display(), error = %err, "cannot remove");
+                }
+                continue;
+            }
             if !e.path().join("namespace.json").is_file() || !valid_name(&name) {
                 continue;
             }
@@ -88,12 +97,11 @@ impl Server {
             namespaces.insert(name.clone(), new_ns(name, store));
         }
         if !namespaces.contains_key(DEFAULT_NS) {
-            let store = Store::create(&dir.join(DEFAULT_NS), Settings::default(), opts).map_err(
-                |source| Error::Namespace {
+            let store =
+                create_ns(&dir.join(DEFAULT_NS), opts).map_err(|source| Error::Namespace {
                     name: DEFAULT_NS.into(),
                     source,
-                },
-            )?;
+                })?;
             namespaces.insert(DEFAULT_NS.into(), new_ns(DEFAULT_NS.into(), store));
         }
         let listener = TcpListener::bind(config.listen)
@@ -177,6 +185,16 @@ fn new_ns(name: String, store: Store) -> Arc<Namespace> {
         store: Mutex::new(store),
         deleted: AtomicBool::new(false),
     })
+}
+
+/// Creates a namespace's directory. One that is there without settings is what a crash in
+/// the middle of a creation leaves (namespaces are only loaded with their settings file, and
+/// the data directory is the server's own): it is garbage and goes first.
+fn create_ns(dir: &std::path::Path, opts: StoreOptions) -> Result<Store, StoreError> {
+    if dir.exists() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    Store::create(dir, Settings::default(), opts)
 }
 
 fn sync_all(shared: &Shared) {
@@ -656,11 +674,7 @@ impl Session {
             ));
         }
         let dir = self.shared.config.data_dir.join(name);
-        if dir.exists() {
-            // Left by a deletion that did not finish: its files are garbage.
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-        match Store::create(&dir, Settings::default(), self.shared.opts) {
+        match create_ns(&dir, self.shared.opts) {
             Ok(store) => {
                 all.insert(name.to_string(), new_ns(name.to_string(), store));
                 tracing::info!(namespace = name, "namespace created");
@@ -686,16 +700,27 @@ impl Session {
         if Arc::ptr_eq(&ns, &self.ns) {
             return err("Cannot remove namespace you're currently using.");
         }
+        // Renamed away first, in one step, so a crash half-way through removing the files
+        // never brings back half a namespace; what is left is removed at the next start.
+        let data = &self.shared.config.data_dir;
+        let gone = data.join(format!("{DELETED_PREFIX}{}-{}", ns.name, now().as_nanos()));
+        {
+            let _store = ns.store();
+            if let Err(e) = std::fs::rename(data.join(&ns.name), &gone)
+                .and_then(|()| std::fs::File::open(data)?.sync_all())
+            {
+                tracing::error!(namespace = %ns.name, error = %e, "cannot remove namespace");
+                return err("Could not delete this namespace");
+            }
+            ns.deleted.store(true, Ordering::Release);
+        }
         self.shared
             .namespaces
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&ns.name);
-        ns.deleted.store(true, Ordering::Release);
-        let store = ns.store();
-        if let Err(e) = std::fs::remove_dir_all(store.dir()) {
-            tracing::error!(namespace = %ns.name, error = %e, "cannot remove namespace files");
-            return err("Could not delete this namespace");
+        if let Err(e) = std::fs::remove_dir_all(&gone) {
+            tracing::warn!(namespace = %ns.name, dir = %gone.display(), error = %e, "namespace files not all removed; the next start retries");
         }
         tracing::info!(namespace = %ns.name, "namespace deleted");
         ok()

@@ -418,8 +418,9 @@ impl Store {
             && u16::from_le_bytes([h[4], h[5]]) == FILE_VERSION
             && u32::from_le_bytes(h[8..12].try_into().unwrap()) == id;
         if !header_ok {
-            if last && len < FILE_HEADER {
-                // Created by a crash in the middle of starting a file: start it again.
+            if last && len <= FILE_HEADER {
+                // A crash while starting a file (its header is synced before any record is
+                // written after it): start it again.
                 drop(file);
                 return self.start_file(id);
             }
