@@ -692,6 +692,12 @@ impl Store {
         let mut hb = [0u8; RECORD_HEADER];
         file.read_exact_at(&mut hb, pos.offset)?;
         let h = Header::parse(&hb);
+        // A position may come from a client (HISTORY's cursor): check what the header claims
+        // against the file before allocating for it.
+        let total = RECORD_HEADER as u64 + u64::from(h.key_len) + u64::from(h.value_len);
+        if !h.valid_shape() || pos.offset.saturating_add(total) > file.metadata()?.len() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
         let mut rec = vec![0u8; RECORD_HEADER + h.key_len as usize + h.value_len as usize];
         file.read_exact_at(&mut rec, pos.offset)?;
         Ok((h, rec))
@@ -710,7 +716,8 @@ impl Store {
         };
         if pos.file == u32::MAX
             || !self.files.contains_key(&pos.file)
-            || (pos.file == self.active && pos.offset + RECORD_HEADER as u64 > self.active_len)
+            || (pos.file == self.active
+                && pos.offset.saturating_add(RECORD_HEADER as u64) > self.active_len)
         {
             return Ok(None);
         }
@@ -881,6 +888,16 @@ mod tests {
         let (prev, ts, v) = s.history(b"a", Pos::from_cursor(&prev)).unwrap().unwrap();
         assert_eq!((ts, &v[..]), (1, &b"one"[..]));
         assert!(prev.is_empty());
+        // Positions that are not this key's records, including ones whose bytes would claim
+        // a 4 GiB value, answer nothing.
+        for offset in [0, 1, 5, 17, 40, 1 << 40, u64::MAX] {
+            assert!(
+                s.history(b"a", Some(Pos { file: 0, offset }))
+                    .unwrap()
+                    .is_none(),
+                "offset {offset}"
+            );
+        }
     }
 
     #[test]
