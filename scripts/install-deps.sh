@@ -23,6 +23,7 @@ packages=(
   pebble          # ACME test CA of the gateway's certificate tests
   openssl         # s_server: a TLS backend of the gateway passthrough test
   ipxe isolinux xorriso ipxe-qemu  # farm bootloaders (zos farm bootloader) and their QEMU boot test
+  capnproto       # capnp: compiles the legacy 0-fs flist schema (crates/flist/build.rs)
 )
 
 missing=()

@@ -41,9 +41,10 @@ pub enum FlistCmd {
         #[arg(long = "tag", value_parser = tag)]
         tags: Vec<(String, String)>,
     },
-    /// Show what a flist holds: tags, routes, the tree with sizes, totals.
+    /// Show what a flist holds: tags, routes, the tree with sizes, totals. Reads FL flists
+    /// (`.fl`) and legacy 0-fs flists (`.flist`).
     Inspect {
-        /// The flist file.
+        /// The flist file (`.fl` or `.flist`; told apart by content).
         flist: PathBuf,
     },
     /// Mount a flist read-only (or writable with --rw-dir) until Ctrl-C, or in the background.
@@ -353,7 +354,10 @@ fn inspect_cmd(path: &Path, g: &Global) -> anyhow::Result<()> {
     let i: Inspection = zos_flist::inspect(path).map_err(|e| {
         crate::exit::Failure::new(
             crate::exit::Kind::Refused,
-            format!("{e:#}: give a flist file made by `zos flist pack`"),
+            format!(
+                "{e:#}: give a flist file: an FL flist (`.fl`, made by `zos flist pack` or rfs) \
+                 or a legacy 0-fs flist (`.flist`)"
+            ),
         )
     })?;
     if !i.damaged.is_empty() {
@@ -377,9 +381,11 @@ fn inspect_cmd(path: &Path, g: &Global) -> anyhow::Result<()> {
         ("flist", path.display().to_string()),
         (
             "format",
-            i.format_version
-                .map(|v| format!("zos {v}"))
-                .unwrap_or_else(|| "rfs".into()),
+            match (i.format, i.format_version) {
+                (zos_flist::Format::Legacy, _) => "legacy 0-fs (.flist)".into(),
+                (_, Some(v)) => format!("zos {v}"),
+                (_, None) => "rfs".into(),
+            },
         ),
         (
             "content",

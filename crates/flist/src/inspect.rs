@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use crate::block::BlockId;
-use crate::meta::{Flist, FormatError, Kind, Route};
+use crate::meta::{Flist, Format, FormatError, Kind, Route};
 use crate::store::strip_password;
 
 /// One entry of a flist.
@@ -65,7 +65,9 @@ pub struct Totals {
 /// A flist described.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Inspection {
-    /// zos format revision, `None` for a flist made by rfs.
+    /// The on-disk format: `fl` (rfs FL, `.fl`) or `legacy` (0-fs, `.flist`).
+    pub format: Format,
+    /// zos format revision, `None` for a flist made by rfs (or a legacy one).
     pub format_version: Option<u32>,
     pub tags: std::collections::BTreeMap<String, String>,
     /// Store routes (passwords removed).
@@ -77,9 +79,9 @@ pub struct Inspection {
     pub damaged: Vec<Damaged>,
 }
 
-/// Opens, validates and describes the flist at `path`.
+/// Opens, validates and describes the flist at `path`, of either format ([`Flist::open_any`]).
 pub fn inspect(path: &Path) -> Result<Inspection, FormatError> {
-    Ok(describe(&Flist::open(path)?))
+    Ok(describe(&Flist::open_any(path)?))
 }
 
 /// Describes an opened flist.
@@ -131,6 +133,7 @@ pub fn describe(fl: &Flist) -> Inspection {
     }
     totals.unique_blocks = unique.len() as u64;
     Inspection {
+        format: fl.format(),
         format_version: fl.format_version(),
         tags: fl.tags().clone(),
         routes: fl

@@ -8,6 +8,8 @@
 //! - [`cache`]: the node's verified, bounded, crash-safe block cache.
 //! - [`mount`]: the read-only FUSE mount and the writable overlay; [`serve`] runs one as a
 //!   process (binary `zos-flist-mount`).
+//! - [`legacy`]: the older 0-fs `.flist` format (tar.gz, SQLite, Cap'n Proto), read into the
+//!   same model.
 //! - [`inspect`]: what a flist holds, for printing or JSON.
 //! - [`hub`]: the hub's flist API (wire types, names, client, verified downloads).
 //!
@@ -17,6 +19,7 @@ pub mod block;
 pub mod cache;
 pub mod hub;
 pub mod inspect;
+pub mod legacy;
 pub mod meta;
 pub mod mount;
 pub mod pack;
@@ -26,7 +29,7 @@ pub mod store;
 pub use block::{BLOCK_SIZE, BlockError, BlockId, BlockKey, BlockRef};
 pub use cache::{BlockCache, CacheError};
 pub use inspect::{Inspection, inspect};
-pub use meta::{Attrs, Flist, FormatError, Ino, Kind, Node, Route, Writer};
+pub use meta::{Attrs, Flist, Format, FormatError, Ino, Kind, Node, Route, Writer};
 pub use mount::{MountError, MountHandle, MountOptions, WritableMount, mount, mount_writable};
 pub use pack::{PackError, PackOptions, Progress, Source, pack};
 pub use store::{BlockStore, DirStore, HttpStore, Router, S3Store, StoreError};

@@ -193,6 +193,11 @@ pub enum FormatError {
     },
     #[error("{path} is not an FL flist (not an SQLite database)")]
     NotAnFlist { path: PathBuf },
+    #[error(
+        "{path} is not a flist: expected an FL flist (an SQLite database, `.fl`) or a legacy 0-fs \
+         flist (a tar.gz holding flistdb.sqlite3, `.flist`)"
+    )]
+    UnknownFormat { path: PathBuf },
     #[error("flist {path} is corrupt or truncated")]
     Corrupt {
         path: PathBuf,
@@ -266,7 +271,7 @@ pub fn check_name(name: &[u8]) -> Result<&str, String> {
     })
 }
 
-fn check_attrs(a: &Attrs) -> Result<(), String> {
+pub(crate) fn check_attrs(a: &Attrs) -> Result<(), String> {
     let kind =
         Kind::from_mode(a.mode).ok_or_else(|| format!("unknown file type in mode {:o}", a.mode))?;
     if a.mode & !(libc::S_IFMT | 0o7777) != 0 {
@@ -298,14 +303,14 @@ pub fn blocks_for_size(size: u64) -> u64 {
     size.div_ceil(BLOCK_SIZE as u64)
 }
 
-fn map_open_err(path: &Path, e: rusqlite::Error) -> FormatError {
+fn map_open_err(path: &Path, limit: i32, e: rusqlite::Error) -> FormatError {
     use rusqlite::ErrorCode;
     match &e {
         rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::TooBig => {
             FormatError::Invalid {
                 path: path.to_owned(),
                 reason: format!(
-                    "it holds a value or row longer than {MAX_VALUE_LEN} bytes (no flist needs one)"
+                    "it holds a value or row longer than {limit} bytes (no flist needs one)"
                 ),
             }
         }
@@ -325,10 +330,10 @@ fn map_open_err(path: &Path, e: rusqlite::Error) -> FormatError {
 /// untrusted schema (`TRUSTED_SCHEMA` off: no SQL functions with side effects from the schema),
 /// triggers and views disabled, no memory map, a small page cache and tight limits on value,
 /// statement and expression sizes. The schema itself is checked by [`Loader::check_schema`].
-fn open_defensive(path: &Path) -> Result<Connection, FormatError> {
+pub(crate) fn open_defensive(path: &Path, max_value_len: i32) -> Result<Connection, FormatError> {
     use rusqlite::config::DbConfig;
     use rusqlite::limits::Limit;
-    let err = |e| map_open_err(path, e);
+    let err = |e| map_open_err(path, max_value_len, e);
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -344,7 +349,7 @@ fn open_defensive(path: &Path) -> Result<Connection, FormatError> {
         conn.set_db_config(setting, on).map_err(err)?;
     }
     for (limit, value) in [
-        (Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_LEN),
+        (Limit::SQLITE_LIMIT_LENGTH, max_value_len),
         (Limit::SQLITE_LIMIT_SQL_LENGTH, 100_000),
         (Limit::SQLITE_LIMIT_COLUMN, 100),
         (Limit::SQLITE_LIMIT_EXPR_DEPTH, 100),
@@ -633,6 +638,17 @@ pub struct Node {
     pub damaged: Option<String>,
 }
 
+/// Which on-disk format a flist was read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The rfs FL format (`.fl`): an SQLite database; blocks are AES-256-GCM, BLAKE2b-256.
+    Fl,
+    /// The legacy 0-fs format (`.flist`): a tar.gz holding an SQLite key-value database of
+    /// capnp directories; blocks are XXTEA, BLAKE2b-128 (see [`crate::legacy`]).
+    Legacy,
+}
+
 /// A validated flist, loaded whole into memory.
 #[derive(Debug)]
 pub struct Flist {
@@ -641,6 +657,7 @@ pub struct Flist {
     tags: BTreeMap<String, String>,
     routes: Vec<Route>,
     format_version: Option<u32>,
+    format: Format,
 }
 
 /// `name` as an SQL string literal.
@@ -681,10 +698,120 @@ impl Flist {
                 });
             }
         }
-        let conn = open_defensive(path)?;
-        let load = Loader { path, conn: &conn };
+        let conn = open_defensive(path, MAX_VALUE_LEN)?;
+        let load = Loader {
+            path,
+            conn: &conn,
+            max_value_len: MAX_VALUE_LEN,
+        };
         load.check_schema()?;
         load.run()
+    }
+
+    /// Opens and validates a flist of either format, told apart by content (not by name): an
+    /// SQLite database is an FL flist ([`Flist::open`]), a gzip stream a legacy 0-fs flist
+    /// ([`crate::legacy::open`]). Anything else is [`FormatError::UnknownFormat`].
+    ///
+    /// Only what reads legacy flists calls this; what needs blocks in the FL encoding (the hub,
+    /// mounts) calls [`Flist::open`], which refuses a legacy flist.
+    pub fn open_any(path: &Path) -> Result<Self, FormatError> {
+        let mut head = [0u8; 16];
+        let n = {
+            use std::io::Read;
+            let mut f = std::fs::File::open(path).map_err(|source| FormatError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+            let mut n = 0;
+            while n < head.len() {
+                match f.read(&mut head[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(source) => {
+                        return Err(FormatError::Open {
+                            path: path.to_owned(),
+                            source,
+                        });
+                    }
+                }
+            }
+            n
+        };
+        if n == 16 && &head == b"SQLite format 3\0" {
+            Flist::open(path)
+        } else if n >= 2 && head[..2] == [0x1f, 0x8b] {
+            crate::legacy::open(path)
+        } else {
+            Err(FormatError::UnknownFormat {
+                path: path.to_owned(),
+            })
+        }
+    }
+
+    /// A flist built by another reader ([`crate::legacy`]) from nodes it validated: every name
+    /// one path component, every node reachable from [`ROOT_INO`] exactly once, attributes
+    /// checked. Children are sorted, link counts and damaged files computed here.
+    pub(crate) fn assemble(
+        path: &Path,
+        mut nodes: HashMap<Ino, Node>,
+        tags: BTreeMap<String, String>,
+        routes: Vec<Route>,
+        format: Format,
+    ) -> Result<Self, FormatError> {
+        let invalid = |reason: String| FormatError::Invalid {
+            path: path.to_owned(),
+            reason,
+        };
+        let mut children: HashMap<Ino, Vec<Ino>> = HashMap::new();
+        for n in nodes.values() {
+            check_attrs(&n.attrs).map_err(|r| invalid(format!("{:?}: {r}", n.name)))?;
+            if n.ino != ROOT_INO {
+                children.entry(n.parent).or_default().push(n.ino);
+            }
+        }
+        for (parent, mut kids) in children {
+            kids.sort_by(|a, b| nodes[a].name.cmp(&nodes[b].name));
+            for w in kids.windows(2) {
+                if nodes[&w[0]].name == nodes[&w[1]].name {
+                    return Err(invalid(format!(
+                        "directory {:?} has two entries named {:?}",
+                        nodes.get(&parent).map(|p| p.name.as_str()).unwrap_or("?"),
+                        nodes[&w[0]].name
+                    )));
+                }
+            }
+            let subdirs = kids
+                .iter()
+                .filter(|k| nodes[k].attrs.kind() == Kind::Dir)
+                .count() as u32;
+            let Some(p) = nodes.get_mut(&parent) else {
+                return Err(invalid(format!("parent {parent} does not exist")));
+            };
+            p.children = kids;
+            p.nlink = 2 + subdirs;
+        }
+        for n in nodes.values_mut() {
+            match n.attrs.kind() {
+                Kind::Dir if n.children.is_empty() => n.nlink = 2,
+                Kind::Dir => {}
+                _ => n.nlink = 1,
+            }
+            mark_damaged(n);
+        }
+        Ok(Flist {
+            path: path.to_owned(),
+            nodes,
+            tags,
+            routes,
+            format_version: None,
+            format,
+        })
+    }
+
+    /// The on-disk format this flist was read from.
+    pub fn format(&self) -> Format {
+        self.format
     }
 
     /// The file this flist was read from.
@@ -790,24 +917,38 @@ impl Flist {
     }
 }
 
-struct Loader<'a> {
-    path: &'a Path,
-    conn: &'a Connection,
+/// Marks a regular file whose blocks do not cover its size as damaged.
+fn mark_damaged(n: &mut Node) {
+    if n.attrs.kind() == Kind::File && n.blocks.len() as u64 != blocks_for_size(n.attrs.size) {
+        n.damaged = Some(format!(
+            "{} blocks for a size of {} bytes (expected {})",
+            n.blocks.len(),
+            n.attrs.size,
+            blocks_for_size(n.attrs.size)
+        ));
+    }
+}
+
+pub(crate) struct Loader<'a> {
+    pub(crate) path: &'a Path,
+    pub(crate) conn: &'a Connection,
+    /// The value limit the connection was opened with, for error messages.
+    pub(crate) max_value_len: i32,
 }
 
 impl Loader<'_> {
-    fn corrupt(&self, e: rusqlite::Error) -> FormatError {
-        map_open_err(self.path, e)
+    pub(crate) fn corrupt(&self, e: rusqlite::Error) -> FormatError {
+        map_open_err(self.path, self.max_value_len, e)
     }
 
-    fn invalid(&self, reason: impl Into<String>) -> FormatError {
+    pub(crate) fn invalid(&self, reason: impl Into<String>) -> FormatError {
         FormatError::Invalid {
             path: self.path.to_owned(),
             reason: reason.into(),
         }
     }
 
-    fn rows<T>(
+    pub(crate) fn rows<T>(
         &self,
         sql: &str,
         mut f: impl FnMut(&rusqlite::Row<'_>) -> Result<T, FormatError>,
@@ -824,7 +965,7 @@ impl Loader<'_> {
     /// Refuses a schema with anything but tables and indexes: triggers, views (which could
     /// shadow a table), virtual tables (code of a module runs on every read) and generated or
     /// hidden columns (expressions evaluated on read). Nothing else is read before this.
-    fn check_schema(&self) -> Result<(), FormatError> {
+    pub(crate) fn check_schema(&self) -> Result<(), FormatError> {
         let objects = self.rows(
             "select type, name, coalesce(sql, '') from sqlite_master",
             |r| {
@@ -1167,16 +1308,7 @@ impl Loader<'_> {
         // A file whose blocks do not cover its size is kept, marked: its content is unreadable,
         // the rest of the flist is not.
         for n in nodes.values_mut() {
-            if n.attrs.kind() == Kind::File
-                && n.blocks.len() as u64 != blocks_for_size(n.attrs.size)
-            {
-                n.damaged = Some(format!(
-                    "{} blocks for a size of {} bytes (expected {})",
-                    n.blocks.len(),
-                    n.attrs.size,
-                    blocks_for_size(n.attrs.size)
-                ));
-            }
+            mark_damaged(n);
         }
 
         // Hard links (zos extension).
@@ -1225,6 +1357,7 @@ impl Loader<'_> {
             tags,
             routes,
             format_version,
+            format: Format::Fl,
         })
     }
 }

@@ -1,0 +1,718 @@
+//! The legacy 0-fs flist format (`.flist`), read into the same validated [`Flist`] model as an
+//! FL file, so inspecting and walking it need nothing else.
+//!
+//! A `.flist` is a gzip-compressed tar archive holding one SQLite database, `flistdb.sqlite3`:
+//!
+//! | table | columns |
+//! |---|---|
+//! | `entries` | `key` TEXT, `value` BLOB: directories and ACIs as Cap'n Proto messages |
+//! | `metadata` (optional) | `key`, `value` TEXT: tags; `backend` is JSON naming the block store |
+//!
+//! Every directory is one `Dir` message (schema `schema/legacy.capnp`) stored under the
+//! BLAKE2b-128 hex digest of its path relative to the root (the root: the digest of the empty
+//! string, [`ROOT_KEY`]). Its `contents` are `Inode`s: a file (size and blocks), a symbolic link,
+//! a special file, or a subdirectory naming the key of its own `Dir`. Ownership and permissions
+//! are `ACI` messages in the same table under the key an entry's `aclkey` names.
+//!
+//! File content lives in a 0-db (Redis protocol) store, cut in 512 KiB blocks:
+//!
+//! ```text
+//! key  = BLAKE2b-128(plain)
+//! data = XXTEA(key, snappy_raw(plain))       (the xxtea-c layout: length word appended)
+//! hash = BLAKE2b-128(data)                   the store keeps data under hash
+//! ```
+//!
+//! In the [`Flist`] model a legacy block is a [`BlockRef`] whose id is the 16-byte hash and
+//! whose key is the 16-byte key, each followed by 16 zero bytes ([`block_ref`], [`split`]);
+//! [`Flist::format`] says which encoding the blocks use.
+//!
+//! # Untrusted input
+//!
+//! [`open`] reads a tenant's file. Before anything is parsed: the decompressed archive is
+//! bounded ([`MAX_ARCHIVE_BYTES`], a tar.gz bomb stops there), it may hold at most
+//! [`MAX_ARCHIVE_ENTRIES`] entries of which exactly one regular file, `flistdb.sqlite3`
+//! (directory entries `.` aside), at most [`MAX_DB_BYTES`] long; that member is copied to a
+//! private temporary file and opened as defensively as an FL file (read-only, defensive mode,
+//! no triggers, views or virtual tables, tight limits; values up to [`MAX_VALUE_LEN`], since one
+//! directory of a legacy flist is one value). Every capnp message is read with a traversal
+//! limit proportional to its size and a nesting limit. The tree is walked from the root by key:
+//! a directory reached twice (a cycle, or two names for one directory), names that are not one
+//! path component, trees deeper than [`MAX_DEPTH`], more than [`MAX_ENTRIES`] entries or
+//! [`MAX_BLOCKS`] blocks, and absurd sizes are refused with the reason.
+//!
+//! # Why generated code
+//!
+//! The capnp structures are read through types generated at build time by `capnpc` from our
+//! schema (`schema/legacy.capnp`, compiled with Debian's `capnproto`), not through the `capnp`
+//! crate's low-level layout API: that API lives in the crate's `private` module, is not stable
+//! between releases, and reading a union and list of structs by hand-computed offsets is the kind
+//! of code that silently reads the wrong field. The generated accessors bound-check every read
+//! and the schema documents the layout. The test writer builds messages with the same types.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::io::Read;
+use std::path::Path;
+
+use rusqlite::types::ValueRef;
+
+use crate::block::{BlockId, BlockKey, BlockRef};
+use crate::meta::{
+    Attrs, Flist, Format, FormatError, Ino, Kind, Loader, MAX_LINK_LEN, Node, ROOT_INO, Route,
+    check_name,
+};
+
+/// The reader and builder types generated from `schema/legacy.capnp`.
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic,
+    unused_qualifications
+)]
+pub mod legacy_capnp {
+    include!(concat!(env!("OUT_DIR"), "/legacy_capnp.rs"));
+}
+
+use legacy_capnp::{a_c_i, dir, inode, special};
+
+/// Name of the database inside the archive.
+pub const DB_NAME: &str = "flistdb.sqlite3";
+
+/// Key of the root directory: BLAKE2b-128 of the empty path, in hex.
+pub const ROOT_KEY: &str = "cae66941d9efbd404e4d88758ea67670";
+
+/// Most bytes the decompressed archive may hold (database, headers, padding).
+pub const MAX_ARCHIVE_BYTES: u64 = MAX_DB_BYTES + (1 << 20);
+
+/// Largest database accepted (256 MiB; the public hub's large images are tens of MiB).
+pub const MAX_DB_BYTES: u64 = 256 << 20;
+
+/// Most entries (of any type) the archive may hold.
+pub const MAX_ARCHIVE_ENTRIES: usize = 8;
+
+/// Longest value in the database: one directory's message (32 MiB holds a directory with a
+/// 200 GiB file; real ones are at most a few hundred KiB).
+pub const MAX_VALUE_LEN: i32 = 32 << 20;
+
+/// Most entries (directories, files, links, specials) in one flist.
+pub const MAX_ENTRIES: usize = 4_000_000;
+
+/// Most block references in one flist (2 TiB of content).
+pub const MAX_BLOCKS: usize = 4_000_000;
+
+/// Deepest directory nesting accepted (a path Linux can name has fewer components).
+pub const MAX_DEPTH: usize = 2048;
+
+/// Length of a legacy block hash and key.
+pub const HASH_LEN: usize = 16;
+
+/// A legacy block (16-byte store hash, 16-byte XXTEA key) in the model's 32-byte fields.
+pub fn block_ref(hash: &[u8; HASH_LEN], key: &[u8; HASH_LEN]) -> BlockRef {
+    let mut id = [0u8; 32];
+    id[..HASH_LEN].copy_from_slice(hash);
+    let mut k = [0u8; 32];
+    k[..HASH_LEN].copy_from_slice(key);
+    BlockRef {
+        id: BlockId(id),
+        key: BlockKey(k),
+    }
+}
+
+/// The 16-byte store hash and key of a legacy block made by [`block_ref`].
+pub fn split(block: &BlockRef) -> ([u8; HASH_LEN], [u8; HASH_LEN]) {
+    let mut hash = [0u8; HASH_LEN];
+    hash.copy_from_slice(&block.id.0[..HASH_LEN]);
+    let mut key = [0u8; HASH_LEN];
+    key.copy_from_slice(&block.key.0[..HASH_LEN]);
+    (hash, key)
+}
+
+/// BLAKE2b-128 of `data`.
+pub fn blake2b_128(data: &[u8]) -> [u8; HASH_LEN] {
+    let h = blake2b_simd::Params::new().hash_length(HASH_LEN).hash(data);
+    let mut out = [0u8; HASH_LEN];
+    out.copy_from_slice(h.as_bytes());
+    out
+}
+
+/// The key of the directory at `path` (relative to the root, no leading `/`; "" is the root).
+pub fn dir_key(path: &str) -> String {
+    hex::encode(blake2b_128(path.as_bytes()))
+}
+
+/// Reads whatever the decompressed archive yields, failing once it passes `limit` bytes.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            // One more byte decides between "exactly at the limit" and "over it".
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(std::io::Error::other(format!(
+                    "the archive decompresses to more than {MAX_ARCHIVE_BYTES} bytes"
+                ))),
+            };
+        }
+        let max = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..max])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Opens and validates a legacy `.flist` (tar.gz). See the module documentation for what is
+/// refused.
+pub fn open(path: &Path) -> Result<Flist, FormatError> {
+    let invalid = |reason: String| FormatError::Invalid {
+        path: path.to_owned(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|source| FormatError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut head = [0u8; 2];
+    {
+        use std::io::{Seek, SeekFrom};
+        let mut f = &file;
+        if f.read_exact(&mut head).is_err() || head != [0x1f, 0x8b] {
+            return Err(FormatError::UnknownFormat {
+                path: path.to_owned(),
+            });
+        }
+        f.seek(SeekFrom::Start(0))
+            .map_err(|source| FormatError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+    }
+    let db = extract(path, file)?;
+    let conn = crate::meta::open_defensive(db.path(), MAX_VALUE_LEN)?;
+    let load = Loader {
+        path,
+        conn: &conn,
+        max_value_len: MAX_VALUE_LEN,
+    };
+    load.check_schema()?;
+    let tables: HashSet<String> = load
+        .rows("select name from sqlite_master where type = 'table'", |r| {
+            r.get::<_, String>(0).map_err(|e| load.corrupt(e))
+        })?
+        .into_iter()
+        .collect();
+    if !tables.contains("entries") {
+        return Err(FormatError::MissingTable {
+            path: path.to_owned(),
+            table: "entries",
+        });
+    }
+
+    let mut entries: HashMap<String, Vec<u8>> = HashMap::new();
+    for (key, value) in load.rows("select key, value from entries", |r| {
+        let key = text_of(r.get_ref(0).map_err(|e| load.corrupt(e))?);
+        let value = bytes_of(r.get_ref(1).map_err(|e| load.corrupt(e))?);
+        Ok((key, value))
+    })? {
+        let (Some(key), Some(value)) = (key, value) else {
+            return Err(invalid(
+                "an entries row has a key that is not text or a value that is not a blob".into(),
+            ));
+        };
+        if entries.insert(key.clone(), value).is_some() {
+            return Err(invalid(format!(
+                "key {key:?} is in the entries table twice"
+            )));
+        }
+    }
+
+    let mut tags = BTreeMap::new();
+    let mut routes = Vec::new();
+    if tables.contains("metadata") {
+        for (key, value) in load.rows("select key, value from metadata", |r| {
+            let key = text_of(r.get_ref(0).map_err(|e| load.corrupt(e))?);
+            let value = text_of(r.get_ref(1).map_err(|e| load.corrupt(e))?);
+            Ok((key, value))
+        })? {
+            let (Some(key), Some(value)) = (key, value) else {
+                return Err(invalid("a metadata row is not text".into()));
+            };
+            if key == "backend" {
+                match backend_route(&value) {
+                    Some(url) => routes.push(Route::all(url)),
+                    None => tracing::warn!(
+                        flist = %path.display(),
+                        "the backend in the flist's metadata names no host and port; ignored"
+                    ),
+                }
+            } else {
+                tags.insert(key, value);
+            }
+        }
+    }
+    drop(conn);
+    drop(db);
+
+    let nodes = Walker {
+        path,
+        entries: &entries,
+        acis: HashMap::new(),
+        nodes: HashMap::new(),
+        blocks: 0,
+    }
+    .run()?;
+    Flist::assemble(path, nodes, tags, routes, Format::Legacy)
+}
+
+/// Copies the one database member of the archive to a private temporary file.
+fn extract(path: &Path, file: std::fs::File) -> Result<tempfile::NamedTempFile, FormatError> {
+    let invalid = |reason: String| FormatError::Invalid {
+        path: path.to_owned(),
+        reason,
+    };
+    let damaged = |e: std::io::Error| FormatError::Damaged {
+        path: path.to_owned(),
+        detail: format!("cannot read the tar.gz: {e}"),
+    };
+    let gz = flate2::read::GzDecoder::new(std::io::BufReader::new(file));
+    let mut archive = tar::Archive::new(Bounded {
+        inner: gz,
+        left: MAX_ARCHIVE_BYTES,
+    });
+    let mut db: Option<tempfile::NamedTempFile> = None;
+    let mut count = 0;
+    for entry in archive.entries().map_err(damaged)? {
+        let mut entry = entry.map_err(damaged)?;
+        count += 1;
+        if count > MAX_ARCHIVE_ENTRIES {
+            return Err(invalid(format!(
+                "the archive has more than {MAX_ARCHIVE_ENTRIES} entries (a .flist holds only \
+                 {DB_NAME})"
+            )));
+        }
+        let name = entry.path_bytes().into_owned();
+        let name = String::from_utf8_lossy(&name).into_owned();
+        let bare = name.trim_start_matches("./");
+        let kind = entry.header().entry_type();
+        if kind.is_dir() && (bare.is_empty() || bare == ".") {
+            continue;
+        }
+        if !kind.is_file() || bare != DB_NAME {
+            return Err(invalid(format!(
+                "the archive holds {name:?}; a .flist holds only the regular file {DB_NAME}"
+            )));
+        }
+        if db.is_some() {
+            return Err(invalid(format!("the archive holds {DB_NAME} twice")));
+        }
+        let size = entry.header().size().map_err(damaged)?;
+        if size > MAX_DB_BYTES {
+            return Err(invalid(format!(
+                "its {DB_NAME} is {size} bytes, more than the {MAX_DB_BYTES} a flist may have"
+            )));
+        }
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".legacy-flist-")
+            .suffix(".sqlite3")
+            .tempfile()
+            .map_err(|source| FormatError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        let copied = std::io::copy(&mut (&mut entry).take(MAX_DB_BYTES + 1), tmp.as_file_mut())
+            .map_err(damaged)?;
+        if copied != size {
+            return Err(FormatError::Damaged {
+                path: path.to_owned(),
+                detail: format!("{DB_NAME} is truncated ({copied} of {size} bytes)"),
+            });
+        }
+        db = Some(tmp);
+    }
+    let db = db.ok_or_else(|| FormatError::MissingTable {
+        path: path.to_owned(),
+        table: "entries",
+    })?;
+    let mut magic = [0u8; 16];
+    let ok = std::fs::File::open(db.path())
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok();
+    if !ok || &magic != b"SQLite format 3\0" {
+        return Err(invalid(format!("its {DB_NAME} is not an SQLite database")));
+    }
+    Ok(db)
+}
+
+/// The store URL a `backend` metadata value names: `redis://[:password@]host:port[/namespace]`
+/// (a host with anything but a host name or address in it names nothing).
+fn backend_route(json: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Backend {
+        host: Option<String>,
+        port: Option<u16>,
+        namespace: Option<String>,
+        password: Option<String>,
+    }
+    let b: Backend = serde_json::from_str(json).ok()?;
+    let host = b.host.filter(|h| !h.is_empty())?;
+    let port = b.port?;
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let mut url = reqwest::Url::parse(&format!("redis://{host}:{port}")).ok()?;
+    if url.host_str().is_none() || url.path() != "" && url.path() != "/" {
+        return None;
+    }
+    if let Some(ns) = b.namespace.filter(|n| !n.is_empty()) {
+        url.path_segments_mut().ok()?.push(&ns);
+    }
+    if let Some(p) = b.password.filter(|p| !p.is_empty()) {
+        url.set_password(Some(&p)).ok()?;
+    }
+    Some(url.to_string())
+}
+
+fn text_of(v: ValueRef<'_>) -> Option<String> {
+    match v {
+        ValueRef::Text(t) => String::from_utf8(t.to_vec()).ok(),
+        _ => None,
+    }
+}
+
+fn bytes_of(v: ValueRef<'_>) -> Option<Vec<u8>> {
+    match v {
+        ValueRef::Blob(b) => Some(b.to_vec()),
+        ValueRef::Text(t) => Some(t.to_vec()),
+        _ => None,
+    }
+}
+
+/// Ownership and permission bits of an entry.
+#[derive(Clone, Copy)]
+struct Access {
+    perm: u32,
+    uid: u32,
+    gid: u32,
+}
+
+/// Walks the directory tree from the root key, building validated nodes.
+struct Walker<'a> {
+    path: &'a Path,
+    entries: &'a HashMap<String, Vec<u8>>,
+    acis: HashMap<String, Option<Access>>,
+    nodes: HashMap<Ino, Node>,
+    blocks: usize,
+}
+
+/// Reader options for one message of `len` bytes: a traversal limit proportional to its size
+/// (a message cannot make the reader visit much more than it holds) and a shallow nesting limit.
+fn reader_options(len: usize) -> capnp::message::ReaderOptions {
+    let mut o = capnp::message::ReaderOptions::new();
+    o.traversal_limit_in_words(Some(len / 8 * 4 + 1024));
+    o.nesting_limit(16);
+    o
+}
+
+impl Walker<'_> {
+    fn invalid(&self, reason: impl Into<String>) -> FormatError {
+        FormatError::Invalid {
+            path: self.path.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    fn capnp(&self, what: &str, e: capnp::Error) -> FormatError {
+        self.invalid(format!("{what} is not a valid message: {e}"))
+    }
+
+    fn run(mut self) -> Result<HashMap<Ino, Node>, FormatError> {
+        let mut seen: HashSet<String> = HashSet::new();
+        // (directory key, its inode, its depth)
+        let mut queue: VecDeque<(String, Ino, usize)> = VecDeque::new();
+        if !self.entries.contains_key(ROOT_KEY) {
+            return Err(self.invalid(format!(
+                "it has no root directory (key {ROOT_KEY}): not a 0-fs flist"
+            )));
+        }
+        seen.insert(ROOT_KEY.to_string());
+        queue.push_back((ROOT_KEY.to_string(), ROOT_INO, 0));
+        let mut next_ino: Ino = ROOT_INO + 1;
+
+        while let Some((key, ino, depth)) = queue.pop_front() {
+            let Some(data) = self.entries.get(&key) else {
+                let p = self.path_of(ino);
+                return Err(self.invalid(format!(
+                    "directory {p:?} names key {key:?}, which the flist does not hold"
+                )));
+            };
+            let mut slice: &[u8] = data;
+            let what = format!("directory {key}");
+            let msg = capnp::serialize::read_message_from_flat_slice(
+                &mut slice,
+                reader_options(data.len()),
+            )
+            .map_err(|e| self.capnp(&what, e))?;
+            let d: dir::Reader<'_> = msg.get_root().map_err(|e| self.capnp(&what, e))?;
+
+            if ino == ROOT_INO {
+                let aclkey = text(d.get_aclkey()).map_err(|e| self.capnp(&what, e))?;
+                let access = self.access(&aclkey, Kind::Dir)?;
+                let attrs = Attrs {
+                    mode: libc::S_IFDIR | access.perm,
+                    uid: access.uid,
+                    gid: access.gid,
+                    size: d.get_size(),
+                    rdev: 0,
+                    ctime: d.get_creation_time() as i64,
+                    mtime: d.get_modification_time() as i64,
+                    target: None,
+                };
+                self.add(ROOT_INO, 0, "/".into(), attrs, Vec::new())?;
+            }
+
+            let contents = d.get_contents().map_err(|e| self.capnp(&what, e))?;
+            for entry in contents.iter() {
+                let name = text(entry.get_name()).map_err(|e| self.capnp(&what, e))?;
+                let name = check_name(name.as_bytes())
+                    .map_err(|r| self.invalid(format!("directory {:?}: {r}", self.path_of(ino))))?
+                    .to_string();
+                let here = {
+                    let p = self.path_of(ino);
+                    if p == "/" {
+                        format!("/{name}")
+                    } else {
+                        format!("{p}/{name}")
+                    }
+                };
+                let ewhat = format!("entry {here:?}");
+                let aclkey = text(entry.get_aclkey()).map_err(|e| self.capnp(&ewhat, e))?;
+                let size = entry.get_size();
+                let ctime = entry.get_creation_time() as i64;
+                let mtime = entry.get_modification_time() as i64;
+                use inode::attributes::Which;
+                let which = match entry.get_attributes().which() {
+                    Ok(w) => w,
+                    Err(capnp::NotInSchema(n)) => {
+                        return Err(
+                            self.invalid(format!("entry {:?} has an unknown type ({n})", here))
+                        );
+                    }
+                };
+                let (kind, size, rdev, target, blocks, subdir) = match which {
+                    Which::Dir(sub) => {
+                        let sub = sub.map_err(|e| self.capnp(&ewhat, e))?;
+                        let key = text(sub.get_key()).map_err(|e| self.capnp(&ewhat, e))?;
+                        (Kind::Dir, size, 0, None, Vec::new(), Some(key))
+                    }
+                    Which::File(f) => {
+                        let f = f.map_err(|e| self.capnp(&ewhat, e))?;
+                        let list = f.get_blocks().map_err(|e| self.capnp(&ewhat, e))?;
+                        self.blocks += list.len() as usize;
+                        if self.blocks > MAX_BLOCKS {
+                            return Err(
+                                self.invalid(format!("it has more than {MAX_BLOCKS} blocks"))
+                            );
+                        }
+                        let mut blocks = Vec::with_capacity(list.len() as usize);
+                        for b in list.iter() {
+                            let hash = b.get_hash().map_err(|e| self.capnp(&ewhat, e))?;
+                            let key = b.get_key().map_err(|e| self.capnp(&ewhat, e))?;
+                            let (Ok(hash), Ok(key)) = (
+                                <[u8; HASH_LEN]>::try_from(hash),
+                                <[u8; HASH_LEN]>::try_from(key),
+                            ) else {
+                                return Err(self.invalid(format!(
+                                    "a block of {:?} has a hash or key that is not {HASH_LEN} \
+                                     bytes",
+                                    here
+                                )));
+                            };
+                            blocks.push(block_ref(&hash, &key));
+                        }
+                        (Kind::File, size, 0, None, blocks, None)
+                    }
+                    Which::Link(l) => {
+                        let l = l.map_err(|e| self.capnp(&ewhat, e))?;
+                        let t = l
+                            .get_target()
+                            .map_err(|e| self.capnp(&ewhat, e))?
+                            .as_bytes()
+                            .to_vec();
+                        if t.len() > MAX_LINK_LEN {
+                            return Err(self.invalid(format!(
+                                "symlink {:?} has a target of {} bytes",
+                                here,
+                                t.len()
+                            )));
+                        }
+                        (Kind::Symlink, t.len() as u64, 0, Some(t), Vec::new(), None)
+                    }
+                    Which::Special(sp) => {
+                        let sp = sp.map_err(|e| self.capnp(&ewhat, e))?;
+                        let kind = match sp.get_type() {
+                            Ok(special::Type::Socket) => Kind::Socket,
+                            Ok(special::Type::Block) => Kind::Block,
+                            Ok(special::Type::Chardev) => Kind::Char,
+                            Ok(special::Type::Fifopipe) => Kind::Fifo,
+                            // Neither 0-fs nor rfs shows these; nor do we.
+                            Ok(special::Type::Unknown) | Err(_) => continue,
+                        };
+                        let data = sp.get_data().map_err(|e| self.capnp(&ewhat, e))?;
+                        let rdev = match kind {
+                            Kind::Block | Kind::Char => device(data),
+                            _ => 0,
+                        };
+                        (kind, 0, rdev, None, Vec::new(), None)
+                    }
+                };
+                let access = self.access(&aclkey, kind)?;
+                let attrs = Attrs {
+                    mode: kind.type_bits() | access.perm,
+                    uid: access.uid,
+                    gid: access.gid,
+                    size,
+                    rdev,
+                    ctime,
+                    mtime,
+                    target,
+                };
+                let child = next_ino;
+                next_ino += 1;
+                self.add(child, ino, name, attrs, blocks)?;
+                if let Some(key) = subdir {
+                    if depth + 1 > MAX_DEPTH {
+                        return Err(self.invalid(format!(
+                            "its directories nest deeper than {MAX_DEPTH} levels"
+                        )));
+                    }
+                    if !seen.insert(key.clone()) {
+                        return Err(self.invalid(format!(
+                            "directory {:?} names key {key:?}, which another directory already \
+                             is (a cycle, or one directory under two names)",
+                            self.path_of(child)
+                        )));
+                    }
+                    queue.push_back((key, child, depth + 1));
+                }
+            }
+        }
+        Ok(self.nodes)
+    }
+
+    fn add(
+        &mut self,
+        ino: Ino,
+        parent: Ino,
+        name: String,
+        attrs: Attrs,
+        blocks: Vec<BlockRef>,
+    ) -> Result<(), FormatError> {
+        if self.nodes.len() >= MAX_ENTRIES {
+            return Err(self.invalid(format!("it has more than {MAX_ENTRIES} entries")));
+        }
+        self.nodes.insert(
+            ino,
+            Node {
+                ino,
+                parent,
+                name,
+                attrs,
+                blocks,
+                children: Vec::new(),
+                link_to: None,
+                nlink: 1,
+                damaged: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// The path of a node added so far (for messages).
+    fn path_of(&self, ino: Ino) -> String {
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT_INO {
+            let Some(n) = self.nodes.get(&cur) else { break };
+            parts.push(n.name.as_str());
+            cur = n.parent;
+        }
+        parts.reverse();
+        format!("/{}", parts.join("/"))
+    }
+
+    /// The access an ACI key names. The permission bits are the ACI's `mode & 0o7777` (its type
+    /// bits, if any, are ignored: the entry's union says the type). Ids are the ACI's `uid` and
+    /// `gid`; an ACI made before those existed has -1 there and names a user and a group: `root`
+    /// is 0 and any other name 1000, as 0-fs and rfs 1.x resolve names a node does not know. An
+    /// entry without an ACI (empty or unknown key) is `root:root`, 0555 for a directory and 0444
+    /// for anything else (rfs 1.x shows 0444).
+    fn access(&mut self, key: &str, kind: Kind) -> Result<Access, FormatError> {
+        let fallback = Access {
+            perm: if kind == Kind::Dir { 0o555 } else { 0o444 },
+            uid: 0,
+            gid: 0,
+        };
+        if key.is_empty() {
+            return Ok(fallback);
+        }
+        if let Some(a) = self.acis.get(key) {
+            return Ok(a.unwrap_or(fallback));
+        }
+        let Some(data) = self.entries.get(key) else {
+            self.acis.insert(key.to_string(), None);
+            return Ok(fallback);
+        };
+        let what = format!("ACI {key}");
+        let mut slice: &[u8] = data;
+        let msg =
+            capnp::serialize::read_message_from_flat_slice(&mut slice, reader_options(data.len()))
+                .map_err(|e| self.capnp(&what, e))?;
+        let aci: a_c_i::Reader<'_> = msg.get_root().map_err(|e| self.capnp(&what, e))?;
+        let id = |id: i64, name: capnp::Result<capnp::text::Reader<'_>>| -> Result<u32, String> {
+            if id == -1 {
+                let name = name.ok().and_then(|n| n.to_str().ok().map(str::to_owned));
+                return Ok(if name.as_deref() == Some("root") {
+                    0
+                } else {
+                    1000
+                });
+            }
+            u32::try_from(id).map_err(|_| format!("id {id} is out of range"))
+        };
+        let uid = id(aci.get_uid(), aci.get_uname())
+            .map_err(|r| self.invalid(format!("{what}: uid {r}")))?;
+        let gid = id(aci.get_gid(), aci.get_gname())
+            .map_err(|r| self.invalid(format!("{what}: gid {r}")))?;
+        let access = Access {
+            perm: u32::from(aci.get_mode()) & 0o7777,
+            uid,
+            gid,
+        };
+        self.acis.insert(key.to_string(), Some(access));
+        Ok(access)
+    }
+}
+
+/// A text field as an owned string; text that is not UTF-8 is refused.
+fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> capnp::Result<String> {
+    Ok(t?.to_string()?)
+}
+
+/// `major,minor` (decimal) as a device number; anything else is 0.
+fn device(data: &[u8]) -> u64 {
+    let s = String::from_utf8_lossy(data);
+    let mut parts = s.trim().splitn(2, ',');
+    let (Some(a), Some(b)) = (parts.next(), parts.next()) else {
+        return 0;
+    };
+    match (a.trim().parse::<u32>(), b.trim().parse::<u32>()) {
+        (Ok(major), Ok(minor)) => libc::makedev(major, minor),
+        _ => 0,
+    }
+}
