@@ -206,10 +206,9 @@ pub fn open(path: &Path) -> Result<Flist, FormatError> {
         .into_iter()
         .collect();
     if !tables.contains("entries") {
-        return Err(FormatError::MissingTable {
-            path: path.to_owned(),
-            table: "entries",
-        });
+        return Err(invalid(format!(
+            "its {DB_NAME} has no table \"entries\" (not a 0-fs flist)"
+        )));
     }
 
     let mut entries: HashMap<String, Vec<u8>> = HashMap::new();
@@ -333,10 +332,7 @@ fn extract(path: &Path, file: std::fs::File) -> Result<tempfile::NamedTempFile, 
         }
         db = Some(tmp);
     }
-    let db = db.ok_or_else(|| FormatError::MissingTable {
-        path: path.to_owned(),
-        table: "entries",
-    })?;
+    let db = db.ok_or_else(|| invalid(format!("the archive holds no {DB_NAME}")))?;
     let mut magic = [0u8; 16];
     let ok = std::fs::File::open(db.path())
         .and_then(|mut f| f.read_exact(&mut magic))
@@ -714,5 +710,198 @@ fn device(data: &[u8]) -> u64 {
     match (a.trim().parse::<u32>(), b.trim().parse::<u32>()) {
         (Ok(major), Ok(minor)) => libc::makedev(major, minor),
         _ => 0,
+    }
+}
+
+/// The XXTEA constant.
+const DELTA: u32 = 0x9e37_79b9;
+
+fn mx(sum: u32, y: u32, z: u32, p: usize, e: u32, k: &[u32; 4]) -> u32 {
+    (((z >> 5) ^ (y << 2)).wrapping_add((y >> 3) ^ (z << 4)))
+        ^ ((sum ^ y).wrapping_add(k[(p & 3) ^ e as usize] ^ z))
+}
+
+fn key_words(key: &[u8; HASH_LEN]) -> [u32; 4] {
+    let mut k = [0u32; 4];
+    for (i, w) in k.iter_mut().enumerate() {
+        *w = u32::from_le_bytes(key[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+    }
+    k
+}
+
+/// XXTEA over whole words (at least two), in place.
+fn btea_encrypt(v: &mut [u32], k: &[u32; 4]) {
+    let n = v.len();
+    let mut rounds = 6 + 52 / n;
+    let mut sum = 0u32;
+    let mut z = v[n - 1];
+    while rounds > 0 {
+        sum = sum.wrapping_add(DELTA);
+        let e = (sum >> 2) & 3;
+        for p in 0..n - 1 {
+            let y = v[p + 1];
+            v[p] = v[p].wrapping_add(mx(sum, y, z, p, e, k));
+            z = v[p];
+        }
+        let y = v[0];
+        v[n - 1] = v[n - 1].wrapping_add(mx(sum, y, z, n - 1, e, k));
+        z = v[n - 1];
+        rounds -= 1;
+    }
+}
+
+fn btea_decrypt(v: &mut [u32], k: &[u32; 4]) {
+    let n = v.len();
+    let rounds = (6 + 52 / n) as u32;
+    let mut sum = rounds.wrapping_mul(DELTA);
+    let mut y = v[0];
+    while sum != 0 {
+        let e = (sum >> 2) & 3;
+        for p in (1..n).rev() {
+            let z = v[p - 1];
+            v[p] = v[p].wrapping_sub(mx(sum, y, z, p, e, k));
+            y = v[p];
+        }
+        let z = v[n - 1];
+        v[0] = v[0].wrapping_sub(mx(sum, y, z, 0, e, k));
+        y = v[0];
+        sum = sum.wrapping_sub(DELTA);
+    }
+}
+
+/// XXTEA as the 0-fs tools use it (the xxtea-c layout): the data is padded to whole words, its
+/// length appended as one more word, and the whole encrypted.
+pub fn xxtea_encrypt(data: &[u8], key: &[u8; HASH_LEN]) -> Vec<u8> {
+    let n = data.len().div_ceil(4);
+    let mut v = vec![0u32; n + 1];
+    for (i, c) in data.chunks(4).enumerate() {
+        let mut w = [0u8; 4];
+        w[..c.len()].copy_from_slice(c);
+        v[i] = u32::from_le_bytes(w);
+    }
+    v[n] = data.len() as u32;
+    btea_encrypt(&mut v, &key_words(key));
+    v.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// The inverse of [`xxtea_encrypt`]; `None` when the data is not whole words, is shorter than
+/// two, or its length word does not fit (a wrong key or damaged data).
+pub fn xxtea_decrypt(data: &[u8], key: &[u8; HASH_LEN]) -> Option<Vec<u8>> {
+    if !data.len().is_multiple_of(4) || data.len() < 8 {
+        return None;
+    }
+    let mut v: Vec<u32> = data
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect();
+    btea_decrypt(&mut v, &key_words(key));
+    let room = (v.len() - 1) * 4;
+    let len = *v.last().expect("two words at least") as usize;
+    if len > room || len + 3 < room {
+        return None;
+    }
+    let mut out: Vec<u8> = v[..v.len() - 1]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    out.truncate(len);
+    Some(out)
+}
+
+/// Largest stored form of one block accepted from a store: XXTEA of the worst snappy
+/// expansion of a full block.
+pub const MAX_ENCODED_SIZE: usize = crate::block::BLOCK_SIZE + crate::block::BLOCK_SIZE / 6 + 64;
+
+/// A block of at most 512 KiB encoded as the 0-fs tools do: its [`BlockRef`] (see
+/// [`block_ref`]) and the bytes to store under its hash.
+pub fn encode_block(plain: &[u8]) -> (BlockRef, Vec<u8>) {
+    let key = blake2b_128(plain);
+    let compressed = snap::raw::Encoder::new()
+        .compress_vec(plain)
+        .expect("snappy compresses any input");
+    let data = xxtea_encrypt(&compressed, &key);
+    let hash = blake2b_128(&data);
+    (block_ref(&hash, &key), data)
+}
+
+/// Decodes a legacy block read from a store, checking everything the flist says about it: the
+/// stored bytes must hash to the block's hash, decrypt with its key, decompress to at most one
+/// block, and the plain text must hash to the key. Nothing unchecked is returned.
+pub fn decode_block(block: &BlockRef, data: &[u8]) -> Result<Vec<u8>, crate::BlockError> {
+    use crate::BlockError;
+    let (hash, key) = split(block);
+    let id = block.id;
+    if data.len() > MAX_ENCODED_SIZE {
+        return Err(BlockError::TooLarge { id });
+    }
+    if blake2b_128(data) != hash {
+        return Err(BlockError::IdMismatch { id });
+    }
+    let compressed = xxtea_decrypt(data, &key).ok_or(BlockError::Decrypt { id })?;
+    let len = snap::raw::decompress_len(&compressed).map_err(|_| BlockError::Decompress { id })?;
+    if len > crate::block::BLOCK_SIZE {
+        return Err(BlockError::TooLarge { id });
+    }
+    let plain = snap::raw::Decoder::new()
+        .decompress_vec(&compressed)
+        .map_err(|_| BlockError::Decompress { id })?;
+    if blake2b_128(&plain) != key {
+        return Err(BlockError::KeyMismatch { id });
+    }
+    Ok(plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xxtea_matches_an_independent_implementation() {
+        // The core cipher checked against PyPI `xxtea` 6.3.0 (`padding=False` over the same
+        // words, length word included), by hand.
+        let key: [u8; 16] = std::array::from_fn(|i| i as u8);
+        assert_eq!(
+            hex::encode(xxtea_encrypt(b"hello world!", &key)),
+            "31a62edaddd79a9a20423102992aa4f5"
+        );
+        assert_eq!(
+            hex::encode(xxtea_encrypt(b"abcdefg", &key)),
+            "7ce4a942a0027ee534590a0c"
+        );
+        for len in [1usize, 3, 4, 5, 8, 1000, 4099] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let ct = xxtea_encrypt(&data, &key);
+            assert_eq!(xxtea_decrypt(&ct, &key).unwrap(), data, "{len}");
+            let mut other = key;
+            other[0] ^= 1;
+            assert_ne!(xxtea_decrypt(&ct, &other).as_deref(), Some(&data[..]));
+        }
+        assert_eq!(xxtea_decrypt(&[1, 2, 3, 4], &key), None);
+        assert_eq!(xxtea_decrypt(&[1, 2, 3, 4, 5], &key), None);
+    }
+
+    #[test]
+    fn blocks_round_trip_and_every_check_bites() {
+        let plain: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let (b, data) = encode_block(&plain);
+        assert_eq!(decode_block(&b, &data).unwrap(), plain);
+        assert_eq!(split(&b).1, blake2b_128(&plain));
+        let mut bad = data.clone();
+        bad[10] ^= 1;
+        assert!(matches!(
+            decode_block(&b, &bad),
+            Err(crate::BlockError::IdMismatch { .. })
+        ));
+        // A store that serves other bytes under the right hash is impossible; a flist that
+        // names the wrong key for the right bytes is not.
+        let (other, _) = encode_block(b"other");
+        let wrong_key = block_ref(&split(&b).0, &split(&other).1);
+        assert!(decode_block(&wrong_key, &data).is_err());
+    }
+
+    #[test]
+    fn directory_keys_are_hashes_of_relative_paths() {
+        assert_eq!(dir_key(""), ROOT_KEY);
+        assert_eq!(dir_key("etc"), "9308da158ed557db704826796bca9f68");
     }
 }
