@@ -52,6 +52,9 @@ use zos_types::contract::{
 };
 use zos_types::deployment::ContractId;
 use zos_types::envelope::{Envelope, Reply, Seal};
+use zos_types::proposal::{
+    CreateProposal, Proposal, ProposalFilter, ProposalId, RejectProposal, SignProposal,
+};
 use zos_types::registry::{
     API_PREFIX, AddFarmIp, CreateFarm, CreateTwin, Farm, FarmIp, FarmPolicy, Health, Node,
     NodeFilter, NodeRegistration, PublicConfig, Twin, UptimeReport,
@@ -530,6 +533,69 @@ impl GridClient {
             )
             .await?;
         Ok(events)
+    }
+
+    // ---- proposals ----
+
+    /// Makes a proposal (signed by this twin, whose signature `p` carries).
+    pub async fn create_proposal(&self, p: &CreateProposal) -> Result<Proposal, ClientError> {
+        self.signed(Method::POST, "/proposals", p).await
+    }
+
+    /// The proposals this twin made or is named in, newest first.
+    pub async fn list_proposals(&self, f: &ProposalFilter) -> Result<Vec<Proposal>, ClientError> {
+        let signer = Signer::Twin(self.twin.ok_or(ClientError::NoTwin)?);
+        let contract = f.contract_id.map(|c| c.to_string());
+        let mut q: Vec<(&str, &str)> = Vec::new();
+        if let Some(s) = f.state {
+            q.push(("state", s.as_str()));
+        }
+        if let Some(c) = &contract {
+            q.push(("contract_id", c));
+        }
+        let (_, list) = self
+            .send::<(), _>(Method::GET, "/proposals", &q, None, Some(signer))
+            .await?;
+        Ok(list)
+    }
+
+    /// Proposal `id` (this twin must be named in it).
+    pub async fn get_proposal(&self, id: ProposalId) -> Result<Proposal, ClientError> {
+        let signer = Signer::Twin(self.twin.ok_or(ClientError::NoTwin)?);
+        let (_, p) = self
+            .send::<(), _>(
+                Method::GET,
+                &format!("/proposals/{id}"),
+                &[],
+                None,
+                Some(signer),
+            )
+            .await?;
+        Ok(p)
+    }
+
+    /// Signs proposal `id`: `p` must be the proposal as the grid has it (its message is what
+    /// this twin signs).
+    pub async fn sign_proposal(&self, p: &Proposal) -> Result<Proposal, ClientError> {
+        let identity = self.identity.as_ref().ok_or(ClientError::NoIdentity)?;
+        let body = SignProposal {
+            signature: identity.sign(&p.message()),
+        };
+        self.signed(Method::POST, &format!("/proposals/{}/sign", p.id), &body)
+            .await
+    }
+
+    /// Rejects proposal `id`, with a reason for the others.
+    pub async fn reject_proposal(
+        &self,
+        id: ProposalId,
+        reason: &str,
+    ) -> Result<Proposal, ClientError> {
+        let body = RejectProposal {
+            reason: reason.into(),
+        };
+        self.signed(Method::POST, &format!("/proposals/{id}/reject"), &body)
+            .await
     }
 
     // ---- relay ----

@@ -57,6 +57,17 @@ fn owner(c: &Contract, twin: u32) -> Result<(), ApiFailure> {
     }
 }
 
+/// A contract made by a proposal changes only through proposals of its twins.
+async fn not_governed(app: &AppState, id: ContractId, what: &str) -> Result<(), ApiFailure> {
+    let now = app.now();
+    match app.run(move |s| s.contract_governor(id, now)).await? {
+        None => Ok(()),
+        Some(p) => Err(ApiFailure::Forbidden(format!(
+            "contract {id} was made by proposal {p}: its twins approve every {what} together; propose it (`zos deployment {what}` does when the deployment names other twins)"
+        ))),
+    }
+}
+
 async fn create_node(State(app): State<AppState>, signed: Signed) -> Created<Contract> {
     let twin = signed.twin()?;
     let body: CreateNodeContract = signed.json()?;
@@ -144,6 +155,7 @@ async fn update(
 ) -> Answer<Contract> {
     let twin = signed.twin()?;
     owner(&load(&app, id).await?, twin)?;
+    not_governed(&app, id, "update").await?;
     let body: UpdateNodeContract = signed.json()?;
     let now = app.now();
     let c = app
@@ -160,6 +172,7 @@ async fn cancel(
 ) -> Answer<Contract> {
     let twin = signed.twin()?;
     owner(&load(&app, id).await?, twin)?;
+    not_governed(&app, id, "cancel").await?;
     let now = app.now();
     let c = app.run(move |s| s.cancel_contract(id, now)).await?;
     tracing::info!(contract = id, twin, "contract cancelled");

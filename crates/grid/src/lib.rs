@@ -28,6 +28,7 @@ pub mod clock;
 pub mod contracts;
 pub mod error;
 pub mod hub;
+pub mod proposals;
 pub mod relay;
 pub mod replay;
 pub mod server;

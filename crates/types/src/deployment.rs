@@ -48,6 +48,22 @@ pub fn signed_message(node: NodeId, hash: &DeploymentHash) -> Vec<u8> {
     m
 }
 
+/// The domain tag of the message the twins of a deployment's signature requirement sign to
+/// approve cancelling its contract (see [`cancel_message`]).
+pub const CANCEL_DOMAIN: &[u8] = b"zos-cancel-v1:";
+
+/// What a twin signs to approve cancelling contract `contract` on `node`: the domain tag, the
+/// node id (4 bytes, big endian) and the contract id (8 bytes, big endian). Its own domain tag
+/// keeps it apart from every deployment approval ([`signed_message`]): a signature made for one
+/// never counts as the other.
+pub fn cancel_message(node: NodeId, contract: ContractId) -> Vec<u8> {
+    let mut m = Vec::with_capacity(CANCEL_DOMAIN.len() + 4 + 8);
+    m.extend_from_slice(CANCEL_DOMAIN);
+    m.extend_from_slice(&node.to_be_bytes());
+    m.extend_from_slice(&contract.to_be_bytes());
+    m
+}
+
 /// A deployment that breaks a rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeploymentError {

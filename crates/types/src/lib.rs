@@ -15,6 +15,7 @@ pub mod flistref;
 pub mod identity;
 pub mod node_api;
 pub mod policy;
+pub mod proposal;
 pub mod registry;
 pub mod relay;
 pub mod release;

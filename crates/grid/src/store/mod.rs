@@ -7,6 +7,7 @@
 
 mod contracts;
 mod farms;
+mod proposals;
 mod rows;
 mod sqlite;
 
@@ -15,11 +16,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use zos_types::contract::{Contract, ContractFilter, NodeEventRecord};
-use zos_types::deployment::{ContractId, DeploymentHash};
+use zos_types::deployment::{ContractId, Deployment, DeploymentHash};
+use zos_types::proposal::{Proposal, ProposalFilter, ProposalId, ProposalKind};
 use zos_types::registry::{
     AddFarmIp, Farm, FarmIp, FarmPolicy, Node, NodeFilter, NodeRegistration, PublicConfig, Twin,
 };
-use zos_types::{Capacity, FarmId, NodeId, PublicKey, TwinId};
+use zos_types::{Capacity, FarmId, NodeId, PublicKey, Signature, TwinId};
 
 pub use sqlite::{SCHEMA_VERSION, SqliteStore};
 
@@ -65,6 +67,22 @@ pub enum StoreError {
     /// A stored value does not decode.
     #[error("stored {0} is corrupt")]
     Corrupt(String),
+}
+
+/// A proposal as its proposer asks for it (see [`Store::create_proposal`]).
+#[derive(Debug, Clone)]
+pub struct NewProposal {
+    pub proposer: TwinId,
+    pub kind: ProposalKind,
+    /// The node of a deploy.
+    pub node: Option<NodeId>,
+    /// The contract of an update or a cancel.
+    pub contract: Option<ContractId>,
+    /// The deployment of a deploy or an update (its signatures are dropped).
+    pub deployment: Option<Deployment>,
+    /// The proposer's signature over what the others will sign.
+    pub signature: Signature,
+    pub lifetime_secs: u64,
 }
 
 /// Told the nodes whose event log grew, once per node, after the transaction that wrote the
@@ -184,6 +202,45 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Vec<NodeEventRecord>, StoreError>;
     /// Sets the function told about new node events (replacing any earlier one).
     fn on_node_events(&self, hook: EventHook);
+
+    /// Makes a proposal after checking it against the node or contract it is about, and counts
+    /// its proposer's signature (which may approve it at once). The proposer must be the
+    /// deployment's twin and the contract's; a contract made by a proposal keeps its twins and
+    /// weights, and a cancel takes them from it.
+    fn create_proposal(&self, new: NewProposal, now: i64) -> Result<Proposal, StoreError>;
+    fn proposal(&self, id: ProposalId, now: i64) -> Result<Option<Proposal>, StoreError>;
+    /// The proposals `twin` made or is named in, newest first.
+    fn proposals(
+        &self,
+        twin: TwinId,
+        filter: &ProposalFilter,
+        now: i64,
+    ) -> Result<Vec<Proposal>, StoreError>;
+    /// Counts `twin`'s signature over the proposal's message. When the signed weight reaches
+    /// the requirement the contract is made, updated or cancelled in the same transaction and
+    /// the proposal is approved.
+    fn sign_proposal(
+        &self,
+        id: ProposalId,
+        twin: TwinId,
+        signature: Signature,
+        now: i64,
+    ) -> Result<Proposal, StoreError>;
+    /// Counts `twin`'s rejection; the proposal is rejected once it can no longer be approved.
+    fn reject_proposal(
+        &self,
+        id: ProposalId,
+        twin: TwinId,
+        reason: &str,
+        now: i64,
+    ) -> Result<Proposal, StoreError>;
+    /// The approved proposal that made contract `contract`, if one did: its twins alone change
+    /// or cancel the contract.
+    fn contract_governor(
+        &self,
+        contract: ContractId,
+        now: i64,
+    ) -> Result<Option<ProposalId>, StoreError>;
 
     /// Every row of every table as text, in a stable order: for tests that check a refused
     /// request changed nothing, and for debugging.

@@ -13,13 +13,18 @@ use zos_types::registry::{
 };
 use zos_types::{Capacity, FarmId, NodeId, PublicKey, TwinId};
 
-use super::contracts;
+use super::proposals;
 use super::rows::{db, farm_ip_from_row, id_from_sql, node_from_row, to_sql, twin_from_row};
 use super::{EventHook, Store, StoreError};
+use super::{NewProposal, contracts};
+use zos_types::Signature;
 use zos_types::contract::{
     Contract, ContractFilter, ContractKind, ContractState, NodeEvent, NodeEventRecord,
 };
 use zos_types::deployment::{ContractId, DeploymentHash};
+use zos_types::proposal::{
+    MAX_OPEN_PER_TWIN, Proposal, ProposalFilter, ProposalId, ProposalKind, ProposalState,
+};
 
 /// The schema migrations, in order. Migration `i` (0-based) brings the database from version `i`
 /// to `i + 1`. Never edit a released migration: append a new one.
@@ -87,6 +92,8 @@ const MIGRATIONS: &[&str] = &[
     super::contracts::MIGRATION,
     // 3: farm policies.
     super::farms::MIGRATION,
+    // 4: proposals.
+    super::proposals::MIGRATION,
 ];
 
 /// The schema version this binary writes.
@@ -207,6 +214,287 @@ impl SqliteStore {
         self.touched().push(node);
         Ok(seq)
     }
+}
+
+impl SqliteStore {
+    /// Approves `p` when its signatures are enough (making, updating or cancelling its
+    /// contract), rejects it when they can no longer be; answers it as it is now.
+    fn settle(&self, tx: &Transaction<'_>, p: Proposal, now: i64) -> Result<Proposal, StoreError> {
+        let tally = p.tally();
+        if tally.met {
+            let contract = match p.kind {
+                ProposalKind::Deploy => {
+                    let hash = p.hash.ok_or_else(|| corrupt_proposal(&p))?;
+                    contracts::create_node(tx, p.proposer, p.node_id, hash, p.public_ips, now)?
+                }
+                ProposalKind::Update => {
+                    let hash = p.hash.ok_or_else(|| corrupt_proposal(&p))?;
+                    let id = p.contract_id.ok_or_else(|| corrupt_proposal(&p))?;
+                    live(tx, id).map_err(|e| still_live(e, &p))?;
+                    contracts::set_hash(tx, id, hash, now)?;
+                    let event = NodeEvent::ContractUpdated {
+                        contract_id: id,
+                        deployment_hash: hash,
+                    };
+                    self.push_event(tx, p.node_id, &event, now)?;
+                    id
+                }
+                ProposalKind::Cancel => {
+                    let id = p.contract_id.ok_or_else(|| corrupt_proposal(&p))?;
+                    live(tx, id).map_err(|e| still_live(e, &p))?;
+                    contracts::set_state(tx, id, ContractState::Deleted, now)?;
+                    let event = NodeEvent::ContractCancelled { contract_id: id };
+                    self.push_event(tx, p.node_id, &event, now)?;
+                    id
+                }
+            };
+            proposals::decide(tx, p.id, ProposalState::Approved, Some(contract), now)?;
+        } else if tally.dead {
+            proposals::decide(tx, p.id, ProposalState::Rejected, None, now)?;
+        } else {
+            return Ok(p);
+        }
+        proposals::load(tx, p.id, now)?.ok_or_else(|| corrupt_proposal(&p))
+    }
+}
+
+fn corrupt_proposal(p: &Proposal) -> StoreError {
+    StoreError::Corrupt(format!("proposal {}", p.id))
+}
+
+/// The contract an update or cancel is about is gone: say which proposal cannot apply.
+fn still_live(e: StoreError, p: &Proposal) -> StoreError {
+    match e {
+        StoreError::Conflict(m) => StoreError::Conflict(format!(
+            "{m}: proposal {} ({}) can no longer apply",
+            p.id, p.kind
+        )),
+        e => e,
+    }
+}
+
+/// An open proposal that `twin` may vote on, and has not yet.
+fn votable(
+    tx: &Transaction<'_>,
+    id: ProposalId,
+    twin: TwinId,
+    now: i64,
+) -> Result<Proposal, StoreError> {
+    let p = proposals::load(tx, id, now)?
+        .ok_or_else(|| StoreError::NotFound(format!("proposal {id} does not exist")))?;
+    if !p.names(twin) {
+        return Err(StoreError::Forbidden(format!(
+            "twin {twin} is not among the twins of proposal {id}: only they vote on it"
+        )));
+    }
+    if p.signatures.iter().any(|v| v.twin_id == twin)
+        || p.rejections.iter().any(|r| r.twin_id == twin)
+    {
+        return Err(StoreError::Conflict(format!(
+            "twin {twin} already voted on proposal {id}: a twin votes once"
+        )));
+    }
+    match p.state {
+        ProposalState::Open => Ok(p),
+        ProposalState::Expired => Err(StoreError::Conflict(format!(
+            "proposal {id} expired at {}: propose it again",
+            p.expires_at
+        ))),
+        s => Err(StoreError::Conflict(format!(
+            "proposal {id} is {s} already"
+        ))),
+    }
+}
+
+/// Checks `signature` by `twin` over `p`'s message.
+fn check_vote(
+    tx: &Transaction<'_>,
+    p: &Proposal,
+    twin: TwinId,
+    signature: &Signature,
+) -> Result<(), StoreError> {
+    let key: String = tx
+        .query_row("SELECT public_key FROM twins WHERE id = ?1", [twin], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(db("reading a twin key"))?
+        .ok_or_else(|| StoreError::NotFound(format!("twin {twin} does not exist")))?;
+    let key: PublicKey = key
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("public key of twin {twin}")))?;
+    if key.verify(&p.message(), signature).is_ok() {
+        return Ok(());
+    }
+    let what = match (p.kind, p.hash) {
+        (ProposalKind::Cancel, _) => format!(
+            "the cancel of contract {} on node {}",
+            p.contract_id.unwrap_or_default(),
+            p.node_id
+        ),
+        (_, Some(h)) => format!("deployment hash {h} on node {}", p.node_id),
+        (_, None) => format!("node {}", p.node_id),
+    };
+    Err(StoreError::Invalid {
+        field: "signature".into(),
+        reason: format!(
+            "twin {twin}'s signature is not over {what} (proposal {}): sign what `zos proposal show {}` shows",
+            p.id, p.id
+        ),
+    })
+}
+
+/// The proposal `new` asks for, checked against its node or contract (not yet signed or stored).
+fn shape(tx: &Transaction<'_>, new: NewProposal, now: i64) -> Result<Proposal, StoreError> {
+    let invalid = |field: &str, reason: String| StoreError::Invalid {
+        field: field.into(),
+        reason,
+    };
+    let mine = |twin: TwinId, what: String| {
+        if twin == new.proposer {
+            Ok(())
+        } else {
+            Err(StoreError::Forbidden(format!(
+                "{what} belongs to twin {twin}, not {}: its own twin proposes changes",
+                new.proposer
+            )))
+        }
+    };
+    let (node, contract) = match new.kind {
+        ProposalKind::Deploy => {
+            if new.contract.is_some() {
+                return Err(invalid(
+                    "contract_id",
+                    "a deploy makes its contract when it is approved: leave contract_id out".into(),
+                ));
+            }
+            let node = new
+                .node
+                .ok_or_else(|| invalid("node_id", "a deploy names its node".into()))?;
+            if load_node(tx, node, now)?.is_none() {
+                return Err(invalid("node_id", format!("node {node} does not exist")));
+            }
+            (node, None)
+        }
+        ProposalKind::Update | ProposalKind::Cancel => {
+            let id = new.contract.ok_or_else(|| {
+                invalid(
+                    "contract_id",
+                    format!(
+                        "a{} names its contract",
+                        if new.kind == ProposalKind::Update {
+                            "n update"
+                        } else {
+                            " cancel"
+                        }
+                    ),
+                )
+            })?;
+            let c = live(tx, id)?;
+            mine(c.twin_id, format!("contract {id}"))?;
+            let ContractKind::Node { node_id, .. } = c.kind else {
+                return Err(invalid(
+                    "contract_id",
+                    format!("contract {id} is not a node contract: only deployments are proposed"),
+                ));
+            };
+            if new.node.is_some_and(|n| n != node_id) {
+                return Err(invalid(
+                    "node_id",
+                    format!("contract {id} is on node {node_id}"),
+                ));
+            }
+            (node_id, Some(id))
+        }
+    };
+    let governor = match contract {
+        Some(c) => proposals::governor(tx, c, now)?,
+        None => None,
+    };
+    let mut p = Proposal {
+        id: 0,
+        kind: new.kind,
+        node_id: node,
+        contract_id: contract,
+        deployment: None,
+        hash: None,
+        public_ips: 0,
+        requests: Vec::new(),
+        weight_required: 0,
+        proposer: new.proposer,
+        created_at: now,
+        expires_at: now.saturating_add(new.lifetime_secs as i64),
+        state: ProposalState::Open,
+        signatures: Vec::new(),
+        rejections: Vec::new(),
+    };
+    match (new.kind, new.deployment) {
+        (ProposalKind::Cancel, Some(_)) => {
+            return Err(invalid(
+                "deployment",
+                "a cancel carries no deployment: leave it out".into(),
+            ));
+        }
+        (ProposalKind::Cancel, None) => {
+            let g = governor.ok_or_else(|| {
+                StoreError::Conflict(format!(
+                    "contract {} was not made by a proposal, so no group governs it: its twin cancels it alone (`zos deployment cancel`)",
+                    contract.unwrap_or_default()
+                ))
+            })?;
+            p.requests = g.requests;
+            p.weight_required = g.weight_required;
+        }
+        (_, None) => {
+            return Err(invalid(
+                "deployment",
+                format!(
+                    "a{} carries its deployment",
+                    if new.kind == ProposalKind::Deploy {
+                        " deploy"
+                    } else {
+                        "n update"
+                    }
+                ),
+            ));
+        }
+        (kind, Some(mut d)) => {
+            mine(d.twin_id, "the deployment".into())?;
+            let want = contract.unwrap_or(0);
+            if d.contract_id != want {
+                return Err(invalid(
+                    "deployment.contract_id",
+                    format!(
+                        "is {}, must be {want} (the contract it is for; 0 for a deploy)",
+                        d.contract_id
+                    ),
+                ));
+            }
+            if let Some(g) = &governor
+                && (g.requests != d.signature_requirement.requests
+                    || g.weight_required != d.signature_requirement.weight_required)
+            {
+                return Err(invalid(
+                    "deployment.signature_requirement",
+                    format!(
+                        "contract {want} is governed by the twins and weights of proposal {}: an update keeps them (a new group is a new deployment)",
+                        g.id
+                    ),
+                ));
+            }
+            d.signature_requirement.signatures.clear();
+            let bad =
+                |e: zos_types::deployment::DeploymentError| invalid("deployment", e.to_string());
+            p.hash = Some(d.hash().map_err(bad)?);
+            if kind == ProposalKind::Deploy {
+                p.public_ips = d.public_ipv4_count().map_err(bad)?;
+            }
+            p.requests = d.signature_requirement.requests.clone();
+            p.weight_required = d.signature_requirement.weight_required;
+            p.deployment = Some(d);
+        }
+    }
+    Ok(p)
 }
 
 fn schema_version(conn: &Connection) -> Result<i64, rusqlite::Error> {
@@ -850,6 +1138,84 @@ impl Store for SqliteStore {
 
     fn on_node_events(&self, hook: EventHook) {
         *self.hook.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
+    fn create_proposal(&self, new: NewProposal, now: i64) -> Result<Proposal, StoreError> {
+        self.write("creating a proposal", |tx| {
+            let open = proposals::open_count(tx, new.proposer, now)?;
+            if open >= MAX_OPEN_PER_TWIN {
+                return Err(StoreError::Conflict(format!(
+                    "twin {} has {open} open proposals, at most {MAX_OPEN_PER_TWIN}: wait for them to close or expire",
+                    new.proposer
+                )));
+            }
+            let (proposer, signature) = (new.proposer, new.signature);
+            let p = shape(tx, new, now)?;
+            check_vote(tx, &p, proposer, &signature)?;
+            let id = proposals::insert(tx, &p)?;
+            proposals::vote(tx, id, proposer, Some(&signature), "", now)?;
+            let p = proposals::load(tx, id, now)?
+                .ok_or_else(|| StoreError::Corrupt(format!("proposal {id}")))?;
+            self.settle(tx, p, now)
+        })
+    }
+
+    fn proposal(&self, id: ProposalId, now: i64) -> Result<Option<Proposal>, StoreError> {
+        self.write("reading a proposal", |tx| proposals::load(tx, id, now))
+    }
+
+    fn proposals(
+        &self,
+        twin: TwinId,
+        filter: &ProposalFilter,
+        now: i64,
+    ) -> Result<Vec<Proposal>, StoreError> {
+        self.write("listing proposals", |tx| {
+            proposals::list(tx, twin, filter, now)
+        })
+    }
+
+    fn sign_proposal(
+        &self,
+        id: ProposalId,
+        twin: TwinId,
+        signature: Signature,
+        now: i64,
+    ) -> Result<Proposal, StoreError> {
+        self.write("signing a proposal", |tx| {
+            let p = votable(tx, id, twin, now)?;
+            check_vote(tx, &p, twin, &signature)?;
+            proposals::vote(tx, id, twin, Some(&signature), "", now)?;
+            let p = proposals::load(tx, id, now)?
+                .ok_or_else(|| StoreError::Corrupt(format!("proposal {id}")))?;
+            self.settle(tx, p, now)
+        })
+    }
+
+    fn reject_proposal(
+        &self,
+        id: ProposalId,
+        twin: TwinId,
+        reason: &str,
+        now: i64,
+    ) -> Result<Proposal, StoreError> {
+        self.write("rejecting a proposal", |tx| {
+            votable(tx, id, twin, now)?;
+            proposals::vote(tx, id, twin, None, reason, now)?;
+            let p = proposals::load(tx, id, now)?
+                .ok_or_else(|| StoreError::Corrupt(format!("proposal {id}")))?;
+            self.settle(tx, p, now)
+        })
+    }
+
+    fn contract_governor(
+        &self,
+        contract: ContractId,
+        now: i64,
+    ) -> Result<Option<ProposalId>, StoreError> {
+        self.write("reading a contract's proposal", |tx| {
+            Ok(proposals::governor(tx, contract, now)?.map(|p| p.id))
+        })
     }
 
     fn dump(&self) -> Result<String, StoreError> {
