@@ -183,6 +183,18 @@ fn check_public_ips(
     Ok(())
 }
 
+/// Whether `source` may send (or read) `d`: its own twin, or a twin of its signature
+/// requirement. Delivery gives a co-signer no power: the contract (the owner's, with this
+/// hash) and the signed weight are checked whoever sends it, so a co-signer can only deliver
+/// what the group approved — which is how the signer completing a proposal's weight sends it.
+pub fn may_deliver(d: &Deployment, source: TwinId) -> bool {
+    d.twin_id == source
+        || d.signature_requirement
+            .requests
+            .iter()
+            .any(|r| r.twin_id == source)
+}
+
 /// The engine's fixed facts about the node.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -331,7 +343,7 @@ impl Engine {
         let old = self
             .store
             .get_raw(d.contract_id)?
-            .filter(|o| o.twin_id == source)
+            .filter(|o| o.twin_id == d.twin_id && may_deliver(o, source))
             .ok_or_else(|| {
                 EngineError::NotFound(format!("deployment {} not found", d.contract_id))
             })?;
@@ -368,9 +380,9 @@ impl Engine {
             )));
         }
         d.validate()?;
-        if d.twin_id != source {
+        if !may_deliver(d, source) {
             return Err(EngineError::Forbidden(format!(
-                "twin {source} sent a deployment of twin {}: only a deployment's own twin may send it",
+                "twin {source} sent a deployment of twin {}: only the deployment's own twin or a twin of its signature requirement may send it",
                 d.twin_id
             )));
         }
@@ -544,11 +556,12 @@ impl Engine {
         Ok(u)
     }
 
-    /// The deployment with its results, if `source` owns it.
+    /// The deployment with its results, if `source` owns it or is one of its signers (who
+    /// approved it, and follow what they delivered).
     pub fn get(&self, source: TwinId, contract: ContractId) -> Result<Deployment, EngineError> {
         self.store
             .get(contract)?
-            .filter(|d| d.twin_id == source)
+            .filter(|d| may_deliver(d, source))
             .ok_or_else(|| EngineError::NotFound(format!("deployment {contract} not found")))
     }
 

@@ -443,7 +443,13 @@ async fn bad_deployments_are_refused_and_store_nothing() {
 
     let mut stranger = deployment(6);
     b.contract_and_sign(&mut stranger, NODE);
-    refused(&b, 8, stranger, "only a deployment's own twin").await;
+    refused(
+        &b,
+        8,
+        stranger,
+        "only the deployment's own twin or a twin of its",
+    )
+    .await;
 
     let mut greedy = deployment(7);
     greedy.workloads[0].data = json!({"size": 100 * GIB});
@@ -494,6 +500,92 @@ async fn co_signature_made_for_another_node_is_refused() {
     // Signed for this node, the same deployment is taken.
     d.sign(NODE, 8, &cosigner).unwrap();
     b.engine.deploy(7, d).await.unwrap();
+}
+
+/// A group deployment (twins 7, 8 and 9, two of three): the node counts the signed weight
+/// whoever delivers it. Too little weight is refused even from a co-signer; a co-signer may
+/// deliver a fully signed one (and follow it, and send its update); a twin outside the
+/// requirement may not deliver it, however well signed.
+#[tokio::test]
+async fn a_co_signer_delivers_only_what_enough_weight_signed() {
+    let b = bed();
+    let cosigner = Identity::from_seed([8; 32]);
+    let third = Identity::from_seed([9; 32]);
+    let outsider = Identity::from_seed([10; 32]);
+    for (twin, id) in [(8, &cosigner), (9, &third), (10, &outsider)] {
+        b.grid.twins.lock().unwrap().insert(twin, id.public_key());
+    }
+    let mut d = deployment(21);
+    for twin in [8, 9] {
+        d.signature_requirement.requests.push(SignatureRequest {
+            twin_id: twin,
+            required: false,
+            weight: 1,
+        });
+    }
+    d.signature_requirement.weight_required = 2;
+    b.contract_and_sign(&mut d, NODE);
+
+    // The owner's signature alone: 1 of 2, refused whoever sends it.
+    for source in [7, 8, 9] {
+        refused(
+            &b,
+            source,
+            d.clone(),
+            "signed weight 1 is below the required 2",
+        )
+        .await;
+    }
+    // Fully signed (owner and twin 9): an outsider cannot deliver it…
+    d.sign(NODE, 9, &third).unwrap();
+    refused(
+        &b,
+        10,
+        d.clone(),
+        "only the deployment's own twin or a twin of its",
+    )
+    .await;
+    // …and an outsider's own signature would not count either.
+    let mut padded = d.clone();
+    padded.sign(NODE, 10, &outsider).unwrap();
+    refused(&b, 8, padded, "was not requested").await;
+    // Co-signer 8, who did not even sign, delivers what the weight approved.
+    b.engine.deploy(8, d.clone()).await.unwrap();
+    let got = b.settled(21).await;
+    assert_eq!(Bed::state(&got, "disk"), ResultState::Ok);
+    // The co-signer follows it; the outsider does not see it.
+    assert_eq!(b.engine.get(8, 21).unwrap().contract_id, 21);
+    assert!(b.engine.get(10, 21).is_err());
+
+    // An update goes the same way: too little weight is refused from the co-signer…
+    let mut next = got.clone();
+    next.version = 1;
+    next.workloads.retain(|w| w.name == "disk");
+    next.signature_requirement.signatures.clear();
+    for w in &mut next.workloads {
+        w.result = None;
+    }
+    b.contract_and_sign(&mut next, NODE);
+    let err = b.engine.update(8, next.clone()).await.unwrap_err();
+    assert!(
+        err.message()
+            .contains("signed weight 1 is below the required 2"),
+        "{}",
+        err.message()
+    );
+    // …an outsider cannot send even a fully signed one, and the co-signer can.
+    next.sign(NODE, 8, &cosigner).unwrap();
+    let err = b.engine.update(10, next.clone()).await.unwrap_err();
+    assert!(err.message().contains("not found"), "{}", err.message());
+    b.engine.update(8, next).await.unwrap();
+    for _ in 0..200 {
+        let d = b.engine.get(7, 21).unwrap();
+        if d.version == 1 && d.workloads.len() == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the co-signer's update was not applied");
 }
 
 /// A signature over the bare hash (the form before decision 0004) is refused with a hint.
