@@ -298,6 +298,11 @@ impl Networker for RecordingNetworker {
         Ok(self.begin("wireguard_ports", None)?.state.wg_ports())
     }
 
+    async fn machine_networks(&self, vm: &WorkloadId) -> Result<Vec<String>> {
+        let g = self.begin("machine_networks", None)?;
+        Ok(rules::machine_networks(&g.state, vm))
+    }
+
     async fn private_ips(&self, twin: TwinId, network: &str) -> Result<Vec<Ipv4Addr>> {
         let g = self.begin("private_ips", None)?;
         let id = NetId::new(twin, network);

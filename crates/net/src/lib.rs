@@ -346,6 +346,10 @@ pub trait Networker: Send + Sync {
         network: &str,
     ) -> impl Future<Output = Result<Vec<Ipv4Addr>>> + Send;
 
+    /// The private networks machine `vm` has an interface on, by name.
+    fn machine_networks(&self, vm: &WorkloadId)
+    -> impl Future<Output = Result<Vec<String>>> + Send;
+
     /// Public IPv4 addresses `ip` workloads use on this node.
     fn public_ips(&self) -> impl Future<Output = Result<Vec<Ipv4Addr>>> + Send;
 

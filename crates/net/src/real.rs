@@ -928,6 +928,11 @@ impl Networker for LinuxNetworker {
         Ok(self.state.lock().await.wg_ports())
     }
 
+    async fn machine_networks(&self, vm: &WorkloadId) -> Result<Vec<String>> {
+        let st = self.state.lock().await;
+        Ok(rules::machine_networks(&st, vm))
+    }
+
     async fn private_ips(&self, twin: TwinId, network: &str) -> Result<Vec<Ipv4Addr>> {
         let st = self.state.lock().await;
         let id = NetId::new(twin, network);

@@ -294,6 +294,22 @@ pub fn private_port<'a>(
 }
 
 /// Checks a change of the node's public setup: addresses `ip` workloads use stay available.
+/// The private networks machine `vm` has an interface on, by name, sorted.
+pub fn machine_networks(st: &State, vm: &WorkloadId) -> Vec<String> {
+    let owner = WlRef::from(vm);
+    let mut v: Vec<String> = st
+        .ports
+        .values()
+        .filter(|p| p.owner == owner)
+        .filter_map(|p| match &p.target {
+            PortTarget::Private { network, .. } => Some(network.clone()),
+            PortTarget::Public => None,
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 pub fn check_public_change(st: &State, public: Option<&super::PublicSetup>) -> Result<()> {
     let ports: Vec<&PortRecord> = st
         .ports

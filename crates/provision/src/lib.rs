@@ -7,6 +7,7 @@ pub mod images;
 pub mod managers;
 pub mod network;
 pub mod store;
+pub mod zlogs;
 pub mod zmachine;
 
 pub use engine::{Engine, EngineConfig, EngineError, GridView, Usage};
@@ -18,6 +19,7 @@ pub use managers::{
 };
 pub use network::{IpManager, NetworkManager};
 pub use store::{Job, LogEntry, Store, StoreError};
+pub use zlogs::{VmmConsoles, ZlogsManager};
 pub use zmachine::{ZmachineConfig, ZmachineManager};
 
 #[cfg(test)]

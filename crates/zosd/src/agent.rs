@@ -27,7 +27,7 @@ use zos_mounts::{
 use zos_net::{LinuxNetworker, NetworkConfig, Networker, PublicSetup};
 use zos_provision::{
     Engine, EngineConfig, GatewayManager, GridView, IpManager, Manager, NetworkManager, Store,
-    ZmachineConfig, ZmachineManager, volume_manager, zmount_manager,
+    VmmConsoles, ZlogsManager, ZmachineConfig, ZmachineManager, volume_manager, zmount_manager,
 };
 use zos_runtime::error_chain;
 use zos_storage::{BtrfsStorage, StorageConfig, StorageStart};
@@ -165,7 +165,7 @@ pub async fn run(
     ));
     let (node_tx, node_rx) = watch::channel(None);
     let gateways = gateway_manager(&cfg, &state_dir, &identity, &parts.net, &view)?;
-    let managers = managers(&parts, &view, zmachine, &gateways);
+    let managers = managers(&parts, &view, zmachine, &gateways, &state_dir);
     let engine = engine(store, managers, &view, node_rx, &facts, flist_policy);
     let _ = engine_cell.set(engine.clone());
     match gateways.restore().await {
@@ -575,6 +575,7 @@ fn managers(
     view: &Arc<ClientView>,
     zmachine: ZmachineConfig,
     gateways: &Arc<GatewayManager<LinuxNetworker>>,
+    state_dir: &Path,
 ) -> HashMap<WorkloadType, Arc<dyn Manager>> {
     let Subsystems {
         pools,
@@ -610,6 +611,14 @@ fn managers(
             flists.clone(),
             vmm.clone(),
             zmachine,
+        )),
+    );
+    managers.insert(
+        WorkloadType::Zlogs,
+        Arc::new(ZlogsManager::new(
+            net.clone(),
+            Arc::new(VmmConsoles(vmm.clone())),
+            state_dir.join("zlogs"),
         )),
     );
     for kind in [
