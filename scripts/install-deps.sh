@@ -25,6 +25,7 @@ packages=(
   openssl         # s_server: a TLS backend of the gateway passthrough test
   ipxe isolinux xorriso ipxe-qemu  # farm bootloaders (zos farm bootloader) and their QEMU boot test
   capnproto       # capnp: compiles the legacy 0-fs flist schema (crates/flist/build.rs)
+  redis-server    # a Redis-protocol block store for the legacy flist tests (crates/flist/tests/legacy_redis.rs)
 )
 
 missing=()

@@ -53,7 +53,8 @@ pub enum FlistCmd {
         flist: String,
         /// Where to mount it.
         dir: PathBuf,
-        /// Read blocks from this store instead of the flist's routes.
+        /// Read blocks from this store instead of the flist's routes: dir://, http(s)://, s3://,
+        /// or for a legacy .flist its 0-db, redis://host:port[/namespace].
         #[arg(long, conflicts_with = "hub")]
         store: Option<String>,
         /// Read blocks from the grid's hub instead of the flist's routes.
@@ -481,8 +482,8 @@ async fn mount_cmd(m: MountArgs, g: &Global) -> anyhow::Result<()> {
     } else {
         PathBuf::from(&m.flist)
     };
-    // Validate here, for a clear error before anything is mounted.
-    zos_flist::Flist::open(&flist)?;
+    // Validate here, for a clear error before anything is mounted (either format).
+    zos_flist::Flist::open_any(&flist)?;
     let stores = match (m.store, m.hub) {
         (Some(s), _) => vec![s],
         (None, true) => vec![format!(

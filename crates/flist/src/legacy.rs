@@ -118,6 +118,18 @@ pub fn block_ref(hash: &[u8; HASH_LEN], key: &[u8; HASH_LEN]) -> BlockRef {
     }
 }
 
+/// Whether an id is a legacy block's (its last 16 bytes are zero). An FL id is a BLAKE2b-256
+/// output and is never such (chance 2^-128); a hostile FL flist naming one gets its block checked
+/// the legacy way, against the 128-bit hash and key it names, and nothing unchecked either way.
+pub fn is_legacy_id(id: &BlockId) -> bool {
+    id.0[HASH_LEN..].iter().all(|b| *b == 0)
+}
+
+/// Whether a block is a legacy one ([`block_ref`]): id and key both padded with zeros.
+pub fn is_legacy(block: &BlockRef) -> bool {
+    is_legacy_id(&block.id) && block.key.0[HASH_LEN..].iter().all(|b| *b == 0)
+}
+
 /// The 16-byte store hash and key of a legacy block made by [`block_ref`].
 pub fn split(block: &BlockRef) -> ([u8; HASH_LEN], [u8; HASH_LEN]) {
     let mut hash = [0u8; HASH_LEN];

@@ -521,7 +521,7 @@ pub fn prepare_mount_point(path: &Path) -> Result<(), MountError> {
     Ok(())
 }
 
-/// Mounts the flist file `flist` read-only at `mountpoint`, reading blocks from `store`
+/// Mounts the flist file `flist` (FL, or a legacy `.flist`) read-only at `mountpoint`, reading blocks from `store`
 /// through the node's `cache`.
 pub fn mount(
     flist: &Path,
@@ -530,7 +530,7 @@ pub fn mount(
     cache: Arc<BlockCache>,
     options: &MountOptions,
 ) -> Result<MountHandle, MountError> {
-    let fl = Arc::new(Flist::open(flist)?);
+    let fl = Arc::new(Flist::open_any(flist)?);
     mount_flist(fl, mountpoint, store, cache, options)
 }
 

@@ -71,7 +71,7 @@ pub fn serve(config: ServeConfig) -> Result<(), MountError> {
             path: config.mountpoint.clone(),
             source,
         })?;
-    let flist = Arc::new(Flist::open(&config.flist)?);
+    let flist = Arc::new(Flist::open_any(&config.flist)?);
     let store = {
         let _g = rt.enter();
         stores_for(&flist, &config.stores)?

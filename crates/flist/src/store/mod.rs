@@ -3,11 +3,13 @@
 //! A [`BlockStore`] keeps opaque cipher texts under their [`BlockId`]. Implementations:
 //! [`DirStore`] (a local directory, rfs `dir://` layout), [`HttpStore`] (the hub's block API,
 //! which also reads rfs `http://` stores), [`S3Store`] (S3-compatible object storage, rfs `s3://`
-//! URLs), and the [`Router`], which sends each block to the
+//! URLs), [`RedisStore`] (0-db over the Redis protocol: legacy `redis://` and rfs `zdb://`), and
+//! the [`Router`], which sends each block to the
 //! stores whose range holds the first byte of its id, as the FL `route` table says.
 
 mod dir;
 mod http;
+mod redis;
 mod s3;
 
 use std::fmt;
@@ -15,6 +17,7 @@ use std::sync::Arc;
 
 pub use dir::DirStore;
 pub use http::{HttpStore, MAX_REDIRECTS, MISSING_BATCH, same_origin_redirects};
+pub use redis::{RedisStore, ZDB_PORT};
 pub use s3::S3Store;
 
 use crate::block::BlockId;
@@ -54,7 +57,8 @@ pub enum StoreError {
     #[error("store url {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
     #[error(
-        "store url {url:?}: scheme {scheme:?} is not supported (use dir://, http://, https://)"
+        "store url {url:?}: scheme {scheme:?} is not supported (use dir://, http(s)://, s3://, \
+         redis:// or zdb://)"
     )]
     Unsupported { url: String, scheme: String },
     #[error("block {id}: every store failed")]
@@ -105,7 +109,8 @@ pub trait BlockStore: Send + Sync + fmt::Debug {
 }
 
 /// Opens the store named by a route URL: `dir:///path`, `http://…` or `https://…` (a hub's
-/// `…/blocks` endpoint or an rfs HTTP store), `s3://…` or `s3s://…` (a bucket).
+/// `…/blocks` endpoint or an rfs HTTP store), `s3://…` or `s3s://…` (a bucket), `redis://…` or
+/// `zdb://…` (a 0-db namespace over the Redis protocol).
 pub fn open_url(url: &str) -> Result<Arc<dyn BlockStore>, StoreError> {
     let parsed = reqwest::Url::parse(url).map_err(|e| StoreError::BadUrl {
         url: url.to_string(),
@@ -115,6 +120,7 @@ pub fn open_url(url: &str) -> Result<Arc<dyn BlockStore>, StoreError> {
         "dir" => Ok(Arc::new(DirStore::new(parsed.path()))),
         "http" | "https" => Ok(Arc::new(HttpStore::from_blocks_url(parsed)?)),
         "s3" | "s3s" => Ok(Arc::new(S3Store::from_url(url)?)),
+        "redis" | "zdb" => Ok(Arc::new(RedisStore::from_url(url)?)),
         other => Err(StoreError::Unsupported {
             url: url.to_string(),
             scheme: other.to_string(),
@@ -312,9 +318,18 @@ mod tests {
     #[test]
     fn urls() {
         assert!(matches!(
-            open_url("zdb://hub.example:9900"),
+            open_url("server://hub.example/x"),
             Err(StoreError::Unsupported { .. })
         ));
+        // 0-db over the Redis protocol: rfs's zdb:// (port 9900 by default) and 0-fs's
+        // redis:// (port required); a unix socket is not supported.
+        assert!(open_url("zdb://hub.example").is_ok());
+        assert!(open_url("zdb://:pw@hub.example:9900/ns").is_ok());
+        assert!(open_url("redis://hub.example:9900/ns").is_ok());
+        let e = open_url("redis://hub.example").unwrap_err().to_string();
+        assert!(e.contains("no port"), "{e}");
+        let e = open_url("zdb:///run/zdb.sock").unwrap_err().to_string();
+        assert!(e.contains("unix socket"), "{e}");
         assert!(open_url("not a url").is_err());
         assert!(open_url("dir:///tmp/x").is_ok());
         assert_eq!(
