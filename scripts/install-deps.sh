@@ -39,8 +39,20 @@ if ((${#missing[@]})); then
     exit 1
   fi
   echo "installing: ${missing[*]}" >&2
+  # Servers the tests start themselves (redis-server) must not start as system services.
+  policy=/usr/sbin/policy-rc.d
+  made_policy=
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod +x "$policy"
+    made_policy=1
+  fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [[ -z $made_policy ]] || rm -f "$policy"
+  if command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now redis-server >/dev/null 2>&1 || true
+  fi
 fi
 
 if ! command -v cargo-nextest >/dev/null 2>&1; then
