@@ -320,7 +320,7 @@ fn extract(path: &Path, file: std::fs::File) -> Result<tempfile::NamedTempFile, 
         if db.is_some() {
             return Err(invalid(format!("the archive holds {DB_NAME} twice")));
         }
-        let size = entry.header().size().map_err(damaged)?;
+        let size = entry.size();
         if size > MAX_DB_BYTES {
             return Err(invalid(format!(
                 "its {DB_NAME} is {size} bytes, more than the {MAX_DB_BYTES} a flist may have"
@@ -490,16 +490,8 @@ impl Walker<'_> {
                 let name = check_name(name.as_bytes())
                     .map_err(|r| self.invalid(format!("directory {:?}: {r}", self.path_of(ino))))?
                     .to_string();
-                let here = {
-                    let p = self.path_of(ino);
-                    if p == "/" {
-                        format!("/{name}")
-                    } else {
-                        format!("{p}/{name}")
-                    }
-                };
-                let ewhat = format!("entry {here:?}");
-                let aclkey = text(entry.get_aclkey()).map_err(|e| self.capnp(&ewhat, e))?;
+                let aclkey = text(entry.get_aclkey())
+                    .map_err(|e| self.capnp(&format!("entry {:?}", self.at(ino, &name)), e))?;
                 let size = entry.get_size();
                 let ctime = entry.get_creation_time() as i64;
                 let mtime = entry.get_modification_time() as i64;
@@ -507,20 +499,29 @@ impl Walker<'_> {
                 let which = match entry.get_attributes().which() {
                     Ok(w) => w,
                     Err(capnp::NotInSchema(n)) => {
-                        return Err(
-                            self.invalid(format!("entry {:?} has an unknown type ({n})", here))
-                        );
+                        return Err(self.invalid(format!(
+                            "entry {:?} has an unknown type ({n})",
+                            self.at(ino, &name)
+                        )));
                     }
                 };
                 let (kind, size, rdev, target, blocks, subdir) = match which {
                     Which::Dir(sub) => {
-                        let sub = sub.map_err(|e| self.capnp(&ewhat, e))?;
-                        let key = text(sub.get_key()).map_err(|e| self.capnp(&ewhat, e))?;
+                        let sub = sub.map_err(|e| {
+                            self.capnp(&format!("entry {:?}", self.at(ino, &name)), e)
+                        })?;
+                        let key = text(sub.get_key()).map_err(|e| {
+                            self.capnp(&format!("entry {:?}", self.at(ino, &name)), e)
+                        })?;
                         (Kind::Dir, size, 0, None, Vec::new(), Some(key))
                     }
                     Which::File(f) => {
-                        let f = f.map_err(|e| self.capnp(&ewhat, e))?;
-                        let list = f.get_blocks().map_err(|e| self.capnp(&ewhat, e))?;
+                        let f = f.map_err(|e| {
+                            self.capnp(&format!("entry {:?}", self.at(ino, &name)), e)
+                        })?;
+                        let list = f.get_blocks().map_err(|e| {
+                            self.capnp(&format!("entry {:?}", self.at(ino, &name)), e)
+                        })?;
                         self.blocks += list.len() as usize;
                         if self.blocks > MAX_BLOCKS {
                             return Err(
@@ -529,8 +530,12 @@ impl Walker<'_> {
                         }
                         let mut blocks = Vec::with_capacity(list.len() as usize);
                         for b in list.iter() {
-                            let hash = b.get_hash().map_err(|e| self.capnp(&ewhat, e))?;
-                            let key = b.get_key().map_err(|e| self.capnp(&ewhat, e))?;
+                            let hash = b.get_hash().map_err(|e| {
+                                self.capnp(&format!("entry {:?}", self.at(ino, &name)), e)
+                            })?;
+                            let key = b.get_key().map_err(|e| {
+                                self.capnp(&format!("entry {:?}", self.at(ino, &name)), e)
+                            })?;
                             let (Ok(hash), Ok(key)) = (
                                 <[u8; HASH_LEN]>::try_from(hash),
                                 <[u8; HASH_LEN]>::try_from(key),
@@ -538,7 +543,7 @@ impl Walker<'_> {
                                 return Err(self.invalid(format!(
                                     "a block of {:?} has a hash or key that is not {HASH_LEN} \
                                      bytes",
-                                    here
+                                    self.at(ino, &name)
                                 )));
                             };
                             blocks.push(block_ref(&hash, &key));
@@ -546,23 +551,29 @@ impl Walker<'_> {
                         (Kind::File, size, 0, None, blocks, None)
                     }
                     Which::Link(l) => {
-                        let l = l.map_err(|e| self.capnp(&ewhat, e))?;
+                        let l = l.map_err(|e| {
+                            self.capnp(&format!("entry {:?}", self.at(ino, &name)), e)
+                        })?;
                         let t = l
                             .get_target()
-                            .map_err(|e| self.capnp(&ewhat, e))?
+                            .map_err(|e| {
+                                self.capnp(&format!("entry {:?}", self.at(ino, &name)), e)
+                            })?
                             .as_bytes()
                             .to_vec();
                         if t.len() > MAX_LINK_LEN {
                             return Err(self.invalid(format!(
                                 "symlink {:?} has a target of {} bytes",
-                                here,
+                                self.at(ino, &name),
                                 t.len()
                             )));
                         }
                         (Kind::Symlink, t.len() as u64, 0, Some(t), Vec::new(), None)
                     }
                     Which::Special(sp) => {
-                        let sp = sp.map_err(|e| self.capnp(&ewhat, e))?;
+                        let sp = sp.map_err(|e| {
+                            self.capnp(&format!("entry {:?}", self.at(ino, &name)), e)
+                        })?;
                         let kind = match sp.get_type() {
                             Ok(special::Type::Socket) => Kind::Socket,
                             Ok(special::Type::Block) => Kind::Block,
@@ -571,7 +582,9 @@ impl Walker<'_> {
                             // Neither 0-fs nor rfs shows these; nor do we.
                             Ok(special::Type::Unknown) | Err(_) => continue,
                         };
-                        let data = sp.get_data().map_err(|e| self.capnp(&ewhat, e))?;
+                        let data = sp.get_data().map_err(|e| {
+                            self.capnp(&format!("entry {:?}", self.at(ino, &name)), e)
+                        })?;
                         let rdev = match kind {
                             Kind::Block | Kind::Char => device(data),
                             _ => 0,
@@ -639,6 +652,17 @@ impl Walker<'_> {
             },
         );
         Ok(())
+    }
+
+    /// The path of `name` in the directory `dir` (for messages: computed only on failure, so
+    /// reading stays linear in the size of the flist however deep it is).
+    fn at(&self, dir: Ino, name: &str) -> String {
+        let p = self.path_of(dir);
+        if p == "/" {
+            format!("/{name}")
+        } else {
+            format!("{p}/{name}")
+        }
     }
 
     /// The path of a node added so far (for messages).

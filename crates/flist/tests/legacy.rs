@@ -726,3 +726,47 @@ fn a_trigger_in_the_database_is_refused() {
     );
     assert!(refused(&p).contains("a trigger"));
 }
+
+#[test]
+fn a_deep_and_wide_flist_opens_in_linear_time() {
+    // 2000 levels of 200-byte names, then 100 000 files at the bottom: paths of 400 KB. Opening
+    // must not build a path per entry (that would be 40 GB of copying).
+    let t = tempfile::tempdir().unwrap();
+    let name = "n".repeat(200);
+    let mut entries = Vec::new();
+    let mut rel = String::new();
+    for _ in 0..2000 {
+        let child = if rel.is_empty() {
+            name.clone()
+        } else {
+            format!("{rel}/{name}")
+        };
+        entries.push((
+            dir_key(&rel),
+            // (the location field, which readers ignore, left empty to keep the file small)
+            dir_message(
+                "",
+                "",
+                0,
+                &[Entry::new(
+                    &name,
+                    Item::Dir {
+                        key: dir_key(&child),
+                    },
+                )],
+            ),
+        ));
+        rel = child;
+    }
+    let files: Vec<Entry> = (0..100_000).map(|i| file(&format!("f{i}"))).collect();
+    entries.push((dir_key(&rel), dir_message("", "", 0, &files)));
+    let p = write(t.path(), "wide.flist", entries);
+    let started = std::time::Instant::now();
+    let fl = Flist::open_any(&p).unwrap();
+    assert_eq!(fl.len(), 1 + 2000 + 100_000);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+}
