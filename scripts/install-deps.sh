@@ -20,12 +20,11 @@ packages=(
   zstd kmod binutils  # node image (scripts/build-node.sh): initramfs compression, depmod, readelf
   curl            # HTTP/1.1, HTTP/2 and TLS client of the gateway tests
   redis-tools     # redis-cli: drives the zdb server in its tests (crates/zdb/tests)
-  redis-server    # a receiver of zlogs streams in their tests (crates/provision/tests/zlogs.rs)
+  redis-server    # a receiver of zlogs streams in their tests (crates/provision/tests/zlogs.rs); a 0-db-like block store of the legacy flist tests (crates/flist/tests/legacy_redis.rs)
   pebble          # ACME test CA of the gateway's certificate tests
   openssl         # s_server: a TLS backend of the gateway passthrough test
   ipxe isolinux xorriso ipxe-qemu  # farm bootloaders (zos farm bootloader) and their QEMU boot test
   capnproto       # capnp: compiles the legacy 0-fs flist schema (crates/flist/build.rs)
-  redis-server    # a Redis-protocol block store for the legacy flist tests (crates/flist/tests/legacy_redis.rs)
 )
 
 missing=()
