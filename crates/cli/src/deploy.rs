@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use serde_json::{Value, json};
 use zos_client::workflow::deploy::{self as workflow, changes, fetch, node_of};
+use zos_client::workflow::proposal::governed;
 use zos_types::NodeId;
 use zos_types::contract::{ContractFilter, ContractKind, ContractState};
 use zos_types::deployment::{ContractId, Deployment, ResultState};
@@ -32,7 +33,8 @@ pub enum DeploymentCmd {
     List,
     /// The full result log of a deployment.
     Changes { contract: ContractId },
-    /// Apply a changed deployment file to an existing deployment.
+    /// Apply a changed deployment file to an existing deployment. A deployment made by a
+    /// proposal (`zos deploy --require`) is updated by a proposal of the same twins.
     Update {
         contract: ContractId,
         file: PathBuf,
@@ -49,7 +51,8 @@ pub enum DeploymentCmd {
         #[arg(long, default_value_t = 64 * 1024)]
         bytes: usize,
     },
-    /// Cancel the contract: the node removes every workload.
+    /// Cancel the contract: the node removes every workload. A deployment made by a proposal is
+    /// cancelled by a proposal of the same twins.
     Cancel {
         contract: ContractId,
         #[arg(long, default_value_t = 300)]
@@ -125,8 +128,15 @@ fn finish(node: NodeId, d: &Deployment, g: &Global) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `zos deploy FILE --node ID`.
-pub async fn deploy(file: &Path, node: NodeId, wait: Duration, g: &Global) -> anyhow::Result<()> {
+/// `zos deploy FILE --node ID [--require REQUIREMENT]`: with a requirement, a proposal the
+/// other twins sign (`crate::proposal`).
+pub async fn deploy(
+    file: &Path,
+    node: NodeId,
+    wait: Duration,
+    require: Option<&str>,
+    g: &Global,
+) -> anyhow::Result<()> {
     let c = signed_client(g).await?;
     let me = c.twin_id().context("no twin")?;
     let mut d = deployfile::parse(&read_file(file)?, me)
@@ -136,6 +146,11 @@ pub async fn deploy(file: &Path, node: NodeId, wait: Duration, g: &Global) -> an
     let record = |name: &str| networks.load(name);
     zos_client::workflow::network::pick_ips(&c, node, &mut d, record, &mut |e| progress.deploy(e))
         .await?;
+    if let Some(require) = require {
+        d.signature_requirement = crate::proposal::parse_require(require, me)
+            .map_err(|e| crate::exit::tag(crate::exit::Kind::Usage, e))?;
+        return crate::proposal::propose_deploy(d, node, wait, g).await;
+    }
     let done = workflow::deploy(&c, node, d, wait, &mut |e| progress.deploy(e)).await;
     let done = done.inspect_err(|_| progress.abandon())?;
     finish(node, &done.deployment, g)
@@ -223,8 +238,11 @@ pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
             let desired = deployfile::parse(&read_file(&file)?, me)
                 .map_err(|e| crate::exit::tag(crate::exit::Kind::Refused, e))?;
             deployfile::require_ips(&desired)?;
-            let mut progress = Progress::new(g.structured());
             let wait = Duration::from_secs(wait);
+            if governed(&c, contract).await? {
+                return crate::proposal::propose_update(contract, &desired, wait, g).await;
+            }
+            let mut progress = Progress::new(g.structured());
             let done =
                 workflow::update(&c, contract, &desired, wait, &mut |e| progress.deploy(e)).await;
             let done = done.inspect_err(|_| progress.abandon())?;
@@ -251,8 +269,11 @@ pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
             Ok(())
         }
         DeploymentCmd::Cancel { contract, wait } => {
-            let mut progress = Progress::new(g.structured());
             let wait = Duration::from_secs(wait);
+            if governed(&c, contract).await? {
+                return crate::proposal::propose_cancel(contract, wait, g).await;
+            }
+            let mut progress = Progress::new(g.structured());
             let node = workflow::cancel(&c, contract, wait, &mut |e| progress.deploy(e)).await;
             let node = node.inspect_err(|_| progress.abandon())?;
             if g.structured() {

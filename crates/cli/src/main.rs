@@ -16,6 +16,7 @@ mod network;
 mod output;
 mod paths;
 mod progress;
+mod proposal;
 mod release;
 mod shell;
 
@@ -66,7 +67,15 @@ enum Command {
         /// Give up waiting after this many seconds.
         #[arg(long, default_value_t = 600)]
         wait: u64,
+        /// Deploy with the consensus of several twins: 'WEIGHT: TWIN=W, TWIN=W, …' (yours
+        /// among them). Makes a proposal the others sign (`zos proposal`); the signature that
+        /// completes the weight deploys it.
+        #[arg(long, value_name = "REQUIREMENT")]
+        require: Option<String>,
     },
+    /// Deployments, updates and cancels a group of twins approves: list, show, sign, reject.
+    #[command(subcommand)]
+    Proposal(proposal::ProposalCmd),
     /// Your deployments: get, list, changes, update, cancel.
     #[command(subcommand)]
     Deployment(deploy::DeploymentCmd),
@@ -121,15 +130,22 @@ fn main() {
             Command::Flist(c) => flist::run(c, &cli.global).await,
             Command::Network(c) => network::run(c, &cli.global).await,
             Command::Release(c) => release::release(c, &cli.global).await,
-            Command::Deploy { file, node, wait } => {
+            Command::Deploy {
+                file,
+                node,
+                wait,
+                require,
+            } => {
                 deploy::deploy(
                     &file,
                     node,
                     std::time::Duration::from_secs(wait),
+                    require.as_deref(),
                     &cli.global,
                 )
                 .await
             }
+            Command::Proposal(c) => proposal::run(c, &cli.global).await,
             Command::Deployment(c) => deploy::deployment(c, &cli.global).await,
             Command::Name(c) => name::run(c, &cli.global).await,
             Command::Shell(c) => shell::run(c, Cli::command()),

@@ -290,6 +290,20 @@ pub async fn cancel(
     c.cancel_contract(contract).await?;
     tracing::debug!(node, contract, "contract cancelled");
     on(DeployEvent::Cancelled { node, contract });
+    removed(c, node, twin, contract, wait, on).await?;
+    Ok(node)
+}
+
+/// Waits until the node (`node`, with twin `twin`) no longer has deployment `contract`, whose
+/// contract is cancelled.
+pub(crate) async fn removed(
+    c: &GridClient,
+    node: NodeId,
+    twin: TwinId,
+    contract: ContractId,
+    wait: Duration,
+    on: &mut (impl FnMut(DeployEvent) + Send),
+) -> Result<(), DeployError> {
     let start = Instant::now();
     loop {
         match fetch(c, twin, contract).await {
@@ -306,13 +320,13 @@ pub async fn cancel(
         }
     }
     on(DeployEvent::Removed { node, contract });
-    Ok(node)
+    Ok(())
 }
 
 /// Waits until each of `names` has a settled result (not `init` or `starting`) in the log after sequence
 /// number `since` (0 for a new deployment, the log's last entry before an update), reporting
 /// the progress. A change the node refused (`unchanged`) fails with its reasons.
-async fn follow(
+pub(crate) async fn follow(
     c: &GridClient,
     twin: TwinId,
     contract: ContractId,

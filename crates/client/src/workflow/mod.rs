@@ -6,6 +6,8 @@
 //! - [`network`]: private networks across nodes (subnets, listen ports, WireGuard keys, the
 //!   configuration of the user's own machine), made of one deployment per node, and the local
 //!   store of what was made.
+//! - [`proposal`]: deployments, updates and cancels a group of twins approves together on the
+//!   grid; the signer completing the weight delivers them to the node.
 //!
 //! A workflow never prints. It reports progress by calling the callback it is given with an
 //! event ([`deploy::DeployEvent`], [`network::NetworkEvent`]), answers a typed result, and fails
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 pub mod deploy;
 pub mod network;
+pub mod proposal;
 
 /// How often a workflow asks the node how far it got.
 pub const POLL: Duration = Duration::from_millis(500);
