@@ -708,47 +708,6 @@ impl Flist {
         load.run()
     }
 
-    /// Opens and validates a flist of either format, told apart by content (not by name): an
-    /// SQLite database is an FL flist ([`Flist::open`]), a gzip stream a legacy 0-fs flist
-    /// ([`crate::legacy::open`]). Anything else is [`FormatError::UnknownFormat`].
-    ///
-    /// Only what reads legacy flists calls this; what needs blocks in the FL encoding (the hub,
-    /// mounts) calls [`Flist::open`], which refuses a legacy flist.
-    pub fn open_any(path: &Path) -> Result<Self, FormatError> {
-        let mut head = [0u8; 16];
-        let n = {
-            use std::io::Read;
-            let mut f = std::fs::File::open(path).map_err(|source| FormatError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
-            let mut n = 0;
-            while n < head.len() {
-                match f.read(&mut head[n..]) {
-                    Ok(0) => break,
-                    Ok(k) => n += k,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(source) => {
-                        return Err(FormatError::Open {
-                            path: path.to_owned(),
-                            source,
-                        });
-                    }
-                }
-            }
-            n
-        };
-        if n == 16 && &head == b"SQLite format 3\0" {
-            Flist::open(path)
-        } else if n >= 2 && head[..2] == [0x1f, 0x8b] {
-            crate::legacy::open(path)
-        } else {
-            Err(FormatError::UnknownFormat {
-                path: path.to_owned(),
-            })
-        }
-    }
-
     /// A flist built by another reader ([`crate::legacy`]) from nodes it validated: every name
     /// one path component, every node reachable from [`ROOT_INO`] exactly once, attributes
     /// checked. Children are sorted, link counts and damaged files computed here.
