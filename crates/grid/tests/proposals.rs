@@ -405,6 +405,22 @@ async fn an_expired_proposal_takes_no_votes() {
     assert_eq!(gr.g.dump(), before);
     let shown = gr.twins[1].get_proposal(p.id).await.unwrap();
     assert_eq!(shown.state, ProposalState::Expired);
+    let by_state = |state| ProposalFilter {
+        state: Some(state),
+        contract_id: None,
+    };
+    let b = &gr.twins[1];
+    assert!(
+        b.list_proposals(&by_state(ProposalState::Open))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let expired = b
+        .list_proposals(&by_state(ProposalState::Expired))
+        .await
+        .unwrap();
+    assert_eq!(expired.iter().map(|p| p.id).collect::<Vec<_>>(), [p.id]);
     assert!(
         gr.g.client()
             .list_contracts(&Default::default())
@@ -475,6 +491,18 @@ async fn a_proposal_is_its_proposers_and_signed_by_them() {
         status(a.create_proposal(&body(good, without_me, gr.node.id)).await),
         400
     );
+    // A requirement naming a twin that does not exist.
+    let ghost = deployment(gr.id(0), 0, 1, &[(gr.id(0), 1), (9999, 1)], 2);
+    let ghost_sig = a
+        .identity()
+        .unwrap()
+        .sign(&signed_message(gr.node.id, &ghost.hash().unwrap()));
+    let e = a
+        .create_proposal(&body(ghost_sig, ghost, gr.node.id))
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(400), "{e}");
+    assert!(e.to_string().contains("twin 9999 does not exist"), "{e}");
     // A cancel of a contract no proposal made.
     let k = a
         .create_node_contract(&zos_types::contract::CreateNodeContract {
@@ -509,4 +537,50 @@ async fn a_proposal_is_its_proposers_and_signed_by_them() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// Two updates proposed from the same version: the first approved wins, the second can no
+/// longer set the contract's hash (it would name a version the node will refuse).
+#[tokio::test]
+async fn a_stale_update_cannot_be_approved_after_another() {
+    let gr = Group::start().await;
+    let (a, b) = (&gr.twins[0], &gr.twins[1]);
+    let d = deployment(gr.id(0), 0, 1, &gr.requests(), 2);
+    let p = gr.propose(&d).await.unwrap();
+    let contract = b.sign_proposal(&p).await.unwrap().contract_id.unwrap();
+    let update = |size| {
+        let mut next = deployment(gr.id(0), 1, size, &gr.requests(), 2);
+        next.contract_id = contract;
+        let signature = a
+            .identity()
+            .unwrap()
+            .sign(&signed_message(gr.node.id, &next.hash().unwrap()));
+        CreateProposal {
+            kind: ProposalKind::Update,
+            node_id: None,
+            contract_id: Some(contract),
+            deployment: Some(next),
+            signature,
+            lifetime_secs: None,
+        }
+    };
+    let first = a.create_proposal(&update(2)).await.unwrap();
+    let second = a.create_proposal(&update(3)).await.unwrap();
+    assert_eq!(
+        b.sign_proposal(&first).await.unwrap().state,
+        ProposalState::Approved
+    );
+    let before = gr.g.dump();
+    let e = b.sign_proposal(&second).await.unwrap_err();
+    assert_eq!(e.status(), Some(409), "{e}");
+    assert!(e.to_string().contains("already updated contract"), "{e}");
+    assert_eq!(gr.g.dump(), before);
+    let k = gr.g.client().get_contract(contract).await.unwrap();
+    let ContractKind::Node {
+        deployment_hash, ..
+    } = k.kind
+    else {
+        panic!("{k:?}")
+    };
+    assert_eq!(Some(deployment_hash), first.hash);
 }

@@ -172,19 +172,26 @@ pub fn list(
             "SELECT {COLUMNS} FROM proposals
              WHERE (proposer = ?1 OR id IN (SELECT proposal_id FROM proposal_twins WHERE twin_id = ?1))
                AND (?2 IS NULL OR contract_id = ?2)
+               AND (?3 IS NULL
+                    OR (?3 = 'open' AND state = 'open' AND expires_at > ?4)
+                    OR (?3 = 'expired' AND (state = 'expired' OR (state = 'open' AND expires_at <= ?4)))
+                    OR (?3 IN ('approved', 'rejected') AND state = ?3))
              ORDER BY id DESC LIMIT 1000"
         ))
         .and_then(|mut s| {
-            s.query_map(params![twin, f.contract_id.map(|c| c as i64)], |r| {
-                from_row(r, now)
-            })?
+            s.query_map(
+                params![
+                    twin,
+                    f.contract_id.map(|c| c as i64),
+                    f.state.map(|s| s.as_str()),
+                    now
+                ],
+                |r| from_row(r, now),
+            )?
             .collect()
         })
         .map_err(db("listing proposals"))?;
-    rows.into_iter()
-        .filter(|p| f.state.is_none_or(|s| s == p.state))
-        .map(|p| with_votes(tx, p))
-        .collect()
+    rows.into_iter().map(|p| with_votes(tx, p)).collect()
 }
 
 /// How many open proposals (not past their time) `twin` has made.
@@ -288,6 +295,29 @@ pub fn decide(
     )
     .map_err(db("closing a proposal"))?;
     Ok(())
+}
+
+/// The highest deployment version an approved update of contract `contract` set, with the
+/// proposal that set it.
+pub fn latest_update(
+    tx: &Transaction<'_>,
+    contract: ContractId,
+    now: i64,
+) -> Result<Option<(u32, ProposalId)>, StoreError> {
+    let rows: Vec<Proposal> = tx
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM proposals
+             WHERE contract_id = ?1 AND kind = 'update' AND state = 'approved'"
+        ))
+        .and_then(|mut s| {
+            s.query_map([contract as i64], |r| from_row(r, now))?
+                .collect()
+        })
+        .map_err(db("reading a contract's updates"))?;
+    Ok(rows
+        .iter()
+        .filter_map(|p| p.deployment.as_ref().map(|d| (d.version, p.id)))
+        .max())
 }
 
 /// The approved deploy proposal that made contract `contract`: its twins govern the contract.

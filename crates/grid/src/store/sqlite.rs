@@ -231,6 +231,15 @@ impl SqliteStore {
                     let hash = p.hash.ok_or_else(|| corrupt_proposal(&p))?;
                     let id = p.contract_id.ok_or_else(|| corrupt_proposal(&p))?;
                     live(tx, id).map_err(|e| still_live(e, &p))?;
+                    let version = p.deployment.as_ref().map_or(0, |d| d.version);
+                    if let Some((done, by)) = proposals::latest_update(tx, id, now)?
+                        && done >= version
+                    {
+                        return Err(StoreError::Conflict(format!(
+                            "proposal {by} already updated contract {id} to version {done}: proposal {} (version {version}) can no longer apply; propose the change again from the deployment as it is now",
+                            p.id
+                        )));
+                    }
                     contracts::set_hash(tx, id, hash, now)?;
                     let event = NodeEvent::ContractUpdated {
                         contract_id: id,
@@ -407,6 +416,23 @@ fn shape(tx: &Transaction<'_>, new: NewProposal, now: i64) -> Result<Proposal, S
             (node_id, Some(id))
         }
     };
+    if let Some(d) = &new.deployment {
+        for r in &d.signature_requirement.requests {
+            let known: bool = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM twins WHERE id = ?1)",
+                    [r.twin_id],
+                    |row| row.get(0),
+                )
+                .map_err(db("reading a twin"))?;
+            if !known {
+                return Err(invalid(
+                    "deployment.signature_requirement.requests",
+                    format!("twin {} does not exist: list registered twins", r.twin_id),
+                ));
+            }
+        }
+    }
     let governor = match contract {
         Some(c) => proposals::governor(tx, c, now)?,
         None => None,
