@@ -10,7 +10,7 @@
 #   <out>/zos-base.fl          runtime flist: the Debian userland zosd runs (QEMU, virtiofsd,
 #                              btrfs-progs, nftables, iproute2, WireGuard tools, e2fsprogs, xfsprogs,
 #                              util-linux, genisoimage) with their libraries, usr-merged, no shell
-#   <out>/zos.fl               runtime flist: zosd, zos-gateway and zos-flist-mount in usr/bin
+#   <out>/zos.fl               runtime flist: zosd, zos-gateway, zos-zdb and zos-flist-mount in usr/bin
 #   <out>/debug.fl             the debug flist, for runmode dev nodes booted with zos-debug only:
 #                              Debian's busybox-static as bin/busybox with its applet links
 #                              (bin/sh …); not a runtime flist, outside the no-shell rule
@@ -21,7 +21,8 @@
 # Usage: scripts/build-node.sh [options] [out-dir]   (default: ${CARGO_TARGET_DIR:-target}/node)
 #   --init PATH          zos-init binary for /init (default: built from crates/init)
 #   --profile P          debug or release (default, or $ZOS_NODE_PROFILE): the cargo profile of
-#                        zos-init, zosd, zos-gateway, zos-flist-mount and zos (debug ones are stripped)
+#                        zos-init, zosd, zos-gateway, zos-zdb, zos-flist-mount and zos (debug ones are
+#                        stripped)
 #   --no-build           use the profile's binaries as they are (tests: the workspace is built
 #                        before them, and a build from inside a test run would not be reused)
 #   --release-keys FILE  the release keys the node trusts (ReleaseKeys JSON); the default trusts
@@ -119,15 +120,17 @@ fi
 [[ -f $init_bin && -x $init_bin ]] || die "$init_bin is not an executable (zos-init for /init)"
 init_bin=$(cd "$(dirname "$init_bin")" && pwd)/$(basename "$init_bin")
 if [[ $profile == release && -z $no_build ]]; then
-  log "building zosd, zos-gateway and zos-flist-mount"
-  build -p zosd -p zos-gateway -p zos-flist --bin zosd --bin zos-gateway --bin zos-flist-mount
+  log "building zosd, zos-gateway, zos-zdb and zos-flist-mount"
+  build -p zosd -p zos-gateway -p zos-zdb -p zos-flist --bin zosd --bin zos-gateway --bin zos-zdb \
+    --bin zos-flist-mount
   [[ -n ${ZOS_BIN:-} ]] || build -p zos-cli --bin zos
 fi
 zosd=$target_dir/$profile/zosd
 mounter=$target_dir/$profile/zos-flist-mount
 gateway=$target_dir/$profile/zos-gateway
+zdb=$target_dir/$profile/zos-zdb
 zos=${ZOS_BIN:-$target_dir/$profile/zos}
-for b in "$zosd" "$mounter" "$gateway" "$zos"; do
+for b in "$zosd" "$mounter" "$gateway" "$zdb" "$zos"; do
   [[ -x $b ]] || die "$b is missing: build the workspace's binaries first (cargo build --workspace --bins)"
 done
 if [[ -n $keys_file ]]; then
@@ -169,7 +172,7 @@ if ((${#missing[@]})); then
 fi
 
 key=$( {
-  cat "$0" "$init_bin" "$zosd" "$mounter" "$gateway"
+  cat "$0" "$init_bin" "$zosd" "$mounter" "$gateway" "$zdb"
   printf '%s\n' "$keys" "${versions[@]}" "busybox-static $debug_version"
 } | sha256sum | cut -c1-64)
 if [[ -f $out/stamp && $(cat "$out/stamp") == "$key" && -f $out/initramfs.cpio.zst &&
@@ -185,7 +188,7 @@ trap 'rm -rf "$work"' EXIT
 rm -f "$out/stamp"
 if [[ $profile == debug ]]; then
   mkdir -p "$work/bin"
-  for b in init_bin zosd mounter gateway; do
+  for b in init_bin zosd mounter gateway zdb; do
     strip -o "$work/bin/$(basename "${!b}")" "${!b}"
     printf -v "$b" '%s' "$work/bin/$(basename "${!b}")"
   done
@@ -314,7 +317,7 @@ check_needed "$base" || die "zos-base is missing libraries (add their packages, 
 # 5. zos: our binaries; they are dynamically linked against zos-base's glibc.
 zt=$work/zos
 mkdir -p "$zt/usr/bin"
-cp "$zosd" "$mounter" "$gateway" "$zt/usr/bin/"
+cp "$zosd" "$mounter" "$gateway" "$zdb" "$zt/usr/bin/"
 mkdir -p "$work/check/usr/lib"
 ln -s "$base/usr/lib/x86_64-linux-gnu" "$work/check/usr/lib/x86_64-linux-gnu"
 cp -a "$zt/usr/bin" "$work/check/usr/"

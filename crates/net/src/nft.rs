@@ -185,8 +185,14 @@ const BRIDGE_HOOKS: &str = "  chain prerouting {
   }
 ";
 
+/// The ports of the node's zdb servers in `ndmz` (`zos_provision::zdb`: one per HDD, from
+/// 9900): the only thing of `ndmz` itself the network resources reach.
+const ZDB_PORTS: &str = "9900-9999";
+/// The address of `ndmz` on every network resource's link, where the zdb servers listen.
+const ZDB_ADDRESS: &str = "100.127.0.1";
+
 /// `ndmz`: network resources reach the host (and through it the outside), never each other,
-/// never `ndmz` itself, and never an SMTP server.
+/// never an SMTP server, and of `ndmz` itself only the zdb servers.
 pub fn ndmz_ruleset() -> String {
     let mut out = String::new();
     replace_table(
@@ -198,6 +204,7 @@ pub fn ndmz_ruleset() -> String {
     type filter hook input priority 0; policy drop;
     ct state established,related accept
     iif lo accept
+    iifname \"nr*\" ip daddr {zdb_ip} tcp dport {zdb_ports} accept
   }}
   chain forward {{
     type filter hook forward priority 0; policy drop;
@@ -206,7 +213,9 @@ pub fn ndmz_ruleset() -> String {
     iifname \"nr*\" oifname \"{up}\" accept
   }}
 ",
-            up = inner::NDMZ_UP
+            up = inner::NDMZ_UP,
+            zdb_ip = ZDB_ADDRESS,
+            zdb_ports = ZDB_PORTS,
         ),
     );
     out
@@ -332,5 +341,25 @@ mod tests {
     #[test]
     fn smtp_is_refused_in_ndmz() {
         assert!(ndmz_ruleset().contains("tcp dport 25 reject"));
+    }
+
+    #[test]
+    fn ndmz_takes_only_the_zdb_ports_and_only_from_network_resources() {
+        let text = ndmz_ruleset();
+        let input = &text[text.find("chain input").unwrap()..text.find("chain forward").unwrap()];
+        let accepts: Vec<&str> = input
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.ends_with("accept"))
+            .collect();
+        assert_eq!(
+            accepts,
+            [
+                "ct state established,related accept",
+                "iif lo accept",
+                "iifname \"nr*\" ip daddr 100.127.0.1 tcp dport 9900-9999 accept",
+            ]
+        );
+        assert!(input.contains("policy drop"));
     }
 }

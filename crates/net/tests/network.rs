@@ -612,7 +612,22 @@ async fn equal_subnets_of_two_twins_are_isolated() {
         ping(&b8.namespace, "10.20.1.9", 1),
         "twin 8's own tunnel reaches it"
     );
-    drop((s7, s8, t8));
+
+    // The node's zdb servers listen in ndmz on 100.127.0.1: machines and resources of every
+    // twin reach their ports there, and no other port of ndmz.
+    let ndmz = zos_net::names::Names::new(&w.node(0).cfg.prefix).ndmz_ns();
+    let zdb = TcpServer::start(&ndmz, "100.127.0.1:9900", "zdb").unwrap();
+    let other = TcpServer::start(&ndmz, "100.127.0.1:9800", "other").unwrap();
+    assert_eq!(tcp_banner(&vm8, None, zdb.addr(), LONG).unwrap(), "zdb");
+    assert_eq!(
+        tcp_banner(&a7.namespace, None, zdb.addr(), LONG).unwrap(),
+        "zdb"
+    );
+    assert!(
+        tcp_banner(&vm8, None, other.addr(), SHORT).is_err(),
+        "ndmz takes only the zdb ports"
+    );
+    drop((s7, s8, t8, zdb, other));
 }
 
 /// Gives node `i` a second NIC `pub0` on the internet (`link` on the internet's side) as its

@@ -7,6 +7,7 @@ pub mod images;
 pub mod managers;
 pub mod network;
 pub mod store;
+pub mod zdb;
 pub mod zlogs;
 pub mod zmachine;
 
@@ -19,6 +20,7 @@ pub use managers::{
 };
 pub use network::{IpManager, NetworkManager};
 pub use store::{Job, LogEntry, Store, StoreError};
+pub use zdb::{ZdbManager, ZdbProcesses, ZdbServers};
 pub use zlogs::{VmmConsoles, ZlogsManager};
 pub use zmachine::{ZmachineConfig, ZmachineManager};
 

@@ -27,7 +27,8 @@ use zos_mounts::{
 use zos_net::{LinuxNetworker, NetworkConfig, Networker, PublicSetup};
 use zos_provision::{
     Engine, EngineConfig, GatewayManager, GridView, IpManager, Manager, NetworkManager, Store,
-    VmmConsoles, ZlogsManager, ZmachineConfig, ZmachineManager, volume_manager, zmount_manager,
+    VmmConsoles, ZdbManager, ZdbProcesses, ZlogsManager, ZmachineConfig, ZmachineManager,
+    volume_manager, zmount_manager,
 };
 use zos_runtime::error_chain;
 use zos_storage::{BtrfsStorage, StorageConfig, StorageStart};
@@ -165,7 +166,9 @@ pub async fn run(
     ));
     let (node_tx, node_rx) = watch::channel(None);
     let gateways = gateway_manager(&cfg, &state_dir, &identity, &parts.net, &view)?;
-    let managers = managers(&parts, &view, zmachine, &gateways, &state_dir);
+    let zdb = zdb_manager(&cfg, &state_dir, &identity, &parts.pools)?;
+    tasks.spawn(keep_zdb_running(zdb.clone(), ZDB_CHECK, stop.clone()));
+    let managers = managers(&parts, &view, zmachine, &gateways, &zdb, &state_dir);
     let engine = engine(store, managers, &view, node_rx, &facts, flist_policy);
     let _ = engine_cell.set(engine.clone());
     match gateways.restore().await {
@@ -569,12 +572,62 @@ fn gateway_manager(
     ))
 }
 
+/// How often the zdb servers are checked (and a dead one started again).
+const ZDB_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The manager of zdb workloads: a `zos-zdb` per HDD device in the `ndmz` namespace (looked for
+/// beside zosd, then on `PATH`), its admin password from the node's seed.
+fn zdb_manager(
+    cfg: &NodeConfig,
+    state_dir: &Path,
+    identity: &Identity,
+    pools: &Arc<BtrfsStorage>,
+) -> anyhow::Result<Arc<ZdbManager<BtrfsStorage>>> {
+    let program = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(zos_provision::zdb::PROGRAM)))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(zos_provision::zdb::PROGRAM));
+    let servers = ZdbProcesses::new(
+        program,
+        Some(zos_net::names::Names::new(&cfg.prefix).ndmz_ns()),
+        std::net::IpAddr::V4(zos_provision::zdb::ADDRESS),
+        crate::health::run_dir(&cfg.prefix, state_dir).join("zdb"),
+        zos_provision::zdb::admin_password(identity.seed()),
+    );
+    Ok(Arc::new(
+        ZdbManager::new(pools.clone(), Arc::new(servers), state_dir.join("zdb.json"))
+            .context("opening the zdb state")?,
+    ))
+}
+
+/// Keeps the zdb servers of the devices holding namespaces running: at start (a rebooted node
+/// serves its namespaces before any workload is looked at again), then every `every`.
+async fn keep_zdb_running(
+    zdb: Arc<ZdbManager<BtrfsStorage>>,
+    every: std::time::Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        match zdb.keep_running().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(servers = n, "zdb servers running"),
+            Err(e) => warn!(error = %error_chain(&e), "a zdb server is not running"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
 /// The engine's manager of each workload type.
 fn managers(
     parts: &Subsystems,
     view: &Arc<ClientView>,
     zmachine: ZmachineConfig,
     gateways: &Arc<GatewayManager<LinuxNetworker>>,
+    zdb: &Arc<ZdbManager<BtrfsStorage>>,
     state_dir: &Path,
 ) -> HashMap<WorkloadType, Arc<dyn Manager>> {
     let Subsystems {
@@ -621,6 +674,7 @@ fn managers(
             state_dir.join("zlogs"),
         )),
     );
+    managers.insert(WorkloadType::Zdb, zdb.clone());
     for kind in [
         WorkloadType::GatewayNameProxy,
         WorkloadType::GatewayFqdnProxy,
