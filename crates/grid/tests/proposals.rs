@@ -584,3 +584,46 @@ async fn a_stale_update_cannot_be_approved_after_another() {
     };
     assert_eq!(Some(deployment_hash), first.hash);
 }
+
+/// A proposal carries a whole deployment: its route takes bodies past the registry's 64 KiB, up
+/// to a deployment's limit, and refuses larger ones with 413 before reading them whole.
+#[tokio::test]
+async fn a_proposal_takes_a_deployment_sized_body_and_no_more() {
+    let gr = Group::start().await;
+    let a = &gr.twins[0];
+    let sized = |workloads: usize| {
+        let mut d = deployment(gr.id(0), 0, 1, &gr.requests(), 2);
+        let disk = d.workloads[0].clone();
+        d.workloads = (0..workloads)
+            .map(|i| {
+                let mut w = disk.clone();
+                w.name = format!("disk{i}");
+                w.description = "x".repeat(4096);
+                w
+            })
+            .collect();
+        let signature = a
+            .identity()
+            .unwrap()
+            .sign(&signed_message(gr.node.id, &d.hash().unwrap()));
+        CreateProposal {
+            kind: ProposalKind::Deploy,
+            node_id: Some(gr.node.id),
+            contract_id: None,
+            deployment: Some(d),
+            signature,
+            lifetime_secs: None,
+        }
+    };
+    // About 100 KiB: over the registry's usual limit, well under a deployment's.
+    let big = sized(24);
+    assert!(serde_json::to_vec(&big).unwrap().len() > zos_types::registry::MAX_BODY_BYTES);
+    let p = a.create_proposal(&big).await.unwrap();
+    assert_eq!(p.deployment.unwrap().workloads.len(), 24);
+    // About 300 KiB: more than any deployment may be.
+    let before = gr.g.dump();
+    let huge = sized(72);
+    assert!(serde_json::to_vec(&huge).unwrap().len() > zos_grid::proposals::MAX_PROPOSAL_BODY);
+    assert_eq!(status(a.create_proposal(&huge).await), 413);
+    assert_eq!(gr.g.dump(), before);
+}

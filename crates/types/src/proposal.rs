@@ -105,7 +105,6 @@ impl std::fmt::Display for ProposalState {
 
 /// A twin's approval.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Vote {
     pub twin_id: TwinId,
     /// Over [`Proposal::message`], by the twin's key.
@@ -116,7 +115,6 @@ pub struct Vote {
 
 /// A twin's refusal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Rejection {
     pub twin_id: TwinId,
     #[serde(default)]
@@ -126,7 +124,6 @@ pub struct Rejection {
 
 /// A change waiting for the weight of its twins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Proposal {
     pub id: ProposalId,
     pub kind: ProposalKind,
