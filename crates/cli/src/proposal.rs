@@ -192,7 +192,12 @@ fn print_proposal(p: &Proposal) -> anyhow::Result<()> {
     f.push(("proposer", format!("twin {}", p.proposer)));
     f.push((
         "signed",
-        format!("{} of weight {}", weight(p), p.weight_required),
+        format!(
+            "weight {} of the {} needed ({} rejected)",
+            p.tally().signed,
+            p.weight_required,
+            p.tally().rejected
+        ),
     ));
     f.push(("created", output::when(p.created_at)));
     f.push(("expires", output::when(p.expires_at)));
