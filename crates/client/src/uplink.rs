@@ -10,6 +10,7 @@
 //!     match frame? {
 //!         UplinkFrame::Envelope { envelope } => { /* open, run, seal a reply, link.send it */ }
 //!         UplinkFrame::Events { events } => { /* handle, remember the last seq */ }
+//!         UplinkFrame::Release { .. } => { /* ask the grid which release to run now */ }
 //!         UplinkFrame::EventsAfter { .. } => {}
 //!     }
 //! }
