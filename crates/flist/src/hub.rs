@@ -400,7 +400,9 @@ fn refusal_text(status: StatusCode) -> &'static str {
 ///
 /// When the URL names a hash (`…/flists/by-hash/{sha256}`) the content must have it, and a file
 /// already kept under that hash is used without downloading. Responses over `max_bytes` are
-/// refused; the file is validated with [`Flist::open`] and appears (atomically) only if valid.
+/// refused; the file is validated with [`Flist::open_any`] (an FL flist or a legacy 0-fs
+/// `.flist`, told apart by content, each with its own bounds) and appears (atomically) only if
+/// valid. It is kept as `<sha256>.fl` whatever its format.
 pub async fn fetch_flist(url: &str, dir: &Path, max_bytes: u64) -> Result<Fetched, HubError> {
     let parsed = Url::parse(url).map_err(|e| HubError::BadUrl {
         url: url.to_string(),
@@ -498,7 +500,7 @@ pub async fn fetch_flist(url: &str, dir: &Path, max_bytes: u64) -> Result<Fetche
         .map_err(io("cannot flush", tmp.path()))?;
     let checked = tmp.path().to_owned();
     let url_owned = url.to_string();
-    tokio::task::spawn_blocking(move || Flist::open(&checked).map(drop))
+    tokio::task::spawn_blocking(move || Flist::open_any(&checked).map(drop))
         .await
         .map_err(|e| HubError::Io {
             what: "validation task failed for",

@@ -182,8 +182,9 @@ impl Flist {
     /// SQLite database is an FL flist ([`Flist::open`]), a gzip stream a legacy 0-fs flist
     /// ([`open`]). Anything else is [`FormatError::UnknownFormat`].
     ///
-    /// Only what reads legacy flists calls this; what needs blocks in the FL encoding (the hub,
-    /// mounts) calls [`Flist::open`], which refuses a legacy flist.
+    /// What reads either format calls this (inspect, mounts, `fetch_flist`); what needs blocks
+    /// in the FL encoding (the hub, `hub push`) calls [`Flist::open`], which refuses a legacy
+    /// flist.
     pub fn open_any(path: &Path) -> Result<Self, FormatError> {
         let mut head = [0u8; 16];
         let n = {

@@ -105,6 +105,8 @@ pub enum FlistError {
     },
     #[error(transparent)]
     State(#[from] zos_runtime::StateError),
+    #[error("flist mount {name} cannot read its blocks: {detail}")]
+    NoBlockStore { name: String, detail: String },
     #[error("writable mount {name}: directory {path} {reason}")]
     RwDir {
         name: String,

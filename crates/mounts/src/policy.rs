@@ -101,12 +101,42 @@ fn host_port(url: &str) -> Result<(Url, String), String> {
     Ok((u, format!("{host}:{port}")))
 }
 
-/// `host` or `host:port` of a farm's list, with the port of `scheme` when it has none.
+/// `host:port` of a block route a flist names: an http(s) URL as [`host_port`] has it, or a
+/// Redis-protocol store (`redis://host:port[/ns]`, `zdb://host[:port][/ns]`, port 9900 by
+/// default), whose namespace password may be in the URL (it is the flist's own, not the node's).
+fn route_host_port(url: &str) -> Result<(String, String), String> {
+    let u = Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    match u.scheme() {
+        "http" | "https" => host_port(url).map(|(u, hp)| (u.scheme().to_string(), hp)),
+        scheme @ ("redis" | "zdb") => {
+            let host = u
+                .host_str()
+                .filter(|h| !h.is_empty())
+                .ok_or("the route names no host")?;
+            let port = u
+                .port()
+                .or((scheme == "zdb").then_some(zos_flist::store::ZDB_PORT))
+                .ok_or("the route names no port")?;
+            Ok((scheme.to_string(), format!("{host}:{port}")))
+        }
+        other => Err(format!(
+            "scheme {other:?} is not allowed for a block route (use http, https, redis or zdb)"
+        )),
+    }
+}
+
+/// `host` or `host:port` of a farm's list, with the default port of `scheme` when it has none
+/// (80, 443, Redis's 6379, 0-db's 9900).
 fn matches(allowed: &str, host_port: &str, scheme: &str) -> bool {
     if allowed.contains(':') {
         return allowed == host_port;
     }
-    let default = if scheme == "https" { 443 } else { 80 };
+    let default = match scheme {
+        "https" => 443,
+        "redis" => 6379,
+        "zdb" => zos_flist::store::ZDB_PORT,
+        _ => 80,
+    };
     host_port == format!("{allowed}:{default}")
 }
 
@@ -168,6 +198,42 @@ impl FlistUrlPolicy {
         }
         Ok(())
     }
+
+    /// Checks a block route a flist names (its `route` table, or a legacy flist's `backend`):
+    /// an http(s) route as [`FlistUrlPolicy::check`] does, a Redis-protocol route (`redis://`,
+    /// `zdb://`, which legacy `.flist` files name) by its host and port the same way: the grid's
+    /// hub or a host the farm allows, nothing else. A directory (`dir://`), S3 or any other
+    /// scheme is refused.
+    pub async fn check_route(&self, url: &str) -> Result<(), FlistUrlError> {
+        let (scheme, hp) = route_host_port(url).map_err(|reason| FlistUrlError::Bad {
+            url: zos_flist::store::strip_password(url),
+            reason,
+        })?;
+        if scheme.starts_with("http") {
+            return self.check(&[url]).await;
+        }
+        if hp == self.hub {
+            return Ok(());
+        }
+        let allowed = self
+            .farm
+            .hosts()
+            .await
+            .map_err(FlistUrlError::Unavailable)?;
+        if allowed.iter().any(|a| matches(a, &hp, &scheme)) {
+            return Ok(());
+        }
+        Err(FlistUrlError::NotAllowed {
+            url: zos_flist::store::strip_password(url),
+            host: hp,
+            hub: self.hub.clone(),
+            allowed: if allowed.is_empty() {
+                "none".into()
+            } else {
+                allowed.join(", ")
+            },
+        })
+    }
 }
 
 #[cfg(test)]
@@ -204,6 +270,51 @@ mod tests {
             let e = p.check(&[bad]).await.unwrap_err().to_string();
             assert!(e.contains(needle), "{bad}: {e}");
         }
+    }
+
+    /// A legacy flist names its block store (`redis://`, `zdb://`): the same hosts pass as for
+    /// http routes, a bare host with the protocol's default port; nothing else.
+    #[tokio::test]
+    async fn block_routes_of_every_protocol_pass_only_on_allowed_hosts() {
+        let farm = Arc::new(Fixed(vec![
+            "hub.grid.tf".into(),
+            "10.0.0.9:9900".into(),
+            "127.0.0.1:6380".into(),
+        ]));
+        let p = FlistUrlPolicy::new("http://127.0.0.1:8080", farm).unwrap();
+        for ok in [
+            "http://127.0.0.1:8080/api/v1/hub/blocks",
+            "https://hub.grid.tf/blocks",
+            "zdb://hub.grid.tf",
+            "zdb://hub.grid.tf:9900/ns",
+            "redis://hub.grid.tf:6379",
+            "redis://10.0.0.9:9900/ns",
+            "redis://:s3cret@127.0.0.1:6380/ns",
+            "zdb://user:pw@10.0.0.9/ns",
+        ] {
+            p.check_route(ok)
+                .await
+                .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (bad, needle) in [
+            ("redis://127.0.0.1:6379", "is neither the grid's hub"),
+            ("redis://hub.grid.tf:9900", "is neither"),
+            ("zdb://10.0.0.5", "is neither"),
+            ("redis://127.0.0.1:8081", "is neither"),
+            ("redis://hub.grid.tf", "no port"),
+            ("dir:///var/lib/zos", "scheme \"dir\""),
+            ("s3://k:s@hub.grid.tf/bucket", "scheme \"s3\""),
+            ("http://u:p@hub.grid.tf/blocks", "credentials"),
+        ] {
+            let e = p.check_route(bad).await.unwrap_err().to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+        let e = p
+            .check_route("redis://:s3cret@10.0.0.5:9900")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cret"), "{e}");
     }
 
     #[tokio::test]

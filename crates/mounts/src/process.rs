@@ -289,7 +289,7 @@ impl ProcessFlists {
         detach_leftovers(e);
         std::fs::create_dir_all(mp).map_err(io("cannot create mount point", mp))?;
         let flist = self.fetch_recorded_flist(name, e).await?;
-        let mut cmd = self.mount_command(name, e, &flist).await;
+        let mut cmd = self.mount_command(name, e, &flist).await?;
         let log_path = self.log_path(name);
         Detach::new(&log_path)
             .keep_stdout()
@@ -332,7 +332,12 @@ impl ProcessFlists {
 
     /// The mount process's command line for `e`: the flist, the cache, the stores, the
     /// writable layer and the name /proc/mounts shows.
-    async fn mount_command(&self, name: &str, e: &Entry, flist: &Path) -> tokio::process::Command {
+    async fn mount_command(
+        &self,
+        name: &str,
+        e: &Entry,
+        flist: &Path,
+    ) -> Result<tokio::process::Command, FlistError> {
         let mut cmd = tokio::process::Command::new(&self.config.mount_binary);
         cmd.arg("--flist")
             .arg(flist)
@@ -340,8 +345,10 @@ impl ProcessFlists {
             .arg(self.cache_dir())
             .arg("--cache-size")
             .arg(self.config.cache_bytes.to_string());
-        if !self.config.stores.is_empty() {
-            for s in self.stores_for(flist).await {
+        // With a policy the stores are always explicit, so the mount process never opens a
+        // route the policy did not pass.
+        if !self.config.stores.is_empty() || self.url_policy.is_some() {
+            for s in self.stores_for(name, flist).await? {
                 cmd.arg("--store").arg(s);
             }
         }
@@ -354,7 +361,7 @@ impl ProcessFlists {
             super::global_name(&self.config.prefix, name)
         ));
         cmd.arg(&e.mountpoint);
-        cmd
+        Ok(cmd)
     }
 
     /// Waits for the mount process to say it serves the mount point; one that ends first or
@@ -397,39 +404,74 @@ impl ProcessFlists {
         })
     }
 
-    /// The node's stores, then the flist's own route URLs that a mount process can open.
-    async fn stores_for(&self, flist: &Path) -> Vec<String> {
+    /// The node's stores, then the flist's own route URLs that a mount process can open and
+    /// the policy allows. A legacy `.flist` reads its blocks only from the store it names (no
+    /// hub holds them): when the policy refuses every one of its routes, the mount is refused
+    /// with the reason rather than made to fail on every read.
+    async fn stores_for(&self, name: &str, flist: &Path) -> Result<Vec<String>, FlistError> {
         let mut out = self.config.stores.clone();
         let path = flist.to_owned();
-        let routes = tokio::task::spawn_blocking(move || {
-            zos_flist::Flist::open(&path).map(|f| f.routes().to_vec())
+        let opened = tokio::task::spawn_blocking(move || {
+            zos_flist::Flist::open_any(&path).map(|f| (f.format(), f.routes().to_vec()))
         })
         .await
         .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
+        .and_then(Result::ok);
+        let Some((format, routes)) = opened else {
+            return Ok(out);
+        };
+        let mut refused = Vec::new();
+        let mut usable = 0;
         for r in routes {
-            let supported = ["dir://", "http://", "https://", "s3://", "s3s://"]
-                .iter()
-                .any(|s| r.url.starts_with(s));
-            if supported && !out.contains(&r.url) && self.route_allowed(&r.url).await {
-                out.push(r.url);
+            let supported = [
+                "dir://", "http://", "https://", "s3://", "s3s://", "redis://", "zdb://",
+            ]
+            .iter()
+            .any(|s| r.url.starts_with(s));
+            if !supported {
+                continue;
+            }
+            match self.route_refusal(&r.url).await {
+                None => {
+                    usable += 1;
+                    if !out.contains(&r.url) {
+                        out.push(r.url);
+                    }
+                }
+                Some(why) => refused.push(why),
             }
         }
-        out
+        if format == zos_flist::Format::Legacy && usable == 0 {
+            return Err(FlistError::NoBlockStore {
+                name: name.into(),
+                detail: if refused.is_empty() {
+                    "it names no block store a node can read (a legacy flist names its own \
+                     0-db store in its metadata)"
+                        .into()
+                } else {
+                    refused.join("; ")
+                },
+            });
+        }
+        Ok(out)
     }
 
     /// Whether a mount may read from a flist's own route `url`: always without a policy, else
-    /// only an http(s) route on a host the policy allows.
+    /// only an http(s) or Redis-protocol route on a host the policy allows.
+    #[cfg(test)]
     async fn route_allowed(&self, url: &str) -> bool {
-        let Some(policy) = &self.url_policy else {
-            return true;
-        };
-        match policy.check(&[url]).await {
-            Ok(()) => true,
+        self.route_refusal(url).await.is_none()
+    }
+
+    /// Why a mount may not read from a flist's own route `url` (logged), or `None` when it may.
+    async fn route_refusal(&self, url: &str) -> Option<String> {
+        let policy = self.url_policy.as_ref()?;
+        match policy.check_route(url).await {
+            Ok(()) => None,
             Err(e) => {
-                tracing::warn!(route = url, reason = %e, "flist route skipped");
-                false
+                let shown = zos_flist::store::strip_password(url);
+                tracing::warn!(route = %shown, reason = %e, "flist route skipped");
+                Some(e.to_string())
             }
         }
     }
@@ -559,7 +601,7 @@ impl FlistManager for ProcessFlists {
         let fl_path = self.flist_file(&entry.sha256);
         let rel = path.to_string();
         let opened = tokio::task::spawn_blocking(move || {
-            let fl = zos_flist::Flist::open(&fl_path)
+            let fl = zos_flist::Flist::open_any(&fl_path)
                 .map_err(|e| super::OpenError::Metadata(Box::new(e)))?;
             super::open::open_checked(&fl, &entry.mountpoint, &rel)
         })

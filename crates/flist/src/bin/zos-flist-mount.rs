@@ -10,7 +10,7 @@ use zos_flist::serve::{ServeConfig, serve};
 #[derive(Debug, Parser)]
 #[command(name = "zos-flist-mount", version)]
 struct Args {
-    /// The flist (.fl) file.
+    /// The flist file: FL (.fl) or legacy 0-fs (.flist), told apart by content.
     #[arg(long)]
     flist: PathBuf,
     /// The node's block cache directory.

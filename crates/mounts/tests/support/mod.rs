@@ -132,6 +132,12 @@ impl Env {
         }
     }
 
+    /// The grid's URL (its hub is on the same host and port).
+    #[allow(dead_code)] // not every test binary uses it
+    pub fn grid_url(&self) -> String {
+        self.grid.as_ref().unwrap().url()
+    }
+
     pub fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }
