@@ -47,13 +47,19 @@ impl Outcome {
 
 /// Whether contract `contract` was made by a proposal: its twins then approve every update
 /// and cancel together, and the grid refuses them from its owner alone.
+/// A grid without proposals (older than migration 4) governs nothing.
 pub async fn governed(c: &GridClient, contract: ContractId) -> Result<bool, ClientError> {
-    let approved = c
+    let approved = match c
         .list_proposals(&ProposalFilter {
             state: Some(ProposalState::Approved),
             contract_id: Some(contract),
         })
-        .await?;
+        .await
+    {
+        Ok(list) => list,
+        Err(e) if e.is_not_found() => return Ok(false),
+        Err(e) => return Err(e),
+    };
     Ok(approved.iter().any(|p| p.kind == ProposalKind::Deploy))
 }
 
