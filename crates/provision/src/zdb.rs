@@ -186,7 +186,18 @@ impl ZdbServers for ZdbProcesses {
     ) -> BoxFuture<'a, Result<Endpoint, ManagerError>> {
         Box::pin(async move {
             let endpoint = self.endpoint(port);
-            let pid = match self.running(data) {
+            let listen = std::ffi::OsString::from(endpoint.addr.to_string());
+            let running = match self.running(data) {
+                // On another address (a state file lost, another node's prefix): never two
+                // servers on one data directory, so that one goes first.
+                Some(pid) if !supervise::argv(pid).is_some_and(|a| a.contains(&listen)) => {
+                    warn!(pid, data = %data.display(), want = %endpoint.addr, "a zdb server listens elsewhere: restarting it");
+                    self.stop(data).await?;
+                    None
+                }
+                other => other,
+            };
+            let pid = match running {
                 Some(pid) => pid,
                 None => {
                     let pid = self.start(data, port)?;
@@ -420,6 +431,12 @@ fn mode_name(m: ZdbMode) -> (&'static str, &'static str) {
 
 fn zdb_of(data: &WorkloadData) -> Result<&Zdb, ManagerError> {
     match data {
+        // `*` is how NSSET clears a password: taken as one, it would leave the namespace open.
+        WorkloadData::Zdb(z) if z.password == "*" => Err(ManagerError::Invalid(
+            "password \"*\" means no password to zdb: choose another, or leave it empty for none"
+                .into(),
+        )
+        .unchanged()),
         WorkloadData::Zdb(z) => Ok(z),
         other => Err(ManagerError::Failed(format!(
             "the zdb manager was given a {} workload",
@@ -481,18 +498,23 @@ impl<S: Storage + 'static> ZdbManager<S> {
     /// start, then now and then): answers how many run.
     pub async fn keep_running(&self) -> Result<usize, ManagerError> {
         let state = self.state.lock().await;
-        let mut n = 0;
+        let (mut n, mut first_error) = (0, None);
         for (id, d) in &state.devices {
             if !state.namespaces.values().any(|ns| ns.device == *id) {
                 continue;
             }
-            self.servers
-                .ensure(&d.path, d.port)
-                .await
-                .map_err(|e| e.context(format!("the zdb server of device {id}")))?;
-            n += 1;
+            // One device failing does not keep the others' servers down.
+            match self.servers.ensure(&d.path, d.port).await {
+                Ok(_) => n += 1,
+                Err(e) => {
+                    first_error.get_or_insert(e.context(format!("the zdb server of device {id}")));
+                }
+            }
         }
-        Ok(n)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(n),
+        }
     }
 
     /// A device with room for `size` more bytes, allocating one when none has.

@@ -184,6 +184,16 @@ async fn zdb_namespaces_are_made_used_locked_updated_and_removed_with_the_real_s
     assert_eq!(rb["Namespace"], "2-20-beta");
     assert_eq!(port_of(&rb), 9900);
     assert_eq!(storage.zdb_list().await.unwrap().len(), 1);
+    // `*` would clear the password: refused, nothing made.
+    let star = id(1, 10, "star");
+    let e = m
+        .provision(Target {
+            id: &star,
+            data: &zdb(MIB, ZdbMode::User, "*", false),
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("no password"), "{}", e.message());
     // Provisioning again changes nothing.
     let again = m
         .provision(Target {
@@ -195,6 +205,7 @@ async fn zdb_namespaces_are_made_used_locked_updated_and_removed_with_the_real_s
     assert_eq!(again, ra);
     let port = 9900;
     let data = dir.path().join("hdd1/zdb");
+    assert!(!data.join("1-10-star").exists());
     let pid = srv.inner.running(&data).expect("the server runs");
     // The admin password is not on the command line.
     let argv = supervise::argv(pid).unwrap();
@@ -360,8 +371,21 @@ async fn zdb_namespaces_are_made_used_locked_updated_and_removed_with_the_real_s
     let marker = supervise::Marker::program("zos-zdb").arg(data.as_os_str());
     supervise::stop(pid, &marker, Duration::ZERO).await;
     assert_eq!(m2.keep_running().await.unwrap(), 1);
-    let pid2 = srv2.inner.running(&data).expect("restarted");
-    assert_ne!(pid2, pid);
+    let restarted = srv2.inner.running(&data).expect("restarted");
+    assert_ne!(restarted, pid);
+    assert_eq!(
+        cli(ns.name(), port, &s(&["SELECT 1-10-alpha pa2", "GET k"])),
+        ["OK", "\"v\""]
+    );
+    // A server of this data found on another port (a lost state file) is replaced, never
+    // doubled.
+    supervise::stop(restarted, &marker, Duration::ZERO).await;
+    srv2.inner.ensure(&data, 9950).await.unwrap();
+    let elsewhere = srv2.inner.running(&data).unwrap();
+    assert_eq!(m2.keep_running().await.unwrap(), 1);
+    assert_eq!(supervise::find(&marker).len(), 1, "one server per device");
+    let pid2 = srv2.inner.running(&data).unwrap();
+    assert_ne!(pid2, elsewhere);
     assert_eq!(
         cli(ns.name(), port, &s(&["SELECT 1-10-alpha pa2", "GET k"])),
         ["OK", "\"v\""]
