@@ -2,7 +2,8 @@
 //! workload against a real grid and a zosd node, which runs `zos-zdb` on its HDD in `ndmz`;
 //! `redis-cli` in the network resource's namespace (where the user's machines are) uses the
 //! namespace with its password, another twin cannot, a crash of zosd leaves the server running
-//! and the next zosd adopts it, and cancel removes the namespace and stops the server.
+//! and the next zosd adopts it, a killed server is started again with its data, and cancel
+//! removes the namespace and stops the server.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -163,6 +164,25 @@ async fn a_zdb_namespace_is_used_from_the_users_network_and_removed_on_cancel() 
         servers,
         "adopted, not restarted"
     );
+
+    // The server killed: zosd starts it again (it checks every 30 s), with the data.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(servers[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let back = wait_until(Duration::from_secs(90), Duration::from_secs(1), || {
+        let got = cli(&a_ns, port, &[select.clone(), "GET k".into()]);
+        async move { (got == ["OK", "\"v\""]).then_some(()) }
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "the killed server is started again with its data"
+    );
+    let restarted = pids_with("zos-zdb", &mount_root);
+    assert_eq!(restarted.len(), 1, "{restarted:?}");
+    assert_ne!(restarted, servers);
 
     // Cancel: the namespace goes, and with it the last one, the server.
     alice.zos(&["deployment", "cancel", &contract.to_string(), "--json"]);
