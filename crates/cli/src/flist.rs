@@ -1,4 +1,4 @@
-//! `zos flist`: pack, inspect, mount, push and list flists.
+//! `zos flist`: pack, convert, inspect, mount, push and list flists.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -38,6 +38,31 @@ pub enum FlistCmd {
         #[arg(long)]
         hub: bool,
         /// A tag to write, KEY=VALUE (repeatable), e.g. --tag version=1.2.
+        #[arg(long = "tag", value_parser = tag)]
+        tags: Vec<(String, String)>,
+    },
+    /// Convert a legacy 0-fs flist (`.flist`) and its blocks into an FL flist: every block is
+    /// read from the legacy store, checked against its hash, and written as FL blocks to the
+    /// store, uploading only the ones it lacks.
+    #[command(group(ArgGroup::new("to").required(true).args(["store", "hub"])))]
+    Convert {
+        /// The legacy flist (a tar.gz holding flistdb.sqlite3).
+        flist: PathBuf,
+        /// The FL flist file to write. (Here `-o/--output` names this file, not the output
+        /// format: use --json for a summary scripts read.)
+        #[arg(short, long, id = "output", value_hint = clap::ValueHint::FilePath)]
+        output: String,
+        /// Block store to write the FL blocks to, as for pack: dir:///path, http(s)://…, s3://….
+        #[arg(long)]
+        store: Option<String>,
+        /// Upload the FL blocks to the grid's hub, signed as your twin.
+        #[arg(long)]
+        hub: bool,
+        /// Read the legacy blocks from this store instead of the one the flist names:
+        /// redis://[:password@]host:port[/namespace] or zdb://….
+        #[arg(long)]
+        from: Option<String>,
+        /// A tag to add, KEY=VALUE (repeatable); the flist's own tags are kept.
         #[arg(long = "tag", value_parser = tag)]
         tags: Vec<(String, String)>,
     },
@@ -112,6 +137,24 @@ pub async fn run(cmd: FlistCmd, g: &Global) -> anyhow::Result<()> {
             hub,
             tags,
         } => pack_cmd(&source, Path::new(&output), store, hub, tags, g).await,
+        FlistCmd::Convert {
+            flist,
+            output,
+            store,
+            hub,
+            from,
+            tags,
+        } => {
+            let c = ConvertArgs {
+                flist,
+                output: PathBuf::from(output),
+                store,
+                hub,
+                from,
+                tags,
+            };
+            convert_cmd(c, g).await
+        }
         FlistCmd::Inspect { flist } => inspect_cmd(&flist, g),
         FlistCmd::Mount {
             flist,
@@ -238,6 +281,121 @@ async fn pack_cmd(
     let rate = summary.bytes_done as f64 / secs.max(1e-6);
     fields(&[
         ("flist", output.display().to_string()),
+        ("sha256", sha256),
+        (
+            "content",
+            format!(
+                "{} in {} files ({} entries)",
+                human_bytes(summary.bytes_done),
+                summary.files_total,
+                summary.entries
+            ),
+        ),
+        (
+            "blocks",
+            format!(
+                "{}: {} uploaded ({}), {} already present",
+                summary.blocks,
+                summary.blocks_uploaded,
+                human_bytes(summary.bytes_uploaded),
+                summary.blocks_present
+            ),
+        ),
+        (
+            "time",
+            format!("{secs:.2} s ({}/s)", human_bytes(rate as u64)),
+        ),
+    ])?;
+    Ok(())
+}
+
+/// What `zos flist convert` was given.
+struct ConvertArgs {
+    flist: PathBuf,
+    output: PathBuf,
+    store: Option<String>,
+    hub: bool,
+    from: Option<String>,
+    tags: Vec<(String, String)>,
+}
+
+async fn convert_cmd(c: ConvertArgs, g: &Global) -> anyhow::Result<()> {
+    if !c.flist.exists() {
+        bail!(crate::exit::Failure::new(
+            crate::exit::Kind::NotFound,
+            format!(
+                "{} does not exist: give the legacy .flist to convert",
+                c.flist.display()
+            ),
+        ));
+    }
+    let dest: Arc<dyn BlockStore> = match (c.store, c.hub) {
+        (_, true) => Arc::new(signed_hub(g).await?.block_store()?),
+        (Some(u), false) => zos_flist::store::open_url(&u)?,
+        (None, false) => bail!("give --store URL or --hub"),
+    };
+    let source: Arc<dyn BlockStore> = match &c.from {
+        Some(u) => zos_flist::store::open_url(u)?,
+        None => {
+            let path = c.flist.clone();
+            let fl = tokio::task::spawn_blocking(move || zos_flist::Flist::open_any(&path))
+                .await
+                .context("reading the flist")?
+                .with_context(|| format!("reading {}", c.flist.display()))?;
+            if fl.routes().is_empty() {
+                bail!(
+                    "{} names no block store (no backend in its metadata): give the 0-db \
+                     holding its blocks with --from redis://host:port[/namespace]",
+                    c.flist.display()
+                );
+            }
+            Arc::new(zos_flist::Router::from_routes(fl.routes())?)
+        }
+    };
+    let bar = progress_bar(g);
+    let on_progress = {
+        let bar = bar.clone();
+        move |p: &Progress| {
+            if p.bytes_total > 0 {
+                bar.set_length(p.bytes_total);
+            }
+            bar.set_position(p.bytes_done);
+            bar.set_prefix(match p.phase {
+                Phase::Scanning => "reading",
+                Phase::Uploading => "converting",
+                Phase::Writing => "writing",
+                Phase::Done => "done",
+            });
+            bar.set_message(format!(
+                "{} blocks: {} uploaded, {} present",
+                p.blocks, p.blocks_uploaded, p.blocks_present
+            ));
+        }
+    };
+    let started = Instant::now();
+    let options = PackOptions {
+        tags: c.tags,
+        ..PackOptions::default()
+    };
+    let result =
+        zos_flist::convert(&c.flist, &c.output, source, dest, &options, &on_progress).await;
+    bar.finish_and_clear();
+    let summary = result.with_context(|| format!("converting {}", c.flist.display()))?;
+    let secs = started.elapsed().as_secs_f64();
+    let sha256 = sha256_hex(&std::fs::read(&c.output).context("reading the converted flist")?);
+    if g.structured() {
+        return output::json(&json!({
+            "flist": c.output,
+            "from": c.flist,
+            "sha256": sha256,
+            "seconds": secs,
+            "progress": summary,
+        }));
+    }
+    let rate = summary.bytes_done as f64 / secs.max(1e-6);
+    fields(&[
+        ("flist", c.output.display().to_string()),
+        ("from", c.flist.display().to_string()),
         ("sha256", sha256),
         (
             "content",

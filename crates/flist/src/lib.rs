@@ -5,6 +5,7 @@
 //! - [`block`]: 512 KiB blocks, convergently encrypted, verified on every read.
 //! - [`store`]: block stores (local directory, hub over HTTP, S3) and the router by first id byte.
 //! - [`pack`]: a directory tree or tarball into a flist, uploading only missing blocks.
+//! - [`convert`]: a legacy `.flist` and its blocks into an FL flist.
 //! - [`cache`]: the node's verified, bounded, crash-safe block cache.
 //! - [`mount`]: the read-only FUSE mount and the writable overlay; [`serve`] runs one as a
 //!   process (binary `zos-flist-mount`).
@@ -17,6 +18,7 @@
 
 pub mod block;
 pub mod cache;
+pub mod convert;
 pub mod hub;
 pub mod inspect;
 pub mod legacy;
@@ -28,6 +30,7 @@ pub mod store;
 
 pub use block::{BLOCK_SIZE, BlockError, BlockId, BlockKey, BlockRef};
 pub use cache::{BlockCache, CacheError};
+pub use convert::{ConvertError, convert};
 pub use inspect::{Inspection, inspect};
 pub use meta::{Attrs, Flist, Format, FormatError, Ino, Kind, Node, Route, Writer};
 pub use mount::{MountError, MountHandle, MountOptions, WritableMount, mount, mount_writable};
