@@ -417,9 +417,7 @@ impl ProcessFlists {
         .await
         .ok()
         .and_then(Result::ok);
-        let Some((format, routes)) = opened else {
-            return Ok(out);
-        };
+        let (format, routes) = opened.unwrap_or((zos_flist::Format::Fl, Vec::new()));
         let mut refused = Vec::new();
         let mut usable = 0;
         for r in routes {
@@ -441,7 +439,10 @@ impl ProcessFlists {
                 Some(why) => refused.push(why),
             }
         }
-        if format == zos_flist::Format::Legacy && usable == 0 {
+        // A legacy flist's blocks are only on its own store; and with a policy, no store at all
+        // would let the mount process fall back to the flist's routes unchecked.
+        let legacy_unreadable = format == zos_flist::Format::Legacy && usable == 0;
+        if legacy_unreadable || (out.is_empty() && self.url_policy.is_some()) {
             return Err(FlistError::NoBlockStore {
                 name: name.into(),
                 detail: if refused.is_empty() {
@@ -702,5 +703,47 @@ mod tests {
             assert_eq!(guarded.route_allowed(route).await, allowed, "{route}");
             assert!(open.route_allowed(route).await, "{route} without a policy");
         }
+    }
+
+    /// With a policy, a mount process is never left to open a flist's routes itself: a node
+    /// without stores of its own and a flist whose every route is refused is an error, not a
+    /// mount process told nothing (which would read the flist's routes unchecked).
+    #[tokio::test]
+    async fn with_a_policy_and_no_store_left_the_mount_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = FlistConfig::new(dir.path(), "http://127.0.0.1:1", "t");
+        cfg.mount_root = dir.path().join("mnt");
+        cfg.stores.clear();
+        let fl = dir.path().join("x.fl");
+        let mut w = zos_flist::Writer::create(&fl).unwrap();
+        w.root(&zos_flist::Attrs {
+            mode: 0o040_755, // a directory, rwxr-xr-x
+            uid: 0,
+            gid: 0,
+            size: 0,
+            rdev: 0,
+            ctime: 0,
+            mtime: 0,
+            target: None,
+        })
+        .unwrap();
+        w.route(&zos_flist::Route::all("http://10.0.0.5:8080/blocks"))
+            .unwrap();
+        w.finish().unwrap();
+        let policy = FlistUrlPolicy::new("http://127.0.0.1:1", Arc::new(Hosts)).unwrap();
+        let guarded = ProcessFlists::new(cfg.clone())
+            .unwrap()
+            .with_url_policy(policy);
+        let e = guarded.stores_for("vm", &fl).await.unwrap_err();
+        assert!(
+            matches!(e, FlistError::NoBlockStore { .. }) && e.to_string().contains("10.0.0.5"),
+            "{e}"
+        );
+        // Without a policy nothing is checked: the process reads the flist's routes.
+        let open = ProcessFlists::new(cfg).unwrap();
+        assert_eq!(
+            open.stores_for("vm", &fl).await.unwrap(),
+            vec!["http://10.0.0.5:8080/blocks".to_string()]
+        );
     }
 }
