@@ -20,6 +20,7 @@ packages=(
   zstd kmod binutils  # node image (scripts/build-node.sh): initramfs compression, depmod, readelf
   curl            # HTTP/1.1, HTTP/2 and TLS client of the gateway tests
   redis-tools     # redis-cli: drives the zdb server in its tests (crates/zdb/tests)
+  python3-redis   # the Python redis client of the zdb server test (Debian's /usr/bin/python3)
   redis-server    # a receiver of zlogs streams in their tests (crates/provision/tests/zlogs.rs); a 0-db-like block store of the legacy flist tests (crates/flist/tests/legacy_redis.rs)
   pebble          # ACME test CA of the gateway's certificate tests
   openssl         # s_server: a TLS backend of the gateway passthrough test

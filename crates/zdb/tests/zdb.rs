@@ -705,3 +705,62 @@ fn unread_pipelined_answers_are_not_buffered() {
     // And it still serves.
     assert_eq!(c.cmd(&[b"EXISTS", b"big"]).unwrap(), Resp::Int(1));
 }
+
+/// The Python `redis` client (Debian's `python3-redis`), as users' scripts use a namespace: a
+/// private namespace with a password, `SELECT` with it, values in and out, seq keys, and the
+/// server's refusal of a wrong password as the client's exception.
+#[test]
+fn the_python_redis_client_uses_a_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let z = Zdb::start(dir.path(), free_port(), Some("adm"), &[]);
+    expect(
+        &z,
+        &[
+            "AUTH adm",
+            "NSNEW py",
+            "NSSET py password secret",
+            "NSSET py public 0",
+            "NSNEW pyseq",
+            "NSSET pyseq mode seq",
+        ],
+        &["OK", "OK", "OK", "OK", "OK", "OK"],
+    );
+    let script = r#"
+import sys, redis
+port = int(sys.argv[1])
+r = redis.Redis(host="127.0.0.1", port=port)
+r.execute_command("SELECT", "py", "secret")
+r.execute_command("SET", "k1", b"value one")
+assert r.execute_command("GET", "k1") == b"value one"
+assert r.execute_command("EXISTS", "k1") == 1
+assert r.execute_command("GET", "missing") is None
+s = redis.Redis(host="127.0.0.1", port=port)
+s.execute_command("SELECT", "pyseq")
+# zdb's SET answers the key (redis-py would read redis's OK as a bool).
+s.set_response_callback("SET", lambda r, **kw: r)
+k = s.execute_command("SET", "", b"first")
+assert len(k) == 4 and int.from_bytes(k, "little") == 0, k
+assert s.execute_command("GET", k) == b"first"
+w = redis.Redis(host="127.0.0.1", port=port)
+try:
+    w.execute_command("SELECT", "py", "wrong")
+    print("wrong password accepted")
+    sys.exit(1)
+except redis.exceptions.ResponseError as e:
+    print("refused:", e)
+print("ok")
+"#;
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(z.port.to_string())
+        .output()
+        .expect("Debian's python3 with python3-redis: run scripts/install-deps.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ok"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("refused:"), "{stdout}");
+}
