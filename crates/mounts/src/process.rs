@@ -35,7 +35,7 @@ pub struct FlistConfig {
     pub cache_bytes: u64,
     /// The `zos-flist-mount` binary.
     pub mount_binary: PathBuf,
-    /// Largest .fl file downloaded.
+    /// Largest flist file downloaded (FL or legacy; kept as `<sha256>.fl` either way).
     pub max_flist_bytes: u64,
     /// How long a mount process may take to say it is ready.
     pub ready_timeout: Duration,
