@@ -51,6 +51,19 @@ pub enum DeploymentCmd {
         #[arg(long, default_value_t = 64 * 1024)]
         bytes: usize,
     },
+    /// A machine's console: its end, and with `--follow` what it prints next, as it comes
+    /// (polled through the relay every second; Ctrl-C stops).
+    Logs {
+        contract: ContractId,
+        /// The zmachine's name in the deployment.
+        name: String,
+        /// Keep printing what the machine prints.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// How much of the end of the log to start with, in bytes (at most 256 KiB).
+        #[arg(long, default_value_t = 16 * 1024)]
+        tail: usize,
+    },
     /// Cancel the contract: the node removes every workload. A deployment made by a proposal is
     /// cancelled by a proposal of the same twins.
     Cancel {
@@ -268,6 +281,12 @@ pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
             out!("{}", v.console)?;
             Ok(())
         }
+        DeploymentCmd::Logs {
+            contract,
+            name,
+            follow,
+            tail,
+        } => logs(&c, contract, name, follow, tail, g).await,
         DeploymentCmd::Cancel { contract, wait } => {
             let wait = Duration::from_secs(wait);
             if governed(&c, contract).await? {
@@ -283,5 +302,111 @@ pub async fn deployment(cmd: DeploymentCmd, g: &Global) -> anyhow::Result<()> {
                 Ok(())
             }
         }
+    }
+}
+
+/// What of `cur` (the console's end now) comes after `last` (its end before): found by the last
+/// kilobyte of `last` inside `cur`. `None` when `cur` no longer holds it (more was printed than
+/// one poll reads, or the log was made anew): then `cur` is all new, with a gap before it.
+fn new_output<'a>(last: &str, cur: &'a str) -> Option<&'a str> {
+    if last.is_empty() {
+        return Some(cur);
+    }
+    let mut from = last.len().saturating_sub(1024);
+    while !last.is_char_boundary(from) {
+        from += 1;
+    }
+    let anchor = &last[from..];
+    cur.rfind(anchor).map(|p| &cur[p + anchor.len()..])
+}
+
+/// `zos deployment logs`: the console's end, then (with `follow`) what comes, polled.
+async fn logs(
+    c: &zos_client::GridClient,
+    contract: ContractId,
+    name: String,
+    follow: bool,
+    tail: usize,
+    g: &Global,
+) -> anyhow::Result<()> {
+    const POLL_BYTES: usize = 256 * 1024;
+    let (_, twin) = node_of(c, contract).await?;
+    let node = c.node(twin);
+    let fetch = |bytes: usize| {
+        let body = ConsoleBody {
+            contract_id: contract,
+            name: name.clone(),
+            bytes: Some(bytes),
+        };
+        async move { node.call::<node_api::Console>(&body).await }
+    };
+    let emit = |text: &str| -> anyhow::Result<()> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        if g.structured() {
+            let line = serde_json::json!({ "name": name, "text": text });
+            outln!("{line}")?;
+        } else {
+            out!("{text}")?;
+        }
+        Ok(())
+    };
+    let first = fetch(tail.min(POLL_BYTES)).await?;
+    emit(&first.console)?;
+    if !follow {
+        return Ok(());
+    }
+    let mut last = first.console;
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let cur = match fetch(POLL_BYTES).await {
+            Ok(v) => {
+                failures = 0;
+                v.console
+            }
+            // A minute of failures in a row: the node or the machine is gone.
+            Err(e) if failures >= 60 => {
+                return Err(e).context("the node stopped answering for a minute; run `zos deployment show` to see the machine's state");
+            }
+            Err(e) => {
+                failures += 1;
+                eprintln!("zos: the node did not answer ({e:#}); trying again");
+                continue;
+            }
+        };
+        match new_output(&last, &cur) {
+            Some(new) => emit(new)?,
+            None => {
+                eprintln!(
+                    "zos: more was printed than one read holds (or the log was made anew): some output is skipped"
+                );
+                emit(&cur)?;
+            }
+        }
+        last = cur;
+    }
+}
+
+#[cfg(test)]
+mod logs_tests {
+    use super::new_output;
+
+    #[test]
+    fn only_what_follows_the_last_read_is_new() {
+        assert_eq!(new_output("", "boot\n"), Some("boot\n"));
+        assert_eq!(new_output("a\nb\n", "a\nb\nc\n"), Some("c\n"));
+        // The window moved: the start fell out, the anchor (the last KiB) is still there.
+        assert_eq!(new_output("a\nb\n", "b\nc\nd\n"), None);
+        let long: String = (0..400).map(|i| format!("line {i}\n")).collect();
+        let more = format!("{}line 400\n", &long[2000..]);
+        assert_eq!(new_output(&long, &more), Some("line 400\n"));
+        assert_eq!(new_output(&long, &long), Some(""));
+        // Nothing of the last read is left: all of it is new.
+        assert_eq!(new_output(&long, "fresh\n"), None);
     }
 }

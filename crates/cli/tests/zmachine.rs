@@ -377,6 +377,33 @@ async fn a_full_vm_boots_its_image_from_a_zmount_and_reads_its_nocloud_seed() {
     let vm = workload(&res, "Full_VM");
     assert_eq!(vm["state"], "ok", "{res}");
     assert_eq!(vm["data"]["mode"], "vm", "{vm}");
+    // Its console followed as it boots (`zos deployment logs --follow`).
+    let mut follow = KillOnDrop(
+        u.zos_command(&[
+            "deployment",
+            "logs",
+            &contract.to_string(),
+            "Full_VM",
+            "--follow",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    let followed = {
+        let out = follow.0.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    };
 
     // Its own init found the NoCloud seed and took the hostname the node gave it.
     let console = wait_until(Duration::from_secs(120), Duration::from_secs(1), || {
@@ -398,6 +425,23 @@ async fn a_full_vm_boots_its_image_from_a_zmount_and_reads_its_nocloud_seed() {
     assert!(console.contains("NOCLOUD hostname=full-vm"), "{console}");
     let (ok, out, err) = u.zos_raw(&["deployment", "console", &contract.to_string(), "Full_VM"]);
     assert!(ok && out.contains("NOCLOUD hostname=full-vm"), "{err}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = None;
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match followed.recv_timeout(left) {
+            Ok(l) if l.contains("NOCLOUD hostname=full-vm") => {
+                seen = Some(l);
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    drop(follow);
+    assert!(
+        seen.is_some(),
+        "zos deployment logs --follow shows the boot"
+    );
 
     u.zos(&["deployment", "cancel", &contract.to_string(), "--json"]);
     let name = format!("{}-{contract}-Full_VM", u.twin());
@@ -430,4 +474,14 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// A child process killed and reaped when the test is done with it, or panics.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

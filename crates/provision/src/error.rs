@@ -153,8 +153,11 @@ fn vmm_kind(e: &VmmError) -> ErrorKind {
 
 fn flist_kind(e: &FlistError) -> ErrorKind {
     match e {
-        // A name the node made, or a file of the tenant's flist that is not a regular file.
-        FlistError::Name { .. } | FlistError::Open { .. } => ErrorKind::Invalid,
+        // A name the node made, a file of the tenant's flist that is not a regular file, or a
+        // legacy flist whose block stores this farm does not allow.
+        FlistError::Name { .. } | FlistError::Open { .. } | FlistError::NoBlockStore { .. } => {
+            ErrorKind::Invalid
+        }
         FlistError::Fetch { .. } => ErrorKind::Unavailable,
         FlistError::Conflict { .. } | FlistError::Changed { .. } => ErrorKind::Conflict,
         FlistError::NotMounted { .. } => ErrorKind::NotFound,

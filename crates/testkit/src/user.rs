@@ -61,6 +61,16 @@ impl User {
         &self.state
     }
 
+    /// `zos ARGS` as this user, to start and read as it runs (a `--follow`).
+    pub fn zos_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.zos);
+        cmd.args(args)
+            .args(["--grid", &self.grid, "--key"])
+            .arg(&self.key_file)
+            .env("XDG_STATE_HOME", &self.state);
+        cmd
+    }
+
     /// Runs `zos ARGS` as this user: (success, stdout, stderr).
     pub fn zos_raw(&self, args: &[&str]) -> (bool, String, String) {
         let out = Command::new(&self.zos)
