@@ -1,11 +1,12 @@
 //! Types shared by every part of zos: the grid, the node agent, the CLI and the tests.
 //!
 //! This crate does no I/O. It holds identities and signatures ([`identity`]), the signed-request
-//! scheme of the grid API ([`auth`]), capacity units ([`capacity`]) and the objects of the
+//! scheme of the grid API ([`auth`]), capacity units ([`capacity`]), prices and accounts ([`billing`]) and the objects of the
 //! registry API ([`registry`]), node OS releases ([`release`]), how a machine names its flist ([`flistref`]), and the node protocol ([`node_api`]): every command a node answers
 //! over the relay, with its body, answer and error types.
 
 pub mod auth;
+pub mod billing;
 pub mod boot;
 pub mod capacity;
 pub mod contract;
