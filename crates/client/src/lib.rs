@@ -46,6 +46,10 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use zos_types::auth::{self, RequestAuth, Signer};
+use zos_types::billing::{
+    Account, AccountEvent, Bill, BillingInfo, ConsumptionRecorded, ConsumptionReport, Deposit,
+    FarmEarnings, PolicyVersion, PricingPolicy,
+};
 use zos_types::contract::{
     Contract, ContractFilter, ContractState, CreateNameContract, CreateNodeContract,
     CreateRentContract, NodeEventRecord, SetGrace, UpdateNodeContract,
@@ -201,6 +205,18 @@ pub struct GridClient {
     stamps: Arc<Stamps>,
     /// Twins' public keys, which never change once registered.
     keys: Arc<Mutex<HashMap<TwinId, PublicKey>>>,
+    /// Where signatures' timestamps come from (the system clock when `None`).
+    clock: Option<ClockFn>,
+}
+
+/// A source of Unix time for signatures (tests sign with the grid's settable clock).
+#[derive(Clone)]
+pub struct ClockFn(pub Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl std::fmt::Debug for ClockFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClockFn")
+    }
 }
 
 /// The timestamps this client (and its clones) last used for each distinct signed request.
@@ -250,12 +266,20 @@ impl GridClient {
             twin: None,
             stamps: Arc::default(),
             keys: Arc::default(),
+            clock: None,
         })
     }
 
     /// The same client, signing with `identity`.
     pub fn with_identity(mut self, identity: Identity) -> Self {
         self.identity = Some(Arc::new(identity));
+        self
+    }
+
+    /// The same client, stamping signatures with the time `clock` reads instead of the system
+    /// clock (for a grid whose clock is not the system's, as in tests).
+    pub fn with_clock(mut self, clock: ClockFn) -> Self {
+        self.clock = Some(clock);
         self
     }
 
@@ -505,6 +529,72 @@ impl GridClient {
         Ok(c)
     }
 
+    /// How the grid bills: its pricing policy, period, grace length and faucet.
+    pub async fn billing_info(&self) -> Result<BillingInfo, ClientError> {
+        self.get("/billing", &[]).await
+    }
+
+    /// Sets a new version of the pricing policy; only the grid's admin twin may.
+    pub async fn set_pricing_policy(
+        &self,
+        policy: &PricingPolicy,
+    ) -> Result<PolicyVersion, ClientError> {
+        self.signed(Method::PUT, "/billing/policy", policy).await
+    }
+
+    /// `twin`'s account (signed by it or by the admin).
+    pub async fn account(&self, twin: TwinId) -> Result<Account, ClientError> {
+        self.signed_get(&format!("/accounts/{twin}"), &[]).await
+    }
+
+    /// Deposits to `twin`: the admin (or a payment bridge signing as it) to anyone, any twin
+    /// to itself on a devnet with a faucet.
+    pub async fn deposit(&self, twin: TwinId, deposit: &Deposit) -> Result<Account, ClientError> {
+        self.signed(Method::POST, &format!("/accounts/{twin}/deposit"), deposit)
+            .await
+    }
+
+    /// At most `limit` events of `twin`'s account, newest first.
+    pub async fn account_history(
+        &self,
+        twin: TwinId,
+        limit: u32,
+    ) -> Result<Vec<AccountEvent>, ClientError> {
+        let limit = limit.to_string();
+        self.signed_get(&format!("/accounts/{twin}/history"), &[("limit", &limit)])
+            .await
+    }
+
+    /// At most `limit` bills of contract `id`, newest first.
+    pub async fn contract_bills(
+        &self,
+        id: ContractId,
+        limit: u32,
+    ) -> Result<Vec<Bill>, ClientError> {
+        let limit = limit.to_string();
+        self.signed_get(&format!("/contracts/{id}/bills"), &[("limit", &limit)])
+            .await
+    }
+
+    /// What farm `id` earned (signed by its twin or the admin).
+    pub async fn farm_earnings(&self, id: FarmId) -> Result<FarmEarnings, ClientError> {
+        self.signed_get(&format!("/farms/{id}/earnings"), &[]).await
+    }
+
+    /// Reports what `node`'s contracts used (signed by the node's twin).
+    pub async fn report_consumption(
+        &self,
+        node: NodeId,
+        reports: &[ConsumptionReport],
+    ) -> Result<ConsumptionRecorded, ClientError> {
+        self.signed(
+            Method::POST,
+            &format!("/nodes/{node}/consumption"),
+            &reports,
+        )
+        .await
+    }
+
     /// Starts (`true`) or ends a contract's grace period; only the grid's admin twin may.
     pub async fn set_grace(&self, id: ContractId, grace: bool) -> Result<Contract, ClientError> {
         self.signed(
@@ -717,6 +807,18 @@ impl GridClient {
         Ok(value)
     }
 
+    async fn signed_get<T: DeserializeOwned>(
+        &self,
+        route: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, ClientError> {
+        let signer = Signer::Twin(self.twin.ok_or(ClientError::NoTwin)?);
+        let (_, value) = self
+            .send::<(), _>(Method::GET, route, query, None, Some(signer))
+            .await?;
+        Ok(value)
+    }
+
     async fn signed<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
@@ -762,7 +864,8 @@ impl GridClient {
                 &bytes,
             )
                 .hash(&mut h);
-            let timestamp = self.stamps.next(h.finish(), auth::unix_now());
+            let now = self.clock.as_ref().map_or_else(auth::unix_now, |c| (c.0)());
+            let timestamp = self.stamps.next(h.finish(), now);
             let auth = RequestAuth::sign(
                 identity,
                 signer,

@@ -40,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route(&p("/nodes/{id}/uptime"), post(report_uptime))
         .merge(crate::contracts::routes())
         .merge(crate::proposals::routes())
+        .merge(crate::billing::routes())
         .merge(crate::relay::http::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)

@@ -23,6 +23,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod billing;
 pub mod boot;
 pub mod clock;
 pub mod contracts;
@@ -70,7 +71,7 @@ pub struct GridConfig {
     pub replay: replay::ReplayConfig,
     /// Connection limits and timeouts of the HTTP server.
     pub server: server::ServerLimits,
-    /// The twin that may start and end grace periods.
+    /// The twin that may start and end grace periods, set the pricing policy and deposit.
     pub admin: Option<zos_types::TwinId>,
     /// The relay's limits and timers.
     pub relay: relay::RelayConfig,
@@ -78,6 +79,8 @@ pub struct GridConfig {
     pub hub: hub::HubConfig,
     /// The boot service: release keys per runmode, the URL written into boot scripts.
     pub boot: boot::BootConfig,
+    /// Billing periods, grace length, the devnet faucet.
+    pub billing: billing::BillingConfig,
 }
 
 impl GridConfig {
@@ -94,6 +97,7 @@ impl GridConfig {
             relay: relay::RelayConfig::default(),
             hub: hub::HubConfig::default(),
             boot: boot::BootConfig::default(),
+            billing: billing::BillingConfig::default(),
         }
     }
 
@@ -145,6 +149,9 @@ pub struct RunningGrid {
     store: Arc<dyn Store>,
     relay: Arc<relay::Relay>,
     boot: Arc<boot::Boot>,
+    clock: Arc<dyn Clock>,
+    billing: billing::BillingConfig,
+    biller: Option<JoinHandle<()>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<io::Result<()>>>,
 }
@@ -166,9 +173,11 @@ pub async fn start(config: GridConfig) -> Result<RunningGrid, GridError> {
         listeners.push((bound, listener));
     }
     let addr = listeners[0].0;
+    let state_clock = config.clock.clone();
     let state = state::AppState::new(store.clone(), config.clock, config.replay)
         .with_admin(config.admin)
-        .with_relay(config.relay.clone());
+        .with_relay(config.relay.clone())
+        .with_billing(config.billing);
     let hub = {
         let (dir, hub_config) = (config.data_dir.clone(), config.hub.clone());
         tokio::task::spawn_blocking(move || hub::Hub::open(&dir, hub_config))
@@ -185,6 +194,7 @@ pub async fn start(config: GridConfig) -> Result<RunningGrid, GridError> {
     };
     let hub = Arc::new(hub);
     let relay = state.relay().clone();
+    let biller = tokio::spawn(billing::run_forever(state.clone(), config.billing));
     let app = api::router(state.clone())
         .merge(hub::router(state.clone(), hub.clone()))
         .merge(boot::router(state, boot.clone(), hub));
@@ -219,6 +229,9 @@ pub async fn start(config: GridConfig) -> Result<RunningGrid, GridError> {
         store,
         relay,
         boot,
+        clock: state_clock,
+        billing: config.billing,
+        biller: Some(biller),
         stop: Some(stop),
         task: Some(task),
     })
@@ -257,10 +270,22 @@ impl RunningGrid {
         &self.boot
     }
 
+    /// Runs the billing now, at the grid's clock (tests advance a
+    /// [`clock::ManualClock`] and call it).
+    pub async fn bill_now(&self) -> Result<billing::RunSummary, StoreError> {
+        let (store, config, now) = (self.store.clone(), self.billing, self.clock.now());
+        tokio::task::spawn_blocking(move || billing::run(store.as_ref(), &config, now))
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("billing task: {e}")))?
+    }
+
     /// Closes the uplinks, stops accepting connections, lets requests in flight finish (at most
     /// [`SHUTDOWN_GRACE`]) and waits for the server to end.
     pub async fn shutdown(mut self) -> Result<(), GridError> {
         self.relay.shut_down();
+        if let Some(b) = self.biller.take() {
+            b.abort();
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -282,6 +307,9 @@ impl RunningGrid {
 impl Drop for RunningGrid {
     fn drop(&mut self) {
         self.relay.shut_down();
+        if let Some(b) = self.biller.take() {
+            b.abort();
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

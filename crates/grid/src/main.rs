@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use zos_grid::billing::BillingConfig;
 use zos_grid::relay::RelayConfig;
 use zos_grid::replay::{self, ReplayConfig};
 use zos_grid::server::ServerLimits;
@@ -41,14 +42,72 @@ enum Command {
         /// Once listening, write the URL (`http://ADDR`) to this file, atomically.
         #[arg(long)]
         ready_file: Option<PathBuf>,
-        /// The twin that may start and end contracts' grace periods.
+        /// The twin that may start and end contracts' grace periods, set the pricing policy
+        /// and deposit (the payment bridge signs as it).
         #[arg(long, env = "ZOS_GRID_ADMIN_TWIN")]
         admin_twin: Option<u32>,
         #[command(flatten)]
         limits: Limits,
         #[command(flatten)]
         boot: BootArgs,
+        #[command(flatten)]
+        billing: BillingArgs,
     },
+}
+
+/// Billing (see docs/billing.md).
+#[derive(Debug, Args)]
+struct BillingArgs {
+    /// Length of a billing period, seconds.
+    #[arg(long, default_value_t = BillingConfig::default().period.as_secs())]
+    billing_period_secs: u64,
+    /// Seconds after a period ends before it is billed (nodes report consumption meanwhile).
+    #[arg(long, default_value_t = BillingConfig::default().delay.as_secs())]
+    billing_delay_secs: u64,
+    /// Seconds a contract stays in grace for lack of money before it is cancelled.
+    #[arg(long, default_value_t = BillingConfig::default().grace.as_secs())]
+    grace_secs: u64,
+    /// Seconds between billing runs.
+    #[arg(long, default_value_t = 30)]
+    billing_tick_secs: u64,
+    /// Contracts billed per transaction.
+    #[arg(long, default_value_t = BillingConfig::default().batch)]
+    billing_batch: u32,
+    /// A devnet faucet: any twin may deposit up to this many tokens to itself at once. Never
+    /// on a grid with real money.
+    #[arg(long, value_name = "TOKENS")]
+    faucet: Option<String>,
+}
+
+impl BillingArgs {
+    fn apply(&self, config: &mut GridConfig) -> anyhow::Result<()> {
+        use std::time::Duration;
+        anyhow::ensure!(
+            self.billing_period_secs > 0,
+            "--billing-period-secs must be at least 1"
+        );
+        anyhow::ensure!(
+            self.billing_tick_secs > 0,
+            "--billing-tick-secs must be at least 1"
+        );
+        anyhow::ensure!(self.billing_batch > 0, "--billing-batch must be at least 1");
+        let faucet_max = match &self.faucet {
+            None => None,
+            Some(t) => Some(
+                zos_types::billing::parse_amount(t)
+                    .map_err(|e| anyhow::anyhow!("--faucet: {e}"))?,
+            ),
+        };
+        config.billing = BillingConfig {
+            period: Duration::from_secs(self.billing_period_secs),
+            delay: Duration::from_secs(self.billing_delay_secs),
+            grace: Duration::from_secs(self.grace_secs),
+            faucet_max,
+            batch: self.billing_batch,
+            tick: Some(Duration::from_secs(self.billing_tick_secs)),
+        };
+        Ok(())
+    }
 }
 
 /// The boot service (see docs/boot.md).
@@ -191,7 +250,13 @@ async fn main() -> anyhow::Result<()> {
             admin_twin,
             limits,
             boot,
-        } => serve(listen, data_dir, ready_file, admin_twin, limits, boot).await,
+            billing,
+        } => {
+            serve(
+                listen, data_dir, ready_file, admin_twin, limits, boot, billing,
+            )
+            .await
+        }
     }
 }
 
@@ -202,6 +267,7 @@ async fn serve(
     admin_twin: Option<u32>,
     limits: Limits,
     boot: BootArgs,
+    billing: BillingArgs,
 ) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -213,6 +279,7 @@ async fn serve(
     config.admin = admin_twin;
     limits.apply(&mut config)?;
     boot.apply(&mut config)?;
+    billing.apply(&mut config)?;
     let grid = start(config).await?;
     let url = grid.url();
     if let Some(path) = &ready_file {

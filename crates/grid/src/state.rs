@@ -1,5 +1,5 @@
 //! What every handler of the grid shares: [`AppState`], the store, the clock, the replay cache,
-//! the relay and the admin twin. It sits apart from the routes (`api`, `contracts`, `relay::http`,
+//! the relay, the admin twin and the billing rules. It sits apart from the routes (`api`, `contracts`, `relay::http`,
 //! `hub`) and from the extractors (`auth`) that use it, so that none of them imports another's
 //! router to reach it.
 
@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use zos_types::TwinId;
 
+use crate::billing::BillingConfig;
 use crate::clock::Clock;
 use crate::error::ApiFailure;
 use crate::relay::{Relay, RelayConfig};
@@ -21,6 +22,7 @@ pub struct AppState {
     replay: Arc<Mutex<ReplayCache>>,
     admin: Option<TwinId>,
     relay: Arc<Relay>,
+    billing: BillingConfig,
 }
 
 impl AppState {
@@ -33,6 +35,7 @@ impl AppState {
             replay: Arc::new(Mutex::new(ReplayCache::new(replay))),
             admin: None,
             relay: Arc::new(Relay::new(RelayConfig::default())),
+            billing: BillingConfig::default(),
         }
         .with_relay(RelayConfig::default())
     }
@@ -51,6 +54,16 @@ impl AppState {
     pub fn with_admin(mut self, admin: Option<TwinId>) -> Self {
         self.admin = admin;
         self
+    }
+
+    /// The same state with these billing rules.
+    pub fn with_billing(mut self, billing: BillingConfig) -> Self {
+        self.billing = billing;
+        self
+    }
+
+    pub fn billing(&self) -> &BillingConfig {
+        &self.billing
     }
 
     pub fn admin(&self) -> Option<TwinId> {

@@ -22,6 +22,7 @@
 //! | `GET /accounts/{twin}/history` | the twin or the admin | → [`AccountEvent`]s, newest first |
 //! | `GET /contracts/{id}/bills` | the contract's twin or the admin | → [`Bill`]s, newest first |
 //! | `GET /farms/{id}/earnings` | the farm's twin or the admin | → [`FarmEarnings`] |
+//! | `POST /nodes/{id}/consumption` | the node's twin | [`ConsumptionReport`]s → [`ConsumptionRecorded`] |
 
 use serde::{Deserialize, Serialize};
 
@@ -523,6 +524,30 @@ pub struct Bill {
     pub at: i64,
 }
 
+/// A node's report of what one of its contracts used in one period:
+/// `POST /nodes/{id}/consumption`, signed by the node's twin, carries a list of them.
+/// A period is reported once; reports of a period already billed are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumptionReport {
+    pub contract_id: ContractId,
+    /// The period's number (see [`Bill::period`]).
+    pub period: i64,
+    /// The capacity the contract's workloads reserve.
+    pub capacity: Capacity,
+    /// Bytes of public traffic in and out during the period (NU).
+    pub public_bytes: u64,
+}
+
+/// The answer to consumption reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumptionRecorded {
+    pub recorded: u32,
+}
+
+/// The most reports one request carries.
+pub const MAX_REPORTS: usize = 1000;
+
 /// What a farm earned: `GET /farms/{id}/earnings`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FarmEarnings {
@@ -645,11 +670,15 @@ mod tests {
     #[test]
     fn policies_with_absurd_values_are_refused() {
         assert!(PricingPolicy::default().validate().is_ok());
-        let mut p = PricingPolicy::default();
-        p.cu = MAX_PRICE + 1;
+        let p = PricingPolicy {
+            cu: MAX_PRICE + 1,
+            ..PricingPolicy::default()
+        };
         assert_eq!(p.validate().unwrap_err().field, "cu");
-        let mut p = PricingPolicy::default();
-        p.farmer_percent = 101;
+        let p = PricingPolicy {
+            farmer_percent: 101,
+            ..PricingPolicy::default()
+        };
         assert_eq!(p.validate().unwrap_err().field, "farmer_percent");
         let mut p = PricingPolicy::default();
         p.discounts.swap(0, 1);

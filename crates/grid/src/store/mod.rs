@@ -5,6 +5,7 @@
 //! changes nothing. [`SqliteStore`] is the embedded implementation; a PostgreSQL one can follow
 //! behind the same trait.
 
+mod billing;
 mod contracts;
 mod farms;
 mod proposals;
@@ -15,6 +16,10 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use zos_types::billing::{
+    Account, AccountEvent, Bill, ConsumptionReport, Deposit, FarmEarnings, PolicyVersion,
+    PricingPolicy,
+};
 use zos_types::contract::{Contract, ContractFilter, NodeEventRecord};
 use zos_types::deployment::{ContractId, Deployment, DeploymentHash};
 use zos_types::proposal::{Proposal, ProposalFilter, ProposalId, ProposalKind};
@@ -23,6 +28,7 @@ use zos_types::registry::{
 };
 use zos_types::{Capacity, FarmId, NodeId, PublicKey, Signature, TwinId};
 
+pub use billing::{BatchOutcome, BillingRules};
 pub use sqlite::{SCHEMA_VERSION, SqliteStore};
 
 /// Failures of the store. [`StoreError::NotFound`], [`StoreError::Conflict`] and
@@ -241,6 +247,52 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         contract: ContractId,
         now: i64,
     ) -> Result<Option<ProposalId>, StoreError>;
+
+    /// The pricing policy in force (TFChain's defaults as version 0 until the admin sets one).
+    fn pricing_policy(&self) -> Result<PolicyVersion, StoreError>;
+    /// Records a new version of the policy, set by twin `by`.
+    fn set_pricing_policy(
+        &self,
+        policy: &PricingPolicy,
+        by: TwinId,
+        now: i64,
+    ) -> Result<PolicyVersion, StoreError>;
+    /// Credits `deposit` to `twin` from the outside account `source` (`bridge` or `faucet`),
+    /// pays its debts while the balance covers them and ends the grace of contracts left
+    /// without debt.
+    fn deposit(
+        &self,
+        twin: TwinId,
+        deposit: &Deposit,
+        source: &str,
+        now: i64,
+    ) -> Result<Account, StoreError>;
+    fn account(&self, twin: TwinId) -> Result<Account, StoreError>;
+    /// At most `limit` events of `twin`'s account, newest first.
+    fn account_history(&self, twin: TwinId, limit: u32) -> Result<Vec<AccountEvent>, StoreError>;
+    /// At most `limit` bills of `contract`, newest first.
+    fn bills(&self, contract: ContractId, limit: u32) -> Result<Vec<Bill>, StoreError>;
+    fn farm_earnings(&self, farm: FarmId) -> Result<FarmEarnings, StoreError>;
+    /// Bills, in one transaction, the contracts after `after` (at most `limit`) for every
+    /// period billable at `now` that has no bill yet; a bill that the twin cannot pay puts the
+    /// contract in grace.
+    fn bill_batch(
+        &self,
+        rules: &BillingRules,
+        after: ContractId,
+        limit: u32,
+        now: i64,
+    ) -> Result<BatchOutcome, StoreError>;
+    /// Cancels the contracts whose grace for lack of money ran out.
+    fn expire_grace(&self, rules: &BillingRules, now: i64) -> Result<u32, StoreError>;
+    /// Records `node`'s consumption reports, all or none.
+    fn record_consumption(
+        &self,
+        rules: &BillingRules,
+        node: NodeId,
+        reports: &[ConsumptionReport],
+        now: i64,
+    ) -> Result<(), StoreError>;
 
     /// Every row of every table as text, in a stable order: for tests that check a refused
     /// request changed nothing, and for debugging.

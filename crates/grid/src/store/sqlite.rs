@@ -13,11 +13,16 @@ use zos_types::registry::{
 };
 use zos_types::{Capacity, FarmId, NodeId, PublicKey, TwinId};
 
+use super::billing::{self, BatchOutcome, BillingRules};
 use super::proposals;
 use super::rows::{db, farm_ip_from_row, id_from_sql, node_from_row, to_sql, twin_from_row};
 use super::{EventHook, Store, StoreError};
 use super::{NewProposal, contracts};
 use zos_types::Signature;
+use zos_types::billing::{
+    Account, AccountEvent, Bill, ConsumptionReport, Deposit, FarmEarnings, PolicyVersion,
+    PricingPolicy,
+};
 use zos_types::contract::{
     Contract, ContractFilter, ContractKind, ContractState, NodeEvent, NodeEventRecord,
 };
@@ -94,6 +99,8 @@ const MIGRATIONS: &[&str] = &[
     super::farms::MIGRATION,
     // 4: proposals.
     super::proposals::MIGRATION,
+    // 5: billing: pricing policies, ledger, bills, consumption reports.
+    super::billing::MIGRATION,
 ];
 
 /// The schema version this binary writes.
@@ -1241,6 +1248,113 @@ impl Store for SqliteStore {
     ) -> Result<Option<ProposalId>, StoreError> {
         self.write("reading a contract's proposal", |tx| {
             Ok(proposals::governor(tx, contract, now)?.map(|p| p.id))
+        })
+    }
+
+    fn pricing_policy(&self) -> Result<PolicyVersion, StoreError> {
+        self.write("reading the pricing policy", billing::policy)
+    }
+
+    fn set_pricing_policy(
+        &self,
+        policy: &PricingPolicy,
+        by: TwinId,
+        now: i64,
+    ) -> Result<PolicyVersion, StoreError> {
+        self.write("setting the pricing policy", |tx| {
+            billing::set_policy(tx, policy, by, now)
+        })
+    }
+
+    fn deposit(
+        &self,
+        twin: TwinId,
+        deposit: &Deposit,
+        source: &str,
+        now: i64,
+    ) -> Result<Account, StoreError> {
+        self.write("depositing", |tx| {
+            billing::deposit(
+                tx,
+                twin,
+                deposit,
+                source,
+                &|tx, n, e, at| self.push_event(tx, n, e, at),
+                now,
+            )?;
+            billing::account(tx, twin)
+        })
+    }
+
+    fn account(&self, twin: TwinId) -> Result<Account, StoreError> {
+        self.write("reading an account", |tx| billing::account(tx, twin))
+    }
+
+    fn account_history(&self, twin: TwinId, limit: u32) -> Result<Vec<AccountEvent>, StoreError> {
+        self.write("reading an account's history", |tx| {
+            billing::history(tx, twin, limit)
+        })
+    }
+
+    fn bills(&self, contract: ContractId, limit: u32) -> Result<Vec<Bill>, StoreError> {
+        self.write("reading bills", |tx| billing::bills(tx, contract, limit))
+    }
+
+    fn farm_earnings(&self, farm: FarmId) -> Result<FarmEarnings, StoreError> {
+        self.write("reading earnings", |tx| billing::earnings(tx, farm))
+    }
+
+    fn bill_batch(
+        &self,
+        rules: &BillingRules,
+        after: ContractId,
+        limit: u32,
+        now: i64,
+    ) -> Result<BatchOutcome, StoreError> {
+        self.write("billing", |tx| {
+            billing::bill_batch(
+                tx,
+                rules,
+                after,
+                limit,
+                &|tx, n, e, at| self.push_event(tx, n, e, at),
+                now,
+            )
+        })
+    }
+
+    fn expire_grace(&self, rules: &BillingRules, now: i64) -> Result<u32, StoreError> {
+        self.write("ending grace periods", |tx| {
+            billing::expire_grace(
+                tx,
+                rules,
+                &|tx, n, e, at| self.push_event(tx, n, e, at),
+                now,
+            )
+        })
+    }
+
+    fn record_consumption(
+        &self,
+        rules: &BillingRules,
+        node: NodeId,
+        reports: &[ConsumptionReport],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.write("recording consumption", |tx| {
+            for r in reports {
+                billing::record_consumption(
+                    tx,
+                    rules,
+                    node,
+                    r.contract_id,
+                    r.period,
+                    &r.capacity,
+                    r.public_bytes,
+                    now,
+                )?;
+            }
+            Ok(())
         })
     }
 

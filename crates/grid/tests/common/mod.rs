@@ -32,6 +32,9 @@ pub struct TestGrid {
     dir: TempDir,
     /// The farmer key of each farm [`Self::farm`] made, to sign node admissions.
     farmers: Mutex<HashMap<FarmId, Identity>>,
+    /// Clients sign with the test clock rather than the system clock (for tests that move the
+    /// clock by more than the allowed skew).
+    sign_with_clock: bool,
 }
 
 impl TestGrid {
@@ -51,7 +54,18 @@ impl TestGrid {
             configure,
             dir,
             farmers: Mutex::new(HashMap::new()),
+            sign_with_clock: false,
         }
+    }
+
+    /// A grid like [`Self::start_with`] whose clients sign with the test clock, so the clock
+    /// may move by hours.
+    pub async fn start_signing_with_clock(
+        configure: impl Fn(&mut GridConfig) + Send + Sync + 'static,
+    ) -> Self {
+        let mut g = Self::start_with(configure).await;
+        g.sign_with_clock = true;
+        g
     }
 
     async fn launch(
@@ -83,6 +97,16 @@ impl TestGrid {
         self.grid.as_ref().unwrap().url()
     }
 
+    /// Runs the billing now, at the test clock.
+    pub async fn bill_now(&self) -> zos_grid::billing::RunSummary {
+        self.grid
+            .as_ref()
+            .unwrap()
+            .bill_now()
+            .await
+            .expect("billing runs")
+    }
+
     /// Every row of every table.
     pub fn dump(&self) -> String {
         self.grid.as_ref().unwrap().store().dump().unwrap()
@@ -95,7 +119,13 @@ impl TestGrid {
 
     /// An anonymous client.
     pub fn client(&self) -> GridClient {
-        GridClient::new(&self.url()).unwrap()
+        let c = GridClient::new(&self.url()).unwrap();
+        if self.sign_with_clock {
+            let clock = self.clock.clone();
+            c.with_clock(zos_client::ClockFn(Arc::new(move || clock.now())))
+        } else {
+            c
+        }
     }
 
     /// A new twin and a client acting as it.
