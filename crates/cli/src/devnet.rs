@@ -52,6 +52,12 @@ pub enum DevnetCmd {
         /// bootloader ISO (`zos farm bootloader --format iso`) as their CD-ROM.
         #[arg(long, value_enum, default_value = "pxe", env = "ZOS_VM_BOOT")]
         boot: BootArg,
+        /// Run each namespace node's zosd under zos-init from a release signed with
+        /// --release-key and published on the devnet's grid, so the nodes upgrade live
+        /// (`zos release publish`) and roll back like node VMs; zos-init and zos-flist-mount
+        /// are taken from beside this binary. Not with --vm-nodes.
+        #[arg(long, conflicts_with = "vm_nodes")]
+        supervised: bool,
     },
     /// Stop every process and remove every namespace and link of the devnet.
     Down {
@@ -100,7 +106,24 @@ pub async fn run(cmd: DevnetCmd, g: &Global) -> anyhow::Result<()> {
             node_image,
             release_key,
             boot,
+            supervised,
         } => {
+            let supervised = if supervised {
+                let Some(key) = release_key.clone() else {
+                    bail!(crate::exit::Failure::new(
+                        crate::exit::Kind::Usage,
+                        "--supervised needs --release-key FILE (`zos release keygen -o FILE`): \
+                         it signs the release the nodes run",
+                    ));
+                };
+                Some(devnet::SupervisedOptions::new(
+                    beside_me("zos-init")?,
+                    beside_me("zos-flist-mount")?,
+                    key,
+                ))
+            } else {
+                None
+            };
             let vms = if vm_nodes == 0 {
                 None
             } else {
@@ -134,6 +157,7 @@ pub async fn run(cmd: DevnetCmd, g: &Global) -> anyhow::Result<()> {
                 wait: Duration::from_secs(120),
                 disks,
                 vms,
+                supervised,
             };
             if !g.structured() {
                 eprintln!(

@@ -119,7 +119,7 @@ pub fn down(state: &DevnetState) -> Result<DownReport> {
 /// Stops node `n`'s zosd and removes its namespaces, mounts, cgroups, disks and links.
 fn remove_node(state: &DevnetState, n: &DevnetNode, problems: &mut Vec<String>) {
     if n.pid > 0 {
-        supervise::stop_blocking(n.pid, &state.node_marker(n), Duration::from_secs(10));
+        supervise::stop_blocking(n.pid, &state.node_marker(n), state.node_grace());
     }
     // The node's own namespaces (docs/network.md: `<p>ndmz`, `<p>public`, `<p>n-<netid>`),
     // with the processes in them, then its host namespace with its tunnels and machines.
@@ -146,6 +146,12 @@ fn remove_node(state: &DevnetState, n: &DevnetNode, problems: &mut Vec<String>) 
     }
     if let Err(e) = crate::disk::unmount_under(&n.mount_root) {
         problems.push(format!("mounts under {}: {e}", n.mount_root.display()));
+    }
+    // A supervised node's runtime (flists, `/usr`), when its mounts reached the host's.
+    if state.supervised.is_some()
+        && let Err(e) = crate::disk::unmount_under(&n.state_dir)
+    {
+        problems.push(format!("mounts under {}: {e}", n.state_dir.display()));
     }
     for d in &n.disks {
         if let Some(dev) = &d.device

@@ -97,6 +97,16 @@ pub enum DevnetError {
     GridDidNotStart(PathBuf),
     #[error("node {index} already runs as pid {pid}")]
     NodeRunning { index: usize, pid: i32 },
+    #[error("node {index}: zos-init did not start; see {}", .log.display())]
+    InitDidNotStart { index: usize, log: PathBuf },
+    #[error(
+        "a devnet runs node VMs or supervised namespace nodes, not both: they would take the same dev releases"
+    )]
+    SupervisedWithVms,
+    #[error(
+        "the devnet's grid trusts no release keys: bring it up with supervised nodes or node VMs"
+    )]
+    NoReleaseKeys,
     #[error("no node {0} in this devnet")]
     NoNode(usize),
     #[error(

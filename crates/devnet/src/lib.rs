@@ -9,6 +9,8 @@
 //! [`DevnetState::node_marker`]), never by a recorded PID alone.
 //!
 //! - [`state`]: what a devnet is asked for and what it made;
+//! - [`supervised`]: namespace nodes whose zosd runs under zos-init from a release, so they
+//!   upgrade live;
 //! - [`up`], [`start_grid`], [`start_node`], [`wait_online`] and their stop counterparts;
 //! - [`down`]: removes everything;
 //! - [`DevnetError`]: what failed, with its cause as the source;
@@ -23,6 +25,7 @@ pub mod netns;
 pub mod process;
 mod run;
 pub mod state;
+pub mod supervised;
 pub mod vmnode;
 pub mod vms;
 
@@ -34,6 +37,6 @@ pub use run::{
 };
 pub use state::{
     DEVNET_NODE_ARGS, DevnetDisk, DevnetNode, DevnetOptions, DevnetState, DevnetVm, DiskPlan,
-    STATE_VERSION, VmBoot, VmOptions,
+    STATE_VERSION, SupervisedOptions, VmBoot, VmOptions,
 };
 pub use zos_types::boot::NodeArg;

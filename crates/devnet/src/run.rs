@@ -50,6 +50,16 @@ pub async fn up(opts: &DevnetOptions) -> Result<DevnetState> {
             }
         }
     }
+    if let Some(s) = &opts.supervised {
+        if opts.vms.is_some() {
+            return Err(DevnetError::SupervisedWithVms);
+        }
+        for bin in [&s.init_bin, &s.mounter] {
+            if !bin.is_file() {
+                return Err(DevnetError::MissingBinary(bin.clone()));
+            }
+        }
+    }
     let bridge_name = format!("{}br", opts.name);
     if netns::link_exists(&bridge_name) || DevnetState::state_file(&opts.dir).exists() {
         return Err(DevnetError::AlreadyUp {
@@ -106,6 +116,7 @@ pub async fn up(opts: &DevnetOptions) -> Result<DevnetState> {
         vms: Vec::new(),
         dnsmasq_pid: 0,
         release_keys: None,
+        supervised: opts.supervised.clone(),
     };
     state.save()?;
     match build(&mut state, opts, &gateway).await {
@@ -122,6 +133,9 @@ pub async fn up(opts: &DevnetOptions) -> Result<DevnetState> {
 async fn build(state: &mut DevnetState, opts: &DevnetOptions, gateway: &str) -> Result<()> {
     if let Some(v) = &opts.vms {
         crate::vms::write_release_keys(state, &v.release_key)?;
+    }
+    if let Some(s) = &opts.supervised {
+        crate::vms::write_release_keys(state, &s.release_key)?;
     }
     start_grid(state).await?;
     state.save()?;
@@ -145,6 +159,10 @@ async fn build(state: &mut DevnetState, opts: &DevnetOptions, gateway: &str) -> 
     state.farm_id = farm.id;
     state.save()?;
 
+    if let Some(s) = &opts.supervised {
+        let version = crate::supervised::publish_runtime(state, s, None, None).await?;
+        tracing::info!(%version, "zosd published as the devnet's dev release");
+    }
     for i in 1..=opts.nodes {
         add_node(state, opts, gateway, i)?;
     }
@@ -347,19 +365,9 @@ pub fn stop_grid(state: &mut DevnetState) {
     }
 }
 
-/// Starts zosd for node `index` (1-based) in its namespace.
+/// Starts zosd for node `index` (1-based) in its namespace; on a supervised devnet, the node's
+/// zos-init, which starts zosd from the release.
 pub fn start_node(state: &mut DevnetState, index: usize) -> Result<()> {
-    let report = state.report_interval_secs;
-    let grid = state.grid_node_url.clone();
-    let farmer_twin = state.farmer_twin;
-    let farm = state.farm_id;
-    let zosd = state.zosd_bin.clone();
-    // The farmer admits its own nodes (the farm's admission is `signed`, the default).
-    let admission = zos_types::registry::AdmissionToken::sign(
-        &state.farmer()?,
-        farm,
-        zos_types::auth::unix_now() + 365 * 86_400,
-    );
     let at = node_at(state, index)?;
     if state.node_running(&state.nodes[at]) {
         return Err(DevnetError::NodeRunning {
@@ -367,43 +375,81 @@ pub fn start_node(state: &mut DevnetState, index: usize) -> Result<()> {
             pid: state.nodes[at].pid,
         });
     }
+    let args = zosd_args(state, &state.nodes[at])?;
+    if let Some(s) = state.supervised.clone() {
+        crate::supervised::write_config(state, &s, &state.nodes[at], args)?;
+        state.nodes[at].pid = crate::supervised::start(state, &s, &state.nodes[at])?;
+        return Ok(());
+    }
     let node = &mut state.nodes[at];
     // Only the network namespace: zosd's mounts (pools, flists) belong to the host's mount
     // namespace, as on a real node, and outlive any one zosd process.
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net=/run/netns/{}", node.netns))
         .arg("--")
-        .arg(&zosd)
-        .args(["--cmdline", "/dev/null"])
-        .args(["--grid", &grid])
-        .args(["--farm-id", &farm.to_string()])
-        .args(["--admission", &admission.to_string()])
-        .args(["--runmode", "dev"])
-        .arg("--mount-root")
-        .arg(&node.mount_root)
-        .args(["--report-interval", &format!("{report}s")])
-        .args(["--prefix", &node.prefix]);
+        .arg(&state.zosd_bin)
+        .args(args);
+    node.pid = spawn_detached(cmd, &node.log)?;
+    Ok(())
+}
+
+/// The flags of `node`'s zosd: the devnet's grid, farm and admission, the node's mount root,
+/// name prefix, public NIC, disks and own extra arguments.
+fn zosd_args(state: &DevnetState, node: &DevnetNode) -> Result<Vec<String>> {
+    let grid = &state.grid_node_url;
+    // The farmer admits its own nodes (the farm's admission is `signed`, the default).
+    let admission = zos_types::registry::AdmissionToken::sign(
+        &state.farmer()?,
+        state.farm_id,
+        zos_types::auth::unix_now() + 365 * 86_400,
+    );
+    let mut args: Vec<String> = [
+        "--cmdline",
+        "/dev/null",
+        "--grid",
+        grid,
+        "--farm-id",
+        &state.farm_id.to_string(),
+        "--admission",
+        &admission.to_string(),
+        "--runmode",
+        "dev",
+        "--mount-root",
+        &node.mount_root.display().to_string(),
+        "--report-interval",
+        &format!("{}s", state.report_interval_secs),
+        "--prefix",
+        &node.prefix,
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect();
     if !node.public_if.is_empty() {
-        cmd.args(["--public-iface", PUBLIC_NIC]);
+        args.extend(["--public-iface".to_string(), PUBLIC_NIC.to_string()]);
     }
-    cmd.args(&node.zosd_args);
+    args.extend(node.zosd_args.iter().cloned());
     // The guest image of container-mode VMs: the farmer's flist on the devnet's hub (publish it
     // with `scripts/build-guest.sh --flist F --hub --push zos-guest.fl` as the farmer).
-    cmd.args(["--guest-flist", &guest_flist_url(&grid, farmer_twin)]);
+    args.extend([
+        "--guest-flist".to_string(),
+        guest_flist_url(grid, state.farmer_twin),
+    ]);
     for d in &node.disks {
         if let Some(dev) = &d.device {
-            cmd.arg("--disk").arg(format!(
+            args.push("--disk".into());
+            args.push(format!(
                 "{}:{}",
                 dev.display(),
                 if d.ssd { "ssd" } else { "hdd" }
             ));
         }
     }
-    node.pid = spawn_detached(cmd, &node.log)?;
-    Ok(())
+    Ok(args)
 }
 
-/// Stops zosd of node `index`: SIGTERM, or SIGKILL at once when `crash` is set.
+/// Stops zosd of node `index`: SIGTERM, or SIGKILL at once when `crash` is set. On a
+/// supervised devnet this stops the node's zos-init, and with it everything the node runs
+/// (its workloads too: they live in its PID namespace).
 pub fn stop_node(state: &mut DevnetState, index: usize, crash: bool) -> Result<()> {
     let at = node_at(state, index)?;
     let node = &state.nodes[at];
@@ -411,7 +457,7 @@ pub fn stop_node(state: &mut DevnetState, index: usize, crash: bool) -> Result<(
         let grace = if crash {
             Duration::ZERO
         } else {
-            Duration::from_secs(10)
+            state.node_grace()
         };
         supervise::stop_blocking(node.pid, &state.node_marker(node), grace);
         state.nodes[at].pid = 0;
@@ -460,11 +506,14 @@ pub async fn wait_online(state: &mut DevnetState, timeout: Duration) -> Result<(
     };
     for n in &mut state.nodes {
         // The node's key lives on its cache, inside one of its pools.
-        let key_file = crate::disk::mounts_under(&n.mount_root)
-            .map_err(DevnetError::io("reading the mounts under", &n.mount_root))?
-            .into_iter()
-            .map(|m| m.join("zos-cache/identity/node.key"))
-            .find(|p| p.exists());
+        let key_file = match snapshot.supervised {
+            Some(_) => crate::supervised::key_file(n),
+            None => crate::disk::mounts_under(&n.mount_root)
+                .map_err(DevnetError::io("reading the mounts under", &n.mount_root))?
+                .into_iter()
+                .map(|m| m.join("zos-cache/identity/node.key"))
+                .find(|p| p.exists()),
+        };
         let Some(key_file) = key_file else { continue };
         let key = zos_client::keyfile::load_identity(&key_file)?.public_key();
         if let Some(twin) = client.twin_by_key(&key).await? {

@@ -35,6 +35,40 @@ pub struct DevnetOptions {
     pub disks: Vec<DiskPlan>,
     /// Node VMs booting the node image beside the namespace nodes (none when None).
     pub vms: Option<VmOptions>,
+    /// The namespace nodes' zosd runs under zos-init from a release (none: zosd alone).
+    pub supervised: Option<SupervisedOptions>,
+}
+
+/// Namespace nodes supervised by zos-init (`zos devnet up --supervised`): each node's zosd
+/// runs from the devnet's signed dev release under `zos-init --node-test`, so it upgrades live
+/// and rolls back like a node VM (see [`crate::supervised`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupervisedOptions {
+    /// `zos-init`.
+    pub init_bin: PathBuf,
+    /// `zos-flist-mount`, which zos-init mounts the runtime flists with.
+    pub mounter: PathBuf,
+    /// The devnet's release key: it signs the releases the nodes run.
+    pub release_key: PathBuf,
+    /// The health gate after a switch, in seconds.
+    pub gate_secs: u64,
+    /// The periodic release check, in seconds (±25 % jitter); the grid's notice on the uplink
+    /// comes sooner.
+    pub check_secs: u64,
+}
+
+impl SupervisedOptions {
+    /// With the devnet's short upgrade timings (the same as node VMs': a 120 s gate, a check
+    /// every 20 s).
+    pub fn new(init_bin: PathBuf, mounter: PathBuf, release_key: PathBuf) -> Self {
+        Self {
+            init_bin,
+            mounter,
+            release_key,
+            gate_secs: 120,
+            check_secs: 20,
+        }
+    }
 }
 
 /// The node VMs of a devnet (`zos devnet up --vm-nodes N`): each boots the node image through
@@ -217,6 +251,17 @@ pub struct DevnetNode {
 }
 
 impl DevnetNode {
+    /// The `zos-init --node-test` configuration of a supervised node.
+    pub fn init_config(&self) -> PathBuf {
+        self.state_dir.join("init.json")
+    }
+
+    /// The runtime directory of a supervised node: zos-init's flists and mounts, and the
+    /// local channel its zosd writes.
+    pub fn run_dir(&self) -> PathBuf {
+        self.state_dir.join("run")
+    }
+
     /// The domain of its public config: gateway names are `NAME.<this>`.
     pub fn domain(&self, devnet: &str) -> String {
         format!("n{}.{devnet}.test", self.index)
@@ -282,9 +327,13 @@ pub struct DevnetState {
     /// The DHCP server of the node VMs.
     #[serde(default)]
     pub dnsmasq_pid: i32,
-    /// The release keys the grid serves runmode dev with (when there are node VMs).
+    /// The release keys the grid serves runmode dev with (when there are node VMs or
+    /// supervised nodes).
     #[serde(default)]
     pub release_keys: Option<PathBuf>,
+    /// Set when the namespace nodes run under zos-init (`--supervised`).
+    #[serde(default)]
+    pub supervised: Option<SupervisedOptions>,
 }
 
 impl DevnetState {
@@ -310,9 +359,22 @@ impl DevnetState {
         Marker::program(program_name(&self.grid_bin)).arg(self.dir.join("grid"))
     }
 
-    /// What the command line of `node`'s zosd shows: its program and its mount root.
+    /// What the command line of `node`'s zosd shows: its program and its mount root; of a
+    /// supervised node, what its zos-init's shows: its program and its configuration.
     pub fn node_marker(&self, node: &DevnetNode) -> Marker {
-        Marker::program(program_name(&self.zosd_bin)).arg(&node.mount_root)
+        match &self.supervised {
+            Some(s) => Marker::program(program_name(&s.init_bin)).arg(node.init_config()),
+            None => Marker::program(program_name(&self.zosd_bin)).arg(&node.mount_root),
+        }
+    }
+
+    /// How long a node's process may take to stop after SIGTERM: zosd's own grace, or a
+    /// supervised node's zos-init stopping zosd and then everything else.
+    pub fn node_grace(&self) -> Duration {
+        match self.supervised {
+            Some(_) => Duration::from_secs(30),
+            None => Duration::from_secs(10),
+        }
     }
 
     /// What the command line of node VM `vm`'s QEMU shows: its name.

@@ -79,7 +79,7 @@ pub async fn publish_image_as(
         specs.push(push_flist(&hub, &remote, &local, name, &file).await?);
     }
     if let Some(dir) = extra {
-        specs.push(push_extra(state, &hub, &remote, dir).await?);
+        specs.push(push_dir(state, &hub, &remote, dir, EXTRA_FLIST).await?);
     }
     // The debug flist (a console shell for VMs booted with zos-debug), when the image has one.
     let debug_file = image.join(format!("{DEBUG_FLIST}.fl"));
@@ -109,15 +109,17 @@ pub async fn publish_image_as(
 /// The name of the extra runtime flist of [`publish_image_as`].
 pub const EXTRA_FLIST: &str = "zos-extra";
 
-/// Packs `dir` straight into the hub's block store and pushes it as the extra runtime flist.
-async fn push_extra(
+/// Packs `dir` straight into the hub's block store and pushes it as runtime flist `name`
+/// (named by its SHA-256 on the hub, so each release keeps its own).
+pub(crate) async fn push_dir(
     state: &DevnetState,
     hub: &HubClient,
     remote: &Arc<dyn BlockStore>,
     dir: &Path,
+    name: &str,
 ) -> Result<FlistSpec> {
     use zos_flist::pack::{PackOptions, Source, pack};
-    let out = state.dir.join(format!("{EXTRA_FLIST}.fl"));
+    let out = state.dir.join(format!("{name}.fl"));
     pack(
         &Source::Dir(dir.to_path_buf()),
         &out,
@@ -130,10 +132,7 @@ async fn push_extra(
         path: dir.to_path_buf(),
         reason: format!("cannot pack it as a runtime flist: {e}"),
     })?;
-    push_file(hub, EXTRA_FLIST, &out, |sha| {
-        format!("node-{EXTRA_FLIST}-{sha}.fl")
-    })
-    .await
+    push_file(hub, name, &out, |sha| format!("node-{name}-{sha}.fl")).await
 }
 
 /// Pushes the flist file `file` to the hub under the name `hub_name` makes of its SHA-256; its

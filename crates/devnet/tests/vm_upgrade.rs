@@ -31,6 +31,7 @@ use zos_testkit::devnet::{DevnetGuard, DevnetState, DevnetVm, VmOptions, vms};
 use zos_testkit::guest::{build_node, devnet_release_key};
 use zos_testkit::net::ping;
 use zos_testkit::require_root;
+use zos_testkit::upgrade::listed_version;
 use zos_testkit::user::{User, nr_netns};
 use zos_types::boot::NodeArg;
 use zos_types::release::RunMode;
@@ -143,16 +144,6 @@ fn workloads_ok(user: &User, contract: u64) -> Result<(), Value> {
         .as_array()
         .is_some_and(|w| !w.is_empty() && w.iter().all(|w| w["state"] == "ok"));
     if all_ok { Ok(()) } else { Err(got) }
-}
-
-/// The version `zos node list` shows for `node`.
-fn listed_version(user: &User, node: u32) -> String {
-    let list = user.zos(&["node", "list", "--json"]);
-    list.as_array()
-        .and_then(|a| a.iter().find(|n| n["id"] == node))
-        .and_then(|n| n["zos_version"].as_str())
-        .unwrap_or_else(|| panic!("node {node} in zos node list: {list}"))
-        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]

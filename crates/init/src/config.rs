@@ -1,6 +1,7 @@
 //! Where a boot finds and puts things, and which system-wide steps it takes ([`Boot`]), with the
 //! node's defaults; shared by the boot sequence, the runtime and the live upgrade.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -56,6 +57,15 @@ pub struct Boot {
     /// The live upgrade's check period and health gate.
     #[serde(default)]
     pub upgrade: UpgradeSettings,
+    /// Arguments added after a service's own, by service name, in every release: a namespace
+    /// node's zosd flags (its grid, farm, disks, name prefix), which a node reads from its
+    /// kernel command line. Empty on a node.
+    #[serde(default)]
+    pub service_args: BTreeMap<String, Vec<String>>,
+    /// Environment every service of every release gets, under the release's own (which wins
+    /// on the same name): a namespace node's `PATH` to the host's tools. Empty on a node.
+    #[serde(default)]
+    pub service_env: BTreeMap<String, String>,
 }
 
 impl Boot {
@@ -77,6 +87,8 @@ impl Boot {
             power_button: true,
             grace_ms: GRACE.as_millis() as u64,
             upgrade: UpgradeSettings::default(),
+            service_args: BTreeMap::new(),
+            service_env: BTreeMap::new(),
         }
     }
 

@@ -85,8 +85,15 @@ pub fn prepare(
                 )));
             }
         };
-        // Each service is told which release it belongs to (zosd reports it as its version).
+        // Each service is told which release it belongs to (zosd reports it as its version),
+        // and gets what this node adds to every release (a namespace node's settings).
         for s in &mut runtime.services {
+            if let Some(args) = cfg.service_args.get(&s.name) {
+                s.exec.extend(args.iter().cloned());
+            }
+            for (k, v) in &cfg.service_env {
+                s.env.entry(k.clone()).or_insert_with(|| v.clone());
+            }
             s.env.insert(VERSION_ENV.to_string(), r.version.clone());
         }
         // Every program to start is read whole through the mount first: a block that fails

@@ -295,6 +295,8 @@ fn a_node_boots_from_the_grid_through_every_step() {
         power_button: false,
         grace_ms: 2000,
         upgrade: Default::default(),
+        service_args: Default::default(),
+        service_env: Default::default(),
     };
     std::fs::write(p("boot.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
     let log = p("console.log");

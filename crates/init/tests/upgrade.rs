@@ -422,6 +422,8 @@ impl Booted {
                     check_secs: 3600,
                     gate_secs,
                 },
+                service_args: Default::default(),
+                service_env: Default::default(),
             },
             grid: grid.to_string(),
             runmode: RunMode::Dev,

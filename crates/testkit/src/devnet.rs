@@ -39,6 +39,25 @@ impl DevnetGuard {
         report_interval: Duration,
         vms: Option<VmOptions>,
     ) -> anyhow::Result<Self> {
+        Self::make(nodes, report_interval, vms, None).await
+    }
+
+    /// As [`Self::up`], with each node's zosd under zos-init from a release signed with the
+    /// devnet release key ([`supervised_options`]), so the nodes upgrade live.
+    pub async fn up_supervised(
+        nodes: usize,
+        report_interval: Duration,
+        supervised: SupervisedOptions,
+    ) -> anyhow::Result<Self> {
+        Self::make(nodes, report_interval, None, Some(supervised)).await
+    }
+
+    async fn make(
+        nodes: usize,
+        report_interval: Duration,
+        vms: Option<VmOptions>,
+        supervised: Option<SupervisedOptions>,
+    ) -> anyhow::Result<Self> {
         static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let bin = |b: &str| {
             crate::workspace_binary(b)
@@ -69,6 +88,7 @@ impl DevnetGuard {
                 wait: Duration::from_secs(60),
                 disks: DiskPlan::defaults(),
                 vms: vms.clone(),
+                supervised: supervised.clone(),
             };
             let guard_dir = tempfile_dir::TempDir(dir);
             match up(&opts).await {
@@ -84,6 +104,21 @@ impl DevnetGuard {
         }
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no free devnet name")))
     }
+}
+
+/// Supervised namespace nodes with the zos-init and flist mounter built beside the test
+/// executable and the devnet release key ([`crate::guest::devnet_release_key`]).
+pub fn supervised_options() -> anyhow::Result<SupervisedOptions> {
+    let bin = |b: &str| {
+        crate::workspace_binary(b)
+            .with_context(|| format!("{b} is not built: run `cargo build --workspace` first"))
+    };
+    let (key, _) = crate::guest::devnet_release_key();
+    Ok(SupervisedOptions::new(
+        bin("zos-init")?,
+        bin("zos-flist-mount")?,
+        key,
+    ))
 }
 
 /// The last 4 base-36 digits of `n`.

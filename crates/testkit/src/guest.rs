@@ -125,6 +125,21 @@ pub async fn vm_bed(nodes: usize, zos: &Path) -> VmBed {
     let net = DevnetGuard::up(nodes, Duration::from_secs(2))
         .await
         .unwrap();
+    vm_bed_on(net, zos).await
+}
+
+/// As [`vm_bed`], with the nodes' zosd under zos-init from a release
+/// ([`crate::devnet::supervised_options`]): the bed of a live upgrade.
+pub async fn vm_bed_supervised(nodes: usize, zos: &Path) -> VmBed {
+    build_guest(&[], &[]);
+    let opts = devnet::supervised_options().unwrap();
+    let net = DevnetGuard::up_supervised(nodes, Duration::from_secs(2), opts)
+        .await
+        .unwrap();
+    vm_bed_on(net, zos).await
+}
+
+async fn vm_bed_on(net: DevnetGuard, zos: &Path) -> VmBed {
     let grid = net.state.grid_url.clone();
     let work = tempfile::tempdir().unwrap();
 
@@ -227,7 +242,11 @@ pub async fn wait_http(ns: &str, to: &str, path: &str, want: &str, secs: u64) ->
 /// Waits until every node of the devnet mounted the guest image it was just given.
 pub async fn wait_guest(nodes: &[DevnetNode]) {
     for n in nodes {
-        let kernel = PathBuf::from(format!("/run/zos-flist/{}-zos-guest/vmlinux", n.prefix));
+        // Seen through the node process's root: a supervised node mounts in its own namespace.
+        let kernel = PathBuf::from(format!(
+            "/proc/{}/root/run/zos-flist/{}-zos-guest/vmlinux",
+            n.pid, n.prefix
+        ));
         let ok = wait_until(Duration::from_secs(60), Duration::from_millis(250), || {
             let k = kernel.clone();
             async move { k.is_file().then_some(()) }
@@ -402,4 +421,72 @@ pub fn bare_boot(guest: &Path) -> Duration {
     let _ = child.kill();
     let _ = child.wait();
     took.expect("guest-init never started")
+}
+
+/// A stand-in for the internet on the devnet's public bridge: a namespace at `<public>.250`
+/// (removed when dropped); answers it with the public subnet's first three octets.
+pub fn public_probe(state: &devnet::DevnetState) -> (devnet::netns::Netns, String) {
+    let pubnet = state
+        .public_subnet
+        .split('/')
+        .next()
+        .unwrap()
+        .rsplit_once('.')
+        .unwrap()
+        .0
+        .to_string();
+    let probe = devnet::netns::Netns::create(&format!("{}-pr", state.name)).unwrap();
+    devnet::netns::attach(
+        &state.public_bridge,
+        &probe,
+        &format!("{}prb", state.name),
+        &format!("{pubnet}.250/24"),
+        &format!("{pubnet}.1"),
+    )
+    .unwrap();
+    (probe, pubnet)
+}
+
+/// What an HTTP loop saw ([`http_loop`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoopStats {
+    pub ok: u64,
+    pub failed: u64,
+    /// The longest time from one answered request to the next.
+    pub longest_gap: Duration,
+}
+
+/// A thread that sends `GET path` to `to` from namespace `ns` every `every` (one request at a
+/// time, each with [`http_get`]'s timeouts) until `stop` is set, counting the answers that
+/// contain `want` as ok and everything else as failed; join it for its [`LoopStats`].
+pub fn http_loop(
+    ns: &str,
+    to: &str,
+    path: &str,
+    want: &str,
+    every: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<LoopStats> {
+    let (ns, to, path, want) = (
+        ns.to_string(),
+        to.to_string(),
+        path.to_string(),
+        want.to_string(),
+    );
+    std::thread::spawn(move || {
+        let mut stats = LoopStats::default();
+        let mut last_ok = Instant::now();
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let asked = Instant::now();
+            if http_get(&ns, &to, &path).is_some_and(|b| b.contains(&want)) {
+                stats.ok += 1;
+                stats.longest_gap = stats.longest_gap.max(last_ok.elapsed());
+                last_ok = Instant::now();
+            } else {
+                stats.failed += 1;
+            }
+            std::thread::sleep(every.saturating_sub(asked.elapsed()));
+        }
+        stats
+    })
 }

@@ -11,6 +11,7 @@ pub mod disk;
 pub mod guest;
 pub mod net;
 pub mod process;
+pub mod upgrade;
 pub mod user;
 pub mod vmimage;
 

@@ -205,7 +205,9 @@ pub async fn run(
     );
     let (connected, uplink_rx) = watch::channel(false);
     let channel = crate::health::Channel::new(
-        crate::health::run_dir(&cfg.prefix, &state_dir),
+        cfg.channel_dir
+            .clone()
+            .unwrap_or_else(|| crate::health::run_dir(&cfg.prefix, &state_dir)),
         crate::version::running(),
         identity::key_path(&state_dir),
     );

@@ -131,6 +131,9 @@ pub struct NodeConfig {
     pub dns: Vec<std::net::SocketAddr>,
     /// How often gateway name contracts are checked again.
     pub name_recheck: Duration,
+    /// Where the local channel with zos-init is written, when not where
+    /// [`crate::health::run_dir`] puts it (a devnet's namespace node supervised by zos-init).
+    pub channel_dir: Option<PathBuf>,
 }
 
 /// Let's Encrypt's production directory.
@@ -233,6 +236,7 @@ impl NodeConfig {
                 .map_err(ConfigError::Dns)?
                 .unwrap_or_default(),
             name_recheck: zos_provision::gateway::NAME_RECHECK,
+            channel_dir: None,
         })
     }
 }

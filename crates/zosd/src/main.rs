@@ -71,6 +71,11 @@ struct Args {
     /// How often gateway name contracts are checked again.
     #[arg(long, env = "ZOS_NAME_RECHECK", value_parser = parse_duration)]
     name_recheck: Option<Duration>,
+    /// Where the local channel with zos-init (`node.json`, `health.json`, `check-release`) is
+    /// written, instead of `/run/zos` (or the state directory's `run` with a prefix): a
+    /// devnet's namespace node supervised by `zos-init --node-test` names its runtime directory.
+    #[arg(long, env = "ZOS_RUN_DIR")]
+    run_dir: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -141,6 +146,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(every) = args.name_recheck {
         cfg.name_recheck = every;
     }
+    cfg.channel_dir = args.run_dir;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
