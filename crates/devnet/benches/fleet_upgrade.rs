@@ -1,9 +1,10 @@
 //! Figures for docs/benchmarks.md ("Node OS: a fleet's live upgrade"): on a devnet of ten
 //! namespace nodes supervised by zos-init, with a zmachine (QEMU under TCG) on node 1 serving
 //! HTTP on its public IP, the time from publishing the next release to every node `committed`
-//! (each node's own time too), and the machine's interruption meanwhile as an HTTP loop from the
+//! (the publish itself, packing zosd and pushing it to the hub, included; the first node's, the
+//! median's and the last's), and the machine's interruption meanwhile as an HTTP loop from the
 //! public side sees it (requests sent every 100 ms, one at a time: answered, lost, the longest
-//! time between two answers). Run as root with
+//! time between two answers; the same loop first runs 10 s with no upgrade). Run as root with
 //! `cargo bench -p zos-devnet --bench fleet_upgrade` after `cargo build --workspace`; it builds
 //! the guest image (cached), brings the devnet up and takes it down. Several rounds (the
 //! `ROUNDS` environment variable, default 3), each publishing the next version.
@@ -62,18 +63,38 @@ fn main() {
         let public = format!("{public}:8080");
         wait_http(probe.name(), &public, "/", "hello from web", 240).await;
 
+        // The same loop with no upgrade: the machine's own answer times under TCG.
+        let stop = Arc::new(AtomicBool::new(false));
+        let every = Duration::from_millis(100);
+        let l = http_loop(probe.name(), &public, "/", "hello from web", every, stop.clone());
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        stop.store(true, Ordering::SeqCst);
+        let quiet = l.join().unwrap();
         println!(
-            "\n{:<6} {:>12} {:>12} {:>12} {:>9} {:>6} {:>12}",
-            "round", "first (s)", "median (s)", "fleet (s)", "answered", "lost", "longest gap"
+            "no upgrade, 10 s: {} answered, {} lost, longest gap {:.2} s",
+            quiet.ok,
+            quiet.failed,
+            quiet.longest_gap.as_secs_f64()
+        );
+        println!(
+            "\n{:<6} {:>12} {:>11} {:>11} {:>10} {:>9} {:>6} {:>12}",
+            "round",
+            "publish (s)",
+            "first (s)",
+            "median (s)",
+            "fleet (s)",
+            "answered",
+            "lost",
+            "longest gap"
         );
         for round in 1..=rounds {
             let stop = Arc::new(AtomicBool::new(false));
-            let every = Duration::from_millis(100);
             let l = http_loop(probe.name(), &public, "/", "hello from web", every, stop.clone());
             let published = Instant::now();
             let next = supervised::publish_runtime(state, &opts, None, None)
                 .await
                 .expect("publishing the next version");
+            let publish = published.elapsed();
             // When each node's `committed` was first seen (polled every 100 ms).
             let mut seen: Vec<Option<Duration>> = vec![None; ids.len()];
             while seen.iter().any(Option::is_none) {
@@ -98,8 +119,9 @@ fn main() {
             let mut times: Vec<f64> = seen.iter().flatten().map(Duration::as_secs_f64).collect();
             times.sort_by(f64::total_cmp);
             println!(
-                "{:<6} {:>12.1} {:>12.1} {:>12.1} {:>9} {:>6} {:>10.2} s",
+                "{:<6} {:>12.1} {:>11.1} {:>11.1} {:>10.1} {:>9} {:>6} {:>10.2} s",
                 round,
+                publish.as_secs_f64(),
                 times[0],
                 times[times.len() / 2],
                 times[times.len() - 1],

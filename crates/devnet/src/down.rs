@@ -79,6 +79,16 @@ fn missing_parts(state: &DevnetState) -> Vec<String> {
 pub fn down(state: &DevnetState) -> Result<DownReport> {
     let missing = missing_parts(state);
     let mut problems = Vec::new();
+    // A supervised node's zos-init stops zosd, then sweeps its namespace (its grace each):
+    // every node is told at once, so they stop side by side rather than one after another.
+    if state.supervised.is_some() {
+        for n in state.nodes.iter().filter(|n| state.node_running(n)) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(n.pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
     for n in &state.nodes {
         remove_node(state, n, &mut problems);
     }
