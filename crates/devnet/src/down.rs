@@ -214,9 +214,9 @@ fn still_there(state: &DevnetState) -> Vec<String> {
 }
 
 /// Removes the data a devnet keeps in `dir` (the grid's database, the nodes' state directories,
-/// the farmer's key), so the next devnet in `dir` starts fresh: a farm name, twins and contracts
-/// of a devnet that is gone would only collide with the new one's. Logs stay. Refuses (and
-/// removes nothing) while anything is mounted under `dir`.
+/// the farmer's key, what it published releases from), so the next devnet in `dir` starts
+/// fresh: a farm name, twins and contracts of a devnet that is gone would only collide with the
+/// new one's. Logs stay. Refuses (and removes nothing) while anything is mounted under `dir`.
 pub(crate) fn clear_data(dir: &Path) -> Result<()> {
     let mounted = crate::disk::mounts_under(dir).map_err(DevnetError::io("reading mounts", dir))?;
     if let Some(m) = mounted.first() {
@@ -231,7 +231,7 @@ pub(crate) fn clear_data(dir: &Path) -> Result<()> {
         let node_dir = numbered("node") || numbered("vm");
         let p = e.path();
         let r = match name.as_str() {
-            "grid" => std::fs::remove_dir_all(&p),
+            "grid" | "release" => std::fs::remove_dir_all(&p),
             "grid.ready" | "farmer.key" | "release-keys.json" | "dnsmasq.leases" => {
                 std::fs::remove_file(&p)
             }

@@ -53,7 +53,8 @@ pub async fn publish_runtime(
         hub.block_store()
             .map_err(DevnetError::hub("opening the block store of"))?,
     );
-    let src = state.dir.join("runtime");
+    let work = crate::vms::release_dir(state);
+    let src = work.join("runtime");
     let bin = src.join("usr/bin");
     std::fs::create_dir_all(&bin).map_err(DevnetError::io("creating", &bin))?;
     let zosd = bin.join("zosd");
@@ -67,7 +68,7 @@ pub async fn publish_runtime(
         specs.push(crate::vms::push_dir(state, &hub, &remote, dir, crate::vms::EXTRA_FLIST).await?);
     }
     // Placeholders: a release names a kernel and an initramfs, a namespace node boots neither.
-    let (kernel, initramfs) = (state.dir.join("ns-kernel"), state.dir.join("ns-initramfs"));
+    let (kernel, initramfs) = (work.join("kernel"), work.join("initramfs"));
     for f in [&kernel, &initramfs] {
         std::fs::write(f, b"namespace nodes boot no kernel\n")
             .map_err(DevnetError::io("writing", f))?;

@@ -109,6 +109,12 @@ pub async fn publish_image_as(
 /// The name of the extra runtime flist of [`publish_image_as`].
 pub const EXTRA_FLIST: &str = "zos-extra";
 
+/// Where the devnet packs the flists it publishes (and the rest of what it publishes from:
+/// [`crate::supervised::publish_runtime`]); removed with the devnet's data.
+pub(crate) fn release_dir(state: &DevnetState) -> std::path::PathBuf {
+    state.dir.join("release")
+}
+
 /// Packs `dir` straight into the hub's block store and pushes it as runtime flist `name`
 /// (named by its SHA-256 on the hub, so each release keeps its own).
 pub(crate) async fn push_dir(
@@ -119,7 +125,9 @@ pub(crate) async fn push_dir(
     name: &str,
 ) -> Result<FlistSpec> {
     use zos_flist::pack::{PackOptions, Source, pack};
-    let out = state.dir.join(format!("{name}.fl"));
+    let work = release_dir(state);
+    std::fs::create_dir_all(&work).map_err(DevnetError::io("creating", &work))?;
+    let out = work.join(format!("{name}.fl"));
     pack(
         &Source::Dir(dir.to_path_buf()),
         &out,
