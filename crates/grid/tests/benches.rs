@@ -62,3 +62,26 @@ async fn bench_options_of_zero_are_refused() {
     .unwrap_err();
     assert!(err.to_string().contains("at least 1"), "{err:#}");
 }
+
+#[test]
+fn billing_bench_bills_every_contract_once() {
+    let r = bench::billing::run(bench::billing::Options {
+        contracts: 300,
+        nodes: 3,
+        twins: 7,
+    })
+    .unwrap();
+    assert_eq!((r.bills, r.paid), (300, 300));
+    assert!(
+        r.run_secs > 0.0 && r.peak_rss_mib > 0.0 && r.database_mib > 0.0,
+        "{r:?}"
+    );
+    assert!(
+        bench::billing::run(bench::billing::Options {
+            contracts: 0,
+            nodes: 1,
+            twins: 1
+        })
+        .is_err()
+    );
+}

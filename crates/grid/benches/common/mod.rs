@@ -1,13 +1,14 @@
 //! What the grid's benchmarks share: a grid in a temporary directory on `127.0.0.1:0`, a farmer
 //! and their farm, node registrations, and the timing of many requests in flight.
 //!
-//! The bench targets (`registry`, `relay`) are thin: they parse their flags, call [`uptime::run`]
-//! or [`relay::run`] and print the figures. The measurements live here so that
+//! The bench targets (`registry`, `relay`, `billing`) are thin: they parse their flags, call
+//! [`uptime::run`], [`relay::run`] or [`billing::run`] and print the figures. The measurements live here so that
 //! `tests/benches.rs` runs them too (small), on every `cargo test`. Each user takes a part, hence
 //! the `dead_code` allowance.
 
 #![allow(dead_code)]
 
+pub mod billing;
 pub mod relay;
 pub mod uptime;
 
