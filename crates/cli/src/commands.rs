@@ -84,6 +84,8 @@ pub enum FarmCmd {
         #[arg(long, default_value_t = 30)]
         days: u32,
     },
+    /// What the farm earned from its nodes' paid bills (its farmer or the grid's admin).
+    Earnings { farm: String },
     /// Make the farm's bootloader (farmers): an ISO or USB image holding only iPXE and the
     /// farm's parameters, or the iPXE script itself; nodes fetch the rest from the grid.
     Bootloader(crate::bootloader::BootloaderArgs),
@@ -372,6 +374,11 @@ pub async fn farm(cmd: FarmCmd, g: &Global) -> anyhow::Result<()> {
             }
             print_policy(&f)?;
             Ok(())
+        }
+        FarmCmd::Earnings { farm } => {
+            let c = signed_client(g).await?;
+            let f = find_farm(&c, &farm).await?;
+            crate::account::farm_earnings(&c, f.id, g).await
         }
         FarmCmd::Admission { farm, days } => {
             let c = signed_client(g).await?;

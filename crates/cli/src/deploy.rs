@@ -141,19 +141,22 @@ fn finish(node: NodeId, d: &Deployment, g: &Global) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `zos deploy FILE --node ID [--require REQUIREMENT]`: with a requirement, a proposal the
-/// other twins sign (`crate::proposal`).
+/// `zos deploy FILE --node ID [--require REQUIREMENT] [--max-cost TOKENS]`: prints the cost per
+/// hour first and refuses above the maximum; with a requirement, a proposal the other twins
+/// sign (`crate::proposal`).
 pub async fn deploy(
     file: &Path,
     node: NodeId,
     wait: Duration,
     require: Option<&str>,
+    max_cost: Option<&str>,
     g: &Global,
 ) -> anyhow::Result<()> {
     let c = signed_client(g).await?;
     let me = c.twin_id().context("no twin")?;
     let mut d = deployfile::parse(&read_file(file)?, me)
         .map_err(|e| crate::exit::tag(crate::exit::Kind::Refused, e))?;
+    crate::account::check_cost(&c, node, &d, max_cost).await?;
     let mut progress = Progress::new(g.structured());
     let (networks, _) = crate::network::store(g).await?;
     let record = |name: &str| networks.load(name);

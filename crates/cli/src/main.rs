@@ -1,5 +1,6 @@
 //! `zos`: the command line of zos users and farmers.
 
+mod account;
 mod bootloader;
 mod commands;
 mod context;
@@ -72,7 +73,17 @@ enum Command {
         /// completes the weight deploys it.
         #[arg(long, value_name = "REQUIREMENT")]
         require: Option<String>,
+        /// Refuse to deploy (before signing anything) when the deployment costs more than
+        /// this many tokens per hour; the cost is printed either way.
+        #[arg(long, value_name = "TOKENS")]
+        max_cost: Option<String>,
     },
+    /// Your account on the grid: balance, deposit, history (docs/billing.md).
+    #[command(subcommand)]
+    Account(account::AccountCmd),
+    /// Contracts' bills.
+    #[command(subcommand)]
+    Contract(account::ContractCmd),
     /// Deployments, updates and cancels a group of twins approves: list, show, sign, reject.
     #[command(subcommand)]
     Proposal(proposal::ProposalCmd),
@@ -135,16 +146,20 @@ fn main() {
                 node,
                 wait,
                 require,
+                max_cost,
             } => {
                 deploy::deploy(
                     &file,
                     node,
                     std::time::Duration::from_secs(wait),
                     require.as_deref(),
+                    max_cost.as_deref(),
                     &cli.global,
                 )
                 .await
             }
+            Command::Account(c) => account::account(c, &cli.global).await,
+            Command::Contract(c) => account::contract(c, &cli.global).await,
             Command::Proposal(c) => proposal::run(c, &cli.global).await,
             Command::Deployment(c) => deploy::deployment(c, &cli.global).await,
             Command::Name(c) => name::run(c, &cli.global).await,

@@ -333,7 +333,11 @@ pub async fn start_grid(state: &mut DevnetState) -> Result<()> {
         .arg("--ready-file")
         .arg(&ready)
         // The farmer is the first twin of a devnet's fresh grid; it administers grace periods.
-        .args(["--admin-twin", "1"]);
+        .args(["--admin-twin", "1"])
+        // A devnet does not bill (its twins have no money, and machines would pause after an
+        // hour); its faucet lets anyone try deposits and accounts.
+        .arg("--no-billing")
+        .args(["--faucet", "1000"]);
     if let Some(keys) = &state.release_keys {
         cmd.arg("--release-keys")
             .arg(format!("dev={}", keys.display()));

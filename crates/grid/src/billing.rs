@@ -30,6 +30,9 @@ use crate::store::{BillingRules, Store, StoreError};
 /// How the grid bills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BillingConfig {
+    /// Whether the grid runs the billing by itself (at start and every `tick`). Without it,
+    /// prices, accounts and deposits still answer, and nothing is billed.
+    pub enabled: bool,
     /// Length of a billing period (TFChain bills every hour).
     pub period: Duration,
     /// How long after a period ends it is billed: nodes send their reports meanwhile.
@@ -50,6 +53,7 @@ pub struct BillingConfig {
 impl Default for BillingConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             period: Duration::from_secs(3600),
             delay: Duration::from_secs(300),
             grace: Duration::from_secs(14 * 24 * 3600),

@@ -194,7 +194,10 @@ pub async fn start(config: GridConfig) -> Result<RunningGrid, GridError> {
     };
     let hub = Arc::new(hub);
     let relay = state.relay().clone();
-    let biller = tokio::spawn(billing::run_forever(state.clone(), config.billing));
+    let biller = config
+        .billing
+        .enabled
+        .then(|| tokio::spawn(billing::run_forever(state.clone(), config.billing)));
     let app = api::router(state.clone())
         .merge(hub::router(state.clone(), hub.clone()))
         .merge(boot::router(state, boot.clone(), hub));
@@ -231,7 +234,7 @@ pub async fn start(config: GridConfig) -> Result<RunningGrid, GridError> {
         boot,
         clock: state_clock,
         billing: config.billing,
-        biller: Some(biller),
+        biller,
         stop: Some(stop),
         task: Some(task),
     })

@@ -73,6 +73,10 @@ struct BillingArgs {
     /// Contracts billed per transaction.
     #[arg(long, default_value_t = BillingConfig::default().batch)]
     billing_batch: u32,
+    /// Do not bill: prices, accounts and deposits answer, and no contract is billed (a
+    /// devnet runs so unless it is started for billing).
+    #[arg(long)]
+    no_billing: bool,
     /// A devnet faucet: any twin may deposit up to this many tokens to itself at once. Never
     /// on a grid with real money.
     #[arg(long, value_name = "TOKENS")]
@@ -99,6 +103,7 @@ impl BillingArgs {
             ),
         };
         config.billing = BillingConfig {
+            enabled: !self.no_billing,
             period: Duration::from_secs(self.billing_period_secs),
             delay: Duration::from_secs(self.billing_delay_secs),
             grace: Duration::from_secs(self.grace_secs),

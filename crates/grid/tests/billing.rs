@@ -27,6 +27,7 @@ async fn grid(faucet: Option<u64>) -> TestGrid {
     let g = TestGrid::start_signing_with_clock(move |c| {
         c.admin = Some(1);
         c.billing = BillingConfig {
+            enabled: true,
             period: Duration::from_secs(HOUR as u64),
             delay: Duration::ZERO,
             grace: Duration::from_secs(2 * HOUR as u64),
