@@ -370,3 +370,60 @@ fn devnet_down_is_idempotent_and_up_after_down_starts_fresh() {
     }
     nothing_left();
 }
+
+#[test]
+fn a_supervised_devnet_runs_zosd_from_a_release_and_goes_with_nothing_left() {
+    if !require_root("a_supervised_devnet_runs_zosd_from_a_release_and_goes_with_nothing_left") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let name = format!("s{:04}", std::process::id() % 10_000);
+    let dir = tmp.path().join("zos/devnet").join(&name);
+
+    // The release needs a key: refused, saying which, with nothing made.
+    let out = zos_devnet(tmp.path(), &["up", "--name", &name, "--supervised"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--supervised needs --release-key"), "{err}");
+    assert!(!zos_devnet::DevnetState::state_file(&dir).exists());
+    assert!(!netns::link_exists(&format!("{name}br")));
+
+    let key = tmp.path().join("release.key");
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_zos"))
+        .args(["release", "keygen", "-o"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    ok(&made, "release keygen");
+    let up = zos_devnet(
+        tmp.path(),
+        &[
+            "up",
+            "--name",
+            &name,
+            "--supervised",
+            "--release-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    ok(&up, "up --supervised");
+    let state = zos_devnet::DevnetState::load(&dir).unwrap();
+    let node = state.nodes[0].clone();
+    // The node's process is its zos-init, whose zosd registered the devnet's first release.
+    let argv = zos_runtime::supervise::argv(node.pid).unwrap_or_default();
+    assert!(argv.iter().any(|a| a == "--node-test"), "{argv:?}");
+    let list = std::process::Command::new(env!("CARGO_BIN_EXE_zos"))
+        .args(["node", "list", "--json", "--grid", &state.grid_url])
+        .output()
+        .unwrap();
+    ok(&list, "node list");
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(list[0]["zos_version"], "0.1.0", "{list}");
+
+    ok(&zos_devnet(tmp.path(), &["down", "--name", &name]), "down");
+    assert!(!zos_testkit::process::alive(node.pid));
+    assert!(!netns::netns_exists(&node.netns));
+    for data in ["grid", "release", "node1", "release-keys.json"] {
+        assert!(!dir.join(data).exists(), "{data} outlived down");
+    }
+}
