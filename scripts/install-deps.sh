@@ -69,3 +69,28 @@ if ! command -v virtiofsd >/dev/null 2>&1 && [[ ! -x /usr/libexec/virtiofsd ]]; 
   echo "installing virtiofsd (vhost-user file system daemon for VMs)" >&2
   cargo install --locked virtiofsd
 fi
+
+# The explorer's browser tests (crates/grid/tests/explorer.rs): headless Chromium driven over
+# WebDriver, and axe-core (from the npm registry) injected into its pages.
+browser=()
+command -v chromium >/dev/null 2>&1 || browser+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || browser+=(chromium-driver)
+if ((${#browser[@]})); then
+  echo "installing: ${browser[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${browser[@]}" fonts-dejavu-core >/dev/null
+fi
+axe_version=4.10.3
+axe_dir=/usr/local/share/zos-test/axe-core-$axe_version
+if [[ ! -f $axe_dir/axe.min.js ]]; then
+  command -v npm >/dev/null 2>&1 || {
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
+  }
+  echo "fetching axe-core $axe_version from the npm registry" >&2
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "axe-core@$axe_version" >/dev/null && tar -xzf axe-core-$axe_version.tgz)
+  mkdir -p "$axe_dir"
+  install -m 0644 "$tmp/package/axe.min.js" "$tmp/package/LICENSE" "$axe_dir/"
+  rm -rf "$tmp"
+fi

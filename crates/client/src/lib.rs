@@ -454,6 +454,32 @@ impl GridClient {
         self.get(&format!("/nodes/{id}"), &[]).await
     }
 
+    /// The uptime reports of node `id` the registry keeps, received at `since` or later.
+    pub async fn node_uptime(
+        &self,
+        id: NodeId,
+        since: Option<i64>,
+    ) -> Result<Vec<zos_types::registry::UptimePoint>, ClientError> {
+        let since = since.map(|s| s.to_string());
+        let query: Vec<(&str, &str)> = since.iter().map(|s| ("since", s.as_str())).collect();
+        self.get(&format!("/nodes/{id}/uptime"), &query).await
+    }
+
+    /// The grid's totals now.
+    pub async fn stats(&self) -> Result<zos_types::registry::GridStats, ClientError> {
+        self.get("/stats", &[]).await
+    }
+
+    /// The sampled history of the grid's totals, from `since` on.
+    pub async fn stats_history(
+        &self,
+        since: Option<i64>,
+    ) -> Result<Vec<zos_types::registry::GridStats>, ClientError> {
+        let since = since.map(|s| s.to_string());
+        let query: Vec<(&str, &str)> = since.iter().map(|s| ("since", s.as_str())).collect();
+        self.get("/stats/history", &query).await
+    }
+
     // ---- contracts ----
 
     pub async fn create_node_contract(

@@ -13,8 +13,9 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use zos_types::registry::{
-    API_PREFIX, AddFarmIp, CreateFarm, CreateTwin, Farm, FarmIp, FarmPolicy, Health,
-    MAX_BODY_BYTES, Node, NodeFilter, NodeRegistration, PublicConfig, Twin, UptimeReport,
+    API_PREFIX, AddFarmIp, CreateFarm, CreateTwin, Farm, FarmIp, FarmPolicy, GridStats, Health,
+    MAX_BODY_BYTES, Node, NodeFilter, NodeRegistration, PublicConfig, Twin, UptimePoint,
+    UptimeReport,
 };
 use zos_types::{FarmId, NodeId, PublicKey, TwinId};
 
@@ -37,7 +38,12 @@ pub fn router(state: AppState) -> Router {
         .route(&p("/nodes"), post(register_node).get(list_nodes))
         .route(&p("/nodes/{id}"), get(get_node))
         .route(&p("/nodes/{id}/public-config"), put(set_public_config))
-        .route(&p("/nodes/{id}/uptime"), post(report_uptime))
+        .route(
+            &p("/nodes/{id}/uptime"),
+            post(report_uptime).get(node_uptime),
+        )
+        .route(&p("/stats"), get(stats))
+        .route(&p("/stats/history"), get(stats_history))
         .merge(crate::contracts::routes())
         .merge(crate::proposals::routes())
         .merge(crate::billing::routes())
@@ -153,7 +159,8 @@ async fn get_farm(State(app): State<AppState>, ApiPath(id): ApiPath<FarmId>) -> 
     Ok(Json(load_farm(&app, id).await?))
 }
 
-async fn load_farm(app: &AppState, id: FarmId) -> Result<Farm, ApiFailure> {
+/// Farm `id`, as `GET /farms/{id}` answers it (404 when it does not exist).
+pub async fn load_farm(app: &AppState, id: FarmId) -> Result<Farm, ApiFailure> {
     app.run(move |s| s.farm(id))
         .await?
         .ok_or_else(|| ApiFailure::NotFound(format!("farm {id} does not exist")))
@@ -246,7 +253,8 @@ async fn register_node(State(app): State<AppState>, signed: Signed) -> Created<N
     }
 }
 
-async fn load_node(app: &AppState, id: NodeId) -> Result<Node, ApiFailure> {
+/// Node `id`, as `GET /nodes/{id}` answers it (404 when it does not exist).
+pub async fn load_node(app: &AppState, id: NodeId) -> Result<Node, ApiFailure> {
     let now = app.now();
     app.run(move |s| s.node(id, now))
         .await?
@@ -301,18 +309,71 @@ async fn report_uptime(
     Ok(Json(node))
 }
 
-async fn list_nodes(
-    State(app): State<AppState>,
-    ApiQuery(filter): ApiQuery<NodeFilter>,
-) -> Answer<Vec<Node>> {
+/// The longest `zos_version` a node filter takes.
+pub const MAX_VERSION_FILTER: usize = 64;
+
+/// Refuses a node filter the registry does not serve (a page too large, a version too long).
+pub fn check_node_filter(filter: &NodeFilter) -> Result<(), ApiFailure> {
     if filter.limit.is_some_and(|l| l > NodeFilter::MAX_LIMIT) {
         return Err(ApiFailure::BadRequest(format!(
             "limit: at most {}",
             NodeFilter::MAX_LIMIT
         )));
     }
+    if filter
+        .zos_version
+        .as_ref()
+        .is_some_and(|v| v.len() > MAX_VERSION_FILTER)
+    {
+        return Err(ApiFailure::BadRequest(format!(
+            "zos_version: at most {MAX_VERSION_FILTER} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// The nodes passing `filter`, as `GET /nodes` answers them.
+pub async fn nodes(app: &AppState, filter: NodeFilter) -> Result<Vec<Node>, ApiFailure> {
+    check_node_filter(&filter)?;
     let now = app.now();
-    Ok(Json(app.run(move |s| s.nodes(&filter, now)).await?))
+    app.run(move |s| s.nodes(&filter, now)).await
+}
+
+async fn list_nodes(
+    State(app): State<AppState>,
+    ApiQuery(filter): ApiQuery<NodeFilter>,
+) -> Answer<Vec<Node>> {
+    Ok(Json(nodes(&app, filter).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinceQuery {
+    /// Only what is at this server time (unix seconds) or later.
+    since: Option<i64>,
+}
+
+async fn node_uptime(
+    State(app): State<AppState>,
+    ApiPath(id): ApiPath<NodeId>,
+    ApiQuery(q): ApiQuery<SinceQuery>,
+) -> Answer<Vec<UptimePoint>> {
+    load_node(&app, id).await?;
+    let since = q.since.unwrap_or(i64::MIN);
+    Ok(Json(app.run(move |s| s.node_uptime(id, since)).await?))
+}
+
+async fn stats(State(app): State<AppState>) -> Answer<GridStats> {
+    let now = app.now();
+    Ok(Json(app.run(move |s| s.stats(now)).await?))
+}
+
+async fn stats_history(
+    State(app): State<AppState>,
+    ApiQuery(q): ApiQuery<SinceQuery>,
+) -> Answer<Vec<GridStats>> {
+    let since = q.since.unwrap_or(i64::MIN);
+    Ok(Json(app.run(move |s| s.stats_history(since)).await?))
 }
 
 async fn get_node(State(app): State<AppState>, ApiPath(id): ApiPath<NodeId>) -> Answer<Node> {

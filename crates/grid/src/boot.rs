@@ -610,21 +610,34 @@ async fn list_releases(
         .runmode
         .ok_or_else(|| ApiFailure::BadRequest("runmode: the query parameter is required".into()))?;
     let (mode, _) = served(&boot, &raw)?;
-    let r = boot.releases();
-    let list = r
-        .get(&mode)
-        .map(|m| {
-            m.values()
-                .rev()
-                .map(|s| ReleaseSummary {
-                    release: s.release.clone(),
-                    signers: s.signed.signatures.iter().map(|g| g.key).collect(),
-                    terms: s.terms.clone(),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(Json(list))
+    Ok(Json(boot.summaries(mode)))
+}
+
+impl Boot {
+    /// The runmodes this grid serves releases of (those with release keys).
+    pub fn runmodes(&self) -> Vec<RunMode> {
+        RunMode::ALL
+            .into_iter()
+            .filter(|m| self.root(*m).is_some())
+            .collect()
+    }
+
+    /// Every release of `mode`, newest first, as `GET /releases?runmode=` answers them.
+    pub fn summaries(&self, mode: RunMode) -> Vec<ReleaseSummary> {
+        let r = self.releases();
+        r.get(&mode)
+            .map(|m| {
+                m.values()
+                    .rev()
+                    .map(|s| ReleaseSummary {
+                        release: s.release.clone(),
+                        signers: s.signed.signatures.iter().map(|g| g.key).collect(),
+                        terms: s.terms.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 fn refused(e: ReleaseError) -> ApiFailure {

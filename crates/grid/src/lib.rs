@@ -28,6 +28,7 @@ pub mod boot;
 pub mod clock;
 pub mod contracts;
 pub mod error;
+pub mod explorer;
 pub mod hub;
 pub mod proposals;
 pub mod relay;
@@ -52,6 +53,8 @@ use crate::store::{SqliteStore, Store, StoreError};
 
 /// Name of the database file inside the data directory.
 pub const DATABASE_FILE: &str = "registry.sqlite";
+/// How often the grid's totals are sampled by default.
+pub const DEFAULT_STATS_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a shutdown waits for requests in flight before it drops them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -81,6 +84,9 @@ pub struct GridConfig {
     pub boot: boot::BootConfig,
     /// Billing periods, grace length, the devnet faucet.
     pub billing: billing::BillingConfig,
+    /// How often the grid's totals are sampled into their history (`GET /stats/history`, the
+    /// explorer's charts).
+    pub stats_interval: Duration,
 }
 
 impl GridConfig {
@@ -98,6 +104,7 @@ impl GridConfig {
             hub: hub::HubConfig::default(),
             boot: boot::BootConfig::default(),
             billing: billing::BillingConfig::default(),
+            stats_interval: DEFAULT_STATS_INTERVAL,
         }
     }
 
@@ -152,6 +159,7 @@ pub struct RunningGrid {
     clock: Arc<dyn Clock>,
     billing: billing::BillingConfig,
     biller: Option<JoinHandle<()>>,
+    sampler: JoinHandle<()>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<io::Result<()>>>,
 }
@@ -198,8 +206,10 @@ pub async fn start(config: GridConfig) -> Result<RunningGrid, GridError> {
         .billing
         .enabled
         .then(|| tokio::spawn(billing::run_forever(state.clone(), config.billing)));
+    let sampler = tokio::spawn(sample_stats(state.clone(), config.stats_interval));
     let app = api::router(state.clone())
         .merge(hub::router(state.clone(), hub.clone()))
+        .merge(explorer::router(state.clone(), boot.clone()))
         .merge(boot::router(state, boot.clone(), hub));
     let (stop, stopped) = oneshot::channel::<()>();
     let (stop_all, _) = tokio::sync::watch::channel(false);
@@ -235,9 +245,30 @@ pub async fn start(config: GridConfig) -> Result<RunningGrid, GridError> {
         clock: state_clock,
         billing: config.billing,
         biller,
+        sampler,
         stop: Some(stop),
         task: Some(task),
     })
+}
+
+/// Samples the grid's totals into their history now and every `interval`, until aborted. A
+/// failed sample is logged and the next one tried.
+async fn sample_stats(state: state::AppState, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = state.now();
+        let sampled = state
+            .run(move |s| {
+                let sample = s.stats(now)?;
+                s.record_stats(&sample)
+            })
+            .await;
+        if let Err(e) = sampled {
+            tracing::warn!(error = %e, "cannot sample the grid's totals");
+        }
+    }
 }
 
 fn open_store(dir: &Path) -> Result<Arc<dyn Store>, GridError> {
@@ -289,6 +320,7 @@ impl RunningGrid {
         if let Some(b) = self.biller.take() {
             b.abort();
         }
+        self.sampler.abort();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -313,6 +345,7 @@ impl Drop for RunningGrid {
         if let Some(b) = self.biller.take() {
             b.abort();
         }
+        self.sampler.abort();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

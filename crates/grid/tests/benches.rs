@@ -85,3 +85,21 @@ fn billing_bench_bills_every_contract_once() {
         .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explorer_bench_serves_every_page() {
+    let r = bench::explorer::run(bench::explorer::Options {
+        nodes: 120,
+        farms: 3,
+        requests: 2,
+    })
+    .await
+    .unwrap();
+    assert_eq!(r.pages.len(), bench::explorer::PAGES.len());
+    for p in &r.pages {
+        assert!(
+            p.bytes > 0 && p.p50_ms > 0.0 && p.p50_ms <= p.max_ms,
+            "{p:?}"
+        );
+    }
+}

@@ -2,13 +2,13 @@
 
 mod common;
 
-use common::{TestGrid, registration};
+use common::{TestGrid, error_message, raw, registration};
 use zos_grid::clock::Clock;
 use zos_types::Identity;
 use zos_types::capacity::GIB;
 use zos_types::registry::{
-    AddFarmIp, AdmissionToken, FarmPolicy, NodeAdmission, NodeFilter, ONLINE_PERIODS, PublicConfig,
-    UptimeReport,
+    AddFarmIp, AdmissionToken, FarmPolicy, NodeAdmission, NodeFilter, NodeRegistration,
+    ONLINE_PERIODS, PublicConfig, UptimeReport,
 };
 
 fn status(e: zos_client::ClientError) -> u16 {
@@ -651,4 +651,96 @@ async fn a_restarted_grid_keeps_everything() {
         .await
         .unwrap();
     assert_eq!(f.public_ips.len(), 2);
+}
+
+#[tokio::test]
+async fn stats_and_uptime_history_come_from_the_registry() {
+    let g = TestGrid::start().await;
+    let (farmer, farm) = g.farm("stats-farm").await;
+    farmer
+        .add_farm_ip(farm.id, &ip("185.69.166.30/24", "185.69.166.1"))
+        .await
+        .unwrap();
+    let (a, node_a) = g.node(farm.id).await;
+    let (_b, _) = g.node(farm.id).await;
+    a.report_uptime(node_a.id, &report(100)).await.unwrap();
+    let s = g.client().stats().await.unwrap();
+    assert_eq!((s.nodes, s.nodes_online, s.farms), (2, 1, 1));
+    assert_eq!((s.ipv4_total, s.ipv4_used, s.contracts), (1, 0, 0));
+    assert_eq!(s.total.cru, 8);
+    assert_eq!(s.reserved.mru, 4 * zos_types::capacity::GIB);
+    assert_eq!(s.time, g.clock.now());
+
+    g.clock.advance(60);
+    a.report_uptime(node_a.id, &report(160)).await.unwrap();
+    let points = g.client().node_uptime(node_a.id, None).await.unwrap();
+    assert_eq!(
+        points.iter().map(|p| p.uptime_secs).collect::<Vec<_>>(),
+        vec![100, 160]
+    );
+    let recent = g
+        .client()
+        .node_uptime(node_a.id, Some(g.clock.now()))
+        .await
+        .unwrap();
+    assert_eq!(recent.len(), 1);
+    let missing = g.client().node_uptime(999, None).await.unwrap_err();
+    assert!(missing.is_not_found(), "{missing}");
+    // The grid sampled its totals when it started.
+    let history = g.client().stats_history(None).await.unwrap();
+    assert!(!history.is_empty());
+}
+
+#[tokio::test]
+async fn nodes_filter_by_version_and_sort_and_a_long_version_is_refused() {
+    let g = TestGrid::start().await;
+    let (_, farm) = g.farm("sort-farm").await;
+    let (_, n1) = g.node(farm.id).await;
+    let (c2, _) = g.twin().await;
+    let newer = NodeRegistration {
+        zos_version: "0.2.0".into(),
+        ..g.admitted(farm.id)
+    };
+    let (n2, _) = c2.register_node(&newer).await.unwrap();
+    let list = |f: NodeFilter| {
+        let c = g.client();
+        async move {
+            c.list_nodes(&f)
+                .await
+                .unwrap()
+                .iter()
+                .map(|n| n.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let v = |s: &str| NodeFilter {
+        zos_version: Some(s.into()),
+        ..NodeFilter::default()
+    };
+    assert_eq!(list(v("0.2.0")).await, vec![n2.id]);
+    assert_eq!(list(v("0.1.0")).await, vec![n1.id]);
+    assert_eq!(list(v("9")).await, Vec::<u32>::new());
+    let by_version = |desc| NodeFilter {
+        sort: Some(zos_types::registry::NodeSort::Version),
+        desc: Some(desc),
+        ..NodeFilter::default()
+    };
+    assert_eq!(list(by_version(true)).await, vec![n2.id, n1.id]);
+    assert_eq!(list(by_version(false)).await, vec![n1.id, n2.id]);
+
+    let before = g.dump();
+    let long = "9".repeat(65);
+    let (status, body) = raw(
+        &g.url(),
+        "GET",
+        &format!("/api/v1/nodes?zos_version={long}"),
+        vec![],
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(error_message(&body).contains("zos_version"), "{body}");
+    let (status, _) = raw(&g.url(), "GET", "/api/v1/nodes?sort=bogus", vec![], None).await;
+    assert_eq!(status, 400);
+    assert_eq!(g.dump(), before);
 }

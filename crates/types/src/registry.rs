@@ -14,6 +14,9 @@
 //! | `PUT /nodes/{id}/public-config` | the node's farmer | [`PublicConfig`] → 200 [`Node`] |
 //! | `POST /nodes/{id}/uptime` | the node's own twin | [`UptimeReport`] → 200 [`Node`] |
 //! | `GET /nodes?…` ([`NodeFilter`]), `GET /nodes/{id}` | – | [`Node`]s |
+//! | `GET /nodes/{id}/uptime` | – | the node's recent [`UptimePoint`]s, oldest first |
+//! | `GET /stats` | – | [`GridStats`]: the grid's totals now |
+//! | `GET /stats/history` | – | [`GridStats`] samples, oldest first (see [`GridStats`]) |
 //! | `GET /health` | – | [`Health`] |
 //!
 //! Errors answer with a 4xx or 5xx status and an [`ApiError`] body. Bodies larger than
@@ -520,6 +523,94 @@ pub struct NodeFilter {
     pub limit: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u32>,
+    /// Only nodes running exactly this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zos_version: Option<String>,
+    /// The order of the answer (default: by id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sort: Option<NodeSort>,
+    /// Largest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desc: Option<bool>,
+}
+
+/// What `GET /nodes` sorts by; ties are broken by id.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeSort {
+    #[default]
+    Id,
+    Farm,
+    FreeCru,
+    FreeMru,
+    FreeSru,
+    FreeHru,
+    Uptime,
+    LastSeen,
+    Version,
+}
+
+impl NodeSort {
+    pub const ALL: [NodeSort; 9] = [
+        NodeSort::Id,
+        NodeSort::Farm,
+        NodeSort::FreeCru,
+        NodeSort::FreeMru,
+        NodeSort::FreeSru,
+        NodeSort::FreeHru,
+        NodeSort::Uptime,
+        NodeSort::LastSeen,
+        NodeSort::Version,
+    ];
+
+    /// The name used in queries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeSort::Id => "id",
+            NodeSort::Farm => "farm",
+            NodeSort::FreeCru => "free_cru",
+            NodeSort::FreeMru => "free_mru",
+            NodeSort::FreeSru => "free_sru",
+            NodeSort::FreeHru => "free_hru",
+            NodeSort::Uptime => "uptime",
+            NodeSort::LastSeen => "last_seen",
+            NodeSort::Version => "version",
+        }
+    }
+}
+
+/// The grid's totals at one time: the answer of `GET /stats`, and one sample of
+/// `GET /stats/history`. The registry samples them about once a minute and keeps a bounded,
+/// thinned history: every sample of the last day, one an hour for 30 days before that.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GridStats {
+    /// Server time (unix seconds) of the figures.
+    pub time: i64,
+    pub nodes: u64,
+    pub nodes_online: u64,
+    pub farms: u64,
+    /// Capacity of every node.
+    pub total: Capacity,
+    /// Kept back by the nodes for themselves.
+    pub reserved: Capacity,
+    /// Held by contracts.
+    pub used: Capacity,
+    /// Addresses in farms' pools, and those held by contracts.
+    pub ipv4_total: u64,
+    pub ipv4_used: u64,
+    /// Live contracts (created or in their grace period).
+    pub contracts: u64,
+}
+
+/// One uptime report of a node, as the registry received it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UptimePoint {
+    /// Server time (unix seconds) of the report.
+    pub time: i64,
+    /// The node's uptime in it.
+    pub uptime_secs: u64,
 }
 
 impl NodeFilter {
@@ -536,6 +627,10 @@ impl NodeFilter {
             && self.free_mru.is_none_or(|v| free.mru >= v)
             && self.free_sru.is_none_or(|v| free.sru >= v)
             && self.free_hru.is_none_or(|v| free.hru >= v)
+            && self
+                .zos_version
+                .as_ref()
+                .is_none_or(|v| &node.zos_version == v)
     }
 }
 

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod billing;
+pub mod explorer;
 pub mod relay;
 pub mod uptime;
 

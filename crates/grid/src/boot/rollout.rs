@@ -303,6 +303,34 @@ async fn status_now(
     status_of(boot, mode, stored, &record, &nodes)
 }
 
+impl Boot {
+    /// The rollout of `version` of `mode` (default: the current release), as `GET
+    /// /releases/{runmode}/status` answers it.
+    pub async fn rollout_status(
+        &self,
+        app: &AppState,
+        mode: RunMode,
+        version: Option<Version>,
+    ) -> Result<RolloutStatus, ApiFailure> {
+        let stored = stored_version(self, mode, version)?;
+        status_now(app, self, mode, &stored).await
+    }
+
+    /// Node `node`'s entry in the rollout of the current release of `mode`: the entry `GET
+    /// /releases/{runmode}/status` lists for it (`None` when no release is published).
+    pub fn node_upgrade(&self, mode: RunMode, node: &Node) -> Option<(String, NodeUpgrade)> {
+        let stored = self.current(mode)?;
+        let v = version_of(&stored).ok()?;
+        let record = self
+            .rollouts()
+            .get(&(mode, v))
+            .cloned()
+            .unwrap_or_else(|| Record::new(&stored));
+        let status = status_of(self, mode, &stored, &record, std::slice::from_ref(node)).ok()?;
+        status.nodes.into_iter().next().map(|n| (status.version, n))
+    }
+}
+
 fn parse_version(raw: &str) -> Result<Version, ApiFailure> {
     raw.parse()
         .map_err(|e: ReleaseError| ApiFailure::BadRequest(e.to_string()))

@@ -8,6 +8,7 @@
 mod billing;
 mod contracts;
 mod farms;
+mod history;
 mod proposals;
 mod rows;
 mod sqlite;
@@ -24,11 +25,13 @@ use zos_types::contract::{Contract, ContractFilter, NodeEventRecord};
 use zos_types::deployment::{ContractId, Deployment, DeploymentHash};
 use zos_types::proposal::{Proposal, ProposalFilter, ProposalId, ProposalKind};
 use zos_types::registry::{
-    AddFarmIp, Farm, FarmIp, FarmPolicy, Node, NodeFilter, NodeRegistration, PublicConfig, Twin,
+    AddFarmIp, Farm, FarmIp, FarmPolicy, GridStats, Node, NodeFilter, NodeRegistration,
+    PublicConfig, Twin, UptimePoint,
 };
 use zos_types::{Capacity, FarmId, NodeId, PublicKey, Signature, TwinId};
 
 pub use billing::{BatchOutcome, BillingRules};
+pub use history::{STATS_FULL_SECS, STATS_KEEP_SECS, UPTIME_KEEP_POINTS, UPTIME_KEEP_SECS};
 pub use sqlite::{SCHEMA_VERSION, SqliteStore};
 
 /// Failures of the store. [`StoreError::NotFound`], [`StoreError::Conflict`] and
@@ -147,7 +150,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         now: i64,
     ) -> Result<Node, StoreError>;
     /// Records an uptime report received at server time `now`, with the capacity the node's
-    /// workloads use when it says.
+    /// workloads use when it says, and appends it to the node's bounded uptime history.
     fn report_uptime(
         &self,
         node: NodeId,
@@ -294,7 +297,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         now: i64,
     ) -> Result<(), StoreError>;
 
-    /// Every row of every table as text, in a stable order: for tests that check a refused
-    /// request changed nothing, and for debugging.
+    /// The grid's totals at `now`.
+    fn stats(&self, now: i64) -> Result<GridStats, StoreError>;
+    /// Appends a sample of the totals to their history, which keeps every sample younger than
+    /// [`STATS_FULL_SECS`], the first of each hour before that, and none older than
+    /// [`STATS_KEEP_SECS`].
+    fn record_stats(&self, sample: &GridStats) -> Result<(), StoreError>;
+    /// The samples taken at `since` or later, oldest first.
+    fn stats_history(&self, since: i64) -> Result<Vec<GridStats>, StoreError>;
+    /// The uptime reports of `node` received at `since` or later, oldest first (at most
+    /// [`UPTIME_KEEP_POINTS`], none older than [`UPTIME_KEEP_SECS`]).
+    fn node_uptime(&self, node: NodeId, since: i64) -> Result<Vec<UptimePoint>, StoreError>;
+
+    /// Every row of every table but the sampled totals (which the grid writes on its own) as
+    /// text, in a stable order: for tests that check a refused request changed nothing, and for
+    /// debugging.
     fn dump(&self) -> Result<String, StoreError>;
 }

@@ -9,15 +9,16 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use zos_types::registry::{
-    AddFarmIp, Farm, FarmIp, FarmPolicy, Node, NodeFilter, NodeRegistration, PublicConfig, Twin,
+    AddFarmIp, Farm, FarmIp, FarmPolicy, GridStats, Node, NodeFilter, NodeRegistration, NodeSort,
+    PublicConfig, Twin, UptimePoint,
 };
 use zos_types::{Capacity, FarmId, NodeId, PublicKey, TwinId};
 
 use super::billing::{self, BatchOutcome, BillingRules};
-use super::proposals;
 use super::rows::{db, farm_ip_from_row, id_from_sql, node_from_row, to_sql, twin_from_row};
 use super::{EventHook, Store, StoreError};
 use super::{NewProposal, contracts};
+use super::{history, proposals};
 use zos_types::Signature;
 use zos_types::billing::{
     Account, AccountEvent, Bill, ConsumptionReport, Deposit, FarmEarnings, PolicyVersion,
@@ -101,6 +102,8 @@ const MIGRATIONS: &[&str] = &[
     super::proposals::MIGRATION,
     // 5: billing: pricing policies, ledger, bills, consumption reports.
     super::billing::MIGRATION,
+    // 6: the history of the grid's totals and of nodes' uptime reports.
+    super::history::MIGRATION,
 ];
 
 /// The schema version this binary writes.
@@ -993,6 +996,7 @@ impl Store for SqliteStore {
             if n == 0 {
                 return Err(StoreError::NotFound(format!("node {node} does not exist")));
             }
+            history::record_uptime(tx, node, uptime, now)?;
             if let Some([cru, mru, sru, hru]) = used {
                 tx.prepare_cached(
                     "UPDATE nodes SET used_cru = ?2, used_mru = ?3, used_sru = ?4, used_hru = ?5 \
@@ -1016,6 +1020,18 @@ impl Store for SqliteStore {
             .limit
             .unwrap_or(NodeFilter::DEFAULT_LIMIT)
             .min(NodeFilter::MAX_LIMIT);
+        let key = match f.sort.unwrap_or_default() {
+            NodeSort::Id => "id",
+            NodeSort::Farm => "farm_id",
+            NodeSort::FreeCru => "MAX(cru - reserved_cru - used_cru, 0)",
+            NodeSort::FreeMru => "MAX(mru - reserved_mru - used_mru, 0)",
+            NodeSort::FreeSru => "MAX(sru - reserved_sru - used_sru, 0)",
+            NodeSort::FreeHru => "MAX(hru - reserved_hru - used_hru, 0)",
+            NodeSort::Uptime => "uptime_secs",
+            NodeSort::LastSeen => "COALESCE(last_seen, 0)",
+            NodeSort::Version => "zos_version",
+        };
+        let dir = if f.desc == Some(true) { "DESC" } else { "ASC" };
         let sql = format!(
             "SELECT {NODE_COLUMNS} FROM nodes WHERE \
              (?1 IS NULL OR farm_id = ?1) AND (?2 IS NULL OR twin_id = ?2) \
@@ -1025,7 +1041,8 @@ impl Store for SqliteStore {
              AND (?6 IS NULL OR MAX(mru - reserved_mru - used_mru, 0) >= ?6) \
              AND (?7 IS NULL OR MAX(sru - reserved_sru - used_sru, 0) >= ?7) \
              AND (?8 IS NULL OR MAX(hru - reserved_hru - used_hru, 0) >= ?8) \
-             ORDER BY id LIMIT ?9 OFFSET ?10",
+             AND (?11 IS NULL OR zos_version = ?11) \
+             ORDER BY {key} {dir}, id {dir} LIMIT ?9 OFFSET ?10",
             periods = zos_types::registry::ONLINE_PERIODS
         );
         let conn = self.conn();
@@ -1042,6 +1059,7 @@ impl Store for SqliteStore {
                 clamp(f.free_hru),
                 limit,
                 f.offset.unwrap_or(0),
+                f.zos_version,
             ],
             |r| node_from_row(r, now),
         )
@@ -1358,13 +1376,34 @@ impl Store for SqliteStore {
         })
     }
 
+    fn stats(&self, now: i64) -> Result<GridStats, StoreError> {
+        history::stats(&self.conn(), now)
+    }
+
+    fn record_stats(&self, sample: &GridStats) -> Result<(), StoreError> {
+        self.write("recording the grid's totals", |tx| {
+            history::record_stats(tx, sample)
+        })
+    }
+
+    fn stats_history(&self, since: i64) -> Result<Vec<GridStats>, StoreError> {
+        history::stats_history(&self.conn(), since)
+    }
+
+    fn node_uptime(&self, node: NodeId, since: i64) -> Result<Vec<UptimePoint>, StoreError> {
+        history::uptime(&self.conn(), node, since)
+    }
+
     fn dump(&self) -> Result<String, StoreError> {
         let conn = self.conn();
         let mut out = String::new();
         let version = schema_version(&conn).map_err(db("dumping"))?;
         let _ = writeln!(out, "user_version = {version}");
         let tables: Vec<String> = conn
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
+                 AND name != 'grid_stats' ORDER BY name",
+            )
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .map_err(db("dumping"))?;
         for table in tables {
