@@ -525,6 +525,40 @@ impl Engine {
         Ok(())
     }
 
+    /// The capacity each contract's workloads hold (being made, ok or paused), for the
+    /// grid's consumption reports; contracts holding nothing are left out.
+    pub fn contract_usage(&self) -> Result<Vec<(ContractId, Capacity)>, EngineError> {
+        let mut out = Vec::new();
+        for c in self.store.contracts(None)? {
+            let Some(d) = self.store.get(c)? else {
+                continue;
+            };
+            let mut held = Capacity::ZERO;
+            let mut active = false;
+            for w in &d.workloads {
+                let state = w.result.as_ref().map(|r| r.state);
+                if matches!(
+                    state,
+                    Some(
+                        ResultState::Init
+                            | ResultState::Ok
+                            | ResultState::Starting
+                            | ResultState::Paused
+                    )
+                ) {
+                    active = true;
+                    if let Ok(data) = w.parse() {
+                        held = held.saturating_add(data.capacity());
+                    }
+                }
+            }
+            if active {
+                out.push((c, held));
+            }
+        }
+        Ok(out)
+    }
+
     /// Capacity held by workloads that are being made, ok or paused, and counts.
     pub fn usage(&self) -> Result<Usage, EngineError> {
         let mut u = Usage::default();

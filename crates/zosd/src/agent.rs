@@ -343,15 +343,23 @@ fn start_registrar(
     // What the engine may hand out: the machine as registered, less what the system keeps.
     let facts =
         registration(system.as_ref(), &reg_cfg).context("reading the machine's capacity")?;
+    let engine_for_contracts = engine_cell.clone();
     let usage = Arc::new(move || {
         engine_cell
             .get()
             .and_then(|e| e.usage().ok())
             .map(|u| u.workloads)
     });
+    let contracts = Arc::new(move || {
+        engine_for_contracts
+            .get()
+            .and_then(|e| e.contract_usage().ok())
+            .unwrap_or_default()
+    });
     let registrar = Registrar::new(&cfg.grid, identity.clone(), system, reg_cfg)
         .context("preparing the grid client")?
-        .with_usage(usage);
+        .with_usage(usage)
+        .with_contract_usage(contracts);
     let status = registrar.subscribe();
     tasks.spawn(registrar.run(stop.clone()));
     Ok((facts, status))

@@ -5,6 +5,7 @@
 //! those facts changes, and when the grid no longer knows it. While the grid cannot be reached
 //! it retries with exponential backoff and says why in the log; it never gives up.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use zos_runtime::error_chain;
@@ -13,6 +14,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use zos_client::{ClientError, GridClient};
+use zos_types::billing::{ConsumptionReport, MAX_REPORTS};
+use zos_types::deployment::ContractId;
 use zos_types::registry::{NodeRegistration, UptimeReport};
 use zos_types::{Capacity, FarmId, Identity, NodeId, TwinId};
 
@@ -115,6 +118,9 @@ impl Backoff {
 /// What the node's workloads use now, reported with each uptime report (`None`: not known yet).
 pub type UsageSource = Arc<dyn Fn() -> Option<Capacity> + Send + Sync>;
 
+/// What each contract's workloads hold now, reported to the grid once per billing period.
+pub type ContractUsageSource = Arc<dyn Fn() -> Vec<(ContractId, Capacity)> + Send + Sync>;
+
 pub struct Registrar {
     client: GridClient,
     identity: Identity,
@@ -122,6 +128,11 @@ pub struct Registrar {
     cfg: RegistrarConfig,
     status: watch::Sender<RegistrarStatus>,
     usage: Option<UsageSource>,
+    contracts: Option<ContractUsageSource>,
+    /// The grid's billing period, asked once.
+    period_secs: Option<u64>,
+    /// The (contract, period) pairs the grid has (or refused for good).
+    reported: HashSet<(ContractId, i64)>,
 }
 
 impl std::fmt::Debug for Registrar {
@@ -147,7 +158,74 @@ impl Registrar {
             cfg,
             status: watch::channel(RegistrarStatus::default()).0,
             usage: None,
+            contracts: None,
+            period_secs: None,
+            reported: HashSet::new(),
         })
+    }
+
+    /// Reports, once per billing period of the grid, the capacity each contract holds (see
+    /// docs/billing.md; public traffic is not counted yet).
+    pub fn with_contract_usage(mut self, contracts: ContractUsageSource) -> Self {
+        self.contracts = Some(contracts);
+        self
+    }
+
+    /// Sends this period's consumption report of each contract not reported yet. Failures are
+    /// logged and retried at the next tick; refusals for good (the period is reported or
+    /// billed already, the contract is unknown or not this node's) are not retried.
+    async fn report_consumption(&mut self, node: NodeId) {
+        let Some(source) = self.contracts.clone() else {
+            return;
+        };
+        let period_secs = match self.period_secs {
+            Some(p) => p,
+            None => match self.client.billing_info().await {
+                Ok(info) => *self.period_secs.insert(info.period_secs.max(1)),
+                Err(e) => {
+                    debug!(error = %error_chain(&e), "the grid's billing period is unknown; no consumption report");
+                    return;
+                }
+            },
+        };
+        let period = zos_types::auth::unix_now().div_euclid(period_secs as i64);
+        self.reported.retain(|(_, p)| *p >= period);
+        let due: Vec<ConsumptionReport> = source()
+            .into_iter()
+            .filter(|(c, _)| !self.reported.contains(&(*c, period)))
+            .map(|(contract_id, capacity)| ConsumptionReport {
+                contract_id,
+                period,
+                capacity,
+                public_bytes: 0,
+            })
+            .collect();
+        for chunk in due.chunks(MAX_REPORTS) {
+            match self.client.report_consumption(node, chunk).await {
+                Ok(_) => self
+                    .reported
+                    .extend(chunk.iter().map(|r| (r.contract_id, r.period))),
+                // One refused report refuses the request: send them one by one.
+                Err(e) if e.status().is_some_and(|s| (400..500).contains(&s)) => {
+                    for r in chunk {
+                        match self.client.report_consumption(node, &[*r]).await {
+                            Ok(_) => {}
+                            Err(e) if e.status().is_some_and(|s| (400..500).contains(&s)) => {
+                                debug!(contract = r.contract_id, period, error = %error_chain(&e), "consumption report refused");
+                            }
+                            Err(e) => {
+                                warn!(contract = r.contract_id, error = %error_chain(&e), "consumption report failed; retrying");
+                                continue;
+                            }
+                        }
+                        self.reported.insert((r.contract_id, r.period));
+                    }
+                }
+                Err(e) => {
+                    warn!(node, error = %error_chain(&e), "consumption reports failed; retrying");
+                }
+            }
+        }
     }
 
     /// Reports what `usage` says with every uptime report.
@@ -195,7 +273,14 @@ impl Registrar {
 
         let mut registered: Option<(NodeId, NodeRegistration)> = None;
         loop {
-            let delay = match self.tick(&mut registered).await {
+            let ticked = self.tick(&mut registered).await;
+            if ticked.is_ok()
+                && let Some((node, _)) = &registered
+            {
+                let node = *node;
+                self.report_consumption(node).await;
+            }
+            let delay = match ticked {
                 Ok(()) => {
                     backoff.reset();
                     self.cfg.report_interval
@@ -372,5 +457,119 @@ mod tests {
         assert_eq!(reg.reserved.mru, 64 * GIB / 10);
         assert_eq!(reg.reserved.sru, GIB);
         assert_eq!(reg.report_interval_secs, 30);
+    }
+
+    #[tokio::test]
+    async fn each_contract_is_reported_once_per_billing_period() {
+        use std::sync::Mutex;
+        use zos_types::contract::CreateNodeContract;
+        use zos_types::deployment::DeploymentHash;
+        use zos_types::registry::{FarmPolicy, NodeAdmission};
+
+        let dir = tempfile::tempdir().unwrap();
+        let grid = zos_grid::start(zos_grid::GridConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            dir.path().into(),
+        ))
+        .await
+        .unwrap();
+        let url = grid.url();
+        let signed = || {
+            GridClient::new(&url)
+                .unwrap()
+                .with_identity(Identity::generate().unwrap())
+        };
+        let farmer = signed();
+        let farmer = farmer
+            .clone()
+            .with_twin(farmer.create_twin(None).await.unwrap().id);
+        let farm = farmer.create_farm("reporting").await.unwrap();
+        let open = FarmPolicy {
+            node_admission: NodeAdmission::Open,
+            ..FarmPolicy::default()
+        };
+        farmer.set_farm_policy(farm.id, &open).await.unwrap();
+
+        let sys = FakeSystem {
+            cores: 4,
+            memory: 16 * GIB,
+            hardware: Hardware {
+                serial: "s".into(),
+                virtualized: true,
+                cpu_model: "c".into(),
+            },
+            interfaces: vec![Interface {
+                name: "eth0".into(),
+                mac: "02:00:00:00:00:09".into(),
+                ips: vec![],
+            }],
+            uptime: 5,
+        };
+        let cfg = RegistrarConfig {
+            farm_id: farm.id,
+            admission: None,
+            report_interval: Duration::from_secs(30),
+            zos_version: "1.2.3".into(),
+            storage: StorageFacts {
+                sru: 100 * GIB,
+                hru: 0,
+                reserved_sru: GIB,
+                limited: None,
+            },
+            prefix: "z".into(),
+        };
+        let held: Arc<Mutex<Vec<(ContractId, Capacity)>>> = Arc::default();
+        let source = held.clone();
+        let mut r = Registrar::new(&url, Identity::generate().unwrap(), Arc::new(sys), cfg)
+            .unwrap()
+            .with_contract_usage(Arc::new(move || source.lock().unwrap().clone()));
+        let twin = r.ensure_twin().await.unwrap();
+        r.client = r.client.clone().with_twin(twin);
+        let mut registered = None;
+        r.tick(&mut registered).await.unwrap();
+        let node = registered.as_ref().unwrap().0;
+
+        let user = signed();
+        let user = user
+            .clone()
+            .with_twin(user.create_twin(None).await.unwrap().id);
+        let c = user
+            .create_node_contract(&CreateNodeContract {
+                node_id: node,
+                deployment_hash: DeploymentHash([3; 32]),
+                public_ips: 0,
+            })
+            .await
+            .unwrap();
+        let vm = Capacity {
+            cru: 1,
+            mru: 2 * GIB,
+            sru: 10 * GIB,
+            hru: 0,
+        };
+        // A contract the grid does not know is refused for good, and does not stop the others.
+        *held.lock().unwrap() = vec![(c.id, vm), (c.id + 100, vm)];
+        r.report_consumption(node).await;
+        let period = zos_types::auth::unix_now() / 3600;
+        assert!(r.reported.contains(&(c.id, period)), "{:?}", r.reported);
+        assert!(r.reported.contains(&(c.id + 100, period)));
+        // The grid has this period's report: another one is refused.
+        let again = ConsumptionReport {
+            contract_id: c.id,
+            period,
+            capacity: vm,
+            public_bytes: 0,
+        };
+        let e = r
+            .client
+            .report_consumption(node, &[again])
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), Some(409), "{e}");
+        // The next tick of the same period leaves the grid as it was.
+        let before = grid.store().dump().unwrap();
+        r.report_consumption(node).await;
+        assert_eq!(grid.store().dump().unwrap(), before);
+        grid.shutdown().await.unwrap();
     }
 }
