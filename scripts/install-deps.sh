@@ -26,6 +26,7 @@ packages=(
   openssl         # s_server: a TLS backend of the gateway passthrough test
   ipxe isolinux xorriso ipxe-qemu  # farm bootloaders (zos farm bootloader) and their QEMU boot test
   capnproto       # capnp: compiles the legacy 0-fs flist schema (crates/flist/build.rs)
+  tmux            # a terminal for zosd --console, whose pane the console test reads
 )
 
 missing=()

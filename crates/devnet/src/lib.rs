@@ -33,7 +33,7 @@ pub use down::{DownReport, down, down_leftovers};
 pub use error::DevnetError;
 pub use run::{
     GUEST_FLIST, PUBLIC_IPS, PUBLIC_NIC, SAMPLE_FLIST, guest_flist_url, start_grid, start_node,
-    stop_grid, stop_node, up, wait_online,
+    stop_grid, stop_node, up, wait_online, zosd_command,
 };
 pub use state::{
     DEVNET_NODE_ARGS, DevnetDisk, DevnetNode, DevnetOptions, DevnetState, DevnetVm, DiskPlan,

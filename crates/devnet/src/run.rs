@@ -551,3 +551,19 @@ pub async fn wait_online(state: &mut DevnetState, timeout: Duration) -> Result<(
     }
     Ok(())
 }
+
+/// The command line that runs `index`'s zosd as the devnet does (in the node's network
+/// namespace, with its flags), for a caller that runs it itself: with `extra` flags appended,
+/// under a terminal for `--console`. Stop the devnet's own zosd of the node first.
+pub fn zosd_command(state: &DevnetState, index: usize, extra: &[&str]) -> Result<Vec<String>> {
+    let node = &state.nodes[node_at(state, index)?];
+    let mut cmd = vec![
+        "nsenter".to_string(),
+        format!("--net=/run/netns/{}", node.netns),
+        "--".into(),
+        state.zosd_bin.display().to_string(),
+    ];
+    cmd.extend(zosd_args(state, node)?);
+    cmd.extend(extra.iter().map(|s| s.to_string()));
+    Ok(cmd)
+}

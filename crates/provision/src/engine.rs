@@ -676,6 +676,34 @@ impl Engine {
         Ok(ok)
     }
 
+    /// The workloads this node holds, by type and then by the state of their last result
+    /// (`init` for one with no result yet): what the node's console screen counts.
+    pub fn workload_counts(
+        &self,
+    ) -> Result<
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, usize>>,
+        EngineError,
+    > {
+        let mut counts: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, usize>,
+        > = Default::default();
+        for c in self.store.contracts(None)? {
+            let Some(d) = self.store.get(c)? else {
+                continue;
+            };
+            for w in &d.workloads {
+                let state = w.result.as_ref().map_or(ResultState::Init, |r| r.state);
+                *counts
+                    .entry(w.kind.to_string())
+                    .or_default()
+                    .entry(state.to_string())
+                    .or_default() += 1;
+            }
+        }
+        Ok(counts)
+    }
+
     /// Runs jobs until `stop` is cancelled.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         loop {

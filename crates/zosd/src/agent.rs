@@ -125,9 +125,11 @@ async fn follow_public_config<N: Networker>(
 
 /// Runs the node until `stop` is cancelled: storage, the grid registration, the network, flist
 /// mounts, virtual machines, the deployment engine, then the tasks that follow the grid.
+/// With a `console` feed, the node's console screen is fed from then on.
 pub async fn run(
     cfg: NodeConfig,
     system: Arc<dyn System>,
+    console: Option<crate::console::Feed>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     info!(farm = cfg.farm_id, runmode = %cfg.runmode, grid = %cfg.grid, prefix = %cfg.prefix, version = crate::version::running(), "zosd starting");
@@ -204,6 +206,15 @@ pub async fn run(
         cfg.runmode,
     );
     let (connected, uplink_rx) = watch::channel(false);
+    if let Some(feed) = console {
+        let sources = crate::console::Sources {
+            facts: facts.clone(),
+            status: status.clone(),
+            connected: connected.subscribe(),
+            engine: engine.clone(),
+        };
+        tasks.spawn(crate::console::feed(feed, sources, stop.clone()));
+    }
     let channel = crate::health::Channel::new(
         cfg.channel_dir
             .clone()

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod api;
 pub mod client_view;
 pub mod config;
+pub mod console;
 pub mod gateway;
 pub mod health;
 pub mod identity;

@@ -79,6 +79,14 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
+    /// Draw the node's console screen on this terminal (read-only; Tab, arrows and 1-3 switch
+    /// views, Ctrl-C stops zosd). Logs go to `--log-file` then.
+    #[arg(long)]
+    console: bool,
+    /// Write logs to this file instead of stderr (with `--console`, `zosd.log` in the current
+    /// directory unless set).
+    #[arg(long, env = "ZOS_LOG_FILE")]
+    log_file: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -100,16 +108,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if args.log_json {
-        builder.json().init()
-    } else {
-        builder.init()
-    }
+    let errors = zos_zui::ErrorLog::new();
+    init_logs(&args, errors.clone())?;
 
     let cmdline = std::fs::read_to_string(&args.cmdline).unwrap_or_default();
     let mut cfg = NodeConfig::resolve(
@@ -147,12 +147,30 @@ fn main() -> anyhow::Result<()> {
         cfg.name_recheck = every;
     }
     cfg.channel_dir = args.run_dir;
+    let console = args.console.then(|| zosd::console::Feed::new(&cfg, errors));
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
-        let stop = CancellationToken::new();
+    let stop = CancellationToken::new();
+    // The screen is drawn on a thread of its own, which restores the terminal when zosd stops.
+    let screen = match &console {
+        Some((_, rx)) => {
+            let (rx, done) = (rx.clone(), stop.clone());
+            let on_fail = stop.clone();
+            Some(std::thread::spawn(move || {
+                if let Err(e) = zos_zui::run(|| rx.borrow().clone(), || done.is_cancelled()) {
+                    eprintln!("zosd: cannot draw the console screen: {e}");
+                    on_fail.cancel();
+                }
+            }))
+        }
+        None => None,
+    };
+    let feed = console.map(|(feed, _)| feed);
+    let run_stop = stop.clone();
+    let result = rt.block_on(async move {
+        let stop = run_stop;
         let on_signal = stop.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
@@ -163,6 +181,56 @@ fn main() -> anyhow::Result<()> {
             }
             on_signal.cancel();
         });
-        zosd::agent::run(cfg, Arc::new(HostSystem::default()), stop).await
-    })
+        zosd::agent::run(cfg, Arc::new(HostSystem::default()), feed, stop).await
+    });
+    stop.cancel();
+    if let Some(t) = screen {
+        let _ = t.join();
+    }
+    result
+}
+
+/// Logs to stderr or `--log-file` (as text or JSON lines), and into `errors` for the console
+/// screen.
+fn init_logs(args: &Args, errors: zos_zui::ErrorLog) -> anyhow::Result<()> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let file = match (&args.log_file, args.console) {
+        (Some(p), _) => Some(p.clone()),
+        (None, true) => Some(PathBuf::from("zosd.log")),
+        (None, false) => None,
+    };
+    type Boxed = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
+    let fmt: Boxed = match file {
+        Some(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("opening the log file {}", path.display()))?;
+            let layer = tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(f));
+            if args.log_json {
+                layer.json().boxed()
+            } else {
+                layer.boxed()
+            }
+        }
+        None => {
+            let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+            if args.log_json {
+                layer.json().boxed()
+            } else {
+                layer.boxed()
+            }
+        }
+    };
+    tracing_subscriber::registry()
+        .with(fmt.and_then(errors).with_filter(filter))
+        .init();
+    Ok(())
 }
