@@ -10,6 +10,7 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 use zos_client::workflow::proposal::{self as workflow, Outcome};
 use zos_types::TwinId;
+use zos_types::billing::{Amount, Usage, cost_per_hour, format_amount};
 use zos_types::capacity::human_bytes;
 use zos_types::deployment::{Deployment, SignatureRequest, SignatureRequirement};
 use zos_types::proposal::{Proposal, ProposalFilter, ProposalId, ProposalKind, ProposalState};
@@ -178,8 +179,57 @@ fn workload_line(w: &zos_types::deployment::Workload) -> String {
     format!("{} {}: {main}", w.kind, w.name)
 }
 
+/// What a proposal's deployment costs per hour at the grid's prices: the whole, then each
+/// workload on its own (each rounded up, so they may add up to a unit or so more).
+struct ProposalCost {
+    total: Amount,
+    workloads: Vec<(String, Amount)>,
+}
+
+impl ProposalCost {
+    fn json(&self) -> Value {
+        json!({
+            "per_hour": format_amount(self.total),
+            "per_hour_units": self.total,
+            "workloads": self.workloads.iter().map(|(n, a)| (n.clone(), json!(format_amount(*a)))).collect::<serde_json::Map<_, _>>(),
+        })
+    }
+}
+
+/// The cost of `p`'s deployment (none for a cancel): `Err` says why it could not be priced.
+async fn proposal_cost(
+    c: &zos_client::GridClient,
+    p: &Proposal,
+) -> Result<Option<ProposalCost>, String> {
+    let Some(d) = &p.deployment else {
+        return Ok(None);
+    };
+    let (total, usage, policy) = crate::account::deployment_cost(c, p.node_id, d)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let on_rented_node = matches!(
+        usage,
+        Usage::Node {
+            on_rented_node: true,
+            ..
+        }
+    );
+    let mut workloads = Vec::new();
+    for w in &d.workloads {
+        let data = w.parse().map_err(|e| e.to_string())?;
+        let usage = Usage::Node {
+            capacity: data.capacity(),
+            public_ips: data.public_ipv4(),
+            public_bytes: 0,
+            on_rented_node,
+        };
+        workloads.push((w.name.clone(), cost_per_hour(&policy, &usage)));
+    }
+    Ok(Some(ProposalCost { total, workloads }))
+}
+
 /// What `show` prints, for a person about to sign.
-fn print_proposal(p: &Proposal) -> anyhow::Result<()> {
+fn print_proposal(p: &Proposal, cost: &Result<Option<ProposalCost>, String>) -> anyhow::Result<()> {
     let mut f = vec![
         ("proposal", p.id.to_string()),
         ("kind", p.kind.to_string()),
@@ -208,17 +258,34 @@ fn print_proposal(p: &Proposal) -> anyhow::Result<()> {
     if p.kind == ProposalKind::Deploy {
         f.push(("public ips", p.public_ips.to_string()));
     }
-    // Billing is not there yet (its own issue): nothing to price with.
-    f.push(("cost", "not priced yet".into()));
+    let per_workload = match cost {
+        Ok(Some(c)) => {
+            f.push((
+                "cost",
+                format!("{} per hour (traffic extra)", format_amount(c.total)),
+            ));
+            c.workloads.iter().cloned().collect()
+        }
+        Ok(None) => std::collections::HashMap::new(),
+        Err(why) => {
+            f.push(("cost", format!("unknown: {why}")));
+            std::collections::HashMap::new()
+        }
+    };
     fields(&f)?;
     if let Some(d) = &p.deployment {
         outln!()?;
         outln!("workloads:")?;
         for w in &d.workloads {
             let changed = p.kind == ProposalKind::Update && w.version == d.version;
+            let cost = per_workload
+                .get(&w.name)
+                .map(|a: &Amount| format!("  [{} /h]", format_amount(*a)))
+                .unwrap_or_default();
             outln!(
-                "  {}{}",
+                "  {}{}{}",
                 workload_line(w),
+                cost,
                 if changed { "  (changed)" } else { "" }
             )?;
         }
@@ -437,13 +504,18 @@ pub async fn run(cmd: ProposalCmd, g: &Global) -> anyhow::Result<()> {
         }
         ProposalCmd::Show { id } => {
             let p = c.get_proposal(id).await?;
+            let cost = proposal_cost(&c, &p).await;
             if g.structured() {
                 let mut v = serde_json::to_value(&p)?;
                 v["tally"] = serde_json::to_value(p.tally())?;
-                v["cost"] = json!(null);
+                v["cost"] = match &cost {
+                    Ok(Some(c)) => c.json(),
+                    Ok(None) => json!(null),
+                    Err(why) => json!({ "error": why }),
+                };
                 return output::json(&v);
             }
-            print_proposal(&p)
+            print_proposal(&p, &cost)
         }
         ProposalCmd::Sign { id, wait } => {
             let mut progress = Progress::new(g.structured());

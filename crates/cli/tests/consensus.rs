@@ -164,12 +164,38 @@ async fn two_of_three_deploy_update_reject_and_cancel_from_the_command_line() {
     assert!(ok, "{err}");
     for want in [
         "zmount disk: size 1",
-        "not priced yet",
+        "per hour (traffic extra)",
+        " /h]",
         "hash: ",
         "shared disk",
     ] {
         assert!(shown.contains(want), "{want:?} not in:\n{shown}");
     }
+    // The cost shown is the formula's at the grid's prices (the devnet keeps the default policy).
+    let shown_json = b.json(&grid, &["proposal", "show", &id]);
+    let d: zos_types::deployment::Deployment =
+        serde_json::from_value(shown_json["deployment"].clone()).unwrap();
+    let want = zos_types::billing::cost_per_hour(
+        &zos_types::billing::PricingPolicy::default(),
+        &zos_types::billing::Usage::Node {
+            capacity: d.capacity().unwrap(),
+            public_ips: d.public_ipv4_count().unwrap(),
+            public_bytes: 0,
+            on_rented_node: false,
+        },
+    );
+    assert!(want > 0, "a deployment with a disk costs something");
+    assert_eq!(
+        shown_json["cost"]["per_hour_units"], want,
+        "{}",
+        shown_json["cost"]
+    );
+    assert_eq!(
+        shown_json["cost"]["workloads"].as_object().unwrap().len(),
+        d.workloads.len(),
+        "{}",
+        shown_json["cost"]
+    );
     let hash = p["hash"].as_str().unwrap();
     assert!(shown.contains(hash), "the hash signed is shown:\n{shown}");
     let (ok, _, err) = stranger.zos(&grid, &["proposal", "sign", &id]);
