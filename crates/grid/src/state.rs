@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use zos_types::TwinId;
 
-use crate::billing::BillingConfig;
+use crate::billing::config::BillingConfig;
 use crate::clock::Clock;
 use crate::error::ApiFailure;
 use crate::relay::{Relay, RelayConfig};

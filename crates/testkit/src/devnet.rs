@@ -2,6 +2,7 @@
 //! and the rest keep working) plus [`DevnetGuard`], a devnet named after the test process that
 //! is removed, with its directory, when dropped.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -107,13 +108,13 @@ impl DevnetGuard {
 }
 
 /// Supervised namespace nodes with the zos-init and flist mounter built beside the test
-/// executable and the devnet release key ([`crate::guest::devnet_release_key`]).
+/// executable and the devnet release key ([`devnet_release_key`]).
 pub fn supervised_options() -> anyhow::Result<SupervisedOptions> {
     let bin = |b: &str| {
         crate::workspace_binary(b)
             .with_context(|| format!("{b} is not built: run `cargo build --workspace` first"))
     };
-    let (key, _) = crate::guest::devnet_release_key();
+    let (key, _) = devnet_release_key();
     Ok(SupervisedOptions::new(
         bin("zos-init")?,
         bin("zos-flist-mount")?,
@@ -151,4 +152,34 @@ impl Drop for DevnetGuard {
             eprintln!("devnet cleanup: {e:#}");
         }
     }
+}
+
+/// The release key devnets sign their node releases with, made once per machine in
+/// `${ZOS_CACHE:-~/.cache/zos}/devnet/` (it signs runmode dev on loopback devnets only, so the
+/// node image trusting it can be cached), and the release keys JSON naming it.
+pub fn devnet_release_key() -> (PathBuf, PathBuf) {
+    let cache = std::env::var_os("ZOS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/zos")
+        })
+        .join("devnet");
+    std::fs::create_dir_all(&cache).expect("creating the devnet key directory");
+    let (key, keys) = (cache.join("release.key"), cache.join("release-keys.json"));
+    let lock = std::fs::File::create(cache.join(".lock")).expect("opening the key lock");
+    lock.lock().expect("locking the devnet key");
+    if !key.exists() {
+        let id = zos_types::Identity::generate().expect("randomness");
+        zos_client::keyfile::save_identity(&key, &id, 0o600).expect("saving the devnet key");
+    }
+    let id = zos_client::keyfile::load_identity(&key).expect("reading the devnet key");
+    let json = serde_json::to_vec_pretty(&zos_types::release::ReleaseKeys {
+        keys: vec![id.public_key()],
+        threshold: 1,
+    })
+    .expect("release keys serialize");
+    if std::fs::read(&keys).ok().as_deref() != Some(&json[..]) {
+        std::fs::write(&keys, json).expect("writing the devnet release keys");
+    }
+    (key, keys)
 }

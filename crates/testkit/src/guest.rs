@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use crate::devnet::devnet_release_key;
 use crate::devnet::{self, DevnetGuard, DevnetNode};
 use crate::net::connect;
 use crate::process::wait_until;
@@ -76,36 +77,6 @@ pub fn build_node() -> PathBuf {
         out.to_str().expect("utf-8 path"),
     ]);
     build_with("build-node.sh", &args, &[])
-}
-
-/// The release key devnets sign their node releases with, made once per machine in
-/// `${ZOS_CACHE:-~/.cache/zos}/devnet/` (it signs runmode dev on loopback devnets only, so the
-/// node image trusting it can be cached), and the release keys JSON naming it.
-pub fn devnet_release_key() -> (PathBuf, PathBuf) {
-    let cache = std::env::var_os("ZOS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/zos")
-        })
-        .join("devnet");
-    std::fs::create_dir_all(&cache).expect("creating the devnet key directory");
-    let (key, keys) = (cache.join("release.key"), cache.join("release-keys.json"));
-    let lock = std::fs::File::create(cache.join(".lock")).expect("opening the key lock");
-    lock.lock().expect("locking the devnet key");
-    if !key.exists() {
-        let id = zos_types::Identity::generate().expect("randomness");
-        zos_client::keyfile::save_identity(&key, &id, 0o600).expect("saving the devnet key");
-    }
-    let id = zos_client::keyfile::load_identity(&key).expect("reading the devnet key");
-    let json = serde_json::to_vec_pretty(&zos_types::release::ReleaseKeys {
-        keys: vec![id.public_key()],
-        threshold: 1,
-    })
-    .expect("release keys serialize");
-    if std::fs::read(&keys).ok().as_deref() != Some(&json[..]) {
-        std::fs::write(&keys, json).expect("writing the devnet release keys");
-    }
-    (key, keys)
 }
 
 /// A devnet whose nodes have the guest image, and a user with an application flist on the

@@ -8,15 +8,13 @@
 //! money ran out. The grid runs it every [`BillingConfig::tick`] of wall time, reading its
 //! [`Clock`](crate::clock::Clock) each time, and once at start.
 
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use zos_types::billing::{
-    Account, AccountEvent, Amount, Bill, BillingInfo, ConsumptionRecorded, ConsumptionReport,
-    Deposit, FarmEarnings, MAX_REPORTS, PolicyVersion, PricingPolicy,
+    Account, AccountEvent, Bill, BillingInfo, ConsumptionRecorded, ConsumptionReport, Deposit,
+    FarmEarnings, MAX_REPORTS, PolicyVersion, PricingPolicy,
 };
 use zos_types::deployment::ContractId;
 use zos_types::registry::API_PREFIX;
@@ -25,54 +23,11 @@ use zos_types::{FarmId, NodeId, TwinId};
 use crate::auth::{ApiPath, ApiQuery, Signed};
 use crate::error::ApiFailure;
 use crate::state::AppState;
-use crate::store::{BillingRules, Store, StoreError};
+use crate::store::{Store, StoreError};
 
-/// How the grid bills.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BillingConfig {
-    /// Whether the grid runs the billing by itself (at start and every `tick`). Without it,
-    /// prices, accounts and deposits still answer, and nothing is billed.
-    pub enabled: bool,
-    /// Length of a billing period (TFChain bills every hour).
-    pub period: Duration,
-    /// How long after a period ends it is billed: nodes send their reports meanwhile.
-    pub delay: Duration,
-    /// How long a contract stays in grace for lack of money before it is cancelled (TFChain:
-    /// 14 days).
-    pub grace: Duration,
-    /// On a devnet, the most a twin may deposit to itself at once; `None` on a real grid,
-    /// where only the admin twin (or the payment bridge acting as it) deposits.
-    pub faucet_max: Option<Amount>,
-    /// Contracts billed per transaction.
-    pub batch: u32,
-    /// How often the grid runs the billing (wall time); `None`: only at start and when
-    /// [`crate::RunningGrid::bill_now`] asks.
-    pub tick: Option<Duration>,
-}
+pub mod config;
 
-impl Default for BillingConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            period: Duration::from_secs(3600),
-            delay: Duration::from_secs(300),
-            grace: Duration::from_secs(14 * 24 * 3600),
-            faucet_max: None,
-            batch: 500,
-            tick: Some(Duration::from_secs(30)),
-        }
-    }
-}
-
-impl BillingConfig {
-    pub fn rules(&self) -> BillingRules {
-        BillingRules {
-            period_secs: self.period.as_secs().max(1),
-            delay_secs: self.delay.as_secs(),
-            grace_secs: self.grace.as_secs(),
-        }
-    }
-}
+pub use config::BillingConfig;
 
 /// What a billing run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
