@@ -58,6 +58,19 @@ pub enum DevnetCmd {
         /// are taken from beside this binary. Not with --vm-nodes.
         #[arg(long, conflicts_with = "vm_nodes")]
         supervised: bool,
+        /// The grid bills contracts every SECS seconds (default: no billing). Each period is
+        /// billed as soon as it ends; twins fund themselves with `zos account deposit`.
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+        billing_period: Option<u64>,
+        /// With --billing-period: seconds a contract that cannot pay stays in grace (its
+        /// workloads paused) before it is cancelled.
+        #[arg(
+            long,
+            value_name = "SECS",
+            default_value_t = 600,
+            requires = "billing_period"
+        )]
+        grace: u64,
     },
     /// Stop every process and remove every namespace and link of the devnet.
     Down {
@@ -107,6 +120,8 @@ pub async fn run(cmd: DevnetCmd, g: &Global) -> anyhow::Result<()> {
             release_key,
             boot,
             supervised,
+            billing_period,
+            grace,
         } => {
             let supervised = if supervised {
                 let Some(key) = release_key.clone() else {
@@ -158,6 +173,7 @@ pub async fn run(cmd: DevnetCmd, g: &Global) -> anyhow::Result<()> {
                 disks,
                 vms,
                 supervised,
+                billing: billing_period.map(|p| devnet::DevnetBilling::new(p, grace)),
             };
             if !g.structured() {
                 eprintln!(

@@ -36,7 +36,7 @@ pub use run::{
     stop_grid, stop_node, up, wait_online, zosd_command,
 };
 pub use state::{
-    DEVNET_NODE_ARGS, DevnetDisk, DevnetNode, DevnetOptions, DevnetState, DevnetVm, DiskPlan,
-    STATE_VERSION, SupervisedOptions, VmBoot, VmOptions,
+    DEVNET_NODE_ARGS, DevnetBilling, DevnetDisk, DevnetNode, DevnetOptions, DevnetState, DevnetVm,
+    DiskPlan, FAUCET_TOKENS, STATE_VERSION, SupervisedOptions, VmBoot, VmOptions,
 };
 pub use zos_types::boot::NodeArg;

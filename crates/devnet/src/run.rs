@@ -15,7 +15,7 @@ use crate::error::{DevnetError, Result};
 use crate::netns::{self, Bridge, Netns};
 use crate::process::{alive, spawn_detached, wait_until};
 use crate::state::{
-    DevnetDisk, DevnetNode, DevnetOptions, DevnetState, STATE_VERSION, validate_name,
+    DevnetDisk, DevnetNode, DevnetOptions, DevnetState, FAUCET_TOKENS, STATE_VERSION, validate_name,
 };
 
 /// A port on 127.0.0.1 that is free right now.
@@ -117,6 +117,7 @@ pub async fn up(opts: &DevnetOptions) -> Result<DevnetState> {
         dnsmasq_pid: 0,
         release_keys: None,
         supervised: opts.supervised.clone(),
+        billing: opts.billing.clone(),
     };
     state.save()?;
     match build(&mut state, opts, &gateway).await {
@@ -333,11 +334,23 @@ pub async fn start_grid(state: &mut DevnetState) -> Result<()> {
         .arg("--ready-file")
         .arg(&ready)
         // The farmer is the first twin of a devnet's fresh grid; it administers grace periods.
-        .args(["--admin-twin", "1"])
-        // A devnet does not bill (its twins have no money, and machines would pause after an
-        // hour); its faucet lets anyone try deposits and accounts.
-        .arg("--no-billing")
-        .args(["--faucet", "1000"]);
+        .args(["--admin-twin", "1"]);
+    match &state.billing {
+        // By default a devnet does not bill (its twins have no money, and machines would pause
+        // after an hour); its faucet lets anyone try deposits and accounts.
+        None => {
+            cmd.arg("--no-billing")
+                .args(["--faucet", &FAUCET_TOKENS.to_string()]);
+        }
+        // Billing on: each period billed as soon as it ends, looked for every second.
+        Some(b) => {
+            cmd.args(["--billing-period-secs", &b.period_secs.max(1).to_string()])
+                .args(["--billing-delay-secs", "0"])
+                .args(["--billing-tick-secs", "1"])
+                .args(["--grace-secs", &b.grace_secs.to_string()])
+                .args(["--faucet", &b.faucet_tokens.to_string()]);
+        }
+    }
     if let Some(keys) = &state.release_keys {
         cmd.arg("--release-keys")
             .arg(format!("dev={}", keys.display()));

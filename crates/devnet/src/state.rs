@@ -37,7 +37,37 @@ pub struct DevnetOptions {
     pub vms: Option<VmOptions>,
     /// The namespace nodes' zosd runs under zos-init from a release (none: zosd alone).
     pub supervised: Option<SupervisedOptions>,
+    /// The grid bills contracts (none: `--no-billing`, the default).
+    pub billing: Option<DevnetBilling>,
 }
+
+/// A devnet whose grid bills (`zos devnet up --billing-period SECS`): short periods and grace,
+/// so that running out of money, grace and its end can be seen in minutes (docs/billing.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevnetBilling {
+    /// Length of a billing period, seconds. Each period is billed as soon as it ends, and the
+    /// grid looks for periods to bill every second.
+    pub period_secs: u64,
+    /// Seconds a contract stays in grace for lack of money before it is cancelled.
+    pub grace_secs: u64,
+    /// The most tokens a twin deposits to itself at once.
+    pub faucet_tokens: u64,
+}
+
+impl DevnetBilling {
+    /// Periods of `period_secs` and grace of `grace_secs`, with the devnet's usual faucet (1000
+    /// tokens).
+    pub fn new(period_secs: u64, grace_secs: u64) -> Self {
+        Self {
+            period_secs,
+            grace_secs,
+            faucet_tokens: FAUCET_TOKENS,
+        }
+    }
+}
+
+/// What a devnet's faucet gives a twin at most at once, in tokens.
+pub const FAUCET_TOKENS: u64 = 1000;
 
 /// Namespace nodes supervised by zos-init (`zos devnet up --supervised`): each node's zosd
 /// runs from the devnet's signed dev release under `zos-init --node-test`, so it upgrades live
@@ -334,6 +364,9 @@ pub struct DevnetState {
     /// Set when the namespace nodes run under zos-init (`--supervised`).
     #[serde(default)]
     pub supervised: Option<SupervisedOptions>,
+    /// Set when the grid bills (kept, so a restarted grid bills the same way).
+    #[serde(default)]
+    pub billing: Option<DevnetBilling>,
 }
 
 impl DevnetState {

@@ -40,7 +40,16 @@ impl DevnetGuard {
         report_interval: Duration,
         vms: Option<VmOptions>,
     ) -> anyhow::Result<Self> {
-        Self::make(nodes, report_interval, vms, None).await
+        Self::make(nodes, report_interval, vms, None, None).await
+    }
+
+    /// As [`Self::up`], with a grid that bills ([`DevnetBilling`]).
+    pub async fn up_billing(
+        nodes: usize,
+        report_interval: Duration,
+        billing: DevnetBilling,
+    ) -> anyhow::Result<Self> {
+        Self::make(nodes, report_interval, None, None, Some(billing)).await
     }
 
     /// As [`Self::up`], with each node's zosd under zos-init from a release signed with the
@@ -50,7 +59,7 @@ impl DevnetGuard {
         report_interval: Duration,
         supervised: SupervisedOptions,
     ) -> anyhow::Result<Self> {
-        Self::make(nodes, report_interval, None, Some(supervised)).await
+        Self::make(nodes, report_interval, None, Some(supervised), None).await
     }
 
     async fn make(
@@ -58,6 +67,7 @@ impl DevnetGuard {
         report_interval: Duration,
         vms: Option<VmOptions>,
         supervised: Option<SupervisedOptions>,
+        billing: Option<DevnetBilling>,
     ) -> anyhow::Result<Self> {
         static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let bin = |b: &str| {
@@ -90,6 +100,7 @@ impl DevnetGuard {
                 disks: DiskPlan::defaults(),
                 vms: vms.clone(),
                 supervised: supervised.clone(),
+                billing: billing.clone(),
             };
             let guard_dir = tempfile_dir::TempDir(dir);
             match up(&opts).await {
