@@ -525,67 +525,38 @@ impl Engine {
         Ok(())
     }
 
-    /// The capacity each contract's workloads hold (being made, ok or paused), for the
-    /// grid's consumption reports; contracts holding nothing are left out.
-    pub fn contract_usage(&self) -> Result<Vec<(ContractId, Capacity)>, EngineError> {
+    /// Every stored deployment, with its results.
+    fn all_deployments(&self) -> Result<Vec<Deployment>, EngineError> {
         let mut out = Vec::new();
         for c in self.store.contracts(None)? {
-            let Some(d) = self.store.get(c)? else {
-                continue;
-            };
-            let mut held = Capacity::ZERO;
-            let mut active = false;
-            for w in &d.workloads {
-                let state = w.result.as_ref().map(|r| r.state);
-                if matches!(
-                    state,
-                    Some(
-                        ResultState::Init
-                            | ResultState::Ok
-                            | ResultState::Starting
-                            | ResultState::Paused
-                    )
-                ) {
-                    active = true;
-                    if let Ok(data) = w.parse() {
-                        held = held.saturating_add(data.capacity());
-                    }
-                }
-            }
-            if active {
-                out.push((c, held));
+            if let Some(d) = self.store.get(c)? {
+                out.push(d);
             }
         }
         Ok(out)
     }
 
+    /// The capacity each contract's workloads hold (being made, ok or paused), for the
+    /// grid's consumption reports; contracts holding nothing are left out.
+    pub fn contract_usage(&self) -> Result<Vec<(ContractId, Capacity)>, EngineError> {
+        Ok(self
+            .all_deployments()?
+            .iter()
+            .filter_map(|d| {
+                let (held, holding) = held(d);
+                (holding > 0).then_some((d.contract_id, held))
+            })
+            .collect())
+    }
+
     /// Capacity held by workloads that are being made, ok or paused, and counts.
     pub fn usage(&self) -> Result<Usage, EngineError> {
         let mut u = Usage::default();
-        for c in self.store.contracts(None)? {
-            let Some(d) = self.store.get(c)? else {
-                continue;
-            };
-            let mut active = false;
-            for w in &d.workloads {
-                let state = w.result.as_ref().map(|r| r.state);
-                if matches!(
-                    state,
-                    Some(
-                        ResultState::Init
-                            | ResultState::Ok
-                            | ResultState::Starting
-                            | ResultState::Paused
-                    )
-                ) {
-                    active = true;
-                    u.workload_count += 1;
-                    if let Ok(data) = w.parse() {
-                        u.workloads = u.workloads.saturating_add(data.capacity());
-                    }
-                }
-            }
-            u.deployments += active as u64;
+        for d in self.all_deployments()? {
+            let (held, holding) = held(&d);
+            u.workloads = u.workloads.saturating_add(held);
+            u.workload_count += holding;
+            u.deployments += (holding > 0) as u64;
         }
         Ok(u)
     }
@@ -660,10 +631,7 @@ impl Engine {
     /// The workloads whose result is `ok`, by workload id (`twin-contract-name`).
     pub fn ok_workloads(&self) -> Result<std::collections::BTreeSet<String>, EngineError> {
         let mut ok = std::collections::BTreeSet::new();
-        for c in self.store.contracts(None)? {
-            let Some(d) = self.store.get(c)? else {
-                continue;
-            };
+        for d in self.all_deployments()? {
             for w in &d.workloads {
                 if w.result
                     .as_ref()
@@ -1110,4 +1078,22 @@ fn ordered(ws: &[Workload], reverse: bool) -> Vec<&Workload> {
         v.reverse();
     }
     v
+}
+
+/// The capacity `d`'s workloads hold (those being made, ok or paused) and how many hold it.
+fn held(d: &Deployment) -> (Capacity, u64) {
+    let mut held = (Capacity::ZERO, 0);
+    for w in &d.workloads {
+        let state = w.result.as_ref().map(|r| r.state);
+        if matches!(
+            state,
+            Some(ResultState::Init | ResultState::Ok | ResultState::Starting | ResultState::Paused)
+        ) {
+            held.1 += 1;
+            if let Ok(data) = w.parse() {
+                held.0 = held.0.saturating_add(data.capacity());
+            }
+        }
+    }
+    held
 }
