@@ -156,12 +156,13 @@ pub async fn deploy(
     let me = c.twin_id().context("no twin")?;
     let mut d = deployfile::parse(&read_file(file)?, me)
         .map_err(|e| crate::exit::tag(crate::exit::Kind::Refused, e))?;
-    crate::account::check_cost(&c, node, &d, max_cost).await?;
     let mut progress = Progress::new(g.structured());
     let (networks, _) = crate::network::store(g).await?;
     let record = |name: &str| networks.load(name);
     zos_client::workflow::network::pick_ips(&c, node, &mut d, record, &mut |e| progress.deploy(e))
         .await?;
+    // Priced once complete (the machines' addresses picked), before anything is signed.
+    crate::account::check_cost(&c, node, &d, max_cost).await?;
     if let Some(require) = require {
         d.signature_requirement = crate::proposal::parse_require(require, me)
             .map_err(|e| crate::exit::tag(crate::exit::Kind::Usage, e))?;

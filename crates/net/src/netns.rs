@@ -206,6 +206,29 @@ where
         .map_err(|_| NetworkError::Internal("a namespace thread panicked".into()))?
 }
 
+/// Moves the calling thread into the namespace bound at `p`. A namespace being made is a plain
+/// file for a moment (between its file's creation and its bind mount), which `setns` refuses
+/// with EINVAL: that is tried again, the file opened anew, for up to a second.
+fn join(p: &Path, label: &str) -> Result<(), NetworkError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let fd = File::open(p).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                NetworkError::NoNamespace(label.to_string())
+            } else {
+                io("opening", p.display().to_string())(e)
+            }
+        })?;
+        match nix::sched::setns(fd.as_fd(), CloneFlags::CLONE_NEWNET) {
+            Ok(()) => return Ok(()),
+            Err(nix::Error::EINVAL) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(sys("joining", label.to_string())(e)),
+        }
+    }
+}
+
 /// Runs `f` with a netlink handle inside `ns`, on a dedicated thread that joined it.
 ///
 /// `f` may also touch anything else that follows the calling thread's namespace: sockets it
@@ -220,15 +243,7 @@ where
     let label = ns.label();
     run_thread(move || {
         if let Some(p) = &path {
-            let fd = File::open(p).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    NetworkError::NoNamespace(label.clone())
-                } else {
-                    io("opening", p.display().to_string())(e)
-                }
-            })?;
-            nix::sched::setns(fd.as_fd(), CloneFlags::CLONE_NEWNET)
-                .map_err(sys("joining", label.clone()))?;
+            join(p, &label)?;
         }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
