@@ -234,25 +234,7 @@ async fn pack_cmd(
         (None, false) => bail!("give --store URL or --hub"),
     };
     let bar = progress_bar(g);
-    let on_progress = {
-        let bar = bar.clone();
-        move |p: &Progress| {
-            if p.bytes_total > 0 {
-                bar.set_length(p.bytes_total);
-            }
-            bar.set_position(p.bytes_done);
-            bar.set_prefix(match p.phase {
-                Phase::Scanning => "scanning",
-                Phase::Uploading => "packing",
-                Phase::Writing => "writing",
-                Phase::Done => "done",
-            });
-            bar.set_message(format!(
-                "{} blocks: {} uploaded, {} present",
-                p.blocks, p.blocks_uploaded, p.blocks_present
-            ));
-        }
-    };
+    let on_progress = show_progress(&bar, "scanning", "packing");
     let started = Instant::now();
     let options = PackOptions {
         tags,
@@ -278,34 +260,9 @@ async fn pack_cmd(
             "progress": summary,
         }));
     }
-    let rate = summary.bytes_done as f64 / secs.max(1e-6);
-    fields(&[
-        ("flist", output.display().to_string()),
-        ("sha256", sha256),
-        (
-            "content",
-            format!(
-                "{} in {} files ({} entries)",
-                human_bytes(summary.bytes_done),
-                summary.files_total,
-                summary.entries
-            ),
-        ),
-        (
-            "blocks",
-            format!(
-                "{}: {} uploaded ({}), {} already present",
-                summary.blocks,
-                summary.blocks_uploaded,
-                human_bytes(summary.bytes_uploaded),
-                summary.blocks_present
-            ),
-        ),
-        (
-            "time",
-            format!("{secs:.2} s ({}/s)", human_bytes(rate as u64)),
-        ),
-    ])?;
+    let mut f = vec![("flist", output.display().to_string()), ("sha256", sha256)];
+    f.extend(summary_fields(&summary, secs));
+    fields(&f)?;
     Ok(())
 }
 
@@ -353,25 +310,7 @@ async fn convert_cmd(c: ConvertArgs, g: &Global) -> anyhow::Result<()> {
         }
     };
     let bar = progress_bar(g);
-    let on_progress = {
-        let bar = bar.clone();
-        move |p: &Progress| {
-            if p.bytes_total > 0 {
-                bar.set_length(p.bytes_total);
-            }
-            bar.set_position(p.bytes_done);
-            bar.set_prefix(match p.phase {
-                Phase::Scanning => "reading",
-                Phase::Uploading => "converting",
-                Phase::Writing => "writing",
-                Phase::Done => "done",
-            });
-            bar.set_message(format!(
-                "{} blocks: {} uploaded, {} present",
-                p.blocks, p.blocks_uploaded, p.blocks_present
-            ));
-        }
-    };
+    let on_progress = show_progress(&bar, "reading", "converting");
     let started = Instant::now();
     let options = PackOptions {
         tags: c.tags,
@@ -392,11 +331,46 @@ async fn convert_cmd(c: ConvertArgs, g: &Global) -> anyhow::Result<()> {
             "progress": summary,
         }));
     }
-    let rate = summary.bytes_done as f64 / secs.max(1e-6);
-    fields(&[
+    let mut f = vec![
         ("flist", c.output.display().to_string()),
         ("from", c.flist.display().to_string()),
         ("sha256", sha256),
+    ];
+    f.extend(summary_fields(&summary, secs));
+    fields(&f)?;
+    Ok(())
+}
+
+/// A progress callback for `pack` and `convert` drawing on `bar`, naming the scanning and
+/// uploading phases as the command calls them.
+fn show_progress(
+    bar: &indicatif::ProgressBar,
+    scanning: &'static str,
+    uploading: &'static str,
+) -> impl Fn(&Progress) + Send + Sync + 'static {
+    let bar = bar.clone();
+    move |p: &Progress| {
+        if p.bytes_total > 0 {
+            bar.set_length(p.bytes_total);
+        }
+        bar.set_position(p.bytes_done);
+        bar.set_prefix(match p.phase {
+            Phase::Scanning => scanning,
+            Phase::Uploading => uploading,
+            Phase::Writing => "writing",
+            Phase::Done => "done",
+        });
+        bar.set_message(format!(
+            "{} blocks: {} uploaded, {} present",
+            p.blocks, p.blocks_uploaded, p.blocks_present
+        ));
+    }
+}
+
+/// The content, blocks and time lines `pack` and `convert` end with.
+fn summary_fields(summary: &Progress, secs: f64) -> [(&'static str, String); 3] {
+    let rate = summary.bytes_done as f64 / secs.max(1e-6);
+    [
         (
             "content",
             format!(
@@ -420,8 +394,7 @@ async fn convert_cmd(c: ConvertArgs, g: &Global) -> anyhow::Result<()> {
             "time",
             format!("{secs:.2} s ({}/s)", human_bytes(rate as u64)),
         ),
-    ])?;
-    Ok(())
+    ]
 }
 
 fn kind_name(k: Kind) -> &'static str {
