@@ -6,12 +6,12 @@
 //! removes the namespace and stops the server.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 use zos_testkit::devnet::{self, DevnetGuard};
 use zos_testkit::guest::pids_with;
+use zos_testkit::net::redis_cli;
 use zos_testkit::process::wait_until;
 use zos_testkit::require_root;
 use zos_testkit::user::{User, nr_netns};
@@ -28,39 +28,6 @@ fn workload<'a>(d: &'a Value, name: &str) -> &'a Value {
         .as_array()
         .and_then(|ws| ws.iter().find(|w| w["name"] == name))
         .unwrap_or_else(|| panic!("no workload {name} in {d}"))
-}
-
-/// `redis-cli` in namespace `ns` to the zdb at `100.127.0.1:port`, one connection running
-/// `lines`; its answers (`--no-raw`: strings quoted, errors as `(error) …`).
-fn cli(ns: &str, port: u64, lines: &[String]) -> Vec<String> {
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "redis-cli",
-            "--no-raw",
-            "-h",
-            "100.127.0.1",
-        ])
-        .args(["-p", &port.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("redis-cli runs (Debian's redis-tools)");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        for l in lines {
-            writeln!(stdin, "{l}").unwrap();
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -104,7 +71,7 @@ async fn a_zdb_namespace_is_used_from_the_users_network_and_removed_on_cancel() 
     let a_ns = nr_netns(&n1, alice.twin(), "lan");
     let select = format!("SELECT {namespace} s3cret");
     assert_eq!(
-        cli(
+        redis_cli(
             &a_ns,
             port,
             &[select.clone(), "SET k v".into(), "GET k".into()]
@@ -114,7 +81,7 @@ async fn a_zdb_namespace_is_used_from_the_users_network_and_removed_on_cancel() 
     // Bob reaches the server from his own network, but not Alice's namespace.
     let b_ns = nr_netns(&n1, bob.twin(), "lan");
     assert_eq!(
-        cli(
+        redis_cli(
             &b_ns,
             port,
             &[format!("SELECT {namespace} guess"), "GET k".into()]
@@ -122,7 +89,7 @@ async fn a_zdb_namespace_is_used_from_the_users_network_and_removed_on_cancel() 
         ["(error) Access denied", "(nil)"]
     );
     assert_eq!(
-        cli(&b_ns, port, &[format!("SELECT {namespace}")])[0],
+        redis_cli(&b_ns, port, &[format!("SELECT {namespace}")])[0],
         "(error) Namespace protected and private"
     );
 
@@ -136,7 +103,7 @@ async fn a_zdb_namespace_is_used_from_the_users_network_and_removed_on_cancel() 
     );
     devnet::stop_node(&mut net.state, 1, true).unwrap();
     assert_eq!(
-        cli(&a_ns, port, &[select.clone(), "GET k".into()]),
+        redis_cli(&a_ns, port, &[select.clone(), "GET k".into()]),
         ["OK", "\"v\""],
         "serving while zosd is down"
     );
@@ -172,7 +139,7 @@ async fn a_zdb_namespace_is_used_from_the_users_network_and_removed_on_cancel() 
     )
     .unwrap();
     let back = wait_until(Duration::from_secs(90), Duration::from_secs(1), || {
-        let got = cli(&a_ns, port, &[select.clone(), "GET k".into()]);
+        let got = redis_cli(&a_ns, port, &[select.clone(), "GET k".into()]);
         async move { (got == ["OK", "\"v\""]).then_some(()) }
     })
     .await;
@@ -196,7 +163,7 @@ async fn a_zdb_namespace_is_used_from_the_users_network_and_removed_on_cancel() 
         "the zdb server stops once its last namespace is gone"
     );
     assert_ne!(
-        cli(&a_ns, port, std::slice::from_ref(&select)).first(),
+        redis_cli(&a_ns, port, std::slice::from_ref(&select)).first(),
         Some(&"OK".to_string()),
         "the namespace is gone"
     );

@@ -5,7 +5,6 @@
 //! (zosd restarted) adopting the running server and restarting a dead one.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use zos_provision::managers::{Manager, ManagerError, Target};
 use zos_provision::zdb::{Endpoint, ZdbManager, ZdbProcesses, ZdbServers, admin_password};
 use zos_runtime::supervise;
 use zos_storage::{DiskKind, MemoryStorage, Storage};
+use zos_testkit::net::redis_cli;
 use zos_testkit::netns::Netns;
 use zos_testkit::require_root;
 use zos_types::deployment::WorkloadId;
@@ -94,39 +94,6 @@ fn zdb(size: u64, mode: ZdbMode, password: &str, public: bool) -> WorkloadData {
         password: password.into(),
         public,
     })
-}
-
-/// `redis-cli` in namespace `ns`, one connection running `lines`; its answers, one a line
-/// (`--no-raw`: strings quoted, errors as `(error) …`).
-fn cli(ns: &str, port: u16, lines: &[String]) -> Vec<String> {
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "redis-cli",
-            "--no-raw",
-            "-h",
-            "100.127.0.1",
-        ])
-        .args(["-p", &port.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("redis-cli runs (Debian's redis-tools)");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        for l in lines {
-            writeln!(stdin, "{l}").unwrap();
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 fn s(lines: &[&str]) -> Vec<String> {
@@ -219,7 +186,7 @@ async fn zdb_namespaces_are_made_used_locked_updated_and_removed_with_the_real_s
     // Passwords: the right one reads and writes; a wrong one, none, or the other twin's is
     // refused.
     assert_eq!(
-        cli(
+        redis_cli(
             ns.name(),
             port,
             &s(&["SELECT 1-10-alpha pa", "SET k v", "GET k"])
@@ -228,7 +195,7 @@ async fn zdb_namespaces_are_made_used_locked_updated_and_removed_with_the_real_s
     );
     for pw in ["wrong", "pb"] {
         assert_eq!(
-            cli(
+            redis_cli(
                 ns.name(),
                 port,
                 &[format!("SELECT 1-10-alpha {pw}"), "GET k".into()]
@@ -238,18 +205,18 @@ async fn zdb_namespaces_are_made_used_locked_updated_and_removed_with_the_real_s
         );
     }
     assert_eq!(
-        cli(ns.name(), port, &s(&["SELECT 1-10-alpha"]))[0],
+        redis_cli(ns.name(), port, &s(&["SELECT 1-10-alpha"]))[0],
         "(error) Namespace protected and private"
     );
     // Not an admin without the admin password.
     assert!(
-        cli(ns.name(), port, &s(&["NSDEL 1-10-alpha"]))[0].starts_with("(error)"),
+        redis_cli(ns.name(), port, &s(&["NSDEL 1-10-alpha"]))[0].starts_with("(error)"),
         "a user deleted a namespace"
     );
 
     // Seq mode hands out keys; the size limit refuses.
     assert_eq!(
-        cli(
+        redis_cli(
             ns.name(),
             port,
             &s(&["SELECT 2-20-beta pb", "SET \"\" hello", "SET \"\" world"])
@@ -258,7 +225,7 @@ async fn zdb_namespaces_are_made_used_locked_updated_and_removed_with_the_real_s
     );
     let big = "x".repeat(5000);
     assert_eq!(
-        cli(
+        redis_cli(
             ns.name(),
             port,
             &["SELECT 2-20-beta pb".into(), format!("SET \"\" {big}")]
@@ -268,7 +235,7 @@ async fn zdb_namespaces_are_made_used_locked_updated_and_removed_with_the_real_s
 
     // The grace period: writes refused, reads served; resume writes again.
     m.pause(&a).await.unwrap();
-    let locked = cli(
+    let locked = redis_cli(
         ns.name(),
         port,
         &s(&["SELECT 1-10-alpha pa", "SET k2 v2", "GET k"]),
@@ -279,7 +246,7 @@ async fn zdb_namespaces_are_made_used_locked_updated_and_removed_with_the_real_s
     assert_eq!(locked[2], "\"v\"");
     m.resume(&a).await.unwrap();
     assert_eq!(
-        cli(ns.name(), port, &s(&["SELECT 1-10-alpha pa", "SET k2 v2"])),
+        redis_cli(ns.name(), port, &s(&["SELECT 1-10-alpha pa", "SET k2 v2"])),
         ["OK", "\"k2\""]
     );
 
@@ -294,14 +261,14 @@ async fn zdb_namespaces_are_made_used_locked_updated_and_removed_with_the_real_s
         .unwrap();
     assert_eq!(ru, ra);
     assert_eq!(
-        cli(
+        redis_cli(
             ns.name(),
             port,
             &s(&["SELECT 1-10-alpha pa", "SELECT 1-10-alpha pa2", "GET k"])
         ),
         ["(error) Access denied", "OK", "\"v\""]
     );
-    let info = cli(
+    let info = redis_cli(
         ns.name(),
         port,
         &[
@@ -330,7 +297,7 @@ async fn zdb_namespaces_are_made_used_locked_updated_and_removed_with_the_real_s
         assert!(e.message().contains(what), "{what}: {}", e.message());
     }
     assert_eq!(
-        cli(ns.name(), port, &s(&["SELECT 1-10-alpha pa2", "SET k3 v3"])),
+        redis_cli(ns.name(), port, &s(&["SELECT 1-10-alpha pa2", "SET k3 v3"])),
         ["OK", "\"k3\""]
     );
 
@@ -347,7 +314,7 @@ async fn zdb_namespaces_are_made_used_locked_updated_and_removed_with_the_real_s
     assert_eq!(storage.zdb_list().await.unwrap().len(), 2);
     // No password and public: anyone reads and writes (0-db's semantics).
     assert_eq!(
-        cli(ns.name(), 9901, &s(&["SELECT 3-30-gamma", "SET k v"])),
+        redis_cli(ns.name(), 9901, &s(&["SELECT 3-30-gamma", "SET k v"])),
         ["OK", "\"k\""]
     );
     m.deprovision(&c).await.unwrap();
@@ -374,7 +341,7 @@ async fn zdb_namespaces_are_made_used_locked_updated_and_removed_with_the_real_s
     let restarted = srv2.inner.running(&data).expect("restarted");
     assert_ne!(restarted, pid);
     assert_eq!(
-        cli(ns.name(), port, &s(&["SELECT 1-10-alpha pa2", "GET k"])),
+        redis_cli(ns.name(), port, &s(&["SELECT 1-10-alpha pa2", "GET k"])),
         ["OK", "\"v\""]
     );
     // A server of this data found on another port (a lost state file) is replaced, never
@@ -387,7 +354,7 @@ async fn zdb_namespaces_are_made_used_locked_updated_and_removed_with_the_real_s
     let pid2 = srv2.inner.running(&data).unwrap();
     assert_ne!(pid2, elsewhere);
     assert_eq!(
-        cli(ns.name(), port, &s(&["SELECT 1-10-alpha pa2", "GET k"])),
+        redis_cli(ns.name(), port, &s(&["SELECT 1-10-alpha pa2", "GET k"])),
         ["OK", "\"v\""]
     );
 
@@ -396,7 +363,7 @@ async fn zdb_namespaces_are_made_used_locked_updated_and_removed_with_the_real_s
     assert!(data.join("1-10-alpha").is_dir());
     m2.deprovision(&a).await.unwrap();
     assert!(!data.join("1-10-alpha").exists());
-    assert!(cli(ns.name(), port, &s(&["SELECT 1-10-alpha pa2"]))[0].starts_with("(error)"));
+    assert!(redis_cli(ns.name(), port, &s(&["SELECT 1-10-alpha pa2"]))[0].starts_with("(error)"));
     m2.deprovision(&a).await.unwrap();
     assert_eq!(srv2.inner.running(&data), Some(pid2));
     m2.deprovision(&b).await.unwrap();

@@ -388,3 +388,37 @@ pub fn tcp_send(ns: &str, to: SocketAddr, bytes: u64) -> std::io::Result<Duratio
     let _ = s.read(&mut rest);
     Ok(start.elapsed())
 }
+
+/// Debian's `redis-cli` run in network namespace `ns` against the zdb at `100.127.0.1:port` (a
+/// node's `ndmz` address), one connection running `lines`; its answers, one a line
+/// (`--no-raw`: strings quoted, errors as `(error) …`).
+pub fn redis_cli(ns: &str, port: impl std::fmt::Display, lines: &[String]) -> Vec<String> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "redis-cli",
+            "--no-raw",
+            "-h",
+            "100.127.0.1",
+        ])
+        .args(["-p", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("redis-cli runs (Debian's redis-tools)");
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for l in lines {
+            writeln!(stdin, "{l}").unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
